@@ -1,0 +1,126 @@
+//! The small set of ops the BERT encoder is written against.
+//!
+//! `model::encoder` runs the forward pass once, generically, through this trait;
+//! `cpu` (pure Rust, the reference) and `cuda` (cuBLAS + our kernels) implement it.
+//! Every tensor is a row-major f32 matrix in backend memory. Tensors are allocated
+//! with a capacity (a token budget) and ops receive the number of rows they act on,
+//! so one workspace serves every batch.
+
+pub mod cpu;
+pub mod cuda;
+mod device;
+
+pub use device::{Device, DeviceRequest};
+
+use anyhow::Result;
+
+use crate::batch::PackedBatch;
+use crate::model::weights::{EmbeddingWeights, LayerNormWeights, LinearWeights};
+
+/// The feed-forward non-linearity named by `hidden_act` in config.json.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `gelu`: the exact erf form, x * 0.5 * (1 + erf(x / sqrt(2))).
+    GeluErf,
+    /// `gelu_new` / `gelu_pytorch_tanh`: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+    GeluTanh,
+    /// `relu`.
+    Relu,
+}
+
+impl Activation {
+    pub fn from_hidden_act(name: &str) -> Option<Self> {
+        match name {
+            "gelu" => Some(Self::GeluErf),
+            "gelu_new" | "gelu_pytorch_tanh" => Some(Self::GeluTanh),
+            "relu" => Some(Self::Relu),
+            _ => None,
+        }
+    }
+}
+
+/// Which rows of the packed batch an attention call produces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueryRows {
+    /// Every token attends: output (T, C).
+    All,
+    /// Only each text's first token ([CLS]) attends: output (num_texts, C). The last
+    /// layer needs nothing else when only [CLS] features are wanted.
+    ClsOnly,
+}
+
+pub trait Backend {
+    type Tensor;
+
+    /// A short human-readable description, e.g. `cpu (2 threads)`.
+    fn describe(&self) -> String;
+
+    fn upload(&self, host: &[f32]) -> Result<Self::Tensor>;
+    /// Copies the first `len` floats of `t` to the host.
+    fn download(&self, t: &Self::Tensor, len: usize) -> Result<Vec<f32>>;
+    /// A tensor of `len` floats, contents unspecified.
+    fn alloc(&self, len: usize) -> Result<Self::Tensor>;
+
+    /// out (T, C) = LayerNorm(word[ids] + position[positions] + token_type[type_ids]).
+    fn embeddings_layernorm(
+        &self,
+        batch: &PackedBatch,
+        emb: &EmbeddingWeights<Self::Tensor>,
+        eps: f32,
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
+
+    /// out (rows, N) = x (rows, K) . W^T (+ b when `add_bias`), W (N, K) as PyTorch stores it.
+    fn linear(
+        &self,
+        x: &Self::Tensor,
+        rows: usize,
+        lin: &LinearWeights<Self::Tensor>,
+        add_bias: bool,
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
+
+    /// x (rows, N) = act(x + b), in place.
+    fn bias_activation(
+        &self,
+        x: &mut Self::Tensor,
+        rows: usize,
+        bias: &Self::Tensor,
+        width: usize,
+        act: Activation,
+    ) -> Result<()>;
+
+    /// x (rows, C) = LayerNorm(x + b + residual), in place.
+    #[allow(clippy::too_many_arguments)]
+    fn bias_residual_layernorm(
+        &self,
+        x: &mut Self::Tensor,
+        rows: usize,
+        bias: &Self::Tensor,
+        residual: &Self::Tensor,
+        ln: &LayerNormWeights<Self::Tensor>,
+        eps: f32,
+    ) -> Result<()>;
+
+    /// Multi-head self-attention over the packed layout: text i owns rows
+    /// `offsets[i]..offsets[i+1]` of `qkv` (T, 3C) laid out [Q | K | V], and attends over
+    /// its own tokens only. out is (T, C) for `QueryRows::All`, (num_texts, C) for `ClsOnly`.
+    fn attention(
+        &self,
+        qkv: &Self::Tensor,
+        offsets: &[usize],
+        heads: usize,
+        head_dim: usize,
+        query_rows: QueryRows,
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
+
+    /// dst (rows.len(), width) = src[rows] (row gather).
+    fn gather_rows(
+        &self,
+        src: &Self::Tensor,
+        width: usize,
+        rows: &[usize],
+        dst: &mut Self::Tensor,
+    ) -> Result<()>;
+}

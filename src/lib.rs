@@ -1,0 +1,18 @@
+//! bertcls: BERT text classification with a frozen encoder and a trained linear head.
+//!
+//! The encoder forward (`model::encoder`) is written once against the ops of
+//! `backend::Backend`; `backend::cpu` is the pure-Rust reference and `backend::cuda`
+//! the GPU implementation. The head (`head`, `optim`) trains on cached [CLS] features.
+
+pub mod backend;
+pub mod batch;
+pub mod checkpoint;
+pub mod cli;
+pub mod data;
+pub mod features;
+pub mod fsio;
+pub mod head;
+pub mod hub;
+pub mod model;
+pub mod optim;
+pub mod tokenize;

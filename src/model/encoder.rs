@@ -1,0 +1,231 @@
+//! The BERT encoder forward pass, written once against `backend::Backend`.
+//!
+//! Mirrors HF `BertModel` (transformers/models/bert/modeling_bert.py) in eval mode:
+//! post-LayerNorm blocks, no dropout, attention restricted to each text's own tokens.
+
+use anyhow::{bail, Result};
+
+use super::config::BertConfig;
+use super::weights::{BertWeights, HostWeights, LayerWeights};
+use crate::backend::{Activation, Backend, QueryRows};
+use crate::batch::{plan_batches, PackedBatch};
+use crate::tokenize::TokenizedText;
+
+/// What a forward pass returns besides the [CLS] vectors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// [CLS] only: the last layer runs for the [CLS] rows alone.
+    Cls,
+    /// Also the embeddings output and every layer's hidden state, (T, C) each.
+    AllHiddenStates,
+}
+
+pub struct EncoderOutput {
+    /// (num_texts, C) last-layer hidden state of each text's first token.
+    pub cls: Vec<f32>,
+    /// num_layers + 1 tensors of (T, C), as HF's `output_hidden_states`; empty for `Keep::Cls`.
+    pub hidden_states: Vec<Vec<f32>>,
+}
+
+/// Activations for up to `max_tokens` packed tokens, allocated once.
+struct Workspace<T> {
+    hidden: T, // (T, C) layer input, then layer output
+    qkv: T,    // (T, 3C)
+    attn: T,   // (T, C) attention context
+    proj: T,   // (T, C) attention block output
+    inter: T,  // (T, F) feed-forward intermediate
+    cls: T,    // (n, C) [CLS] rows
+}
+
+pub struct Encoder<B: Backend> {
+    backend: B,
+    config: BertConfig,
+    act: Activation,
+    weights: BertWeights<B::Tensor>,
+    ws: Workspace<B::Tensor>,
+    max_tokens: usize,
+}
+
+impl<B: Backend> Encoder<B> {
+    /// Uploads the weights once and sizes the workspace for `max_tokens` tokens per batch.
+    pub fn new(backend: B, config: BertConfig, host: &HostWeights, max_tokens: usize) -> Result<Self> {
+        let act = config.activation()?;
+        let weights = host.try_map(|t| backend.upload(t))?;
+        let (c, f) = (config.hidden_size, config.intermediate_size);
+        let ws = Workspace {
+            hidden: backend.alloc(max_tokens * c)?,
+            qkv: backend.alloc(max_tokens * 3 * c)?,
+            attn: backend.alloc(max_tokens * c)?,
+            proj: backend.alloc(max_tokens * c)?,
+            inter: backend.alloc(max_tokens * f)?,
+            cls: backend.alloc(max_tokens * c)?,
+        };
+        Ok(Self { backend, config, act, weights, ws, max_tokens })
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    pub fn forward(&mut self, batch: &PackedBatch, keep: Keep) -> Result<EncoderOutput> {
+        let (t, n) = (batch.num_tokens(), batch.num_texts());
+        let c = self.config.hidden_size;
+        if t > self.max_tokens {
+            bail!("batch of {t} tokens exceeds the workspace of {} tokens", self.max_tokens);
+        }
+        if let Some(&id) = batch.ids.iter().find(|&&id| id as usize >= self.config.vocab_size) {
+            bail!("token id {id} is outside the vocabulary of {} ids: the tokenizer does not belong to this model", self.config.vocab_size);
+        }
+        if batch.max_len() > self.config.max_position_embeddings {
+            bail!(
+                "a text of {} tokens exceeds max_position_embeddings {}: lower --max-length",
+                batch.max_len(),
+                self.config.max_position_embeddings
+            );
+        }
+        let eps = self.config.layer_norm_eps as f32;
+        let mut hidden_states = Vec::new();
+        let be = &self.backend;
+        let ws = &mut self.ws;
+
+        // https://github.com/huggingface/transformers/blob/v4.46.0/src/transformers/models/bert/modeling_bert.py#L181-L230 (BertEmbeddings.forward)
+        be.embeddings_layernorm(batch, &self.weights.embeddings, eps, &mut ws.hidden)?;
+        if keep == Keep::AllHiddenStates {
+            hidden_states.push(be.download(&ws.hidden, t * c)?);
+        }
+
+        let last = self.weights.layers.len() - 1;
+        for (i, layer) in self.weights.layers.iter().enumerate() {
+            if i == last && keep == Keep::Cls {
+                cls_layer(be, layer, &self.config, self.act, batch, ws)?;
+                return Ok(EncoderOutput { cls: be.download(&ws.cls, n * c)?, hidden_states });
+            }
+            full_layer(be, layer, &self.config, self.act, batch, ws)?;
+            if keep == Keep::AllHiddenStates {
+                hidden_states.push(be.download(&ws.hidden, t * c)?);
+            }
+        }
+        be.gather_rows(&ws.hidden, c, batch.cls_rows(), &mut ws.cls)?;
+        Ok(EncoderOutput { cls: be.download(&ws.cls, n * c)?, hidden_states })
+    }
+}
+
+/// One `BertLayer` over every token: ws.hidden (T, C) -> ws.hidden (T, C).
+// https://github.com/huggingface/transformers/blob/v4.46.0/src/transformers/models/bert/modeling_bert.py#L521-L609 (BertLayer)
+fn full_layer<B: Backend>(
+    be: &B,
+    w: &LayerWeights<B::Tensor>,
+    config: &BertConfig,
+    act: Activation,
+    batch: &PackedBatch,
+    ws: &mut Workspace<B::Tensor>,
+) -> Result<()> {
+    let t = batch.num_tokens();
+    let (c, f) = (config.hidden_size, config.intermediate_size);
+    let eps = config.layer_norm_eps as f32;
+    // BertSelfAttention: Q, K, V in one GEMM, then softmax(Q K^T / sqrt(d)) V per text and head.
+    be.linear(&ws.hidden, t, &w.qkv, true, &mut ws.qkv)?; // (T, 3C)
+    be.attention(&ws.qkv, &batch.offsets, config.num_attention_heads, config.head_dim(), QueryRows::All, &mut ws.attn)?; // (T, C)
+    // BertSelfOutput: LayerNorm(dense(context) + input).
+    be.linear(&ws.attn, t, &w.attn_out, false, &mut ws.proj)?; // (T, C)
+    be.bias_residual_layernorm(&mut ws.proj, t, &w.attn_out.b, &ws.hidden, &w.attn_ln, eps)?;
+    // BertIntermediate: act(dense(x)).
+    be.linear(&ws.proj, t, &w.ffn_in, false, &mut ws.inter)?; // (T, F)
+    be.bias_activation(&mut ws.inter, t, &w.ffn_in.b, f, act)?;
+    // BertOutput: LayerNorm(dense(x) + attention block output).
+    be.linear(&ws.inter, t, &w.ffn_out, false, &mut ws.hidden)?; // (T, C)
+    be.bias_residual_layernorm(&mut ws.hidden, t, &w.ffn_out.b, &ws.proj, &w.ffn_ln, eps)?;
+    debug_assert_eq!(c * 3, w.qkv.out_features);
+    Ok(())
+}
+
+/// The last `BertLayer` for the [CLS] rows only: keys and values still come from every
+/// token, but the query, the attention output and the feed-forward run for one row per
+/// text. ws.hidden (T, C) -> ws.cls (n, C).
+fn cls_layer<B: Backend>(
+    be: &B,
+    w: &LayerWeights<B::Tensor>,
+    config: &BertConfig,
+    act: Activation,
+    batch: &PackedBatch,
+    ws: &mut Workspace<B::Tensor>,
+) -> Result<()> {
+    let (t, n) = (batch.num_tokens(), batch.num_texts());
+    let (c, f) = (config.hidden_size, config.intermediate_size);
+    let eps = config.layer_norm_eps as f32;
+    // Q of the non-[CLS] rows is wasted work, 1/36 of one layer's GEMMs; one GEMM shape is simpler.
+    be.linear(&ws.hidden, t, &w.qkv, true, &mut ws.qkv)?; // (T, 3C)
+    be.attention(&ws.qkv, &batch.offsets, config.num_attention_heads, config.head_dim(), QueryRows::ClsOnly, &mut ws.attn)?; // (n, C)
+    be.gather_rows(&ws.hidden, c, batch.cls_rows(), &mut ws.cls)?; // (n, C) residual
+    be.linear(&ws.attn, n, &w.attn_out, false, &mut ws.proj)?; // (n, C)
+    be.bias_residual_layernorm(&mut ws.proj, n, &w.attn_out.b, &ws.cls, &w.attn_ln, eps)?;
+    be.linear(&ws.proj, n, &w.ffn_in, false, &mut ws.inter)?; // (n, F)
+    be.bias_activation(&mut ws.inter, n, &w.ffn_in.b, f, act)?;
+    be.linear(&ws.inter, n, &w.ffn_out, false, &mut ws.cls)?; // (n, C)
+    be.bias_residual_layernorm(&mut ws.cls, n, &w.ffn_out.b, &ws.proj, &w.ffn_ln, eps)?;
+    Ok(())
+}
+
+/// A [CLS] encoder on whichever backend was chosen at run time.
+pub trait ClsEncoder {
+    /// (num_texts, C) [CLS] vectors of one packed batch.
+    fn encode_batch(&mut self, batch: &PackedBatch) -> Result<Vec<f32>>;
+    fn hidden_size(&self) -> usize;
+    fn max_tokens(&self) -> usize;
+    fn describe(&self) -> String;
+}
+
+impl<B: Backend> ClsEncoder for Encoder<B> {
+    fn encode_batch(&mut self, batch: &PackedBatch) -> Result<Vec<f32>> {
+        Ok(self.forward(batch, Keep::Cls)?.cls)
+    }
+    fn hidden_size(&self) -> usize {
+        self.config.hidden_size
+    }
+    fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+    fn describe(&self) -> String {
+        self.backend.describe()
+    }
+}
+
+/// Most texts per batch: bounds the attention scratch and keeps progress updates frequent.
+pub const MAX_TEXTS_PER_BATCH: usize = 256;
+
+/// [CLS] vectors (N, C) of every text, in input order. Texts are sorted by length into
+/// packed batches that fill the encoder's token budget; `progress` gets the number of
+/// texts finished after each batch.
+pub fn encode_all(
+    enc: &mut dyn ClsEncoder,
+    texts: &[TokenizedText],
+    mut progress: impl FnMut(usize),
+) -> Result<Vec<f32>> {
+    let c = enc.hidden_size();
+    let lengths: Vec<usize> = texts.iter().map(|t| t.ids.len()).collect();
+    if let Some(&longest) = lengths.iter().max() {
+        if longest > enc.max_tokens() {
+            bail!("a text of {longest} tokens exceeds the token budget of {}: raise --max-batch-tokens", enc.max_tokens());
+        }
+    }
+    let mut out = vec![0f32; texts.len() * c];
+    let mut done = 0;
+    for batch_idx in plan_batches(&lengths, enc.max_tokens(), MAX_TEXTS_PER_BATCH) {
+        let batch = PackedBatch::new(batch_idx.iter().map(|&i| &texts[i]));
+        let cls = enc.encode_batch(&batch)?;
+        for (row, &i) in batch_idx.iter().enumerate() {
+            out[i * c..(i + 1) * c].copy_from_slice(&cls[row * c..(row + 1) * c]);
+        }
+        done += batch_idx.len();
+        progress(done);
+    }
+    Ok(out)
+}

@@ -1,0 +1,283 @@
+//! Encoder weights from HF safetensors: one file or a sharded checkpoint, F32/F16/BF16,
+//! memory-mapped, with the name variants real checkpoints use.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use half::{bf16, f16};
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+use super::config::BertConfig;
+
+/// y = x W^T + b with W (out_features, in_features), as `nn.Linear` stores it.
+pub struct LinearWeights<T> {
+    pub w: T,
+    pub b: T,
+    pub out_features: usize,
+    pub in_features: usize,
+}
+
+pub struct LayerNormWeights<T> {
+    pub gamma: T,
+    pub beta: T,
+}
+
+pub struct EmbeddingWeights<T> {
+    /// (vocab, C)
+    pub word: T,
+    /// (max_positions, C)
+    pub position: T,
+    /// (type_vocab, C)
+    pub token_type: T,
+    pub ln: LayerNormWeights<T>,
+}
+
+pub struct LayerWeights<T> {
+    /// query, key and value fused into one (3C, C) projection: one GEMM instead of three.
+    pub qkv: LinearWeights<T>,
+    pub attn_out: LinearWeights<T>,
+    pub attn_ln: LayerNormWeights<T>,
+    pub ffn_in: LinearWeights<T>,
+    pub ffn_out: LinearWeights<T>,
+    pub ffn_ln: LayerNormWeights<T>,
+}
+
+pub struct BertWeights<T> {
+    pub embeddings: EmbeddingWeights<T>,
+    pub layers: Vec<LayerWeights<T>>,
+}
+
+impl<T> LinearWeights<T> {
+    fn try_map<U>(&self, f: &mut impl FnMut(&T) -> Result<U>) -> Result<LinearWeights<U>> {
+        Ok(LinearWeights {
+            w: f(&self.w)?,
+            b: f(&self.b)?,
+            out_features: self.out_features,
+            in_features: self.in_features,
+        })
+    }
+}
+
+impl<T> LayerNormWeights<T> {
+    fn try_map<U>(&self, f: &mut impl FnMut(&T) -> Result<U>) -> Result<LayerNormWeights<U>> {
+        Ok(LayerNormWeights { gamma: f(&self.gamma)?, beta: f(&self.beta)? })
+    }
+}
+
+impl<T> BertWeights<T> {
+    /// The same weights with every tensor converted by `f` (e.g. uploaded to a device).
+    pub fn try_map<U>(&self, mut f: impl FnMut(&T) -> Result<U>) -> Result<BertWeights<U>> {
+        let e = &self.embeddings;
+        let embeddings = EmbeddingWeights {
+            word: f(&e.word)?,
+            position: f(&e.position)?,
+            token_type: f(&e.token_type)?,
+            ln: e.ln.try_map(&mut f)?,
+        };
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(LayerWeights {
+                    qkv: l.qkv.try_map(&mut f)?,
+                    attn_out: l.attn_out.try_map(&mut f)?,
+                    attn_ln: l.attn_ln.try_map(&mut f)?,
+                    ffn_in: l.ffn_in.try_map(&mut f)?,
+                    ffn_out: l.ffn_out.try_map(&mut f)?,
+                    ffn_ln: l.ffn_ln.try_map(&mut f)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(BertWeights { embeddings, layers })
+    }
+}
+
+/// Host copy of the encoder, f32.
+pub type HostWeights = BertWeights<Vec<f32>>;
+
+/// The safetensors files of a checkpoint, memory-mapped, and which file holds each tensor.
+pub struct Checkpoint {
+    files: Vec<(PathBuf, Mmap)>,
+    index: HashMap<String, usize>,
+}
+
+impl Checkpoint {
+    /// Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index_path = dir.join("model.safetensors.index.json");
+        if single.is_file() {
+            return Self::from_files(vec![single]);
+        }
+        if index_path.is_file() {
+            let text = std::fs::read_to_string(&index_path)
+                .with_context(|| format!("cannot read {}", index_path.display()))?;
+            let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                anyhow!("{} is not valid JSON ({e}): re-download the checkpoint", index_path.display())
+            })?;
+            let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
+                anyhow!("{} has no \"weight_map\" object: re-download the checkpoint", index_path.display())
+            })?;
+            let mut shards: Vec<String> =
+                map.values().filter_map(|v| v.as_str().map(str::to_owned)).collect();
+            shards.sort();
+            shards.dedup();
+            return Self::from_files(shards.iter().map(|s| dir.join(s)).collect());
+        }
+        bail!(
+            "{} has no model.safetensors (nor model.safetensors.index.json): bertcls reads safetensors weights; convert a pytorch_model.bin with transformers' save_pretrained(safe_serialization=True)",
+            dir.display()
+        )
+    }
+
+    pub fn from_files(paths: Vec<PathBuf>) -> Result<Self> {
+        let mut files = Vec::with_capacity(paths.len());
+        let mut index = HashMap::new();
+        for (i, path) in paths.into_iter().enumerate() {
+            let file = File::open(&path)
+                .with_context(|| format!("cannot open weights file {}", path.display()))?;
+            // SAFETY: the map is read-only and lives as long as `Checkpoint`; a file truncated
+            // underneath us is a user error we cannot guard against beyond the header checks.
+            let mmap = unsafe { Mmap::map(&file) }
+                .with_context(|| format!("cannot memory-map {}", path.display()))?;
+            let st = SafeTensors::deserialize(&mmap).map_err(|e| {
+                anyhow!("{} is not a valid safetensors file ({e}): it is truncated or corrupt, download it again", path.display())
+            })?;
+            for name in st.names() {
+                index.insert(name.to_string(), i);
+            }
+            files.push((path, mmap));
+        }
+        Ok(Self { files, index })
+    }
+
+    pub fn tensor_names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+
+    /// The file a tensor lives in.
+    pub fn file_of(&self, name: &str) -> Option<&Path> {
+        self.index.get(name).map(|&i| self.files[i].0.as_path())
+    }
+
+    /// Finds the tensor under the first name in `candidates` present, checks its shape and
+    /// converts it to f32.
+    pub fn load(&self, candidates: &[String], shape: &[usize]) -> Result<Vec<f32>> {
+        let Some((name, &file_idx)) =
+            candidates.iter().find_map(|c| self.index.get_key_value(c.as_str()))
+        else {
+            let files: Vec<String> = self.files.iter().map(|(p, _)| p.display().to_string()).collect();
+            bail!(
+                "missing tensor {} in {}: is this a BERT checkpoint of the architecture config.json describes?",
+                candidates[0],
+                files.join(", ")
+            );
+        };
+        let (path, mmap) = &self.files[file_idx];
+        let st = SafeTensors::deserialize(mmap)
+            .map_err(|e| anyhow!("{} is corrupt ({e}): download it again", path.display()))?;
+        let view = st
+            .tensor(name)
+            .map_err(|e| anyhow!("{}: tensor {name}: {e}", path.display()))?;
+        if view.shape() != shape {
+            bail!(
+                "{}: tensor {name} has shape {:?}, expected {:?} from config.json: the weights and config.json do not belong together",
+                path.display(),
+                view.shape(),
+                shape
+            );
+        }
+        let bytes = view.data();
+        let out: Vec<f32> = match view.dtype() {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => bail!(
+                "{}: tensor {name} has dtype {other:?}; bertcls reads F32, F16 and BF16 weights",
+                path.display()
+            ),
+        };
+        Ok(out)
+    }
+}
+
+/// The names a tensor may carry: plain (`BertModel`), with a `bert.` prefix
+/// (`BertForPreTraining` / `BertForSequenceClassification`), and the TF-era
+/// `LayerNorm.gamma`/`beta` for `weight`/`bias`.
+fn candidates(name: &str) -> Vec<String> {
+    let mut bases = vec![name.to_string()];
+    if let Some(stem) = name.strip_suffix("LayerNorm.weight") {
+        bases.push(format!("{stem}LayerNorm.gamma"));
+    } else if let Some(stem) = name.strip_suffix("LayerNorm.bias") {
+        bases.push(format!("{stem}LayerNorm.beta"));
+    }
+    let mut out = bases.clone();
+    out.extend(bases.iter().map(|b| format!("bert.{b}")));
+    out
+}
+
+impl HostWeights {
+    /// Reads every encoder tensor `config` asks for; the pooler and `cls.*` heads are ignored.
+    pub fn load(ckpt: &Checkpoint, config: &BertConfig) -> Result<Self> {
+        let c = config.hidden_size;
+        let get = |name: &str, shape: &[usize]| ckpt.load(&candidates(name), shape);
+        let linear = |prefix: &str, out_f: usize, in_f: usize| -> Result<LinearWeights<Vec<f32>>> {
+            Ok(LinearWeights {
+                w: get(&format!("{prefix}.weight"), &[out_f, in_f])?,
+                b: get(&format!("{prefix}.bias"), &[out_f])?,
+                out_features: out_f,
+                in_features: in_f,
+            })
+        };
+        let layernorm = |prefix: &str| -> Result<LayerNormWeights<Vec<f32>>> {
+            Ok(LayerNormWeights {
+                gamma: get(&format!("{prefix}.LayerNorm.weight"), &[c])?,
+                beta: get(&format!("{prefix}.LayerNorm.bias"), &[c])?,
+            })
+        };
+        let embeddings = EmbeddingWeights {
+            word: get("embeddings.word_embeddings.weight", &[config.vocab_size, c])?,
+            position: get(
+                "embeddings.position_embeddings.weight",
+                &[config.max_position_embeddings, c],
+            )?,
+            token_type: get("embeddings.token_type_embeddings.weight", &[config.type_vocab_size, c])?,
+            ln: layernorm("embeddings")?,
+        };
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| {
+                let p = format!("encoder.layer.{i}");
+                let q = linear(&format!("{p}.attention.self.query"), c, c)?;
+                let k = linear(&format!("{p}.attention.self.key"), c, c)?;
+                let v = linear(&format!("{p}.attention.self.value"), c, c)?;
+                let qkv = LinearWeights {
+                    w: [q.w, k.w, v.w].concat(),
+                    b: [q.b, k.b, v.b].concat(),
+                    out_features: 3 * c,
+                    in_features: c,
+                };
+                Ok(LayerWeights {
+                    qkv,
+                    attn_out: linear(&format!("{p}.attention.output.dense"), c, c)?,
+                    attn_ln: layernorm(&format!("{p}.attention.output"))?,
+                    ffn_in: linear(&format!("{p}.intermediate.dense"), config.intermediate_size, c)?,
+                    ffn_out: linear(&format!("{p}.output.dense"), c, config.intermediate_size)?,
+                    ffn_ln: layernorm(&format!("{p}.output"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(BertWeights { embeddings, layers })
+    }
+}

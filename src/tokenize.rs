@@ -1,0 +1,147 @@
+//! BERT tokenization through the `tokenizers` crate: a model's `tokenizer.json`, or a
+//! WordPiece tokenizer rebuilt from `vocab.txt` + `tokenizer_config.json` as HF's
+//! `BertTokenizer` would configure it. Output is `[CLS] text [SEP]`, truncated to
+//! `max_length`, never padded (batches are packed).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::processors::bert::BertProcessing;
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+/// The recipe's truncation length.
+pub const DEFAULT_MAX_LENGTH: usize = 350;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TokenizedText {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+}
+
+pub struct BertTokenizer {
+    inner: Tokenizer,
+    /// The files it was built from, for `info` and the feature-cache key.
+    sources: Vec<PathBuf>,
+    max_length: usize,
+}
+
+impl BertTokenizer {
+    /// `tokenizer.json` when `dir` has one, else `vocab.txt` (+ `tokenizer_config.json`).
+    pub fn from_dir(dir: &Path, max_length: usize) -> Result<Self> {
+        if max_length < 2 {
+            bail!("--max-length {max_length} leaves no room for [CLS] and [SEP]: use at least 2");
+        }
+        let json = dir.join("tokenizer.json");
+        let vocab = dir.join("vocab.txt");
+        let (mut inner, sources) = if json.is_file() {
+            let tok = Tokenizer::from_file(&json).map_err(|e| {
+                anyhow!("{} is not a valid tokenizer.json ({e}): re-download it or delete it to use vocab.txt", json.display())
+            })?;
+            (tok, vec![json])
+        } else if vocab.is_file() {
+            let config_path = dir.join("tokenizer_config.json");
+            let tok = from_vocab(&vocab, &config_path)?;
+            let mut sources = vec![vocab];
+            if config_path.is_file() {
+                sources.push(config_path);
+            }
+            (tok, sources)
+        } else {
+            bail!("{} has neither tokenizer.json nor vocab.txt: copy the tokenizer files of the model into it", dir.display());
+        };
+        inner
+            .with_truncation(Some(TruncationParams {
+                max_length,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+                direction: TruncationDirection::Right,
+            }))
+            .map_err(|e| anyhow!("cannot set truncation on the tokenizer: {e}"))?;
+        inner.with_padding(None);
+        Ok(Self { inner, sources, max_length })
+    }
+
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    pub fn sources(&self) -> &[PathBuf] {
+        &self.sources
+    }
+
+    /// sha256 over the tokenizer files and `max_length`: equal fingerprints give equal ids.
+    pub fn fingerprint(&self) -> Result<String> {
+        let mut h = Sha256::new();
+        for p in &self.sources {
+            let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+            h.update(p.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+            h.update(&bytes);
+        }
+        h.update(self.max_length.to_le_bytes());
+        Ok(format!("{:x}", h.finalize()))
+    }
+
+    pub fn encode(&self, text: &str) -> Result<TokenizedText> {
+        let enc = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| anyhow!("cannot tokenize {:?}: {e}", truncate_for_message(text)))?;
+        Ok(TokenizedText { ids: enc.get_ids().to_vec(), type_ids: enc.get_type_ids().to_vec() })
+    }
+
+    /// Tokenizes in parallel, keeping input order.
+    pub fn encode_many<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Vec<TokenizedText>> {
+        texts.par_iter().map(|t| self.encode(t.as_ref())).collect()
+    }
+}
+
+fn truncate_for_message(text: &str) -> String {
+    text.chars().take(40).collect()
+}
+
+/// HF `BertTokenizer` from `vocab.txt`: BasicTokenizer (clean text, CJK characters split
+/// apart, lower-casing and accent stripping per `do_lower_case`/`strip_accents`), then
+/// WordPiece with `##` continuations and `[UNK]`.
+fn from_vocab(vocab: &Path, config_path: &Path) -> Result<Tokenizer> {
+    let config: serde_json::Value = if config_path.is_file() {
+        let text = std::fs::read_to_string(config_path)
+            .with_context(|| format!("cannot read {}", config_path.display()))?;
+        serde_json::from_str(&text)
+            .map_err(|e| anyhow!("{} is not valid JSON: {e}", config_path.display()))?
+    } else {
+        serde_json::Value::Null
+    };
+    // HF's BertTokenizer defaults: do_lower_case=True, tokenize_chinese_chars=True,
+    // strip_accents=None (which then follows do_lower_case).
+    let lowercase = config.get("do_lower_case").and_then(|v| v.as_bool()).unwrap_or(true);
+    let chinese = config.get("tokenize_chinese_chars").and_then(|v| v.as_bool()).unwrap_or(true);
+    let strip_accents = config.get("strip_accents").and_then(|v| v.as_bool());
+    let special = |key: &str, default: &str| -> String {
+        config.get(key).and_then(|v| v.as_str()).unwrap_or(default).to_string()
+    };
+    let (unk, cls, sep) = (special("unk_token", "[UNK]"), special("cls_token", "[CLS]"), special("sep_token", "[SEP]"));
+
+    let vocab_str = vocab
+        .to_str()
+        .ok_or_else(|| anyhow!("{} is not a UTF-8 path", vocab.display()))?;
+    let wordpiece = WordPiece::from_file(vocab_str)
+        .unk_token(unk.clone())
+        .build()
+        .map_err(|e| anyhow!("{} is not a WordPiece vocabulary ({e})", vocab.display()))?;
+    let id = |tok: &str| -> Result<u32> {
+        tokenizers::Model::token_to_id(&wordpiece, tok)
+            .ok_or_else(|| anyhow!("{} has no {tok} token: it is not a BERT vocabulary", vocab.display()))
+    };
+    let (cls_id, sep_id) = (id(&cls)?, id(&sep)?);
+    id(&unk)?;
+    let mut tok = Tokenizer::new(wordpiece);
+    tok.with_normalizer(Some(BertNormalizer::new(true, chinese, strip_accents, lowercase)));
+    tok.with_pre_tokenizer(Some(BertPreTokenizer));
+    tok.with_post_processor(Some(BertProcessing::new((sep, sep_id), (cls, cls_id))));
+    Ok(tok)
+}
