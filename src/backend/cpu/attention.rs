@@ -1,0 +1,97 @@
+//! Multi-head self-attention over the packed layout: each (text, head) pair is an
+//! independent task: scores = Q K^T / sqrt(d) over the text's own tokens, softmax,
+//! context = P V. No padding exists, so no mask is needed: a text never sees another.
+
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+use super::simd::{dispatch, exp};
+use crate::backend::QueryRows;
+
+/// A pointer that rayon tasks may share: each task writes a disjoint block of `out`.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint (rows, head columns) blocks; see `attention`.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    // A method, not field access: closures would otherwise capture the bare `*mut f32`.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+dispatch! {
+    /// Softmax of each row of `scores` (rows, n), in place.
+    fn softmax_rows(scores: &mut [f32], n: usize) {
+        for row in scores.chunks_exact_mut(n) {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let mut total = 0.0;
+            for v in row.iter_mut() {
+                *v = exp(*v - max);
+                total += *v;
+            }
+            let inv = 1.0 / total;
+            for v in row.iter_mut() {
+                *v *= inv;
+            }
+        }
+    }
+}
+
+/// qkv (T, 3C) = [Q | K | V]; out (T, C) or, for `ClsOnly`, (num_texts, C).
+pub fn attention(
+    qkv: &[f32],
+    offsets: &[usize],
+    heads: usize,
+    head_dim: usize,
+    query_rows: QueryRows,
+    out: &mut [f32],
+) {
+    let c = heads * head_dim;
+    let texts = offsets.len() - 1;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let out_rows = match query_rows {
+        QueryRows::All => offsets[texts],
+        QueryRows::ClsOnly => texts,
+    };
+    let out_ptr = OutPtr(out[..out_rows * c].as_mut_ptr());
+    (0..texts * heads).into_par_iter().for_each(|task| {
+        let (text, h) = (task / heads, task % heads);
+        let (start, n) = (offsets[text], offsets[text + 1] - offsets[text]);
+        let (nq, out_row) = match query_rows {
+            QueryRows::All => (n, start),
+            QueryRows::ClsOnly => (1, text),
+        };
+        let q = &qkv[start * 3 * c + h * head_dim..];
+        let k = &qkv[start * 3 * c + c + h * head_dim..];
+        let v = &qkv[start * 3 * c + 2 * c + h * head_dim..];
+        let stride = 3 * c as isize;
+        let mut scores = vec![0f32; nq * n]; // (nq, n)
+        // SAFETY: every read stays inside this text's rows of qkv (start..start+n, row stride
+        // 3C, head_dim columns from the head's offset); `scores` is (nq, n) row-major.
+        unsafe {
+            gemm(
+                nq, n, head_dim,
+                scores.as_mut_ptr(), 1, n as isize, false,
+                q.as_ptr(), 1, stride,
+                k.as_ptr(), stride, 1,
+                0.0, scale, false, false, false, Parallelism::None,
+            );
+        }
+        softmax_rows(&mut scores, n);
+        // SAFETY: this task alone writes rows out_row..out_row+nq, columns
+        // h*head_dim..(h+1)*head_dim of out (out_rows, C); reads of v stay in this text.
+        unsafe {
+            let dst = out_ptr.get().add(out_row * c + h * head_dim);
+            gemm(
+                nq, head_dim, n,
+                dst, 1, c as isize, false,
+                scores.as_ptr(), 1, n as isize,
+                v.as_ptr(), 1, stride,
+                0.0, 1.0, false, false, false, Parallelism::None,
+            );
+        }
+    });
+}

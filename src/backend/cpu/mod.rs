@@ -1,0 +1,137 @@
+//! The CPU backend: pure Rust, the reference every other backend is checked against.
+//!
+//! GEMMs go through the `gemm` crate (AVX-512/AVX2 kernels picked at run time); the
+//! element-wise ops are written so the compiler vectorises them (see `simd`), and rows
+//! and attention heads are spread over a rayon pool.
+
+mod activation;
+mod attention;
+mod layernorm;
+mod linear;
+mod simd;
+
+use anyhow::{Context, Result};
+use rayon::{ThreadPool, ThreadPoolBuilder};
+
+use super::{Activation, Backend, QueryRows};
+use crate::batch::PackedBatch;
+use crate::model::weights::{EmbeddingWeights, LayerNormWeights, LinearWeights};
+
+pub use simd::{erf, exp};
+
+pub struct CpuBackend {
+    pool: ThreadPool,
+    threads: usize,
+}
+
+impl CpuBackend {
+    /// `threads` = 0 uses every core.
+    pub fn new(threads: usize) -> Result<Self> {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        } else {
+            threads
+        };
+        let pool = ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("bertcls-cpu-{i}"))
+            .build()
+            .context("cannot start the CPU thread pool")?;
+        Ok(Self { pool, threads })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+}
+
+impl Backend for CpuBackend {
+    type Tensor = Vec<f32>;
+
+    fn describe(&self) -> String {
+        format!("cpu ({} threads, {})", self.threads, simd::describe())
+    }
+
+    fn upload(&self, host: &[f32]) -> Result<Vec<f32>> {
+        Ok(host.to_vec())
+    }
+
+    fn download(&self, t: &Vec<f32>, len: usize) -> Result<Vec<f32>> {
+        Ok(t[..len].to_vec())
+    }
+
+    fn alloc(&self, len: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; len])
+    }
+
+    fn embeddings_layernorm(
+        &self,
+        batch: &PackedBatch,
+        emb: &EmbeddingWeights<Vec<f32>>,
+        eps: f32,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        self.pool.install(|| layernorm::embeddings_layernorm(batch, emb, eps, out));
+        Ok(())
+    }
+
+    fn linear(
+        &self,
+        x: &Vec<f32>,
+        rows: usize,
+        lin: &LinearWeights<Vec<f32>>,
+        add_bias: bool,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        self.pool.install(|| linear::linear(x, rows, lin, add_bias, out, self.threads));
+        Ok(())
+    }
+
+    fn bias_activation(
+        &self,
+        x: &mut Vec<f32>,
+        rows: usize,
+        bias: &Vec<f32>,
+        width: usize,
+        act: Activation,
+    ) -> Result<()> {
+        self.pool.install(|| activation::bias_activation(&mut x[..rows * width], bias, act));
+        Ok(())
+    }
+
+    fn bias_residual_layernorm(
+        &self,
+        x: &mut Vec<f32>,
+        rows: usize,
+        bias: &Vec<f32>,
+        residual: &Vec<f32>,
+        ln: &LayerNormWeights<Vec<f32>>,
+        eps: f32,
+    ) -> Result<()> {
+        let c = bias.len();
+        self.pool.install(|| {
+            layernorm::bias_residual_layernorm(&mut x[..rows * c], bias, &residual[..rows * c], ln, eps)
+        });
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        qkv: &Vec<f32>,
+        offsets: &[usize],
+        heads: usize,
+        head_dim: usize,
+        query_rows: QueryRows,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        self.pool.install(|| attention::attention(qkv, offsets, heads, head_dim, query_rows, out));
+        Ok(())
+    }
+
+    fn gather_rows(&self, src: &Vec<f32>, width: usize, rows: &[usize], dst: &mut Vec<f32>) -> Result<()> {
+        for (i, &r) in rows.iter().enumerate() {
+            dst[i * width..(i + 1) * width].copy_from_slice(&src[r * width..(r + 1) * width]);
+        }
+        Ok(())
+    }
+}
