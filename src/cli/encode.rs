@@ -1,0 +1,109 @@
+//! `bertcls encode`: [CLS] vectors for texts, to safetensors or JSON lines.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+
+use super::common::{load_model, read_lines, DeviceArgs, ModelArgs};
+use super::progress::Progress;
+use crate::fsio::atomic_write;
+use crate::model::encode_all;
+
+#[derive(Args, Debug)]
+pub struct EncodeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Texts to encode.
+    texts: Vec<String>,
+    /// Read texts from this file, one per line.
+    #[arg(long, conflicts_with = "texts")]
+    file: Option<PathBuf>,
+    /// Write a safetensors file: `cls` [N, hidden] (and `input_ids`, `attention_mask` [N, L] with --ids).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Include the token ids.
+    #[arg(long)]
+    ids: bool,
+    /// JSON lines on standard output (the default without --out).
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: EncodeArgs) -> Result<()> {
+    let texts = match &args.file {
+        Some(path) => read_lines(path)?,
+        None => args.texts.clone(),
+    };
+    if texts.is_empty() {
+        bail!("no texts to encode: pass them as arguments or with --file F (one per line)");
+    }
+    let mut model = load_model(&args.model, &args.device)?;
+    let tokens = model.tokenizer.encode_many(&texts)?;
+    let started = Instant::now();
+    let mut progress = Progress::new(texts.len() as u64, "encoding");
+    let cls = encode_all(model.encoder.as_mut(), &tokens, |done| progress.set(done as u64))?;
+    progress.finish();
+    let real_tokens: usize = tokens.iter().map(|t| t.ids.len()).sum();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "encoded {} texts ({real_tokens} tokens) in {secs:.2}s: {:.0} tokens/s",
+        texts.len(),
+        real_tokens as f64 / secs
+    );
+    let hidden = model.encoder.hidden_size();
+
+    if let Some(out) = &args.out {
+        let n = texts.len();
+        let cls_bytes: Vec<u8> = cls.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut tensors: HashMap<String, TensorView> = HashMap::new();
+        tensors.insert("cls".into(), TensorView::new(Dtype::F32, vec![n, hidden], &cls_bytes)?);
+        let (ids_bytes, mask_bytes, max_len);
+        if args.ids {
+            max_len = tokens.iter().map(|t| t.ids.len()).max().unwrap_or(0);
+            let pad = model.dir.config()?.pad_token_id as i64;
+            let mut ids = Vec::with_capacity(n * max_len * 8);
+            let mut mask = Vec::with_capacity(n * max_len * 8);
+            for t in &tokens {
+                for j in 0..max_len {
+                    let (id, m) = t.ids.get(j).map_or((pad, 0i64), |&id| (id as i64, 1));
+                    ids.extend_from_slice(&id.to_le_bytes());
+                    mask.extend_from_slice(&m.to_le_bytes());
+                }
+            }
+            (ids_bytes, mask_bytes) = (ids, mask);
+            tensors.insert("input_ids".into(), TensorView::new(Dtype::I64, vec![n, max_len], &ids_bytes)?);
+            tensors.insert("attention_mask".into(), TensorView::new(Dtype::I64, vec![n, max_len], &mask_bytes)?);
+        }
+        let mut meta = HashMap::new();
+        meta.insert("model".to_string(), model.id.clone());
+        meta.insert("max_length".to_string(), args.model.max_length.to_string());
+        let bytes = safetensors::serialize(&tensors, Some(meta))
+            .context("cannot serialise the [CLS] vectors")?;
+        atomic_write(out, &bytes)?;
+        eprintln!("wrote {} ([{n}, {hidden}])", out.display());
+    }
+    if args.out.is_none() || args.json {
+        let stdout = std::io::stdout();
+        let mut w = std::io::BufWriter::new(stdout.lock());
+        for (i, text) in texts.iter().enumerate() {
+            let mut obj = serde_json::json!({
+                "text": text,
+                "cls": &cls[i * hidden..(i + 1) * hidden],
+            });
+            if args.ids {
+                obj["input_ids"] = serde_json::json!(tokens[i].ids);
+            }
+            writeln!(w, "{obj}")?;
+        }
+        w.flush()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,81 @@
+//! Helpers shared by the integration tests: fixture paths and safetensors reading.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use bertcls::tokenize::TokenizedText;
+use safetensors::{Dtype, SafeTensors};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixtures() -> PathBuf {
+    repo().join("tests/fixtures")
+}
+
+/// `../shared` beside the checkout, when this machine has it.
+pub fn shared() -> Option<PathBuf> {
+    let p = repo().join("../shared");
+    p.is_dir().then_some(p)
+}
+
+/// Prints why a test does nothing and returns true, so tests read `if skip(..) { return; }`.
+pub fn skip_unless(present: bool, what: &str) -> bool {
+    if !present {
+        eprintln!("SKIPPED: {what}");
+    }
+    !present
+}
+
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub f32: Vec<f32>,
+    pub i64: Vec<i64>,
+}
+
+/// Every tensor of a safetensors file, F32 as `f32` and I64 as `i64`.
+pub fn read_tensors(path: &Path) -> HashMap<String, Tensor> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let data = view.data();
+            let (f32, i64) = match view.dtype() {
+                Dtype::F32 => (
+                    data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+                    vec![],
+                ),
+                Dtype::I64 => (
+                    vec![],
+                    data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
+                ),
+                other => panic!("{name}: unexpected dtype {other:?}"),
+            };
+            (name, Tensor { shape: view.shape().to_vec(), f32, i64 })
+        })
+        .collect()
+}
+
+/// The unpadded texts of a padded (B, L) HF batch.
+pub fn unpad(t: &HashMap<String, Tensor>) -> Vec<TokenizedText> {
+    let ids = &t["input_ids"];
+    let (b, l) = (ids.shape[0], ids.shape[1]);
+    (0..b)
+        .map(|i| {
+            let n = t["attention_mask"].i64[i * l..(i + 1) * l].iter().filter(|&&m| m == 1).count();
+            TokenizedText {
+                ids: ids.i64[i * l..i * l + n].iter().map(|&v| v as u32).collect(),
+                type_ids: t["token_type_ids"].i64[i * l..i * l + n].iter().map(|&v| v as u32).collect(),
+            }
+        })
+        .collect()
+}
+
+/// Largest |a - b| over two equally long slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
