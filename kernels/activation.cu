@@ -1,0 +1,35 @@
+// BertIntermediate: bias + activation, in place on the (rows, F) GEMM output.
+//
+// The feed-forward GEMM runs without its bias so that the bias add and the
+// non-linearity cost one read and one write of the (rows, 4C) intermediate, the largest
+// activation of the layer. One thread per element, grid-stride.
+#include "common.cuh"
+
+// gelu (exact): x * 0.5 * (1 + erf(x / sqrt(2))), as torch.nn.functional.gelu.
+static __device__ __forceinline__ float gelu_erf(float x) {
+    return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+}
+
+// gelu_new / gelu_pytorch_tanh: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+static __device__ __forceinline__ float gelu_tanh(float x) {
+    const float inner = 0.79788456080286536f * (x + 0.044715f * x * x * x);
+    return 0.5f * x * (1.0f + tanhf(inner));
+}
+
+static __device__ __forceinline__ float relu(float x) { return fmaxf(x, 0.0f); }
+
+// x (rows, F) = act(x + bias), bias (F,)
+// launch: 1-D grid over rows * F elements, block 256
+#define BIAS_ACTIVATION_KERNEL(name, act)                                                  \
+    extern "C" __global__ void name(float* __restrict__ x, const float* __restrict__ bias, \
+                                    int rows, int F) {                                     \
+        const size_t n = (size_t)rows * F;                                                 \
+        for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;              \
+             i += (size_t)gridDim.x * blockDim.x) {                                        \
+            x[i] = act(x[i] + bias[i % F]);                                                \
+        }                                                                                  \
+    }
+
+BIAS_ACTIVATION_KERNEL(bias_gelu_erf_forward, gelu_erf)
+BIAS_ACTIVATION_KERNEL(bias_gelu_tanh_forward, gelu_tanh)
+BIAS_ACTIVATION_KERNEL(bias_relu_forward, relu)

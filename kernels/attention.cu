@@ -1,0 +1,96 @@
+// Self-attention over the packed layout: gather, fused scale + mask + softmax, scatter.
+//
+// The dense layers see the batch packed (every text's tokens back to back, no padding).
+// Attention needs one (L, L) score matrix per text and head, which cuBLAS computes
+// fastest as one strided-batched GEMM over equally shaped matrices, so each text's Q, K
+// and V are gathered into a padded (n, H, L, hd) scratch (L = the longest text of the
+// chunk). The padding is masked in the softmax, whose scale, mask, max, exp and
+// normalisation are one pass over the scores instead of four element-wise kernels.
+// The context is scattered back to packed rows. With only the [CLS] query wanted (the
+// last layer), Lq = 1: Q and the scores shrink to one row per text and head.
+#include "common.cuh"
+
+// q (n, H, Lq, hd), k and v (n, H, L, hd) from qkv (T, 3C) laid out [Q | K | V], C = H hd.
+// Rows past a text's length are written as zeros: scores stay finite and masked
+// probabilities (exactly 0) times zero V rows add nothing, never 0 * NaN.
+// offsets (n + 1,) are packed row offsets of the chunk's texts.
+// launch: 1-D grid over n * H * L * hd elements, block 256
+extern "C" __global__ void attention_gather_qkv(
+    float* __restrict__ q, float* __restrict__ k, float* __restrict__ v,
+    const float* __restrict__ qkv, const unsigned int* __restrict__ offsets, int n, int H,
+    int L, int Lq, int hd) {
+    const int C = H * hd;
+    const size_t total = (size_t)n * H * L * hd;
+    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < total;
+         e += (size_t)gridDim.x * blockDim.x) {
+        const int d = e % hd;
+        const int pos = (e / hd) % L;
+        const int h = (e / ((size_t)hd * L)) % H;
+        const int i = e / ((size_t)hd * L * H);
+        const unsigned int start = offsets[i];
+        const int len = offsets[i + 1] - start;
+        const bool real = pos < len;
+        const float* src = qkv + (size_t)(start + pos) * 3 * C + h * hd + d;
+        k[e] = real ? src[C] : 0.0f;
+        v[e] = real ? src[2 * C] : 0.0f;
+        if (pos < Lq) {
+            const size_t qe = (((size_t)i * H + h) * Lq + pos) * hd + d;
+            q[qe] = real ? src[0] : 0.0f;
+        }
+    }
+}
+
+// scores (n, H, Lq, L) = softmax over keys of (scores * scale), keys past the text's
+// length masked to probability 0; query rows past the length (padding) become all zeros,
+// so no row can be NaN. One warp per row: L is at most a few hundred.
+// launch: grid ceil(n * H * Lq / 8), block 256 (8 warps)
+extern "C" __global__ void attention_softmax_scale_mask(
+    float* __restrict__ scores, const unsigned int* __restrict__ offsets, int n, int H,
+    int Lq, int L, float scale) {
+    const int warps_per_block = blockDim.x / WARP_SIZE;
+    const size_t r = (size_t)blockIdx.x * warps_per_block + threadIdx.x / WARP_SIZE;
+    const int lane = threadIdx.x % WARP_SIZE;
+    if (r >= (size_t)n * H * Lq) return;
+    const int qpos = r % Lq;
+    const int i = r / ((size_t)Lq * H);
+    const int len = offsets[i + 1] - offsets[i];
+    float* row = scores + r * L;
+    if (qpos >= len) {
+        for (int j = lane; j < L; j += WARP_SIZE) row[j] = 0.0f;
+        return;
+    }
+    float m = -INFINITY;
+    for (int j = lane; j < len; j += WARP_SIZE) m = fmaxf(m, row[j] * scale);
+    m = warp_reduce_max(m);
+    float sum = 0.0f;
+    for (int j = lane; j < len; j += WARP_SIZE) {
+        const float p = expf(row[j] * scale - m);
+        row[j] = p;
+        sum += p;
+    }
+    // len >= 1 here, so the row's maximum contributes exp(0) = 1: sum >= 1.
+    const float inv = 1.0f / warp_reduce_sum(sum);
+    for (int j = lane; j < L; j += WARP_SIZE) row[j] = j < len ? row[j] * inv : 0.0f;
+}
+
+// out rows from ctx (n, H, Lq, hd). all_rows = 1: out (T, C), row offsets[i] + q for each
+// real query q of text i. all_rows = 0 ([CLS] only, Lq = 1): out row first_text + i.
+// launch: 1-D grid over n * H * Lq * hd elements, block 256
+extern "C" __global__ void attention_scatter_context(
+    float* __restrict__ out, const float* __restrict__ ctx,
+    const unsigned int* __restrict__ offsets, int n, int H, int Lq, int hd, int all_rows,
+    int first_text) {
+    const int C = H * hd;
+    const size_t total = (size_t)n * H * Lq * hd;
+    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < total;
+         e += (size_t)gridDim.x * blockDim.x) {
+        const int d = e % hd;
+        const int qpos = (e / hd) % Lq;
+        const int h = (e / ((size_t)hd * Lq)) % H;
+        const int i = e / ((size_t)hd * Lq * H);
+        const int len = offsets[i + 1] - offsets[i];
+        if (qpos >= len) continue;
+        const size_t row = all_rows ? (size_t)offsets[i] + qpos : (size_t)first_text + i;
+        out[row * C + h * hd + d] = ctx[e];
+    }
+}

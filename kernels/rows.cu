@@ -1,0 +1,33 @@
+// Row movement: the [CLS] gather and the bias broadcast that seeds a GEMM output.
+//
+// gather_rows picks each text's [CLS] row out of the packed hidden states (the last
+// layer's residual and the encoder's output). broadcast_bias_rows writes the bias into
+// every output row so that cuBLAS adds the product to it (beta = 1): the bias costs no
+// extra pass over the GEMM output.
+#include "common.cuh"
+
+// dst (n, width) = src[rows] with src (T, width), rows (n,)
+// launch: 1-D grid over n * width elements, block 256
+extern "C" __global__ void gather_rows(float* __restrict__ dst, const float* __restrict__ src,
+                                       const unsigned int* __restrict__ rows, int n,
+                                       int width) {
+    const size_t total = (size_t)n * width;
+    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < total;
+         e += (size_t)gridDim.x * blockDim.x) {
+        const int r = e / width;
+        const int c = e % width;
+        dst[e] = src[(size_t)rows[r] * width + c];
+    }
+}
+
+// out (rows, N) = bias (N,) in every row
+// launch: 1-D grid over rows * N elements, block 256
+extern "C" __global__ void broadcast_bias_rows(float* __restrict__ out,
+                                               const float* __restrict__ bias, int rows,
+                                               int N) {
+    const size_t total = (size_t)rows * N;
+    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < total;
+         e += (size_t)gridDim.x * blockDim.x) {
+        out[e] = bias[e % N];
+    }
+}
