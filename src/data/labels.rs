@@ -1,0 +1,182 @@
+//! Label ids as the data writes them (integers, integral floats, digit
+//! strings), and the label names a dataset ends up with.
+
+use anyhow::{bail, Result};
+use serde_json::Value;
+
+use super::raw::{row_error, RawSplit};
+
+const IDS_HINT: &str = "labels must be class ids 0, 1, ... (map label names to ids first)";
+
+pub(super) fn check_id(id: i64) -> Result<i64, String> {
+    if id < 0 {
+        return Err(format!("label {id} is negative; {IDS_HINT}"));
+    }
+    Ok(id)
+}
+
+pub(super) fn from_f64(value: f64) -> Result<i64, String> {
+    // Pandas writes integer columns that held a null as floats: 1.0 is still id 1.
+    if value.is_finite() && value.fract() == 0.0 && value.abs() < 9.0e15 {
+        return check_id(value as i64);
+    }
+    Err(format!("label {value} is not an integer; {IDS_HINT}"))
+}
+
+pub(super) fn from_text(text: &str) -> Result<i64, String> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err("label is empty".to_string());
+    }
+    if let Ok(id) = trimmed.parse::<i64>() {
+        return check_id(id);
+    }
+    match trimmed.parse::<f64>() {
+        Ok(value) if value.is_finite() => from_f64(value),
+        _ => Err(format!("label \"{trimmed}\" is not an integer; {IDS_HINT}")),
+    }
+}
+
+pub(super) fn from_json(value: &Value) -> Result<i64, String> {
+    match value {
+        Value::Null => Err("label is null".to_string()),
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(id), _) => check_id(id),
+            (None, Some(f)) => from_f64(f),
+            (None, None) => Err(format!("label {n} is not an integer; {IDS_HINT}")),
+        },
+        Value::String(s) => from_text(s),
+        other => Err(format!("label {other} is not an integer; {IDS_HINT}")),
+    }
+}
+
+/// The names in the order of their ids: the data's ClassLabel, else
+/// `--labels`, else the ids themselves; then every label is checked against them.
+pub(super) fn resolve(
+    source: &str,
+    class_names: Option<Vec<String>>,
+    flag: Option<&[String]>,
+    splits: &[RawSplit],
+) -> Result<Vec<String>> {
+    let names = match (class_names, flag) {
+        (Some(data), Some(flag)) if data.len() != flag.len() => bail!(
+            "{source}: its ClassLabel has {} names ({}) but --labels gives {} ({}); \
+             drop --labels or give exactly {} names",
+            data.len(),
+            data.join(", "),
+            flag.len(),
+            flag.join(", "),
+            data.len()
+        ),
+        (Some(data), _) => data,
+        (None, Some(flag)) => flag.to_vec(),
+        (None, None) => {
+            let max = splits.iter().flat_map(|s| s.labels.iter().copied()).max();
+            let count = max.map_or(0, |m| m as usize + 1).max(2);
+            return Ok((0..count).map(|id| id.to_string()).collect());
+        }
+    };
+    if names.len() < 2 {
+        bail!("{source}: a classifier needs at least 2 label names, got {names:?}; pass --labels a,b,...");
+    }
+    check_range(&names, splits)?;
+    Ok(names)
+}
+
+fn check_range(names: &[String], splits: &[RawSplit]) -> Result<()> {
+    for split in splits {
+        if let Some(index) = split
+            .labels
+            .iter()
+            .position(|&id| id as usize >= names.len())
+        {
+            let (file, row) = split.locate(index);
+            return Err(row_error(
+                file,
+                row,
+                format!(
+                    "label {} is outside 0..{} (label names: {}); fix the row, or pass --labels \
+                     with one name per class if the data has no ClassLabel",
+                    split.labels[index],
+                    names.len(),
+                    names.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn split(labels: &[i64]) -> RawSplit {
+        let mut split = RawSplit::new("train");
+        split.start_file(Path::new("train.jsonl"));
+        for &l in labels {
+            split.push(String::new(), l);
+        }
+        split
+    }
+
+    #[test]
+    fn parses_ids_in_their_written_forms() {
+        assert_eq!(from_text(" 1 "), Ok(1));
+        assert_eq!(from_text("1.0"), Ok(1));
+        assert!(from_text("1.5")
+            .unwrap_err()
+            .contains("1.5 is not an integer"));
+        assert!(from_text("pos")
+            .unwrap_err()
+            .contains("\"pos\" is not an integer"));
+        assert!(from_text("-1").unwrap_err().contains("-1 is negative"));
+        assert!(from_text("nan").unwrap_err().contains("not an integer"));
+        assert_eq!(from_text(""), Err("label is empty".to_string()));
+        assert_eq!(from_json(&serde_json::json!(3)), Ok(3));
+        assert_eq!(from_json(&serde_json::json!("2")), Ok(2));
+        assert!(from_json(&serde_json::json!(1.5)).is_err());
+        assert!(from_json(&serde_json::json!(true)).is_err());
+        assert_eq!(from_json(&Value::Null), Err("label is null".to_string()));
+    }
+
+    #[test]
+    fn names_come_from_class_label_then_flag_then_ids() {
+        let splits = [split(&[0, 1, 0])];
+        let data = Some(vec!["neg".to_string(), "pos".to_string()]);
+        let flag = ["a".to_string(), "b".to_string()];
+        assert_eq!(
+            resolve("d", data.clone(), Some(&flag), &splits).unwrap(),
+            ["neg", "pos"]
+        );
+        assert_eq!(
+            resolve("d", None, Some(&flag), &splits).unwrap(),
+            ["a", "b"]
+        );
+        assert_eq!(
+            resolve("d", None, None, &[split(&[0, 0])]).unwrap(),
+            ["0", "1"]
+        );
+        assert_eq!(resolve("d", None, None, &[split(&[3])]).unwrap().len(), 4);
+        let three = ["a".to_string(), "b".to_string(), "c".to_string()];
+        let err = resolve("d", data, Some(&three), &splits)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ClassLabel has 2 names") && err.contains("--labels gives 3"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_label_past_the_names_names_its_row() {
+        let flag = ["a".to_string(), "b".to_string()];
+        let err = resolve("d", None, Some(&flag), &[split(&[0, 1, 2])]).unwrap_err();
+        let err = err.to_string();
+        assert!(
+            err.starts_with("train.jsonl row 3: label 2 is outside 0..2"),
+            "{err}"
+        );
+    }
+}

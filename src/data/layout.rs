@@ -1,0 +1,169 @@
+//! Which files make which split: split names from file names, the sibling
+//! rule for a single file, and folders of data files.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::Format;
+
+/// Split names in the order a dataset lists them.
+const SPLIT_NAMES: [&str; 5] = ["train", "validation", "valid", "dev", "test"];
+
+/// A hub snapshot nests its files (`data/`, `<config>/<split>/`) but no deeper.
+const MAX_DEPTH: usize = 3;
+
+pub(super) type Groups = Vec<(String, Vec<PathBuf>)>;
+
+pub(super) fn is_split_name(name: &str) -> bool {
+    SPLIT_NAMES.contains(&name)
+}
+
+/// Known split names first, in their usual order, then the rest by name.
+pub(super) fn order_key(name: &str) -> (usize, String) {
+    let rank = SPLIT_NAMES
+        .iter()
+        .position(|s| *s == name)
+        .unwrap_or(SPLIT_NAMES.len());
+    (rank, name.to_string())
+}
+
+/// `train.parquet` and the hub's shards `train-00000-of-00002[-hash].parquet`
+/// are split `train`; the parquet converter's `train/0000.parquet` is too.
+pub(super) fn split_of(file: &Path) -> String {
+    let stem = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !stem.is_empty() && stem.bytes().all(|b| b.is_ascii_digit()) {
+        if let Some(parent) = file.parent().and_then(Path::file_name) {
+            return parent.to_string_lossy().into_owned();
+        }
+    }
+    let parts: Vec<&str> = stem.split('-').collect();
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let shard = (1..parts.len().saturating_sub(2))
+        .find(|&i| digits(parts[i]) && parts[i + 1] == "of" && digits(parts[i + 2]));
+    match shard {
+        Some(i) => parts[..i].join("-"),
+        None => stem,
+    }
+}
+
+/// One file is its own split, unless it is named as a split: then its
+/// siblings of the same format named as splits come along, as the other splits.
+pub(super) fn for_file(file: &Path, format: Format) -> Result<Groups> {
+    let split = split_of(file);
+    if !is_split_name(&split) {
+        return Ok(vec![(split, vec![file.to_path_buf()])]);
+    }
+    let dir = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))? {
+        let path = dir.join(entry?.file_name());
+        if Format::of_file(&path) == Some(format)
+            && is_split_name(&split_of(&path))
+            && path.is_file()
+        {
+            files.push(path);
+        }
+    }
+    Ok(group(files))
+}
+
+/// The data files under `dir` in the first format found of parquet, JSONL,
+/// CSV, TSV (the hub serves parquet; other formats beside it are copies).
+pub(super) fn scan_dir(dir: &Path) -> Result<Option<(Format, Groups)>> {
+    let mut found: BTreeMap<Format, Vec<PathBuf>> = BTreeMap::new();
+    walk(dir, 0, &mut found)?;
+    Ok(found
+        .into_iter()
+        .next()
+        .map(|(format, files)| (format, group(files))))
+}
+
+fn walk(dir: &Path, depth: usize, found: &mut BTreeMap<Format, Vec<PathBuf>>) -> Result<()> {
+    for entry in fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))? {
+        let name = entry?.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        // Through fs::metadata, which follows the symlinks of a hub cache snapshot.
+        let path = dir.join(name);
+        let Ok(meta) = fs::metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() && depth < MAX_DEPTH {
+            walk(&path, depth + 1, found)?;
+        } else if let Some(format) = meta.is_file().then(|| Format::of_file(&path)).flatten() {
+            found.entry(format).or_default().push(path);
+        }
+    }
+    Ok(())
+}
+
+fn group(files: Vec<PathBuf>) -> Groups {
+    let mut groups: BTreeMap<(usize, String), Vec<PathBuf>> = BTreeMap::new();
+    for file in files {
+        let split = split_of(&file);
+        groups.entry(order_key(&split)).or_default().push(file);
+    }
+    groups
+        .into_iter()
+        .map(|((_, name), mut files)| {
+            files.sort_by(|a, b| a.file_name().cmp(&b.file_name()).then(a.cmp(b)));
+            (name, files)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_names_from_file_names() {
+        assert_eq!(split_of(Path::new("d/train.parquet")), "train");
+        assert_eq!(
+            split_of(Path::new("d/data/train-00000-of-00001.parquet")),
+            "train"
+        );
+        assert_eq!(
+            split_of(Path::new(
+                "validation-00001-of-00002-405befbaa3bcf1a2.parquet"
+            )),
+            "validation"
+        );
+        assert_eq!(split_of(Path::new("d/default/test/0000.parquet")), "test");
+        assert_eq!(split_of(Path::new("my-reviews.csv")), "my-reviews");
+        assert_eq!(split_of(Path::new("reviews-2024-of-5.csv")), "reviews");
+    }
+
+    #[test]
+    fn groups_order_splits_and_shards() {
+        let files = [
+            "test.tsv",
+            "x/train-00001-of-00002.tsv",
+            "extra.tsv",
+            "train-00000-of-00002.tsv",
+            "validation.tsv",
+        ]
+        .map(PathBuf::from)
+        .to_vec();
+        let groups = group(files);
+        let names: Vec<&str> = groups.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["train", "validation", "test", "extra"]);
+        assert_eq!(
+            groups[0].1,
+            [
+                PathBuf::from("train-00000-of-00002.tsv"),
+                PathBuf::from("x/train-00001-of-00002.tsv")
+            ]
+        );
+    }
+}

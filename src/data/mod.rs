@@ -1,0 +1,291 @@
+//! Labelled text datasets: HF `save_to_disk` folders (Arrow IPC streams),
+//! parquet, JSONL, CSV and TSV, each split read whole into memory.
+//!
+//! Label names come from the data's ClassLabel feature, else `--labels`, else
+//! the ids themselves. Every row is checked at load time (UTF-8 text, no nulls,
+//! integer labels in range) so later stages never meet a bad row.
+
+mod arrow_dir;
+mod columns;
+mod delimited;
+mod jsonl;
+mod labels;
+mod layout;
+mod parquet;
+mod raw;
+#[cfg(test)]
+mod testdir;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Result};
+use sha2::{Digest, Sha256};
+
+use raw::{Loaded, RawSplit};
+
+const ACCEPTED: &str = "a datasets save_to_disk folder (dataset_dict.json or state.json), \
+    a .parquet, .jsonl, .csv or .tsv file, or a folder of such files";
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub text_column: String,
+    pub label_column: String,
+    /// Names for the label ids, from `--labels a,b`; used when the data has no ClassLabel.
+    pub labels: Option<Vec<String>>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            text_column: "text".to_string(),
+            label_column: "label".to_string(),
+            labels: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Format {
+    // Declared in the order a folder holding several formats is read by.
+    Parquet,
+    Jsonl,
+    Csv,
+    Tsv,
+    SaveToDisk,
+}
+
+impl Format {
+    fn of_file(path: &Path) -> Option<Format> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "parquet" => Some(Format::Parquet),
+            "jsonl" | "ndjson" => Some(Format::Jsonl),
+            "csv" => Some(Format::Csv),
+            "tsv" => Some(Format::Tsv),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Format::Parquet => "parquet",
+            Format::Jsonl => "jsonl",
+            Format::Csv => "csv",
+            Format::Tsv => "tsv",
+            Format::SaveToDisk => "save_to_disk",
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    /// Train, validation, test first, then any others by name.
+    pub splits: Vec<Split>,
+    pub label_names: Vec<String>,
+    pub source: PathBuf,
+    pub format: Format,
+}
+
+#[derive(Clone, Debug)]
+pub struct Split {
+    pub name: String,
+    pub texts: Vec<String>,
+    pub labels: Vec<usize>,
+    /// sha256 (hex) over the texts and labels in order: the feature cache's data key.
+    pub content_hash: String,
+}
+
+impl Dataset {
+    /// The named split; an error when there is none, or when it has no rows.
+    pub fn split(&self, name: &str) -> Result<&Split> {
+        let names: Vec<&str> = self.splits.iter().map(|s| s.name.as_str()).collect();
+        let Some(split) = self.splits.iter().find(|s| s.name == name) else {
+            bail!(
+                "unknown split \"{name}\" in {}: it has {}; pick one with --split",
+                self.source.display(),
+                names.join(", ")
+            );
+        };
+        if split.texts.is_empty() {
+            let others: Vec<&str> = names.into_iter().filter(|n| *n != name).collect();
+            bail!(
+                "split \"{name}\" in {} has no rows; add rows, or pick another with --split ({})",
+                self.source.display(),
+                if others.is_empty() {
+                    "there is none".to_string()
+                } else {
+                    others.join(", ")
+                }
+            );
+        }
+        Ok(split)
+    }
+
+    pub fn num_labels(&self) -> usize {
+        self.label_names.len()
+    }
+}
+
+pub fn load(source: &Path, opts: &LoadOptions) -> Result<Dataset> {
+    if !source.exists() {
+        bail!(
+            "{}: no such file or folder; --data takes {ACCEPTED}",
+            source.display()
+        );
+    }
+    let (format, loaded) = if source.is_dir() {
+        if arrow_dir::is_save_to_disk(source) {
+            (Format::SaveToDisk, arrow_dir::load(source, opts)?)
+        } else {
+            let Some((format, groups)) = layout::scan_dir(source)? else {
+                bail!(
+                    "{}: no dataset found in this folder; --data takes {ACCEPTED}",
+                    source.display()
+                );
+            };
+            (format, read_groups(format, groups, opts)?)
+        }
+    } else {
+        let format = Format::of_file(source).ok_or_else(|| {
+            anyhow!(
+                "{}: unknown data format; --data takes {ACCEPTED}",
+                source.display()
+            )
+        })?;
+        (
+            format,
+            read_groups(format, layout::for_file(source, format)?, opts)?,
+        )
+    };
+    finish(source, format, loaded, opts)
+}
+
+fn read_groups(format: Format, groups: layout::Groups, opts: &LoadOptions) -> Result<Loaded> {
+    let mut loaded = Loaded {
+        splits: Vec::new(),
+        class_names: None,
+    };
+    for (name, files) in groups {
+        let mut split = RawSplit::new(&name);
+        for file in files {
+            let names = match format {
+                Format::Parquet => parquet::read(&file, opts, &mut split)?,
+                Format::Jsonl => jsonl::read(&file, opts, &mut split)?,
+                Format::Csv => delimited::read(&file, delimited::Dialect::Csv, opts, &mut split)?,
+                Format::Tsv => delimited::read(&file, delimited::Dialect::Tsv, opts, &mut split)?,
+                Format::SaveToDisk => unreachable!("save_to_disk folders are read by arrow_dir"),
+            };
+            loaded.class_names = loaded.class_names.or(names);
+        }
+        loaded.splits.push(split);
+    }
+    Ok(loaded)
+}
+
+fn finish(source: &Path, format: Format, loaded: Loaded, opts: &LoadOptions) -> Result<Dataset> {
+    let shown = source.display().to_string();
+    let label_names = labels::resolve(
+        &shown,
+        loaded.class_names,
+        opts.labels.as_deref(),
+        &loaded.splits,
+    )?;
+    let mut splits: Vec<Split> = loaded
+        .splits
+        .into_iter()
+        .map(|raw| {
+            // Checked non-negative by the readers.
+            let labels: Vec<usize> = raw.labels.iter().map(|&id| id as usize).collect();
+            let content_hash = content_hash(&raw.texts, &labels);
+            Split {
+                name: raw.name,
+                texts: raw.texts,
+                labels,
+                content_hash,
+            }
+        })
+        .collect();
+    splits.sort_by_key(|s| layout::order_key(&s.name));
+    Ok(Dataset {
+        splits,
+        label_names,
+        source: source.to_path_buf(),
+        format,
+    })
+}
+
+fn content_hash(texts: &[String], labels: &[usize]) -> String {
+    let mut hasher = Sha256::new();
+    for (text, &label) in texts.iter().zip(labels) {
+        // Length-prefixed, so no two different row lists hash the same bytes.
+        hasher.update((text.len() as u64).to_le_bytes());
+        hasher.update(text.as_bytes());
+        hasher.update((label as u64).to_le_bytes());
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testdir::TestDir;
+    use super::*;
+
+    fn tsv(dir: &TestDir, name: &str, rows: &[(usize, &str)]) -> PathBuf {
+        let mut body = String::from("label\ttext\n");
+        for (label, text) in rows {
+            body.push_str(&format!("{label}\t{text}\n"));
+        }
+        dir.write(name, body.as_bytes())
+    }
+
+    #[test]
+    fn a_split_file_brings_its_sibling_splits() {
+        let dir = TestDir::new("mod");
+        let train = tsv(&dir, "train.tsv", &[(0, "a"), (1, "b")]);
+        tsv(&dir, "test.tsv", &[(1, "c")]);
+        tsv(&dir, "notes.tsv", &[(0, "n")]);
+        let data = load(&train, &LoadOptions::default()).unwrap();
+        let names: Vec<&str> = data.splits.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["train", "test"]);
+        assert_eq!(data.label_names, ["0", "1"]);
+        assert_eq!(data.format, Format::Tsv);
+        let other = load(&dir.path().join("notes.tsv"), &LoadOptions::default()).unwrap();
+        assert_eq!(other.splits.len(), 1);
+        assert_eq!(other.split("notes").unwrap().texts, ["n"]);
+    }
+
+    #[test]
+    fn unknown_and_empty_splits_say_what_there_is() {
+        let dir = TestDir::new("mod");
+        let train = tsv(&dir, "train.tsv", &[(0, "a")]);
+        tsv(&dir, "test.tsv", &[]);
+        let data = load(&train, &LoadOptions::default()).unwrap();
+        let err = data.split("dev").unwrap_err().to_string();
+        assert!(
+            err.starts_with("unknown split \"dev\" in ") && err.contains("it has train, test"),
+            "{err}"
+        );
+        let err = data.split("test").unwrap_err().to_string();
+        assert!(
+            err.contains("split \"test\" in")
+                && err.contains("has no rows")
+                && err.contains("--split (train)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn content_hash_follows_texts_and_labels() {
+        let a = content_hash(&["ab".into(), "c".into()], &[0, 1]);
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, content_hash(&["a".into(), "bc".into()], &[0, 1]));
+        assert_ne!(a, content_hash(&["ab".into(), "c".into()], &[1, 1]));
+    }
+}

@@ -1,0 +1,89 @@
+//! Splits as the readers produce them: label ids as written, before the label
+//! names (and so the valid range) are known.
+
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Error};
+
+pub(super) struct RawSplit {
+    pub name: String,
+    pub texts: Vec<String>,
+    pub labels: Vec<i64>,
+    /// Each contributing file with the split row where its rows start, so a
+    /// check made after shards are concatenated still names the file and row.
+    files: Vec<(PathBuf, usize)>,
+}
+
+/// What one source yields: its splits, and the label names of its ClassLabel
+/// feature when the data carries one.
+pub(super) struct Loaded {
+    pub splits: Vec<RawSplit>,
+    pub class_names: Option<Vec<String>>,
+}
+
+impl RawSplit {
+    pub fn new(name: &str) -> Self {
+        RawSplit {
+            name: name.to_string(),
+            texts: Vec::new(),
+            labels: Vec::new(),
+            files: Vec::new(),
+        }
+    }
+
+    pub fn start_file(&mut self, file: &Path) {
+        self.files.push((file.to_path_buf(), self.texts.len()));
+    }
+
+    pub fn push(&mut self, text: String, label: i64) {
+        self.texts.push(text);
+        self.labels.push(label);
+    }
+
+    /// The file holding split row `index` (0-based) and its 1-based row there.
+    pub fn locate(&self, index: usize) -> (&Path, usize) {
+        let at = self.files.partition_point(|(_, start)| *start <= index);
+        let (file, start) = &self.files[at.saturating_sub(1)];
+        (file, index - start + 1)
+    }
+}
+
+/// Rows count from 1, after any header, in the file named.
+pub(super) fn row_error(file: &Path, row: usize, what: impl Display) -> Error {
+    anyhow!("{} row {row}: {what}", file.display())
+}
+
+pub(super) fn missing_column(file: &Path, column: &str, flag: &str, columns: &[String]) -> Error {
+    anyhow!(
+        "{}: no column \"{column}\" (it has {}); name the right one with {flag}",
+        file.display(),
+        quoted_list(columns)
+    )
+}
+
+pub(super) fn quoted_list(names: &[String]) -> String {
+    if names.is_empty() {
+        return "no columns".to_string();
+    }
+    let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+    quoted.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locate_maps_split_rows_back_to_shards() {
+        let mut split = RawSplit::new("train");
+        split.start_file(Path::new("a.arrow"));
+        split.push("x".into(), 0);
+        split.push("y".into(), 1);
+        split.start_file(Path::new("b.arrow"));
+        split.push("z".into(), 0);
+        assert_eq!(split.locate(0), (Path::new("a.arrow"), 1));
+        assert_eq!(split.locate(1), (Path::new("a.arrow"), 2));
+        assert_eq!(split.locate(2), (Path::new("b.arrow"), 1));
+    }
+}
