@@ -25,7 +25,8 @@ fn main() {
         println!("cargo::rerun-if-env-changed={var}");
     }
 
-    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let kernel_dir = manifest.join("kernels");
     let sources = kernel_sources(&kernel_dir);
@@ -50,7 +51,10 @@ fn main() {
     // One translation unit that includes every kernel file: one module to load, one
     // place where a duplicate kernel name fails the build.
     let unit = out_dir.join("bertcls_kernels.cu");
-    let includes: String = sources.iter().map(|s| format!("#include \"{}\"\n", s.display())).collect();
+    let includes: String = sources
+        .iter()
+        .map(|s| format!("#include \"{}\"\n", s.display()))
+        .collect();
     fs::write(&unit, includes).expect("cannot write the kernel translation unit to OUT_DIR");
     let fatbin = out_dir.join("bertcls_kernels.fatbin");
 
@@ -83,7 +87,10 @@ fn main() {
     println!("cargo::rustc-cfg=bertcls_cuda_kernels");
     println!("cargo::rustc-env=BERTCLS_CUDA_FATBIN={}", fatbin.display());
     println!("cargo::rustc-env=BERTCLS_CUDA_ARCHS={}", archs.join(" "));
-    println!("cargo::rustc-env=BERTCLS_NVCC_VERSION={}", nvcc_release(&nvcc));
+    println!(
+        "cargo::rustc-env=BERTCLS_NVCC_VERSION={}",
+        nvcc_release(&nvcc)
+    );
 }
 
 /// Every `kernels/*.cu`, sorted so the translation unit is the same on every machine.
@@ -114,7 +121,11 @@ fn find_nvcc(pip_nvcc: &Path) -> Option<PathBuf> {
         .filter_map(env::var_os)
         .map(|home| PathBuf::from(home).join("bin").join("nvcc"));
     let on_path = env::var_os("PATH")
-        .map(|path| env::split_paths(&path).map(|d| d.join("nvcc")).collect::<Vec<_>>())
+        .map(|path| {
+            env::split_paths(&path)
+                .map(|d| d.join("nvcc"))
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default();
     from_home
         .chain(std::iter::once(pip_nvcc.to_path_buf()))
@@ -123,12 +134,19 @@ fn find_nvcc(pip_nvcc: &Path) -> Option<PathBuf> {
 }
 
 fn runs(nvcc: &Path) -> bool {
-    Command::new(nvcc).arg("--version").output().is_ok_and(|o| o.status.success())
+    Command::new(nvcc)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// `13.0` from nvcc's `Cuda compilation tools, release 13.0, V13.0.88`.
 fn nvcc_release(nvcc: &Path) -> String {
-    let out = Command::new(nvcc).arg("--version").output().map(|o| o.stdout).unwrap_or_default();
+    let out = Command::new(nvcc)
+        .arg("--version")
+        .output()
+        .map(|o| o.stdout)
+        .unwrap_or_default();
     let text = String::from_utf8_lossy(&out);
     text.split("release ")
         .nth(1)

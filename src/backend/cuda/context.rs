@@ -1,0 +1,288 @@
+//! Finding a GPU without panicking, the context and stream, and the embedded kernel
+//! module with every kernel looked up by name when it loads.
+
+use std::ffi::{c_void, CString};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Result};
+use cudarc::driver::{result as drv, sys, CudaContext, CudaStream, DriverError};
+
+/// The fatbin build.rs compiled from `kernels/*.cu`; `None` when it found no nvcc.
+#[cfg(bertcls_cuda_kernels)]
+const FATBIN: Option<&[u8]> = Some(include_bytes!(env!("BERTCLS_CUDA_FATBIN")));
+#[cfg(not(bertcls_cuda_kernels))]
+const FATBIN: Option<&[u8]> = None;
+
+/// The GPU architectures the fatbin carries code for, e.g. `sm_80 sm_90 compute_80`.
+pub const KERNEL_ARCHS: Option<&str> = option_env!("BERTCLS_CUDA_ARCHS");
+/// The nvcc release that compiled the kernels.
+pub const NVCC_VERSION: Option<&str> = option_env!("BERTCLS_NVCC_VERSION");
+
+pub(crate) const NO_KERNELS: &str =
+    "bertcls was built without CUDA kernels: run scripts/install-cuda-toolchain.sh and rebuild";
+
+/// cudarc loads libcuda and libcublas on first use and panics when they are missing:
+/// every path into cudarc goes through this check first.
+pub(crate) fn check_libraries() -> Result<()> {
+    // SAFETY: these only try to dlopen the library by its candidate names.
+    if !unsafe { sys::is_culib_present() } {
+        bail!("no CUDA driver on this machine (libcuda.so not found): no NVIDIA GPU is usable");
+    }
+    if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+        bail!(
+            "the CUDA driver is present but cuBLAS is not (libcublas.so.13 not found): install the CUDA 13 toolkit or add its lib64 folder to LD_LIBRARY_PATH"
+        );
+    }
+    Ok(())
+}
+
+/// How many GPUs the driver reports; libraries must have been checked.
+pub(crate) fn device_count() -> Result<usize> {
+    let n = CudaContext::device_count().map_err(|e| {
+        anyhow!("the CUDA driver failed to start ({e}): is the NVIDIA driver loaded?")
+    })?;
+    Ok(n.max(0) as usize)
+}
+
+/// One line per GPU: `cuda:0 NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB)`.
+pub(crate) fn describe_devices() -> Result<Vec<String>> {
+    (0..device_count()?)
+        .map(|i| {
+            let dev = drv::device::get(i as i32)?;
+            let name = drv::device::get_name(dev)?;
+            let attr = |a| unsafe { drv::device::get_attribute(dev, a) };
+            let major =
+                attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+            let minor =
+                attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+            let mem = unsafe { drv::device::total_mem(dev) }?;
+            Ok(format!(
+                "cuda:{i} {name} (sm_{major}{minor}, {:.1} GiB)",
+                mem as f64 / (1u64 << 30) as f64
+            ))
+        })
+        .collect::<Result<Vec<_>, DriverError>>()
+        .map_err(|e| anyhow!("cannot query the CUDA devices: {e}"))
+}
+
+/// Checks, without creating a context, that `cuda:ordinal` can run the CUDA backend.
+pub(crate) fn check_device(ordinal: usize) -> Result<()> {
+    if FATBIN.is_none() {
+        bail!("{NO_KERNELS}");
+    }
+    check_libraries()?;
+    match device_count()? {
+        0 => bail!("the CUDA driver reports no GPU"),
+        n if ordinal >= n => bail!(
+            "cuda:{ordinal} requested but the driver reports {n} GPU(s): use cuda:0..cuda:{}",
+            n - 1
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The context (bound to the calling thread) and the one stream every op runs on.
+pub(crate) fn open(ordinal: usize) -> Result<(Arc<CudaContext>, Arc<CudaStream>)> {
+    check_device(ordinal)?;
+    let ctx = CudaContext::new(ordinal).map_err(|e| anyhow!("cannot open cuda:{ordinal}: {e}"))?;
+    // SAFETY: everything runs on one stream, in order, so cudarc's per-allocation events
+    // (which synchronise several streams) are pure overhead; no allocation exists yet.
+    unsafe { ctx.disable_event_tracking() };
+    let stream = ctx
+        .new_stream()
+        .map_err(|e| anyhow!("cannot create a CUDA stream: {e}"))?;
+    Ok((ctx, stream))
+}
+
+/// The loaded fatbin; unloaded on drop, after every function handle (plain pointers) in
+/// `Kernels` is done with.
+struct Module {
+    raw: sys::CUmodule,
+    ctx: Arc<CudaContext>,
+}
+
+impl Drop for Module {
+    fn drop(&mut self) {
+        // Errors on teardown (a context already lost) have nowhere to go.
+        let _ = self.ctx.bind_to_thread();
+        let _ = unsafe { drv::module::unload(self.raw) };
+    }
+}
+
+fn load_module(ctx: &Arc<CudaContext>) -> Result<Module> {
+    let image = FATBIN.ok_or_else(|| anyhow!("{NO_KERNELS}"))?;
+    // cuModuleLoadData wants the image 8-byte aligned; include_bytes! promises 1.
+    let mut aligned = vec![0u64; image.len().div_ceil(8)];
+    // SAFETY: `aligned` holds at least image.len() bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            image.as_ptr(),
+            aligned.as_mut_ptr().cast::<u8>(),
+            image.len(),
+        )
+    };
+    ctx.bind_to_thread()
+        .map_err(|e| anyhow!("cannot bind the CUDA context: {e}"))?;
+    // SAFETY: a complete fatbin image produced by nvcc --fatbin.
+    let raw = unsafe { drv::module::load_data(aligned.as_ptr().cast::<c_void>()) }.map_err(|e| {
+        anyhow!(
+            "cannot load the CUDA kernels ({e}): this GPU needs code for an architecture the build does not carry ({})",
+            KERNEL_ARCHS.unwrap_or("none")
+        )
+    })?;
+    Ok(Module {
+        raw,
+        ctx: ctx.clone(),
+    })
+}
+
+fn function(module: &Module, name: &str) -> Result<sys::CUfunction> {
+    let c_name = CString::new(name).expect("kernel names have no NUL");
+    // SAFETY: the module is loaded and outlives the handle (both live in `Kernels`).
+    unsafe { drv::module::get_function(module.raw, c_name) }
+        .map_err(|e| anyhow!("the embedded CUDA module has no kernel \"{name}\" ({e}): kernels/ and src/backend/cuda disagree; rebuild"))
+}
+
+/// Declares the kernel table: one field per `extern "C" __global__` function of
+/// kernels/*.cu, each looked up when the module loads so that a missing or renamed kernel
+/// fails at start-up, naming it, rather than on first use.
+macro_rules! kernel_table {
+    ($($name:ident),* $(,)?) => {
+        pub(crate) struct Kernels {
+            $(pub $name: sys::CUfunction,)*
+            _module: Module,
+        }
+
+        /// Every kernel the backend launches, by name.
+        pub const KERNEL_NAMES: &[&str] = &[$(stringify!($name)),*];
+
+        impl Kernels {
+            pub(crate) fn load(ctx: &Arc<CudaContext>) -> Result<Self> {
+                let module = load_module(ctx)?;
+                Ok(Self { $($name: function(&module, stringify!($name))?,)* _module: module })
+            }
+        }
+    };
+}
+
+kernel_table!(
+    embeddings_layernorm_forward,
+    bias_residual_layernorm_forward,
+    bias_gelu_erf_forward,
+    bias_gelu_tanh_forward,
+    bias_relu_forward,
+    attention_gather_qkv,
+    attention_softmax_scale_mask,
+    attention_scatter_context,
+    gather_rows,
+    broadcast_bias_rows,
+    softmax_cross_entropy_backward,
+    bias_grad_column_sum,
+    adamw_update,
+);
+
+// SAFETY: CUfunction handles are plain driver handles, valid from any thread on which
+// the context is current; every launch binds the context first.
+unsafe impl Send for Kernels {}
+unsafe impl Sync for Kernels {}
+
+/// A kernel argument as cuLaunchKernel reads it: a device pointer, an int or a float.
+#[derive(Clone, Copy)]
+pub(crate) enum Arg {
+    Ptr(sys::CUdeviceptr),
+    I32(i32),
+    F32(f32),
+}
+
+/// Launch geometry: blocks, threads per block, dynamic shared memory bytes.
+pub(crate) struct Grid {
+    pub blocks: u32,
+    pub threads: u32,
+    pub shared_bytes: u32,
+}
+
+impl Grid {
+    /// A grid-stride launch over `n` elements, 256 threads a block.
+    pub fn elementwise(n: usize) -> Self {
+        // Enough blocks to fill any current GPU many times over; the kernels stride.
+        let blocks = n.div_ceil(256).clamp(1, 1 << 16) as u32;
+        Self {
+            blocks,
+            threads: 256,
+            shared_bytes: 0,
+        }
+    }
+
+    /// One block per row, the row in `shared_floats` floats of dynamic shared memory.
+    pub fn per_row(rows: usize, width: usize, shared_floats: usize) -> Self {
+        let threads = width.next_multiple_of(32).clamp(32, 256) as u32;
+        Self {
+            blocks: rows as u32,
+            threads,
+            shared_bytes: (shared_floats * 4) as u32,
+        }
+    }
+
+    /// One warp per row, 8 rows a block.
+    pub fn warp_per_row(rows: usize) -> Self {
+        Self {
+            blocks: rows.div_ceil(8) as u32,
+            threads: 256,
+            shared_bytes: 0,
+        }
+    }
+}
+
+pub(crate) fn launch(
+    stream: &CudaStream,
+    f: sys::CUfunction,
+    grid: Grid,
+    args: &[Arg],
+) -> Result<()> {
+    if grid.blocks == 0 {
+        return Ok(());
+    }
+    // Every argument in an 8-byte slot: cuLaunchKernel reads sizeof(param) bytes from each
+    // pointer, and on little-endian x86-64 an i32 or f32 is the low half of its slot.
+    let mut slots: Vec<u64> = args
+        .iter()
+        .map(|a| match *a {
+            Arg::Ptr(p) => p,
+            Arg::I32(v) => v as u32 as u64,
+            Arg::F32(v) => v.to_bits() as u64,
+        })
+        .collect();
+    let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| (s as *mut u64).cast()).collect();
+    stream
+        .context()
+        .bind_to_thread()
+        .map_err(|e| anyhow!("cannot bind the CUDA context: {e}"))?;
+    // SAFETY: the callers pass exactly the kernel's parameters, in order, and check every
+    // buffer's length against the sizes the kernel is given.
+    unsafe {
+        drv::launch_kernel(
+            f,
+            (grid.blocks, 1, 1),
+            (grid.threads, 1, 1),
+            grid.shared_bytes,
+            stream.cu_stream(),
+            &mut params,
+        )
+    }
+    .map_err(|e| anyhow!("CUDA kernel launch failed: {e}"))
+}
+
+/// Maps an allocation failure to the advice the user can act on.
+pub(crate) fn alloc_error(e: DriverError, floats: usize, max_batch_tokens: usize) -> anyhow::Error {
+    if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+        anyhow!(
+            "out of GPU memory allocating {} MiB: lower --max-batch-tokens (now {max_batch_tokens})",
+            (floats * 4).div_ceil(1 << 20)
+        )
+    } else {
+        anyhow!(
+            "GPU allocation of {} MiB failed: {e}",
+            (floats * 4).div_ceil(1 << 20)
+        )
+    }
+}
