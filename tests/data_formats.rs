@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow_array::{Array, ArrayRef, BinaryArray, Int64Array, RecordBatch, StringArray};
+use arrow_array::{
+    Array, ArrayRef, BinaryArray, BooleanArray, Int64Array, RecordBatch, StringArray,
+};
 use bertcls::data::{load, Dataset, Format, LoadOptions};
 
 fn repo() -> PathBuf {
@@ -281,6 +283,33 @@ fn a_missing_column_lists_the_columns_and_the_flags() {
     let err = load_err(&parquet, &opts());
     assert!(
         err.contains("p.parquet: no column \"text\" (it has \"body\", \"label\")"),
+        "{err}"
+    );
+}
+
+#[test]
+fn columns_of_the_wrong_type_say_which_flag_to_use() {
+    let dir = temp_dir("types");
+    let ids = || -> ArrayRef { Arc::new(Int64Array::from(vec![0, 1])) };
+    let parquet = dir.join("a.parquet");
+    write_parquet(&parquet, ids(), ids(), "text");
+    let err = load_err(&parquet, &opts());
+    assert!(
+        err.contains("a.parquet: text column \"text\" holds Int64, not strings")
+            && err.contains("--text-column"),
+        "{err}"
+    );
+    let parquet = dir.join("b.parquet");
+    write_parquet(
+        &parquet,
+        text_column(&["x", "y"]),
+        Arc::new(BooleanArray::from(vec![true, false])),
+        "text",
+    );
+    let err = load_err(&parquet, &opts());
+    assert!(
+        err.contains("b.parquet: label column \"label\" holds Boolean")
+            && err.contains("--label-column"),
         "{err}"
     );
 }
