@@ -1,0 +1,436 @@
+//! The feature cache: [CLS] vectors of a split, stored once and reused by every run
+//! that would compute the same ones.
+//!
+//! The encoder is frozen and deterministic, so its output is a function of the
+//! weights, the tokenizer, `max_length`, the backend and precision that ran it, and the
+//! texts. [`FeatureKey`] names all of these; an entry is `<digest>.safetensors` holding
+//! the tensor `cls` [rows, hidden] with the key's fields as metadata.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use anyhow::{bail, Context, Result};
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::fsio::atomic_write;
+
+/// Bumped whenever the meaning of a cached entry changes (how features are computed,
+/// how the key is serialised), so that old entries miss instead of being misread.
+const FORMAT_VERSION: u32 = 1;
+const TENSOR: &str = "cls";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FeatureKey {
+    pub weights_sha256: String,
+    /// A fingerprint of the tokenizer (its files' hashes, say): two tokenizers that
+    /// split text differently must not share features.
+    pub tokenizer: String,
+    pub max_length: usize,
+    /// "cpu" or "cuda".
+    pub backend: String,
+    /// "fp32" or "tf32".
+    pub precision: String,
+    /// [`hash_split`] of the texts and labels.
+    pub data_hash: String,
+}
+
+impl FeatureKey {
+    /// The sha256 of the key's JSON form (fields in declaration order, strings escaped,
+    /// so distinct keys cannot serialise alike) prefixed by the format version.
+    pub fn digest(&self) -> String {
+        let canonical = serde_json::to_vec(&(FORMAT_VERSION, self))
+            .expect("a struct of strings and integers serialises");
+        hex(&Sha256::digest(&canonical))
+    }
+
+    fn metadata(&self) -> HashMap<String, String> {
+        HashMap::from([
+            ("format".to_string(), FORMAT_VERSION.to_string()),
+            ("weights_sha256".to_string(), self.weights_sha256.clone()),
+            ("tokenizer".to_string(), self.tokenizer.clone()),
+            ("max_length".to_string(), self.max_length.to_string()),
+            ("backend".to_string(), self.backend.clone()),
+            ("precision".to_string(), self.precision.clone()),
+            ("data_hash".to_string(), self.data_hash.clone()),
+        ])
+    }
+}
+
+/// The folder that holds everything bertcls caches: `$BERTCLS_CACHE`, else
+/// `bertcls` in the user's cache folder (`~/.cache` on Linux).
+pub fn cache_root() -> PathBuf {
+    match std::env::var_os("BERTCLS_CACHE").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => dirs::cache_dir()
+            .unwrap_or_else(std::env::temp_dir)
+            .join("bertcls"),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FeatureCache {
+    dir: PathBuf,
+}
+
+impl FeatureCache {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// `features` under [`cache_root`].
+    pub fn default_dir() -> PathBuf {
+        cache_root().join("features")
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where the entry for `key` lives, whether or not it exists.
+    pub fn path(&self, key: &FeatureKey) -> PathBuf {
+        self.dir.join(format!("{}.safetensors", key.digest()))
+    }
+
+    /// The stored features for `key`, row-major [rows, hidden], or `None` on a miss.
+    /// An entry that cannot be read back as this key's features (truncated, wrong
+    /// dtype or rank, another key's metadata) is a miss: it is removed with a one-line
+    /// warning so that the caller's `put` replaces it.
+    pub fn get(&self, key: &FeatureKey) -> Result<Option<Vec<f32>>> {
+        let path = self.path(key);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                    "cannot read feature cache entry {}: fix its permissions or pass --no-cache",
+                    path.display()
+                )
+                })
+            }
+        };
+        match decode(&bytes, key) {
+            Ok(features) => Ok(Some(features)),
+            Err(why) => {
+                eprintln!(
+                    "warning: feature cache entry {} is unusable ({why}); removing it and encoding afresh",
+                    path.display()
+                );
+                // Failing to remove it is harmless: the next `put` writes over it.
+                let _ = std::fs::remove_file(&path);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Stores `features` (row-major [rows, hidden]) for `key`, atomically: a run killed
+    /// mid-write leaves the old entry or none, never a torn one.
+    pub fn put(
+        &self,
+        key: &FeatureKey,
+        features: &[f32],
+        rows: usize,
+        hidden: usize,
+    ) -> Result<()> {
+        if rows.checked_mul(hidden) != Some(features.len()) {
+            bail!(
+                "cannot cache {} floats as {rows} rows of {hidden}: the encoder returned the wrong count",
+                features.len()
+            );
+        }
+        let bytes: Vec<u8> = features.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let view = safetensors::tensor::TensorView::new(Dtype::F32, vec![rows, hidden], &bytes)
+            .context("cannot lay out the features as a tensor")?;
+        let file = safetensors::serialize([(TENSOR, view)], Some(key.metadata()))
+            .context("cannot serialise the features")?;
+        atomic_write(&self.path(key), &file)
+    }
+}
+
+fn decode(bytes: &[u8], key: &FeatureKey) -> Result<Vec<f32>, String> {
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
+    if header.metadata().as_ref() != Some(&key.metadata()) {
+        return Err("its metadata does not match its key".to_string());
+    }
+    let tensors = SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
+    let cls = tensors.tensor(TENSOR).map_err(|e| e.to_string())?;
+    if cls.dtype() != Dtype::F32 || cls.shape().len() != 2 {
+        return Err(format!(
+            "`{TENSOR}` is {:?} {:?}, not F32 [rows, hidden]",
+            cls.dtype(),
+            cls.shape()
+        ));
+    }
+    let (rows, hidden) = (cls.shape()[0], cls.shape()[1]);
+    let data = cls.data();
+    if data.len() != rows * hidden * 4 {
+        return Err(format!(
+            "`{TENSOR}` holds {} bytes for shape [{rows}, {hidden}]",
+            data.len()
+        ));
+    }
+    Ok(data
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
+}
+
+/// The content hash of a split: texts and labels, each length-prefixed so that
+/// `["ab", "c"]` and `["a", "bc"]` differ.
+pub fn hash_split(texts: &[String], labels: &[usize]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"bertcls-split-v1");
+    h.update((texts.len() as u64).to_le_bytes());
+    for text in texts {
+        h.update((text.len() as u64).to_le_bytes());
+        h.update(text.as_bytes());
+    }
+    h.update((labels.len() as u64).to_le_bytes());
+    for &label in labels {
+        h.update((label as u64).to_le_bytes());
+    }
+    hex(&h.finalize())
+}
+
+/// The sha256 of a file, remembered in `sha256/` under [`cache_root`] per (path, size,
+/// modification time), so that a second run does not re-read a 400 MB weights file.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    sha256_file_memo(path, &cache_root().join("sha256"))
+}
+
+#[derive(Serialize, Deserialize, PartialEq)]
+struct Memo {
+    path: String,
+    size: u64,
+    mtime_ns: u128,
+    sha256: String,
+}
+
+fn sha256_file_memo(path: &Path, memo_dir: &Path) -> Result<String> {
+    // Canonical, so that the HF cache's symlinked snapshot files share one memo entry
+    // with the content-addressed blob they point to.
+    let real = path
+        .canonicalize()
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let meta =
+        std::fs::metadata(&real).with_context(|| format!("cannot stat {}", real.display()))?;
+    let mtime_ns = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos());
+    let real_name = real.to_string_lossy().into_owned();
+    let memo_path = memo_dir.join(format!(
+        "{}.json",
+        &hex(&Sha256::digest(real_name.as_bytes()))[..32]
+    ));
+
+    let Some(mtime_ns) = mtime_ns else {
+        // No modification time, no way to tell a changed file: hash every time.
+        return hash_file(&real);
+    };
+    let mut memo = Memo {
+        path: real_name,
+        size: meta.len(),
+        mtime_ns,
+        sha256: String::new(),
+    };
+    if let Some(stored) = std::fs::read(&memo_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Memo>(&b).ok())
+    {
+        if stored.path == memo.path && stored.size == memo.size && stored.mtime_ns == memo.mtime_ns
+        {
+            return Ok(stored.sha256);
+        }
+    }
+    memo.sha256 = hash_file(&real)?;
+    // The memo only saves time: a read-only cache folder must not stop the run.
+    let _ = serde_json::to_vec(&memo).map(|json| atomic_write(&memo_path, &json));
+    Ok(memo.sha256)
+}
+
+fn hash_file(path: &Path) -> Result<String> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("bertcls-features-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn key() -> FeatureKey {
+        FeatureKey {
+            weights_sha256: "ab".repeat(32),
+            tokenizer: "tok".to_string(),
+            max_length: 350,
+            backend: "cpu".to_string(),
+            precision: "fp32".to_string(),
+            data_hash: hash_split(&["好".to_string()], &[1]),
+        }
+    }
+
+    #[test]
+    fn put_then_get_round_trips() {
+        let cache = FeatureCache::new(temp_dir("roundtrip"));
+        let features: Vec<f32> = (0..6).map(|i| i as f32 * 0.5 - 1.0).collect();
+        assert_eq!(cache.get(&key()).unwrap(), None);
+        cache.put(&key(), &features, 2, 3).unwrap();
+        assert_eq!(cache.get(&key()).unwrap(), Some(features));
+        std::fs::remove_dir_all(cache.dir()).unwrap();
+    }
+
+    #[test]
+    fn every_key_field_changes_the_digest() {
+        let base = key();
+        let variants = [
+            FeatureKey {
+                weights_sha256: "cd".repeat(32),
+                ..base.clone()
+            },
+            FeatureKey {
+                tokenizer: "other".to_string(),
+                ..base.clone()
+            },
+            FeatureKey {
+                max_length: 128,
+                ..base.clone()
+            },
+            FeatureKey {
+                backend: "cuda".to_string(),
+                ..base.clone()
+            },
+            FeatureKey {
+                precision: "tf32".to_string(),
+                ..base.clone()
+            },
+            FeatureKey {
+                data_hash: hash_split(&[], &[]),
+                ..base.clone()
+            },
+        ];
+        for v in &variants {
+            assert_ne!(v.digest(), base.digest(), "{v:?}");
+        }
+        assert_eq!(base.digest(), key().digest());
+    }
+
+    #[test]
+    fn a_changed_max_length_misses() {
+        let cache = FeatureCache::new(temp_dir("maxlen"));
+        cache.put(&key(), &[1.0, 2.0], 1, 2).unwrap();
+        let shorter = FeatureKey {
+            max_length: 128,
+            ..key()
+        };
+        assert_eq!(cache.get(&shorter).unwrap(), None);
+        assert!(cache.get(&key()).unwrap().is_some());
+        std::fs::remove_dir_all(cache.dir()).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_entry_is_a_miss_and_is_removed() {
+        let cache = FeatureCache::new(temp_dir("corrupt"));
+        cache.put(&key(), &[1.0; 8], 2, 4).unwrap();
+        let path = cache.path(&key());
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 5]).unwrap();
+        assert_eq!(cache.get(&key()).unwrap(), None);
+        assert!(!path.exists());
+        std::fs::write(&path, b"not a safetensors file").unwrap();
+        assert_eq!(cache.get(&key()).unwrap(), None);
+        assert!(!path.exists());
+        std::fs::remove_dir_all(cache.dir()).unwrap();
+    }
+
+    #[test]
+    fn an_entry_under_another_keys_name_is_a_miss() {
+        let cache = FeatureCache::new(temp_dir("renamed"));
+        let other = FeatureKey {
+            backend: "cuda".to_string(),
+            ..key()
+        };
+        cache.put(&other, &[1.0, 2.0], 1, 2).unwrap();
+        std::fs::rename(cache.path(&other), cache.path(&key())).unwrap();
+        assert_eq!(cache.get(&key()).unwrap(), None);
+        std::fs::remove_dir_all(cache.dir()).unwrap();
+    }
+
+    #[test]
+    fn put_refuses_a_shape_that_does_not_fit() {
+        let cache = FeatureCache::new(temp_dir("shape"));
+        assert!(cache.put(&key(), &[1.0; 5], 2, 3).is_err());
+        std::fs::remove_dir_all(cache.dir()).unwrap();
+    }
+
+    #[test]
+    fn split_hash_is_length_prefixed_and_sees_labels() {
+        let s = |v: &[&str]| v.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+        assert_ne!(
+            hash_split(&s(&["ab", "c"]), &[0, 0]),
+            hash_split(&s(&["a", "bc"]), &[0, 0])
+        );
+        assert_ne!(hash_split(&s(&["a"]), &[0]), hash_split(&s(&["a"]), &[1]));
+        assert_eq!(hash_split(&s(&["a"]), &[1]), hash_split(&s(&["a"]), &[1]));
+    }
+
+    #[test]
+    fn file_hash_matches_sha256_and_is_remembered_until_the_file_changes() {
+        let dir = temp_dir("sha");
+        let file = dir.join("weights.bin");
+        std::fs::write(&file, b"abc").unwrap();
+        let memo_dir = dir.join("sha256");
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(sha256_file_memo(&file, &memo_dir).unwrap(), abc);
+        assert_eq!(std::fs::read_dir(&memo_dir).unwrap().count(), 1);
+
+        // A memo is trusted while path, size and mtime agree: prove it is read by
+        // planting a wrong hash in it.
+        let memo_file = std::fs::read_dir(&memo_dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let text = std::fs::read_to_string(&memo_file)
+            .unwrap()
+            .replace(abc, "planted");
+        std::fs::write(&memo_file, text).unwrap();
+        assert_eq!(sha256_file_memo(&file, &memo_dir).unwrap(), "planted");
+
+        std::fs::write(&file, b"abcd").unwrap();
+        assert_eq!(
+            sha256_file_memo(&file, &memo_dir).unwrap(),
+            "88d4266fd4e6338d13b845fcf289579d209c897823b9217da3e161936f031589"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
