@@ -1,0 +1,721 @@
+//! Every op of `Backend`, in the style of llama.cpp's test-backend-ops: random inputs from
+//! a fixed seed, one list of cases, each run on two sides and compared with a tolerance
+//! that the case states with its reason.
+//!
+//! - CPU backend against a naive f64 reference written here: runs everywhere (CI).
+//! - CUDA backend against the CPU backend: runs where a GPU is found, else prints why it
+//!   skips. So do the whole encoder on CUDA against the HF fixtures and the GPU head
+//!   against the CPU head and AdamW.
+//!
+//! Outputs are written into buffers filled with NaN and a NaN tail: an element an op
+//! forgets to write fails the comparison, and a write past the end fails the tail check.
+
+mod common;
+
+use bertcls::backend::cpu::CpuBackend;
+use bertcls::backend::cuda::{self, CudaBackend, CudaHead, Precision};
+use bertcls::backend::{Activation, Backend, QueryRows};
+use bertcls::batch::PackedBatch;
+use bertcls::head::{HeadScratch, LinearHead};
+use bertcls::model::weights::{EmbeddingWeights, LayerNormWeights, LinearWeights};
+use bertcls::model::{Encoder, Keep, ModelDir};
+use bertcls::optim::AdamW;
+use bertcls::tokenize::TokenizedText;
+use common::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Floats past each output that must still hold the NaN sentinel after the op.
+const TAIL: usize = 64;
+/// Token budget of the CUDA backend in these tests: above every case's batch.
+const BUDGET: usize = 2048;
+
+struct Inputs(StdRng);
+
+impl Inputs {
+    fn new(seed: u64) -> Self {
+        Self(StdRng::seed_from_u64(seed))
+    }
+    fn uniform(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| self.0.random_range(lo..hi)).collect()
+    }
+    fn ids(&mut self, n: usize, below: u32) -> Vec<u32> {
+        (0..n).map(|_| self.0.random_range(0..below)).collect()
+    }
+}
+
+struct EmbeddingsCase {
+    batch: PackedBatch,
+    word: Vec<f32>,
+    position: Vec<f32>,
+    token_type: Vec<f32>,
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    c: usize,
+    eps: f32,
+}
+
+struct LinearCase {
+    x: Vec<f32>,
+    rows: usize,
+    w: Vec<f32>,
+    b: Vec<f32>,
+    n: usize,
+    k: usize,
+    add_bias: bool,
+}
+
+struct ActivationCase {
+    x: Vec<f32>,
+    rows: usize,
+    bias: Vec<f32>,
+    width: usize,
+    act: Activation,
+}
+
+struct LayerNormCase {
+    x: Vec<f32>,
+    rows: usize,
+    bias: Vec<f32>,
+    residual: Vec<f32>,
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    c: usize,
+    eps: f32,
+}
+
+struct AttentionCase {
+    qkv: Vec<f32>,
+    offsets: Vec<usize>,
+    heads: usize,
+    head_dim: usize,
+    query_rows: QueryRows,
+}
+
+struct GatherCase {
+    src: Vec<f32>,
+    width: usize,
+    rows: Vec<usize>,
+}
+
+enum Op {
+    Embeddings(EmbeddingsCase),
+    Linear(LinearCase),
+    BiasActivation(ActivationCase),
+    BiasResidualLayerNorm(LayerNormCase),
+    Attention(AttentionCase),
+    GatherRows(GatherCase),
+}
+
+/// One op on one input, with the tolerance |got - want| <= atol + rtol |want| and why.
+struct Case {
+    name: String,
+    op: Op,
+    atol: f64,
+    rtol: f64,
+    why: &'static str,
+}
+
+fn packed(lens: &[usize], vocab: u32, inputs: &mut Inputs) -> PackedBatch {
+    let texts: Vec<TokenizedText> = lens
+        .iter()
+        .map(|&n| TokenizedText {
+            ids: inputs.ids(n, vocab),
+            type_ids: inputs.ids(n, 2),
+        })
+        .collect();
+    PackedBatch::new(&texts)
+}
+
+fn offsets_of(lens: &[usize]) -> Vec<usize> {
+    let mut o = vec![0];
+    for &l in lens {
+        o.push(o.last().unwrap() + l);
+    }
+    o
+}
+
+fn cases() -> Vec<Case> {
+    let mut r = Inputs::new(0x5eed_0005);
+    let mut cases = Vec::new();
+
+    const LN_WHY: &str = "fp32 sums of C terms and one sqrt: a few ulps of outputs of order 1";
+    for (c, lens) in [(32, vec![5, 1, 17, 9]), (768, vec![128, 3, 64])] {
+        let (vocab, max_pos) = (97u32, 256);
+        // Rows with a large common offset: a one-pass E[x^2] - E[x]^2 variance fails here.
+        let word: Vec<f32> = r
+            .uniform(vocab as usize * c, -1.0, 1.0)
+            .iter()
+            .map(|v| v + 4.0)
+            .collect();
+        cases.push(Case {
+            name: format!("embeddings_layernorm C={c} lens={lens:?}"),
+            op: Op::Embeddings(EmbeddingsCase {
+                batch: packed(&lens, vocab, &mut r),
+                word,
+                position: r.uniform(max_pos * c, -0.5, 0.5),
+                token_type: r.uniform(2 * c, -0.5, 0.5),
+                gamma: r.uniform(c, 0.5, 1.5),
+                beta: r.uniform(c, -0.5, 0.5),
+                c,
+                eps: 1e-12,
+            }),
+            atol: 2e-5,
+            rtol: 1e-5,
+            why: LN_WHY,
+        });
+    }
+
+    // BERT-base shapes (QKV, FFN in/out) and odd ones that are no multiple of any tile.
+    for (rows, k, n, add_bias) in [
+        (37, 48, 96, true),
+        (5, 33, 7, false),
+        (64, 768, 2304, true),
+        (16, 3072, 768, false),
+        (1, 768, 768, true),
+    ] {
+        let scale = 1.0 / (k as f32).sqrt();
+        cases.push(Case {
+            name: format!("linear rows={rows} K={k} N={n} bias={add_bias}"),
+            op: Op::Linear(LinearCase {
+                x: r.uniform(rows * k, -1.0, 1.0),
+                rows,
+                w: r.uniform(n * k, -scale, scale),
+                b: r.uniform(n, -1.0, 1.0),
+                n,
+                k,
+                add_bias,
+            }),
+            atol: 2e-5,
+            rtol: 1e-5,
+            why: "fp32 dot products of K terms in different orders (blocked GEMMs): error ~ sqrt(K) ulps of outputs of order 1",
+        });
+    }
+
+    for act in [Activation::GeluErf, Activation::GeluTanh, Activation::Relu] {
+        let (rows, width) = (33, 130);
+        cases.push(Case {
+            name: format!("bias_activation {act:?} rows={rows} F={width}"),
+            op: Op::BiasActivation(ActivationCase {
+                x: r.uniform(rows * width, -6.0, 6.0),
+                rows,
+                bias: r.uniform(width, -1.0, 1.0),
+                width,
+                act,
+            }),
+            atol: 1e-6,
+            rtol: 2e-6,
+            why: "one fp32 add, then erf/tanh: the CPU's polynomial erf is within 2e-7, CUDA's erff within 2 ulp",
+        });
+    }
+
+    for (rows, c) in [(29, 768), (3, 32)] {
+        cases.push(Case {
+            name: format!("bias_residual_layernorm rows={rows} C={c}"),
+            op: Op::BiasResidualLayerNorm(LayerNormCase {
+                x: r.uniform(rows * c, -3.0, 3.0),
+                rows,
+                bias: r.uniform(c, -1.0, 1.0),
+                residual: r.uniform(rows * c, 5.0, 7.0),
+                gamma: r.uniform(c, 0.5, 1.5),
+                beta: r.uniform(c, -0.5, 0.5),
+                c,
+                eps: 1e-12,
+            }),
+            atol: 2e-5,
+            rtol: 1e-5,
+            why: LN_WHY,
+        });
+    }
+
+    for (lens, heads, head_dim) in [(vec![7, 1, 16, 3], 4, 8), (vec![128, 77, 5, 1], 12, 64)] {
+        for query_rows in [QueryRows::All, QueryRows::ClsOnly] {
+            let t: usize = lens.iter().sum();
+            let c = heads * head_dim;
+            cases.push(Case {
+                name: format!("attention {query_rows:?} lens={lens:?} heads={heads} head_dim={head_dim}"),
+                op: Op::Attention(AttentionCase {
+                    qkv: r.uniform(t * 3 * c, -2.0, 2.0),
+                    offsets: offsets_of(&lens),
+                    heads,
+                    head_dim,
+                    query_rows,
+                }),
+                atol: 2e-5,
+                rtol: 1e-5,
+                why: "fp32 scores (head_dim terms), softmax and a weighted sum of up to L rows: errors of a few ulps, outputs bounded by |V| <= 2",
+            });
+        }
+    }
+
+    let width = 48;
+    cases.push(Case {
+        name: format!("gather_rows width={width}"),
+        op: Op::GatherRows(GatherCase {
+            src: r.uniform(40 * width, -1.0, 1.0),
+            width,
+            rows: vec![0, 7, 39, 7, 12],
+        }),
+        atol: 0.0,
+        rtol: 0.0,
+        why: "a copy: bit-exact",
+    });
+    cases
+}
+
+/// Uploads `host` followed by the NaN tail.
+fn upload_with_tail<B: Backend>(be: &B, host: &[f32]) -> B::Tensor {
+    let mut v = host.to_vec();
+    v.extend(std::iter::repeat_n(f32::NAN, TAIL));
+    be.upload(&v).unwrap()
+}
+
+fn nan_buffer<B: Backend>(be: &B, len: usize) -> B::Tensor {
+    be.upload(&vec![f32::NAN; len + TAIL]).unwrap()
+}
+
+/// The first `len` floats of `t`, after checking that the tail past them is untouched.
+fn download_checked<B: Backend>(be: &B, t: &B::Tensor, len: usize, name: &str) -> Vec<f32> {
+    let mut all = be.download(t, len + TAIL).unwrap();
+    assert!(
+        all[len..].iter().all(|v| v.is_nan()),
+        "{name}: wrote past the end of its output"
+    );
+    all.truncate(len);
+    all
+}
+
+fn linear_weights<B: Backend>(
+    be: &B,
+    w: &[f32],
+    b: &[f32],
+    n: usize,
+    k: usize,
+) -> LinearWeights<B::Tensor> {
+    LinearWeights {
+        w: be.upload(w).unwrap(),
+        b: be.upload(b).unwrap(),
+        out_features: n,
+        in_features: k,
+    }
+}
+
+fn run<B: Backend>(be: &B, case: &Case) -> Vec<f32> {
+    let name = &case.name;
+    match &case.op {
+        Op::Embeddings(e) => {
+            let emb = EmbeddingWeights {
+                word: be.upload(&e.word).unwrap(),
+                position: be.upload(&e.position).unwrap(),
+                token_type: be.upload(&e.token_type).unwrap(),
+                ln: LayerNormWeights {
+                    gamma: be.upload(&e.gamma).unwrap(),
+                    beta: be.upload(&e.beta).unwrap(),
+                },
+            };
+            let len = e.batch.num_tokens() * e.c;
+            let mut out = nan_buffer(be, len);
+            be.embeddings_layernorm(&e.batch, &emb, e.eps, &mut out)
+                .unwrap();
+            download_checked(be, &out, len, name)
+        }
+        Op::Linear(l) => {
+            let lin = linear_weights(be, &l.w, &l.b, l.n, l.k);
+            let x = upload_with_tail(be, &l.x);
+            let mut out = nan_buffer(be, l.rows * l.n);
+            be.linear(&x, l.rows, &lin, l.add_bias, &mut out).unwrap();
+            download_checked(be, &out, l.rows * l.n, name)
+        }
+        Op::BiasActivation(a) => {
+            let mut x = upload_with_tail(be, &a.x);
+            let bias = be.upload(&a.bias).unwrap();
+            be.bias_activation(&mut x, a.rows, &bias, a.width, a.act)
+                .unwrap();
+            download_checked(be, &x, a.rows * a.width, name)
+        }
+        Op::BiasResidualLayerNorm(l) => {
+            let mut x = upload_with_tail(be, &l.x);
+            let bias = be.upload(&l.bias).unwrap();
+            let residual = be.upload(&l.residual).unwrap();
+            let ln = LayerNormWeights {
+                gamma: be.upload(&l.gamma).unwrap(),
+                beta: be.upload(&l.beta).unwrap(),
+            };
+            be.bias_residual_layernorm(&mut x, l.rows, &bias, &residual, &ln, l.eps)
+                .unwrap();
+            download_checked(be, &x, l.rows * l.c, name)
+        }
+        Op::Attention(a) => {
+            let n = a.offsets.len() - 1;
+            let rows = if a.query_rows == QueryRows::All {
+                a.offsets[n]
+            } else {
+                n
+            };
+            let len = rows * a.heads * a.head_dim;
+            let qkv = be.upload(&a.qkv).unwrap();
+            let mut out = nan_buffer(be, len);
+            be.attention(
+                &qkv,
+                &a.offsets,
+                a.heads,
+                a.head_dim,
+                a.query_rows,
+                &mut out,
+            )
+            .unwrap();
+            download_checked(be, &out, len, name)
+        }
+        Op::GatherRows(g) => {
+            let src = be.upload(&g.src).unwrap();
+            let len = g.rows.len() * g.width;
+            let mut out = nan_buffer(be, len);
+            be.gather_rows(&src, g.width, &g.rows, &mut out).unwrap();
+            download_checked(be, &out, len, name)
+        }
+    }
+}
+
+// ---- the naive f64 reference ----
+
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+fn layernorm_f64(row: &[f64], gamma: &[f32], beta: &[f32], eps: f32) -> Vec<f64> {
+    let c = row.len() as f64;
+    let mean = row.iter().sum::<f64>() / c;
+    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / c;
+    let rstd = 1.0 / (var + eps as f64).sqrt();
+    row.iter()
+        .zip(gamma.iter().zip(beta))
+        .map(|(v, (&g, &b))| (v - mean) * rstd * g as f64 + b as f64)
+        .collect()
+}
+
+/// erf in f64 from the all-positive series erf(x) = 2/sqrt(pi) e^{-x^2} sum 2^n x^{2n+1} /
+/// (1 3 ... (2n+1)): no cancellation, so it is accurate to f64 rounding; erf(6) = 1 - 2e-17.
+fn erf_f64(x: f64) -> f64 {
+    if x.abs() > 6.0 {
+        return x.signum();
+    }
+    let (mut term, mut sum, mut n) = (x, x, 0.0);
+    while term.abs() > 1e-17 * sum.abs() {
+        n += 1.0;
+        term *= 2.0 * x * x / (2.0 * n + 1.0);
+        sum += term;
+    }
+    2.0 / std::f64::consts::PI.sqrt() * (-x * x).exp() * sum
+}
+
+fn activation_f64(x: f64, act: Activation) -> f64 {
+    match act {
+        Activation::GeluErf => 0.5 * x * (1.0 + erf_f64(x / std::f64::consts::SQRT_2)),
+        Activation::GeluTanh => {
+            0.5 * x
+                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
+        }
+        Activation::Relu => x.max(0.0),
+    }
+}
+
+fn reference(case: &Case) -> Vec<f64> {
+    match &case.op {
+        Op::Embeddings(e) => {
+            let c = e.c;
+            let b = &e.batch;
+            (0..b.num_tokens())
+                .flat_map(|t| {
+                    let (id, pos, ty) = (
+                        b.ids[t] as usize,
+                        b.positions[t] as usize,
+                        b.type_ids[t] as usize,
+                    );
+                    let row: Vec<f64> = (0..c)
+                        .map(|i| {
+                            e.word[id * c + i] as f64
+                                + e.token_type[ty * c + i] as f64
+                                + e.position[pos * c + i] as f64
+                        })
+                        .collect();
+                    layernorm_f64(&row, &e.gamma, &e.beta, e.eps)
+                })
+                .collect()
+        }
+        Op::Linear(l) => (0..l.rows)
+            .flat_map(|r| {
+                (0..l.n).map(move |j| {
+                    let dot: f64 = (0..l.k)
+                        .map(|i| l.x[r * l.k + i] as f64 * l.w[j * l.k + i] as f64)
+                        .sum();
+                    dot + if l.add_bias { l.b[j] as f64 } else { 0.0 }
+                })
+            })
+            .collect(),
+        Op::BiasActivation(a) => {
+            a.x.iter()
+                .enumerate()
+                .map(|(i, &v)| activation_f64(v as f64 + a.bias[i % a.width] as f64, a.act))
+                .collect()
+        }
+        Op::BiasResidualLayerNorm(l) => (0..l.rows)
+            .flat_map(|r| {
+                let row: Vec<f64> = (0..l.c)
+                    .map(|i| {
+                        l.x[r * l.c + i] as f64 + l.bias[i] as f64 + l.residual[r * l.c + i] as f64
+                    })
+                    .collect();
+                layernorm_f64(&row, &l.gamma, &l.beta, l.eps)
+            })
+            .collect(),
+        Op::Attention(a) => attention_f64(a),
+        Op::GatherRows(g) => g
+            .rows
+            .iter()
+            .flat_map(|&r| f64s(&g.src[r * g.width..(r + 1) * g.width]))
+            .collect(),
+    }
+}
+
+fn attention_f64(a: &AttentionCase) -> Vec<f64> {
+    let (h, d) = (a.heads, a.head_dim);
+    let c = h * d;
+    let at = |row: usize, part: usize, head: usize, i: usize| {
+        a.qkv[row * 3 * c + part * c + head * d + i] as f64
+    };
+    let mut out = Vec::new();
+    for w in a.offsets.windows(2) {
+        let (start, len) = (w[0], w[1] - w[0]);
+        let queries = if a.query_rows == QueryRows::All {
+            len
+        } else {
+            1
+        };
+        for q in 0..queries {
+            let mut row = vec![0.0; c];
+            for head in 0..h {
+                let scores: Vec<f64> = (0..len)
+                    .map(|k| {
+                        (0..d)
+                            .map(|i| at(start + q, 0, head, i) * at(start + k, 1, head, i))
+                            .sum::<f64>()
+                            / (d as f64).sqrt()
+                    })
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for i in 0..d {
+                    row[head * d + i] =
+                        (0..len).map(|k| e[k] / z * at(start + k, 2, head, i)).sum();
+                }
+            }
+            out.extend(row);
+        }
+    }
+    out
+}
+
+/// Checks every element within atol + rtol |want|; the message names the case, the worst
+/// element and the reason for the tolerance.
+fn assert_close(case: &Case, side: &str, got: &[f32], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{}: output length", case.name);
+    let mut worst = (0.0f64, 0usize);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        // NaN (an element never written) counts as infinitely far.
+        let err = if g.is_nan() {
+            f64::INFINITY
+        } else {
+            (g as f64 - w).abs()
+        };
+        let excess = err - (case.atol + case.rtol * w.abs());
+        if excess > worst.0 {
+            worst = (excess, i);
+        }
+    }
+    let (excess, i) = worst;
+    assert!(
+        excess <= 0.0,
+        "{side}: {}: element {i}: got {}, want {} (tolerance {} + {} |want|: {})",
+        case.name,
+        got[i],
+        want[i],
+        case.atol,
+        case.rtol,
+        case.why
+    );
+}
+
+/// The CUDA backend, or the reason there is none, printed.
+fn cuda_backend(precision: Precision) -> Option<CudaBackend> {
+    if let Err(e) = cuda::check_device(0) {
+        eprintln!("SKIPPED: no CUDA backend here: {e}");
+        return None;
+    }
+    Some(
+        CudaBackend::new(0, precision, BUDGET)
+            .expect("check_device passed, so the backend must start"),
+    )
+}
+
+#[test]
+fn cpu_ops_match_f64_reference() {
+    let cpu = CpuBackend::new(2).unwrap();
+    for case in cases() {
+        let got = run(&cpu, &case);
+        assert_close(&case, "cpu vs f64", &got, &reference(&case));
+        eprintln!("ok  cpu  {}", case.name);
+    }
+}
+
+#[test]
+fn cuda_ops_match_cpu() {
+    let Some(gpu) = cuda_backend(Precision::Fp32) else {
+        return;
+    };
+    let cpu = CpuBackend::new(2).unwrap();
+    for case in cases() {
+        let want = f64s(&run(&cpu, &case));
+        let got = run(&gpu, &case);
+        assert_close(&case, "cuda vs cpu", &got, &want);
+        eprintln!("ok  cuda {}", case.name);
+    }
+}
+
+/// TF32 rounds GEMM inputs to a 10-bit mantissa (relative error 2^-11 each), so a K-term
+/// dot product of outputs of order 1 is off by ~1e-3; 1e-2 bounds it with margin and
+/// still catches a wrong layout or a missing bias.
+#[test]
+fn cuda_tf32_linear_is_close_to_fp32() {
+    let Some(gpu) = cuda_backend(Precision::Tf32) else {
+        return;
+    };
+    for mut case in cases()
+        .into_iter()
+        .filter(|c| matches!(c.op, Op::Linear(_)))
+    {
+        (case.atol, case.rtol, case.why) = (1e-2, 1e-2, "TF32: 10-bit mantissa inputs");
+        assert_close(
+            &case,
+            "cuda tf32 vs f64",
+            &run(&gpu, &case),
+            &reference(&case),
+        );
+    }
+}
+
+#[test]
+fn cuda_backend_without_a_gpu_fails_in_one_line() {
+    if cuda::check_device(0).is_ok() {
+        eprintln!("SKIPPED: this machine has a usable GPU");
+        return;
+    }
+    let e = CudaBackend::new(0, Precision::Fp32, BUDGET)
+        .err()
+        .expect("no GPU: must fail")
+        .to_string();
+    assert!(!e.contains('\n') && !e.is_empty(), "one line: {e}");
+    eprintln!("CudaBackend::new here: {e}");
+}
+
+#[test]
+fn kernel_fatbin_carries_sm80_sm90_and_ptx() {
+    match cuda::KERNEL_ARCHS {
+        None => eprintln!("SKIPPED: built without nvcc (run scripts/install-cuda-toolchain.sh)"),
+        Some(archs) => assert_eq!(archs, "sm_80 sm_90 compute_80"),
+    }
+}
+
+/// The whole encoder on CUDA against HF transformers (fp32, eager attention): every hidden
+/// state of the tiny model within 1e-4 (as the CPU encoder; GPU fp32 adds only summation
+/// order), and the [CLS]-only path.
+#[test]
+fn cuda_encoder_matches_transformers_fixture() {
+    let Some(gpu) = cuda_backend(Precision::Fp32) else {
+        return;
+    };
+    let dir = ModelDir::open(&fixtures().join("tiny/model")).unwrap();
+    let (config, weights) = dir.load().unwrap();
+    let r = read_tensors(&fixtures().join("tiny/reference.safetensors"));
+    let texts = unpad(&r);
+    let (c, l) = (config.hidden_size, r["input_ids"].shape[1]);
+    let mut enc = Encoder::new(gpu, config, &weights, BUDGET).unwrap();
+    let batch = PackedBatch::new(&texts);
+    let out = enc.forward(&batch, Keep::AllHiddenStates).unwrap();
+    for (layer, ours) in out.hidden_states.iter().enumerate() {
+        let want = &r[&format!("hidden_states.{layer}")].f32;
+        for (i, t) in texts.iter().enumerate() {
+            let (n, start) = (t.ids.len(), batch.offsets[i]);
+            let d = max_abs_diff(
+                &ours[start * c..(start + n) * c],
+                &want[i * l * c..(i * l + n) * c],
+            );
+            assert!(d < 1e-4, "layer {layer} text {i}: max |diff| {d:e}");
+        }
+    }
+    let d = max_abs_diff(&out.cls, &r["cls"].f32);
+    assert!(d < 1e-4, "[CLS] off by {d:e}");
+    let cls_only = enc.forward(&batch, Keep::Cls).unwrap().cls;
+    let d = max_abs_diff(&cls_only, &r["cls"].f32);
+    assert!(d < 1e-4, "[CLS]-only path off by {d:e}");
+    // Alone or packed with others, a text's [CLS] is the same up to GEMM summation order
+    // (cuBLAS may pick another algorithm for another batch shape).
+    for (i, t) in texts.iter().enumerate() {
+        let alone = enc.forward(&PackedBatch::new([t]), Keep::Cls).unwrap().cls;
+        let d = max_abs_diff(&alone, &cls_only[i * c..(i + 1) * c]);
+        assert!(d < 1e-5, "text {i}: alone vs packed differ by {d:e}");
+    }
+}
+
+/// Five training steps of the GPU head against `LinearHead::forward_backward` +
+/// `AdamW::update_head`: losses within 1e-5 relative (f32 log-sum-exp vs the CPU's f64
+/// sums), parameters and moments within 1e-6 (fp32 GEMM dW vs f64 accumulation, then the
+/// same f32 AdamW arithmetic).
+#[test]
+fn cuda_head_matches_cpu_head_and_adamw() {
+    let Some(gpu) = cuda_backend(Precision::Fp32) else {
+        return;
+    };
+    let (k, c, b) = (3, 48, 32);
+    let mut r = Inputs::new(7);
+    let mut head = LinearHead::new_init(k, c, &mut r.0);
+    let mut opt = AdamW::for_head(&head);
+    opt.lr = 1e-3;
+    let mut gpu_head = CudaHead::new(&gpu, &head, &opt, b).unwrap();
+    let mut scratch = HeadScratch::new(k, c);
+    for step in 0..5 {
+        let x = r.uniform(b * c, -2.0, 2.0);
+        let labels: Vec<usize> = (0..b).map(|_| r.0.random_range(0..k)).collect();
+        let logits = gpu_head.logits(&x).unwrap();
+        assert!(
+            max_abs_diff(&logits, &head.logits(&x)) < 1e-5,
+            "step {step}: logits"
+        );
+        let cpu_loss = head.forward_backward(&x, &labels, &mut scratch);
+        let correct = bertcls::head::count_correct(&scratch.logits, &labels, k);
+        let grads = scratch.grads.clone();
+        opt.update_head(&mut head, &grads);
+        let s = gpu_head.train_step(&x, &labels).unwrap();
+        assert!(
+            ((s.loss - cpu_loss) / cpu_loss).abs() < 1e-5,
+            "step {step}: loss {} vs {cpu_loss}",
+            s.loss
+        );
+        assert_eq!(s.correct, correct, "step {step}: correct");
+        let (gh, gopt) = gpu_head.download().unwrap();
+        assert!(
+            max_abs_diff(&gh.weight, &head.weight) < 1e-6,
+            "step {step}: weight"
+        );
+        assert!(
+            max_abs_diff(&gh.bias, &head.bias) < 1e-6,
+            "step {step}: bias"
+        );
+        assert!(max_abs_diff(&gopt.m, &opt.m) < 1e-6, "step {step}: exp_avg");
+        assert!(
+            max_abs_diff(&gopt.v, &opt.v) < 1e-6,
+            "step {step}: exp_avg_sq"
+        );
+        assert_eq!(gopt.step, opt.step);
+    }
+}
