@@ -1,0 +1,1196 @@
+//! Head checkpoints: our safetensors files (head + AdamW state, for `--resume`) and,
+//! read-only, the recipe's own `torch.save(model.state_dict(), f)` files.
+//!
+//! A torch.save file is a zip holding `<archive>/data.pkl`, a protocol-2 pickle of
+//! the state dict whose tensors point at raw little-endian storages
+//! `<archive>/data/<key>`. Unpickling in general runs arbitrary code, so instead of a
+//! general unpickler this module has a small VM that knows only the opcodes and the
+//! four callables a state dict needs, and refuses anything else.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Cursor, Read};
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Result};
+use safetensors::{Dtype, SafeTensors};
+
+use crate::head::LinearHead;
+use crate::optim::AdamW;
+
+/// Prefix of the metadata keys that hold the optimiser's step count and settings.
+const OPTIM_PREFIX: &str = "optim.";
+
+/// Tensor name prefixes a head may come under: ours and the recipe's (`fc.`),
+/// HF's `*ForSequenceClassification` (`classifier.`), and a bare `nn.Linear`.
+const HEAD_PREFIXES: [&str; 3] = ["fc.", "classifier.", ""];
+
+pub struct LoadedHead {
+    pub head: LinearHead,
+    /// The AdamW state saved with the head; none in a torch.save file.
+    pub optim: Option<AdamW>,
+    /// The caller's metadata as saved, without the `optim.*` keys.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Writes `head` (as `fc.weight` [L, C] and `fc.bias` [L], F32), the AdamW state
+/// when given, and `metadata` to `path` as safetensors, atomically.
+pub fn save_head(
+    path: &Path,
+    head: &LinearHead,
+    optim: Option<&AdamW>,
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    let (l, c) = (head.num_labels, head.hidden);
+    assert_eq!(
+        (head.weight.len(), head.bias.len()),
+        (l * c, l),
+        "head tensors do not match its shape"
+    );
+    if let Some(key) = metadata.keys().find(|k| k.starts_with(OPTIM_PREFIX)) {
+        bail!(
+            "cannot save {}: metadata key {key} is reserved for the optimiser state",
+            path.display()
+        );
+    }
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = vec![
+        ("fc.weight".into(), vec![l, c], f32_bytes(&head.weight)),
+        ("fc.bias".into(), vec![l], f32_bytes(&head.bias)),
+    ];
+    let mut info: HashMap<String, String> = metadata.clone().into_iter().collect();
+    if let Some(opt) = optim {
+        assert_eq!(
+            opt.m.len(),
+            head.num_params(),
+            "AdamW state does not match the head"
+        );
+        let (mw, mb) = opt.m.split_at(l * c);
+        let (vw, vb) = opt.v.split_at(l * c);
+        tensors.push(("optim.exp_avg.fc.weight".into(), vec![l, c], f32_bytes(mw)));
+        tensors.push((
+            "optim.exp_avg_sq.fc.weight".into(),
+            vec![l, c],
+            f32_bytes(vw),
+        ));
+        tensors.push(("optim.exp_avg.fc.bias".into(), vec![l], f32_bytes(mb)));
+        tensors.push(("optim.exp_avg_sq.fc.bias".into(), vec![l], f32_bytes(vb)));
+        // Rust prints the shortest decimal that parses back to the same f64.
+        for (key, value) in [
+            ("step", opt.step.to_string()),
+            ("lr", opt.lr.to_string()),
+            ("beta1", opt.beta1.to_string()),
+            ("beta2", opt.beta2.to_string()),
+            ("eps", opt.eps.to_string()),
+            ("weight_decay", opt.weight_decay.to_string()),
+        ] {
+            info.insert(format!("{OPTIM_PREFIX}{key}"), value);
+        }
+    }
+    let views = tensors
+        .iter()
+        .map(|(name, shape, bytes)| {
+            Ok((
+                name.as_str(),
+                safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
+        .map_err(|e| anyhow!("cannot serialise head for {}: {e}", path.display()))?;
+    let bytes = safetensors::serialize(views, Some(info))
+        .map_err(|e| anyhow!("cannot serialise head for {}: {e}", path.display()))?;
+    crate::fsio::atomic_write(path, &bytes)
+}
+
+/// Reads a head checkpoint: our safetensors, or a torch.save zip of a state dict.
+/// With `expected_hidden`, a head made for another encoder width is refused.
+pub fn load_head(path: &Path, expected_hidden: Option<usize>) -> Result<LoadedHead> {
+    let p = path.display();
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "head checkpoint {p} does not exist: pass a head-*.safetensors from a run folder \
+             or a torch.save(model.state_dict()) file"
+        ),
+        Err(e) => bail!("cannot read head checkpoint {p}: {e}"),
+    };
+    let (tensors, metadata) = if bytes.starts_with(b"PK\x03\x04") {
+        (
+            read_torch_zip(&bytes).map_err(|e| anyhow!("{p}: {e}"))?,
+            BTreeMap::new(),
+        )
+    } else if bytes.len() >= 9 && bytes[8] == b'{' {
+        read_safetensors(&bytes).map_err(|e| anyhow!("{p}: {e}"))?
+    } else if bytes.first() == Some(&0x80) || bytes.get(257..262) == Some(b"ustar") {
+        bail!(
+            "{p} is a legacy (pre-1.6, non-zip) torch.save file: load it in PyTorch and \
+             re-save with torch.save(state_dict, f, _use_new_zipfile_serialization=True)"
+        )
+    } else {
+        bail!(
+            "{p} is neither a safetensors file nor a torch.save zip (corrupt, truncated, or \
+             another format): pass a head-*.safetensors or a torch.save(model.state_dict()) file"
+        )
+    };
+    assemble(tensors, metadata, expected_hidden).map_err(|e| anyhow!("{p}: {e}"))
+}
+
+/// A tensor as read from either format, converted to f32.
+struct RawTensor {
+    shape: Vec<usize>,
+    data: Vec<f32>,
+}
+
+type Tensors = BTreeMap<String, RawTensor>;
+
+/// Builds the head and the optimiser from named tensors, checking every shape.
+fn assemble(
+    mut tensors: Tensors,
+    mut metadata: BTreeMap<String, String>,
+    expected_hidden: Option<usize>,
+) -> Result<LoadedHead, String> {
+    let Some(prefix) = HEAD_PREFIXES
+        .iter()
+        .find(|pre| tensors.contains_key(&format!("{pre}weight")))
+    else {
+        let found: Vec<&str> = tensors.keys().map(|k| k.as_str()).take(8).collect();
+        return Err(format!(
+            "no fc.weight tensor (found: {}); a head checkpoint holds fc.weight [num_labels, hidden] and fc.bias [num_labels]",
+            if found.is_empty() { "none".to_string() } else { found.join(", ") }
+        ));
+    };
+    let weight = tensors
+        .remove(&format!("{prefix}weight"))
+        .expect("found above");
+    let bias = tensors.remove(&format!("{prefix}bias")).ok_or_else(|| {
+        format!("{prefix}weight has no {prefix}bias beside it: the checkpoint is incomplete")
+    })?;
+    let &[l, c] = weight.shape.as_slice() else {
+        return Err(format!(
+            "{prefix}weight has shape {:?}, expected [num_labels, hidden]",
+            weight.shape
+        ));
+    };
+    if let Some(h) = expected_hidden.filter(|&h| h != c) {
+        return Err(format!(
+            "{prefix}weight has shape [{l}, {c}], expected [{l}, {h}]: the head was trained on an encoder \
+             with hidden size {c}, not this model's {h}; use the model it was trained with"
+        ));
+    }
+    if l == 0 || c == 0 {
+        return Err(format!(
+            "{prefix}weight has shape [{l}, {c}]: a head needs labels and inputs"
+        ));
+    }
+    if bias.shape != [l] {
+        return Err(format!(
+            "{prefix}bias has shape {:?}, expected [{l}] (one per row of {prefix}weight)",
+            bias.shape
+        ));
+    }
+    let head = LinearHead {
+        weight: weight.data,
+        bias: bias.data,
+        num_labels: l,
+        hidden: c,
+    };
+
+    let optim_keys: Vec<String> = metadata
+        .keys()
+        .filter(|k| k.starts_with(OPTIM_PREFIX))
+        .cloned()
+        .collect();
+    let optim_meta: BTreeMap<String, String> = optim_keys
+        .iter()
+        .map(|k| {
+            (
+                k[OPTIM_PREFIX.len()..].to_string(),
+                metadata.remove(k).expect("listed"),
+            )
+        })
+        .collect();
+    let has_state = tensors.keys().any(|k| k.starts_with(OPTIM_PREFIX));
+    if optim_meta.is_empty() && !has_state {
+        return Ok(LoadedHead {
+            head,
+            optim: None,
+            metadata,
+        });
+    }
+    let mut moment = |name: &str, shape: &[usize]| -> Result<Vec<f32>, String> {
+        let key = format!("{OPTIM_PREFIX}{name}");
+        let t = tensors.remove(&key).ok_or_else(|| {
+            format!("optimiser state is incomplete (no {key}): resume from another checkpoint or train without --resume")
+        })?;
+        if t.shape != shape {
+            return Err(format!(
+                "{key} has shape {:?}, expected {shape:?} like the head",
+                t.shape
+            ));
+        }
+        Ok(t.data)
+    };
+    let mut m = moment("exp_avg.fc.weight", &[l, c])?;
+    let mut v = moment("exp_avg_sq.fc.weight", &[l, c])?;
+    m.extend(moment("exp_avg.fc.bias", &[l])?);
+    v.extend(moment("exp_avg_sq.fc.bias", &[l])?);
+    let field = |name: &str| -> Result<&str, String> {
+        optim_meta.get(name).map(|s| s.as_str()).ok_or_else(|| {
+            format!("optimiser state has no {OPTIM_PREFIX}{name} metadata: resume from another checkpoint or train without --resume")
+        })
+    };
+    let float = |name: &str| -> Result<f64, String> {
+        let s = field(name)?;
+        s.parse()
+            .map_err(|_| format!("{OPTIM_PREFIX}{name} = {s:?} is not a number"))
+    };
+    let step = field("step")?;
+    let opt = AdamW {
+        lr: float("lr")?,
+        beta1: float("beta1")?,
+        beta2: float("beta2")?,
+        eps: float("eps")?,
+        weight_decay: float("weight_decay")?,
+        step: step
+            .parse()
+            .map_err(|_| format!("{OPTIM_PREFIX}step = {step:?} is not a step count"))?,
+        m,
+        v,
+    };
+    opt.validate()
+        .map_err(|e| format!("optimiser state: {e}"))?;
+    Ok(LoadedHead {
+        head,
+        optim: Some(opt),
+        metadata,
+    })
+}
+
+fn read_safetensors(bytes: &[u8]) -> Result<(Tensors, BTreeMap<String, String>), String> {
+    let bad = |e: safetensors::SafeTensorError| {
+        format!("corrupt or truncated safetensors file ({e}); re-save it")
+    };
+    let st = SafeTensors::deserialize(bytes).map_err(bad)?;
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(bad)?;
+    let metadata = header
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let mut tensors = BTreeMap::new();
+    for (name, view) in st.iter() {
+        // Only the head's tensors are converted: a whole-model file may hold others
+        // in dtypes we have no use for.
+        let wanted = name.starts_with(OPTIM_PREFIX)
+            || HEAD_PREFIXES
+                .iter()
+                .any(|pre| name == format!("{pre}weight") || name == format!("{pre}bias"));
+        if !wanted {
+            tensors.insert(
+                name.to_string(),
+                RawTensor {
+                    shape: view.shape().to_vec(),
+                    data: Vec::new(),
+                },
+            );
+            continue;
+        }
+        let data = match view.dtype() {
+            Dtype::F32 => view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect(),
+            Dtype::F16 => view
+                .data()
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => view
+                .data()
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(format!(
+                    "tensor {name} is {other:?}; a head must be F32, F16 or BF16"
+                ))
+            }
+        };
+        tensors.insert(
+            name.to_string(),
+            RawTensor {
+                shape: view.shape().to_vec(),
+                data,
+            },
+        );
+    }
+    Ok((tensors, metadata))
+}
+
+fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+// ---------------------------------------------------------------------------
+// torch.save zip files
+
+fn read_torch_zip(bytes: &[u8]) -> Result<Tensors, String> {
+    let bad =
+        |e: zip::result::ZipError| format!("corrupt or truncated torch.save zip ({e}); re-save it");
+    let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(bad)?;
+    let pkl_name = zip
+        .file_names()
+        .find(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1)
+        .map(str::to_string)
+        .ok_or("zip without <archive>/data.pkl: not a torch.save file")?;
+    let prefix = &pkl_name[..pkl_name.len() - "data.pkl".len()];
+    let mut read_entry = |name: &str| -> Result<Option<Vec<u8>>, String> {
+        let mut file = match zip.by_name(name) {
+            Ok(f) => f,
+            Err(zip::result::ZipError::FileNotFound) => return Ok(None),
+            Err(e) => return Err(bad(e)),
+        };
+        let mut out = Vec::new();
+        file.read_to_end(&mut out)
+            .map_err(|e| format!("cannot read {name} from the zip ({e}); re-save it"))?;
+        Ok(Some(out))
+    };
+    if let Some(order) = read_entry(&format!("{prefix}byteorder"))? {
+        if order != b"little" {
+            return Err("saved on a big-endian machine: re-save it on a little-endian one".into());
+        }
+    }
+    let pickle = read_entry(&pkl_name)?.expect("listed above");
+    let state = unpickle_state_dict(&pickle).map_err(|e| format!("{pkl_name}: {e}"))?;
+
+    let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut tensors = BTreeMap::new();
+    for (name, t) in state {
+        let wanted = HEAD_PREFIXES
+            .iter()
+            .any(|pre| name == format!("{pre}weight") || name == format!("{pre}bias"));
+        if !wanted {
+            tensors.insert(
+                name,
+                RawTensor {
+                    shape: t.size,
+                    data: Vec::new(),
+                },
+            );
+            continue;
+        }
+        if !storages.contains_key(&t.storage.key) {
+            let entry = format!("{prefix}data/{}", t.storage.key);
+            let data = read_entry(&entry)?
+                .ok_or_else(|| format!("storage {entry} of {name} is missing from the zip"))?;
+            storages.insert(t.storage.key.clone(), data);
+        }
+        let data =
+            gather(&t, &storages[&t.storage.key]).map_err(|e| format!("tensor {name}: {e}"))?;
+        tensors.insert(
+            name,
+            RawTensor {
+                shape: t.size,
+                data,
+            },
+        );
+    }
+    Ok(tensors)
+}
+
+/// Reads the tensor's elements in row-major order from its storage, so any strides
+/// and storage offset torch saved (a transposed view, a slice of a shared storage)
+/// come out as the plain tensor.
+fn gather(t: &TensorRef, storage: &[u8]) -> Result<Vec<f32>, String> {
+    let s = &t.storage;
+    let width = match s.dtype.as_str() {
+        "FloatStorage" => 4,
+        "HalfStorage" | "BFloat16Storage" => 2,
+        "DoubleStorage" => 8,
+        other => {
+            return Err(format!(
+                "stored as {other}; a head must be float, half or bfloat16"
+            ))
+        }
+    };
+    // The pickle's numbers are untrusted: bound everything by the storage's real
+    // size before indexing or allocating.
+    if storage.len() as u128 != s.numel as u128 * width as u128 {
+        return Err(format!(
+            "storage {} has {} bytes, expected {} elements of {width} bytes",
+            s.key,
+            storage.len(),
+            s.numel
+        ));
+    }
+    if t.size.len() != t.stride.len() {
+        return Err(format!(
+            "size {:?} and stride {:?} differ in rank",
+            t.size, t.stride
+        ));
+    }
+    let numel = t.size.iter().map(|&n| n as u128).product::<u128>();
+    if numel > s.numel as u128 {
+        return Err(format!(
+            "size {:?} is larger than its storage of {} (an expanded view): save .contiguous() tensors",
+            t.size, s.numel
+        ));
+    }
+    let numel = numel as usize;
+    if numel > 0 {
+        let last = t.offset as u128
+            + t.size
+                .iter()
+                .zip(&t.stride)
+                .map(|(&n, &st)| (n as u128 - 1) * st as u128)
+                .sum::<u128>();
+        if last >= s.numel as u128 {
+            return Err(format!(
+                "reaches element {last} of a storage of {}",
+                s.numel
+            ));
+        }
+    }
+    let element = |i: usize| -> f32 {
+        let b = &storage[i * width..(i + 1) * width];
+        match width {
+            4 => f32::from_le_bytes(b.try_into().unwrap()),
+            8 => f64::from_le_bytes(b.try_into().unwrap()) as f32,
+            _ if s.dtype == "HalfStorage" => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+            _ => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+        }
+    };
+    let mut out = Vec::with_capacity(numel);
+    let mut index = vec![0usize; t.size.len()];
+    for _ in 0..numel {
+        out.push(element(
+            t.offset
+                + index
+                    .iter()
+                    .zip(&t.stride)
+                    .map(|(i, st)| i * st)
+                    .sum::<usize>(),
+        ));
+        // Odometer over the indices, last dimension fastest.
+        for d in (0..index.len()).rev() {
+            index[d] += 1;
+            if index[d] < t.size[d] {
+                break;
+            }
+            index[d] = 0;
+        }
+    }
+    Ok(out)
+}
+
+/// `persistent_load(('storage', torch.<Type>Storage, key, location, numel))`.
+#[derive(Clone, Debug, PartialEq)]
+struct StorageRef {
+    dtype: String,
+    key: String,
+    numel: usize,
+}
+
+/// `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)`.
+#[derive(Clone, Debug, PartialEq)]
+struct TensorRef {
+    storage: StorageRef,
+    offset: usize,
+    size: Vec<usize>,
+    stride: Vec<usize>,
+}
+
+/// The callables a state dict pickle may name with GLOBAL.
+#[derive(Clone, Debug, PartialEq)]
+enum Global {
+    OrderedDict,
+    RebuildTensorV2,
+    /// `torch.FloatStorage` and the other typed storage classes, by name.
+    StorageType(String),
+}
+
+/// Pickle objects. Containers refer to other objects by index into the VM's heap,
+/// so a memoised dict that is filled later is the same dict when fetched again,
+/// as in Python.
+#[derive(Clone, Debug, PartialEq)]
+enum Obj {
+    None,
+    Bool(bool),
+    Int(i64),
+    Str(String),
+    Tuple(Vec<usize>),
+    List(Vec<usize>),
+    Dict(Vec<(usize, usize)>),
+    Global(Global),
+    Storage(StorageRef),
+    Tensor(TensorRef),
+}
+
+/// A strict pickle VM for the subset of protocol 2 that torch.save emits for a
+/// state dict. `MARK` positions live on their own stack, as in CPython.
+struct Vm<'a> {
+    code: &'a [u8],
+    pos: usize,
+    heap: Vec<Obj>,
+    stack: Vec<usize>,
+    marks: Vec<usize>,
+    memo: HashMap<u32, usize>,
+}
+
+impl<'a> Vm<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let code: &'a [u8] = self.code;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= code.len())
+            .ok_or("pickle is truncated")?;
+        let bytes = &code[self.pos..end];
+        self.pos = end;
+        Ok(bytes)
+    }
+
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+
+    fn line(&mut self) -> Result<&'a str, String> {
+        let rest = &self.code[self.pos..];
+        let len = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or("pickle is truncated")?;
+        let s = std::str::from_utf8(&rest[..len]).map_err(|_| "GLOBAL name is not UTF-8")?;
+        self.pos += len + 1;
+        Ok(s)
+    }
+
+    fn push(&mut self, obj: Obj) {
+        self.heap.push(obj);
+        self.stack.push(self.heap.len() - 1);
+    }
+
+    fn pop(&mut self) -> Result<usize, String> {
+        self.stack
+            .pop()
+            .ok_or_else(|| "pickle pops an empty stack".to_string())
+    }
+
+    fn pop_mark(&mut self) -> Result<Vec<usize>, String> {
+        let mark = self.marks.pop().ok_or("pickle uses a MARK it never set")?;
+        if mark > self.stack.len() {
+            return Err("pickle MARK is below the stack".into());
+        }
+        Ok(self.stack.split_off(mark))
+    }
+
+    fn top(&self) -> Result<usize, String> {
+        self.stack
+            .last()
+            .copied()
+            .ok_or_else(|| "pickle reads an empty stack".to_string())
+    }
+
+    fn string(&mut self, len: usize) -> Result<(), String> {
+        let s = std::str::from_utf8(self.take(len)?)
+            .map_err(|_| "pickle string is not UTF-8")?
+            .to_string();
+        self.push(Obj::Str(s));
+        Ok(())
+    }
+
+    fn tuple(&mut self, items: Vec<usize>) {
+        self.push(Obj::Tuple(items));
+    }
+
+    fn int(&self, i: usize, what: &str) -> Result<usize, String> {
+        match self.heap[i] {
+            Obj::Int(v) if v >= 0 => Ok(v as usize),
+            ref other => Err(format!(
+                "{what} is {other:?}, expected a non-negative integer"
+            )),
+        }
+    }
+
+    fn ints(&self, i: usize, what: &str) -> Result<Vec<usize>, String> {
+        match &self.heap[i] {
+            Obj::Tuple(items) => items.iter().map(|&j| self.int(j, what)).collect(),
+            other => Err(format!("{what} is {other:?}, expected a tuple of integers")),
+        }
+    }
+
+    fn str(&self, i: usize, what: &str) -> Result<String, String> {
+        match &self.heap[i] {
+            Obj::Str(s) => Ok(s.clone()),
+            other => Err(format!("{what} is {other:?}, expected a string")),
+        }
+    }
+
+    fn run(&mut self) -> Result<usize, String> {
+        loop {
+            let op = self.u8()?;
+            match op {
+                0x80 => {
+                    let proto = self.u8()?;
+                    if proto > 5 {
+                        return Err(format!("pickle protocol {proto} is unknown"));
+                    }
+                }
+                b'.' => return self.pop(),
+                b'c' => {
+                    let (module, name) = (self.line()?, self.line()?);
+                    let g = match (module, name) {
+                        ("collections", "OrderedDict") => Global::OrderedDict,
+                        ("torch._utils", "_rebuild_tensor_v2") => Global::RebuildTensorV2,
+                        ("torch", n) if n.ends_with("Storage") => Global::StorageType(n.to_string()),
+                        _ => {
+                            return Err(format!(
+                                "calls {module}.{name}, which a state dict does not: save model.state_dict(), not the model or a training snapshot"
+                            ))
+                        }
+                    };
+                    self.push(Obj::Global(g));
+                }
+                b'q' | b'r' => {
+                    let idx = if op == b'q' { self.u8()? as u32 } else { self.u32()? };
+                    let top = self.top()?;
+                    self.memo.insert(idx, top);
+                }
+                b'h' | b'j' => {
+                    let idx = if op == b'h' { self.u8()? as u32 } else { self.u32()? };
+                    let obj = *self.memo.get(&idx).ok_or_else(|| format!("pickle reads memo {idx} before writing it"))?;
+                    self.stack.push(obj);
+                }
+                b'}' => self.push(Obj::Dict(Vec::new())),
+                b']' => self.push(Obj::List(Vec::new())),
+                b')' => self.tuple(Vec::new()),
+                b'(' => self.marks.push(self.stack.len()),
+                b't' => {
+                    let items = self.pop_mark()?;
+                    self.tuple(items);
+                }
+                0x85..=0x87 => {
+                    let n = (op - 0x84) as usize;
+                    if self.stack.len() < n {
+                        return Err("pickle builds a tuple from an empty stack".into());
+                    }
+                    let items = self.stack.split_off(self.stack.len() - n);
+                    self.tuple(items);
+                }
+                b'X' => {
+                    let len = self.u32()? as usize;
+                    self.string(len)?;
+                }
+                0x8c => {
+                    let len = self.u8()? as usize;
+                    self.string(len)?;
+                }
+                b'J' => {
+                    let v = i32::from_le_bytes(self.take(4)?.try_into().unwrap());
+                    self.push(Obj::Int(v as i64));
+                }
+                b'K' => {
+                    let v = self.u8()?;
+                    self.push(Obj::Int(v as i64));
+                }
+                b'M' => {
+                    let v = u16::from_le_bytes(self.take(2)?.try_into().unwrap());
+                    self.push(Obj::Int(v as i64));
+                }
+                0x8a => {
+                    let n = self.u8()? as usize;
+                    if n > 8 {
+                        return Err(format!("pickle integer of {n} bytes is too large"));
+                    }
+                    let bytes = self.take(n)?;
+                    // Little-endian two's complement: sign-extend from the top byte.
+                    let fill = if bytes.last().is_some_and(|&b| b >= 0x80) { 0xff } else { 0 };
+                    let mut full = [fill; 8];
+                    full[..n].copy_from_slice(bytes);
+                    self.push(Obj::Int(i64::from_le_bytes(full)));
+                }
+                0x88 => self.push(Obj::Bool(true)),
+                0x89 => self.push(Obj::Bool(false)),
+                b'N' => self.push(Obj::None),
+                b'Q' => {
+                    let pid = self.pop()?;
+                    let storage = self.persistent_load(pid)?;
+                    self.push(Obj::Storage(storage));
+                }
+                b'R' => {
+                    let args = self.pop()?;
+                    let func = self.pop()?;
+                    let obj = self.reduce(func, args)?;
+                    self.push(obj);
+                }
+                b's' => {
+                    let value = self.pop()?;
+                    let key = self.pop()?;
+                    self.set_items(vec![key, value])?;
+                }
+                b'u' => {
+                    let items = self.pop_mark()?;
+                    self.set_items(items)?;
+                }
+                b'a' => {
+                    let value = self.pop()?;
+                    self.append(vec![value])?;
+                }
+                b'e' => {
+                    let items = self.pop_mark()?;
+                    self.append(items)?;
+                }
+                b'b' => {
+                    // OrderedDict state: the state dict's `_metadata` attribute
+                    // (module versions), which a head has no use for.
+                    let state = self.pop()?;
+                    let target = self.top()?;
+                    match (&self.heap[target], &self.heap[state]) {
+                        (Obj::Dict(_), Obj::Dict(_) | Obj::None) => {}
+                        (t, _) => return Err(format!("pickle BUILD on {t:?}, which a state dict does not have")),
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "pickle opcode 0x{op:02x} at byte {} is not one torch.save uses for a state dict: save model.state_dict()",
+                        self.pos - 1
+                    ))
+                }
+            }
+        }
+    }
+
+    fn persistent_load(&self, pid: usize) -> Result<StorageRef, String> {
+        let Obj::Tuple(items) = &self.heap[pid] else {
+            return Err(format!(
+                "persistent id is {:?}, expected a tuple",
+                self.heap[pid]
+            ));
+        };
+        let [tag, ty, key, _location, numel] = items.as_slice() else {
+            return Err(format!(
+                "persistent id has {} fields, expected 5",
+                items.len()
+            ));
+        };
+        if self.str(*tag, "persistent id tag")? != "storage" {
+            return Err("persistent id is not a storage".into());
+        }
+        let Obj::Global(Global::StorageType(dtype)) = &self.heap[*ty] else {
+            return Err(format!(
+                "storage type is {:?}, expected torch.<Type>Storage",
+                self.heap[*ty]
+            ));
+        };
+        Ok(StorageRef {
+            dtype: dtype.clone(),
+            key: self.str(*key, "storage key")?,
+            numel: self.int(*numel, "storage size")?,
+        })
+    }
+
+    fn reduce(&self, func: usize, args: usize) -> Result<Obj, String> {
+        let Obj::Tuple(args) = &self.heap[args] else {
+            return Err(format!(
+                "REDUCE arguments are {:?}, expected a tuple",
+                self.heap[args]
+            ));
+        };
+        match &self.heap[func] {
+            Obj::Global(Global::OrderedDict) if args.is_empty() => Ok(Obj::Dict(Vec::new())),
+            Obj::Global(Global::RebuildTensorV2) if (6..=7).contains(&args.len()) => {
+                let Obj::Storage(storage) = &self.heap[args[0]] else {
+                    return Err(format!("tensor storage is {:?}", self.heap[args[0]]));
+                };
+                Ok(Obj::Tensor(TensorRef {
+                    storage: storage.clone(),
+                    offset: self.int(args[1], "storage offset")?,
+                    size: self.ints(args[2], "tensor size")?,
+                    stride: self.ints(args[3], "tensor stride")?,
+                }))
+            }
+            other => Err(format!(
+                "REDUCE calls {other:?} with {} arguments, which a state dict does not",
+                args.len()
+            )),
+        }
+    }
+
+    fn set_items(&mut self, items: Vec<usize>) -> Result<(), String> {
+        if items.len() % 2 != 0 {
+            return Err("SETITEMS with an odd number of items".into());
+        }
+        let target = self.top()?;
+        let Obj::Dict(entries) = &mut self.heap[target] else {
+            return Err(format!("SETITEM on {:?}", self.heap[target]));
+        };
+        entries.extend(items.chunks_exact(2).map(|kv| (kv[0], kv[1])));
+        Ok(())
+    }
+
+    fn append(&mut self, items: Vec<usize>) -> Result<(), String> {
+        let target = self.top()?;
+        let Obj::List(list) = &mut self.heap[target] else {
+            return Err(format!("APPEND on {:?}", self.heap[target]));
+        };
+        list.extend(items);
+        Ok(())
+    }
+}
+
+/// Runs the pickle and returns the state dict's (name, tensor) pairs in order.
+fn unpickle_state_dict(code: &[u8]) -> Result<Vec<(String, TensorRef)>, String> {
+    let mut vm = Vm {
+        code,
+        pos: 0,
+        heap: Vec::new(),
+        stack: Vec::new(),
+        marks: Vec::new(),
+        memo: HashMap::new(),
+    };
+    let root = vm.run()?;
+    let Obj::Dict(entries) = &vm.heap[root] else {
+        return Err(format!("holds {:?}, not a state dict", vm.heap[root]));
+    };
+    entries
+        .iter()
+        .map(|&(k, v)| {
+            let name = vm.str(k, "state dict key")?;
+            match &vm.heap[v] {
+                Obj::Tensor(t) => Ok((name, t.clone())),
+                other => Err(format!(
+                    "state dict entry {name} is {other:?}, not a tensor"
+                )),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::head::HeadScratch;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use std::io::Write;
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("bertcls-ckpt-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn err(path: &Path, hidden: Option<usize>) -> String {
+        let e = load_head(path, hidden).err().expect("load should fail");
+        let msg = format!("{e:#}");
+        assert!(!msg.contains('\n'), "error is not one line: {msg}");
+        assert!(
+            msg.contains(&path.display().to_string()),
+            "error does not name the file: {msg}"
+        );
+        msg
+    }
+
+    /// `(name, storage key, offset, size, stride, storage numel)` of a pickled tensor.
+    type FakeTensor<'a> = (&'a str, &'a str, u8, &'a [u8], &'a [u8], u8);
+
+    /// A pickle laid out as torch.save writes a state dict (protocol 2).
+    fn torch_pickle(tensors: &[FakeTensor], storage: &str) -> Vec<u8> {
+        let mut p = vec![0x80, 2];
+        let mut memo = 0u8;
+        let mut put = |p: &mut Vec<u8>| {
+            p.extend([b'q', memo]);
+            memo += 1;
+        };
+        let unicode = |p: &mut Vec<u8>, s: &str| {
+            p.push(b'X');
+            p.extend((s.len() as u32).to_le_bytes());
+            p.extend(s.as_bytes());
+        };
+        p.extend(b"ccollections\nOrderedDict\n");
+        put(&mut p); // memo 0: OrderedDict
+        p.extend([b')', b'R']);
+        put(&mut p);
+        p.push(b'(');
+        for &(name, key, offset, size, stride, numel) in tensors {
+            unicode(&mut p, name);
+            put(&mut p);
+            p.extend(b"ctorch._utils\n_rebuild_tensor_v2\n");
+            put(&mut p);
+            p.extend([b'(', b'(']);
+            unicode(&mut p, "storage");
+            put(&mut p);
+            p.extend(format!("ctorch\n{storage}\n").as_bytes());
+            put(&mut p);
+            unicode(&mut p, key);
+            put(&mut p);
+            unicode(&mut p, "cpu");
+            put(&mut p);
+            p.extend([b'K', numel, b't']);
+            put(&mut p);
+            p.extend([b'Q', b'K', offset]);
+            for dims in [size, stride] {
+                for &d in dims {
+                    p.extend([b'K', d]);
+                }
+                p.push(0x84 + dims.len() as u8);
+                put(&mut p);
+            }
+            p.extend([0x89, b'h', 0, b')', b'R']); // requires_grad, OrderedDict()
+            put(&mut p);
+            p.extend([b't', b'R']);
+            put(&mut p);
+        }
+        p.push(b'u');
+        // state: {'_metadata': OrderedDict({'': {'version': 1}})}
+        p.push(b'}');
+        put(&mut p);
+        unicode(&mut p, "_metadata");
+        p.extend([b'h', 0, b')', b'R']);
+        put(&mut p);
+        unicode(&mut p, "");
+        p.push(b'}');
+        unicode(&mut p, "version");
+        p.extend([b'K', 1, b's', b's', b's', b'b', b'.']);
+        p
+    }
+
+    fn torch_zip(path: &Path, pickle: &[u8], storages: &[(&str, Vec<u8>)]) {
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        zip.start_file("recipe-head/data.pkl", opts).unwrap();
+        zip.write_all(pickle).unwrap();
+        zip.start_file("recipe-head/byteorder", opts).unwrap();
+        zip.write_all(b"little").unwrap();
+        for (key, bytes) in storages {
+            zip.start_file(format!("recipe-head/data/{key}"), opts)
+                .unwrap();
+            zip.write_all(bytes).unwrap();
+        }
+        zip.start_file("recipe-head/version", opts).unwrap();
+        zip.write_all(b"3\n").unwrap();
+        zip.finish().unwrap();
+    }
+
+    #[test]
+    fn round_trip_keeps_head_optimiser_and_metadata_and_resumes_exactly() {
+        let dir = temp_dir("round");
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut head = LinearHead::new_init(3, 16, &mut rng);
+        let x: Vec<f32> = (0..8 * 16).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let labels = [0, 1, 2, 0, 1, 2, 0, 1];
+        let mut opt = AdamW {
+            lr: 1e-2,
+            ..AdamW::for_head(&head)
+        };
+        let mut s = HeadScratch::new(3, 16);
+        for _ in 0..3 {
+            head.forward_backward(&x, &labels, &mut s);
+            opt.update_head(&mut head, &s.grads);
+        }
+        let meta = BTreeMap::from([("epoch".to_string(), "3".to_string())]);
+        let path = dir.join("head.safetensors");
+        save_head(&path, &head, Some(&opt), &meta).unwrap();
+        let mut loaded = load_head(&path, Some(16)).unwrap();
+        assert_eq!(
+            (&loaded.head.weight, &loaded.head.bias),
+            (&head.weight, &head.bias)
+        );
+        assert_eq!(loaded.optim.as_ref(), Some(&opt));
+        assert_eq!(loaded.metadata, meta);
+
+        let mut resumed = loaded.optim.take().unwrap();
+        head.forward_backward(&x, &labels, &mut s);
+        opt.update_head(&mut head, &s.grads);
+        loaded.head.forward_backward(&x, &labels, &mut s);
+        resumed.update_head(&mut loaded.head, &s.grads);
+        assert_eq!(
+            (loaded.head.weight, loaded.head.bias, resumed),
+            (head.weight.clone(), head.bias.clone(), opt)
+        );
+
+        save_head(&path, &head, None, &BTreeMap::new()).unwrap();
+        assert!(load_head(&path, None).unwrap().optim.is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_files_give_one_line_errors_naming_the_problem() {
+        let dir = temp_dir("bad");
+        let missing = dir.join("nope.safetensors");
+        assert!(err(&missing, None).contains("does not exist"));
+
+        let head = LinearHead {
+            weight: vec![0.5; 2 * 4],
+            bias: vec![0.1, 0.2],
+            num_labels: 2,
+            hidden: 4,
+        };
+        let good = dir.join("good.safetensors");
+        save_head(
+            &good,
+            &head,
+            Some(&AdamW::for_head(&head)),
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let bytes = std::fs::read(&good).unwrap();
+
+        let truncated = dir.join("truncated.safetensors");
+        std::fs::write(&truncated, &bytes[..bytes.len() - 5]).unwrap();
+        assert!(err(&truncated, None).contains("corrupt or truncated safetensors"));
+
+        let garbage = dir.join("garbage.bin");
+        std::fs::write(&garbage, b"hello, this is not a checkpoint").unwrap();
+        assert!(err(&garbage, None).contains("neither a safetensors file nor a torch.save zip"));
+
+        let legacy = dir.join("legacy.pth");
+        std::fs::write(&legacy, [0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc]).unwrap();
+        assert!(err(&legacy, None).contains("_use_new_zipfile_serialization=True"));
+
+        let msg = err(&good, Some(768));
+        assert!(msg.contains("shape [2, 4], expected [2, 768]"), "{msg}");
+
+        let no_head = dir.join("no-head.safetensors");
+        let t = safetensors::tensor::TensorView::new(Dtype::F32, vec![1], &[0, 0, 0, 0]).unwrap();
+        std::fs::write(
+            &no_head,
+            safetensors::serialize([("cls", t)], None).unwrap(),
+        )
+        .unwrap();
+        assert!(err(&no_head, None).contains("no fc.weight tensor (found: cls)"));
+
+        let pth = dir.join("bad.pth");
+        let storage: Vec<u8> = [0.0f32; 7].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let beyond = torch_pickle(
+            &[
+                ("fc.weight", "0", 6, &[2, 3], &[3, 1], 7),
+                ("fc.bias", "0", 0, &[2], &[1], 7),
+            ],
+            "FloatStorage",
+        );
+        torch_zip(&pth, &beyond, &[("0", storage.clone())]);
+        assert!(err(&pth, None).contains("tensor fc.weight: reaches element 11 of a storage of 7"));
+        let as_long = torch_pickle(
+            &[
+                ("fc.weight", "0", 0, &[1, 1], &[1, 1], 1),
+                ("fc.bias", "0", 0, &[1], &[1], 1),
+            ],
+            "LongStorage",
+        );
+        torch_zip(&pth, &as_long, &[("0", vec![0; 8])]);
+        assert!(err(&pth, None).contains("stored as LongStorage"));
+        let no_storage = torch_pickle(
+            &[
+                ("fc.weight", "0", 0, &[2, 3], &[3, 1], 7),
+                ("fc.bias", "1", 0, &[2], &[1], 2),
+            ],
+            "FloatStorage",
+        );
+        torch_zip(&pth, &no_storage, &[("0", storage)]);
+        assert!(err(&pth, None).contains("storage recipe-head/data/1 of fc.bias is missing"));
+        let bytes = std::fs::read(&pth).unwrap();
+        std::fs::write(&pth, &bytes[..bytes.len() / 2]).unwrap();
+        assert!(err(&pth, None).contains("corrupt or truncated torch.save zip"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn pickle_vm_reads_a_torch_style_state_dict() {
+        // fc.weight (2, 3) is a transposed view of a (3, 2) storage at offset 1
+        // inside 7 elements; fc.bias is a plain (2,) tensor in its own storage.
+        let pickle = torch_pickle(
+            &[
+                ("fc.weight", "0", 1, &[2, 3], &[1, 2], 7),
+                ("fc.bias", "1", 0, &[2], &[1], 2),
+            ],
+            "FloatStorage",
+        );
+        let state = unpickle_state_dict(&pickle).unwrap();
+        let names: Vec<&str> = state.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["fc.weight", "fc.bias"]);
+        assert_eq!(
+            state[0].1,
+            TensorRef {
+                storage: StorageRef {
+                    dtype: "FloatStorage".into(),
+                    key: "0".into(),
+                    numel: 7
+                },
+                offset: 1,
+                size: vec![2, 3],
+                stride: vec![1, 2],
+            }
+        );
+
+        let dir = temp_dir("pickle");
+        let path = dir.join("recipe-head.pth");
+        let storage0: Vec<u8> = (0..7).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        let storage1: Vec<u8> = [-1.0f32, 2.5]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        torch_zip(&path, &pickle, &[("0", storage0), ("1", storage1)]);
+        let loaded = load_head(&path, Some(3)).unwrap();
+        // Row r, column c reads storage[1 + r + 2c].
+        assert_eq!(loaded.head.weight, vec![1.0, 3.0, 5.0, 2.0, 4.0, 6.0]);
+        assert_eq!(loaded.head.bias, vec![-1.0, 2.5]);
+        assert!(loaded.optim.is_none() && loaded.metadata.is_empty());
+
+        let half = torch_pickle(
+            &[
+                ("weight", "0", 0, &[1, 2], &[2, 1], 2),
+                ("bias", "1", 0, &[1], &[1], 1),
+            ],
+            "HalfStorage",
+        );
+        let f16 = |v: f32| half::f16::from_f32(v).to_le_bytes().to_vec();
+        torch_zip(
+            &path,
+            &half,
+            &[("0", [f16(0.5), f16(-2.0)].concat()), ("1", f16(1.0))],
+        );
+        let loaded = load_head(&path, None).unwrap();
+        assert_eq!(
+            (loaded.head.weight, loaded.head.bias),
+            (vec![0.5, -2.0], vec![1.0])
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn pickle_vm_refuses_what_a_state_dict_never_holds() {
+        let whole_model = b"\x80\x02cmymodule\nModel\nq\x00).";
+        assert!(unpickle_state_dict(whole_model)
+            .unwrap_err()
+            .contains("calls mymodule.Model"));
+        let float = b"\x80\x02G?\xf0\x00\x00\x00\x00\x00\x00.";
+        assert!(unpickle_state_dict(float)
+            .unwrap_err()
+            .contains("opcode 0x47"));
+        let truncated = b"\x80\x02X\x10\x00\x00\x00abc";
+        assert!(unpickle_state_dict(truncated)
+            .unwrap_err()
+            .contains("truncated"));
+        let not_dict = b"\x80\x02K\x05.";
+        assert!(unpickle_state_dict(not_dict)
+            .unwrap_err()
+            .contains("not a state dict"));
+        let negative = b"\x80\x02\x8a\x02\x00\xff.";
+        let mut vm = Vm {
+            code: negative,
+            pos: 0,
+            heap: Vec::new(),
+            stack: Vec::new(),
+            marks: Vec::new(),
+            memo: HashMap::new(),
+        };
+        let i = vm.run().unwrap();
+        assert_eq!(vm.heap[i], Obj::Int(-256));
+    }
+}
