@@ -384,7 +384,8 @@ fn usable_snapshot(
             Err(_) => return Err(format!("no refs/{revision}")),
         }
     };
-    let short = &commit[..commit.len().min(12)];
+    // By characters: a hand-edited ref may hold anything.
+    let short: String = commit.chars().take(12).collect();
     let dir = snapshots.join(&commit);
     if commit.is_empty() || !dir.is_dir() {
         return Err(format!(
@@ -575,7 +576,8 @@ impl Hub {
              HF_TOKEN, or {}",
             self.kind.noun(),
             self.id,
-            one_line(err),
+            // ureq repeats the URL in its message; once is enough.
+            one_line(err).replace(&format!("{url}: "), ""),
             self.kind.instead()
         )
     }
@@ -655,7 +657,7 @@ fn download_dataset(id: &HubId, cache_root: &Path) -> Result<PathBuf> {
     // conversion branch is the hub's rendering of other formats, used only without them.
     if files.is_empty() && id.revision.is_none() {
         hub = Hub::connect(Kind::Dataset, id, PARQUET_BRANCH, cache_root)?;
-        files = parquet_files(hub.files()?);
+        files = one_config(parquet_files(hub.files()?));
     }
     if files.is_empty() {
         bail!(
@@ -672,6 +674,23 @@ fn download_dataset(id: &HubId, cache_root: &Path) -> Result<PathBuf> {
         snapshot = local.ancestors().nth(depth).map(Path::to_path_buf);
     }
     snapshot.context("hf-hub returned a file outside any snapshot folder")
+}
+
+/// The conversion branch holds `<config>/<split>/NNNN.parquet` for every config of a
+/// dataset; the loader names splits by folder, so two configs would merge into one
+/// `train`. Keep `default`, else the first config by name.
+fn one_config(files: Vec<String>) -> Vec<String> {
+    let config_of = |f: &String| f.split('/').next().unwrap_or_default().to_string();
+    let configs: BTreeSet<String> = files.iter().map(config_of).collect();
+    let chosen = if configs.contains("default") {
+        Some("default".to_string())
+    } else {
+        configs.into_iter().next()
+    };
+    files
+        .into_iter()
+        .filter(|f| Some(config_of(f)) == chosen)
+        .collect()
 }
 
 fn parquet_files(files: Vec<String>) -> Vec<String> {
@@ -750,6 +769,29 @@ mod tests {
         assert_eq!(
             Kind::Dataset.cache_folder("lansinuote/ChnSentiCorp"),
             "datasets--lansinuote--ChnSentiCorp"
+        );
+    }
+
+    #[test]
+    fn conversion_branch_downloads_keep_one_config() {
+        let files = |v: &[&str]| v.iter().map(|f| f.to_string()).collect::<Vec<_>>();
+        let listed = files(&[
+            "plain_text/train/0000.parquet",
+            "default/train/0000.parquet",
+            "default/test/0000.parquet",
+        ]);
+        assert_eq!(
+            one_config(listed),
+            files(&["default/train/0000.parquet", "default/test/0000.parquet"])
+        );
+        let listed = files(&[
+            "zh/train/0000.parquet",
+            "en/train/0000.parquet",
+            "en/test/0000.parquet",
+        ]);
+        assert_eq!(
+            one_config(listed),
+            files(&["en/train/0000.parquet", "en/test/0000.parquet"])
         );
     }
 

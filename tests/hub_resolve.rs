@@ -312,3 +312,282 @@ fn environment_selects_cache_and_offline_mode() {
     );
     assert!(err.contains("forbids downloading"), "{err}");
 }
+
+/// A stand-in for the hub, enough of its HTTP API for hf-hub: repo info under
+/// `/api/...`, files under `/.../resolve/<revision>/...` with the headers hf-hub reads
+/// (`X-Repo-Commit`, `ETag`, `Content-Range`). One server for every download test,
+/// because its address reaches the code through `HF_ENDPOINT`, a process-wide
+/// variable that no other test reads.
+mod fake_hub {
+    use std::collections::HashMap;
+    use std::hash::{Hash, Hasher};
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::{Arc, OnceLock};
+
+    pub const MAIN: &str = "1111111111111111111111111111111111111111";
+    pub const CONVERTED: &str = "2222222222222222222222222222222222222222";
+    pub const ESCAPED_BRANCH: &str = "refs%2Fconvert%2Fparquet";
+
+    /// Starts the server once and returns its endpoint, or `None` when a proxy
+    /// variable is set: ureq would send the requests for 127.0.0.1 to the proxy.
+    pub fn endpoint() -> Option<&'static str> {
+        let proxied = [
+            "ALL_PROXY",
+            "HTTPS_PROXY",
+            "HTTP_PROXY",
+            "all_proxy",
+            "https_proxy",
+            "http_proxy",
+        ]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
+        if proxied {
+            eprintln!(
+                "skipped: a proxy variable is set, so hf-hub cannot reach the local fake hub"
+            );
+            return None;
+        }
+        static ENDPOINT: OnceLock<String> = OnceLock::new();
+        Some(ENDPOINT.get_or_init(|| {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let endpoint = format!("http://{}", listener.local_addr().unwrap());
+            let routes = Arc::new(routes());
+            std::thread::spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    let routes = Arc::clone(&routes);
+                    std::thread::spawn(move || answer(stream, &routes));
+                }
+            });
+            std::env::set_var("HF_ENDPOINT", &endpoint);
+            endpoint
+        }))
+    }
+
+    fn info(sha: &str, files: &[&str]) -> Vec<u8> {
+        let siblings: Vec<_> = files
+            .iter()
+            .map(|f| serde_json::json!({ "rfilename": f }))
+            .collect();
+        serde_json::json!({ "sha": sha, "siblings": siblings })
+            .to_string()
+            .into_bytes()
+    }
+
+    fn routes() -> HashMap<String, Vec<u8>> {
+        let mut r = HashMap::new();
+        let mut model = |repo: &str, files: &[(&str, &str)], listed_only: &[&str]| {
+            let mut names: Vec<&str> = files.iter().map(|f| f.0).collect();
+            names.extend_from_slice(listed_only);
+            r.insert(
+                format!("/api/models/{repo}/revision/main"),
+                info(MAIN, &names),
+            );
+            for (name, body) in files {
+                r.insert(
+                    format!("/{repo}/resolve/main/{name}"),
+                    body.as_bytes().to_vec(),
+                );
+            }
+        };
+        model(
+            "fake/bert-vocab",
+            &[
+                ("config.json", "{}"),
+                ("vocab.txt", "[PAD]\n"),
+                ("tokenizer_config.json", "{}"),
+                ("model.safetensors", "weights"),
+            ],
+            &["pytorch_model.bin"],
+        );
+        let index = r#"{"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}"#;
+        model(
+            "fake/bert-sharded",
+            &[
+                ("config.json", "{}"),
+                ("tokenizer.json", "{}"),
+                ("model.safetensors.index.json", index),
+                ("model-00001-of-00002.safetensors", "w1"),
+                ("model-00002-of-00002.safetensors", "w2"),
+            ],
+            &[],
+        );
+        model(
+            "fake/bert-bin-only",
+            &[("config.json", "{}"), ("vocab.txt", "[PAD]\n")],
+            &["pytorch_model.bin"],
+        );
+
+        let ds = "fake/csv-data";
+        r.insert(
+            format!("/api/datasets/{ds}/revision/main"),
+            info(MAIN, &["README.md", "train.csv"]),
+        );
+        let converted = [
+            "default/train/0000.parquet",
+            "default/test/0000.parquet",
+            "other/train/0000.parquet",
+        ];
+        r.insert(
+            format!("/api/datasets/{ds}/revision/{ESCAPED_BRANCH}"),
+            info(CONVERTED, &converted),
+        );
+        for name in converted {
+            r.insert(
+                format!("/datasets/{ds}/resolve/{ESCAPED_BRANCH}/{name}"),
+                format!("PAR1 {name}").into_bytes(),
+            );
+        }
+        r
+    }
+
+    fn answer(mut stream: TcpStream, routes: &HashMap<String, Vec<u8>>) {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut request = String::new();
+        let _ = reader.read_line(&mut request);
+        let path = request
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        let mut header = String::new();
+        while reader.read_line(&mut header).is_ok_and(|n| n > 0) && header != "\r\n" {
+            header.clear();
+        }
+        // Errors are the client hanging up after the headers, as hf-hub does when it
+        // only wants a file's metadata.
+        let _ = match routes.get(&path) {
+            Some(body) => {
+                let commit = if path.contains(ESCAPED_BRANCH) {
+                    CONVERTED
+                } else {
+                    MAIN
+                };
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                path.hash(&mut h);
+                let n = body.len();
+                write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nContent-Range: bytes 0-{}/{n}\r\n\
+                     ETag: \"{:016x}\"\r\nX-Repo-Commit: {commit}\r\nConnection: close\r\n\r\n",
+                    n - 1,
+                    h.finish()
+                )
+                .and_then(|_| stream.write_all(body))
+            }
+            None => write!(
+                stream,
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            ),
+        };
+    }
+}
+
+#[test]
+fn download_falls_back_to_vocab_txt_and_lands_in_the_cache_layout() {
+    let Some(_) = fake_hub::endpoint() else {
+        return;
+    };
+    let root = temp_root("dl-vocab");
+    let got = resolve_model_in("fake/bert-vocab", false, &roots(&[&root])).unwrap();
+    let snap = root
+        .join("models--fake--bert-vocab/snapshots")
+        .join(fake_hub::MAIN);
+    assert_eq!(
+        (got.dir.as_path(), got.origin),
+        (snap.as_path(), Origin::Downloaded)
+    );
+    assert_eq!(
+        std::fs::read_to_string(snap.join("model.safetensors")).unwrap(),
+        "weights"
+    );
+    assert!(snap.join("tokenizer_config.json").exists());
+    assert!(!snap.join("pytorch_model.bin").exists());
+    // What hf-hub wrote is what the cache lookup reads.
+    let again = resolve_model_in("fake/bert-vocab", true, &roots(&[&root])).unwrap();
+    assert_eq!(
+        again.origin,
+        Origin::HfCache {
+            revision: fake_hub::MAIN.to_string()
+        }
+    );
+}
+
+#[test]
+fn download_fetches_every_shard() {
+    let Some(_) = fake_hub::endpoint() else {
+        return;
+    };
+    let root = temp_root("dl-sharded");
+    let got = resolve_model_in("fake/bert-sharded", false, &roots(&[&root])).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(got.dir.join("model-00002-of-00002.safetensors")).unwrap(),
+        "w2"
+    );
+    assert!(resolve_model_in("fake/bert-sharded", true, &roots(&[&root])).is_ok());
+}
+
+#[test]
+fn download_refuses_a_model_without_safetensors() {
+    let Some(_) = fake_hub::endpoint() else {
+        return;
+    };
+    let root = temp_root("dl-bin");
+    let err = resolve_model_in("fake/bert-bin-only", false, &roots(&[&root]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("model \"fake/bert-bin-only\" on http://127.0.0.1:"),
+        "{err}"
+    );
+    assert!(err.contains("has no model.safetensors"), "{err}");
+}
+
+#[test]
+fn download_failure_is_one_line_naming_the_url() {
+    let Some(endpoint) = fake_hub::endpoint() else {
+        return;
+    };
+    let root = temp_root("dl-absent");
+    let err = format!(
+        "{:#}",
+        resolve_model_in("fake/absent", false, &roots(&[&root])).unwrap_err()
+    );
+    let url = format!("{endpoint}/api/models/fake/absent/revision/main");
+    assert!(
+        err.starts_with(&format!(
+            "cannot download model \"fake/absent\" from {url}: "
+        )),
+        "{err}"
+    );
+    assert!(err.ends_with("or pass --model with a local folder (config.json, model.safetensors, tokenizer.json or vocab.txt)"), "{err}");
+    assert!(err.contains("status code 404"), "{err}");
+    assert_eq!(err.matches(&url).count(), 1, "{err}");
+    assert!(!err.contains('\n'), "{err}");
+}
+
+#[test]
+fn dataset_download_takes_one_config_of_the_parquet_conversion() {
+    let Some(_) = fake_hub::endpoint() else {
+        return;
+    };
+    let root = temp_root("dl-dataset");
+    let got = resolve_dataset_in("fake/csv-data", false, &roots(&[&root])).unwrap();
+    let snap = root
+        .join("datasets--fake--csv-data/snapshots")
+        .join(fake_hub::CONVERTED);
+    assert_eq!(
+        (got.path.as_path(), got.origin),
+        (snap.as_path(), Origin::Downloaded)
+    );
+    assert!(snap.join("default/train/0000.parquet").exists());
+    assert!(snap.join("default/test/0000.parquet").exists());
+    assert!(!snap.join("other").exists());
+    let again = resolve_dataset_in("fake/csv-data", true, &roots(&[&root])).unwrap();
+    assert_eq!(
+        again.origin,
+        Origin::HfCache {
+            revision: fake_hub::CONVERTED.to_string()
+        }
+    );
+}
