@@ -5,7 +5,8 @@
 //! the state dict whose tensors point at raw little-endian storages
 //! `<archive>/data/<key>`. Unpickling in general runs arbitrary code, so instead of a
 //! general unpickler this module has a small VM that knows only the opcodes and the
-//! four callables a state dict needs, and refuses anything else.
+//! callables a state dict needs (`OrderedDict`, `_rebuild_tensor_v2`, the
+//! `torch.*Storage` types), and refuses anything else.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Cursor, Read};
