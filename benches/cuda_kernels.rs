@@ -1,0 +1,331 @@
+//! CUDA backend microbenchmarks at BERT-base size (random weights of bert-base-chinese's
+//! shape), for the GPU machine:
+//!
+//! - each memory-bound kernel's achieved GB/s next to a device-to-device copy's;
+//! - cuBLAS TFLOP/s at the encoder's GEMM shapes, fp32 and TF32;
+//! - the attention op (gather, two batched GEMMs, softmax, scatter) per layer;
+//! - encoder tokens/s at 1x128, 32x128, 256x128 and on ChnSentiCorp's texts packed.
+//!
+//!     cargo bench --bench cuda_kernels [-- --precision fp32|tf32 --texts N]
+//!
+//! Prints why and exits 0 where no GPU is found. One JSON object per line.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use bertcls::backend::cuda::{self, CudaBackend, Precision};
+use bertcls::backend::{Activation, Backend, QueryRows};
+use bertcls::batch::PackedBatch;
+use bertcls::model::weights::{LayerNormWeights, LinearWeights};
+use bertcls::model::{encode_all, BertConfig, Encoder, HostWeights, Keep};
+use bertcls::tokenize::{BertTokenizer, TokenizedText};
+use cudarc::driver::CudaSlice;
+
+/// Token budget: the largest fixed batch, 256 x 128.
+const BUDGET: usize = 256 * 128;
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+/// Runs `f` once to warm up, then until `min_secs` have passed (at least 5 times);
+/// returns the median seconds per run. `f` must synchronise the GPU before returning.
+fn time(mut f: impl FnMut(), min_secs: f64) -> f64 {
+    f();
+    let mut runs = Vec::new();
+    let started = Instant::now();
+    while runs.len() < 5 || started.elapsed().as_secs_f64() < min_secs {
+        let t = Instant::now();
+        f();
+        runs.push(t.elapsed().as_secs_f64());
+    }
+    runs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    runs[runs.len() / 2]
+}
+
+/// Times `reps` launches of `op` back to back (launch overhead amortised); seconds per op.
+fn time_op(be: &CudaBackend, reps: usize, mut op: impl FnMut()) -> f64 {
+    time(
+        || {
+            for _ in 0..reps {
+                op();
+            }
+            be.synchronize().unwrap();
+        },
+        0.5,
+    ) / reps as f64
+}
+
+fn bandwidth(case: &str, bytes: usize, secs: f64, copy_gbs: f64) {
+    let gbs = bytes as f64 / secs / 1e9;
+    println!(
+        "{{\"case\": \"{case}\", \"us\": {:.2}, \"gb_per_s\": {gbs:.1}, \"of_copy\": {:.2}}}",
+        secs * 1e6,
+        gbs / copy_gbs
+    );
+}
+
+fn main() {
+    if let Err(e) = cuda::check_device(0) {
+        println!("SKIPPED: no CUDA backend here: {e}");
+        return;
+    }
+    let precision: Precision = arg("--precision")
+        .map_or(Ok(Precision::Fp32), |p| p.parse())
+        .unwrap();
+    let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared");
+    let model_dir = shared.join("models/bert-base-chinese");
+    let config_path = model_dir.join("config.json");
+    if !config_path.is_file() {
+        println!(
+            "SKIPPED: {} not found (needs ../shared, or .gpu/shared linked there)",
+            config_path.display()
+        );
+        return;
+    }
+    let config = BertConfig::from_file(&config_path).unwrap();
+    let be = CudaBackend::new(0, precision, BUDGET).unwrap();
+    eprintln!("backend: {}", be.describe());
+
+    let copy_gbs = device_copy(&be);
+    kernels(&be, &config, copy_gbs);
+    gemms(&config);
+    attention(&be, &config);
+    encoder(be, &config, &model_dir, &shared);
+}
+
+/// cuMemcpyDtoD of 256 MiB: reads and writes every byte, the bandwidth ceiling the
+/// kernels are measured against.
+fn device_copy(be: &CudaBackend) -> f64 {
+    let n = 64 << 20;
+    let src = be.alloc(n).unwrap();
+    let mut dst = be.alloc(n).unwrap();
+    let stream = be.stream().clone();
+    let secs = time_op(be, 10, || stream.memcpy_dtod(&src, &mut dst).unwrap());
+    let gbs = (2 * n * 4) as f64 / secs / 1e9;
+    println!(
+        "{{\"case\": \"device_copy 256MiB\", \"us\": {:.1}, \"gb_per_s\": {gbs:.1}}}",
+        secs * 1e6
+    );
+    gbs
+}
+
+fn upload(be: &CudaBackend, len: usize, value: f32) -> CudaSlice<f32> {
+    be.upload(&vec![value; len]).unwrap()
+}
+
+/// The memory-bound kernels at 32 x 128 tokens: bytes each must move / time.
+fn kernels(be: &CudaBackend, config: &BertConfig, copy_gbs: f64) {
+    let (c, f) = (config.hidden_size, config.intermediate_size);
+    let t = 32 * 128;
+    let texts: Vec<TokenizedText> = (0..32)
+        .map(|i| TokenizedText {
+            ids: (0..128)
+                .map(|j| ((i * 7919 + j * 104_729) % (config.vocab_size - 1000) + 1000) as u32)
+                .collect(),
+            type_ids: vec![0; 128],
+        })
+        .collect();
+    let batch = PackedBatch::new(&texts);
+    let weights = HostWeights::random(config, 0);
+    let emb = weights.try_map(|w| be.upload(w)).unwrap().embeddings;
+    let mut out = upload(be, t * c, 0.0);
+    let secs = time_op(be, 20, || {
+        be.embeddings_layernorm(&batch, &emb, 1e-12, &mut out)
+            .unwrap()
+    });
+    // three embedding rows read, one row written per token
+    bandwidth("embeddings_layernorm 32x128", 4 * t * c * 4, secs, copy_gbs);
+
+    let bias = upload(be, f, 0.01);
+    let mut inter = upload(be, t * f, 0.5);
+    for act in [Activation::GeluErf, Activation::GeluTanh, Activation::Relu] {
+        let secs = time_op(be, 20, || {
+            be.bias_activation(&mut inter, t, &bias, f, act).unwrap()
+        });
+        bandwidth(
+            &format!("bias_activation {act:?} 4096x{f}"),
+            2 * t * f * 4,
+            secs,
+            copy_gbs,
+        );
+    }
+
+    let ln = LayerNormWeights {
+        gamma: upload(be, c, 1.0),
+        beta: upload(be, c, 0.0),
+    };
+    let residual = upload(be, t * c, 1.0);
+    let bias_c = upload(be, c, 0.1);
+    let mut x = upload(be, t * c, 0.5);
+    let secs = time_op(be, 20, || {
+        be.bias_residual_layernorm(&mut x, t, &bias_c, &residual, &ln, 1e-12)
+            .unwrap()
+    });
+    bandwidth(
+        &format!("bias_residual_layernorm 4096x{c}"),
+        3 * t * c * 4,
+        secs,
+        copy_gbs,
+    );
+
+    let rows: Vec<usize> = batch.cls_rows().to_vec();
+    let mut cls = upload(be, rows.len() * c, 0.0);
+    let secs = time_op(be, 20, || be.gather_rows(&x, c, &rows, &mut cls).unwrap());
+    bandwidth(
+        "gather_rows 32 of 4096",
+        2 * rows.len() * c * 4,
+        secs,
+        copy_gbs,
+    );
+
+    let mut y = upload(be, t * 3 * c, 0.0);
+    let lin = LinearWeights {
+        w: upload(be, 3 * c * c, 0.001),
+        b: upload(be, 3 * c, 0.1),
+        out_features: 3 * c,
+        in_features: c,
+    };
+    let with_bias = time_op(be, 20, || be.linear(&x, t, &lin, true, &mut y).unwrap());
+    let without = time_op(be, 20, || be.linear(&x, t, &lin, false, &mut y).unwrap());
+    // The bias costs one extra write of the output (broadcast) and a read in the GEMM.
+    bandwidth(
+        "bias broadcast (linear with - without bias) 4096x2304",
+        2 * t * 3 * c * 4,
+        (with_bias - without).max(1e-9),
+        copy_gbs,
+    );
+}
+
+/// cuBLAS sgemm at the encoder's shapes, fp32 and TF32, on fresh handles.
+fn gemms(config: &BertConfig) {
+    let (c, f) = (config.hidden_size, config.intermediate_size);
+    for precision in [Precision::Fp32, Precision::Tf32] {
+        let be = CudaBackend::new(0, precision, BUDGET).unwrap();
+        for t in [128, 4096, 32768] {
+            for (name, k, n) in [
+                ("qkv", c, 3 * c),
+                ("attn_out", c, c),
+                ("ffn_in", c, f),
+                ("ffn_out", f, c),
+            ] {
+                let x = upload(&be, t * k, 0.5);
+                let lin = LinearWeights {
+                    w: upload(&be, n * k, 0.001),
+                    b: upload(&be, n, 0.0),
+                    out_features: n,
+                    in_features: k,
+                };
+                let mut y = upload(&be, t * n, 0.0);
+                let secs = time_op(&be, 10, || be.linear(&x, t, &lin, false, &mut y).unwrap());
+                let tflops = 2.0 * (t * k * n) as f64 / secs / 1e12;
+                println!(
+                    "{{\"case\": \"sgemm {precision} {name} {t}x{k}x{n}\", \"us\": {:.1}, \"tflop_per_s\": {tflops:.2}}}",
+                    secs * 1e6
+                );
+            }
+        }
+    }
+}
+
+/// One layer's attention op over packed texts of one length.
+fn attention(be: &CudaBackend, config: &BertConfig) {
+    let (h, c) = (config.num_attention_heads, config.hidden_size);
+    let hd = c / h;
+    for (b, l) in [(1, 128), (32, 128), (256, 128), (8, 350)] {
+        let t = b * l;
+        let offsets: Vec<usize> = (0..=b).map(|i| i * l).collect();
+        let qkv = upload(be, t * 3 * c, 0.01);
+        let mut out = upload(be, t * c, 0.0);
+        for rows in [QueryRows::All, QueryRows::ClsOnly] {
+            let secs = time_op(be, 10, || {
+                be.attention(&qkv, &offsets, h, hd, rows, &mut out).unwrap()
+            });
+            let lq = if rows == QueryRows::All { l } else { 1 };
+            let flops = 4.0 * (b * h * lq * l * hd) as f64;
+            println!(
+                "{{\"case\": \"attention {rows:?} {b}x{l}\", \"us\": {:.1}, \"tflop_per_s\": {:.2}}}",
+                secs * 1e6,
+                flops / secs / 1e12
+            );
+        }
+    }
+}
+
+fn report(case: &str, tokens: usize, secs: f64) {
+    println!(
+        "{{\"case\": \"{case}\", \"tokens\": {tokens}, \"ms\": {:.2}, \"tokens_per_s\": {:.0}}}",
+        secs * 1e3,
+        tokens as f64 / secs
+    );
+}
+
+/// Encoder tokens/s ([CLS] only, as `train` runs it), fixed batches and real texts.
+fn encoder(
+    be: CudaBackend,
+    config: &BertConfig,
+    model_dir: &std::path::Path,
+    shared: &std::path::Path,
+) {
+    let weights = HostWeights::random(config, 0);
+    let precision = be.precision();
+    let mut enc = Encoder::new(be, config.clone(), &weights, BUDGET).unwrap();
+    for (b, l) in [(1, 128), (32, 128), (256, 128)] {
+        let texts: Vec<TokenizedText> = (0..b)
+            .map(|i| TokenizedText {
+                ids: (0..l)
+                    .map(|j| ((i * 7919 + j * 104_729) % (config.vocab_size - 1000) + 1000) as u32)
+                    .collect(),
+                type_ids: vec![0; l],
+            })
+            .collect();
+        let batch = PackedBatch::new(&texts);
+        let secs = time(
+            || {
+                enc.forward(&batch, Keep::Cls).unwrap();
+            },
+            2.0,
+        );
+        report(&format!("encoder {precision} {b}x{l}"), b * l, secs);
+    }
+
+    let jsonl = shared.join("data/ChnSentiCorp-files/train.jsonl");
+    let Ok(text) = std::fs::read_to_string(&jsonl) else {
+        println!("SKIPPED chnsenticorp case: {} not found", jsonl.display());
+        return;
+    };
+    let n_texts = arg("--texts")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(usize::MAX);
+    let texts: Vec<String> = text
+        .lines()
+        .take(n_texts)
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let tokenizer = BertTokenizer::from_dir(model_dir, 350).unwrap();
+    let tokens = tokenizer.encode_many(&texts).unwrap();
+    let real: usize = tokens.iter().map(|t| t.ids.len()).sum();
+    let secs = time(
+        || {
+            encode_all(&mut enc, &tokens, |_| {}).unwrap();
+        },
+        2.0,
+    );
+    report(
+        &format!(
+            "encoder {precision} chnsenticorp-train {} texts packed",
+            texts.len()
+        ),
+        real,
+        secs,
+    );
+}
