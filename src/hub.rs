@@ -28,9 +28,8 @@ pub enum Origin {
     /// A path given by the user (for data, a file or a folder).
     LocalDir,
     /// A snapshot already in the HF cache; `revision` is its commit hash.
-    HfCache {
-        revision: String,
-    },
+    HfCache { revision: String },
+    /// Fetched from the hub into the first cache folder just now.
     Downloaded,
 }
 
