@@ -546,9 +546,13 @@ fn assert_close(case: &Case, side: &str, got: &[f32], want: &[f64]) {
     );
 }
 
-/// The CUDA backend, or the reason there is none, printed.
+/// The CUDA backend, or the reason there is none, printed. With BERTCLS_REQUIRE_GPU set
+/// (the GPU machine's run, `.gpu/run.sh`), no GPU is a failure, not a skip.
 fn cuda_backend(precision: Precision) -> Option<CudaBackend> {
     if let Err(e) = cuda::check_device(0) {
+        if std::env::var_os("BERTCLS_REQUIRE_GPU").is_some() {
+            panic!("BERTCLS_REQUIRE_GPU is set but there is no CUDA backend: {e}");
+        }
         eprintln!("SKIPPED: no CUDA backend here: {e}");
         return None;
     }

@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""`bertcls encode --device cuda` against HF transformers at full BERT-base size, on a GPU.
+
+Random weights of bert-base-chinese's shape (config.json from the model folder, HF's own
+initialisation, seed 0) are saved as safetensors beside the real tokenizer; real
+ChnSentiCorp texts are encoded by HF `BertModel` (fp32, eager attention, TF32 off, batches
+of 32 padded to their longest, `last_hidden_state[:, 0]`) and by bertcls. Token ids must
+be identical, and every text's [CLS] within 2e-4 relative (max |diff| / max |HF|): fp32 on
+both sides, differing only in summation order over 12 layers.
+
+With --bench it also times PyTorch on the same GPU, for docs/BENCHMARKS.md: BertModel fp32
+with SDPA attention, TF32 off, at 32x128 and 256x128, and the recipe's way over the texts
+(batches of 32 padded to their longest).
+
+    python3 tools/reference/check_encoder_gpu.py --bertcls .gpu/bin/bertcls \\
+        --model-dir .gpu/shared/models/bert-base-chinese \\
+        --data .gpu/shared/data/ChnSentiCorp-files/test.jsonl [--texts 1200] [--bench]
+
+Exit status 0 when the check passes; one JSON object per line on stdout.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file
+from transformers import BertConfig, BertModel, BertTokenizerFast
+
+TOLERANCE = 2e-4
+MAX_LENGTH = 350
+
+
+def emit(obj):
+    print(json.dumps(obj, ensure_ascii=False), flush=True)
+
+
+def read_texts(path, n):
+    texts = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            # bertcls --file reads one text per line and skips blank ones: make the two sides
+            # see the same texts.
+            text = " ".join(json.loads(line)["text"].split())
+            if text:
+                texts.append(text)
+            if len(texts) == n:
+                break
+    return texts
+
+
+def make_model(model_dir, work):
+    """A BERT-base folder: random weights (seed 0) + the real config and tokenizer."""
+    torch.manual_seed(0)
+    config = BertConfig.from_pretrained(model_dir)
+    model = BertModel(config)
+    out = work / "model"
+    if out.exists():
+        shutil.rmtree(out)
+    model.save_pretrained(out, safe_serialization=True)
+    for name in ["tokenizer.json", "vocab.txt", "tokenizer_config.json"]:
+        if (model_dir / name).exists():
+            shutil.copy(model_dir / name, out / name)
+    return out
+
+
+@torch.inference_mode()
+def hf_cls(model, tokenizer, texts, batch=32):
+    cls, ids = [], []
+    for i in range(0, len(texts), batch):
+        enc = tokenizer(texts[i : i + batch], padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+        ids.extend([row[row_mask.bool()].tolist() for row, row_mask in zip(enc["input_ids"], enc["attention_mask"])])
+        enc = {k: v.cuda() for k, v in enc.items()}
+        cls.append(model(**enc).last_hidden_state[:, 0].float().cpu().numpy())
+    return np.concatenate(cls), ids
+
+
+def run_bertcls(binary, model, texts_file, out, device):
+    cmd = [binary, "encode", "--model", str(model), "--device", device, "--max-length", str(MAX_LENGTH),
+           "--file", str(texts_file), "--out", str(out), "--ids"]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    sys.stderr.write(proc.stderr)
+    if proc.returncode != 0:
+        raise SystemExit(f"bertcls failed ({proc.returncode}): {' '.join(cmd)}")
+    return load_file(str(out)), proc.stderr, wall
+
+
+def compare(name, ours, want, ids_want):
+    n = len(ids_want)
+    for i in range(n):
+        row = ours["input_ids"][i]
+        got = row[ours["attention_mask"][i] == 1].tolist()
+        if got != ids_want[i]:
+            raise SystemExit(f"{name}: text {i}: token ids differ from HF's: {got[:20]}... vs {ids_want[i][:20]}...")
+    diff = np.abs(ours["cls"] - want).max(axis=1)
+    rel = diff / np.abs(want).max(axis=1)
+    worst = int(rel.argmax())
+    result = {"check": name, "texts": n, "max_abs_diff": float(diff.max()), "max_rel_diff": float(rel.max()),
+              "worst_text": worst, "tolerance_rel": TOLERANCE, "pass": bool(rel.max() <= TOLERANCE)}
+    emit(result)
+    return result["pass"]
+
+
+@torch.inference_mode()
+def bench_torch(model_path, texts, tokenizer):
+    model = BertModel.from_pretrained(model_path, attn_implementation="sdpa", dtype=torch.float32).cuda().eval()
+    config = model.config
+
+    def timed(fn, reps):
+        fn()
+        torch.cuda.synchronize()
+        runs = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            runs.append(time.perf_counter() - t)
+        return sorted(runs)[len(runs) // 2]
+
+    for b, l in [(1, 128), (32, 128), (256, 128)]:
+        ids = torch.randint(1000, config.vocab_size, (b, l), device="cuda")
+        mask = torch.ones_like(ids)
+        secs = timed(lambda: model(input_ids=ids, attention_mask=mask), 20)
+        emit({"case": f"torch sdpa fp32 {b}x{l}", "ms": round(secs * 1e3, 2), "tokens_per_s": round(b * l / secs)})
+
+    def recipe():
+        for i in range(0, len(texts), 32):
+            enc = tokenizer(texts[i : i + 32], padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+            model(**{k: v.cuda(non_blocking=True) for k, v in enc.items()}).last_hidden_state[:, 0].cpu()
+
+    real = sum(len(x) for x in tokenizer(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"])
+    secs = timed(recipe, 3)
+    emit({"case": f"torch sdpa fp32 recipe batches of 32 padded, {len(texts)} texts", "tokens": real,
+          "seconds": round(secs, 3), "tokens_per_s": round(real / secs)})
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--bertcls", required=True)
+    p.add_argument("--model-dir", required=True, type=pathlib.Path)
+    p.add_argument("--data", required=True, help="ChnSentiCorp split as JSON lines ({text, label})")
+    p.add_argument("--texts", type=int, default=1200)
+    p.add_argument("--work", type=pathlib.Path, default=pathlib.Path("/tmp/bertcls-gpu-check"))
+    p.add_argument("--cpu", action="store_true", help="also check bertcls --device cpu (slow)")
+    p.add_argument("--bench", action="store_true")
+    args = p.parse_args()
+
+    if not torch.cuda.is_available():
+        print("SKIPPED: torch finds no GPU")
+        return 0
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    args.work.mkdir(parents=True, exist_ok=True)
+
+    texts = read_texts(args.data, args.texts)
+    texts_file = args.work / "texts.txt"
+    texts_file.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    model_path = make_model(args.model_dir, args.work)
+    tokenizer = BertTokenizerFast.from_pretrained(model_path)
+    model = BertModel.from_pretrained(model_path, attn_implementation="eager", dtype=torch.float32).cuda().eval()
+    started = time.perf_counter()
+    want, ids_want = hf_cls(model, tokenizer, texts)
+    torch.cuda.synchronize()
+    emit({"case": "hf eager fp32 reference", "texts": len(texts), "seconds": round(time.perf_counter() - started, 3)})
+    del model
+    torch.cuda.empty_cache()
+
+    ok = True
+    devices = ["cuda"] + (["cpu"] if args.cpu else [])
+    for device in devices:
+        ours, log, wall = run_bertcls(args.bertcls, model_path, texts_file, args.work / f"cls-{device}.safetensors", device)
+        if device == "cuda" and " on cuda:" not in log:
+            emit({"check": "bertcls ran on the GPU", "pass": False,
+                  "why": "bertcls did not report 'loaded ... on cuda:N': --device cuda fell back or is not wired"})
+            ok = False
+        emit({"case": f"bertcls encode --device {device}", "wall_seconds": round(wall, 2),
+              "log": [l for l in log.splitlines() if l.startswith(("loaded", "encoded"))]})
+        ok &= compare(f"bertcls {device} vs HF eager fp32 [CLS]", ours, want, ids_want)
+
+    if args.bench:
+        bench_torch(model_path, texts, tokenizer)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
