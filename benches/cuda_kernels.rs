@@ -72,6 +72,10 @@ fn bandwidth(case: &str, bytes: usize, secs: f64, copy_gbs: f64) {
 fn main() {
     if let Err(e) = cuda::check_device(0) {
         println!("SKIPPED: no CUDA backend here: {e}");
+        // The GPU machine's run (.gpu/run.sh) sets this: there, no GPU is a failure.
+        if std::env::var_os("BERTCLS_REQUIRE_GPU").is_some() {
+            std::process::exit(1);
+        }
         return;
     }
     let precision: Precision = arg("--precision")

@@ -66,15 +66,17 @@ extern "C" __global__ void adamw_update(float* __restrict__ param,
                                         float one_minus_beta1, float beta2,
                                         float one_minus_beta2, float eps, float step_size,
                                         float bias_correction2_sqrt) {
+    // Every multiply and add rounded on its own (__fmul_rn/__fadd_rn are never contracted
+    // into FMAs), in optim::AdamW's order: given the same gradients, the same bits.
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < len; i += gridDim.x * blockDim.x) {
         const float g = grad[i];
-        const float p = param[i] * decay;
+        const float p = __fmul_rn(param[i], decay);
         // torch's lerp for a weight below 0.5: m + w (g - m).
-        const float mi = m[i] + one_minus_beta1 * (g - m[i]);
-        const float vi = v[i] * beta2 + one_minus_beta2 * g * g;
-        const float denom = sqrtf(vi) / bias_correction2_sqrt + eps;
+        const float mi = __fadd_rn(m[i], __fmul_rn(one_minus_beta1, __fadd_rn(g, -m[i])));
+        const float vi = __fadd_rn(__fmul_rn(v[i], beta2), __fmul_rn(__fmul_rn(one_minus_beta2, g), g));
+        const float denom = __fadd_rn(sqrtf(vi) / bias_correction2_sqrt, eps);
         m[i] = mi;
         v[i] = vi;
-        param[i] = p + -step_size * (mi / denom);
+        param[i] = __fadd_rn(p, __fmul_rn(-step_size, mi / denom));
     }
 }
