@@ -1,20 +1,25 @@
-//! Flags and set-up shared by the commands that encode text.
+//! Flags and set-up shared by the commands that encode text: model resolution, device
+//! choice, and [CLS] features through the feature cache.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{anyhow, Result};
 use clap::Args;
 
+use super::progress::Progress;
 use crate::backend::cpu::CpuBackend;
-use crate::backend::DeviceRequest;
-use crate::model::{ClsEncoder, Encoder, ModelDir};
+use crate::backend::cuda::{CudaBackend, Precision};
+use crate::backend::{Device, DeviceRequest};
+use crate::features::{sha256_file, FeatureCache, FeatureKey};
+use crate::hub::{self, ResolvedModel};
+use crate::model::{encode_all, BertConfig, ClsEncoder, Encoder, ModelDir};
 use crate::tokenize::{BertTokenizer, DEFAULT_MAX_LENGTH};
 
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
     /// Model folder (config.json, model.safetensors, tokenizer.json or vocab.txt) or hub id.
-    #[arg(long, default_value = "bert-base-chinese")]
+    #[arg(long, default_value = hub::DEFAULT_MODEL)]
     pub model: String,
     /// Never touch the network (also: HF_HUB_OFFLINE=1).
     #[arg(long)]
@@ -24,11 +29,20 @@ pub struct ModelArgs {
     pub max_length: usize,
 }
 
+impl ModelArgs {
+    pub fn offline(&self) -> bool {
+        self.offline || hub::offline_from_env()
+    }
+}
+
 #[derive(Args, Clone, Debug)]
 pub struct DeviceArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceRequest,
+    /// GPU GEMM precision: fp32 (strict, the default) or tf32.
+    #[arg(long, default_value = "fp32")]
+    pub precision: Precision,
     /// CPU threads (0: every core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -37,45 +51,213 @@ pub struct DeviceArgs {
     pub max_batch_tokens: usize,
 }
 
-/// A model folder's tokenizer and encoder, ready to run.
-pub struct LoadedModel {
+/// A resolved model folder: config and tokenizer, no weights loaded yet.
+pub struct ModelFiles {
+    pub resolved: ResolvedModel,
     pub dir: ModelDir,
-    pub id: String,
+    pub config: BertConfig,
     pub tokenizer: BertTokenizer,
+}
+
+pub fn model_files(args: &ModelArgs) -> Result<ModelFiles> {
+    let resolved = hub::resolve_model(&args.model, args.offline())?;
+    let dir = ModelDir::open(&resolved.dir)?;
+    let config = dir.config()?;
+    let tokenizer = BertTokenizer::from_dir(&dir.dir, args.max_length)?;
+    Ok(ModelFiles { resolved, dir, config, tokenizer })
+}
+
+/// A model's tokenizer and encoder on the chosen device, ready to run.
+pub struct LoadedModel {
+    pub files: ModelFiles,
+    pub device: Device,
+    pub precision: Precision,
     pub encoder: Box<dyn ClsEncoder>,
 }
 
-pub fn model_dir(args: &ModelArgs) -> Result<(ModelDir, String)> {
-    let dir = ModelDir::open(&PathBuf::from(&args.model))?;
-    Ok((dir, args.model.clone()))
+impl LoadedModel {
+    pub fn tokenizer(&self) -> &BertTokenizer {
+        &self.files.tokenizer
+    }
+
+    pub fn id(&self) -> &str {
+        &self.files.resolved.id
+    }
+
+    /// "cpu" or "cuda", as the feature cache keys features.
+    pub fn backend_name(&self) -> &'static str {
+        match self.device {
+            Device::Cpu => "cpu",
+            Device::Cuda(_) => "cuda",
+        }
+    }
+
+    /// The precision features were computed in: the CPU is always strict fp32.
+    pub fn precision_name(&self) -> String {
+        match self.device {
+            Device::Cpu => "fp32".into(),
+            Device::Cuda(_) => self.precision.to_string(),
+        }
+    }
 }
 
 pub fn load_model(model: &ModelArgs, device: &DeviceArgs) -> Result<LoadedModel> {
     let started = Instant::now();
-    let (dir, id) = model_dir(model)?;
-    let tokenizer = BertTokenizer::from_dir(&dir.dir, model.max_length)?;
-    let (config, weights) = dir.load()?;
+    let files = model_files(model)?;
+    let resolved_device = device.device.resolve()?;
+    let (config, weights) = files.dir.load()?;
     let budget = device.max_batch_tokens.max(model.max_length);
-    let backend = CpuBackend::new(device.threads)?;
-    let encoder: Box<dyn ClsEncoder> = Box::new(Encoder::new(backend, config, &weights, budget)?);
+    let encoder: Box<dyn ClsEncoder> = match resolved_device {
+        Device::Cpu => Box::new(Encoder::new(CpuBackend::new(device.threads)?, config, &weights, budget)?),
+        Device::Cuda(n) => {
+            let backend = CudaBackend::new(n, device.precision, budget)?;
+            Box::new(Encoder::new(backend, config, &weights, budget)?)
+        }
+    };
     eprintln!(
-        "loaded {} on {} in {:.1}s",
-        dir.dir.display(),
+        "loaded {} ({}) on {} in {:.1}s",
+        files.resolved.id,
+        files.dir.dir.display(),
         encoder.describe(),
         started.elapsed().as_secs_f64()
     );
-    Ok(LoadedModel { dir, id, tokenizer, encoder })
+    Ok(LoadedModel { files, device: resolved_device, precision: device.precision, encoder })
+}
+
+/// [CLS] features (N, C) of `texts`, with a progress bar; prints the time and tokens/s.
+pub fn encode_texts(model: &mut LoadedModel, texts: &[String], what: &str) -> Result<Vec<f32>> {
+    let started = Instant::now();
+    let tokens = model.files.tokenizer.encode_many(texts)?;
+    let mut progress = Progress::new(texts.len() as u64, &format!("encoding {what}"));
+    let cls = encode_all(model.encoder.as_mut(), &tokens, |done| progress.set(done as u64))?;
+    progress.finish();
+    let real_tokens: usize = tokens.iter().map(|t| t.ids.len()).sum();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "encoded {what}: {} texts, {real_tokens} tokens in {secs:.1}s ({:.0} tokens/s)",
+        texts.len(),
+        real_tokens as f64 / secs
+    );
+    Ok(cls)
+}
+
+/// sha256 of the weights: of `model.safetensors`, or of the shard index and every shard.
+pub fn weights_sha256(dir: &Path) -> Result<String> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return sha256_file(&single);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    let text = std::fs::read_to_string(&index)
+        .map_err(|e| anyhow!("cannot read {} ({e})", index.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| anyhow!("{} is not valid JSON ({e})", index.display()))?;
+    let mut shards: Vec<&str> = json["weight_map"]
+        .as_object()
+        .map(|m| m.values().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    shards.sort();
+    shards.dedup();
+    let mut joined = sha256_file(&index)?;
+    for s in shards {
+        joined.push_str(&sha256_file(&dir.join(s))?);
+    }
+    Ok(crate::features::hash_split(&[joined], &[0]))
+}
+
+/// Where features are cached, or nothing with `--no-cache`.
+#[derive(Args, Clone, Debug)]
+pub struct CacheArgs {
+    /// Feature cache folder (default: $BERTCLS_CACHE/features or the user's cache folder).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Encode afresh and store nothing.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+impl CacheArgs {
+    pub fn cache(&self) -> Option<FeatureCache> {
+        (!self.no_cache)
+            .then(|| FeatureCache::new(self.cache_dir.clone().unwrap_or_else(FeatureCache::default_dir)))
+    }
+}
+
+/// Encodes splits through the feature cache: a hit reads the features, a miss encodes and
+/// stores them. Hashes the weights once per run.
+pub struct FeatureSource {
+    cache: Option<FeatureCache>,
+    weights_sha256: Option<String>,
+    tokenizer: Option<String>,
+}
+
+pub struct Features {
+    /// (rows, C)
+    pub x: Vec<f32>,
+    /// Whether they came from the cache.
+    pub cached: bool,
+}
+
+impl FeatureSource {
+    pub fn new(cache: Option<FeatureCache>) -> Self {
+        Self { cache, weights_sha256: None, tokenizer: None }
+    }
+
+    /// sha256 of the model's weights, computed at most once.
+    pub fn weights_sha256(&mut self, model: &LoadedModel) -> Result<String> {
+        if self.weights_sha256.is_none() {
+            self.weights_sha256 = Some(weights_sha256(&model.files.dir.dir)?);
+        }
+        Ok(self.weights_sha256.clone().unwrap_or_default())
+    }
+
+    pub fn features(
+        &mut self,
+        model: &mut LoadedModel,
+        split_name: &str,
+        texts: &[String],
+        data_hash: &str,
+    ) -> Result<Features> {
+        let Some(cache) = self.cache.clone() else {
+            return Ok(Features { x: encode_texts(model, texts, split_name)?, cached: false });
+        };
+        if self.tokenizer.is_none() {
+            self.tokenizer = Some(model.files.tokenizer.fingerprint()?);
+        }
+        let key = FeatureKey {
+            weights_sha256: self.weights_sha256(model)?,
+            tokenizer: self.tokenizer.clone().unwrap_or_default(),
+            max_length: model.files.tokenizer.max_length(),
+            backend: model.backend_name().into(),
+            precision: model.precision_name(),
+            data_hash: data_hash.to_string(),
+        };
+        let hidden = model.encoder.hidden_size();
+        if let Some(x) = cache.get(&key)? {
+            if x.len() == texts.len() * hidden {
+                eprintln!("{split_name}: {} features from the cache {}", texts.len(), cache.path(&key).display());
+                return Ok(Features { x, cached: true });
+            }
+        }
+        let x = encode_texts(model, texts, split_name)?;
+        cache.put(&key, &x, texts.len(), hidden)?;
+        Ok(Features { x, cached: false })
+    }
 }
 
 /// Reads one text per line; names the file and line of the first non-UTF-8 line.
-pub fn read_lines(path: &std::path::Path) -> Result<Vec<String>> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| anyhow::anyhow!("cannot read {} ({e}): check the path", path.display()))?;
+pub fn read_lines(path: &Path) -> Result<Vec<String>> {
+    let bytes = std::fs::read(path).map_err(|e| anyhow!("cannot read {} ({e}): check the path", path.display()))?;
+    parse_lines(&bytes, &path.display().to_string())
+}
+
+/// One text per non-empty line of `bytes`; `source` names them in errors.
+pub fn parse_lines(bytes: &[u8], source: &str) -> Result<Vec<String>> {
     let mut texts = Vec::new();
     for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let text = std::str::from_utf8(line).map_err(|_| {
-            anyhow::anyhow!("{} line {}: text is not UTF-8: convert the file to UTF-8 (e.g. iconv -f GBK -t UTF-8)", path.display(), i + 1)
+            anyhow!("{source} line {}: text is not UTF-8: convert it to UTF-8 (e.g. iconv -f GBK -t UTF-8)", i + 1)
         })?;
         if !text.trim().is_empty() {
             texts.push(text.to_string());

@@ -3,17 +3,14 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
-use super::common::{load_model, read_lines, DeviceArgs, ModelArgs};
-use super::progress::Progress;
+use super::common::{encode_texts, load_model, read_lines, DeviceArgs, ModelArgs};
 use crate::fsio::atomic_write;
-use crate::model::encode_all;
 
 #[derive(Args, Debug)]
 pub struct EncodeArgs {
@@ -46,18 +43,8 @@ pub fn run(args: EncodeArgs) -> Result<()> {
         bail!("no texts to encode: pass them as arguments or with --file F (one per line)");
     }
     let mut model = load_model(&args.model, &args.device)?;
-    let tokens = model.tokenizer.encode_many(&texts)?;
-    let started = Instant::now();
-    let mut progress = Progress::new(texts.len() as u64, "encoding");
-    let cls = encode_all(model.encoder.as_mut(), &tokens, |done| progress.set(done as u64))?;
-    progress.finish();
-    let real_tokens: usize = tokens.iter().map(|t| t.ids.len()).sum();
-    let secs = started.elapsed().as_secs_f64();
-    eprintln!(
-        "encoded {} texts ({real_tokens} tokens) in {secs:.2}s: {:.0} tokens/s",
-        texts.len(),
-        real_tokens as f64 / secs
-    );
+    let tokens = model.tokenizer().encode_many(&texts)?;
+    let cls = encode_texts(&mut model, &texts, "texts")?;
     let hidden = model.encoder.hidden_size();
 
     if let Some(out) = &args.out {
@@ -68,7 +55,7 @@ pub fn run(args: EncodeArgs) -> Result<()> {
         let (ids_bytes, mask_bytes, max_len);
         if args.ids {
             max_len = tokens.iter().map(|t| t.ids.len()).max().unwrap_or(0);
-            let pad = model.dir.config()?.pad_token_id as i64;
+            let pad = model.files.config.pad_token_id as i64;
             let mut ids = Vec::with_capacity(n * max_len * 8);
             let mut mask = Vec::with_capacity(n * max_len * 8);
             for t in &tokens {
@@ -83,7 +70,7 @@ pub fn run(args: EncodeArgs) -> Result<()> {
             tensors.insert("attention_mask".into(), TensorView::new(Dtype::I64, vec![n, max_len], &mask_bytes)?);
         }
         let mut meta = HashMap::new();
-        meta.insert("model".to_string(), model.id.clone());
+        meta.insert("model".to_string(), model.id().to_string());
         meta.insert("max_length".to_string(), args.model.max_length.to_string());
         let bytes = safetensors::serialize(&tensors, Some(meta))
             .context("cannot serialise the [CLS] vectors")?;

@@ -3,9 +3,8 @@
 use anyhow::Result;
 use clap::Args;
 
-use super::common::{model_dir, ModelArgs};
+use super::common::{model_files, ModelArgs};
 use crate::model::Checkpoint;
-use crate::tokenize::BertTokenizer;
 
 #[derive(Args, Debug)]
 pub struct InfoArgs {
@@ -17,10 +16,12 @@ pub struct InfoArgs {
 }
 
 pub fn run(args: InfoArgs) -> Result<()> {
-    let (dir, id) = model_dir(&args.model)?;
-    let config = dir.config()?;
+    let files = model_files(&args.model)?;
+    let (dir, config, tokenizer) = (&files.dir, &files.config, &files.tokenizer);
+    let id = &files.resolved.id;
+    let origin = files.resolved.origin.to_string();
     let ckpt = Checkpoint::open(&dir.dir)?;
-    let tokenizer = BertTokenizer::from_dir(&dir.dir, args.model.max_length)?;
+    let cuda = crate::backend::cuda::probe();
     let mut weight_files: Vec<String> = ckpt
         .tensor_names()
         .filter_map(|n| ckpt.file_of(n).map(|p| p.display().to_string()))
@@ -33,6 +34,15 @@ pub fn run(args: InfoArgs) -> Result<()> {
     if args.json {
         let obj = serde_json::json!({
             "model": id,
+            "origin": origin,
+            "cuda": {
+                "kernel_archs": cuda.kernel_archs,
+                "nvcc": cuda.nvcc_version,
+                "driver": cuda.driver,
+                "cublas": cuda.cublas,
+                "devices": cuda.devices,
+                "problem": cuda.problem,
+            },
             "folder": dir.dir.display().to_string(),
             "config_file": dir.config.display().to_string(),
             "config": config,
@@ -44,7 +54,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
         println!("{obj}");
         return Ok(());
     }
-    println!("model       {id}");
+    println!("model       {id} ({origin})");
     println!("folder      {}", dir.dir.display());
     println!("config      {}", dir.config.display());
     println!(
@@ -65,5 +75,6 @@ pub fn run(args: InfoArgs) -> Result<()> {
     for f in &tokenizer_files {
         println!("tokenizer   {f}");
     }
+    print!("{cuda}");
     Ok(())
 }

@@ -1,0 +1,88 @@
+//! The folder a `train` run writes and `test` / `predict` read:
+//!
+//! ```text
+//! run.json                    what was trained on what: RunInfo
+//! metrics.jsonl               one JSON object per epoch
+//! head-epoch-N.safetensors    the head + AdamW state after epoch N
+//! best.safetensors            the epoch with the best validation accuracy (last without validation)
+//! last.safetensors            the latest epoch: `--resume` continues from it
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::fsio::atomic_write;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Hyperparameters {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub seed: u64,
+    /// The recipe drops the last incomplete batch of each epoch.
+    pub drop_last: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub bertcls_version: String,
+    /// What `--model` named (a folder or a hub id) and the folder it resolved to.
+    pub model: String,
+    pub model_dir: String,
+    pub weights_sha256: String,
+    /// Tokenizer files and their fingerprint (files + max_length).
+    pub tokenizer_files: Vec<String>,
+    pub tokenizer_fingerprint: String,
+    pub max_length: usize,
+    pub hidden_size: usize,
+    pub labels: Vec<String>,
+    pub data: String,
+    pub text_column: String,
+    pub label_column: String,
+    pub hyperparameters: Hyperparameters,
+    pub device: String,
+    pub precision: String,
+    pub created: String,
+}
+
+impl RunInfo {
+    pub fn path(run: &Path) -> PathBuf {
+        run.join("run.json")
+    }
+
+    pub fn load(run: &Path) -> Result<Self> {
+        let path = Self::path(run);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            anyhow!("cannot read {} ({e}): pass --run with a folder written by bertcls train, or --head FILE", path.display())
+        })?;
+        serde_json::from_str(&text)
+            .map_err(|e| anyhow!("{} is not a bertcls run.json ({e}): it is corrupt or from another tool", path.display()))
+    }
+
+    pub fn save(&self, run: &Path) -> Result<()> {
+        let json = serde_json::to_string_pretty(self).context("cannot serialise run.json")?;
+        atomic_write(&Self::path(run), json.as_bytes())
+    }
+}
+
+pub fn epoch_checkpoint(run: &Path, epoch: usize) -> PathBuf {
+    run.join(format!("head-epoch-{epoch}.safetensors"))
+}
+
+pub fn best_checkpoint(run: &Path) -> PathBuf {
+    run.join("best.safetensors")
+}
+
+pub fn last_checkpoint(run: &Path) -> PathBuf {
+    run.join("last.safetensors")
+}
+
+pub fn metrics_path(run: &Path) -> PathBuf {
+    run.join("metrics.jsonl")
+}
