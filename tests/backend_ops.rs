@@ -24,6 +24,7 @@ use bertcls::tokenize::TokenizedText;
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::path::PathBuf;
 
 /// Floats past each output that must still hold the NaN sentinel after the op.
 const TAIL: usize = 64;
@@ -722,4 +723,73 @@ fn cuda_head_matches_cpu_head_and_adamw() {
         );
         assert_eq!(gopt.step, opt.step);
     }
+}
+
+/// The kernels' logic on the CPU (kernels/emulate): every kernel, with the backend's launch
+/// geometry, against f64 references, so that CI without a GPU checks indexing, reductions,
+/// masking and padding, and not only that nvcc compiles them. Needs g++ (C++20).
+#[test]
+fn cuda_kernels_emulated_on_the_cpu() {
+    use std::process::Command;
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
+    if Command::new(&cxx).arg("--version").output().is_err() {
+        eprintln!("SKIPPED: no C++ compiler ({cxx}) to build the kernel emulation");
+        return;
+    }
+    let kernels = repo().join("kernels");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kernel-emulation");
+    std::fs::create_dir_all(&dir).unwrap();
+    // The CUDA-only declarations, rewritten for shim.h; anything else CUDA-only left over
+    // fails the compile below, loudly.
+    for entry in std::fs::read_dir(&kernels).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if !(name.ends_with(".cu") || name.ends_with(".cuh")) {
+            continue;
+        }
+        let src = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("#include <cuda_runtime.h>", "#include \"shim.h\"")
+            .replace(
+                "extern __shared__ float row[];",
+                "float* row = g_dynamic_shared;",
+            )
+            .replace("__shared__ float scratch", "static float scratch")
+            .replace("extern \"C\" ", "");
+        assert!(
+            !src.contains("__shared__"),
+            "{name}: a __shared__ declaration the emulation does not rewrite"
+        );
+        std::fs::write(dir.join(&name), src).unwrap();
+    }
+    let exe = dir.join("check_kernels");
+    let out = Command::new(&cxx)
+        .args([
+            "-std=c++20",
+            "-O1",
+            "-pthread",
+            "-ffp-contract=off",
+            "-w",
+            "-I",
+        ])
+        .arg(&dir)
+        .arg("-I")
+        .arg(kernels.join("emulate"))
+        .arg(kernels.join("emulate/check_kernels.cpp"))
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cxx} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = Command::new(&exe).output().unwrap();
+    let report = String::from_utf8_lossy(&run.stdout);
+    eprintln!("{report}");
+    assert!(
+        run.status.success(),
+        "kernel emulation found failures:\n{report}"
+    );
 }
