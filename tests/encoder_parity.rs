@@ -53,6 +53,9 @@ fn tiny_f16_prefixed_legacy_names_match_transformers() {
 }
 
 /// A text's [CLS] must not depend on its batch: alone, or packed with others in any order.
+/// Only rounding may differ: the `gemm` crate picks its blocking from the matrix size, so a
+/// row's dot products can be summed in another order (a few ulp, measured 1.2e-6 here). A
+/// leak between texts (attention across a boundary, a wrong offset) would show at 1e-2.
 #[test]
 fn cls_is_independent_of_batch_composition() {
     let dir = ModelDir::open(&fixtures().join("tiny/model")).unwrap();
@@ -67,6 +70,61 @@ fn cls_is_independent_of_batch_composition() {
         let alone = enc.forward(&PackedBatch::new([t]), Keep::Cls).unwrap().cls;
         let row = n - 1 - i;
         let d = max_abs_diff(&alone, &together[row * c..(row + 1) * c]);
-        assert!(d < 1e-6, "text {i}: alone vs packed differ by {d:e}");
+        assert!(d < 1e-5, "text {i}: alone vs packed differ by {d:e}");
     }
+}
+
+/// A real checkpoint's folder: `$env` if set, else `models/<name>` (scripts/fetch-models.sh).
+fn real_model(env: &str, name: &str) -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os(env).map(Into::into).unwrap_or_else(|| repo().join("models").join(name));
+    dir.join("model.safetensors").is_file().then_some(dir)
+}
+
+/// Real pretrained weights have larger activations than the tiny model (hidden states of
+/// order 1-10 after 6-12 layers), so fp32 summation-order differences grow: the issue's
+/// bound for real checkpoints is 2e-4 absolute on every hidden state of every real token.
+const REAL_TOL: f32 = 2e-4;
+
+fn check_real_model(env: &str, name: &str, fixture: &str) {
+    let Some(dir) = real_model(env, name) else {
+        skip_unless(false, &format!("{name} not found (set {env} or run scripts/fetch-models.sh)"));
+        return;
+    };
+    let r = read_tensors(&fixtures().join(fixture).join("reference.safetensors"));
+    let texts: Vec<String> = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join(fixture).join("texts.json")).unwrap(),
+    )
+    .unwrap();
+    let want_tokens = unpad(&r);
+    let tok = bertcls::tokenize::BertTokenizer::from_dir(&dir, 350).unwrap();
+    let ours = tok.encode_many(&texts).unwrap();
+    for (i, (a, b)) in ours.iter().zip(&want_tokens).enumerate() {
+        assert_eq!(a.ids, b.ids, "{name}: ids of text {i}");
+    }
+    let model = ModelDir::open(&dir).unwrap();
+    let (config, weights) = model.load().unwrap();
+    let (c, l) = (config.hidden_size, r["input_ids"].shape[1]);
+    let mut enc = Encoder::new(CpuBackend::new(2).unwrap(), config, &weights, 4096).unwrap();
+    let batch = PackedBatch::new(&ours);
+    let out = enc.forward(&batch, Keep::AllHiddenStates).unwrap();
+    let last = out.hidden_states.last().unwrap();
+    let want = &r["last_hidden_state"].f32;
+    for (i, t) in ours.iter().enumerate() {
+        let (n, start) = (t.ids.len(), batch.offsets[i]);
+        let d = max_abs_diff(&last[start * c..(start + n) * c], &want[i * l * c..(i * l + n) * c]);
+        assert!(d < REAL_TOL, "{name}: text {i} last hidden state off by {d:e}");
+    }
+    let cls = enc.forward(&batch, Keep::Cls).unwrap().cls;
+    let d = max_abs_diff(&cls, &r["cls"].f32);
+    assert!(d < REAL_TOL, "{name}: [CLS] off by {d:e}");
+}
+
+#[test]
+fn all_minilm_l6_v2_matches_transformers() {
+    check_real_model("BERTCLS_MINILM_DIR", "all-MiniLM-L6-v2", "minilm");
+}
+
+#[test]
+fn multilingual_e5_small_matches_transformers() {
+    check_real_model("BERTCLS_E5_DIR", "multilingual-e5-small", "e5-small");
 }

@@ -281,3 +281,40 @@ impl HostWeights {
         Ok(BertWeights { embeddings, layers })
     }
 }
+
+impl HostWeights {
+    /// Random weights of `config`'s shape (uniform ±0.05, LayerNorm at identity): for speed
+    /// work at full size where the real weights are not at hand. Seeded, so reproducible.
+    pub fn random(config: &BertConfig, seed: u64) -> Self {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut rand_vec = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-0.05..0.05)).collect() };
+        let (c, f) = (config.hidden_size, config.intermediate_size);
+        let ln = || LayerNormWeights { gamma: vec![1.0; c], beta: vec![0.0; c] };
+        let mut linear = |out_f: usize, in_f: usize| LinearWeights {
+            w: rand_vec(out_f * in_f),
+            b: rand_vec(out_f),
+            out_features: out_f,
+            in_features: in_f,
+        };
+        let layers = (0..config.num_hidden_layers)
+            .map(|_| LayerWeights {
+                qkv: linear(3 * c, c),
+                attn_out: linear(c, c),
+                attn_ln: ln(),
+                ffn_in: linear(f, c),
+                ffn_out: linear(c, f),
+                ffn_ln: ln(),
+            })
+            .collect();
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x9e37_79b9);
+        let mut emb = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-0.05..0.05)).collect() };
+        let embeddings = EmbeddingWeights {
+            word: emb(config.vocab_size * c),
+            position: emb(config.max_position_embeddings * c),
+            token_type: emb(config.type_vocab_size * c),
+            ln: ln(),
+        };
+        BertWeights { embeddings, layers }
+    }
+}
