@@ -127,3 +127,28 @@ impl fmt::Display for CudaStatus {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_reports_without_panicking() {
+        let status = probe();
+        let text = status.to_string();
+        eprintln!("{text}");
+        assert!(text.starts_with("cuda kernels: "));
+        assert_eq!(status.problem.is_none(), check_device(0).is_ok());
+        if !status.driver {
+            assert!(status.devices.is_empty() && status.problem.is_some());
+        }
+    }
+
+    #[test]
+    fn precision_parses() {
+        assert_eq!("fp32".parse::<Precision>().unwrap(), Precision::Fp32);
+        assert_eq!("tf32".parse::<Precision>().unwrap(), Precision::Tf32);
+        assert!("fp16".parse::<Precision>().is_err());
+        assert_eq!(Precision::Tf32.to_string(), "tf32");
+    }
+}
