@@ -75,6 +75,6 @@ pub fn run(args: InfoArgs) -> Result<()> {
     for f in &tokenizer_files {
         println!("tokenizer   {f}");
     }
-    print!("{cuda}");
+    println!("{}", cuda.to_string().trim_end());
     Ok(())
 }

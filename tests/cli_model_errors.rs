@@ -1,0 +1,159 @@
+//! Bad model folders: each gives one clear line naming the file and what to do, and a
+//! non-zero exit, never a panic.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+
+/// A fresh copy of the tiny model folder to break.
+fn copy_tiny(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bertcls-bad-model-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for e in std::fs::read_dir(fixtures().join("tiny/model")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+    dir
+}
+
+/// Runs `bertcls encode` on the folder; returns stderr after asserting a clean failure.
+fn encode_fails(dir: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_bertcls"))
+        .args(["encode", "--device", "cpu", "--offline", "--model"])
+        .arg(dir)
+        .arg("你好")
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "expected exit 1, stderr: {stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "one error line expected: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    errors[0].to_string()
+}
+
+/// Rewrites model.safetensors through `edit` (name -> (dtype, shape, bytes)).
+fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut HashMap<String, (Dtype, Vec<usize>, Vec<u8>)>)) {
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: HashMap<String, (Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
+        .collect();
+    edit(&mut tensors);
+    let views: HashMap<String, TensorView> = tensors
+        .iter()
+        .map(|(n, (d, s, b))| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    std::fs::write(&path, safetensors::serialize(&views, None).unwrap()).unwrap();
+}
+
+#[test]
+fn missing_folder() {
+    let e = encode_fails(Path::new("/nonexistent/bertcls-model"));
+    assert!(e.contains("/nonexistent/bertcls-model"), "{e}");
+}
+
+#[test]
+fn missing_config() {
+    let dir = copy_tiny("no-config");
+    std::fs::remove_file(dir.join("config.json")).unwrap();
+    let e = encode_fails(&dir);
+    assert!(e.contains("config.json"), "{e}");
+}
+
+#[test]
+fn corrupt_config() {
+    let dir = copy_tiny("bad-config");
+    std::fs::write(dir.join("config.json"), "{ not json").unwrap();
+    let e = encode_fails(&dir);
+    assert!(e.contains("config.json") && e.contains("not a BERT config.json"), "{e}");
+}
+
+#[test]
+fn unsupported_activation() {
+    let dir = copy_tiny("swish");
+    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    std::fs::write(dir.join("config.json"), text.replace("\"gelu\"", "\"swish\"")).unwrap();
+    let e = encode_fails(&dir);
+    assert!(e.contains("hidden_act \"swish\"") && e.contains("config.json"), "{e}");
+}
+
+#[test]
+fn missing_weights() {
+    let dir = copy_tiny("no-weights");
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let e = encode_fails(&dir);
+    assert!(e.contains("model.safetensors"), "{e}");
+}
+
+#[test]
+fn truncated_weights() {
+    let dir = copy_tiny("truncated");
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let e = encode_fails(&dir);
+    assert!(e.contains("model.safetensors") && e.contains("truncated or corrupt"), "{e}");
+}
+
+#[test]
+fn missing_tensor() {
+    let dir = copy_tiny("missing-tensor");
+    rewrite_weights(&dir, |t| {
+        t.remove("encoder.layer.1.output.dense.weight").unwrap();
+    });
+    let e = encode_fails(&dir);
+    assert!(e.contains("missing tensor encoder.layer.1.output.dense.weight"), "{e}");
+}
+
+#[test]
+fn wrong_shape() {
+    let dir = copy_tiny("wrong-shape");
+    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    std::fs::write(dir.join("config.json"), text.replace("\"intermediate_size\": 64", "\"intermediate_size\": 48")).unwrap();
+    let e = encode_fails(&dir);
+    assert!(e.contains("has shape [64, 32], expected [48, 32]"), "{e}");
+}
+
+#[test]
+fn unsupported_dtype() {
+    let dir = copy_tiny("f64");
+    rewrite_weights(&dir, |t| {
+        let (_, shape, bytes) = t.remove("embeddings.LayerNorm.weight").unwrap();
+        let doubled: Vec<u8> = bytes
+            .chunks_exact(4)
+            .flat_map(|c| (f32::from_le_bytes(c.try_into().unwrap()) as f64).to_le_bytes())
+            .collect();
+        t.insert("embeddings.LayerNorm.weight".into(), (Dtype::F64, shape, doubled));
+    });
+    let e = encode_fails(&dir);
+    assert!(e.contains("embeddings.LayerNorm.weight") && e.contains("F64"), "{e}");
+}
+
+#[test]
+fn missing_tokenizer() {
+    let dir = copy_tiny("no-tokenizer");
+    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    std::fs::remove_file(dir.join("vocab.txt")).unwrap();
+    let e = encode_fails(&dir);
+    assert!(e.contains("neither tokenizer.json nor vocab.txt"), "{e}");
+}
+
+#[test]
+fn corrupt_tokenizer() {
+    let dir = copy_tiny("bad-tokenizer");
+    std::fs::write(dir.join("tokenizer.json"), "{\"version\": 3").unwrap();
+    let e = encode_fails(&dir);
+    assert!(e.contains("tokenizer.json"), "{e}");
+}
