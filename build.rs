@@ -21,7 +21,7 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(bertcls_cuda_kernels)");
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-changed=kernels");
-    for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "PATH"] {
+    for var in ["NVCC", "CUDA_HOME", "CUDA_PATH"] {
         println!("cargo::rerun-if-env-changed={var}");
     }
 
@@ -33,11 +33,21 @@ fn main() {
     for file in fs::read_dir(&kernel_dir).into_iter().flatten().flatten() {
         println!("cargo::rerun-if-changed={}", file.path().display());
     }
-    // The pip toolchain's folder may appear after a first build: rerun when it does.
+    // Watching a path that does not exist would rerun this script on every build, so the
+    // pip toolchain is watched once it is there; scripts/install-cuda-toolchain.sh touches
+    // build.rs when it installs one.
     let pip_nvcc = manifest.join(".cuda/nvidia/cu13/bin/nvcc");
-    println!("cargo::rerun-if-changed={}", pip_nvcc.display());
+    if pip_nvcc.is_file() {
+        println!("cargo::rerun-if-changed={}", pip_nvcc.display());
+    }
 
-    let Some(nvcc) = find_nvcc(&pip_nvcc) else {
+    let found = find_nvcc(&pip_nvcc);
+    // PATH changes with every shell and tool: watch it only when it is where nvcc came
+    // from, or where one may yet appear.
+    if found.as_ref().is_none_or(|(_, from_path)| *from_path) {
+        println!("cargo::rerun-if-env-changed=PATH");
+    }
+    let Some((nvcc, _)) = found else {
         println!(
             "cargo::warning=nvcc not found (NVCC, CUDA_HOME, CUDA_PATH, .cuda/, PATH): building without CUDA kernels; run scripts/install-cuda-toolchain.sh and rebuild"
         );
@@ -107,14 +117,14 @@ fn kernel_sources(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// `NVCC`, then `CUDA_HOME`/`CUDA_PATH`, then the pip toolchain of
-/// `scripts/install-cuda-toolchain.sh`, then `PATH`.
-fn find_nvcc(pip_nvcc: &Path) -> Option<PathBuf> {
+/// `scripts/install-cuda-toolchain.sh`, then `PATH`; with whether it came from `PATH`.
+fn find_nvcc(pip_nvcc: &Path) -> Option<(PathBuf, bool)> {
     if let Some(p) = env::var_os("NVCC") {
         let p = PathBuf::from(p);
         if !runs(&p) {
             panic!("NVCC={} does not run", p.display());
         }
-        return Some(p);
+        return Some((p, false));
     }
     let from_home = ["CUDA_HOME", "CUDA_PATH"]
         .iter()
@@ -127,10 +137,11 @@ fn find_nvcc(pip_nvcc: &Path) -> Option<PathBuf> {
                 .collect::<Vec<_>>()
         })
         .unwrap_or_default();
-    from_home
-        .chain(std::iter::once(pip_nvcc.to_path_buf()))
-        .chain(on_path)
-        .find(|p| p.is_file() && runs(p))
+    let explicit = from_home.chain(std::iter::once(pip_nvcc.to_path_buf()));
+    explicit
+        .map(|p| (p, false))
+        .chain(on_path.into_iter().map(|p| (p, true)))
+        .find(|(p, _)| p.is_file() && runs(p))
 }
 
 fn runs(nvcc: &Path) -> bool {

@@ -27,5 +27,7 @@ if ! "$nvcc" --version >/dev/null 2>&1; then
     echo "error: installed the nvcc packages but $nvcc does not run" >&2
     exit 1
 fi
+# build.rs watches this nvcc only once it exists: make the next cargo build rerun it.
+touch "$repo/build.rs"
 echo "nvcc installed: $nvcc ($("$nvcc" --version | grep -o 'release [0-9.]*'))"
 echo "rebuild (cargo build) to compile the CUDA kernels into bertcls"
