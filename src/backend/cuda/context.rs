@@ -213,14 +213,19 @@ impl Grid {
         }
     }
 
-    /// One block per row, the row in `shared_floats` floats of dynamic shared memory.
-    pub fn per_row(rows: usize, width: usize, shared_floats: usize) -> Self {
+    /// One block per row, the row (`width` floats) in dynamic shared memory, which
+    /// without an opt-in holds 48 KiB: rows up to 12,288 floats.
+    pub fn per_row(rows: usize, width: usize) -> Result<Self> {
+        let shared_bytes = width * 4;
+        if shared_bytes > 48 << 10 {
+            bail!("rows of {width} floats exceed the 48 KiB of shared memory the LayerNorm kernels hold a row in");
+        }
         let threads = width.next_multiple_of(32).clamp(32, 256) as u32;
-        Self {
+        Ok(Self {
             blocks: rows as u32,
             threads,
-            shared_bytes: (shared_floats * 4) as u32,
-        }
+            shared_bytes: shared_bytes as u32,
+        })
     }
 
     /// One warp per row, 8 rows a block.

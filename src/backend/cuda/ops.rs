@@ -241,7 +241,7 @@ impl Backend for CudaBackend {
         let k = &self.kernels;
         self.launch(
             k.embeddings_layernorm_forward,
-            Grid::per_row(t, c, c),
+            Grid::per_row(t, c)?,
             &[
                 self.ptr(out),
                 self.ptr(&s.ids),
@@ -346,7 +346,7 @@ impl Backend for CudaBackend {
         need(&ln.beta, c, "layernorm beta")?;
         self.launch(
             self.kernels.bias_residual_layernorm_forward,
-            Grid::per_row(rows, c, c),
+            Grid::per_row(rows, c)?,
             &[
                 self.ptr(x),
                 self.ptr(bias),
