@@ -1,0 +1,420 @@
+//! `bertcls predict`: label new texts with a trained head, from arguments, `--file`,
+//! standard input, or the recipe's interactive prompt.
+//!
+//! Also home of what `test` shares with it: which head to use (`--run` or `--head`),
+//! its label names, and the model it must run on.
+
+use std::io::{BufRead, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Result};
+use clap::Args;
+
+use super::common::{
+    encode_texts, load_model, model_files, parse_lines, read_lines, weights_sha256, DeviceArgs,
+    LoadedModel, ModelArgs,
+};
+use super::run_dir::{best_checkpoint, epoch_checkpoint, last_checkpoint, RunInfo};
+use crate::checkpoint::load_head;
+use crate::head::{argmax, softmax, LinearHead};
+use crate::hub::DEFAULT_MODEL;
+use crate::model::encode_all;
+use crate::tokenize::DEFAULT_MAX_LENGTH;
+
+/// The recipe's prompt, kept verbatim so its users see what they know.
+const PROMPT: &str = "请输入文本:";
+
+/// Checkpoint metadata key holding the label names as a JSON list, in id order.
+pub(super) const LABELS_KEY: &str = "labels";
+
+/// Which trained head to use, and the model flags, which default to the run's.
+#[derive(Args, Clone, Debug)]
+pub struct HeadArgs {
+    /// A folder written by `bertcls train`: run.json and its checkpoints.
+    #[arg(long, required_unless_present = "head", conflicts_with = "head")]
+    pub run: Option<PathBuf>,
+    /// A head checkpoint instead of a run: our .safetensors, or the recipe's torch.save
+    /// .pth (a state_dict with fc.weight and fc.bias).
+    #[arg(long)]
+    pub head: Option<PathBuf>,
+    /// Checkpoint of --run: best, last, or an epoch number [default: best].
+    #[arg(long, requires = "run")]
+    pub checkpoint: Option<String>,
+    /// Model folder or hub id [default: the run's model, else bert-base-chinese].
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Never touch the network (also: HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
+    /// Truncate texts to this many tokens [default: the run's, else 350].
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// Label names in id order, comma-separated [default: the run's, the checkpoint's,
+    /// the data's ClassLabel, else the ids].
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Option<Vec<String>>,
+}
+
+/// A loaded head with what is known about it.
+pub struct Classifier {
+    pub head: LinearHead,
+    /// Where the head came from, for messages.
+    pub source: PathBuf,
+    /// Label names from --labels, the run or the checkpoint; none when only the data
+    /// (or the ids) can name them.
+    pub labels: Option<Vec<String>>,
+    pub run: Option<RunInfo>,
+    pub model: ModelArgs,
+    /// The user named a model other than the run's: its weights must be the run's.
+    model_overridden: bool,
+}
+
+impl HeadArgs {
+    pub fn load(&self) -> Result<Classifier> {
+        let run = self.run.as_deref().map(RunInfo::load).transpose()?;
+        let source = match (&self.run, &self.head) {
+            (Some(dir), _) => run_checkpoint(dir, self.checkpoint.as_deref())?,
+            (None, Some(file)) => file.clone(),
+            (None, None) => bail!("pass --run DIR (a bertcls train folder) or --head FILE"),
+        };
+        let loaded = load_head(&source, None)?;
+        let labels = match (&self.labels, &run) {
+            (Some(flag), _) => Some(flag.clone()),
+            (None, Some(info)) => Some(info.labels.clone()),
+            (None, None) => metadata_labels(&loaded.metadata, &source)?,
+        };
+        let head = loaded.head;
+        if let Some(names) = &labels {
+            check_label_count(&head, &source, names.len(), "label names")?;
+        }
+        let model = ModelArgs {
+            model: self
+                .model
+                .clone()
+                .or_else(|| run.as_ref().map(run_model))
+                .unwrap_or_else(|| DEFAULT_MODEL.to_string()),
+            offline: self.offline,
+            max_length: self
+                .max_length
+                .or(run.as_ref().map(|r| r.max_length))
+                .unwrap_or(DEFAULT_MAX_LENGTH),
+        };
+        let model_overridden = run.is_some() && self.model.is_some();
+        Ok(Classifier {
+            head,
+            source,
+            labels,
+            run,
+            model,
+            model_overridden,
+        })
+    }
+}
+
+/// The run's model: the folder it resolved to while that still exists (a run made
+/// from a relative path keeps working from another directory), else what it named.
+fn run_model(info: &RunInfo) -> String {
+    if Path::new(&info.model_dir).is_dir() {
+        info.model_dir.clone()
+    } else {
+        info.model.clone()
+    }
+}
+
+fn run_checkpoint(dir: &Path, choice: Option<&str>) -> Result<PathBuf> {
+    let path = match choice.unwrap_or("best") {
+        "best" => best_checkpoint(dir),
+        "last" => last_checkpoint(dir),
+        n => match n.parse::<usize>() {
+            Ok(epoch) => epoch_checkpoint(dir, epoch),
+            Err(_) => bail!("--checkpoint {n}: expected best, last or an epoch number"),
+        },
+    };
+    if !path.is_file() {
+        bail!(
+            "{} does not exist: the run has not finished an epoch, or pass --checkpoint best, last or an epoch it has",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn metadata_labels(
+    metadata: &std::collections::BTreeMap<String, String>,
+    source: &Path,
+) -> Result<Option<Vec<String>>> {
+    let Some(json) = metadata.get(LABELS_KEY) else {
+        return Ok(None);
+    };
+    let names = serde_json::from_str(json).map_err(|e| {
+        anyhow!(
+            "{}: metadata {LABELS_KEY} is not a JSON list of names ({e}); pass --labels a,b,... instead",
+            source.display()
+        )
+    })?;
+    Ok(Some(names))
+}
+
+pub fn check_label_count(head: &LinearHead, source: &Path, count: usize, what: &str) -> Result<()> {
+    if head.num_labels != count {
+        bail!(
+            "{} has {} labels but there are {count} {what}: use the head trained for these labels",
+            source.display(),
+            head.num_labels
+        );
+    }
+    Ok(())
+}
+
+impl Classifier {
+    /// The encoder the head was trained on, refusing one of another width before its
+    /// weights are read.
+    pub fn load_model(&self, device: &DeviceArgs) -> Result<LoadedModel> {
+        let files = model_files(&self.model)?;
+        let model_hidden = files.config.hidden_size;
+        if self.head.hidden != model_hidden {
+            bail!(
+                "head is for hidden size {} but the model has {model_hidden} ({} from {}): pass the --model it was trained with",
+                self.head.hidden,
+                self.source.display(),
+                files.resolved.id
+            );
+        }
+        drop(files);
+        let model = load_model(&self.model, device)?;
+        if let Some(info) = self.run.as_ref().filter(|_| self.model_overridden) {
+            let sha = weights_sha256(&model.files.dir.dir)?;
+            if !info.weights_sha256.is_empty() && sha != info.weights_sha256 {
+                bail!(
+                    "--model {} has other weights than the run's {} (sha256 {}): drop --model",
+                    self.model.model,
+                    info.model,
+                    info.weights_sha256
+                );
+            }
+        }
+        Ok(model)
+    }
+
+    /// The label names, or the ids when nothing names them.
+    pub fn names_or_ids(&self) -> Vec<String> {
+        self.labels
+            .clone()
+            .unwrap_or_else(|| (0..self.head.num_labels).map(|i| i.to_string()).collect())
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    head: HeadArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Texts to label; without them, --file or standard input, or a prompt on a terminal.
+    texts: Vec<String>,
+    /// Read texts from this file, one per line.
+    #[arg(long, conflicts_with = "texts")]
+    file: Option<PathBuf>,
+    /// One JSON object per text: text, label, label_id, probs (in label order).
+    #[arg(long)]
+    json: bool,
+}
+
+/// A text's most probable label and every label's probability.
+#[derive(Debug, PartialEq)]
+pub struct Prediction {
+    pub label_id: usize,
+    pub probs: Vec<f32>,
+}
+
+impl Prediction {
+    pub fn prob(&self) -> f32 {
+        self.probs[self.label_id]
+    }
+}
+
+/// Softmax predictions of the (N, C) features `x`.
+pub fn predict_features(head: &LinearHead, x: &[f32]) -> Vec<Prediction> {
+    softmax(&head.logits(x), head.num_labels)
+        .chunks_exact(head.num_labels)
+        .map(|p| Prediction {
+            label_id: argmax(p),
+            probs: p.to_vec(),
+        })
+        .collect()
+}
+
+pub fn run(args: PredictArgs) -> Result<()> {
+    let texts = gather_texts(&args)?;
+    let classifier = args.head.load()?;
+    let mut model = classifier.load_model(&args.device)?;
+    let names = classifier.names_or_ids();
+    match texts {
+        Some(texts) => {
+            let x = encode_texts(&mut model, &texts, "texts")?;
+            let predictions = predict_features(&classifier.head, &x);
+            write_predictions(
+                std::io::stdout().lock(),
+                &texts,
+                &predictions,
+                &names,
+                args.json,
+            )
+        }
+        None => interactive(std::io::stdin().lock(), std::io::stdout().lock(), |text| {
+            let prediction = predict_one(&mut model, &classifier.head, text)?;
+            Ok((names[prediction.label_id].clone(), prediction.prob()))
+        }),
+    }
+}
+
+/// The texts to label, or none for the interactive prompt.
+fn gather_texts(args: &PredictArgs) -> Result<Option<Vec<String>>> {
+    let texts = if !args.texts.is_empty() {
+        args.texts.clone()
+    } else if let Some(path) = &args.file {
+        read_lines(path)?
+    } else if std::io::stdin().is_terminal() {
+        return Ok(None);
+    } else {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .map_err(|e| anyhow!("cannot read standard input ({e})"))?;
+        parse_lines(&bytes, "standard input")?
+    };
+    if texts.is_empty() {
+        bail!("no texts to label: pass them as arguments, with --file F or on standard input (one per line)");
+    }
+    Ok(Some(texts))
+}
+
+/// One text as a batch of its own: encoded at its own length, never padded.
+fn predict_one(model: &mut LoadedModel, head: &LinearHead, text: &str) -> Result<Prediction> {
+    let tokens = model.tokenizer().encode(text)?;
+    let x = encode_all(
+        model.encoder.as_mut(),
+        std::slice::from_ref(&tokens),
+        |_| {},
+    )?;
+    Ok(predict_features(head, &x).remove(0))
+}
+
+fn write_predictions(
+    out: impl Write,
+    texts: &[String],
+    predictions: &[Prediction],
+    names: &[String],
+    json: bool,
+) -> Result<()> {
+    let mut out = std::io::BufWriter::new(out);
+    for (text, p) in texts.iter().zip(predictions) {
+        let label = &names[p.label_id];
+        if json {
+            let obj = serde_json::json!({
+                "text": text,
+                "label": label,
+                "label_id": p.label_id,
+                "probs": p.probs,
+            });
+            writeln!(out, "{obj}")?;
+        } else {
+            writeln!(out, "{label}\t{:.4}\t{text}", p.prob())?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// The recipe's loop: prompt, read a line, print `模型预测 <label> (<probability>)`;
+/// `q` or the end of input quits. `classify` gives a text's label name and probability.
+pub fn interactive(
+    mut input: impl BufRead,
+    mut out: impl Write,
+    mut classify: impl FnMut(&str) -> Result<(String, f32)>,
+) -> Result<()> {
+    let mut line = Vec::new();
+    for number in 1.. {
+        write!(out, "{PROMPT}")?;
+        out.flush()?;
+        line.clear();
+        if input.read_until(b'\n', &mut line)? == 0 {
+            // The prompt is still on its line: end it so the shell's starts clean.
+            writeln!(out)?;
+            break;
+        }
+        let Ok(text) = std::str::from_utf8(&line) else {
+            writeln!(
+                out,
+                "line {number} is not UTF-8: switch the terminal to UTF-8"
+            )?;
+            continue;
+        };
+        let text = text.trim_end_matches(['\n', '\r']);
+        match text.trim() {
+            "q" => break,
+            "" => continue,
+            _ => {
+                let (label, prob) = classify(text)?;
+                writeln!(out, "模型预测 {label} ({prob:.4})")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(input: &[u8]) -> (String, Vec<String>) {
+        let mut out = Vec::new();
+        let mut seen = Vec::new();
+        interactive(input, &mut out, |text| {
+            seen.push(text.to_string());
+            Ok(("正向评价".to_string(), 0.98766))
+        })
+        .unwrap();
+        (String::from_utf8(out).unwrap(), seen)
+    }
+
+    #[test]
+    fn prompts_labels_each_line_and_quits_on_q() {
+        let (out, seen) = session("酒店很好\r\n\n书很差\nq\n不会读到这里\n".as_bytes());
+        assert_eq!(seen, ["酒店很好", "书很差"]);
+        assert_eq!(
+            out,
+            "请输入文本:模型预测 正向评价 (0.9877)\n请输入文本:请输入文本:模型预测 正向评价 (0.9877)\n请输入文本:"
+        );
+    }
+
+    #[test]
+    fn end_of_input_quits_on_a_fresh_line() {
+        let (out, seen) = session(b"");
+        assert!(seen.is_empty());
+        assert_eq!(out, "请输入文本:\n");
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_named_and_skipped() {
+        let (out, seen) = session(b"\xc4\xe3\xba\xc3\nok\nq\n");
+        assert_eq!(seen, ["ok"]);
+        assert!(out.contains("line 1 is not UTF-8"), "{out}");
+    }
+
+    #[test]
+    fn predictions_are_softmax_and_argmax() {
+        let head = LinearHead {
+            weight: vec![1.0, 0.0, 0.0, 1.0],
+            bias: vec![0.0, 0.0],
+            num_labels: 2,
+            hidden: 2,
+        };
+        let p = predict_features(&head, &[0.0, 2.0, 3.0, 1.0]);
+        assert_eq!(p[0].label_id, 1);
+        assert_eq!(p[1].label_id, 0);
+        let e = 1.0 / (1.0 + (-2.0f32).exp());
+        assert!((p[0].prob() - e).abs() < 1e-6 && (p[1].prob() - e).abs() < 1e-6);
+        assert!((p[0].probs.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,319 @@
+//! `bertcls test`: score a trained head on every row of a split: accuracy, mean
+//! cross-entropy, per-class precision, recall and F1, and the confusion matrix.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+
+use anyhow::Result;
+use clap::Args;
+use serde::Serialize;
+
+use super::common::{CacheArgs, DeviceArgs, FeatureSource};
+use super::predict::{check_label_count, predict_features, Classifier, HeadArgs};
+use crate::data::{self, Dataset, LoadOptions};
+use crate::head::LinearHead;
+use crate::hub::{resolve_dataset, DEFAULT_DATASET};
+
+#[derive(Args, Debug)]
+pub struct TestArgs {
+    #[command(flatten)]
+    head: HeadArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
+    #[command(flatten)]
+    cache: CacheArgs,
+    /// Dataset: a save_to_disk folder, parquet, .jsonl, .csv or .tsv, or a hub id
+    /// [default: the run's data, else lansinuote/ChnSentiCorp].
+    #[arg(long)]
+    data: Option<String>,
+    /// The split to score.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Text column [default: the run's, else text].
+    #[arg(long)]
+    text_column: Option<String>,
+    /// Label column [default: the run's, else label].
+    #[arg(long)]
+    label_column: Option<String>,
+    /// One JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: TestArgs) -> Result<()> {
+    let classifier = args.head.load()?;
+    let data = load_data(&args, &classifier)?;
+    let split = data.split(&args.split)?;
+    let labels = classifier
+        .labels
+        .clone()
+        .unwrap_or_else(|| data.label_names.clone());
+    check_label_count(
+        &classifier.head,
+        &classifier.source,
+        data.num_labels(),
+        "labels in the data",
+    )?;
+
+    let mut model = classifier.load_model(&args.device)?;
+    let mut features = FeatureSource::new(args.cache.cache());
+    let x = features
+        .features(&mut model, &split.name, &split.texts, &split.content_hash)?
+        .x;
+    let report = Report::new(&classifier.head, &x, &split.labels, labels);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let obj = serde_json::json!({
+            "data": data.source.display().to_string(),
+            "split": split.name,
+            "model": model.id(),
+            "head": classifier.source.display().to_string(),
+            "report": report,
+        });
+        writeln!(out, "{obj}")?;
+    } else {
+        let source = data.source.display();
+        writeln!(
+            out,
+            "{} split of {source}, head {}",
+            split.name,
+            classifier.source.display()
+        )?;
+        write!(out, "{}", report.table())?;
+    }
+    Ok(())
+}
+
+fn load_data(args: &TestArgs, classifier: &Classifier) -> Result<Dataset> {
+    let run = classifier.run.as_ref();
+    let spec = args
+        .data
+        .clone()
+        .or_else(|| run.map(|r| r.data.clone()))
+        .unwrap_or_else(|| DEFAULT_DATASET.to_string());
+    let resolved = resolve_dataset(&spec, classifier.model.offline())?;
+    let opts = LoadOptions {
+        text_column: args
+            .text_column
+            .clone()
+            .or_else(|| run.map(|r| r.text_column.clone()))
+            .unwrap_or("text".into()),
+        label_column: args
+            .label_column
+            .clone()
+            .or_else(|| run.map(|r| r.label_column.clone()))
+            .unwrap_or("label".into()),
+        labels: args.head.labels.clone(),
+    };
+    data::load(&resolved.path, &opts)
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClassScores {
+    pub label: String,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    pub support: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub rows: usize,
+    pub correct: usize,
+    pub accuracy: f64,
+    /// Mean cross-entropy of the logits.
+    pub loss: f64,
+    pub labels: Vec<String>,
+    pub per_class: Vec<ClassScores>,
+    pub macro_precision: f64,
+    pub macro_recall: f64,
+    pub macro_f1: f64,
+    /// Rows: true label; columns: predicted label.
+    pub confusion_matrix: Vec<Vec<usize>>,
+}
+
+/// `num / den`, or 0 where the denominator is 0, as scikit-learn's default.
+fn ratio(num: usize, den: usize) -> f64 {
+    if den == 0 {
+        0.0
+    } else {
+        num as f64 / den as f64
+    }
+}
+
+impl Report {
+    /// Scores every row of `x` (N, C) against `truth`; `labels` names the ids.
+    pub fn new(head: &LinearHead, x: &[f32], truth: &[usize], labels: Vec<String>) -> Report {
+        let l = head.num_labels;
+        let (loss, correct) = head.evaluate(x, truth);
+        let mut confusion = vec![vec![0usize; l]; l];
+        for (p, &y) in predict_features(head, x).iter().zip(truth) {
+            confusion[y][p.label_id] += 1;
+        }
+        let per_class: Vec<ClassScores> = (0..l)
+            .map(|c| {
+                let hits = confusion[c][c];
+                let support = confusion[c].iter().sum();
+                let predicted = confusion.iter().map(|row| row[c]).sum();
+                let (precision, recall) = (ratio(hits, predicted), ratio(hits, support));
+                let f1 = if precision + recall > 0.0 {
+                    2.0 * precision * recall / (precision + recall)
+                } else {
+                    0.0
+                };
+                ClassScores {
+                    label: labels[c].clone(),
+                    precision,
+                    recall,
+                    f1,
+                    support,
+                }
+            })
+            .collect();
+        let mean = |f: fn(&ClassScores) -> f64| per_class.iter().map(f).sum::<f64>() / l as f64;
+        Report {
+            rows: truth.len(),
+            correct,
+            accuracy: ratio(correct, truth.len()),
+            loss: loss as f64,
+            macro_precision: mean(|s| s.precision),
+            macro_recall: mean(|s| s.recall),
+            macro_f1: mean(|s| s.f1),
+            labels,
+            per_class,
+            confusion_matrix: confusion,
+        }
+    }
+
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "accuracy  {:.4}  ({}/{})",
+            self.accuracy, self.correct, self.rows
+        );
+        let _ = writeln!(s, "loss      {:.4}  (mean cross-entropy)\n", self.loss);
+        let name_width = self
+            .labels
+            .iter()
+            .map(|l| width(l))
+            .chain([width("macro avg"), 5])
+            .max()
+            .unwrap_or(0);
+        let _ = writeln!(
+            s,
+            "{}  precision  recall  f1      support",
+            pad("label", name_width)
+        );
+        for c in &self.per_class {
+            let _ = writeln!(
+                s,
+                "{}  {:<9.4}  {:<6.4}  {:<6.4}  {}",
+                pad(&c.label, name_width),
+                c.precision,
+                c.recall,
+                c.f1,
+                c.support
+            );
+        }
+        let _ = writeln!(
+            s,
+            "{}  {:<9.4}  {:<6.4}  {:<6.4}  {}\n",
+            pad("macro avg", name_width),
+            self.macro_precision,
+            self.macro_recall,
+            self.macro_f1,
+            self.rows
+        );
+        let _ = writeln!(s, "confusion matrix (rows: true label, columns: predicted)");
+        let cell = self
+            .labels
+            .iter()
+            .map(|l| width(l))
+            .max()
+            .unwrap_or(0)
+            .max(self.rows.to_string().len());
+        let header: Vec<String> = self.labels.iter().map(|l| pad(l, cell)).collect();
+        let _ = writeln!(
+            s,
+            "{}  {}",
+            pad("", name_width),
+            header.join("  ").trim_end()
+        );
+        for (label, row) in self.labels.iter().zip(&self.confusion_matrix) {
+            let cells: Vec<String> = row.iter().map(|n| pad(&n.to_string(), cell)).collect();
+            let _ = writeln!(
+                s,
+                "{}  {}",
+                pad(label, name_width),
+                cells.join("  ").trim_end()
+            );
+        }
+        s
+    }
+}
+
+/// Terminal columns of `text`: CJK characters take two, so Chinese label names line up.
+fn width(text: &str) -> usize {
+    text.chars().map(|c| if is_wide(c) { 2 } else { 1 }).sum()
+}
+
+fn is_wide(c: char) -> bool {
+    matches!(c as u32, 0x1100..=0x115F | 0x2E80..=0xA4CF | 0xAC00..=0xD7A3 | 0xF900..=0xFAFF | 0xFE30..=0xFE4F | 0xFF00..=0xFF60 | 0xFFE0..=0xFFE6)
+}
+
+fn pad(text: &str, to: usize) -> String {
+    format!("{text}{}", " ".repeat(to.saturating_sub(width(text))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_follow_the_confusion_matrix() {
+        // Identity head on one-hot-ish features: the prediction is the larger coordinate.
+        let head = LinearHead {
+            weight: vec![1.0, 0.0, 0.0, 1.0],
+            bias: vec![0.0, 0.0],
+            num_labels: 2,
+            hidden: 2,
+        };
+        let x = [1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0];
+        let truth = [0, 0, 0, 1, 1];
+        let r = Report::new(
+            &head,
+            &x,
+            &truth,
+            vec!["负向评价".into(), "正向评价".into()],
+        );
+        assert_eq!(r.confusion_matrix, [[2, 1], [1, 1]]);
+        assert_eq!((r.correct, r.rows), (3, 5));
+        assert!((r.per_class[0].precision - 2.0 / 3.0).abs() < 1e-12);
+        assert!((r.per_class[0].recall - 2.0 / 3.0).abs() < 1e-12);
+        assert!((r.per_class[1].precision - 0.5).abs() < 1e-12);
+        assert_eq!(r.per_class[1].support, 2);
+        assert!((r.macro_f1 - (2.0 / 3.0 + 0.5) / 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_class_never_predicted_scores_zero_not_nan() {
+        let head = LinearHead {
+            weight: vec![1.0, 0.0],
+            bias: vec![0.0, -1.0],
+            num_labels: 2,
+            hidden: 1,
+        };
+        let r = Report::new(&head, &[1.0, 1.0], &[0, 1], vec!["a".into(), "b".into()]);
+        assert_eq!(r.per_class[1].precision, 0.0);
+        assert_eq!(r.per_class[1].f1, 0.0);
+        assert!(r.table().contains("confusion matrix"));
+    }
+
+    #[test]
+    fn wide_characters_take_two_columns() {
+        assert_eq!(width("负向评价"), 8);
+        assert_eq!(pad("负向", 6), "负向  ");
+    }
+}

@@ -1,0 +1,470 @@
+//! `bertcls test` and `bertcls predict` as a user runs them: the binary on the tiny fixture
+//! model and dataset, offline, on the CPU, checked against the same numbers computed
+//! here through the library.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bertcls::backend::cpu::CpuBackend;
+use bertcls::batch::PackedBatch;
+use bertcls::checkpoint::{load_head, save_head};
+use bertcls::data::{load, LoadOptions};
+use bertcls::head::{argmax, softmax, LinearHead};
+use bertcls::model::{Encoder, Keep, ModelDir};
+use bertcls::tokenize::BertTokenizer;
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn model_dir() -> PathBuf {
+    fixtures().join("tiny/model")
+}
+
+fn data_dir() -> PathBuf {
+    fixtures().join("data/tiny-dsdict")
+}
+
+fn recipe_pth() -> PathBuf {
+    fixtures().join("recipe-head.pth")
+}
+
+/// A folder of its own per test, removed when the test ends.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("bertcls-cli-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs the binary offline on the CPU with `stdin` piped in (empty when none).
+fn bertcls<S: AsRef<OsStr>>(args: &[S], stdin: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bertcls"))
+        .args(args)
+        .args(["--device", "cpu"])
+        .env("HF_HUB_OFFLINE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn stdout_of(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bertcls failed: {stderr}");
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// The single `error:` line of a failed run.
+fn error_of(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "bertcls succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stderr = String::from_utf8(out.stderr.clone()).unwrap();
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "expected one error line: {stderr}");
+    assert_eq!(
+        stderr.lines().last(),
+        Some(errors[0]),
+        "the error is not the last line: {stderr}"
+    );
+    errors[0].to_string()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
+}
+
+/// `test --head` on the tiny model and data, features cached under `cache`.
+fn test_args(head: &Path, cache: &Path) -> Vec<String> {
+    strings(&[
+        "test",
+        "--head",
+        s(head),
+        "--model",
+        s(&model_dir()),
+        "--data",
+        s(&data_dir()),
+        "--cache-dir",
+        s(cache),
+    ])
+}
+
+/// [CLS] features of `texts`, each encoded alone, through the library.
+fn features(texts: &[String]) -> Vec<f32> {
+    let (config, weights) = ModelDir::open(&model_dir()).unwrap().load().unwrap();
+    let tokenizer = BertTokenizer::from_dir(&model_dir(), 350).unwrap();
+    let mut enc = Encoder::new(CpuBackend::new(1).unwrap(), config, &weights, 512).unwrap();
+    texts
+        .iter()
+        .flat_map(|t| {
+            let tokens = tokenizer.encode(t).unwrap();
+            enc.forward(&PackedBatch::new([&tokens]), Keep::Cls)
+                .unwrap()
+                .cls
+        })
+        .collect()
+}
+
+struct Expected {
+    loss: f64,
+    confusion: [[usize; 2]; 2],
+}
+
+/// The test split's loss and confusion matrix, from first principles.
+fn expected_test_scores(head: &LinearHead) -> Expected {
+    let split = load(&data_dir(), &LoadOptions::default())
+        .unwrap()
+        .split("test")
+        .unwrap()
+        .clone();
+    let logits = head.logits(&features(&split.texts));
+    let mut loss = 0.0;
+    let mut confusion = [[0; 2]; 2];
+    for (z, &y) in logits.chunks_exact(2).zip(&split.labels) {
+        let lse = z.iter().map(|&v| (v as f64).exp()).sum::<f64>().ln();
+        loss += lse - z[y] as f64;
+        confusion[y][argmax(z)] += 1;
+    }
+    Expected {
+        loss: loss / split.labels.len() as f64,
+        confusion,
+    }
+}
+
+fn recipe_head() -> LinearHead {
+    load_head(&recipe_pth(), None).unwrap().head
+}
+
+fn check_report(report: &Value, want: &Expected) {
+    let confusion: Vec<Vec<usize>> =
+        serde_json::from_value(report["confusion_matrix"].clone()).unwrap();
+    assert_eq!(confusion, want.confusion.map(|r| r.to_vec()).to_vec());
+    assert_eq!(
+        confusion.iter().flatten().sum::<usize>(),
+        8,
+        "every row of the split is scored"
+    );
+    let diagonal = want.confusion[0][0] + want.confusion[1][1];
+    assert_eq!(report["rows"], 8);
+    assert_eq!(report["correct"], diagonal);
+    assert_eq!(report["accuracy"].as_f64().unwrap(), diagonal as f64 / 8.0);
+    let loss = report["loss"].as_f64().unwrap();
+    assert!(
+        (loss - want.loss).abs() < 1e-5,
+        "loss {loss} vs {}",
+        want.loss
+    );
+    assert_eq!(
+        report["labels"],
+        serde_json::json!(["negative", "positive"])
+    );
+    let support: Vec<u64> = report["per_class"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["support"].as_u64().unwrap())
+        .collect();
+    assert_eq!(support, [4, 4]);
+}
+
+#[test]
+fn test_with_the_recipe_pth_scores_every_row() {
+    let cache = TempDir::new("test-pth");
+    let want = expected_test_scores(&recipe_head());
+    let table = stdout_of(&bertcls(&test_args(&recipe_pth(), cache.path()), b""));
+    let diagonal = want.confusion[0][0] + want.confusion[1][1];
+    assert!(
+        table.contains(&format!(
+            "accuracy  {:.4}  ({diagonal}/8)",
+            diagonal as f64 / 8.0
+        )),
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!("loss      {:.4}", want.loss)),
+        "{table}"
+    );
+    let c = want.confusion;
+    assert!(
+        table.contains(&format!("negative   {:<8}  {}\n", c[0][0], c[0][1])),
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!("positive   {:<8}  {}\n", c[1][0], c[1][1])),
+        "{table}"
+    );
+
+    let mut args = test_args(&recipe_pth(), cache.path());
+    args.push("--json".into());
+    let json: Value = serde_json::from_str(&stdout_of(&bertcls(&args, b""))).unwrap();
+    check_report(&json["report"], &want);
+    assert_eq!(json["split"], "test");
+}
+
+#[test]
+fn test_gives_the_same_report_for_the_pth_and_the_safetensors_head() {
+    let cache = TempDir::new("test-same");
+    let report = |head: &Path| -> Value {
+        let mut args = test_args(head, cache.path());
+        args.push("--json".into());
+        serde_json::from_str::<Value>(&stdout_of(&bertcls(&args, b""))).unwrap()["report"].clone()
+    };
+    assert_eq!(
+        report(&recipe_pth()),
+        report(&fixtures().join("recipe-head.safetensors"))
+    );
+}
+
+/// A run folder as `train` writes it: run.json (RunInfo's fields) and best.safetensors.
+fn write_run(dir: &Path, labels: &[&str]) {
+    let info = serde_json::json!({
+        "bertcls_version": "0.1.0",
+        "model": "tiny",
+        "model_dir": s(&model_dir()),
+        "weights_sha256": "",
+        "tokenizer_files": [],
+        "tokenizer_fingerprint": "",
+        "max_length": 350,
+        "hidden_size": 32,
+        "labels": labels,
+        "data": s(&data_dir()),
+        "text_column": "text",
+        "label_column": "label",
+        "hyperparameters": {
+            "epochs": 1, "batch_size": 32, "lr": 1e-5, "weight_decay": 0.01, "beta1": 0.9,
+            "beta2": 0.999, "eps": 1e-8, "seed": 0, "drop_last": true
+        },
+        "device": "cpu",
+        "precision": "fp32",
+        "created": "2026-01-01T00:00:00Z"
+    });
+    std::fs::write(dir.join("run.json"), info.to_string()).unwrap();
+    save_head(
+        &dir.join("best.safetensors"),
+        &recipe_head(),
+        None,
+        &BTreeMap::new(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn test_and_predict_take_model_data_and_labels_from_a_run() {
+    let run = TempDir::new("run");
+    let cache = TempDir::new("run-cache");
+    write_run(run.path(), &["负向评价", "正向评价"]);
+    let out = bertcls(
+        &[
+            "test",
+            "--run",
+            s(run.path()),
+            "--cache-dir",
+            s(cache.path()),
+            "--json",
+        ],
+        b"",
+    );
+    let json: Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+    let want = expected_test_scores(&recipe_head());
+    let report = &json["report"];
+    assert_eq!(
+        report["labels"],
+        serde_json::json!(["负向评价", "正向评价"])
+    );
+    assert_eq!(
+        report["confusion_matrix"],
+        serde_json::json!(want.confusion)
+    );
+
+    let out = bertcls(&["predict", "--run", s(run.path()), "酒店很好"], b"");
+    let line = stdout_of(&out);
+    let label = line.split('\t').next().unwrap();
+    assert!(["负向评价", "正向评价"].contains(&label), "{line}");
+
+    let err = error_of(&bertcls(
+        &["test", "--run", s(run.path()), "--checkpoint", "last"],
+        b"",
+    ));
+    assert!(err.contains("last.safetensors does not exist"), "{err}");
+}
+
+/// Probabilities of each text encoded alone, as `predict` must give them.
+fn expected_probs(texts: &[String]) -> Vec<Vec<f32>> {
+    let head = recipe_head();
+    softmax(&head.logits(&features(texts)), 2)
+        .chunks_exact(2)
+        .map(<[f32]>::to_vec)
+        .collect()
+}
+
+fn predict_args(head: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = strings(&["predict", "--head", s(head), "--model", s(&model_dir())]);
+    args.extend(strings(extra));
+    args
+}
+
+fn predict(extra: &[&str], stdin: &[u8]) -> String {
+    stdout_of(&bertcls(&predict_args(&recipe_pth(), extra), stdin))
+}
+
+/// Checks `label\tprob\ttext` lines against the library's probabilities.
+fn check_lines(out: &str, texts: &[String]) {
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), texts.len(), "{out}");
+    for ((line, text), probs) in lines.iter().zip(texts).zip(expected_probs(texts)) {
+        let id = argmax(&probs);
+        assert_eq!(*line, format!("{id}\t{:.4}\t{text}", probs[id]));
+    }
+}
+
+fn texts() -> Vec<String> {
+    ["这家酒店的服务很好，房间干净。", "书的质量太差了", "还行"]
+        .map(String::from)
+        .to_vec()
+}
+
+#[test]
+fn predict_labels_arguments_a_file_and_standard_input_alike() {
+    let texts = texts();
+    let args: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let from_args = predict(&args, b"");
+    check_lines(&from_args, &texts);
+
+    let dir = TempDir::new("predict-file");
+    let file = dir.path().join("texts.txt");
+    std::fs::write(
+        &file,
+        format!("{}\r\n\n{}\n{}", texts[0], texts[1], texts[2]),
+    )
+    .unwrap();
+    assert_eq!(predict(&["--file", s(&file)], b""), from_args);
+    assert_eq!(predict(&[], texts.join("\n").as_bytes()), from_args);
+}
+
+#[test]
+fn predict_json_gives_probabilities_in_label_order() {
+    let texts = texts();
+    let out = predict(
+        &["--json", "--labels", "neg,pos"],
+        texts.join("\n").as_bytes(),
+    );
+    let rows: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 3);
+    for ((row, text), want) in rows.iter().zip(&texts).zip(expected_probs(&texts)) {
+        let probs: Vec<f32> = serde_json::from_value(row["probs"].clone()).unwrap();
+        assert!((probs.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(
+            probs.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-5),
+            "{probs:?} vs {want:?}"
+        );
+        let id = argmax(&probs);
+        assert_eq!(row["label_id"], id);
+        assert_eq!(row["label"], ["neg", "pos"][id]);
+        assert_eq!(row["text"], text.as_str());
+    }
+}
+
+#[test]
+fn a_head_for_another_hidden_size_is_refused_before_encoding() {
+    let dir = TempDir::new("hidden");
+    let head = dir.path().join("h16.safetensors");
+    let narrow = LinearHead {
+        weight: vec![0.0; 2 * 16],
+        bias: vec![0.0; 2],
+        num_labels: 2,
+        hidden: 16,
+    };
+    save_head(&head, &narrow, None, &BTreeMap::new()).unwrap();
+    let err = error_of(&bertcls(&test_args(&head, dir.path()), b""));
+    assert!(
+        err.contains("head is for hidden size 16 but the model has 32"),
+        "{err}"
+    );
+    let err = error_of(&bertcls(&predict_args(&head, &["x"]), b""));
+    assert!(
+        err.contains("head is for hidden size 16 but the model has 32"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_head_with_other_labels_than_the_data_is_refused() {
+    let dir = TempDir::new("labels");
+    let head = dir.path().join("three.safetensors");
+    let three = LinearHead {
+        weight: vec![0.0; 3 * 32],
+        bias: vec![0.0; 3],
+        num_labels: 3,
+        hidden: 32,
+    };
+    save_head(&head, &three, None, &BTreeMap::new()).unwrap();
+    let err = error_of(&bertcls(&test_args(&head, dir.path()), b""));
+    assert!(
+        err.contains("has 3 labels but there are 2 labels in the data"),
+        "{err}"
+    );
+}
+
+#[test]
+fn input_errors_are_one_line() {
+    let dir = TempDir::new("errors");
+    let file = dir.path().join("gbk.txt");
+    std::fs::write(&file, b"fine\n\xc4\xe3\xba\xc3\n").unwrap();
+    let err = error_of(&bertcls(
+        &predict_args(&recipe_pth(), &["--file", s(&file)]),
+        b"",
+    ));
+    assert!(err.contains("gbk.txt line 2: text is not UTF-8"), "{err}");
+
+    let err = error_of(&bertcls(&predict_args(&recipe_pth(), &[]), b"\n\n"));
+    assert!(err.contains("no texts to label"), "{err}");
+
+    let missing = dir.path().join("no-such-run");
+    let err = error_of(&bertcls(&["test", "--run", s(&missing)], b""));
+    assert!(err.contains("run.json") && err.contains("--run"), "{err}");
+    let err = error_of(&bertcls(&["predict", "--run", s(&missing), "x"], b""));
+    assert!(err.contains("run.json"), "{err}");
+
+    let mut args = test_args(&recipe_pth(), dir.path());
+    args.extend(strings(&["--split", "dev"]));
+    let err = error_of(&bertcls(&args, b""));
+    assert!(
+        err.contains("unknown split \"dev\"") && err.contains("validation"),
+        "{err}"
+    );
+}
