@@ -5,7 +5,7 @@
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::simd::{dispatch, exp};
+use super::simd::{dispatch, exp, max, sum};
 use crate::backend::QueryRows;
 
 /// A pointer that rayon tasks may share: each task writes a disjoint block of `out`.
@@ -23,16 +23,15 @@ impl OutPtr {
 }
 
 dispatch! {
-    /// Softmax of each row of `scores` (rows, n), in place.
+    /// Softmax of each row of `scores` (rows, n), in place. Max, exp and sum are separate
+    /// passes so that each one vectorises (a running sum inside the exp loop would not).
     fn softmax_rows(scores: &mut [f32], n: usize) {
         for row in scores.chunks_exact_mut(n) {
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let mut total = 0.0;
+            let max = max(row);
             for v in row.iter_mut() {
                 *v = exp(*v - max);
-                total += *v;
             }
-            let inv = 1.0 / total;
+            let inv = 1.0 / sum(row);
             for v in row.iter_mut() {
                 *v *= inv;
             }
