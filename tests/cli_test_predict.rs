@@ -13,6 +13,7 @@ use bertcls::backend::cpu::CpuBackend;
 use bertcls::batch::PackedBatch;
 use bertcls::checkpoint::{load_head, save_head};
 use bertcls::data::{load, LoadOptions};
+use bertcls::features::sha256_file;
 use bertcls::head::{argmax, softmax, LinearHead};
 use bertcls::model::{Encoder, Keep, ModelDir};
 use bertcls::tokenize::BertTokenizer;
@@ -248,12 +249,12 @@ fn test_gives_the_same_report_for_the_pth_and_the_safetensors_head() {
 }
 
 /// A run folder as `train` writes it: run.json (RunInfo's fields) and best.safetensors.
-fn write_run(dir: &Path, labels: &[&str]) {
+fn write_run(dir: &Path, labels: &[&str], weights_sha256: &str) {
     let info = serde_json::json!({
         "bertcls_version": "0.1.0",
         "model": "tiny",
         "model_dir": s(&model_dir()),
-        "weights_sha256": "",
+        "weights_sha256": weights_sha256,
         "tokenizer_files": [],
         "tokenizer_fingerprint": "",
         "max_length": 350,
@@ -284,7 +285,7 @@ fn write_run(dir: &Path, labels: &[&str]) {
 fn test_and_predict_take_model_data_and_labels_from_a_run() {
     let run = TempDir::new("run");
     let cache = TempDir::new("run-cache");
-    write_run(run.path(), &["负向评价", "正向评价"]);
+    write_run(run.path(), &["负向评价", "正向评价"], "");
     let out = bertcls(
         &[
             "test",
@@ -318,6 +319,59 @@ fn test_and_predict_take_model_data_and_labels_from_a_run() {
         b"",
     ));
     assert!(err.contains("last.safetensors does not exist"), "{err}");
+}
+
+#[test]
+fn a_checkpoint_of_ours_names_its_model_and_labels() {
+    let dir = TempDir::new("meta");
+    let head = dir.path().join("head-epoch-1.safetensors");
+    let meta = BTreeMap::from([
+        ("labels".to_string(), r#"["差评","好评"]"#.to_string()),
+        ("model".to_string(), s(&model_dir()).to_string()),
+        ("max_length".to_string(), "350".to_string()),
+    ]);
+    save_head(&head, &recipe_head(), None, &meta).unwrap();
+    let data = data_dir();
+    let args = ["predict", "--head", s(&head), "--json", "还行"];
+    let row: Value = serde_json::from_str(&stdout_of(&bertcls(&args, b""))).unwrap();
+    let probs = expected_probs(&["还行".to_string()]).remove(0);
+    assert_eq!(row["label"], ["差评", "好评"][argmax(&probs)]);
+
+    let args = [
+        "test",
+        "--head",
+        s(&head),
+        "--data",
+        s(&data),
+        "--no-cache",
+        "--json",
+    ];
+    let json: Value = serde_json::from_str(&stdout_of(&bertcls(&args, b""))).unwrap();
+    assert_eq!(
+        json["report"]["labels"],
+        serde_json::json!(["差评", "好评"])
+    );
+}
+
+#[test]
+fn a_model_other_than_the_runs_is_refused() {
+    let run = TempDir::new("run-model");
+    let sha = sha256_file(&model_dir().join("model.safetensors")).unwrap();
+    write_run(run.path(), &["neg", "pos"], &sha);
+    let model = model_dir();
+    let args = [
+        "predict",
+        "--run",
+        s(run.path()),
+        "--model",
+        s(&model),
+        "好",
+    ];
+    assert_eq!(stdout_of(&bertcls(&args, b"")).lines().count(), 1);
+
+    write_run(run.path(), &["neg", "pos"], &"0".repeat(64));
+    let err = error_of(&bertcls(&args, b""));
+    assert!(err.contains("has other weights than the run's"), "{err}");
 }
 
 /// Probabilities of each text encoded alone, as `predict` must give them.

@@ -4,6 +4,7 @@
 //! Also home of what `test` shares with it: which head to use (`--run` or `--head`),
 //! its label names, and the model it must run on.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -24,8 +25,11 @@ use crate::tokenize::DEFAULT_MAX_LENGTH;
 /// The recipe's prompt, kept verbatim so its users see what they know.
 const PROMPT: &str = "请输入文本:";
 
-/// Checkpoint metadata key holding the label names as a JSON list, in id order.
-pub(super) const LABELS_KEY: &str = "labels";
+/// Checkpoint metadata keys `train` writes: the label names as a JSON list in id order,
+/// and the `--model` and `--max-length` the head was trained with.
+const LABELS_KEY: &str = "labels";
+const MODEL_KEY: &str = "model";
+const MAX_LENGTH_KEY: &str = "max_length";
 
 /// Which trained head to use, and the model flags, which default to the run's.
 #[derive(Args, Clone, Debug)]
@@ -40,17 +44,17 @@ pub struct HeadArgs {
     /// Checkpoint of --run: best, last, or an epoch number [default: best].
     #[arg(long, requires = "run")]
     pub checkpoint: Option<String>,
-    /// Model folder or hub id [default: the run's model, else bert-base-chinese].
+    /// Model folder or hub id [default: the run's or the checkpoint's, else bert-base-chinese].
     #[arg(long)]
     pub model: Option<String>,
     /// Never touch the network (also: HF_HUB_OFFLINE=1).
     #[arg(long)]
     pub offline: bool,
-    /// Truncate texts to this many tokens [default: the run's, else 350].
+    /// Truncate texts to this many tokens [default: the run's or the checkpoint's, else 350].
     #[arg(long)]
     pub max_length: Option<usize>,
-    /// Label names in id order, comma-separated [default: the run's, the checkpoint's,
-    /// the data's ClassLabel, else the ids].
+    /// Label names in id order, comma-separated [default: the run's or the checkpoint's;
+    /// else for test the data's, for predict the ids].
     #[arg(long, value_delimiter = ',')]
     pub labels: Option<Vec<String>>,
 }
@@ -83,25 +87,29 @@ impl HeadArgs {
             (None, Some(info)) => Some(info.labels.clone()),
             (None, None) => metadata_labels(&loaded.metadata, &source)?,
         };
-        let head = loaded.head;
         if let Some(names) = &labels {
-            check_label_count(&head, &source, names.len(), "label names")?;
+            check_label_count(&loaded.head, &source, names.len(), "label names")?;
         }
+        // A checkpoint of ours names the model it was trained on: a bare --head needs no
+        // --model beside it.
+        let meta = &loaded.metadata;
         let model = ModelArgs {
             model: self
                 .model
                 .clone()
                 .or_else(|| run.as_ref().map(run_model))
+                .or_else(|| meta.get(MODEL_KEY).cloned())
                 .unwrap_or_else(|| DEFAULT_MODEL.to_string()),
             offline: self.offline,
             max_length: self
                 .max_length
                 .or(run.as_ref().map(|r| r.max_length))
+                .or_else(|| meta.get(MAX_LENGTH_KEY).and_then(|v| v.parse().ok()))
                 .unwrap_or(DEFAULT_MAX_LENGTH),
         };
         let model_overridden = run.is_some() && self.model.is_some();
         Ok(Classifier {
-            head,
+            head: loaded.head,
             source,
             labels,
             run,
@@ -140,7 +148,7 @@ fn run_checkpoint(dir: &Path, choice: Option<&str>) -> Result<PathBuf> {
 }
 
 fn metadata_labels(
-    metadata: &std::collections::BTreeMap<String, String>,
+    metadata: &BTreeMap<String, String>,
     source: &Path,
 ) -> Result<Option<Vec<String>>> {
     let Some(json) = metadata.get(LABELS_KEY) else {
@@ -170,17 +178,15 @@ impl Classifier {
     /// The encoder the head was trained on, refusing one of another width before its
     /// weights are read.
     pub fn load_model(&self, device: &DeviceArgs) -> Result<LoadedModel> {
-        let files = model_files(&self.model)?;
-        let model_hidden = files.config.hidden_size;
+        let model_hidden = model_files(&self.model)?.config.hidden_size;
         if self.head.hidden != model_hidden {
             bail!(
-                "head is for hidden size {} but the model has {model_hidden} ({} from {}): pass the --model it was trained with",
+                "head is for hidden size {} but the model has {model_hidden} (head {}, model {}): pass the --model it was trained with",
                 self.head.hidden,
                 self.source.display(),
-                files.resolved.id
+                self.model.model
             );
         }
-        drop(files);
         let model = load_model(&self.model, device)?;
         if let Some(info) = self.run.as_ref().filter(|_| self.model_overridden) {
             let sha = weights_sha256(&model.files.dir.dir)?;
