@@ -1,0 +1,418 @@
+//! `bertcls train` end to end on the tiny fixture model and datasets: the run folder,
+//! the feature cache, `--resume`, every data format, and the one-line errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use bertcls::checkpoint::load_head;
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn dsdict() -> String {
+    fixtures().join("data/tiny-dsdict").display().to_string()
+}
+
+/// A test's own folder for runs and caches, emptied first.
+struct Sandbox {
+    dir: PathBuf,
+}
+
+impl Sandbox {
+    fn new(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("bertcls-cli-train-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Sandbox { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    fn feature_cache(&self) -> PathBuf {
+        self.dir.join("features")
+    }
+
+    /// `bertcls train` on the tiny model and the CPU, offline, caching under the sandbox.
+    fn train(&self, args: &[&str]) -> Output {
+        let model = fixtures().join("tiny/model");
+        Command::new(env!("CARGO_BIN_EXE_bertcls"))
+            .arg("train")
+            .args(["--model", model.to_str().unwrap(), "--device", "cpu"])
+            .args(["--cache-dir", self.feature_cache().to_str().unwrap()])
+            .args(args)
+            .env("HF_HUB_OFFLINE", "1")
+            .env("BERTCLS_CACHE", self.dir.join("bertcls-cache"))
+            .output()
+            .unwrap()
+    }
+
+    /// The recipe at a scale the 32-row fixture can learn from in a few epochs.
+    fn train_tiny(&self, epochs: usize, extra: &[&str]) -> Output {
+        let (data, epochs) = (dsdict(), epochs.to_string());
+        let mut args = vec![
+            "--data",
+            &data,
+            "--batch-size",
+            "8",
+            "--lr",
+            "1e-2",
+            "--epochs",
+            &epochs,
+        ];
+        args.extend_from_slice(extra);
+        self.train(&args)
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn succeeded(out: &Output) {
+    assert!(
+        out.status.success(),
+        "bertcls train failed:\n{}",
+        stderr(out)
+    );
+}
+
+/// A non-zero exit whose last stderr line is the one error line, containing `needle`.
+fn failed_with(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert!(
+        !out.status.success(),
+        "expected a failure, got success:\n{err}"
+    );
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains(needle),
+        "expected one error line with {needle:?}:\n{err}"
+    );
+    assert_eq!(
+        err.matches("error: ").count(),
+        1,
+        "more than one error line:\n{err}"
+    );
+}
+
+fn metrics(run: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(Path::new(run).join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// metrics.jsonl less the wall times, which differ between runs.
+fn metrics_without_time(run: &str) -> Vec<Value> {
+    let mut m = metrics(run);
+    for epoch in &mut m {
+        epoch["seconds"] = Value::Null;
+    }
+    m
+}
+
+fn run_json(run: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(Path::new(run).join("run.json")).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn trains_and_writes_the_run_folder() {
+    let sb = Sandbox::new("run");
+    let run = sb.path("run");
+    let out = sb.train_tiny(3, &["--out", &run, "--json", "--log-every", "2"]);
+    succeeded(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains("epoch 2 step 4 loss "),
+        "no recipe log line:\n{err}"
+    );
+
+    for name in [
+        "head-epoch-1",
+        "head-epoch-2",
+        "head-epoch-3",
+        "best",
+        "last",
+    ] {
+        assert!(
+            Path::new(&run)
+                .join(format!("{name}.safetensors"))
+                .is_file(),
+            "{name} missing"
+        );
+    }
+    let m = metrics(&run);
+    assert_eq!(m.len(), 3);
+    let loss = |i: usize| m[i]["train_loss"].as_f64().unwrap();
+    assert!(loss(2) < loss(0), "training loss did not go down: {m:?}");
+    assert!(m
+        .iter()
+        .all(|e| e["val_acc"].is_f64() && e["val_loss"].is_f64()));
+
+    let info = run_json(&run);
+    assert_eq!(info["labels"], serde_json::json!(["negative", "positive"]));
+    assert_eq!(info["max_length"], 350);
+    assert_eq!(info["hidden_size"], 32);
+    assert_eq!(info["weights_sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(info["hyperparameters"]["batch_size"], 8);
+    assert_eq!(info["hyperparameters"]["lr"], 1e-2);
+    assert_eq!(info["hyperparameters"]["epochs"], 3);
+    assert!(Path::new(info["model_dir"].as_str().unwrap()).is_absolute());
+
+    let last = load_head(&Path::new(&run).join("last.safetensors"), Some(32)).unwrap();
+    assert_eq!((last.head.num_labels, last.head.hidden), (2, 32));
+    assert_eq!(last.optim.unwrap().step, 12, "3 epochs of 32 / 8 steps");
+    assert_eq!(last.metadata["epoch"], "3");
+    assert_eq!(last.metadata["labels"], r#"["negative","positive"]"#);
+
+    let summary: Value =
+        serde_json::from_slice(&out.stdout).expect("--json prints one JSON object");
+    let best = summary["best_epoch"].as_u64().unwrap() as usize;
+    let best_acc = m
+        .iter()
+        .map(|e| e["val_acc"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert_eq!(m[best - 1]["val_acc"].as_f64(), Some(best_acc));
+    let best_head = load_head(&Path::new(&run).join("best.safetensors"), None).unwrap();
+    assert_eq!(best_head.metadata["epoch"], best.to_string());
+}
+
+#[test]
+fn second_run_reads_the_cache_and_max_length_misses() {
+    let sb = Sandbox::new("cache");
+    let (a, b) = (sb.path("a"), sb.path("b"));
+    let first = sb.train_tiny(1, &["--out", &a]);
+    succeeded(&first);
+    assert!(stderr(&first).contains("encoded train"));
+
+    let second = sb.train_tiny(1, &["--out", &b]);
+    succeeded(&second);
+    let err = stderr(&second);
+    assert!(err.contains("train: 32 features from the cache"), "{err}");
+    assert!(
+        err.contains("validation: 8 features from the cache"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("encoded "),
+        "a cached run encoded something:\n{err}"
+    );
+    assert_eq!(
+        metrics_without_time(&a),
+        metrics_without_time(&b),
+        "cached features train differently"
+    );
+
+    let shorter = sb.train_tiny(1, &["--out", &sb.path("c"), "--max-length", "16"]);
+    succeeded(&shorter);
+    assert!(
+        stderr(&shorter).contains("encoded train"),
+        "--max-length 16 hit the cache"
+    );
+}
+
+#[test]
+fn no_cache_stores_nothing() {
+    let sb = Sandbox::new("nocache");
+    succeeded(&sb.train_tiny(1, &["--out", &sb.path("run"), "--no-cache"]));
+    let stored = std::fs::read_dir(sb.feature_cache())
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(stored, 0, "--no-cache wrote into the feature cache");
+}
+
+/// 4 epochs straight and 2 then `--resume` to 4 end on the same head, optimiser and metrics.
+#[test]
+fn resume_continues_exactly() {
+    let sb = Sandbox::new("resume");
+    let (straight, split) = (sb.path("straight"), sb.path("split"));
+    succeeded(&sb.train_tiny(4, &["--out", &straight]));
+    succeeded(&sb.train_tiny(2, &["--out", &split]));
+    let resumed = sb.train_tiny(4, &["--resume", &split]);
+    succeeded(&resumed);
+    assert!(stderr(&resumed).contains("after epoch 2"));
+
+    for name in ["last", "best", "head-epoch-3"] {
+        let path = |run: &str| Path::new(run).join(format!("{name}.safetensors"));
+        let (a, b) = (
+            load_head(&path(&straight), None).unwrap(),
+            load_head(&path(&split), None).unwrap(),
+        );
+        assert_eq!(a.head, b.head, "{name}: heads differ");
+        assert_eq!(a.optim, b.optim, "{name}: AdamW states differ");
+        assert_eq!(a.metadata, b.metadata, "{name}: metadata differs");
+    }
+    assert_eq!(
+        metrics_without_time(&straight),
+        metrics_without_time(&split)
+    );
+    assert_eq!(run_json(&split)["hyperparameters"]["epochs"], 4);
+}
+
+#[test]
+fn resume_refuses_a_different_setup() {
+    let sb = Sandbox::new("resume-refuse");
+    let run = sb.path("run");
+    succeeded(&sb.train_tiny(1, &["--out", &run]));
+    failed_with(
+        &sb.train_tiny(2, &["--resume", &run, "--max-length", "16"]),
+        "--max-length (run: 350, now: 16)",
+    );
+    failed_with(
+        &sb.train_tiny(2, &["--resume", &run, "--seed", "7"]),
+        "--seed (run: 0, now: 7)",
+    );
+    failed_with(
+        &sb.train_tiny(1, &["--resume", &run]),
+        "has done 1 epochs already",
+    );
+    failed_with(
+        &sb.train_tiny(2, &["--resume", &sb.path("nothing")]),
+        "no run.json and last.safetensors",
+    );
+    let tsv = fixtures().join("data/tiny-files/train.tsv");
+    failed_with(
+        &sb.train(&[
+            "--data",
+            tsv.to_str().unwrap(),
+            "--batch-size",
+            "8",
+            "--lr",
+            "1e-2",
+            "--epochs",
+            "2",
+            "--resume",
+            &run,
+        ]),
+        "labels (run: negative,positive, now: 0,1)",
+    );
+}
+
+#[test]
+fn every_file_format_trains() {
+    let sb = Sandbox::new("formats");
+    for ext in ["parquet", "jsonl", "csv", "tsv"] {
+        let data = fixtures().join(format!("data/tiny-files/train.{ext}"));
+        let out = sb.train(&[
+            "--data",
+            data.to_str().unwrap(),
+            "--batch-size",
+            "8",
+            "--epochs",
+            "1",
+            "--out",
+            &sb.path(ext),
+        ]);
+        succeeded(&out);
+        let m = metrics(&sb.path(ext));
+        assert!(m.len() == 1 && m[0]["val_acc"].is_f64(), "{ext}: {m:?}");
+    }
+}
+
+#[test]
+fn without_validation_split_best_is_last() {
+    let sb = Sandbox::new("noval");
+    let data = fixtures().join("data/tiny-dataset");
+    let run = sb.path("run");
+    let out = sb.train(&[
+        "--data",
+        data.to_str().unwrap(),
+        "--batch-size",
+        "8",
+        "--epochs",
+        "2",
+        "--out",
+        &run,
+    ]);
+    succeeded(&out);
+    assert!(stderr(&out).contains("no validation split"));
+    assert!(metrics(&run).iter().all(|m| m["val_acc"].is_null()));
+    let load = |name: &str| load_head(&Path::new(&run).join(name), None).unwrap();
+    assert_eq!(load("best.safetensors").head, load("last.safetensors").head);
+    failed_with(
+        &sb.train(&[
+            "--data",
+            data.to_str().unwrap(),
+            "--batch-size",
+            "8",
+            "--validation-split",
+            "validation",
+            "--out",
+            &sb.path("x"),
+        ]),
+        "unknown split \"validation\"",
+    );
+}
+
+#[test]
+fn errors_are_one_line() {
+    let sb = Sandbox::new("errors");
+    let out = sb.path("run");
+    let data = dsdict();
+    failed_with(
+        &sb.train_tiny(1, &["--out", &out, "--split", "nope"]),
+        "unknown split \"nope\"",
+    );
+    failed_with(
+        &sb.train_tiny(1, &["--out", &out, "--text-column", "nope"]),
+        "no column \"nope\"",
+    );
+    failed_with(
+        &sb.train(&["--data", &data, "--batch-size", "64", "--out", &out]),
+        "train split has 32 rows, fewer than --batch-size 64: lower --batch-size",
+    );
+    failed_with(
+        &sb.train(&["--data", &data, "--batch-size", "0", "--out", &out]),
+        "--batch-size 0",
+    );
+    failed_with(&sb.train_tiny(0, &["--out", &out]), "--epochs 0");
+    assert!(
+        !Path::new(&out).exists(),
+        "a failed run left its folder behind"
+    );
+
+    succeeded(&sb.train_tiny(1, &["--out", &out]));
+    failed_with(&sb.train_tiny(1, &["--out", &out]), "already holds a run");
+    let file = sb.path("a-file");
+    std::fs::write(&file, "x").unwrap();
+    failed_with(
+        &sb.train_tiny(1, &["--out", &file]),
+        "is a file, not a folder",
+    );
+}
+
+#[test]
+fn help_names_the_recipe_defaults() {
+    let out = Command::new(env!("CARGO_BIN_EXE_bertcls"))
+        .args(["train", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "--epochs <EPOCHS>",
+        "[default: 100]",
+        "[default: 32]",
+        "[default: 0.00001]",
+        "--resume <DIR>",
+        "runs/<UTC date-time>",
+        "--head-device",
+        "--no-cache",
+    ] {
+        assert!(help.contains(needle), "help lacks {needle}:\n{help}");
+    }
+}
