@@ -51,7 +51,10 @@ fn main() {
     let model_dir = shared.join("models/bert-base-chinese");
     let config_path = model_dir.join("config.json");
     if !config_path.is_file() {
-        eprintln!("SKIPPED: {} not found (needs ../shared beside the checkout)", config_path.display());
+        eprintln!(
+            "SKIPPED: {} not found (needs ../shared beside the checkout)",
+            config_path.display()
+        );
         return;
     }
     let config = BertConfig::from_file(&config_path).unwrap();
@@ -63,12 +66,19 @@ fn main() {
     for (b, l) in [(1, 128), (8, 128), (32, 128)] {
         let texts: Vec<TokenizedText> = (0..b)
             .map(|i| TokenizedText {
-                ids: (0..l).map(|j| ((i * 7919 + j * 104_729) % (config.vocab_size - 1000) + 1000) as u32).collect(),
+                ids: (0..l)
+                    .map(|j| ((i * 7919 + j * 104_729) % (config.vocab_size - 1000) + 1000) as u32)
+                    .collect(),
                 type_ids: vec![0; l],
             })
             .collect();
         let batch = PackedBatch::new(&texts);
-        let secs = time(|| { enc.forward(&batch, Keep::Cls).unwrap(); }, 10.0);
+        let secs = time(
+            || {
+                enc.forward(&batch, Keep::Cls).unwrap();
+            },
+            10.0,
+        );
         report(&format!("{b}x{l}"), b * l, secs);
     }
 
@@ -80,11 +90,25 @@ fn main() {
     let texts: Vec<String> = text
         .lines()
         .take(n_texts)
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["text"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     let tokenizer = BertTokenizer::from_dir(&model_dir, 350).unwrap();
     let tokens = tokenizer.encode_many(&texts).unwrap();
     let real: usize = tokens.iter().map(|t| t.ids.len()).sum();
-    let secs = time(|| { encode_all(&mut enc, &tokens, |_| {}).unwrap(); }, 1.0);
-    report(&format!("chnsenticorp-train-first{n_texts}-packed"), real, secs);
+    let secs = time(
+        || {
+            encode_all(&mut enc, &tokens, |_| {}).unwrap();
+        },
+        1.0,
+    );
+    report(
+        &format!("chnsenticorp-train-first{n_texts}-packed"),
+        real,
+        secs,
+    );
 }

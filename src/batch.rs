@@ -17,7 +17,10 @@ pub struct PackedBatch {
 
 impl PackedBatch {
     pub fn new<'a>(texts: impl IntoIterator<Item = &'a TokenizedText>) -> Self {
-        let mut b = PackedBatch { offsets: vec![0], ..Default::default() };
+        let mut b = PackedBatch {
+            offsets: vec![0],
+            ..Default::default()
+        };
         for t in texts {
             b.ids.extend_from_slice(&t.ids);
             b.type_ids.extend_from_slice(&t.type_ids);
@@ -41,7 +44,11 @@ impl PackedBatch {
     }
 
     pub fn max_len(&self) -> usize {
-        self.offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0)
+        self.offsets
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -84,15 +91,28 @@ mod tests {
         for b in &batches {
             assert!(b.len() <= 3);
             let tokens: usize = b.iter().map(|&i| lengths[i]).sum();
-            assert!(tokens <= 400 || b.len() == 1, "batch {b:?} has {tokens} tokens");
+            assert!(
+                tokens <= 400 || b.len() == 1,
+                "batch {b:?} has {tokens} tokens"
+            );
         }
-        assert_eq!(batches[0], vec![5], "longest first, alone when two do not fit");
+        assert_eq!(
+            batches[0],
+            vec![5],
+            "longest first, alone when two do not fit"
+        );
     }
 
     #[test]
     fn packed_offsets_and_positions() {
-        let a = TokenizedText { ids: vec![101, 7, 102], type_ids: vec![0; 3] };
-        let b = TokenizedText { ids: vec![101, 102], type_ids: vec![0; 2] };
+        let a = TokenizedText {
+            ids: vec![101, 7, 102],
+            type_ids: vec![0; 3],
+        };
+        let b = TokenizedText {
+            ids: vec![101, 102],
+            type_ids: vec![0; 2],
+        };
         let p = PackedBatch::new([&a, &b]);
         assert_eq!(p.offsets, vec![0, 3, 5]);
         assert_eq!(p.positions, vec![0, 1, 2, 0, 1]);

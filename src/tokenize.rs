@@ -63,7 +63,11 @@ impl BertTokenizer {
             }))
             .map_err(|e| anyhow!("cannot set truncation on the tokenizer: {e}"))?;
         inner.with_padding(None);
-        Ok(Self { inner, sources, max_length })
+        Ok(Self {
+            inner,
+            sources,
+            max_length,
+        })
     }
 
     pub fn max_length(&self) -> usize {
@@ -79,7 +83,11 @@ impl BertTokenizer {
         let mut h = Sha256::new();
         for p in &self.sources {
             let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
-            h.update(p.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+            h.update(
+                p.file_name()
+                    .map(|n| n.as_encoded_bytes())
+                    .unwrap_or_default(),
+            );
             h.update(&bytes);
         }
         h.update(self.max_length.to_le_bytes());
@@ -91,7 +99,10 @@ impl BertTokenizer {
             .inner
             .encode(text, true)
             .map_err(|e| anyhow!("cannot tokenize {:?}: {e}", truncate_for_message(text)))?;
-        Ok(TokenizedText { ids: enc.get_ids().to_vec(), type_ids: enc.get_type_ids().to_vec() })
+        Ok(TokenizedText {
+            ids: enc.get_ids().to_vec(),
+            type_ids: enc.get_type_ids().to_vec(),
+        })
     }
 
     /// Tokenizes in parallel, keeping input order.
@@ -118,13 +129,27 @@ fn from_vocab(vocab: &Path, config_path: &Path) -> Result<Tokenizer> {
     };
     // HF's BertTokenizer defaults: do_lower_case=True, tokenize_chinese_chars=True,
     // strip_accents=None (which then follows do_lower_case).
-    let lowercase = config.get("do_lower_case").and_then(|v| v.as_bool()).unwrap_or(true);
-    let chinese = config.get("tokenize_chinese_chars").and_then(|v| v.as_bool()).unwrap_or(true);
+    let lowercase = config
+        .get("do_lower_case")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(true);
+    let chinese = config
+        .get("tokenize_chinese_chars")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(true);
     let strip_accents = config.get("strip_accents").and_then(|v| v.as_bool());
     let special = |key: &str, default: &str| -> String {
-        config.get(key).and_then(|v| v.as_str()).unwrap_or(default).to_string()
+        config
+            .get(key)
+            .and_then(|v| v.as_str())
+            .unwrap_or(default)
+            .to_string()
     };
-    let (unk, cls, sep) = (special("unk_token", "[UNK]"), special("cls_token", "[CLS]"), special("sep_token", "[SEP]"));
+    let (unk, cls, sep) = (
+        special("unk_token", "[UNK]"),
+        special("cls_token", "[CLS]"),
+        special("sep_token", "[SEP]"),
+    );
 
     let vocab_str = vocab
         .to_str()
@@ -134,13 +159,22 @@ fn from_vocab(vocab: &Path, config_path: &Path) -> Result<Tokenizer> {
         .build()
         .map_err(|e| anyhow!("{} is not a WordPiece vocabulary ({e})", vocab.display()))?;
     let id = |tok: &str| -> Result<u32> {
-        tokenizers::Model::token_to_id(&wordpiece, tok)
-            .ok_or_else(|| anyhow!("{} has no {tok} token: it is not a BERT vocabulary", vocab.display()))
+        tokenizers::Model::token_to_id(&wordpiece, tok).ok_or_else(|| {
+            anyhow!(
+                "{} has no {tok} token: it is not a BERT vocabulary",
+                vocab.display()
+            )
+        })
     };
     let (cls_id, sep_id) = (id(&cls)?, id(&sep)?);
     id(&unk)?;
     let mut tok = Tokenizer::new(wordpiece);
-    tok.with_normalizer(Some(BertNormalizer::new(true, chinese, strip_accents, lowercase)));
+    tok.with_normalizer(Some(BertNormalizer::new(
+        true,
+        chinese,
+        strip_accents,
+        lowercase,
+    )));
     tok.with_pre_tokenizer(Some(BertPreTokenizer));
     tok.with_post_processor(Some(BertProcessing::new((sep, sep_id), (cls, cls_id))));
     Ok(tok)

@@ -33,7 +33,11 @@ fn encode_fails(dir: &Path) -> String {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(1), "expected exit 1, stderr: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected exit 1, stderr: {stderr}"
+    );
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "one error line expected: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -41,7 +45,10 @@ fn encode_fails(dir: &Path) -> String {
 }
 
 /// Rewrites model.safetensors through `edit` (name -> (dtype, shape, bytes)).
-fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut HashMap<String, (Dtype, Vec<usize>, Vec<u8>)>)) {
+fn rewrite_weights(
+    dir: &Path,
+    edit: impl FnOnce(&mut HashMap<String, (Dtype, Vec<usize>, Vec<u8>)>),
+) {
     let path = dir.join("model.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
@@ -77,16 +84,26 @@ fn corrupt_config() {
     let dir = copy_tiny("bad-config");
     std::fs::write(dir.join("config.json"), "{ not json").unwrap();
     let e = encode_fails(&dir);
-    assert!(e.contains("config.json") && e.contains("not a BERT config.json"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("not a BERT config.json"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unsupported_activation() {
     let dir = copy_tiny("swish");
     let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
-    std::fs::write(dir.join("config.json"), text.replace("\"gelu\"", "\"swish\"")).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        text.replace("\"gelu\"", "\"swish\""),
+    )
+    .unwrap();
     let e = encode_fails(&dir);
-    assert!(e.contains("hidden_act \"swish\"") && e.contains("config.json"), "{e}");
+    assert!(
+        e.contains("hidden_act \"swish\"") && e.contains("config.json"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -104,7 +121,10 @@ fn truncated_weights() {
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let e = encode_fails(&dir);
-    assert!(e.contains("model.safetensors") && e.contains("truncated or corrupt"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("truncated or corrupt"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -114,14 +134,21 @@ fn missing_tensor() {
         t.remove("encoder.layer.1.output.dense.weight").unwrap();
     });
     let e = encode_fails(&dir);
-    assert!(e.contains("missing tensor encoder.layer.1.output.dense.weight"), "{e}");
+    assert!(
+        e.contains("missing tensor encoder.layer.1.output.dense.weight"),
+        "{e}"
+    );
 }
 
 #[test]
 fn wrong_shape() {
     let dir = copy_tiny("wrong-shape");
     let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
-    std::fs::write(dir.join("config.json"), text.replace("\"intermediate_size\": 64", "\"intermediate_size\": 48")).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        text.replace("\"intermediate_size\": 64", "\"intermediate_size\": 48"),
+    )
+    .unwrap();
     let e = encode_fails(&dir);
     assert!(e.contains("has shape [64, 32], expected [48, 32]"), "{e}");
 }
@@ -135,10 +162,16 @@ fn unsupported_dtype() {
             .chunks_exact(4)
             .flat_map(|c| (f32::from_le_bytes(c.try_into().unwrap()) as f64).to_le_bytes())
             .collect();
-        t.insert("embeddings.LayerNorm.weight".into(), (Dtype::F64, shape, doubled));
+        t.insert(
+            "embeddings.LayerNorm.weight".into(),
+            (Dtype::F64, shape, doubled),
+        );
     });
     let e = encode_fails(&dir);
-    assert!(e.contains("embeddings.LayerNorm.weight") && e.contains("F64"), "{e}");
+    assert!(
+        e.contains("embeddings.LayerNorm.weight") && e.contains("F64"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -32,7 +32,10 @@ fn check_all_hidden_states(model: &str, reference: &str) {
             let got = &ours[start * c..(start + n) * c];
             let exp = &want[i * l * c..(i * l + n) * c];
             let d = max_abs_diff(got, exp);
-            assert!(d < TINY_TOL, "{model}: layer {layer} text {i}: max |diff| {d:e}");
+            assert!(
+                d < TINY_TOL,
+                "{model}: layer {layer} text {i}: max |diff| {d:e}"
+            );
         }
     }
     assert!(max_abs_diff(&out.cls, &r["cls"].f32) < TINY_TOL);
@@ -64,7 +67,10 @@ fn cls_is_independent_of_batch_composition() {
     let r = read_tensors(&fixtures().join("tiny/reference.safetensors"));
     let texts = unpad(&r);
     let mut enc = Encoder::new(CpuBackend::new(2).unwrap(), config, &weights, 1024).unwrap();
-    let together = enc.forward(&PackedBatch::new(texts.iter().rev()), Keep::Cls).unwrap().cls;
+    let together = enc
+        .forward(&PackedBatch::new(texts.iter().rev()), Keep::Cls)
+        .unwrap()
+        .cls;
     let n = texts.len();
     for (i, t) in texts.iter().enumerate() {
         let alone = enc.forward(&PackedBatch::new([t]), Keep::Cls).unwrap().cls;
@@ -76,7 +82,9 @@ fn cls_is_independent_of_batch_composition() {
 
 /// A real checkpoint's folder: `$env` if set, else `models/<name>` (scripts/fetch-models.sh).
 fn real_model(env: &str, name: &str) -> Option<std::path::PathBuf> {
-    let dir = std::env::var_os(env).map(Into::into).unwrap_or_else(|| repo().join("models").join(name));
+    let dir = std::env::var_os(env)
+        .map(Into::into)
+        .unwrap_or_else(|| repo().join("models").join(name));
     dir.join("model.safetensors").is_file().then_some(dir)
 }
 
@@ -87,7 +95,10 @@ const REAL_TOL: f32 = 2e-4;
 
 fn check_real_model(env: &str, name: &str, fixture: &str) {
     let Some(dir) = real_model(env, name) else {
-        skip_unless(false, &format!("{name} not found (set {env} or run scripts/fetch-models.sh)"));
+        skip_unless(
+            false,
+            &format!("{name} not found (set {env} or run scripts/fetch-models.sh)"),
+        );
         return;
     };
     let r = read_tensors(&fixtures().join(fixture).join("reference.safetensors"));
@@ -111,8 +122,14 @@ fn check_real_model(env: &str, name: &str, fixture: &str) {
     let want = &r["last_hidden_state"].f32;
     for (i, t) in ours.iter().enumerate() {
         let (n, start) = (t.ids.len(), batch.offsets[i]);
-        let d = max_abs_diff(&last[start * c..(start + n) * c], &want[i * l * c..(i * l + n) * c]);
-        assert!(d < REAL_TOL, "{name}: text {i} last hidden state off by {d:e}");
+        let d = max_abs_diff(
+            &last[start * c..(start + n) * c],
+            &want[i * l * c..(i * l + n) * c],
+        );
+        assert!(
+            d < REAL_TOL,
+            "{name}: text {i} last hidden state off by {d:e}"
+        );
     }
     let cls = enc.forward(&batch, Keep::Cls).unwrap().cls;
     let d = max_abs_diff(&cls, &r["cls"].f32);

@@ -64,7 +64,12 @@ pub fn model_files(args: &ModelArgs) -> Result<ModelFiles> {
     let dir = ModelDir::open(&resolved.dir)?;
     let config = dir.config()?;
     let tokenizer = BertTokenizer::from_dir(&dir.dir, args.max_length)?;
-    Ok(ModelFiles { resolved, dir, config, tokenizer })
+    Ok(ModelFiles {
+        resolved,
+        dir,
+        config,
+        tokenizer,
+    })
 }
 
 /// A model's tokenizer and encoder on the chosen device, ready to run.
@@ -108,7 +113,12 @@ pub fn load_model(model: &ModelArgs, device: &DeviceArgs) -> Result<LoadedModel>
     let (config, weights) = files.dir.load()?;
     let budget = device.max_batch_tokens.max(model.max_length);
     let encoder: Box<dyn ClsEncoder> = match resolved_device {
-        Device::Cpu => Box::new(Encoder::new(CpuBackend::new(device.threads)?, config, &weights, budget)?),
+        Device::Cpu => Box::new(Encoder::new(
+            CpuBackend::new(device.threads)?,
+            config,
+            &weights,
+            budget,
+        )?),
         Device::Cuda(n) => {
             let backend = CudaBackend::new(n, device.precision, budget)?;
             Box::new(Encoder::new(backend, config, &weights, budget)?)
@@ -121,7 +131,12 @@ pub fn load_model(model: &ModelArgs, device: &DeviceArgs) -> Result<LoadedModel>
         encoder.describe(),
         started.elapsed().as_secs_f64()
     );
-    Ok(LoadedModel { files, device: resolved_device, precision: device.precision, encoder })
+    Ok(LoadedModel {
+        files,
+        device: resolved_device,
+        precision: device.precision,
+        encoder,
+    })
 }
 
 /// [CLS] features (N, C) of `texts`, with a progress bar; prints the time and tokens/s.
@@ -129,7 +144,9 @@ pub fn encode_texts(model: &mut LoadedModel, texts: &[String], what: &str) -> Re
     let started = Instant::now();
     let tokens = model.files.tokenizer.encode_many(texts)?;
     let mut progress = Progress::new(texts.len() as u64, &format!("encoding {what}"));
-    let cls = encode_all(model.encoder.as_mut(), &tokens, |done| progress.set(done as u64))?;
+    let cls = encode_all(model.encoder.as_mut(), &tokens, |done| {
+        progress.set(done as u64)
+    })?;
     progress.finish();
     let real_tokens: usize = tokens.iter().map(|t| t.ids.len()).sum();
     let secs = started.elapsed().as_secs_f64();
@@ -178,8 +195,13 @@ pub struct CacheArgs {
 
 impl CacheArgs {
     pub fn cache(&self) -> Option<FeatureCache> {
-        (!self.no_cache)
-            .then(|| FeatureCache::new(self.cache_dir.clone().unwrap_or_else(FeatureCache::default_dir)))
+        (!self.no_cache).then(|| {
+            FeatureCache::new(
+                self.cache_dir
+                    .clone()
+                    .unwrap_or_else(FeatureCache::default_dir),
+            )
+        })
     }
 }
 
@@ -200,7 +222,11 @@ pub struct Features {
 
 impl FeatureSource {
     pub fn new(cache: Option<FeatureCache>) -> Self {
-        Self { cache, weights_sha256: None, tokenizer: None }
+        Self {
+            cache,
+            weights_sha256: None,
+            tokenizer: None,
+        }
     }
 
     /// sha256 of the model's weights, computed at most once.
@@ -219,7 +245,10 @@ impl FeatureSource {
         data_hash: &str,
     ) -> Result<Features> {
         let Some(cache) = self.cache.clone() else {
-            return Ok(Features { x: encode_texts(model, texts, split_name)?, cached: false });
+            return Ok(Features {
+                x: encode_texts(model, texts, split_name)?,
+                cached: false,
+            });
         };
         if self.tokenizer.is_none() {
             self.tokenizer = Some(model.files.tokenizer.fingerprint()?);
@@ -235,7 +264,11 @@ impl FeatureSource {
         let hidden = model.encoder.hidden_size();
         if let Some(x) = cache.get(&key)? {
             if x.len() == texts.len() * hidden {
-                eprintln!("{split_name}: {} features from the cache {}", texts.len(), cache.path(&key).display());
+                eprintln!(
+                    "{split_name}: {} features from the cache {}",
+                    texts.len(),
+                    cache.path(&key).display()
+                );
                 return Ok(Features { x, cached: true });
             }
         }
@@ -247,7 +280,8 @@ impl FeatureSource {
 
 /// Reads one text per line; names the file and line of the first non-UTF-8 line.
 pub fn read_lines(path: &Path) -> Result<Vec<String>> {
-    let bytes = std::fs::read(path).map_err(|e| anyhow!("cannot read {} ({e}): check the path", path.display()))?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| anyhow!("cannot read {} ({e}): check the path", path.display()))?;
     parse_lines(&bytes, &path.display().to_string())
 }
 

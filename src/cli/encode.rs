@@ -51,7 +51,10 @@ pub fn run(args: EncodeArgs) -> Result<()> {
         let n = texts.len();
         let cls_bytes: Vec<u8> = cls.iter().flat_map(|v| v.to_le_bytes()).collect();
         let mut tensors: HashMap<String, TensorView> = HashMap::new();
-        tensors.insert("cls".into(), TensorView::new(Dtype::F32, vec![n, hidden], &cls_bytes)?);
+        tensors.insert(
+            "cls".into(),
+            TensorView::new(Dtype::F32, vec![n, hidden], &cls_bytes)?,
+        );
         let (ids_bytes, mask_bytes, max_len);
         if args.ids {
             max_len = tokens.iter().map(|t| t.ids.len()).max().unwrap_or(0);
@@ -66,8 +69,14 @@ pub fn run(args: EncodeArgs) -> Result<()> {
                 }
             }
             (ids_bytes, mask_bytes) = (ids, mask);
-            tensors.insert("input_ids".into(), TensorView::new(Dtype::I64, vec![n, max_len], &ids_bytes)?);
-            tensors.insert("attention_mask".into(), TensorView::new(Dtype::I64, vec![n, max_len], &mask_bytes)?);
+            tensors.insert(
+                "input_ids".into(),
+                TensorView::new(Dtype::I64, vec![n, max_len], &ids_bytes)?,
+            );
+            tensors.insert(
+                "attention_mask".into(),
+                TensorView::new(Dtype::I64, vec![n, max_len], &mask_bytes)?,
+            );
         }
         let mut meta = HashMap::new();
         meta.insert("model".to_string(), model.id().to_string());

@@ -28,8 +28,11 @@ pub fn run(args: InfoArgs) -> Result<()> {
         .collect();
     weight_files.sort();
     weight_files.dedup();
-    let tokenizer_files: Vec<String> =
-        tokenizer.sources().iter().map(|p| p.display().to_string()).collect();
+    let tokenizer_files: Vec<String> = tokenizer
+        .sources()
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
     let params = config.num_parameters();
     if args.json {
         let obj = serde_json::json!({
@@ -67,7 +70,10 @@ pub fn run(args: InfoArgs) -> Result<()> {
         config.max_position_embeddings,
         config.type_vocab_size
     );
-    println!("            hidden_act {}, layer_norm_eps {:e}", config.hidden_act, config.layer_norm_eps);
+    println!(
+        "            hidden_act {}, layer_norm_eps {:e}",
+        config.hidden_act, config.layer_norm_eps
+    );
     println!("parameters  {params} (encoder, without pooler)");
     for f in &weight_files {
         println!("weights     {f}");

@@ -3,13 +3,21 @@
 mod common;
 mod encode;
 mod info;
+mod predict;
 mod progress;
+mod run_dir;
+mod test;
+mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "bertcls", version, about = "Train and serve BERT text classifiers: a linear head on a frozen encoder, on CPU or NVIDIA GPU")]
+#[command(
+    name = "bertcls",
+    version,
+    about = "Train and serve BERT text classifiers: a linear head on a frozen encoder, on CPU or NVIDIA GPU"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -17,6 +25,12 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a Linear(hidden, num_labels) head on the frozen encoder's [CLS] features.
+    Train(train::TrainArgs),
+    /// Score a trained head on a split: accuracy, loss, per-class precision/recall/F1.
+    Test(test::TestArgs),
+    /// Label new text: arguments, --file, standard input, or an interactive prompt.
+    Predict(predict::PredictArgs),
     /// Write each text's [CLS] vector (safetensors or JSON lines).
     Encode(encode::EncodeArgs),
     /// Show a model's config, parameter count and files, and the CUDA backend's state.
@@ -25,6 +39,9 @@ enum Command {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Train(args) => train::run(args),
+        Command::Test(args) => test::run(args),
+        Command::Predict(args) => predict::run(args),
         Command::Encode(args) => encode::run(args),
         Command::Info(args) => info::run(args),
     }

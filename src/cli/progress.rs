@@ -27,7 +27,12 @@ impl Progress {
             bar.set_message(label.to_string());
             bar
         });
-        Self { bar, label: label.to_string(), total, last_line: Instant::now() }
+        Self {
+            bar,
+            label: label.to_string(),
+            total,
+            last_line: Instant::now(),
+        }
     }
 
     pub fn set(&mut self, done: u64) {

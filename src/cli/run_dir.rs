@@ -61,8 +61,12 @@ impl RunInfo {
         let text = std::fs::read_to_string(&path).map_err(|e| {
             anyhow!("cannot read {} ({e}): pass --run with a folder written by bertcls train, or --head FILE", path.display())
         })?;
-        serde_json::from_str(&text)
-            .map_err(|e| anyhow!("{} is not a bertcls run.json ({e}): it is corrupt or from another tool", path.display()))
+        serde_json::from_str(&text).map_err(|e| {
+            anyhow!(
+                "{} is not a bertcls run.json ({e}): it is corrupt or from another tool",
+                path.display()
+            )
+        })
     }
 
     pub fn save(&self, run: &Path) -> Result<()> {

@@ -44,14 +44,18 @@ impl BertConfig {
         let config: Self = serde_json::from_str(&text).map_err(|e| {
             anyhow!("{} is not a BERT config.json ({e}): pass a folder made by transformers' save_pretrained", path.display())
         })?;
-        config.validate().map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        config
+            .validate()
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
         Ok(config)
     }
 
     fn validate(&self) -> Result<()> {
         if let Some(t) = &self.model_type {
             if !matches!(t.as_str(), "bert" | "xlm-roberta" | "roberta") {
-                bail!("model_type \"{t}\" is not a BERT encoder; bertcls runs BertModel checkpoints");
+                bail!(
+                    "model_type \"{t}\" is not a BERT encoder; bertcls runs BertModel checkpoints"
+                );
             }
         }
         if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {

@@ -1,6 +1,7 @@
 //! The BERT encoder forward pass, written once against `backend::Backend`.
 //!
-//! Mirrors HF `BertModel` (transformers/models/bert/modeling_bert.py) in eval mode:
+//! Mirrors HF `BertModel` (https://github.com/huggingface/transformers/blob/v5.24.0/src/transformers/models/bert/modeling_bert.py#L627, the version the
+//! test fixtures were made with) in eval mode:
 //! post-LayerNorm blocks, no dropout, attention restricted to each text's own tokens.
 
 use anyhow::{bail, Result};
@@ -48,7 +49,12 @@ pub struct Encoder<B: Backend> {
 
 impl<B: Backend> Encoder<B> {
     /// Uploads the weights once and sizes the workspace for `max_tokens` tokens per batch.
-    pub fn new(backend: B, config: BertConfig, host: &HostWeights, max_tokens: usize) -> Result<Self> {
+    pub fn new(
+        backend: B,
+        config: BertConfig,
+        host: &HostWeights,
+        max_tokens: usize,
+    ) -> Result<Self> {
         let act = config.activation()?;
         let weights = host.try_map(|t| backend.upload(t))?;
         let (c, f) = (config.hidden_size, config.intermediate_size);
@@ -60,7 +66,14 @@ impl<B: Backend> Encoder<B> {
             inter: backend.alloc(max_tokens * f)?,
             cls: backend.alloc(max_tokens * c)?,
         };
-        Ok(Self { backend, config, act, weights, ws, max_tokens })
+        Ok(Self {
+            backend,
+            config,
+            act,
+            weights,
+            ws,
+            max_tokens,
+        })
     }
 
     pub fn config(&self) -> &BertConfig {
@@ -79,9 +92,16 @@ impl<B: Backend> Encoder<B> {
         let (t, n) = (batch.num_tokens(), batch.num_texts());
         let c = self.config.hidden_size;
         if t > self.max_tokens {
-            bail!("batch of {t} tokens exceeds the workspace of {} tokens", self.max_tokens);
+            bail!(
+                "batch of {t} tokens exceeds the workspace of {} tokens",
+                self.max_tokens
+            );
         }
-        if let Some(&id) = batch.ids.iter().find(|&&id| id as usize >= self.config.vocab_size) {
+        if let Some(&id) = batch
+            .ids
+            .iter()
+            .find(|&&id| id as usize >= self.config.vocab_size)
+        {
             bail!("token id {id} is outside the vocabulary of {} ids: the tokenizer does not belong to this model", self.config.vocab_size);
         }
         if batch.max_len() > self.config.max_position_embeddings {
@@ -96,7 +116,7 @@ impl<B: Backend> Encoder<B> {
         let be = &self.backend;
         let ws = &mut self.ws;
 
-        // https://github.com/huggingface/transformers/blob/v4.46.0/src/transformers/models/bert/modeling_bert.py#L181-L230 (BertEmbeddings.forward)
+        // BertEmbeddings: https://github.com/huggingface/transformers/blob/v5.24.0/src/transformers/models/bert/modeling_bert.py#L69
         be.embeddings_layernorm(batch, &self.weights.embeddings, eps, &mut ws.hidden)?;
         if keep == Keep::AllHiddenStates {
             hidden_states.push(be.download(&ws.hidden, t * c)?);
@@ -106,7 +126,10 @@ impl<B: Backend> Encoder<B> {
         for (i, layer) in self.weights.layers.iter().enumerate() {
             if i == last && keep == Keep::Cls {
                 cls_layer(be, layer, &self.config, self.act, batch, ws)?;
-                return Ok(EncoderOutput { cls: be.download(&ws.cls, n * c)?, hidden_states });
+                return Ok(EncoderOutput {
+                    cls: be.download(&ws.cls, n * c)?,
+                    hidden_states,
+                });
             }
             full_layer(be, layer, &self.config, self.act, batch, ws)?;
             if keep == Keep::AllHiddenStates {
@@ -114,12 +137,15 @@ impl<B: Backend> Encoder<B> {
             }
         }
         be.gather_rows(&ws.hidden, c, batch.cls_rows(), &mut ws.cls)?;
-        Ok(EncoderOutput { cls: be.download(&ws.cls, n * c)?, hidden_states })
+        Ok(EncoderOutput {
+            cls: be.download(&ws.cls, n * c)?,
+            hidden_states,
+        })
     }
 }
 
 /// One `BertLayer` over every token: ws.hidden (T, C) -> ws.hidden (T, C).
-// https://github.com/huggingface/transformers/blob/v4.46.0/src/transformers/models/bert/modeling_bert.py#L521-L609 (BertLayer)
+// BertLayer: https://github.com/huggingface/transformers/blob/v5.24.0/src/transformers/models/bert/modeling_bert.py#L377
 fn full_layer<B: Backend>(
     be: &B,
     w: &LayerWeights<B::Tensor>,
@@ -131,16 +157,24 @@ fn full_layer<B: Backend>(
     let t = batch.num_tokens();
     let (c, f) = (config.hidden_size, config.intermediate_size);
     let eps = config.layer_norm_eps as f32;
-    // BertSelfAttention: Q, K, V in one GEMM, then softmax(Q K^T / sqrt(d)) V per text and head.
+    // BertSelfAttention (https://github.com/huggingface/transformers/blob/v5.24.0/src/transformers/models/bert/modeling_bert.py#L166):
+    // Q, K, V in one GEMM, then softmax(Q K^T / sqrt(d)) V per text and head.
     be.linear(&ws.hidden, t, &w.qkv, true, &mut ws.qkv)?; // (T, 3C)
-    be.attention(&ws.qkv, &batch.offsets, config.num_attention_heads, config.head_dim(), QueryRows::All, &mut ws.attn)?; // (T, C)
-    // BertSelfOutput: LayerNorm(dense(context) + input).
+    be.attention(
+        &ws.qkv,
+        &batch.offsets,
+        config.num_attention_heads,
+        config.head_dim(),
+        QueryRows::All,
+        &mut ws.attn,
+    )?; // (T, C)
+        // BertSelfOutput (https://github.com/huggingface/transformers/blob/v5.24.0/src/transformers/models/bert/modeling_bert.py#L290): LayerNorm(dense(context) + input).
     be.linear(&ws.attn, t, &w.attn_out, false, &mut ws.proj)?; // (T, C)
     be.bias_residual_layernorm(&mut ws.proj, t, &w.attn_out.b, &ws.hidden, &w.attn_ln, eps)?;
-    // BertIntermediate: act(dense(x)).
+    // BertIntermediate (https://github.com/huggingface/transformers/blob/v5.24.0/src/transformers/models/bert/modeling_bert.py#L336): act(dense(x)).
     be.linear(&ws.proj, t, &w.ffn_in, false, &mut ws.inter)?; // (T, F)
     be.bias_activation(&mut ws.inter, t, &w.ffn_in.b, f, act)?;
-    // BertOutput: LayerNorm(dense(x) + attention block output).
+    // BertOutput (https://github.com/huggingface/transformers/blob/v5.24.0/src/transformers/models/bert/modeling_bert.py#L349): LayerNorm(dense(x) + attention block output).
     be.linear(&ws.inter, t, &w.ffn_out, false, &mut ws.hidden)?; // (T, C)
     be.bias_residual_layernorm(&mut ws.hidden, t, &w.ffn_out.b, &ws.proj, &w.ffn_ln, eps)?;
     debug_assert_eq!(c * 3, w.qkv.out_features);
@@ -163,7 +197,14 @@ fn cls_layer<B: Backend>(
     let eps = config.layer_norm_eps as f32;
     // Q of the non-[CLS] rows is wasted work, 1/36 of one layer's GEMMs; one GEMM shape is simpler.
     be.linear(&ws.hidden, t, &w.qkv, true, &mut ws.qkv)?; // (T, 3C)
-    be.attention(&ws.qkv, &batch.offsets, config.num_attention_heads, config.head_dim(), QueryRows::ClsOnly, &mut ws.attn)?; // (n, C)
+    be.attention(
+        &ws.qkv,
+        &batch.offsets,
+        config.num_attention_heads,
+        config.head_dim(),
+        QueryRows::ClsOnly,
+        &mut ws.attn,
+    )?; // (n, C)
     be.gather_rows(&ws.hidden, c, batch.cls_rows(), &mut ws.cls)?; // (n, C) residual
     be.linear(&ws.attn, n, &w.attn_out, false, &mut ws.proj)?; // (n, C)
     be.bias_residual_layernorm(&mut ws.proj, n, &w.attn_out.b, &ws.cls, &w.attn_ln, eps)?;

@@ -28,7 +28,10 @@ impl ModelDir {
         if !config.is_file() {
             bail!("{} has no config.json: a model folder needs config.json, model.safetensors and tokenizer.json or vocab.txt", dir.display());
         }
-        Ok(Self { dir: dir.to_path_buf(), config })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config,
+        })
     }
 
     pub fn config(&self) -> Result<BertConfig> {

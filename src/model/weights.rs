@@ -63,7 +63,10 @@ impl<T> LinearWeights<T> {
 
 impl<T> LayerNormWeights<T> {
     fn try_map<U>(&self, f: &mut impl FnMut(&T) -> Result<U>) -> Result<LayerNormWeights<U>> {
-        Ok(LayerNormWeights { gamma: f(&self.gamma)?, beta: f(&self.beta)? })
+        Ok(LayerNormWeights {
+            gamma: f(&self.gamma)?,
+            beta: f(&self.beta)?,
+        })
     }
 }
 
@@ -116,13 +119,24 @@ impl Checkpoint {
             let text = std::fs::read_to_string(&index_path)
                 .with_context(|| format!("cannot read {}", index_path.display()))?;
             let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                anyhow!("{} is not valid JSON ({e}): re-download the checkpoint", index_path.display())
+                anyhow!(
+                    "{} is not valid JSON ({e}): re-download the checkpoint",
+                    index_path.display()
+                )
             })?;
-            let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-                anyhow!("{} has no \"weight_map\" object: re-download the checkpoint", index_path.display())
-            })?;
-            let mut shards: Vec<String> =
-                map.values().filter_map(|v| v.as_str().map(str::to_owned)).collect();
+            let map = json
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| {
+                    anyhow!(
+                        "{} has no \"weight_map\" object: re-download the checkpoint",
+                        index_path.display()
+                    )
+                })?;
+            let mut shards: Vec<String> = map
+                .values()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
             shards.sort();
             shards.dedup();
             return Self::from_files(shards.iter().map(|s| dir.join(s)).collect());
@@ -166,10 +180,15 @@ impl Checkpoint {
     /// Finds the tensor under the first name in `candidates` present, checks its shape and
     /// converts it to f32.
     pub fn load(&self, candidates: &[String], shape: &[usize]) -> Result<Vec<f32>> {
-        let Some((name, &file_idx)) =
-            candidates.iter().find_map(|c| self.index.get_key_value(c.as_str()))
+        let Some((name, &file_idx)) = candidates
+            .iter()
+            .find_map(|c| self.index.get_key_value(c.as_str()))
         else {
-            let files: Vec<String> = self.files.iter().map(|(p, _)| p.display().to_string()).collect();
+            let files: Vec<String> = self
+                .files
+                .iter()
+                .map(|(p, _)| p.display().to_string())
+                .collect();
             bail!(
                 "missing tensor {} in {}: is this a BERT checkpoint of the architecture config.json describes?",
                 candidates[0],
@@ -253,7 +272,10 @@ impl HostWeights {
                 "embeddings.position_embeddings.weight",
                 &[config.max_position_embeddings, c],
             )?,
-            token_type: get("embeddings.token_type_embeddings.weight", &[config.type_vocab_size, c])?,
+            token_type: get(
+                "embeddings.token_type_embeddings.weight",
+                &[config.type_vocab_size, c],
+            )?,
             ln: layernorm("embeddings")?,
         };
         let layers = (0..config.num_hidden_layers)
@@ -272,7 +294,11 @@ impl HostWeights {
                     qkv,
                     attn_out: linear(&format!("{p}.attention.output.dense"), c, c)?,
                     attn_ln: layernorm(&format!("{p}.attention.output"))?,
-                    ffn_in: linear(&format!("{p}.intermediate.dense"), config.intermediate_size, c)?,
+                    ffn_in: linear(
+                        &format!("{p}.intermediate.dense"),
+                        config.intermediate_size,
+                        c,
+                    )?,
                     ffn_out: linear(&format!("{p}.output.dense"), c, config.intermediate_size)?,
                     ffn_ln: layernorm(&format!("{p}.output"))?,
                 })
@@ -288,9 +314,13 @@ impl HostWeights {
     pub fn random(config: &BertConfig, seed: u64) -> Self {
         use rand::{rngs::StdRng, Rng, SeedableRng};
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut rand_vec = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-0.05..0.05)).collect() };
+        let mut rand_vec =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-0.05..0.05)).collect() };
         let (c, f) = (config.hidden_size, config.intermediate_size);
-        let ln = || LayerNormWeights { gamma: vec![1.0; c], beta: vec![0.0; c] };
+        let ln = || LayerNormWeights {
+            gamma: vec![1.0; c],
+            beta: vec![0.0; c],
+        };
         let mut linear = |out_f: usize, in_f: usize| LinearWeights {
             w: rand_vec(out_f * in_f),
             b: rand_vec(out_f),
@@ -308,7 +338,8 @@ impl HostWeights {
             })
             .collect();
         let mut rng = StdRng::seed_from_u64(seed ^ 0x9e37_79b9);
-        let mut emb = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-0.05..0.05)).collect() };
+        let mut emb =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-0.05..0.05)).collect() };
         let embeddings = EmbeddingWeights {
             word: emb(config.vocab_size * c),
             position: emb(config.max_position_embeddings * c),

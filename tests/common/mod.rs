@@ -45,16 +45,27 @@ pub fn read_tensors(path: &Path) -> HashMap<String, Tensor> {
             let data = view.data();
             let (f32, i64) = match view.dtype() {
                 Dtype::F32 => (
-                    data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+                    data.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
                     vec![],
                 ),
                 Dtype::I64 => (
                     vec![],
-                    data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
+                    data.chunks_exact(8)
+                        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
                 ),
                 other => panic!("{name}: unexpected dtype {other:?}"),
             };
-            (name, Tensor { shape: view.shape().to_vec(), f32, i64 })
+            (
+                name,
+                Tensor {
+                    shape: view.shape().to_vec(),
+                    f32,
+                    i64,
+                },
+            )
         })
         .collect()
 }
@@ -65,10 +76,19 @@ pub fn unpad(t: &HashMap<String, Tensor>) -> Vec<TokenizedText> {
     let (b, l) = (ids.shape[0], ids.shape[1]);
     (0..b)
         .map(|i| {
-            let n = t["attention_mask"].i64[i * l..(i + 1) * l].iter().filter(|&&m| m == 1).count();
+            let n = t["attention_mask"].i64[i * l..(i + 1) * l]
+                .iter()
+                .filter(|&&m| m == 1)
+                .count();
             TokenizedText {
-                ids: ids.i64[i * l..i * l + n].iter().map(|&v| v as u32).collect(),
-                type_ids: t["token_type_ids"].i64[i * l..i * l + n].iter().map(|&v| v as u32).collect(),
+                ids: ids.i64[i * l..i * l + n]
+                    .iter()
+                    .map(|&v| v as u32)
+                    .collect(),
+                type_ids: t["token_type_ids"].i64[i * l..i * l + n]
+                    .iter()
+                    .map(|&v| v as u32)
+                    .collect(),
             }
         })
         .collect()
@@ -77,5 +97,8 @@ pub fn unpad(t: &HashMap<String, Tensor>) -> Vec<TokenizedText> {
 /// Largest |a - b| over two equally long slices.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }

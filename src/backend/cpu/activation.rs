@@ -10,11 +10,12 @@ const ROWS_PER_TASK: usize = 16;
 
 pub fn bias_activation(x: &mut [f32], bias: &[f32], act: Activation) {
     let width = bias.len();
-    x.par_chunks_mut(width * ROWS_PER_TASK).for_each(|rows| match act {
-        Activation::GeluErf => bias_gelu_erf(rows, bias),
-        Activation::GeluTanh => bias_gelu_tanh(rows, bias),
-        Activation::Relu => bias_relu(rows, bias),
-    });
+    x.par_chunks_mut(width * ROWS_PER_TASK)
+        .for_each(|rows| match act {
+            Activation::GeluErf => bias_gelu_erf(rows, bias),
+            Activation::GeluTanh => bias_gelu_tanh(rows, bias),
+            Activation::Relu => bias_relu(rows, bias),
+        });
 }
 
 dispatch! {

@@ -68,15 +68,29 @@ pub fn attention(
         let v = &qkv[start * 3 * c + 2 * c + h * head_dim..];
         let stride = 3 * c as isize;
         let mut scores = vec![0f32; nq * n]; // (nq, n)
-        // SAFETY: every read stays inside this text's rows of qkv (start..start+n, row stride
-        // 3C, head_dim columns from the head's offset); `scores` is (nq, n) row-major.
+                                             // SAFETY: every read stays inside this text's rows of qkv (start..start+n, row stride
+                                             // 3C, head_dim columns from the head's offset); `scores` is (nq, n) row-major.
         unsafe {
             gemm(
-                nq, n, head_dim,
-                scores.as_mut_ptr(), 1, n as isize, false,
-                q.as_ptr(), 1, stride,
-                k.as_ptr(), stride, 1,
-                0.0, scale, false, false, false, Parallelism::None,
+                nq,
+                n,
+                head_dim,
+                scores.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                q.as_ptr(),
+                1,
+                stride,
+                k.as_ptr(),
+                stride,
+                1,
+                0.0,
+                scale,
+                false,
+                false,
+                false,
+                Parallelism::None,
             );
         }
         softmax_rows(&mut scores, n);
@@ -85,11 +99,25 @@ pub fn attention(
         unsafe {
             let dst = out_ptr.get().add(out_row * c + h * head_dim);
             gemm(
-                nq, head_dim, n,
-                dst, 1, c as isize, false,
-                scores.as_ptr(), 1, n as isize,
-                v.as_ptr(), 1, stride,
-                0.0, 1.0, false, false, false, Parallelism::None,
+                nq,
+                head_dim,
+                n,
+                dst,
+                1,
+                c as isize,
+                false,
+                scores.as_ptr(),
+                1,
+                n as isize,
+                v.as_ptr(),
+                1,
+                stride,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::None,
             );
         }
     });

@@ -68,15 +68,21 @@ pub fn embeddings_layernorm(
 ) {
     let c = emb.ln.gamma.len();
     let t = batch.num_tokens();
-    out[..t * c].par_chunks_mut(c).enumerate().for_each(|(i, row)| {
-        let (id, pos, ty) =
-            (batch.ids[i] as usize, batch.positions[i] as usize, batch.type_ids[i] as usize);
-        sum_embeddings(
-            row,
-            &emb.word[id * c..(id + 1) * c],
-            &emb.position[pos * c..(pos + 1) * c],
-            &emb.token_type[ty * c..(ty + 1) * c],
-        );
-        layernorm_row(row, &emb.ln.gamma, &emb.ln.beta, eps);
-    });
+    out[..t * c]
+        .par_chunks_mut(c)
+        .enumerate()
+        .for_each(|(i, row)| {
+            let (id, pos, ty) = (
+                batch.ids[i] as usize,
+                batch.positions[i] as usize,
+                batch.type_ids[i] as usize,
+            );
+            sum_embeddings(
+                row,
+                &emb.word[id * c..(id + 1) * c],
+                &emb.position[pos * c..(pos + 1) * c],
+                &emb.token_type[ty * c..(ty + 1) * c],
+            );
+            layernorm_row(row, &emb.ln.gamma, &emb.ln.beta, eps);
+        });
 }

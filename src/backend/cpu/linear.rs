@@ -20,7 +20,11 @@ pub fn linear(
             row.copy_from_slice(&lin.b);
         }
     }
-    let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+    let parallelism = if threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
     // SAFETY: the slices above bound every access: dst (rows, n) row-major, lhs x (rows, k)
     // row-major, rhs W^T (k, n) read from W (n, k) row-major by swapping its strides.
     unsafe {

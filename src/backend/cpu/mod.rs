@@ -28,7 +28,9 @@ impl CpuBackend {
     /// `threads` = 0 uses every core.
     pub fn new(threads: usize) -> Result<Self> {
         let threads = if threads == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         } else {
             threads
         };
@@ -71,7 +73,8 @@ impl Backend for CpuBackend {
         eps: f32,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        self.pool.install(|| layernorm::embeddings_layernorm(batch, emb, eps, out));
+        self.pool
+            .install(|| layernorm::embeddings_layernorm(batch, emb, eps, out));
         Ok(())
     }
 
@@ -83,7 +86,8 @@ impl Backend for CpuBackend {
         add_bias: bool,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        self.pool.install(|| linear::linear(x, rows, lin, add_bias, out, self.threads));
+        self.pool
+            .install(|| linear::linear(x, rows, lin, add_bias, out, self.threads));
         Ok(())
     }
 
@@ -95,7 +99,8 @@ impl Backend for CpuBackend {
         width: usize,
         act: Activation,
     ) -> Result<()> {
-        self.pool.install(|| activation::bias_activation(&mut x[..rows * width], bias, act));
+        self.pool
+            .install(|| activation::bias_activation(&mut x[..rows * width], bias, act));
         Ok(())
     }
 
@@ -110,7 +115,13 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let c = bias.len();
         self.pool.install(|| {
-            layernorm::bias_residual_layernorm(&mut x[..rows * c], bias, &residual[..rows * c], ln, eps)
+            layernorm::bias_residual_layernorm(
+                &mut x[..rows * c],
+                bias,
+                &residual[..rows * c],
+                ln,
+                eps,
+            )
         });
         Ok(())
     }
@@ -124,11 +135,18 @@ impl Backend for CpuBackend {
         query_rows: QueryRows,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        self.pool.install(|| attention::attention(qkv, offsets, heads, head_dim, query_rows, out));
+        self.pool
+            .install(|| attention::attention(qkv, offsets, heads, head_dim, query_rows, out));
         Ok(())
     }
 
-    fn gather_rows(&self, src: &Vec<f32>, width: usize, rows: &[usize], dst: &mut Vec<f32>) -> Result<()> {
+    fn gather_rows(
+        &self,
+        src: &Vec<f32>,
+        width: usize,
+        rows: &[usize],
+        dst: &mut Vec<f32>,
+    ) -> Result<()> {
         for (i, &r) in rows.iter().enumerate() {
             dst[i * width..(i + 1) * width].copy_from_slice(&src[r * width..(r + 1) * width]);
         }

@@ -18,10 +18,11 @@ pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     let k = (x * LOG2E + ROUND) - ROUND;
     let r = x - k * LN2_HI - k * LN2_LO; // |r| <= ln(2)/2
-    // Taylor series to degree 6: remainder r^7/7! < 1.3e-7 on |r| <= 0.347.
+                                         // Taylor series to degree 6: remainder r^7/7! < 1.3e-7 on |r| <= 0.347.
     let p = 1.0
         + r * (1.0
-            + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     let two_k = f32::from_bits(((k as i32 + 127) as u32) << 23);
     p * two_k
 }
@@ -64,7 +65,10 @@ pub fn sum(x: &[f32]) -> f32 {
 pub fn max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; 16];
     let chunks = x.chunks_exact(16);
-    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     for c in chunks {
         for i in 0..16 {
             acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
@@ -78,7 +82,11 @@ pub fn max(x: &[f32]) -> f32 {
 pub fn sum_sq_dev(x: &[f32], mean: f32) -> f32 {
     let mut acc = [0f32; 16];
     let chunks = x.chunks_exact(16);
-    let tail: f32 = chunks.remainder().iter().map(|v| (v - mean) * (v - mean)).sum();
+    let tail: f32 = chunks
+        .remainder()
+        .iter()
+        .map(|v| (v - mean) * (v - mean))
+        .sum();
     for c in chunks {
         for i in 0..16 {
             let d = c[i] - mean;
@@ -183,7 +191,9 @@ mod tests {
 
     #[test]
     fn lane_sums_match_f64() {
-        let x: Vec<f32> = (0..1003).map(|i| ((i * 37) % 101) as f32 * 0.01 - 0.5).collect();
+        let x: Vec<f32> = (0..1003)
+            .map(|i| ((i * 37) % 101) as f32 * 0.01 - 0.5)
+            .collect();
         let want: f64 = x.iter().map(|&v| v as f64).sum();
         assert!((sum(&x) as f64 - want).abs() < 1e-4);
         assert_eq!(max(&x), x.iter().copied().fold(f32::NEG_INFINITY, f32::max));
