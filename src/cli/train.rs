@@ -123,6 +123,15 @@ struct Features {
     labels: Vec<usize>,
 }
 
+/// The features a run trains and validates on, and what getting them took.
+struct RunFeatures {
+    train: Features,
+    val: Option<Features>,
+    seconds: f64,
+    /// Whether every split came from the cache.
+    cached: bool,
+}
+
 /// Where a run starts: a fresh head, or the state of a stopped run.
 struct Start {
     head: LinearHead,
@@ -135,6 +144,8 @@ struct Start {
 /// What stays fixed over the epochs of a run.
 struct Run {
     dir: PathBuf,
+    /// The hub id or canonical folder: what `predict --head` loads the model from.
+    model_id: String,
     info: RunInfo,
     train_hash: String,
     log_every: usize,
@@ -158,25 +169,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         &mut source,
     )?;
 
-    let encode_started = Instant::now();
-    let (train_x, cached) = split_features(&mut model, &mut source, train)?;
-    let val = validation
-        .map(|v| split_features(&mut model, &mut source, v))
-        .transpose()?;
-    let encode_seconds = encode_started.elapsed().as_secs_f64();
-    let all_cached = cached && val.as_ref().is_none_or(|(_, c)| *c);
-    eprintln!(
-        "features ready in {encode_seconds:.1}s ({})",
-        if all_cached {
-            "all from the cache"
-        } else {
-            "encoded"
-        }
-    );
-    let val = val.map(|(x, _)| x);
-
+    let features = all_features(&mut model, &mut source, train, validation)?;
     let run = Run {
         dir,
+        model_id: model.id().to_string(),
         info,
         train_hash: train.content_hash.clone(),
         log_every: args.log_every,
@@ -191,15 +187,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
     )?;
 
     let train_started = Instant::now();
-    let metrics = train_epochs(&run, trainer, &start, &train_x, val.as_ref())?;
+    let metrics = train_epochs(&run, trainer, &start, &features)?;
     let train_seconds = train_started.elapsed().as_secs_f64();
     report(
         &run,
         &metrics,
         start.epoch,
-        encode_seconds,
+        &features,
         train_seconds,
-        all_cached,
         args.json,
     )
 }
@@ -328,6 +323,34 @@ fn absolute(path: &Path) -> String {
         .unwrap_or_else(|_| path.to_path_buf())
         .display()
         .to_string()
+}
+
+/// Train and validation features, through the cache; prints how long they took.
+fn all_features(
+    model: &mut LoadedModel,
+    source: &mut FeatureSource,
+    train: &Split,
+    validation: Option<&Split>,
+) -> Result<RunFeatures> {
+    let started = Instant::now();
+    let (train, train_cached) = split_features(model, source, train)?;
+    let val = validation
+        .map(|v| split_features(model, source, v))
+        .transpose()?;
+    let cached = train_cached && val.as_ref().is_none_or(|(_, c)| *c);
+    let seconds = started.elapsed().as_secs_f64();
+    let how = if cached {
+        "all from the cache"
+    } else {
+        "encoded"
+    };
+    eprintln!("features ready in {seconds:.1}s ({how})");
+    Ok(RunFeatures {
+        train,
+        val: val.map(|(x, _)| x),
+        seconds,
+        cached,
+    })
 }
 
 /// A split's features and whether they came from the cache.
@@ -549,9 +572,9 @@ fn train_epochs(
     run: &Run,
     mut trainer: HeadTrainer,
     start: &Start,
-    train: &Features,
-    val: Option<&Features>,
+    features: &RunFeatures,
 ) -> Result<Vec<EpochMetrics>> {
+    let (train, val) = (&features.train, features.val.as_ref());
     let hp = &run.info.hyperparameters;
     let steps = train.labels.len() / hp.batch_size;
     let mut progress = Progress::new(((hp.epochs - start.epoch) * steps) as u64, "training");
@@ -706,7 +729,7 @@ fn checkpoint_metadata(
 ) -> Result<BTreeMap<String, String>> {
     let mut meta = BTreeMap::from([
         (META_EPOCH.to_string(), epoch.to_string()),
-        ("model".to_string(), run.info.model.clone()),
+        ("model".to_string(), run.model_id.clone()),
         (
             "weights_sha256".to_string(),
             run.info.weights_sha256.clone(),
@@ -729,11 +752,11 @@ fn report(
     run: &Run,
     metrics: &[EpochMetrics],
     first_done: usize,
-    encode_seconds: f64,
+    features: &RunFeatures,
     train_seconds: f64,
-    features_cached: bool,
     json: bool,
 ) -> Result<()> {
+    let encode_seconds = features.seconds;
     let epochs = metrics.len() - first_done;
     let best = best_epoch(metrics);
     eprintln!("encoding: {encode_seconds:.1}s; training: {epochs} epochs in {train_seconds:.1}s");
@@ -754,7 +777,7 @@ fn report(
             "epochs_run": epochs,
             "encode_seconds": encode_seconds,
             "train_seconds": train_seconds,
-            "features_cached": features_cached,
+            "features_cached": features.cached,
             "best_epoch": best.map(|m| m.epoch),
             "best_val_acc": best.and_then(|m| m.val_acc),
             "last": metrics.last(),
