@@ -1,0 +1,183 @@
+//! Weight files beyond the single F32 file: shards, BF16, and the `encode` command's outputs.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use bertcls::model::{Checkpoint, HostWeights, ModelDir};
+use common::*;
+use half::bf16;
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+
+fn temp_copy(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bertcls-weights-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "vocab.txt",
+        "tokenizer_config.json",
+    ] {
+        std::fs::copy(fixtures().join("tiny/model").join(f), dir.join(f)).unwrap();
+    }
+    dir
+}
+
+fn tiny_tensors() -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(fixtures().join("tiny/model/model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut v: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.dtype(), t.shape().to_vec(), t.data().to_vec()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn write(path: &std::path::Path, tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)]) {
+    let views: HashMap<String, TensorView> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    std::fs::write(path, safetensors::serialize(&views, None).unwrap()).unwrap();
+}
+
+fn flat(w: &HostWeights) -> Vec<f32> {
+    let mut out = Vec::new();
+    w.try_map(|t| {
+        out.extend_from_slice(t);
+        Ok(())
+    })
+    .unwrap();
+    out
+}
+
+fn load(dir: &std::path::Path) -> HostWeights {
+    let config = ModelDir::open(dir).unwrap().config().unwrap();
+    HostWeights::load(&Checkpoint::open(dir).unwrap(), &config).unwrap()
+}
+
+/// A checkpoint split into shards with an index loads to exactly the same weights.
+#[test]
+fn sharded_checkpoint_equals_single_file() {
+    let dir = temp_copy("sharded");
+    let tensors = tiny_tensors();
+    let (a, b) = tensors.split_at(tensors.len() / 2);
+    write(&dir.join("model-00001-of-00002.safetensors"), a);
+    write(&dir.join("model-00002-of-00002.safetensors"), b);
+    let map: serde_json::Map<String, serde_json::Value> = a
+        .iter()
+        .map(|t| (t.0.clone(), "model-00001-of-00002.safetensors".into()))
+        .chain(
+            b.iter()
+                .map(|t| (t.0.clone(), "model-00002-of-00002.safetensors".into())),
+        )
+        .collect();
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": map}).to_string(),
+    )
+    .unwrap();
+    assert_eq!(
+        flat(&load(&dir)),
+        flat(&load(&fixtures().join("tiny/model")))
+    );
+}
+
+/// BF16 weights widen to f32 exactly: every value equals the original rounded to bf16.
+#[test]
+fn bf16_checkpoint_widens_exactly() {
+    let dir = temp_copy("bf16");
+    let tensors: Vec<_> = tiny_tensors()
+        .into_iter()
+        .map(|(n, d, s, b)| {
+            assert_eq!(d, Dtype::F32);
+            let halves: Vec<u8> = b
+                .chunks_exact(4)
+                .flat_map(|c| {
+                    bf16::from_f32(f32::from_le_bytes(c.try_into().unwrap())).to_le_bytes()
+                })
+                .collect();
+            (n, Dtype::BF16, s, halves)
+        })
+        .collect();
+    write(&dir.join("model.safetensors"), &tensors);
+    let want: Vec<f32> = flat(&load(&fixtures().join("tiny/model")))
+        .into_iter()
+        .map(|v| bf16::from_f32(v).to_f32())
+        .collect();
+    assert_eq!(flat(&load(&dir)), want);
+}
+
+/// `encode --out` writes `cls` [N, C] and the ids with --ids, equal to the JSON output; the
+/// ids are HF's for the fixture texts (the vectors' parity is encoder_parity's job).
+#[test]
+fn encode_command_writes_safetensors_and_json() {
+    let cases: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("tiny/texts-ids.json")).unwrap(),
+    )
+    .unwrap();
+    let texts: Vec<&str> = cases
+        .iter()
+        .take(3)
+        .map(|c| c["text"].as_str().unwrap())
+        .collect();
+    let out_file =
+        std::env::temp_dir().join(format!("bertcls-encode-{}.safetensors", std::process::id()));
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_bertcls"))
+            .args(["encode", "--device", "cpu", "--model"])
+            .arg(fixtures().join("tiny/model"))
+            .args(extra)
+            .args(&texts)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&["--ids", "--out", out_file.to_str().unwrap()]);
+    let json = run(&["--ids"]);
+    let t = read_tensors(&out_file);
+    assert_eq!(t["cls"].shape, vec![3, 32]);
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for (i, line) in lines.iter().enumerate() {
+        let cls: Vec<f32> = line["cls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(cls, t["cls"].f32[i * 32..(i + 1) * 32], "text {i}");
+        let ids: Vec<i64> = line["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            ids,
+            cases[i]["input_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap())
+                .collect::<Vec<_>>()
+        );
+        let l = t["input_ids"].shape[1];
+        assert_eq!(&t["input_ids"].i64[i * l..i * l + ids.len()], &ids[..]);
+    }
+    std::fs::remove_file(&out_file).unwrap();
+}
