@@ -380,6 +380,10 @@ fn errors_are_one_line() {
         "--batch-size 0",
     );
     failed_with(&sb.train_tiny(0, &["--out", &out]), "--epochs 0");
+    failed_with(
+        &sb.train_tiny(1, &["--out", &out, "--head-device", "cuda"]),
+        "--head-device cuda needs the encoder on a GPU",
+    );
     assert!(
         !Path::new(&out).exists(),
         "a failed run left its folder behind"

@@ -35,56 +35,66 @@ const META_TRAIN_HASH: &str = "train_data_sha256";
 pub struct TrainArgs {
     /// Dataset: a save_to_disk folder, a .parquet, .jsonl, .csv or .tsv file (its sibling
     /// split files are read too), a folder of them, or a hub dataset id.
-    #[arg(long, default_value = DEFAULT_DATASET)]
+    #[arg(long, default_value = DEFAULT_DATASET, help_heading = "Data")]
     data: String,
     /// Column holding the text.
-    #[arg(long, default_value = "text")]
+    #[arg(long, default_value = "text", help_heading = "Data")]
     text_column: String,
     /// Column holding the integer label.
-    #[arg(long, default_value = "label")]
+    #[arg(long, default_value = "label", help_heading = "Data")]
     label_column: String,
     /// Label names in id order, for data without a ClassLabel feature (e.g. --labels neg,pos).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "A,B,...",
+        help_heading = "Data"
+    )]
     labels: Option<Vec<String>>,
     /// Split to train on.
-    #[arg(long, default_value = "train")]
+    #[arg(long, default_value = "train", help_heading = "Data")]
     split: String,
     /// Split scored after every epoch [default: validation, skipped when the data has none].
-    #[arg(long)]
+    #[arg(long, help_heading = "Data")]
     validation_split: Option<String>,
     /// Epochs in all; with --resume, more than the run has done extends it.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, help_heading = "Training")]
     epochs: usize,
     /// Examples per step; each epoch's last incomplete batch is dropped, as in the recipe.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, help_heading = "Training")]
     batch_size: usize,
     /// AdamW learning rate.
-    #[arg(long, default_value_t = DEFAULT_LR)]
+    #[arg(long, default_value_t = DEFAULT_LR, help_heading = "Training")]
     lr: f64,
     /// AdamW decoupled weight decay.
-    #[arg(long, default_value_t = DEFAULT_WEIGHT_DECAY)]
+    #[arg(long, default_value_t = DEFAULT_WEIGHT_DECAY, help_heading = "Training")]
     weight_decay: f64,
     /// Seeds the head's initialisation and each epoch's shuffle.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, help_heading = "Training")]
     seed: u64,
     /// Run folder to create [default: runs/<UTC date-time>, e.g. runs/2026-01-31-142501].
-    #[arg(long, conflicts_with = "resume")]
+    #[arg(
+        long,
+        conflicts_with = "resume",
+        value_name = "DIR",
+        help_heading = "Output"
+    )]
     out: Option<PathBuf>,
     /// Continue the run in DIR from its last.safetensors, exactly as if it had not stopped.
     /// Repeat the flags it was started with: model, max-length, labels, data and
     /// hyper-parameters are checked against the run.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", help_heading = "Output")]
     resume: Option<PathBuf>,
     /// A log line with loss and batch accuracy every N steps (0: none).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, help_heading = "Output")]
     log_every: usize,
     /// Where the head's training steps run.
-    #[arg(long, value_enum, default_value_t = HeadDevice::Cpu)]
+    #[arg(long, value_enum, default_value_t = HeadDevice::Cpu, help_heading = "Training")]
     head_device: HeadDevice,
     /// Print a summary of the run as one JSON object on standard output.
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     json: bool,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Model and device")]
     model: ModelArgs,
     #[command(flatten)]
     device: DeviceArgs,
@@ -139,6 +149,8 @@ struct Start {
     /// Epochs already done.
     epoch: usize,
     metrics: Vec<EpochMetrics>,
+    /// run.json as it is to be written: a resumed run's with the new epoch count.
+    info: RunInfo,
 }
 
 /// What stays fixed over the epochs of a run.
@@ -185,6 +197,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         start.opt.clone(),
         args.batch_size,
     )?;
+    write_run_info(&run.dir, &start.info)?;
 
     let train_started = Instant::now();
     let metrics = train_epochs(&run, trainer, &start, &features)?;
@@ -369,13 +382,10 @@ fn split_features(
     ))
 }
 
-/// A fresh head (and run.json), or the stopped run's state after checking it was made
-/// by the same model, labels, data and hyper-parameters.
+/// A fresh head, or the stopped run's state after checking it was made by the same
+/// model, labels, data and hyper-parameters. Writes nothing.
 fn start_state(args: &TrainArgs, run: &Run, hidden: usize) -> Result<Start> {
     if args.resume.is_none() {
-        std::fs::create_dir_all(&run.dir)
-            .with_context(|| format!("cannot create --out {}", run.dir.display()))?;
-        run.info.save(&run.dir)?;
         let mut rng = StdRng::seed_from_u64(args.seed);
         let head = LinearHead::new_init(run.info.labels.len(), hidden, &mut rng);
         let opt = optimiser(&head, &run.info.hyperparameters);
@@ -384,6 +394,7 @@ fn start_state(args: &TrainArgs, run: &Run, hidden: usize) -> Result<Start> {
             opt,
             epoch: 0,
             metrics: Vec::new(),
+            info: run.info.clone(),
         });
     }
     let saved = RunInfo::load(&run.dir)?;
@@ -405,9 +416,8 @@ fn start_state(args: &TrainArgs, run: &Run, hidden: usize) -> Result<Start> {
     let opt = last
         .optim
         .ok_or_else(|| anyhow!("{}: no AdamW state to resume from", run.dir.display()))?;
-    let mut updated = saved;
-    updated.hyperparameters.epochs = args.epochs;
-    updated.save(&run.dir)?;
+    let mut info = saved;
+    info.hyperparameters.epochs = args.epochs;
     let metrics = read_metrics(&run.dir)?
         .into_iter()
         .filter(|m| m.epoch <= epoch)
@@ -418,7 +428,15 @@ fn start_state(args: &TrainArgs, run: &Run, hidden: usize) -> Result<Start> {
         opt,
         epoch,
         metrics,
+        info,
     })
+}
+
+/// Creates the run folder, when new, and writes run.json.
+fn write_run_info(dir: &Path, info: &RunInfo) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the run folder {}", dir.display()))?;
+    info.save(dir)
 }
 
 fn optimiser(head: &LinearHead, hp: &Hyperparameters) -> AdamW {
