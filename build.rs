@@ -82,15 +82,15 @@ fn main() {
     cmd.arg("-o").arg(&fatbin).arg(&unit);
     let output = match cmd.output() {
         Ok(o) => o,
-        Err(e) => panic!("cannot run {}: {e}", nvcc.display()),
+        Err(e) => fail(&format!("cannot run {}: {e}", nvcc.display())),
     };
     if !output.status.success() {
         eprintln!("{}", String::from_utf8_lossy(&output.stdout));
         eprintln!("{}", String::from_utf8_lossy(&output.stderr));
-        panic!(
+        fail(&format!(
             "nvcc failed to compile kernels/*.cu ({}); its output is above",
             output.status
-        );
+        ));
     }
 
     let archs: Vec<&str> = GENCODE.iter().map(|(_, real)| *real).collect();
@@ -101,6 +101,13 @@ fn main() {
         "cargo::rustc-env=BERTCLS_NVCC_VERSION={}",
         nvcc_release(&nvcc)
     );
+}
+
+/// Fails the build with `message` and no backtrace: a kernel that does not compile is an
+/// error of the crate, not of this script.
+fn fail(message: &str) -> ! {
+    eprintln!("error: {message}");
+    std::process::exit(1)
 }
 
 /// Every `kernels/*.cu`, sorted so the translation unit is the same on every machine.
@@ -122,7 +129,7 @@ fn find_nvcc(pip_nvcc: &Path) -> Option<(PathBuf, bool)> {
     if let Some(p) = env::var_os("NVCC") {
         let p = PathBuf::from(p);
         if !runs(&p) {
-            panic!("NVCC={} does not run", p.display());
+            fail(&format!("NVCC={} does not run", p.display()));
         }
         return Some((p, false));
     }
