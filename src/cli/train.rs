@@ -209,7 +209,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         &features,
         train_seconds,
         args.json,
-    )
+    );
+    Ok(())
 }
 
 fn check_args(args: &TrainArgs) -> Result<()> {
@@ -773,7 +774,7 @@ fn report(
     features: &RunFeatures,
     train_seconds: f64,
     json: bool,
-) -> Result<()> {
+) {
     let encode_seconds = features.seconds;
     let epochs = metrics.len() - first_done;
     let best = best_epoch(metrics);
@@ -802,7 +803,6 @@ fn report(
         });
         println!("{summary}");
     }
-    Ok(())
 }
 
 /// The first epoch with the highest validation accuracy, as best.safetensors holds it.
