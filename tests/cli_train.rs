@@ -263,6 +263,32 @@ fn resume_continues_exactly() {
     assert_eq!(run_json(&split)["hyperparameters"]["epochs"], 4);
 }
 
+/// A run killed after writing epoch 3's metrics but before its last.safetensors resumes
+/// after epoch 2, and its metrics.jsonl ends up as an uninterrupted run's.
+#[test]
+fn resume_after_a_kill_between_writes() {
+    let sb = Sandbox::new("resume-kill");
+    let (straight, killed) = (sb.path("straight"), sb.path("killed"));
+    succeeded(&sb.train_tiny(3, &["--out", &straight]));
+    succeeded(&sb.train_tiny(3, &["--out", &killed]));
+    let dir = Path::new(&killed);
+    std::fs::copy(
+        dir.join("head-epoch-2.safetensors"),
+        dir.join("last.safetensors"),
+    )
+    .unwrap();
+
+    let resumed = sb.train_tiny(3, &["--resume", &killed]);
+    succeeded(&resumed);
+    assert!(stderr(&resumed).contains("after epoch 2"));
+    assert_eq!(
+        metrics_without_time(&straight),
+        metrics_without_time(&killed)
+    );
+    let last = |run: &str| load_head(&Path::new(run).join("last.safetensors"), None).unwrap();
+    assert_eq!(last(&straight).head, last(&killed).head);
+}
+
 #[test]
 fn resume_refuses_a_different_setup() {
     let sb = Sandbox::new("resume-refuse");
