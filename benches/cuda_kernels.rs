@@ -6,7 +6,10 @@
 //! - the attention op (gather, two batched GEMMs, softmax, scatter) per layer;
 //! - encoder tokens/s at 1x128, 32x128, 256x128 and on ChnSentiCorp's texts packed.
 //!
-//!     cargo bench --bench cuda_kernels [-- --precision fp32|tf32 --texts N]
+//!     cargo bench --bench cuda_kernels [-- --precision fp32|tf32 --texts N --shared DIR]
+//!
+//! `--shared` is the folder holding models/bert-base-chinese and data/ChnSentiCorp-files
+//! (default: ../shared beside the checkout).
 //!
 //! Prints why and exits 0 where no GPU is found. One JSON object per line.
 
@@ -69,27 +72,31 @@ fn bandwidth(case: &str, bytes: usize, secs: f64, copy_gbs: f64) {
     );
 }
 
+/// Prints why the benchmark cannot run and exits: 0 (a skip) normally, 1 where
+/// BERTCLS_REQUIRE_GPU is set (the GPU machine's run, .gpu/run.sh), where it is a failure.
+fn skip(why: &str) -> ! {
+    println!("SKIPPED: {why}");
+    std::process::exit(i32::from(std::env::var_os("BERTCLS_REQUIRE_GPU").is_some()))
+}
+
 fn main() {
     if let Err(e) = cuda::check_device(0) {
-        println!("SKIPPED: no CUDA backend here: {e}");
-        // The GPU machine's run (.gpu/run.sh) sets this: there, no GPU is a failure.
-        if std::env::var_os("BERTCLS_REQUIRE_GPU").is_some() {
-            std::process::exit(1);
-        }
-        return;
+        skip(&format!("no CUDA backend here: {e}"));
     }
     let precision: Precision = arg("--precision")
         .map_or(Ok(Precision::Fp32), |p| p.parse())
         .unwrap();
-    let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared");
+    let shared = arg("--shared").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"),
+        PathBuf::from,
+    );
     let model_dir = shared.join("models/bert-base-chinese");
     let config_path = model_dir.join("config.json");
     if !config_path.is_file() {
-        println!(
-            "SKIPPED: {} not found (needs ../shared, or .gpu/shared linked there)",
+        skip(&format!(
+            "{} not found (pass --shared DIR)",
             config_path.display()
-        );
-        return;
+        ));
     }
     let config = BertConfig::from_file(&config_path).unwrap();
     let be = CudaBackend::new(0, precision, BUDGET).unwrap();

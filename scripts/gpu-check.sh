@@ -75,8 +75,9 @@ export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PAT
 export PYTHONUNBUFFERED=1
 # Here a missing GPU is a failure: the tests fail instead of skipping.
 export BERTCLS_REQUIRE_GPU=1
-# The tests and benches read ../shared beside the checkout, as here.
-[ -e ../shared ] || ln -s "$PWD/.gpu/shared" ../shared
+export BERTCLS_CHECKOUT="$PWD"
+# Other tests read ../shared beside the checkout, as here; these steps name .gpu/shared.
+[ -e ../shared ] || ln -s "$PWD/.gpu/shared" ../shared 2>/dev/null || true
 out="${OUT:-.gpu/out}"
 mkdir -p "$out"
 status=0
@@ -94,8 +95,8 @@ step tests .gpu/bin/backend_ops --test-threads 1 --nocapture
 step transformers python3 tools/reference/check_encoder_gpu.py --bertcls .gpu/bin/bertcls \
     --model-dir .gpu/shared/models/bert-base-chinese \
     --data .gpu/shared/data/ChnSentiCorp-files/test.jsonl --bench
-step bench-fp32 .gpu/bin/cuda_kernels --precision fp32
-step bench-tf32 .gpu/bin/cuda_kernels --precision tf32 --texts 2000
+step bench-fp32 .gpu/bin/cuda_kernels --shared .gpu/shared --precision fp32
+step bench-tf32 .gpu/bin/cuda_kernels --shared .gpu/shared --precision tf32 --texts 2000
 echo "=== all: $([ $status -eq 0 ] && echo PASS || echo FAIL)"
 exit $status
 EOF

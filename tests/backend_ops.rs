@@ -26,6 +26,12 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
 
+/// The checkout: BERTCLS_CHECKOUT where the test executable runs from a copy elsewhere
+/// (the GPU machine, `.gpu/run.sh`), else where it was built.
+fn checkout() -> PathBuf {
+    std::env::var_os("BERTCLS_CHECKOUT").map_or_else(repo, PathBuf::from)
+}
+
 /// Floats past each output that must still hold the NaN sentinel after the op.
 const TAIL: usize = 64;
 /// Token budget of the CUDA backend in these tests: above every case's batch.
@@ -639,9 +645,9 @@ fn cuda_encoder_matches_transformers_fixture() {
     let Some(gpu) = cuda_backend(Precision::Fp32) else {
         return;
     };
-    let dir = ModelDir::open(&fixtures().join("tiny/model")).unwrap();
+    let dir = ModelDir::open(&checkout().join("tests/fixtures/tiny/model")).unwrap();
     let (config, weights) = dir.load().unwrap();
-    let r = read_tensors(&fixtures().join("tiny/reference.safetensors"));
+    let r = read_tensors(&checkout().join("tests/fixtures/tiny/reference.safetensors"));
     let texts = unpad(&r);
     let (c, l) = (config.hidden_size, r["input_ids"].shape[1]);
     let mut enc = Encoder::new(gpu, config, &weights, BUDGET).unwrap();
@@ -736,7 +742,7 @@ fn cuda_kernels_emulated_on_the_cpu() {
         eprintln!("SKIPPED: no C++ compiler ({cxx}) to build the kernel emulation");
         return;
     }
-    let kernels = repo().join("kernels");
+    let kernels = checkout().join("kernels");
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kernel-emulation");
     std::fs::create_dir_all(&dir).unwrap();
     // The CUDA-only declarations, rewritten for shim.h; anything else CUDA-only left over
