@@ -23,11 +23,7 @@ static __device__ __forceinline__ float relu(float x) { return fmaxf(x, 0.0f); }
 #define BIAS_ACTIVATION_KERNEL(name, act)                                                  \
     extern "C" __global__ void name(float* __restrict__ x, const float* __restrict__ bias, \
                                     int rows, int F) {                                     \
-        const size_t n = (size_t)rows * F;                                                 \
-        for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;              \
-             i += (size_t)gridDim.x * blockDim.x) {                                        \
-            x[i] = act(x[i] + bias[i % F]);                                                \
-        }                                                                                  \
+        GRID_STRIDE_LOOP(i, rows * F) { x[i] = act(x[i] + bias[i % F]); }                  \
     }
 
 BIAS_ACTIVATION_KERNEL(bias_gelu_erf_forward, gelu_erf)

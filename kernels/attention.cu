@@ -20,13 +20,11 @@ extern "C" __global__ void attention_gather_qkv(
     const float* __restrict__ qkv, const unsigned int* __restrict__ offsets, int n, int H,
     int L, int Lq, int hd) {
     const int C = H * hd;
-    const size_t total = (size_t)n * H * L * hd;
-    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < total;
-         e += (size_t)gridDim.x * blockDim.x) {
+    GRID_STRIDE_LOOP(e, n * H * L * hd) {
         const int d = e % hd;
         const int pos = (e / hd) % L;
-        const int h = (e / ((size_t)hd * L)) % H;
-        const int i = e / ((size_t)hd * L * H);
+        const int h = (e / (hd * L)) % H;
+        const int i = e / (hd * L * H);
         const unsigned int start = offsets[i];
         const int len = offsets[i + 1] - start;
         const bool real = pos < len;
@@ -34,7 +32,7 @@ extern "C" __global__ void attention_gather_qkv(
         k[e] = real ? src[C] : 0.0f;
         v[e] = real ? src[2 * C] : 0.0f;
         if (pos < Lq) {
-            const size_t qe = (((size_t)i * H + h) * Lq + pos) * hd + d;
+            const unsigned int qe = ((i * H + h) * Lq + pos) * hd + d;
             q[qe] = real ? src[0] : 0.0f;
         }
     }
@@ -48,13 +46,13 @@ extern "C" __global__ void attention_softmax_scale_mask(
     float* __restrict__ scores, const unsigned int* __restrict__ offsets, int n, int H,
     int Lq, int L, float scale) {
     const int warps_per_block = blockDim.x / WARP_SIZE;
-    const size_t r = (size_t)blockIdx.x * warps_per_block + threadIdx.x / WARP_SIZE;
+    const unsigned int r = blockIdx.x * warps_per_block + threadIdx.x / WARP_SIZE;
     const int lane = threadIdx.x % WARP_SIZE;
-    if (r >= (size_t)n * H * Lq) return;
+    if (r >= (unsigned int)(n * H * Lq)) return;
     const int qpos = r % Lq;
-    const int i = r / ((size_t)Lq * H);
+    const int i = r / (Lq * H);
     const int len = offsets[i + 1] - offsets[i];
-    float* row = scores + r * L;
+    float* row = scores + (size_t)r * L;
     if (qpos >= len) {
         for (int j = lane; j < L; j += WARP_SIZE) row[j] = 0.0f;
         return;
@@ -81,13 +79,11 @@ extern "C" __global__ void attention_scatter_context(
     const unsigned int* __restrict__ offsets, int n, int H, int Lq, int hd, int all_rows,
     int first_text) {
     const int C = H * hd;
-    const size_t total = (size_t)n * H * Lq * hd;
-    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < total;
-         e += (size_t)gridDim.x * blockDim.x) {
+    GRID_STRIDE_LOOP(e, n * H * Lq * hd) {
         const int d = e % hd;
         const int qpos = (e / hd) % Lq;
-        const int h = (e / ((size_t)hd * Lq)) % H;
-        const int i = e / ((size_t)hd * Lq * H);
+        const int h = (e / (hd * Lq)) % H;
+        const int i = e / (hd * Lq * H);
         const int len = offsets[i + 1] - offsets[i];
         if (qpos >= len) continue;
         const size_t row = all_rows ? (size_t)offsets[i] + qpos : (size_t)first_text + i;

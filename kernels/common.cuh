@@ -9,6 +9,13 @@
 #define WARP_SIZE 32
 #define FULL_MASK 0xffffffffu
 
+// Element-wise kernels index in 32 bits (the backend refuses launches over 2^31
+// elements): their divisions and remainders by row widths are then native 32-bit
+// operations, not the ~10x costlier 64-bit emulation. Pointer offsets stay size_t.
+#define GRID_STRIDE_LOOP(i, n)                                                      \
+    for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < (unsigned int)(n); \
+         i += gridDim.x * blockDim.x)
+
 static __device__ __forceinline__ float warp_reduce_sum(float v) {
     for (int offset = WARP_SIZE / 2; offset > 0; offset >>= 1) {
         v += __shfl_xor_sync(FULL_MASK, v, offset);

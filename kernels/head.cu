@@ -68,7 +68,7 @@ extern "C" __global__ void adamw_update(float* __restrict__ param,
                                         float bias_correction2_sqrt) {
     // Every multiply and add rounded on its own (__fmul_rn/__fadd_rn are never contracted
     // into FMAs), in optim::AdamW's order: given the same gradients, the same bits.
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < len; i += gridDim.x * blockDim.x) {
+    GRID_STRIDE_LOOP(i, len) {
         const float g = grad[i];
         const float p = __fmul_rn(param[i], decay);
         // torch's lerp for a weight below 0.5: m + w (g - m).

@@ -11,9 +11,7 @@
 extern "C" __global__ void gather_rows(float* __restrict__ dst, const float* __restrict__ src,
                                        const unsigned int* __restrict__ rows, int n,
                                        int width) {
-    const size_t total = (size_t)n * width;
-    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < total;
-         e += (size_t)gridDim.x * blockDim.x) {
+    GRID_STRIDE_LOOP(e, n * width) {
         const int r = e / width;
         const int c = e % width;
         dst[e] = src[(size_t)rows[r] * width + c];
@@ -25,9 +23,5 @@ extern "C" __global__ void gather_rows(float* __restrict__ dst, const float* __r
 extern "C" __global__ void broadcast_bias_rows(float* __restrict__ out,
                                                const float* __restrict__ bias, int rows,
                                                int N) {
-    const size_t total = (size_t)rows * N;
-    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < total;
-         e += (size_t)gridDim.x * blockDim.x) {
-        out[e] = bias[e % N];
-    }
+    GRID_STRIDE_LOOP(e, rows * N) { out[e] = bias[e % N]; }
 }

@@ -202,15 +202,19 @@ pub(crate) struct Grid {
 }
 
 impl Grid {
-    /// A grid-stride launch over `n` elements, 256 threads a block.
-    pub fn elementwise(n: usize) -> Self {
+    /// A grid-stride launch over `n` elements, 256 threads a block. The kernels index
+    /// elements in 32 bits (see kernels/common.cuh), so `n` must stay below 2^31.
+    pub fn elementwise(n: usize) -> Result<Self> {
+        if n > i32::MAX as usize {
+            bail!("an op over {n} elements exceeds the CUDA kernels' 32-bit indexing: lower --max-batch-tokens");
+        }
         // Enough blocks to fill any current GPU many times over; the kernels stride.
         let blocks = n.div_ceil(256).clamp(1, 1 << 16) as u32;
-        Self {
+        Ok(Self {
             blocks,
             threads: 256,
             shared_bytes: 0,
-        }
+        })
     }
 
     /// One block per row, the row (`width` floats) in dynamic shared memory, which

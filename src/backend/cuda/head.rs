@@ -124,7 +124,7 @@ impl CudaHead {
             launch(
                 &self.stream,
                 self.kernels.broadcast_bias_rows,
-                Grid::elementwise(b * k),
+                Grid::elementwise(b * k)?,
                 &[
                     self.p(&self.logits),
                     self.p(&self.bias),
@@ -250,7 +250,7 @@ impl CudaHead {
             launch(
                 &self.stream,
                 self.kernels.adamw_update,
-                Grid::elementwise(len),
+                Grid::elementwise(len)?,
                 &args,
             )?;
         }

@@ -279,7 +279,7 @@ impl Backend for CudaBackend {
             // out starts as the bias in every row; the GEMM adds x W^T to it (beta = 1).
             self.launch(
                 self.kernels.broadcast_bias_rows,
-                Grid::elementwise(rows * n),
+                Grid::elementwise(rows * n)?,
                 &[
                     self.ptr(out),
                     self.ptr(&lin.b),
@@ -320,7 +320,7 @@ impl Backend for CudaBackend {
         };
         self.launch(
             f,
-            Grid::elementwise(rows * width),
+            Grid::elementwise(rows * width)?,
             &[
                 self.ptr(x),
                 self.ptr(bias),
@@ -409,7 +409,7 @@ impl Backend for CudaBackend {
             // (n, H, Lq, hd) Q and (n, H, L, hd) K, V, zero-padded
             self.launch(
                 k.attention_gather_qkv,
-                Grid::elementwise(nc * heads * l * head_dim),
+                Grid::elementwise(nc * heads * l * head_dim)?,
                 &[
                     Arg::Ptr(q_pad),
                     Arg::Ptr(k_pad),
@@ -454,7 +454,7 @@ impl Backend for CudaBackend {
             gemm(&self.blas, &g, scores, v_pad, ctx)?;
             self.launch(
                 k.attention_scatter_context,
-                Grid::elementwise(nc * heads * lq * head_dim),
+                Grid::elementwise(nc * heads * lq * head_dim)?,
                 &[
                     self.ptr(out),
                     Arg::Ptr(ctx),
@@ -489,7 +489,7 @@ impl Backend for CudaBackend {
         self.upload_u32(&mut s.rows, &rows_u32)?;
         self.launch(
             self.kernels.gather_rows,
-            Grid::elementwise(n * width),
+            Grid::elementwise(n * width)?,
             &[
                 self.ptr(dst),
                 self.ptr(src),
