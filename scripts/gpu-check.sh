@@ -95,6 +95,16 @@ step tests .gpu/bin/backend_ops --test-threads 1 --nocapture
 step transformers python3 tools/reference/check_encoder_gpu.py --bertcls .gpu/bin/bertcls \
     --model-dir .gpu/shared/models/bert-base-chinese \
     --data .gpu/shared/data/ChnSentiCorp-files/test.jsonl --bench
+# bertcls train on ChnSentiCorp with the encoder on the GPU (the random BERT-base the
+# transformers step made: the wall time is the point, not the accuracy), the head's
+# 30,000 steps on the CPU and then on the GPU.
+train() {
+    time .gpu/bin/bertcls train --model /tmp/bertcls-gpu-check/model \
+        --data .gpu/shared/data/ChnSentiCorp --device cuda --max-batch-tokens 32768 \
+        --no-cache --log-every 1000 --out "/tmp/bertcls-train-$1" --head-device "$1"
+}
+step train-head-cpu train cpu
+step train-head-cuda train cuda
 step bench-fp32 .gpu/bin/cuda_kernels --shared .gpu/shared --precision fp32
 step bench-tf32 .gpu/bin/cuda_kernels --shared .gpu/shared --precision tf32 --texts 2000
 echo "=== all: $([ $status -eq 0 ] && echo PASS || echo FAIL)"
