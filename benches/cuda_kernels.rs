@@ -13,42 +13,21 @@
 //!
 //! Prints why and exits 0 where no GPU is found. One JSON object per line.
 
+mod common;
+
 use std::path::PathBuf;
-use std::time::Instant;
 
 use bertcls::backend::cuda::{self, CudaBackend, Precision};
 use bertcls::backend::{Activation, Backend, QueryRows};
 use bertcls::batch::PackedBatch;
 use bertcls::model::weights::{LayerNormWeights, LinearWeights};
 use bertcls::model::{encode_all, BertConfig, Encoder, HostWeights, Keep};
-use bertcls::tokenize::{BertTokenizer, TokenizedText};
+use bertcls::tokenize::BertTokenizer;
+use common::{arg, chnsenticorp_texts, fixed_batch, report, time};
 use cudarc::driver::CudaSlice;
 
 /// Token budget: the largest fixed batch, 256 x 128.
 const BUDGET: usize = 256 * 128;
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
-
-/// Runs `f` once to warm up, then until `min_secs` have passed (at least 5 times);
-/// returns the median seconds per run. `f` must synchronise the GPU before returning.
-fn time(mut f: impl FnMut(), min_secs: f64) -> f64 {
-    f();
-    let mut runs = Vec::new();
-    let started = Instant::now();
-    while runs.len() < 5 || started.elapsed().as_secs_f64() < min_secs {
-        let t = Instant::now();
-        f();
-        runs.push(t.elapsed().as_secs_f64());
-    }
-    runs.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    runs[runs.len() / 2]
-}
 
 /// Times `reps` launches of `op` back to back (launch overhead amortised); seconds per op.
 fn time_op(be: &CudaBackend, reps: usize, mut op: impl FnMut()) -> f64 {
@@ -60,6 +39,7 @@ fn time_op(be: &CudaBackend, reps: usize, mut op: impl FnMut()) -> f64 {
             be.synchronize().unwrap();
         },
         0.5,
+        5,
     ) / reps as f64
 }
 
@@ -133,14 +113,7 @@ fn upload(be: &CudaBackend, len: usize, value: f32) -> CudaSlice<f32> {
 fn kernels(be: &CudaBackend, config: &BertConfig, copy_gbs: f64) {
     let (c, f) = (config.hidden_size, config.intermediate_size);
     let t = 32 * 128;
-    let texts: Vec<TokenizedText> = (0..32)
-        .map(|i| TokenizedText {
-            ids: (0..128)
-                .map(|j| ((i * 7919 + j * 104_729) % (config.vocab_size - 1000) + 1000) as u32)
-                .collect(),
-            type_ids: vec![0; 128],
-        })
-        .collect();
+    let texts = fixed_batch(config, 32, 128);
     let batch = PackedBatch::new(&texts);
     let weights = HostWeights::random(config, 0);
     let emb = weights.try_map(|w| be.upload(w)).unwrap().embeddings;
@@ -267,14 +240,6 @@ fn attention(be: &CudaBackend, config: &BertConfig) {
     }
 }
 
-fn report(case: &str, tokens: usize, secs: f64) {
-    println!(
-        "{{\"case\": \"{case}\", \"tokens\": {tokens}, \"ms\": {:.2}, \"tokens_per_s\": {:.0}}}",
-        secs * 1e3,
-        tokens as f64 / secs
-    );
-}
-
 /// Encoder tokens/s ([CLS] only, as `train` runs it), fixed batches and real texts.
 fn encoder(
     be: CudaBackend,
@@ -286,42 +251,25 @@ fn encoder(
     let precision = be.precision();
     let mut enc = Encoder::new(be, config.clone(), &weights, BUDGET).unwrap();
     for (b, l) in [(1, 128), (32, 128), (256, 128)] {
-        let texts: Vec<TokenizedText> = (0..b)
-            .map(|i| TokenizedText {
-                ids: (0..l)
-                    .map(|j| ((i * 7919 + j * 104_729) % (config.vocab_size - 1000) + 1000) as u32)
-                    .collect(),
-                type_ids: vec![0; l],
-            })
-            .collect();
+        let texts = fixed_batch(config, b, l);
         let batch = PackedBatch::new(&texts);
         let secs = time(
             || {
                 enc.forward(&batch, Keep::Cls).unwrap();
             },
             2.0,
+            5,
         );
         report(&format!("encoder {precision} {b}x{l}"), b * l, secs);
     }
 
-    let jsonl = shared.join("data/ChnSentiCorp-files/train.jsonl");
-    let Ok(text) = std::fs::read_to_string(&jsonl) else {
-        println!("SKIPPED chnsenticorp case: {} not found", jsonl.display());
-        return;
-    };
     let n_texts = arg("--texts")
         .and_then(|v| v.parse().ok())
         .unwrap_or(usize::MAX);
-    let texts: Vec<String> = text
-        .lines()
-        .take(n_texts)
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let Some(texts) = chnsenticorp_texts(shared, n_texts) else {
+        println!("SKIPPED chnsenticorp case: ../shared/data/ChnSentiCorp-files not found");
+        return;
+    };
     let tokenizer = BertTokenizer::from_dir(model_dir, 350).unwrap();
     let tokens = tokenizer.encode_many(&texts).unwrap();
     let real: usize = tokens.iter().map(|t| t.ids.len()).sum();
@@ -330,6 +278,7 @@ fn encoder(
             encode_all(&mut enc, &tokens, |_| {}).unwrap();
         },
         2.0,
+        5,
     );
     report(
         &format!(
