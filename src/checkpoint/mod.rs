@@ -489,8 +489,8 @@ fn gather(t: &TensorRef, storage: &[u8]) -> Result<Vec<f32>, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::pickle::StorageRef;
+    use super::*;
     use crate::head::HeadScratch;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
