@@ -6,21 +6,8 @@ use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use super::simd::{dispatch, exp, max, sum};
+use super::OutPtr;
 use crate::backend::QueryRows;
-
-/// A pointer that rayon tasks may share: each task writes a disjoint block of `out`.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint (rows, head columns) blocks; see `attention`.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    // A method, not field access: closures would otherwise capture the bare `*mut f32`.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
 
 dispatch! {
     /// Softmax of each row of `scores` (rows, n), in place. Max, exp and sum are separate

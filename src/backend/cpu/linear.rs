@@ -2,24 +2,11 @@
 
 use gemm::{gemm, Parallelism};
 
+use super::OutPtr;
 use crate::model::weights::LinearWeights;
 
 /// Column slabs are multiples of this, so every slab starts on a full SIMD register.
 const SLAB_ALIGN: usize = 16;
-
-/// `out` as a pointer that rayon tasks may share: each task writes its own column slab.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint column ranges of `out`; see `linear`.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    // A method, not field access: closures would otherwise capture the bare `*mut f32`.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
 
 /// Each thread computes its own slab of output columns, from its own rows of W, with a
 /// single-threaded GEMM. Measured on the 2-core machine against the `gemm` crate's own

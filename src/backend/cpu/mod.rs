@@ -19,6 +19,22 @@ use crate::model::weights::{EmbeddingWeights, LayerNormWeights, LinearWeights};
 
 pub use simd::{erf, exp};
 
+/// A pointer to an output buffer that rayon tasks share, each writing its own disjoint
+/// block (a column slab in `linear`, a (text, head) block in `attention`): the borrow
+/// checker cannot see that the blocks do not overlap, the callers' SAFETY notes say why.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: only ever used for disjoint writes, see above.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    // A method, not field access: closures would otherwise capture the bare `*mut f32`.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 pub struct CpuBackend {
     pool: ThreadPool,
     threads: usize,
