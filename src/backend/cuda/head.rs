@@ -108,7 +108,7 @@ impl CudaHead {
     /// logits (B, K) = x (B, C) . W^T + b, left in `self.logits`.
     fn forward(&mut self, x: &[f32]) -> Result<usize> {
         let (k, c) = (self.num_labels, self.hidden);
-        if x.len() % c != 0 {
+        if !x.len().is_multiple_of(c) {
             bail!("features of {} floats are not rows of {c}", x.len());
         }
         let b = x.len() / c;
