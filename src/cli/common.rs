@@ -278,6 +278,27 @@ impl FeatureSource {
     }
 }
 
+/// Texts given on the command line: as arguments, or `--file F` with one per line.
+#[derive(Args, Clone, Debug)]
+pub struct TextArgs {
+    /// Texts, as arguments.
+    pub texts: Vec<String>,
+    /// Read texts from this file, one per line.
+    #[arg(long, conflicts_with = "texts")]
+    pub file: Option<PathBuf>,
+}
+
+impl TextArgs {
+    /// The texts given, or None when there are neither arguments nor --file.
+    pub fn given(&self) -> Result<Option<Vec<String>>> {
+        match &self.file {
+            Some(path) => read_lines(path).map(Some),
+            None if self.texts.is_empty() => Ok(None),
+            None => Ok(Some(self.texts.clone())),
+        }
+    }
+}
+
 /// Reads one text per line; names the file and line of the first non-UTF-8 line.
 pub fn read_lines(path: &Path) -> Result<Vec<String>> {
     let bytes = std::fs::read(path)

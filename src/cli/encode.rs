@@ -9,7 +9,7 @@ use clap::Args;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
-use super::common::{encode_texts, load_model, read_lines, DeviceArgs, ModelArgs};
+use super::common::{encode_texts, load_model, DeviceArgs, ModelArgs, TextArgs};
 use crate::fsio::atomic_write;
 
 #[derive(Args, Debug)]
@@ -18,11 +18,8 @@ pub struct EncodeArgs {
     model: ModelArgs,
     #[command(flatten)]
     device: DeviceArgs,
-    /// Texts to encode.
-    texts: Vec<String>,
-    /// Read texts from this file, one per line.
-    #[arg(long, conflicts_with = "texts")]
-    file: Option<PathBuf>,
+    #[command(flatten)]
+    input: TextArgs,
     /// Write a safetensors file: `cls` [N, hidden] (and `input_ids`, `attention_mask` [N, L] with --ids).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -35,10 +32,7 @@ pub struct EncodeArgs {
 }
 
 pub fn run(args: EncodeArgs) -> Result<()> {
-    let texts = match &args.file {
-        Some(path) => read_lines(path)?,
-        None => args.texts.clone(),
-    };
+    let texts = args.input.given()?.unwrap_or_default();
     if texts.is_empty() {
         bail!("no texts to encode: pass them as arguments or with --file F (one per line)");
     }

@@ -12,8 +12,8 @@ use anyhow::{anyhow, bail, Result};
 use clap::Args;
 
 use super::common::{
-    encode_texts, load_model, model_files, parse_lines, read_lines, weights_sha256, DeviceArgs,
-    LoadedModel, ModelArgs,
+    encode_texts, load_model, model_files, parse_lines, weights_sha256, DeviceArgs, LoadedModel,
+    ModelArgs, TextArgs,
 };
 use super::run_dir::{best_checkpoint, epoch_checkpoint, last_checkpoint, RunInfo};
 use crate::checkpoint::load_head;
@@ -216,11 +216,8 @@ pub struct PredictArgs {
     head: HeadArgs,
     #[command(flatten)]
     device: DeviceArgs,
-    /// Texts to label; without them, --file or standard input, or a prompt on a terminal.
-    texts: Vec<String>,
-    /// Read texts from this file, one per line.
-    #[arg(long, conflicts_with = "texts")]
-    file: Option<PathBuf>,
+    #[command(flatten)]
+    input: TextArgs,
     /// One JSON object per text: text, label, label_id, probs (in label order).
     #[arg(long)]
     json: bool,
@@ -276,10 +273,8 @@ pub fn run(args: PredictArgs) -> Result<()> {
 
 /// The texts to label, or none for the interactive prompt.
 fn gather_texts(args: &PredictArgs) -> Result<Option<Vec<String>>> {
-    let texts = if !args.texts.is_empty() {
-        args.texts.clone()
-    } else if let Some(path) = &args.file {
-        read_lines(path)?
+    let texts = if let Some(texts) = args.input.given()? {
+        texts
     } else if std::io::stdin().is_terminal() {
         return Ok(None);
     } else {
