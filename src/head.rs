@@ -115,10 +115,25 @@ impl LinearHead {
     /// One training step's forward and backward into `s`: returns the mean
     /// cross-entropy of the logits against `labels` and leaves the logits and the
     /// gradients in `s.logits` and `s.grads`.
-    ///
-    /// With p = softmax(z) and y one-hot, d(mean CE)/dz = (p - y) / B; then
-    /// dW = dz^T x and db = sum over the batch of dz.
     pub fn forward_backward(&self, x: &[f32], labels: &[usize], s: &mut HeadScratch) -> f32 {
+        self.forward_backward_weighted(x, labels, None, s)
+    }
+
+    /// [`forward_backward`](Self::forward_backward) with optional per-class weights
+    /// (L,), as `torch.nn.CrossEntropyLoss(weight=w)`: the loss is
+    /// sum_i w[y_i] CE_i / sum_i w[y_i], a weighted mean, so it equals the plain mean
+    /// over a batch in which row i appeared w[y_i] times.
+    ///
+    /// With p = softmax(z), y one-hot and W = sum_i w[y_i]:
+    /// dloss/dz_i = w[y_i] (p_i - y_i) / W; then dW = dz^T x and db = sum over the
+    /// batch of dz. Without weights every w is 1 and W = B.
+    pub fn forward_backward_weighted(
+        &self,
+        x: &[f32],
+        labels: &[usize],
+        class_weights: Option<&[f32]>,
+        s: &mut HeadScratch,
+    ) -> f32 {
         let (c, l, b) = (self.hidden, self.num_labels, labels.len());
         assert!(b > 0, "empty batch");
         assert_eq!(x.len(), b * c, "x is not (batch {b}, hidden {c})");
@@ -127,11 +142,20 @@ impl LinearHead {
             l * c,
             "scratch was made for another head shape"
         );
+        if let Some(w) = class_weights {
+            assert_eq!(w.len(), l, "{} class weights for {l} labels", w.len());
+        }
         s.logits.resize(b * l, 0.0);
         self.logits_into(x, &mut s.logits);
 
+        if let Some(&y) = labels.iter().find(|&&y| y >= l) {
+            panic!("label {y} is outside 0..{l}");
+        }
+        let weight_of = |y: usize| class_weights.map_or(1.0, |w| w[y] as f64);
+        let total_weight: f64 = labels.iter().map(|&y| weight_of(y)).sum();
+        assert!(total_weight > 0.0, "the batch's class weights sum to 0");
+        let inv_w = 1.0 / total_weight;
         s.dlogits.resize(b * l, 0.0);
-        let inv_b = 1.0 / b as f64;
         let mut loss = 0.0f64;
         for ((z, dz), &y) in s
             .logits
@@ -139,13 +163,13 @@ impl LinearHead {
             .zip(s.dlogits.chunks_exact_mut(l))
             .zip(labels)
         {
-            assert!(y < l, "label {y} is outside 0..{l}");
+            let scale = weight_of(y) * inv_w;
             let lse = log_sum_exp(z);
-            loss += lse - z[y] as f64;
+            loss += weight_of(y) * (lse - z[y] as f64);
             for (d, &zi) in dz.iter_mut().zip(z) {
-                *d = (zi as f64 - lse).exp() * inv_b;
+                *d = (zi as f64 - lse).exp() * scale;
             }
-            dz[y] -= inv_b;
+            dz[y] -= scale;
         }
 
         s.dweight.fill(0.0);
@@ -169,7 +193,7 @@ impl LinearHead {
         for (g, &v) in s.grads.bias.iter_mut().zip(&s.dbias) {
             *g = v as f32;
         }
-        (loss * inv_b) as f32
+        (loss * inv_w) as f32
     }
 
     /// Mean cross-entropy, its gradients and the logits, for one batch. Allocates;
@@ -239,6 +263,71 @@ pub fn count_correct(logits: &[f32], labels: &[usize], num_labels: usize) -> usi
         .count()
 }
 
+/// How the loss weighs the classes (`--class-weights`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ClassWeighting {
+    /// Every example counts once: the recipe's plain mean cross-entropy.
+    #[default]
+    None,
+    /// Class c weighs n / (k n_c), scikit-learn's `class_weight="balanced"`: each class
+    /// then contributes equally to the loss, however rare it is.
+    Balanced,
+}
+
+impl ClassWeighting {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Balanced => "balanced",
+        }
+    }
+
+    /// The per-class weights (L,) for training on `labels`, or None for `None`.
+    /// Balanced weighting needs every class present: a class without examples has
+    /// no finite weight (scikit-learn refuses it too).
+    pub fn weights(self, labels: &[usize], num_labels: usize) -> Result<Option<Vec<f32>>, String> {
+        match self {
+            Self::None => Ok(None),
+            Self::Balanced => balanced_class_weights(labels, num_labels).map(Some),
+        }
+    }
+}
+
+impl std::str::FromStr for ClassWeighting {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Self::None),
+            "balanced" => Ok(Self::Balanced),
+            _ => Err(format!(
+                "`{s}` is not a class weighting: use none or balanced"
+            )),
+        }
+    }
+}
+
+/// n / (k n_c) for each class c of `labels` over `num_labels` classes.
+pub fn balanced_class_weights(labels: &[usize], num_labels: usize) -> Result<Vec<f32>, String> {
+    let mut counts = vec![0usize; num_labels];
+    for &y in labels {
+        if y >= num_labels {
+            return Err(format!("label {y} is outside 0..{num_labels}"));
+        }
+        counts[y] += 1;
+    }
+    if let Some(missing) = counts.iter().position(|&n| n == 0) {
+        return Err(format!(
+            "label {missing} has no training example, so it has no balanced weight"
+        ));
+    }
+    let n = labels.len() as f64;
+    Ok(counts
+        .iter()
+        .map(|&nc| (n / (num_labels as f64 * nc as f64)) as f32)
+        .collect())
+}
+
 /// log(sum(exp(z))) computed as max + log(sum(exp(z - max))): exact for any logits
 /// that are finite, where the naive form overflows from about z = 89 in f32.
 fn log_sum_exp(z: &[f32]) -> f64 {
@@ -278,19 +367,77 @@ mod tests {
     }
 
     /// The loss as a function of the parameters in f64 throughout, so central
-    /// differences are limited by the step size, not by f32 rounding.
-    fn loss_f64(w: &[f64], bias: &[f64], x: &[f32], labels: &[usize], c: usize) -> f64 {
+    /// differences are limited by the step size, not by f32 rounding; with class
+    /// weights, PyTorch's weighted mean sum_i w[y_i] CE_i / sum_i w[y_i], written out
+    /// independently of `forward_backward_weighted`.
+    fn loss_f64(
+        w: &[f64],
+        bias: &[f64],
+        x: &[f32],
+        labels: &[usize],
+        c: usize,
+        class_weights: Option<&[f32]>,
+    ) -> f64 {
         let l = bias.len();
-        let mut total = 0.0;
+        let (mut total, mut weight_sum) = (0.0, 0.0);
         for (row, &y) in x.chunks_exact(c).zip(labels) {
             let z: Vec<f64> = (0..l)
                 .map(|j| bias[j] + (0..c).map(|i| w[j * c + i] * row[i] as f64).sum::<f64>())
                 .collect();
             let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let lse = max + z.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
-            total += lse - z[y];
+            let wy = class_weights.map_or(1.0, |cw| cw[y] as f64);
+            total += wy * (lse - z[y]);
+            weight_sum += wy;
         }
-        total / labels.len() as f64
+        total / weight_sum
+    }
+
+    /// Checks the analytic gradients of `head` on (x, labels) against central
+    /// differences of `loss_f64`.
+    fn check_against_central_differences(
+        head: &LinearHead,
+        x: &[f32],
+        labels: &[usize],
+        class_weights: Option<&[f32]>,
+    ) {
+        let c = head.hidden;
+        let mut s = HeadScratch::new(head.num_labels, c);
+        let loss = head.forward_backward_weighted(x, labels, class_weights, &mut s);
+        let w: Vec<f64> = head.weight.iter().map(|&v| v as f64).collect();
+        let bias: Vec<f64> = head.bias.iter().map(|&v| v as f64).collect();
+        let exact = loss_f64(&w, &bias, x, labels, c, class_weights);
+        assert!((loss as f64 - exact).abs() < 1e-6, "loss {loss} vs {exact}");
+        assert_eq!(s.logits, head.logits(x));
+
+        // Central differences have O(h^2) truncation error (~1e-8 at h = 1e-4 for a
+        // loss with second derivatives of order 1) and f64 cancellation error
+        // ~1e-16 / h = 1e-12; the analytic gradient is rounded to f32, ~6e-8
+        // relative. 1e-6 absolute plus 1e-5 relative leaves room for all three and
+        // still catches any wrong term, which would be off by ~1e-2 or more.
+        let h = 1e-4;
+        let f = |w: &[f64], b: &[f64]| loss_f64(w, b, x, labels, c, class_weights);
+        let check = |analytic: f32, numeric: f64, what: String| {
+            let err = (analytic as f64 - numeric).abs();
+            assert!(
+                err <= 1e-6 + 1e-5 * numeric.abs(),
+                "{what}: analytic {analytic} numeric {numeric}"
+            );
+        };
+        for i in 0..w.len() {
+            let (mut wp, mut wm) = (w.clone(), w.clone());
+            wp[i] += h;
+            wm[i] -= h;
+            let numeric = (f(&wp, &bias) - f(&wm, &bias)) / (2.0 * h);
+            check(s.grads.weight[i], numeric, format!("dW[{i}]"));
+        }
+        for j in 0..bias.len() {
+            let (mut bp, mut bm) = (bias.clone(), bias.clone());
+            bp[j] += h;
+            bm[j] -= h;
+            let numeric = (f(&w, &bp) - f(&w, &bm)) / (2.0 * h);
+            check(s.grads.bias[j], numeric, format!("db[{j}]"));
+        }
     }
 
     #[test]
@@ -312,42 +459,60 @@ mod tests {
     #[test]
     fn backward_matches_central_differences() {
         let (head, x, labels) = random_case(5, 7, 3, 7);
-        let (loss, grads, logits) = head.loss_and_grad(&x, &labels);
-        let w: Vec<f64> = head.weight.iter().map(|&v| v as f64).collect();
-        let bias: Vec<f64> = head.bias.iter().map(|&v| v as f64).collect();
-        assert!((loss as f64 - loss_f64(&w, &bias, &x, &labels, 7)).abs() < 1e-6);
-        assert_eq!(logits, head.logits(&x));
+        check_against_central_differences(&head, &x, &labels, None);
+    }
 
-        // Central differences have O(h^2) truncation error (~1e-8 at h = 1e-4 for a
-        // loss with second derivatives of order 1) and f64 cancellation error
-        // ~1e-16 / h = 1e-12; the analytic gradient is rounded to f32, ~6e-8
-        // relative. 1e-6 absolute plus 1e-5 relative leaves room for all three and
-        // still catches any wrong term, which would be off by ~1e-2 or more.
-        let h = 1e-4;
-        let check = |analytic: f32, numeric: f64, what: String| {
-            let err = (analytic as f64 - numeric).abs();
-            assert!(
-                err <= 1e-6 + 1e-5 * numeric.abs(),
-                "{what}: analytic {analytic} numeric {numeric}"
-            );
-        };
-        for i in 0..w.len() {
-            let (mut wp, mut wm) = (w.clone(), w.clone());
-            wp[i] += h;
-            wm[i] -= h;
-            let numeric = (loss_f64(&wp, &bias, &x, &labels, 7)
-                - loss_f64(&wm, &bias, &x, &labels, 7))
-                / (2.0 * h);
-            check(grads.weight[i], numeric, format!("dW[{i}]"));
+    #[test]
+    fn weighted_backward_matches_central_differences() {
+        let (head, x, labels) = random_case(9, 7, 3, 11);
+        check_against_central_differences(&head, &x, &labels, Some(&[0.4, 2.5, 1.3]));
+    }
+
+    /// PyTorch's weighted mean is the plain mean over a batch where row i appears
+    /// w[y_i] times: with integer weights both sides must agree to f64 rounding.
+    #[test]
+    fn integer_class_weights_equal_repeated_rows() {
+        let (head, x, labels) = random_case(6, 5, 2, 13);
+        let weights = [3.0f32, 1.0];
+        let (mut xr, mut yr) = (Vec::new(), Vec::new());
+        for (row, &y) in x.chunks_exact(5).zip(&labels) {
+            for _ in 0..weights[y] as usize {
+                xr.extend_from_slice(row);
+                yr.push(y);
+            }
         }
-        for j in 0..bias.len() {
-            let (mut bp, mut bm) = (bias.clone(), bias.clone());
-            bp[j] += h;
-            bm[j] -= h;
-            let numeric =
-                (loss_f64(&w, &bp, &x, &labels, 7) - loss_f64(&w, &bm, &x, &labels, 7)) / (2.0 * h);
-            check(grads.bias[j], numeric, format!("db[{j}]"));
+        let mut s = HeadScratch::new(2, 5);
+        let weighted = head.forward_backward_weighted(&x, &labels, Some(&weights), &mut s);
+        let grads = s.grads.clone();
+        let repeated = head.forward_backward(&xr, &yr, &mut s);
+        // Both sums run in f64 and are rounded to f32 once; the orders differ.
+        assert!(
+            (weighted - repeated).abs() <= 1e-6,
+            "{weighted} vs {repeated}"
+        );
+        for (a, b) in grads
+            .weight
+            .iter()
+            .chain(&grads.bias)
+            .zip(s.grads.weight.iter().chain(&s.grads.bias))
+        {
+            assert!((a - b).abs() <= 1e-6, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn balanced_weights_follow_scikit_learn() {
+        // sklearn.utils.class_weight.compute_class_weight("balanced", classes=[0, 1, 2],
+        // y=[0, 0, 0, 0, 1, 1, 2, 2, 2, 2, 2, 2]) = 12 / (3 * [4, 2, 6]).
+        let labels = [0, 0, 0, 0, 1, 1, 2, 2, 2, 2, 2, 2];
+        let w = ClassWeighting::Balanced
+            .weights(&labels, 3)
+            .unwrap()
+            .unwrap();
+        assert_eq!(w, vec![1.0, 2.0, 2.0 / 3.0]);
+        assert_eq!(ClassWeighting::None.weights(&labels, 3), Ok(None));
+        let err = balanced_class_weights(&[0, 0, 2], 3).unwrap_err();
+        assert!(err.contains("label 1 has no training example"), "{err}");
     }
 
     #[test]

@@ -446,3 +446,112 @@ fn help_names_the_recipe_defaults() {
         assert!(help.contains(needle), "help lacks {needle}:\n{help}");
     }
 }
+
+/// `--class-weights balanced`: n / (k n_c) from the train split, in run.json, and one
+/// line when a class has no example.
+#[test]
+fn balanced_class_weights_come_from_the_train_split() {
+    let sb = Sandbox::new("class-weights");
+    // The tiny train split less half of its positives: 16 negative, 8 positive rows,
+    // so the weights are 24 / (2 * 16) = 0.75 and 24 / (2 * 8) = 1.5.
+    let text = std::fs::read_to_string(fixtures().join("data/tiny-files/train.jsonl")).unwrap();
+    let mut kept_positive = 0;
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            let positive = l.ends_with("\"label\": 1}");
+            kept_positive += usize::from(positive);
+            !positive || kept_positive <= 8
+        })
+        .collect();
+    assert_eq!(lines.len(), 24);
+    let write_split = |folder: &str, lines: &[&str]| {
+        let dir = sb.dir.join(folder);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("train.jsonl"), lines.join("\n")).unwrap();
+        dir.join("train.jsonl").display().to_string()
+    };
+    let data = write_split("imbalanced", &lines);
+    let train = |run: &str, weighting: &str| {
+        sb.train(&[
+            "--data",
+            &data,
+            "--labels",
+            "neg,pos",
+            "--batch-size",
+            "8",
+            "--lr",
+            "1e-2",
+            "--epochs",
+            "2",
+            "--class-weights",
+            weighting,
+            "--out",
+            run,
+        ])
+    };
+    let (plain, balanced) = (sb.path("none"), sb.path("balanced"));
+    succeeded(&train(&plain, "none"));
+    let out = train(&balanced, "balanced");
+    succeeded(&out);
+    assert!(
+        stderr(&out).contains("class weights (balanced): 0.7500, 1.5000"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        run_json(&balanced)["hyperparameters"]["class_weights"],
+        "balanced"
+    );
+    assert_eq!(run_json(&plain)["hyperparameters"]["class_weights"], "none");
+    // Same seed, same batches: only the loss's weights differ, so the heads must.
+    let head = |run: &str| load_head(&Path::new(run).join("last.safetensors"), None).unwrap();
+    assert_ne!(head(&plain).head.weight, head(&balanced).head.weight);
+
+    let negatives: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.ends_with("\"label\": 0}"))
+        .collect();
+    let only_negative = write_split("negative", &negatives);
+    failed_with(
+        &sb.train(&[
+            "--data",
+            &only_negative,
+            "--labels",
+            "neg,pos",
+            "--batch-size",
+            "8",
+            "--class-weights",
+            "balanced",
+            "--out",
+            &sb.path("x"),
+        ]),
+        "--class-weights balanced: label 1 has no training example",
+    );
+    failed_with(
+        &sb.train(&[
+            "--data",
+            &data,
+            "--labels",
+            "neg,pos",
+            "--batch-size",
+            "8",
+            "--class-weights",
+            "balanced",
+            "--head-device",
+            "cuda",
+            "--out",
+            &sb.path("z"),
+        ]),
+        "--class-weights balanced trains on the CPU head only: drop --head-device cuda",
+    );
+    // clap's own error: one line naming the flag, then its usage hint.
+    let out = sb.train_tiny(1, &["--class-weights", "equal", "--out", &sb.path("y")]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("'--class-weights <none|balanced>': `equal` is not a class weighting: use none or balanced"),
+        "{}",
+        stderr(&out)
+    );
+}

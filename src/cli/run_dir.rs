@@ -14,6 +14,7 @@ use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::fsio::atomic_write;
+use crate::head::ClassWeighting;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Hyperparameters {
@@ -27,6 +28,14 @@ pub struct Hyperparameters {
     pub seed: u64,
     /// The recipe drops the last incomplete batch of each epoch.
     pub drop_last: bool,
+    /// `none` (the recipe's plain mean) or `balanced`; runs written before the flag
+    /// existed trained with none.
+    #[serde(default = "no_class_weights")]
+    pub class_weights: String,
+}
+
+fn no_class_weights() -> String {
+    ClassWeighting::None.name().to_string()
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -22,7 +22,7 @@ use crate::backend::Device;
 use crate::checkpoint::{load_head, save_head};
 use crate::data::{self, Dataset, LoadOptions, Split};
 use crate::fsio::atomic_write;
-use crate::head::{count_correct, HeadScratch, LinearHead};
+use crate::head::{count_correct, ClassWeighting, HeadScratch, LinearHead};
 use crate::hub::{resolve_dataset, DEFAULT_DATASET};
 use crate::optim::{AdamW, DEFAULT_BETAS, DEFAULT_EPS, DEFAULT_LR, DEFAULT_WEIGHT_DECAY};
 
@@ -69,6 +69,15 @@ pub struct TrainArgs {
     /// AdamW decoupled weight decay.
     #[arg(long, default_value_t = DEFAULT_WEIGHT_DECAY, help_heading = "Training")]
     weight_decay: f64,
+    /// How the loss weighs the classes: none (the recipe's plain mean) or balanced
+    /// (class c weighs n / (k n_c) on the train split, as scikit-learn's).
+    #[arg(
+        long,
+        default_value = "none",
+        value_name = "none|balanced",
+        help_heading = "Training"
+    )]
+    class_weights: ClassWeighting,
     /// Seeds the head's initialisation and each epoch's shuffle.
     #[arg(long, default_value_t = 0, help_heading = "Training")]
     seed: u64,
@@ -190,12 +199,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
         log_every: args.log_every,
     };
     let start = start_state(&args, &run, model.encoder.hidden_size())?;
+    let class_weights = class_weights(args.class_weights, train, run.info.labels.len())?;
     let trainer = HeadTrainer::new(
         args.head_device,
         &model,
         start.head.clone(),
         start.opt.clone(),
         args.batch_size,
+        class_weights,
     )?;
     write_run_info(&run.dir, &start.info)?;
 
@@ -276,6 +287,26 @@ fn check_batch(train: &Split, batch_size: usize) -> Result<()> {
     Ok(())
 }
 
+/// The loss's per-class weights for `--class-weights`, from the train split's labels.
+fn class_weights(
+    weighting: ClassWeighting,
+    train: &Split,
+    num_labels: usize,
+) -> Result<Option<Vec<f32>>> {
+    let weights = weighting.weights(&train.labels, num_labels).map_err(|e| {
+        anyhow!(
+            "--class-weights {}: {e} in the {} split: drop the flag or add examples",
+            weighting.name(),
+            train.name
+        )
+    })?;
+    if let Some(w) = &weights {
+        let shown: Vec<String> = w.iter().map(|v| format!("{v:.4}")).collect();
+        eprintln!("class weights ({}): {}", weighting.name(), shown.join(", "));
+    }
+    Ok(weights)
+}
+
 /// The named validation split; by default "validation" when the data has one.
 fn validation_split<'a>(args: &TrainArgs, dataset: &'a Dataset) -> Result<Option<&'a Split>> {
     if let Some(name) = &args.validation_split {
@@ -324,6 +355,7 @@ fn run_info(
             eps: DEFAULT_EPS,
             seed: args.seed,
             drop_last: true,
+            class_weights: args.class_weights.name().to_string(),
         },
         device: model.device.to_string(),
         precision: model.precision_name(),
@@ -483,6 +515,11 @@ fn check_same_run(dir: &Path, saved: &RunInfo, now: &RunInfo) -> Result<()> {
         b.weight_decay.to_string(),
     );
     differ("--seed", a.seed.to_string(), b.seed.to_string());
+    differ(
+        "--class-weights",
+        a.class_weights.clone(),
+        b.class_weights.clone(),
+    );
     if !diffs.is_empty() {
         bail!(
             "cannot resume {}: {} differ; pass the flags the run was started with",
@@ -537,6 +574,8 @@ struct CpuHead {
     head: LinearHead,
     opt: AdamW,
     scratch: HeadScratch,
+    /// (L,) per-class loss weights, or None for the plain mean.
+    class_weights: Option<Vec<f32>>,
 }
 
 impl HeadTrainer {
@@ -546,11 +585,22 @@ impl HeadTrainer {
         head: LinearHead,
         opt: AdamW,
         batch: usize,
+        class_weights: Option<Vec<f32>>,
     ) -> Result<Self> {
         match kind {
             HeadDevice::Cpu => {
                 let scratch = HeadScratch::new(head.num_labels, head.hidden);
-                Ok(Self::Cpu(Box::new(CpuHead { head, opt, scratch })))
+                Ok(Self::Cpu(Box::new(CpuHead {
+                    head,
+                    opt,
+                    scratch,
+                    class_weights,
+                })))
+            }
+            HeadDevice::Cuda if class_weights.is_some() => {
+                bail!(
+                    "--class-weights balanced trains on the CPU head only: drop --head-device cuda"
+                )
             }
             HeadDevice::Cuda => {
                 let Device::Cuda(ordinal) = model.device else {
@@ -568,8 +618,14 @@ impl HeadTrainer {
     fn step(&mut self, x: &[f32], labels: &[usize]) -> Result<(f32, usize)> {
         match self {
             Self::Cpu(cpu) => {
-                let CpuHead { head, opt, scratch } = cpu.as_mut();
-                let loss = head.forward_backward(x, labels, scratch);
+                let CpuHead {
+                    head,
+                    opt,
+                    scratch,
+                    class_weights,
+                } = cpu.as_mut();
+                let loss =
+                    head.forward_backward_weighted(x, labels, class_weights.as_deref(), scratch);
                 let correct = count_correct(&scratch.logits, labels, head.num_labels);
                 opt.update_head(head, &scratch.grads);
                 Ok((loss, correct))
