@@ -3,6 +3,9 @@
 // references in double: the GPU's results are only checked on a GPU, this checks the
 // kernels' logic everywhere. Attention runs as ops.rs issues it, cuBLAS replaced by a
 // model of its column-major sgemm and the row-major mapping of ops.rs (Gemm::col_major).
+// Every check runs in three passes: blocks in reverse order, then two seeded shuffles;
+// the first shuffle caps the grid of grid-stride kernels so that each thread loops.
+// `check_kernels NAME` runs only the checks whose name contains NAME.
 // Prints one line per check; exit status 1 when one fails.
 #include "activation.cu"
 #include "attention.cu"
@@ -21,10 +24,14 @@ void check(const char* name, const vector<float>& got, const vector<double>& wan
     double worst = 0; size_t wi = 0;
     for (size_t i = 0; i < want.size(); ++i) { double e = isnan(got[i]) ? 1e30 : fabs(got[i] - want[i]) / (1 + fabs(want[i])); if (e > worst) { worst = e; wi = i; } }
     bool ok = worst <= tol; fails += !ok;
-    printf("%s %-50s worst %.2e at %zu (got %g want %g)\n", ok ? "ok  " : "FAIL", name, worst, wi, got[wi], want[wi]);
+    printf("%s %-52s worst %.2e at %zu (got %g want %g)\n", ok ? "ok  " : "FAIL", name, worst, wi, got[wi], want[wi]);
 }
 // Grid helpers mirroring src/backend/cuda/context.rs
-unsigned ew_blocks(size_t n) { return (unsigned)std::clamp<size_t>((n + 255) / 256, 1, 1 << 16); }
+static bool g_cap_grid = false;
+unsigned ew_blocks(size_t n) {
+    unsigned blocks = (unsigned)std::clamp<size_t>((n + 255) / 256, 1, 1 << 16);
+    return g_cap_grid ? std::max(1u, blocks / 4) : blocks;
+}
 unsigned row_threads(size_t w) { return (unsigned)std::clamp<size_t>((w + 31) / 32 * 32, 32, 256); }
 vector<double> ln_ref(vector<double> row, const vector<float>& g, const vector<float>& b, double eps) {
     double m = 0; for (double v : row) m += v; m /= row.size();
@@ -71,7 +78,7 @@ void test_act() {
     for (auto& a : acts) {
         auto x = x0; vector<double> want(rows * F);
         for (int i = 0; i < rows * F; ++i) want[i] = a.r((double)x[i] + bias[i % F]);
-        launch(a.k, ew_blocks(rows * F), 256, 0, x.data(), bias.data(), rows, F);
+        emu::launch_named(a.n, a.k, ew_blocks(rows * F), 256, 0, x.data(), bias.data(), rows, F);
         check(a.n, x, want, 1e-6);
     }
 }
@@ -145,15 +152,24 @@ void test_head() {
     launch(adamw_update, ew_blocks(len), 256, 0, p.data(), (const float*)g.data(), m.data(), v.data(), len, decay, w1, fb2, omb2, feps, step, bc2);
     check("adamw_update (bit-exact)", p, wp, 0);
 }
-int main() {
-    test_embeddings(48); test_embeddings(100); test_embeddings(768);
-    test_layernorm(4, 770); test_layernorm(2, 32);
-    test_act();
-    for (bool all : {true, false}) {
-        test_attention({7, 1, 16, 3}, 4, 8, all, {{0, 4}});
-        test_attention({7, 1, 16, 3}, 4, 8, all, {{0, 1}, {1, 2}, {3, 1}});
-        test_attention({33, 2}, 2, 64, all, {{0, 2}});
+int main(int argc, char** argv) {
+    const string only = argc > 1 ? argv[1] : "";
+    auto want = [&](const char* name) { return string(name).find(only) != string::npos || only.empty(); };
+    struct Pass { unsigned seed; bool cap; const char* what; };
+    for (Pass pass : {Pass{0, false, "blocks reversed"}, Pass{1, true, "blocks shuffled (seed 1), grid-stride grids capped"}, Pass{2, false, "blocks shuffled (seed 2)"}}) {
+        printf("-- %s, %u blocks at a time\n", pass.what, emu::g_concurrent_blocks);
+        emu::g_order_seed = pass.seed; g_cap_grid = pass.cap;
+        if (want("embeddings")) { test_embeddings(48); test_embeddings(100); test_embeddings(768); }
+        if (want("layernorm")) { test_layernorm(4, 770); test_layernorm(2, 32); }
+        if (want("activation")) test_act();
+        if (want("attention"))
+            for (bool all : {true, false}) {
+                test_attention({7, 1, 16, 3}, 4, 8, all, {{0, 4}});
+                test_attention({7, 1, 16, 3}, 4, 8, all, {{0, 1}, {1, 2}, {3, 1}});
+                test_attention({33, 2}, 2, 64, all, {{0, 2}});
+            }
+        if (want("rows")) test_rows();
+        if (want("head")) test_head();
     }
-    test_rows(); test_head();
     printf("%s\n", fails ? "SOME FAILED" : "ALL OK"); return fails != 0;
 }
