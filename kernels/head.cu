@@ -71,8 +71,12 @@ extern "C" __global__ void adamw_update(float* __restrict__ param,
     GRID_STRIDE_LOOP(i, len) {
         const float g = grad[i];
         const float p = __fmul_rn(param[i], decay);
-        // torch's lerp for a weight below 0.5: m + w (g - m).
-        const float mi = __fadd_rn(m[i], __fmul_rn(one_minus_beta1, __fadd_rn(g, -m[i])));
+        // torch.lerp(m, g, w): m + w (g - m) for a weight below 0.5, else
+        // g - (g - m) (1 - w), exact at both ends (optim.rs has the same two branches).
+        const float diff = __fadd_rn(g, -m[i]);
+        const float mi = one_minus_beta1 < 0.5f
+                             ? __fadd_rn(m[i], __fmul_rn(one_minus_beta1, diff))
+                             : __fadd_rn(g, -__fmul_rn(diff, __fadd_rn(1.0f, -one_minus_beta1)));
         const float vi = __fadd_rn(__fmul_rn(v[i], beta2), __fmul_rn(__fmul_rn(one_minus_beta2, g), g));
         const float denom = __fadd_rn(sqrtf(vi) / bias_correction2_sqrt, eps);
         m[i] = mi;

@@ -46,7 +46,14 @@ copy_bin "$tests" backend_ops
 copy_bin "$benches" cuda_kernels
 # The executables run here too, where their GPU parts skip: a build without kernels (no
 # nvcc) would only be found out on the GPU machine otherwise.
-if "$dest/bin/backend_ops" --exact kernel_fatbin_carries_sm80_sm90_and_ptx --nocapture 2>&1 | grep -q SKIPPED; then
+# Captured first, then searched: `cmd | grep -q` under pipefail lets grep's early exit
+# kill the test on a broken pipe and the guard pass without looking.
+fatbin_check=$("$dest/bin/backend_ops" --exact kernel_fatbin_carries_sm80_sm90_and_ptx --nocapture 2>&1) || {
+    printf '%s\n' "$fatbin_check" >&2
+    echo "error: the fatbin check failed" >&2
+    exit 1
+}
+if grep -q SKIPPED <<<"$fatbin_check"; then
     echo "error: bertcls was built without CUDA kernels" >&2
     exit 1
 fi

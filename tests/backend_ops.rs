@@ -864,6 +864,69 @@ fn kernel_emulation() -> Option<PathBuf> {
         .clone()
 }
 
+/// The AdamW kernel against optim::AdamW itself, bit for bit, at step 3, for beta1 = 0.9
+/// and 0.3: torch.lerp(m, g, 1 - beta1) takes its other branch (weight >= 0.5) below
+/// beta1 = 0.5, which optim.rs has and the kernel must have too.
+#[test]
+fn adamw_kernel_matches_cpu_optimiser_emulated() {
+    let Some(exe) = kernel_emulation() else {
+        return;
+    };
+    for beta1 in [0.9, 0.3] {
+        let mut inputs = Inputs::new(11);
+        let len = 300;
+        let mut opt = AdamW {
+            lr: 1e-3,
+            beta1,
+            ..AdamW::new(len)
+        };
+        opt.m = inputs.uniform(len, -1e-3, 1e-3);
+        opt.v = inputs.uniform(len, 0.0, 1e-5);
+        opt.step = 2;
+        let before = opt.clone();
+        let p0 = inputs.uniform(len, -1.0, 1.0);
+        let g = inputs.uniform(len, -0.01, 0.01);
+        let mut p = p0.clone();
+        opt.update(&mut [&mut p], &[&g]);
+        // The scalars exactly as the CUDA head computes them (head.rs adamw step).
+        let t = opt.step as f64;
+        let o = &before;
+        let scalars = [
+            (1.0 - o.lr * o.weight_decay) as f32,
+            (1.0 - o.beta1) as f32,
+            o.beta2 as f32,
+            (1.0 - o.beta2) as f32,
+            o.eps as f32,
+            (o.lr / (1.0 - o.beta1.powf(t))) as f32,
+            (1.0 - o.beta2.powf(t)).sqrt() as f32,
+        ];
+        let mut case = vec![len.to_string()];
+        case.extend(scalars.iter().map(|v| v.to_bits().to_string()));
+        for i in 0..len {
+            for v in [
+                p0[i],
+                g[i],
+                before.m[i],
+                before.v[i],
+                p[i],
+                opt.m[i],
+                opt.v[i],
+            ] {
+                case.push(v.to_bits().to_string());
+            }
+        }
+        let path = exe.with_file_name(format!("adamw-beta1-{beta1}.txt"));
+        std::fs::write(&path, case.join("\n")).unwrap();
+        let path = path.to_str().unwrap().to_string();
+        let (ok, report) = run_emulation(&exe, "", &[("EMU_ADAMW_CASE", &path)]);
+        eprintln!("beta1 = {beta1}:\n{report}");
+        assert!(
+            ok && report.contains("ok   adamw_update vs optim.rs exp_avg "),
+            "beta1 = {beta1}:\n{report}"
+        );
+    }
+}
+
 /// The kernels' logic on the CPU (kernels/emulate): every kernel, with the backend's launch
 /// geometry, against f64 references, so that CI without a GPU checks indexing, reductions,
 /// masking, padding and synchronisation, and not only that nvcc compiles them. Needs g++

@@ -152,7 +152,26 @@ void test_head() {
     launch(adamw_update, ew_blocks(len), 256, 0, p.data(), (const float*)g.data(), m.data(), v.data(), len, decay, w1, fb2, omb2, feps, step, bc2);
     check("adamw_update (bit-exact)", p, wp, 0);
 }
+// AdamW against src/optim.rs itself: tests/backend_ops.rs runs optim::AdamW and writes
+// the case as f32 bit patterns, one value a line: len, the 7 scalars the backend passes,
+// then per element p g m v and optim.rs's p m v after the step. Bit-exact.
+int check_adamw_case(const char* path) {
+    FILE* f = fopen(path, "r");
+    if (!f) { printf("FAIL cannot open %s\n", path); return 1; }
+    auto next = [&] { unsigned bits = 0; if (fscanf(f, "%u", &bits) != 1) { printf("FAIL short case file\n"); exit(1); } float v; memcpy(&v, &bits, 4); return v; };
+    unsigned len = 0; if (fscanf(f, "%u", &len) != 1) return 1;
+    float s[7]; for (float& x : s) x = next();
+    vector<float> p(len), g(len), m(len), v(len); vector<double> wp(len), wm(len), wv(len);
+    for (unsigned i = 0; i < len; ++i) { p[i] = next(); g[i] = next(); m[i] = next(); v[i] = next(); wp[i] = next(); wm[i] = next(); wv[i] = next(); }
+    fclose(f);
+    launch(adamw_update, ew_blocks(len), 256, 0, p.data(), (const float*)g.data(), m.data(), v.data(), (int)len, s[0], s[1], s[2], s[3], s[4], s[5], s[6]);
+    check("adamw_update vs optim.rs param (bit-exact)", p, wp, 0);
+    check("adamw_update vs optim.rs exp_avg (bit-exact)", m, wm, 0);
+    check("adamw_update vs optim.rs exp_avg_sq (bit-exact)", v, wv, 0);
+    return fails != 0;
+}
 int main(int argc, char** argv) {
+    if (const char* path = getenv("EMU_ADAMW_CASE")) return check_adamw_case(path);
     const string only = argc > 1 ? argv[1] : "";
     auto want = [&](const char* name) { return string(name).find(only) != string::npos || only.empty(); };
     struct Pass { unsigned seed; bool cap; const char* what; };

@@ -136,20 +136,92 @@ fn load_module(ctx: &Arc<CudaContext>) -> Result<Module> {
     })
 }
 
-fn function(module: &Module, name: &str) -> Result<sys::CUfunction> {
+/// A kernel of the module with the attributes the driver reports for it, read when the
+/// module loads, so that every launch is checked against them before the driver sees it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Kernel {
+    pub f: sys::CUfunction,
+    pub name: &'static str,
+    pub limits: KernelLimits,
+}
+
+/// What bounds a kernel's launch geometry on this GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct KernelLimits {
+    /// Bytes of `__shared__` arrays the kernel declares.
+    pub static_shared: u32,
+    /// Threads per block the kernel can launch with (its register use decides).
+    pub max_threads: u32,
+    pub registers: u32,
+    /// Shared memory one block may use without an opt-in (48 KiB on every current GPU):
+    /// static and dynamic together.
+    pub shared_per_block: u32,
+}
+
+impl KernelLimits {
+    /// Whether `grid` fits, else why, naming `kernel`.
+    pub fn check(&self, kernel: &str, grid: &Grid) -> Result<()> {
+        if grid.threads > self.max_threads {
+            bail!(
+                "kernel {kernel}: {} threads per block exceed its limit of {} ({} registers per thread)",
+                grid.threads,
+                self.max_threads,
+                self.registers
+            );
+        }
+        let shared = grid.shared_bytes as u64 + self.static_shared as u64;
+        if shared > self.shared_per_block as u64 {
+            bail!(
+                "kernel {kernel}: {} bytes of dynamic and {} of static shared memory exceed the {} a block may use: rows of {} floats are too wide for the LayerNorm kernels",
+                grid.shared_bytes,
+                self.static_shared,
+                self.shared_per_block,
+                grid.shared_bytes / 4
+            );
+        }
+        Ok(())
+    }
+}
+
+fn function(module: &Module, name: &'static str, shared_per_block: u32) -> Result<Kernel> {
     let c_name = CString::new(name).expect("kernel names have no NUL");
     // SAFETY: the module is loaded and outlives the handle (both live in `Kernels`).
-    unsafe { drv::module::get_function(module.raw, c_name) }
-        .map_err(|e| anyhow!("the embedded CUDA module has no kernel \"{name}\" ({e}): kernels/ and src/backend/cuda disagree; rebuild"))
+    let f = unsafe { drv::module::get_function(module.raw, c_name) }
+        .map_err(|e| anyhow!("the embedded CUDA module has no kernel \"{name}\" ({e}): kernels/ and src/backend/cuda disagree; rebuild"))?;
+    use sys::CUfunction_attribute_enum as A;
+    // SAFETY: `f` was just returned by the driver for a loaded module.
+    let attr = |a| {
+        unsafe { drv::function::get_function_attribute(f, a) }
+            .map(|v| v.max(0) as u32)
+            .map_err(|e| anyhow!("cannot query the attributes of kernel {name}: {e}"))
+    };
+    Ok(Kernel {
+        f,
+        name,
+        limits: KernelLimits {
+            static_shared: attr(A::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?,
+            max_threads: attr(A::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?,
+            registers: attr(A::CU_FUNC_ATTRIBUTE_NUM_REGS)?,
+            shared_per_block,
+        },
+    })
+}
+
+/// Shared memory per block without an opt-in, as the context's device reports it.
+fn shared_per_block(ctx: &Arc<CudaContext>) -> Result<u32> {
+    let a = sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK;
+    ctx.attribute(a)
+        .map(|v| v.max(0) as u32)
+        .map_err(|e| anyhow!("cannot query the GPU's shared memory per block: {e}"))
 }
 
 /// Declares the kernel table: one field per `extern "C" __global__` function of
-/// kernels/*.cu, each looked up when the module loads so that a missing or renamed kernel
-/// fails at start-up, naming it, rather than on first use.
+/// kernels/*.cu, each looked up with its attributes when the module loads, so that a
+/// missing or renamed kernel fails at start-up, naming it, rather than on first use.
 macro_rules! kernel_table {
     ($($name:ident),* $(,)?) => {
         pub(crate) struct Kernels {
-            $(pub $name: sys::CUfunction,)*
+            $(pub $name: Kernel,)*
             _module: Module,
         }
 
@@ -159,7 +231,11 @@ macro_rules! kernel_table {
         impl Kernels {
             pub(crate) fn load(ctx: &Arc<CudaContext>) -> Result<Self> {
                 let module = load_module(ctx)?;
-                Ok(Self { $($name: function(&module, stringify!($name))?,)* _module: module })
+                let shared = shared_per_block(ctx)?;
+                Ok(Self {
+                    $($name: function(&module, stringify!($name), shared)?,)*
+                    _module: module,
+                })
             }
         }
     };
@@ -217,18 +293,16 @@ impl Grid {
         })
     }
 
-    /// One block per row, the row (`width` floats) in dynamic shared memory, which
-    /// without an opt-in holds 48 KiB: rows up to 12,288 floats.
+    /// One block per row, the row (`width` floats) in dynamic shared memory; whether that
+    /// fits with the kernel's static shared memory is checked at launch (`KernelLimits`).
     pub fn per_row(rows: usize, width: usize) -> Result<Self> {
-        let shared_bytes = width * 4;
-        if shared_bytes > 48 << 10 {
-            bail!("rows of {width} floats exceed the 48 KiB of shared memory the LayerNorm kernels hold a row in");
-        }
+        let shared_bytes = u32::try_from(width * 4)
+            .map_err(|_| anyhow!("rows of {width} floats are too wide for shared memory"))?;
         let threads = width.next_multiple_of(32).clamp(32, 256) as u32;
         Ok(Self {
             blocks: rows as u32,
             threads,
-            shared_bytes: shared_bytes as u32,
+            shared_bytes,
         })
     }
 
@@ -242,15 +316,11 @@ impl Grid {
     }
 }
 
-pub(crate) fn launch(
-    stream: &CudaStream,
-    f: sys::CUfunction,
-    grid: Grid,
-    args: &[Arg],
-) -> Result<()> {
+pub(crate) fn launch(stream: &CudaStream, kernel: &Kernel, grid: Grid, args: &[Arg]) -> Result<()> {
     if grid.blocks == 0 {
         return Ok(());
     }
+    kernel.limits.check(kernel.name, &grid)?;
     // Every argument in an 8-byte slot: cuLaunchKernel reads sizeof(param) bytes from each
     // pointer, and on little-endian x86-64 an i32 or f32 is the low half of its slot.
     let mut slots: Vec<u64> = args
@@ -270,7 +340,7 @@ pub(crate) fn launch(
     // buffer's length against the sizes the kernel is given.
     unsafe {
         drv::launch_kernel(
-            f,
+            kernel.f,
             (grid.blocks, 1, 1),
             (grid.threads, 1, 1),
             grid.shared_bytes,
@@ -278,7 +348,7 @@ pub(crate) fn launch(
             &mut params,
         )
     }
-    .map_err(|e| anyhow!("CUDA kernel launch failed: {e}"))
+    .map_err(|e| anyhow!("CUDA kernel {} failed to launch: {e}", kernel.name))
 }
 
 /// Maps an allocation failure to the advice the user can act on.
@@ -293,5 +363,51 @@ pub(crate) fn alloc_error(e: DriverError, floats: usize, max_batch_tokens: usize
             "GPU allocation of {} MiB failed: {e}",
             (floats * 4).div_ceil(1 << 20)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LAYERNORM: KernelLimits = KernelLimits {
+        static_shared: 128,
+        max_threads: 1024,
+        registers: 24,
+        shared_per_block: 48 << 10,
+    };
+
+    #[test]
+    fn a_row_fits_only_with_the_kernels_static_shared_memory() {
+        // 12,288 floats fill 48 KiB of dynamic shared memory alone: the static scratch
+        // (128 bytes) no longer fits beside it.
+        let widest = (48 << 10) / 4 - 128 / 4;
+        assert!(LAYERNORM
+            .check("ln", &Grid::per_row(4, widest).unwrap())
+            .is_ok());
+        let e = LAYERNORM
+            .check("ln", &Grid::per_row(4, widest + 1).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("kernel ln") && e.contains("128 of static"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn threads_beyond_the_kernels_limit_are_refused() {
+        let few = KernelLimits {
+            max_threads: 128,
+            ..LAYERNORM
+        };
+        let e = few
+            .check("ew", &Grid::elementwise(1000).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("256 threads") && e.contains("limit of 128"),
+            "{e}"
+        );
     }
 }

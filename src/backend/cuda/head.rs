@@ -123,7 +123,7 @@ impl CudaHead {
                 .memcpy_htod(x, &mut self.x.slice_mut(..x.len()))?;
             launch(
                 &self.stream,
-                self.kernels.broadcast_bias_rows,
+                &self.kernels.broadcast_bias_rows,
                 Grid::elementwise(b * k)?,
                 &[
                     self.p(&self.logits),
@@ -173,7 +173,7 @@ impl CudaHead {
             .memcpy_htod(&labels_u32, &mut self.labels.slice_mut(..b))?;
         launch(
             &self.stream,
-            self.kernels.softmax_cross_entropy_backward,
+            &self.kernels.softmax_cross_entropy_backward,
             Grid::warp_per_row(b),
             &[
                 self.p(&self.loss),
@@ -196,7 +196,7 @@ impl CudaHead {
         )?;
         launch(
             s,
-            self.kernels.bias_grad_column_sum,
+            &self.kernels.bias_grad_column_sum,
             Grid {
                 blocks: k as u32,
                 threads: 256,
@@ -249,7 +249,7 @@ impl CudaHead {
             args.extend_from_slice(&scalars);
             launch(
                 &self.stream,
-                self.kernels.adamw_update,
+                &self.kernels.adamw_update,
                 Grid::elementwise(len)?,
                 &args,
             )?;

@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Result};
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 
-use super::context::{self, alloc_error, launch, Arg, Grid, Kernels};
+use super::context::{self, alloc_error, launch, Arg, Grid, Kernel, Kernels};
 use super::Precision;
 use crate::backend::{Activation, Backend, QueryRows};
 use crate::batch::PackedBatch;
@@ -118,8 +118,8 @@ impl CudaBackend {
         Arg::Ptr(t.device_ptr(&self.stream).0)
     }
 
-    fn launch(&self, f: cudarc::driver::sys::CUfunction, grid: Grid, args: &[Arg]) -> Result<()> {
-        launch(&self.stream, f, grid, args)
+    fn launch(&self, kernel: &Kernel, grid: Grid, args: &[Arg]) -> Result<()> {
+        launch(&self.stream, kernel, grid, args)
     }
 
     fn check_tokens(&self, t: usize) -> Result<()> {
@@ -240,7 +240,7 @@ impl Backend for CudaBackend {
         self.upload_u32(&mut s.type_ids, &batch.type_ids)?;
         let k = &self.kernels;
         self.launch(
-            k.embeddings_layernorm_forward,
+            &k.embeddings_layernorm_forward,
             Grid::per_row(t, c)?,
             &[
                 self.ptr(out),
@@ -278,7 +278,7 @@ impl Backend for CudaBackend {
             need(&lin.b, n, "linear bias")?;
             // out starts as the bias in every row; the GEMM adds x W^T to it (beta = 1).
             self.launch(
-                self.kernels.broadcast_bias_rows,
+                &self.kernels.broadcast_bias_rows,
                 Grid::elementwise(rows * n)?,
                 &[
                     self.ptr(out),
@@ -314,9 +314,9 @@ impl Backend for CudaBackend {
         need(bias, width, "activation bias")?;
         let k = &self.kernels;
         let f = match act {
-            Activation::GeluErf => k.bias_gelu_erf_forward,
-            Activation::GeluTanh => k.bias_gelu_tanh_forward,
-            Activation::Relu => k.bias_relu_forward,
+            Activation::GeluErf => &k.bias_gelu_erf_forward,
+            Activation::GeluTanh => &k.bias_gelu_tanh_forward,
+            Activation::Relu => &k.bias_relu_forward,
         };
         self.launch(
             f,
@@ -345,7 +345,7 @@ impl Backend for CudaBackend {
         need(bias, c, "layernorm bias")?;
         need(&ln.beta, c, "layernorm beta")?;
         self.launch(
-            self.kernels.bias_residual_layernorm_forward,
+            &self.kernels.bias_residual_layernorm_forward,
             Grid::per_row(rows, c)?,
             &[
                 self.ptr(x),
@@ -408,7 +408,7 @@ impl Backend for CudaBackend {
             let dims = |v: usize| Arg::I32(v as i32);
             // (n, H, Lq, hd) Q and (n, H, L, hd) K, V, zero-padded
             self.launch(
-                k.attention_gather_qkv,
+                &k.attention_gather_qkv,
                 Grid::elementwise(nc * heads * l * head_dim)?,
                 &[
                     Arg::Ptr(q_pad),
@@ -432,7 +432,7 @@ impl Backend for CudaBackend {
             );
             gemm(&self.blas, &g, q_pad, k_pad, scores)?;
             self.launch(
-                k.attention_softmax_scale_mask,
+                &k.attention_softmax_scale_mask,
                 Grid::warp_per_row(nc * heads * lq),
                 &[
                     Arg::Ptr(scores),
@@ -453,7 +453,7 @@ impl Backend for CudaBackend {
             );
             gemm(&self.blas, &g, scores, v_pad, ctx)?;
             self.launch(
-                k.attention_scatter_context,
+                &k.attention_scatter_context,
                 Grid::elementwise(nc * heads * lq * head_dim)?,
                 &[
                     self.ptr(out),
@@ -488,7 +488,7 @@ impl Backend for CudaBackend {
         let mut s = self.scratch.borrow_mut();
         self.upload_u32(&mut s.rows, &rows_u32)?;
         self.launch(
-            self.kernels.gather_rows,
+            &self.kernels.gather_rows,
             Grid::elementwise(n * width)?,
             &[
                 self.ptr(dst),
