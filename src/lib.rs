@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod batch;
+pub mod calibration;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bertcls::backend::cpu::CpuBackend;
 use bertcls::batch::PackedBatch;
+use bertcls::calibration::{expected_calibration_error, scaled_cross_entropy, scaled_softmax};
 use bertcls::checkpoint::{load_head, save_head};
 use bertcls::data::{load, LoadOptions};
 use bertcls::features::sha256_file;
@@ -519,6 +520,87 @@ fn input_errors_are_one_line() {
     let err = error_of(&bertcls(&args, b""));
     assert!(
         err.contains("unknown split \"dev\"") && err.contains("validation"),
+        "{err}"
+    );
+}
+
+/// A checkpoint's temperature divides the logits in `predict` and `test`;
+/// `--no-calibration` and the recipe's .pth (which has none) give the raw softmax; `test`
+/// reports the ECE of both.
+#[test]
+fn the_checkpoint_temperature_calibrates_predict_and_test() {
+    let dir = TempDir::new("temperature");
+    let head = recipe_head();
+    let t = 2.5f64;
+    let calibrated = dir.path().join("calibrated.safetensors");
+    let meta = BTreeMap::from([("temperature".to_string(), t.to_string())]);
+    save_head(&calibrated, &head, None, &meta).unwrap();
+
+    let texts = texts();
+    let logits = head.logits(&features(&texts));
+    let predicted = |extra: &[&str]| -> Vec<Vec<f32>> {
+        let mut args = predict_args(&calibrated, &["--json"]);
+        args.extend(strings(extra));
+        args.extend(texts.iter().cloned());
+        stdout_of(&bertcls(&args, b""))
+            .lines()
+            .map(|l| {
+                serde_json::from_value(serde_json::from_str::<Value>(l).unwrap()["probs"].clone())
+                    .unwrap()
+            })
+            .collect()
+    };
+    let check = |got: Vec<Vec<f32>>, temperature: f64| {
+        let want = scaled_softmax(&logits, 2, temperature);
+        for (g, w) in got.iter().flatten().zip(&want) {
+            // f32 features through the same head; the binary's and ours agree to ~1e-7.
+            assert!(
+                (g - w).abs() < 1e-5,
+                "T = {temperature}: {got:?} vs {want:?}"
+            );
+        }
+    };
+    check(predicted(&[]), t);
+    check(predicted(&["--no-calibration"]), 1.0);
+
+    let report = |head: &Path| -> Value {
+        let mut args = test_args(head, dir.path());
+        args.push("--json".into());
+        serde_json::from_str::<Value>(&stdout_of(&bertcls(&args, b""))).unwrap()["report"].clone()
+    };
+    let split = load(&data_dir(), &LoadOptions::default())
+        .unwrap()
+        .split("test")
+        .unwrap()
+        .clone();
+    let test_logits = head.logits(&features(&split.texts));
+    let ece =
+        |t: f64| expected_calibration_error(&scaled_softmax(&test_logits, 2, t), &split.labels, 2);
+    let r = report(&calibrated);
+    assert_eq!(r["temperature"].as_f64(), Some(t));
+    let close = |v: &Value, want: f64| (v.as_f64().unwrap() - want).abs() < 1e-5;
+    assert!(close(&r["ece_uncalibrated"], ece(1.0)), "{r}");
+    assert!(close(&r["ece_calibrated"], ece(t)), "{r}");
+    assert!(
+        close(
+            &r["calibrated_loss"],
+            scaled_cross_entropy(&test_logits, &split.labels, 2, t)
+        ),
+        "{r}"
+    );
+    let raw = report(&recipe_pth());
+    assert_eq!(raw["temperature"].as_f64(), Some(1.0));
+    assert_eq!(raw["ece_uncalibrated"], raw["ece_calibrated"]);
+    assert_eq!(raw["ece_uncalibrated"], r["ece_uncalibrated"]);
+
+    let bad = dir.path().join("bad.safetensors");
+    let meta = BTreeMap::from([("temperature".to_string(), "-1".to_string())]);
+    save_head(&bad, &head, None, &meta).unwrap();
+    let err = error_of(&bertcls(&predict_args(&bad, &["x"]), b""));
+    assert!(
+        err.contains(
+            "metadata temperature = \"-1\" is not a positive number: pass --no-calibration"
+        ),
         "{err}"
     );
 }

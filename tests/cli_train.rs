@@ -189,6 +189,13 @@ fn trains_and_writes_the_run_folder() {
     assert_eq!(m[best - 1]["val_acc"].as_f64(), Some(best_acc));
     let best_head = load_head(&Path::new(&run).join("best.safetensors"), None).unwrap();
     assert_eq!(best_head.metadata["epoch"], best.to_string());
+    // The temperature fitted on the validation split for the best epoch's head, in its
+    // checkpoint, its metrics line and the summary alike.
+    let t: f64 = best_head.metadata["temperature"].parse().unwrap();
+    assert!(t > 0.0 && t.is_finite(), "temperature {t}");
+    assert_eq!(m[best - 1]["temperature"].as_f64(), Some(t));
+    assert_eq!(summary["temperature"].as_f64(), Some(t));
+    assert!(stderr(&out).contains(&format!("calibration: temperature {t:.4}")));
 }
 
 #[test]

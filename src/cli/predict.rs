@@ -16,8 +16,10 @@ use super::common::{
     ModelArgs, TextArgs,
 };
 use super::run_dir::{best_checkpoint, epoch_checkpoint, last_checkpoint, RunInfo};
+use super::train::META_TEMPERATURE;
+use crate::calibration::scaled_softmax;
 use crate::checkpoint::load_head;
-use crate::head::{argmax, softmax, LinearHead};
+use crate::head::{argmax, LinearHead};
 use crate::hub::DEFAULT_MODEL;
 use crate::model::encode_all;
 use crate::tokenize::DEFAULT_MAX_LENGTH;
@@ -57,6 +59,9 @@ pub struct HeadArgs {
     /// else for test the data's, for predict the ids].
     #[arg(long, value_delimiter = ',')]
     pub labels: Option<Vec<String>>,
+    /// Show the raw softmax: ignore the temperature train fitted on the validation split.
+    #[arg(long)]
+    pub no_calibration: bool,
 }
 
 /// A loaded head with what is known about it.
@@ -69,6 +74,10 @@ pub struct Classifier {
     pub labels: Option<Vec<String>>,
     pub run: Option<RunInfo>,
     pub model: ModelArgs,
+    /// The temperature the logits are divided by before the softmax: the checkpoint's
+    /// (fitted by train on the validation split), 1 with --no-calibration or for a head
+    /// without one (the recipe's .pth).
+    pub temperature: f64,
     /// The user named a model other than the run's: its weights must be the run's.
     model_overridden: bool,
 }
@@ -108,12 +117,18 @@ impl HeadArgs {
                 .unwrap_or(DEFAULT_MAX_LENGTH),
         };
         let model_overridden = run.is_some() && self.model.is_some();
+        let temperature = if self.no_calibration {
+            1.0
+        } else {
+            checkpoint_temperature(meta, &source)?
+        };
         Ok(Classifier {
             head: loaded.head,
             source,
             labels,
             run,
             model,
+            temperature,
             model_overridden,
         })
     }
@@ -161,6 +176,20 @@ fn metadata_labels(
         )
     })?;
     Ok(Some(names))
+}
+
+/// The calibration temperature in a checkpoint's metadata; 1 where it has none.
+fn checkpoint_temperature(metadata: &BTreeMap<String, String>, source: &Path) -> Result<f64> {
+    let Some(text) = metadata.get(META_TEMPERATURE) else {
+        return Ok(1.0);
+    };
+    match text.parse::<f64>() {
+        Ok(t) if t.is_finite() && t > 0.0 => Ok(t),
+        _ => bail!(
+            "{}: metadata {META_TEMPERATURE} = {text:?} is not a positive number: pass --no-calibration",
+            source.display()
+        ),
+    }
 }
 
 pub fn check_label_count(head: &LinearHead, source: &Path, count: usize, what: &str) -> Result<()> {
@@ -236,9 +265,9 @@ impl Prediction {
     }
 }
 
-/// Softmax predictions of the (N, C) features `x`.
-pub fn predict_features(head: &LinearHead, x: &[f32]) -> Vec<Prediction> {
-    softmax(&head.logits(x), head.num_labels)
+/// Softmax predictions of the (N, C) features `x`, the logits divided by `temperature`.
+pub fn predict_features(head: &LinearHead, x: &[f32], temperature: f64) -> Vec<Prediction> {
+    scaled_softmax(&head.logits(x), head.num_labels, temperature)
         .chunks_exact(head.num_labels)
         .map(|p| Prediction {
             label_id: argmax(p),
@@ -255,7 +284,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
     match texts {
         Some(texts) => {
             let x = encode_texts(&mut model, &texts, "texts")?;
-            let predictions = predict_features(&classifier.head, &x);
+            let predictions = predict_features(&classifier.head, &x, classifier.temperature);
             write_predictions(
                 std::io::stdout().lock(),
                 &texts,
@@ -265,7 +294,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
             )
         }
         None => interactive(std::io::stdin().lock(), std::io::stdout().lock(), |text| {
-            let prediction = predict_one(&mut model, &classifier.head, text)?;
+            let prediction = predict_one(&mut model, &classifier, text)?;
             Ok((names[prediction.label_id].clone(), prediction.prob()))
         }),
     }
@@ -291,14 +320,14 @@ fn gather_texts(args: &PredictArgs) -> Result<Option<Vec<String>>> {
 }
 
 /// One text as a batch of its own: encoded at its own length, never padded.
-fn predict_one(model: &mut LoadedModel, head: &LinearHead, text: &str) -> Result<Prediction> {
+fn predict_one(model: &mut LoadedModel, classifier: &Classifier, text: &str) -> Result<Prediction> {
     let tokens = model.tokenizer().encode(text)?;
     let x = encode_all(
         model.encoder.as_mut(),
         std::slice::from_ref(&tokens),
         |_| {},
     )?;
-    Ok(predict_features(head, &x).remove(0))
+    Ok(predict_features(&classifier.head, &x, classifier.temperature).remove(0))
 }
 
 fn write_predictions(
@@ -411,11 +440,15 @@ mod tests {
             num_labels: 2,
             hidden: 2,
         };
-        let p = predict_features(&head, &[0.0, 2.0, 3.0, 1.0]);
+        let p = predict_features(&head, &[0.0, 2.0, 3.0, 1.0], 1.0);
         assert_eq!(p[0].label_id, 1);
         assert_eq!(p[1].label_id, 0);
         let e = 1.0 / (1.0 + (-2.0f32).exp());
         assert!((p[0].prob() - e).abs() < 1e-6 && (p[1].prob() - e).abs() < 1e-6);
         assert!((p[0].probs.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        // At T = 2 the logits (0, 2) become (0, 1): sigmoid(1).
+        let hot = predict_features(&head, &[0.0, 2.0], 2.0);
+        let e = 1.0 / (1.0 + (-1.0f32).exp());
+        assert!((hot[0].prob() - e).abs() < 1e-6 && hot[0].label_id == 1);
     }
 }

@@ -9,9 +9,12 @@ use clap::Args;
 use serde::Serialize;
 
 use super::common::{CacheArgs, DeviceArgs, FeatureSource};
-use super::predict::{check_label_count, predict_features, Classifier, HeadArgs};
+use super::predict::{check_label_count, Classifier, HeadArgs};
+use crate::calibration::{
+    expected_calibration_error, scaled_cross_entropy, scaled_softmax, ECE_BINS,
+};
 use crate::data::{self, Dataset, LoadOptions};
-use crate::head::LinearHead;
+use crate::head::{argmax, LinearHead};
 use crate::hub::{resolve_dataset, DEFAULT_DATASET};
 
 #[derive(Args, Debug)]
@@ -60,7 +63,13 @@ pub fn run(args: TestArgs) -> Result<()> {
     let x = features
         .features(&mut model, &split.name, &split.texts, &split.content_hash)?
         .x;
-    let report = Report::new(&classifier.head, &x, &split.labels, labels);
+    let report = Report::new(
+        &classifier.head,
+        &x,
+        &split.labels,
+        labels,
+        classifier.temperature,
+    );
     let mut out = std::io::stdout().lock();
     if args.json {
         let obj = serde_json::json!({
@@ -124,6 +133,14 @@ pub struct Report {
     pub accuracy: f64,
     /// Mean cross-entropy of the logits.
     pub loss: f64,
+    /// The temperature the calibrated figures divide the logits by (1: none).
+    pub temperature: f64,
+    /// Mean cross-entropy of the logits divided by the temperature.
+    pub calibrated_loss: f64,
+    /// Expected calibration error (15 equal-width confidence bins) of the raw softmax.
+    pub ece_uncalibrated: f64,
+    /// The same of the softmax of the logits divided by the temperature.
+    pub ece_calibrated: f64,
     pub labels: Vec<String>,
     pub per_class: Vec<ClassScores>,
     pub macro_precision: f64,
@@ -143,13 +160,22 @@ fn ratio(num: usize, den: usize) -> f64 {
 }
 
 impl Report {
-    /// Scores every row of `x` (N, C) against `truth`; `labels` names the ids.
-    pub fn new(head: &LinearHead, x: &[f32], truth: &[usize], labels: Vec<String>) -> Report {
+    /// Scores every row of `x` (N, C) against `truth`; `labels` names the ids; the
+    /// calibrated figures divide the logits by `temperature`.
+    pub fn new(
+        head: &LinearHead,
+        x: &[f32],
+        truth: &[usize],
+        labels: Vec<String>,
+        temperature: f64,
+    ) -> Report {
         let l = head.num_labels;
         let (loss, correct) = head.evaluate(x, truth);
+        let logits = head.logits(x);
+        let ece_at = |t: f64| expected_calibration_error(&scaled_softmax(&logits, l, t), truth, l);
         let mut confusion = vec![vec![0usize; l]; l];
-        for (p, &y) in predict_features(head, x).iter().zip(truth) {
-            confusion[y][p.label_id] += 1;
+        for (z, &y) in logits.chunks_exact(l).zip(truth) {
+            confusion[y][argmax(z)] += 1;
         }
         let per_class: Vec<ClassScores> = (0..l)
             .map(|c| {
@@ -177,6 +203,10 @@ impl Report {
             correct,
             accuracy: ratio(correct, truth.len()),
             loss: loss as f64,
+            temperature,
+            calibrated_loss: scaled_cross_entropy(&logits, truth, l, temperature),
+            ece_uncalibrated: ece_at(1.0),
+            ece_calibrated: ece_at(temperature),
             macro_precision: mean(|s| s.precision),
             macro_recall: mean(|s| s.recall),
             macro_f1: mean(|s| s.f1),
@@ -193,7 +223,12 @@ impl Report {
             "accuracy  {:.4}  ({}/{})",
             self.accuracy, self.correct, self.rows
         );
-        let _ = writeln!(s, "loss      {:.4}  (mean cross-entropy)\n", self.loss);
+        let _ = writeln!(s, "loss      {:.4}  (mean cross-entropy)", self.loss);
+        let _ = writeln!(
+            s,
+            "ECE       {:.4} raw softmax, {:.4} calibrated (temperature {:.4}; {ECE_BINS} bins)\n",
+            self.ece_uncalibrated, self.ece_calibrated, self.temperature
+        );
         let name_width = self
             .labels
             .iter()
@@ -287,6 +322,7 @@ mod tests {
             &x,
             &truth,
             vec!["负向评价".into(), "正向评价".into()],
+            1.0,
         );
         assert_eq!(r.confusion_matrix, [[2, 1], [1, 1]]);
         assert_eq!((r.correct, r.rows), (3, 5));
@@ -305,7 +341,13 @@ mod tests {
             num_labels: 2,
             hidden: 1,
         };
-        let r = Report::new(&head, &[1.0, 1.0], &[0, 1], vec!["a".into(), "b".into()]);
+        let r = Report::new(
+            &head,
+            &[1.0, 1.0],
+            &[0, 1],
+            vec!["a".into(), "b".into()],
+            1.0,
+        );
         assert_eq!(r.per_class[1].precision, 0.0);
         assert_eq!(r.per_class[1].f1, 0.0);
         assert!(r.table().contains("confusion matrix"));

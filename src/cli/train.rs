@@ -19,6 +19,7 @@ use super::run_dir::{
 };
 use crate::backend::cuda::{CudaBackend, CudaHead, Precision};
 use crate::backend::Device;
+use crate::calibration::fit_temperature;
 use crate::checkpoint::{load_head, save_head};
 use crate::data::{self, Dataset, LoadOptions, Split};
 use crate::fsio::atomic_write;
@@ -30,6 +31,8 @@ use crate::optim::{AdamW, DEFAULT_BETAS, DEFAULT_EPS, DEFAULT_LR, DEFAULT_WEIGHT
 const META_EPOCH: &str = "epoch";
 const META_LABELS: &str = "labels";
 const META_TRAIN_HASH: &str = "train_data_sha256";
+/// The calibration temperature `test` and `predict` divide the logits by.
+pub const META_TEMPERATURE: &str = "temperature";
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -133,6 +136,9 @@ struct EpochMetrics {
     train_acc: f64,
     val_loss: Option<f64>,
     val_acc: Option<f64>,
+    /// The temperature fitted on the validation split for this epoch's head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
     seconds: f64,
 }
 
@@ -673,12 +679,14 @@ fn train_epochs(
         )?;
         let (head, opt) = trainer.state()?;
         let (val_loss, val_acc) = val.map(|v| evaluate(&head, v)).unzip();
+        let temperature = val.map(|v| calibrate(&head, v));
         let m = EpochMetrics {
             epoch,
             train_loss,
             train_acc,
             val_loss,
             val_acc,
+            temperature,
             seconds: started.elapsed().as_secs_f64(),
         };
         progress.println(&epoch_line(&m));
@@ -688,7 +696,7 @@ fn train_epochs(
         if improved {
             best = val_acc;
         }
-        save_checkpoints(run, &head, &opt, epoch, val_acc, improved)?;
+        save_checkpoints(run, &head, &opt, &metrics[metrics.len() - 1], improved)?;
     }
     progress.finish();
     Ok(metrics)
@@ -752,6 +760,11 @@ fn epoch_order(rows: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
+/// The temperature that minimises the validation cross-entropy of `head`'s logits.
+fn calibrate(head: &LinearHead, v: &Features) -> f64 {
+    fit_temperature(&head.logits(&v.x), &v.labels, head.num_labels)
+}
+
 /// Mean loss and accuracy over every row of `v`.
 fn evaluate(head: &LinearHead, v: &Features) -> (f64, f64) {
     let (loss, correct) = head.evaluate(&v.x, &v.labels);
@@ -785,25 +798,20 @@ fn save_checkpoints(
     run: &Run,
     head: &LinearHead,
     opt: &AdamW,
-    epoch: usize,
-    val_acc: Option<f64>,
+    m: &EpochMetrics,
     improved: bool,
 ) -> Result<()> {
-    let meta = checkpoint_metadata(run, epoch, val_acc)?;
-    save_head(&epoch_checkpoint(&run.dir, epoch), head, Some(opt), &meta)?;
+    let meta = checkpoint_metadata(run, m)?;
+    save_head(&epoch_checkpoint(&run.dir, m.epoch), head, Some(opt), &meta)?;
     if improved {
         save_head(&best_checkpoint(&run.dir), head, Some(opt), &meta)?;
     }
     save_head(&last_checkpoint(&run.dir), head, Some(opt), &meta)
 }
 
-fn checkpoint_metadata(
-    run: &Run,
-    epoch: usize,
-    val_acc: Option<f64>,
-) -> Result<BTreeMap<String, String>> {
+fn checkpoint_metadata(run: &Run, m: &EpochMetrics) -> Result<BTreeMap<String, String>> {
     let mut meta = BTreeMap::from([
-        (META_EPOCH.to_string(), epoch.to_string()),
+        (META_EPOCH.to_string(), m.epoch.to_string()),
         ("model".to_string(), run.model_id.clone()),
         (
             "weights_sha256".to_string(),
@@ -816,8 +824,11 @@ fn checkpoint_metadata(
         ("max_length".to_string(), run.info.max_length.to_string()),
         (META_TRAIN_HASH.to_string(), run.train_hash.clone()),
     ]);
-    if let Some(acc) = val_acc {
+    if let Some(acc) = m.val_acc {
         meta.insert("val_acc".to_string(), acc.to_string());
+    }
+    if let Some(t) = m.temperature {
+        meta.insert(META_TEMPERATURE.to_string(), t.to_string());
     }
     Ok(meta)
 }
@@ -836,12 +847,17 @@ fn report(
     let best = best_epoch(metrics);
     eprintln!("encoding: {encode_seconds:.1}s; training: {epochs} epochs in {train_seconds:.1}s");
     match best {
-        Some(m) => eprintln!(
-            "best epoch {} (val acc {:.4}): {}",
-            m.epoch,
-            m.val_acc.unwrap_or_default(),
-            best_checkpoint(&run.dir).display()
-        ),
+        Some(m) => {
+            eprintln!(
+                "best epoch {} (val acc {:.4}): {}",
+                m.epoch,
+                m.val_acc.unwrap_or_default(),
+                best_checkpoint(&run.dir).display()
+            );
+            if let Some(t) = m.temperature {
+                eprintln!("calibration: temperature {t:.4} fitted on the validation split (test and predict use it; --no-calibration shows the raw softmax)");
+            }
+        }
         None => eprintln!("no validation split: best.safetensors is the last epoch"),
     }
     eprintln!("run: {}", run.dir.display());
@@ -855,6 +871,7 @@ fn report(
             "features_cached": features.cached,
             "best_epoch": best.map(|m| m.epoch),
             "best_val_acc": best.and_then(|m| m.val_acc),
+            "temperature": best.and_then(|m| m.temperature),
             "last": metrics.last(),
         });
         println!("{summary}");
@@ -940,6 +957,7 @@ mod tests {
             train_acc: 0.0,
             val_loss: Some(0.0),
             val_acc: Some(val_acc),
+            temperature: None,
             seconds: 0.0,
         };
         let metrics = [m(1, 0.5), m(2, 0.75), m(3, 0.75), m(4, 0.6)];
