@@ -21,7 +21,7 @@ use bertcls::backend::cuda::{self, CudaBackend, Precision};
 use bertcls::backend::{Activation, Backend, QueryRows};
 use bertcls::batch::PackedBatch;
 use bertcls::model::weights::{LayerNormWeights, LinearWeights};
-use bertcls::model::{encode_all, BertConfig, Encoder, HostWeights, Keep};
+use bertcls::model::{encode_all, BertConfig, Encoder, HostWeights, Keep, Pooling};
 use bertcls::tokenize::BertTokenizer;
 use common::{arg, chnsenticorp_texts, fixed_batch, report, time};
 use cudarc::driver::CudaSlice;
@@ -275,7 +275,7 @@ fn encoder(
     let real: usize = tokens.iter().map(|t| t.ids.len()).sum();
     let secs = time(
         || {
-            encode_all(&mut enc, &tokens, |_| {}).unwrap();
+            encode_all(&mut enc, &tokens, Pooling::Cls, |_| {}).unwrap();
         },
         2.0,
         5,

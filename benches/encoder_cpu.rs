@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use bertcls::backend::cpu::CpuBackend;
 use bertcls::batch::PackedBatch;
-use bertcls::model::{encode_all, BertConfig, Encoder, HostWeights, Keep};
+use bertcls::model::{encode_all, BertConfig, Encoder, HostWeights, Keep, Pooling};
 use bertcls::tokenize::BertTokenizer;
 use common::{arg, chnsenticorp_texts, fixed_batch, report, time};
 
@@ -56,7 +56,7 @@ fn main() {
     let real: usize = tokens.iter().map(|t| t.ids.len()).sum();
     let secs = time(
         || {
-            encode_all(&mut enc, &tokens, |_| {}).unwrap();
+            encode_all(&mut enc, &tokens, Pooling::Cls, |_| {}).unwrap();
         },
         1.0,
         2,

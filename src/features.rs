@@ -36,6 +36,14 @@ pub struct FeatureKey {
     pub precision: String,
     /// [`hash_split`] of the texts and labels.
     pub data_hash: String,
+    /// "cls" or "mean". Left out of the key and the metadata when "cls", so entries
+    /// written before pooling was a choice (all [CLS]) keep their digests.
+    #[serde(skip_serializing_if = "is_cls")]
+    pub pooling: String,
+}
+
+fn is_cls(pooling: &str) -> bool {
+    pooling == "cls"
 }
 
 impl FeatureKey {
@@ -48,7 +56,7 @@ impl FeatureKey {
     }
 
     fn metadata(&self) -> HashMap<String, String> {
-        HashMap::from([
+        let mut meta = HashMap::from([
             ("format".to_string(), FORMAT_VERSION.to_string()),
             ("weights_sha256".to_string(), self.weights_sha256.clone()),
             ("tokenizer".to_string(), self.tokenizer.clone()),
@@ -56,7 +64,11 @@ impl FeatureKey {
             ("backend".to_string(), self.backend.clone()),
             ("precision".to_string(), self.precision.clone()),
             ("data_hash".to_string(), self.data_hash.clone()),
-        ])
+        ]);
+        if !is_cls(&self.pooling) {
+            meta.insert("pooling".to_string(), self.pooling.clone());
+        }
+        meta
     }
 }
 
@@ -295,7 +307,26 @@ mod tests {
             backend: "cpu".to_string(),
             precision: "fp32".to_string(),
             data_hash: hash_split(&["好".to_string()], &[1]),
+            pooling: "cls".to_string(),
         }
+    }
+
+    /// [CLS] keys serialise as before pooling was a key field, so caches written then
+    /// still hit: the digest is that of the old six-field form.
+    #[test]
+    fn a_cls_key_keeps_the_digest_it_had_before_pooling() {
+        let k = key();
+        let old_form = format!(
+            r#"[{FORMAT_VERSION},{{"weights_sha256":"{}","tokenizer":"tok","max_length":350,"backend":"cpu","precision":"fp32","data_hash":"{}"}}]"#,
+            k.weights_sha256, k.data_hash
+        );
+        assert_eq!(k.digest(), hex(&Sha256::digest(old_form.as_bytes())));
+        assert!(!k.metadata().contains_key("pooling"));
+        let mean = FeatureKey {
+            pooling: "mean".to_string(),
+            ..key()
+        };
+        assert_eq!(mean.metadata()["pooling"], "mean");
     }
 
     #[test]
@@ -334,6 +365,10 @@ mod tests {
             },
             FeatureKey {
                 data_hash: hash_split(&[], &[]),
+                ..base.clone()
+            },
+            FeatureKey {
+                pooling: "mean".to_string(),
                 ..base.clone()
             },
         ];

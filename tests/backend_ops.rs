@@ -105,6 +105,12 @@ struct GatherCase {
     rows: Vec<usize>,
 }
 
+struct MeanPoolCase {
+    hidden: Vec<f32>,
+    width: usize,
+    offsets: Vec<usize>,
+}
+
 enum Op {
     Embeddings(EmbeddingsCase),
     Linear(LinearCase),
@@ -112,6 +118,7 @@ enum Op {
     BiasResidualLayerNorm(LayerNormCase),
     Attention(AttentionCase),
     GatherRows(GatherCase),
+    MeanPool(MeanPoolCase),
 }
 
 /// One op on one input, with the tolerance |got - want| <= atol + rtol |want| and why.
@@ -267,6 +274,20 @@ fn cases() -> Vec<Case> {
         rtol: 0.0,
         why: "a copy: bit-exact",
     });
+    for (lens, width) in [(vec![1, 5, 300], 40), (vec![17, 2, 128, 1], 384)] {
+        let t: usize = lens.iter().sum();
+        cases.push(Case {
+            name: format!("mean_pool lens={lens:?} width={width}"),
+            op: Op::MeanPool(MeanPoolCase {
+                hidden: r.uniform(t * width, -3.0, 3.0),
+                width,
+                offsets: offsets_of(&lens),
+            }),
+            atol: 1e-6,
+            rtol: 2e-5,
+            why: "f32 sums of up to 300 terms of |x| <= 3 in token order: ~300 ulps relative at worst",
+        });
+    }
     cases
 }
 
@@ -380,6 +401,14 @@ fn run<B: Backend>(be: &B, case: &Case) -> Vec<f32> {
             be.gather_rows(&src, g.width, &g.rows, &mut out).unwrap();
             download_checked(be, &out, len, name)
         }
+        Op::MeanPool(m) => {
+            let hidden = be.upload(&m.hidden).unwrap();
+            let len = (m.offsets.len() - 1) * m.width;
+            let mut out = nan_buffer(be, len);
+            be.mean_pool(&hidden, m.width, &m.offsets, &mut out)
+                .unwrap();
+            download_checked(be, &out, len, name)
+        }
     }
 }
 
@@ -480,6 +509,19 @@ fn reference(case: &Case) -> Vec<f64> {
             .rows
             .iter()
             .flat_map(|&r| f64s(&g.src[r * g.width..(r + 1) * g.width]))
+            .collect(),
+        Op::MeanPool(m) => m
+            .offsets
+            .windows(2)
+            .flat_map(|span| {
+                let len = (span[1] - span[0]) as f64;
+                (0..m.width).map(move |c| {
+                    (span[0]..span[1])
+                        .map(|t| m.hidden[t * m.width + c] as f64)
+                        .sum::<f64>()
+                        / len
+                })
+            })
             .collect(),
     }
 }
@@ -669,6 +711,12 @@ fn cuda_encoder_matches_transformers_fixture() {
     let cls_only = enc.forward(&batch, Keep::Cls).unwrap().cls;
     let d = max_abs_diff(&cls_only, &r["cls"].f32);
     assert!(d < 1e-4, "[CLS]-only path off by {d:e}");
+    // --pooling mean: HF's last hidden state mean-pooled in Python
+    // (tools/reference/mean_pool_reference.py).
+    let want = read_tensors(&checkout().join("tests/fixtures/tiny/mean-pooled.safetensors"));
+    let mean = enc.forward(&batch, Keep::Mean).unwrap().mean;
+    let d = max_abs_diff(&mean, &want["mean"].f32);
+    assert!(d < 1e-4, "mean pooling off by {d:e}");
     // Alone or packed with others, a text's [CLS] is the same up to GEMM summation order
     // (cuBLAS may pick another algorithm for another batch shape).
     for (i, t) in texts.iter().enumerate() {

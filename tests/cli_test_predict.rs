@@ -604,3 +604,116 @@ fn the_checkpoint_temperature_calibrates_predict_and_test() {
         "{err}"
     );
 }
+
+/// Mean features of `texts`, each encoded alone, through the library.
+fn mean_features(texts: &[String]) -> Vec<f32> {
+    let (config, weights) = ModelDir::open(&model_dir()).unwrap().load().unwrap();
+    let tokenizer = BertTokenizer::from_dir(&model_dir(), 350).unwrap();
+    let mut enc = Encoder::new(CpuBackend::new(1).unwrap(), config, &weights, 512).unwrap();
+    texts
+        .iter()
+        .flat_map(|t| {
+            let tokens = tokenizer.encode(t).unwrap();
+            enc.forward(&PackedBatch::new([&tokens]), Keep::Mean)
+                .unwrap()
+                .mean
+        })
+        .collect()
+}
+
+/// `train --pooling mean` records it in run.json and the checkpoint; `predict` and
+/// `encode` then compute mean features, and the cache keeps them apart from [CLS] ones.
+#[test]
+fn mean_pooling_goes_from_train_to_predict_and_encode() {
+    let dir = TempDir::new("pooling");
+    let run = dir.path().join("run");
+    let cache = dir.path().join("cache");
+    let train = |pooling: &str, out: &Path| {
+        let args = strings(&[
+            "train",
+            "--model",
+            s(&model_dir()),
+            "--data",
+            s(&data_dir()),
+            "--batch-size",
+            "8",
+            "--lr",
+            "1e-2",
+            "--epochs",
+            "2",
+            "--pooling",
+            pooling,
+            "--out",
+            s(out),
+            "--cache-dir",
+            s(&cache),
+            "--log-every",
+            "0",
+        ]);
+        let out = bertcls(&args, b"");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let first = train("mean", &run);
+    assert!(first.contains("encoded train"), "{first}");
+    let info: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    assert_eq!(info["pooling"], "mean");
+    let best = load_head(&run.join("best.safetensors"), None).unwrap();
+    assert_eq!(best.metadata["pooling"], "mean");
+    // [CLS] features are another cache entry: a cls run encodes afresh.
+    let cls = train("cls", &dir.path().join("cls-run"));
+    assert!(cls.contains("encoded train"), "{cls}");
+    assert_eq!(
+        std::fs::read_dir(&cache).unwrap().count(),
+        4,
+        "train and validation, twice"
+    );
+
+    let texts = texts();
+    let mut args = strings(&["predict", "--run", s(&run), "--json", "--no-calibration"]);
+    args.extend(texts.iter().cloned());
+    let got: Vec<Vec<f32>> = stdout_of(&bertcls(&args, b""))
+        .lines()
+        .map(|l| {
+            serde_json::from_value(serde_json::from_str::<Value>(l).unwrap()["probs"].clone())
+                .unwrap()
+        })
+        .collect();
+    let want = softmax(&best.head.logits(&mean_features(&texts)), 2);
+    for (g, w) in got.iter().flatten().zip(&want) {
+        assert!((g - w).abs() < 1e-5, "{got:?} vs {want:?}");
+    }
+
+    let mut args = strings(&[
+        "encode",
+        "--model",
+        s(&model_dir()),
+        "--pooling",
+        "mean",
+        "--json",
+    ]);
+    args.extend(texts.iter().cloned());
+    let rows: Vec<Value> = stdout_of(&bertcls(&args, b""))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let want = mean_features(&texts);
+    for (i, row) in rows.iter().enumerate() {
+        let got: Vec<f32> = serde_json::from_value(row["mean"].clone()).unwrap();
+        // Batched with the others vs alone: GEMM blocking may differ by a few ulps.
+        assert!(
+            max_diff(&got, &want[i * 32..(i + 1) * 32]) < 1e-5,
+            "text {i}"
+        );
+        assert!(row.get("cls").is_none());
+    }
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).fold(0.0, |m, (x, y)| m.max((x - y).abs()))
+}

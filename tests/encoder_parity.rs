@@ -50,6 +50,25 @@ fn tiny_f32_every_hidden_state_matches_transformers() {
     check_all_hidden_states("tiny/model", "tiny/reference.safetensors");
 }
 
+/// `--pooling mean` against HF's last hidden state mean-pooled over the attention mask in
+/// Python (tools/reference/mean_pool_reference.py), texts of 2 to 40 tokens in one batch.
+#[test]
+fn tiny_mean_pooling_matches_transformers() {
+    let dir = ModelDir::open(&fixtures().join("tiny/model")).unwrap();
+    let (config, weights) = dir.load().unwrap();
+    let r = read_tensors(&fixtures().join("tiny/reference.safetensors"));
+    let want = read_tensors(&fixtures().join("tiny/mean-pooled.safetensors"));
+    let texts = unpad(&r);
+    let mut enc = Encoder::new(CpuBackend::new(2).unwrap(), config, &weights, 1024).unwrap();
+    let out = enc.forward(&PackedBatch::new(&texts), Keep::Mean).unwrap();
+    // A mean of hidden states each within TINY_TOL of HF's is within TINY_TOL too.
+    let d = max_abs_diff(&out.mean, &want["mean"].f32);
+    assert!(d < TINY_TOL, "mean pooling off by {d:e}");
+    // The full last layer gives the same [CLS] rows as the [CLS]-only one.
+    let d = max_abs_diff(&out.cls, &r["cls"].f32);
+    assert!(d < TINY_TOL, "[CLS] beside mean pooling off by {d:e}");
+}
+
 #[test]
 fn tiny_f16_prefixed_legacy_names_match_transformers() {
     check_all_hidden_states("tiny/model-f16-prefixed", "tiny/reference-f16.safetensors");
@@ -134,6 +153,11 @@ fn check_real_model(env: &str, name: &str, fixture: &str) {
     let cls = enc.forward(&batch, Keep::Cls).unwrap().cls;
     let d = max_abs_diff(&cls, &r["cls"].f32);
     assert!(d < REAL_TOL, "{name}: [CLS] off by {d:e}");
+    // Mean pooling against tools/reference/mean_pool_reference.py's mean of HF's output.
+    let want = read_tensors(&fixtures().join(fixture).join("mean-pooled.safetensors"));
+    let mean = enc.forward(&batch, Keep::Mean).unwrap().mean;
+    let d = max_abs_diff(&mean, &want["mean"].f32);
+    assert!(d < REAL_TOL, "{name}: mean pooling off by {d:e}");
 }
 
 #[test]

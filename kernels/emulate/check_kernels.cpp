@@ -12,6 +12,7 @@
 #include "embeddings.cu"
 #include "head.cu"
 #include "layernorm.cu"
+#include "pooling.cu"
 #include "rows.cu"
 #include <cstdio>
 #include <random>
@@ -126,6 +127,16 @@ void test_rows() {
     launch(broadcast_bias_rows, ew_blocks(o.size()), 256, 0, o.data(), (const float*)bias.data(), 5, W);
     check("broadcast_bias_rows", o, wb, 0);
 }
+// Texts of 1, 5 and 300 tokens (the last longer than a block) over C = 40 and 384.
+void test_pooling(int C) {
+    vector<unsigned> off = {0, 1, 6, 306}; int n = off.size() - 1, T = off.back();
+    auto hidden = U(T * C, -3, 3);
+    vector<float> out(n * C, NAN); vector<double> want;
+    for (int i = 0; i < n; ++i) for (int c = 0; c < C; ++c) { double s = 0; for (unsigned t = off[i]; t < off[i + 1]; ++t) s += hidden[t * C + c]; want.push_back(s / (off[i + 1] - off[i])); }
+    launch(mean_pool_rows, ew_blocks(n * C), 256, 0, out.data(), (const float*)hidden.data(), (const unsigned*)off.data(), n, C);
+    // f32 sums of up to 300 terms of |x| <= 3: relative error ~300 * 6e-8 at worst.
+    char name[64]; snprintf(name, 64, "mean_pool_rows C=%d", C); check(name, out, want, 2e-5);
+}
 void test_head() {
     int n = 37, K = 3; auto logits = U(n * K, -4, 4); vector<unsigned> labels(n); for (auto& y : labels) y = rng() % K;
     logits[0] = logits[1]; // a tie: the first arg max counts
@@ -188,6 +199,7 @@ int main(int argc, char** argv) {
                 test_attention({33, 2}, 2, 64, all, {{0, 2}});
             }
         if (want("rows")) test_rows();
+        if (want("pooling")) { test_pooling(40); test_pooling(384); }
         if (want("head")) test_head();
     }
     printf("%s\n", fails ? "SOME FAILED" : "ALL OK"); return fails != 0;

@@ -115,6 +115,17 @@ pub trait Backend {
         out: &mut Self::Tensor,
     ) -> Result<()>;
 
+    /// out (num_texts, width): row i is the mean of rows `offsets[i]..offsets[i+1]` of
+    /// `hidden` (T, width), every token of text i: the packed layout holds no padding, so
+    /// this is sentence-transformers' mean over the attention mask.
+    fn mean_pool(
+        &self,
+        hidden: &Self::Tensor,
+        width: usize,
+        offsets: &[usize],
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
+
     /// dst (rows.len(), width) = src[rows] (row gather).
     fn gather_rows(
         &self,

@@ -13,7 +13,7 @@ use crate::backend::cuda::{CudaBackend, Precision};
 use crate::backend::{Device, DeviceRequest};
 use crate::features::{sha256_file, FeatureCache, FeatureKey};
 use crate::hub::{self, ResolvedModel};
-use crate::model::{encode_all, BertConfig, ClsEncoder, Encoder, ModelDir};
+use crate::model::{encode_all, BertConfig, Encoder, FeatureEncoder, ModelDir, Pooling};
 use crate::tokenize::{BertTokenizer, DEFAULT_MAX_LENGTH};
 
 #[derive(Args, Clone, Debug)]
@@ -27,6 +27,10 @@ pub struct ModelArgs {
     /// Truncate texts to this many tokens, [CLS] and [SEP] included.
     #[arg(long, default_value_t = DEFAULT_MAX_LENGTH)]
     pub max_length: usize,
+    /// How a text's feature is read off the last hidden state: each command sets it
+    /// (train and encode from --pooling, test and predict from the run).
+    #[arg(skip)]
+    pub pooling: Pooling,
 }
 
 impl ModelArgs {
@@ -77,7 +81,9 @@ pub struct LoadedModel {
     pub files: ModelFiles,
     pub device: Device,
     pub precision: Precision,
-    pub encoder: Box<dyn ClsEncoder>,
+    pub encoder: Box<dyn FeatureEncoder>,
+    /// The features `encode_texts` and the feature cache produce.
+    pub pooling: Pooling,
 }
 
 impl LoadedModel {
@@ -112,7 +118,7 @@ pub fn load_model(model: &ModelArgs, device: &DeviceArgs) -> Result<LoadedModel>
     let resolved_device = device.device.resolve()?;
     let (config, weights) = files.dir.load()?;
     let budget = device.max_batch_tokens.max(model.max_length);
-    let encoder: Box<dyn ClsEncoder> = match resolved_device {
+    let encoder: Box<dyn FeatureEncoder> = match resolved_device {
         Device::Cpu => Box::new(Encoder::new(
             CpuBackend::new(device.threads)?,
             config,
@@ -136,15 +142,18 @@ pub fn load_model(model: &ModelArgs, device: &DeviceArgs) -> Result<LoadedModel>
         device: resolved_device,
         precision: device.precision,
         encoder,
+        pooling: model.pooling,
     })
 }
 
-/// [CLS] features (N, C) of `texts`, with a progress bar; prints the time and tokens/s.
+/// Features (N, C) of `texts` pooled as `model.pooling`, with a progress bar; prints the
+/// time and tokens/s.
 pub fn encode_texts(model: &mut LoadedModel, texts: &[String], what: &str) -> Result<Vec<f32>> {
     let started = Instant::now();
     let tokens = model.files.tokenizer.encode_many(texts)?;
     let mut progress = Progress::new(texts.len() as u64, &format!("encoding {what}"));
-    let cls = encode_all(model.encoder.as_mut(), &tokens, |done| {
+    let pooling = model.pooling;
+    let cls = encode_all(model.encoder.as_mut(), &tokens, pooling, |done| {
         progress.set(done as u64)
     })?;
     progress.finish();
@@ -260,6 +269,7 @@ impl FeatureSource {
             backend: model.backend_name().into(),
             precision: model.precision_name(),
             data_hash: data_hash.to_string(),
+            pooling: model.pooling.name().to_string(),
         };
         let hidden = model.encoder.hidden_size();
         if let Some(x) = cache.get(&key)? {

@@ -1,4 +1,4 @@
-//! `bertcls encode`: [CLS] vectors for texts, to safetensors or JSON lines.
+//! `bertcls encode`: [CLS] or mean-pooled vectors for texts, to safetensors or JSON lines.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -11,6 +11,7 @@ use safetensors::Dtype;
 
 use super::common::{encode_texts, load_model, DeviceArgs, ModelArgs, TextArgs};
 use crate::fsio::atomic_write;
+use crate::model::Pooling;
 
 #[derive(Args, Debug)]
 pub struct EncodeArgs {
@@ -20,7 +21,11 @@ pub struct EncodeArgs {
     device: DeviceArgs,
     #[command(flatten)]
     input: TextArgs,
-    /// Write a safetensors file: `cls` [N, hidden] (and `input_ids`, `attention_mask` [N, L] with --ids).
+    /// The feature: cls (the [CLS] token's last hidden state) or mean (the mean over the
+    /// text's tokens). The output tensor and JSON key are named after it.
+    #[arg(long, default_value = "cls", value_name = "cls|mean")]
+    pooling: Pooling,
+    /// Write a safetensors file: `cls` or `mean` [N, hidden] (and `input_ids`, `attention_mask` [N, L] with --ids).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Include the token ids.
@@ -36,7 +41,12 @@ pub fn run(args: EncodeArgs) -> Result<()> {
     if texts.is_empty() {
         bail!("no texts to encode: pass them as arguments or with --file F (one per line)");
     }
-    let mut model = load_model(&args.model, &args.device)?;
+    let model_args = ModelArgs {
+        pooling: args.pooling,
+        ..args.model.clone()
+    };
+    let mut model = load_model(&model_args, &args.device)?;
+    let name = args.pooling.name();
     let tokens = model.tokenizer().encode_many(&texts)?;
     let cls = encode_texts(&mut model, &texts, "texts")?;
     let hidden = model.encoder.hidden_size();
@@ -46,7 +56,7 @@ pub fn run(args: EncodeArgs) -> Result<()> {
         let cls_bytes: Vec<u8> = cls.iter().flat_map(|v| v.to_le_bytes()).collect();
         let mut tensors: HashMap<String, TensorView> = HashMap::new();
         tensors.insert(
-            "cls".into(),
+            name.into(),
             TensorView::new(Dtype::F32, vec![n, hidden], &cls_bytes)?,
         );
         let (ids_bytes, mask_bytes, max_len);
@@ -75,8 +85,9 @@ pub fn run(args: EncodeArgs) -> Result<()> {
         let mut meta = HashMap::new();
         meta.insert("model".to_string(), model.id().to_string());
         meta.insert("max_length".to_string(), args.model.max_length.to_string());
+        meta.insert("pooling".to_string(), name.to_string());
         let bytes = safetensors::serialize(&tensors, Some(meta))
-            .context("cannot serialise the [CLS] vectors")?;
+            .context("cannot serialise the features")?;
         atomic_write(out, &bytes)?;
         eprintln!("wrote {} ([{n}, {hidden}])", out.display());
     }
@@ -86,8 +97,8 @@ pub fn run(args: EncodeArgs) -> Result<()> {
         for (i, text) in texts.iter().enumerate() {
             let mut obj = serde_json::json!({
                 "text": text,
-                "cls": &cls[i * hidden..(i + 1) * hidden],
             });
+            obj[name] = serde_json::json!(&cls[i * hidden..(i + 1) * hidden]);
             if args.ids {
                 obj["input_ids"] = serde_json::json!(tokens[i].ids);
             }

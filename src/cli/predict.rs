@@ -21,7 +21,7 @@ use crate::calibration::scaled_softmax;
 use crate::checkpoint::load_head;
 use crate::head::{argmax, LinearHead};
 use crate::hub::DEFAULT_MODEL;
-use crate::model::encode_all;
+use crate::model::{encode_all, Pooling};
 use crate::tokenize::DEFAULT_MAX_LENGTH;
 
 /// The recipe's prompt, kept verbatim so its users see what they know.
@@ -32,6 +32,7 @@ const PROMPT: &str = "请输入文本:";
 const LABELS_KEY: &str = "labels";
 const MODEL_KEY: &str = "model";
 const MAX_LENGTH_KEY: &str = "max_length";
+const POOLING_KEY: &str = "pooling";
 
 /// Which trained head to use, and the model flags, which default to the run's.
 #[derive(Args, Clone, Debug)]
@@ -115,6 +116,10 @@ impl HeadArgs {
                 .or(run.as_ref().map(|r| r.max_length))
                 .or_else(|| meta.get(MAX_LENGTH_KEY).and_then(|v| v.parse().ok()))
                 .unwrap_or(DEFAULT_MAX_LENGTH),
+            pooling: match &run {
+                Some(info) => info.pooling,
+                None => metadata_pooling(meta, &source)?,
+            },
         };
         let model_overridden = run.is_some() && self.model.is_some();
         let temperature = if self.no_calibration {
@@ -176,6 +181,17 @@ fn metadata_labels(
         )
     })?;
     Ok(Some(names))
+}
+
+/// The pooling a checkpoint's head was trained on; [CLS] where it names none (the
+/// recipe's .pth, heads written before pooling was a choice).
+fn metadata_pooling(metadata: &BTreeMap<String, String>, source: &Path) -> Result<Pooling> {
+    match metadata.get(POOLING_KEY) {
+        None => Ok(Pooling::Cls),
+        Some(name) => name
+            .parse()
+            .map_err(|e| anyhow!("{}: metadata {POOLING_KEY}: {e}", source.display())),
+    }
 }
 
 /// The calibration temperature in a checkpoint's metadata; 1 where it has none.
@@ -322,9 +338,11 @@ fn gather_texts(args: &PredictArgs) -> Result<Option<Vec<String>>> {
 /// One text as a batch of its own: encoded at its own length, never padded.
 fn predict_one(model: &mut LoadedModel, classifier: &Classifier, text: &str) -> Result<Prediction> {
     let tokens = model.tokenizer().encode(text)?;
+    let pooling = model.pooling;
     let x = encode_all(
         model.encoder.as_mut(),
         std::slice::from_ref(&tokens),
+        pooling,
         |_| {},
     )?;
     Ok(predict_features(&classifier.head, &x, classifier.temperature).remove(0))

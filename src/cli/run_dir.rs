@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fsio::atomic_write;
 use crate::head::ClassWeighting;
+use crate::model::Pooling;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Hyperparameters {
@@ -49,6 +50,9 @@ pub struct RunInfo {
     pub tokenizer_files: Vec<String>,
     pub tokenizer_fingerprint: String,
     pub max_length: usize,
+    /// How features were read off the encoder; runs written before the flag used [CLS].
+    #[serde(default)]
+    pub pooling: Pooling,
     pub hidden_size: usize,
     pub labels: Vec<String>,
     pub data: String,

@@ -25,6 +25,7 @@ use crate::data::{self, Dataset, LoadOptions, Split};
 use crate::fsio::atomic_write;
 use crate::head::{count_correct, ClassWeighting, HeadScratch, LinearHead};
 use crate::hub::{resolve_dataset, DEFAULT_DATASET};
+use crate::model::Pooling;
 use crate::optim::{AdamW, DEFAULT_BETAS, DEFAULT_EPS, DEFAULT_LR, DEFAULT_WEIGHT_DECAY};
 
 /// Checkpoint metadata keys. `labels` is what `test` and `predict` read label names from.
@@ -100,6 +101,15 @@ pub struct TrainArgs {
     /// A log line with loss and batch accuracy every N steps (0: none).
     #[arg(long, default_value_t = 5, help_heading = "Output")]
     log_every: usize,
+    /// The feature: cls (the [CLS] token's last hidden state, the recipe's) or mean (the
+    /// mean of the last hidden state over the text's tokens, sentence-transformers').
+    #[arg(
+        long,
+        default_value = "cls",
+        value_name = "cls|mean",
+        help_heading = "Training"
+    )]
+    pooling: Pooling,
     /// Where the head's training steps run.
     #[arg(long, value_enum, default_value_t = HeadDevice::Cpu, help_heading = "Training")]
     head_device: HeadDevice,
@@ -186,7 +196,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
     check_batch(train, args.batch_size)?;
     let validation = validation_split(&args, &dataset)?;
 
-    let mut model = load_model(&args.model, &args.device)?;
+    let model_args = ModelArgs {
+        pooling: args.pooling,
+        ..args.model.clone()
+    };
+    let mut model = load_model(&model_args, &args.device)?;
     let mut source = FeatureSource::new(args.cache.cache());
     let info = run_info(
         &args,
@@ -346,6 +360,7 @@ fn run_info(
         tokenizer_files: tokenizer.sources().iter().map(|p| absolute(p)).collect(),
         tokenizer_fingerprint: tokenizer.fingerprint()?,
         max_length: tokenizer.max_length(),
+        pooling: model.pooling,
         hidden_size: model.encoder.hidden_size(),
         labels: labels.to_vec(),
         data: data_id,
@@ -508,6 +523,11 @@ fn check_same_run(dir: &Path, saved: &RunInfo, now: &RunInfo) -> Result<()> {
         now.max_length.to_string(),
     );
     differ("labels", saved.labels.join(","), now.labels.join(","));
+    differ(
+        "--pooling",
+        saved.pooling.to_string(),
+        now.pooling.to_string(),
+    );
     let (a, b) = (&saved.hyperparameters, &now.hyperparameters);
     differ(
         "--batch-size",
@@ -822,6 +842,7 @@ fn checkpoint_metadata(run: &Run, m: &EpochMetrics) -> Result<BTreeMap<String, S
             serde_json::to_string(&run.info.labels)?,
         ),
         ("max_length".to_string(), run.info.max_length.to_string()),
+        ("pooling".to_string(), run.info.pooling.to_string()),
         (META_TRAIN_HASH.to_string(), run.train_hash.clone()),
     ]);
     if let Some(acc) = m.val_acc {

@@ -5,6 +5,7 @@
 //! post-LayerNorm blocks, no dropout, attention restricted to each text's own tokens.
 
 use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
 
 use super::config::BertConfig;
 use super::weights::{BertWeights, HostWeights, LayerWeights};
@@ -17,13 +18,65 @@ use crate::tokenize::TokenizedText;
 pub enum Keep {
     /// [CLS] only: the last layer runs for the [CLS] rows alone.
     Cls,
+    /// Also each text's mean-pooled last hidden state: the last layer runs for every row.
+    Mean,
     /// Also the embeddings output and every layer's hidden state, (T, C) each.
     AllHiddenStates,
+}
+
+/// How a text's feature is read off the last hidden state (`--pooling`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// The [CLS] token's row: the recipe's `last_hidden_state[:, 0]`.
+    #[default]
+    Cls,
+    /// The mean over the text's tokens, [CLS] and [SEP] included: sentence-transformers'
+    /// mean pooling over the attention mask, which e5 and MiniLM were trained for.
+    Mean,
+}
+
+impl Pooling {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cls => "cls",
+            Self::Mean => "mean",
+        }
+    }
+
+    /// The forward pass that computes this feature.
+    pub fn keep(self) -> Keep {
+        match self {
+            Self::Cls => Keep::Cls,
+            Self::Mean => Keep::Mean,
+        }
+    }
+}
+
+impl std::str::FromStr for Pooling {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cls" => Ok(Self::Cls),
+            "mean" => Ok(Self::Mean),
+            _ => Err(format!("`{s}` is not a pooling: use cls or mean")),
+        }
+    }
+}
+
+impl std::fmt::Display for Pooling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 pub struct EncoderOutput {
     /// (num_texts, C) last-layer hidden state of each text's first token.
     pub cls: Vec<f32>,
+    /// (num_texts, C) mean of each text's last-layer hidden states; empty unless
+    /// `Keep::Mean`.
+    pub mean: Vec<f32>,
     /// num_layers + 1 tensors of (T, C), as HF's `output_hidden_states`; empty for `Keep::Cls`.
     pub hidden_states: Vec<Vec<f32>>,
 }
@@ -128,6 +181,7 @@ impl<B: Backend> Encoder<B> {
                 cls_layer(be, layer, &self.config, self.act, batch, ws)?;
                 return Ok(EncoderOutput {
                     cls: be.download(&ws.cls, n * c)?,
+                    mean: Vec::new(),
                     hidden_states,
                 });
             }
@@ -137,8 +191,16 @@ impl<B: Backend> Encoder<B> {
             }
         }
         be.gather_rows(&ws.hidden, c, batch.cls_rows(), &mut ws.cls)?;
+        let mean = if keep == Keep::Mean {
+            // ws.attn is free once the last layer is done.
+            be.mean_pool(&ws.hidden, c, &batch.offsets, &mut ws.attn)?; // (n, C)
+            be.download(&ws.attn, n * c)?
+        } else {
+            Vec::new()
+        };
         Ok(EncoderOutput {
             cls: be.download(&ws.cls, n * c)?,
+            mean,
             hidden_states,
         })
     }
@@ -215,18 +277,22 @@ fn cls_layer<B: Backend>(
     Ok(())
 }
 
-/// A [CLS] encoder on whichever backend was chosen at run time.
-pub trait ClsEncoder {
-    /// (num_texts, C) [CLS] vectors of one packed batch.
-    fn encode_batch(&mut self, batch: &PackedBatch) -> Result<Vec<f32>>;
+/// A feature encoder on whichever backend was chosen at run time.
+pub trait FeatureEncoder {
+    /// (num_texts, C) features of one packed batch, pooled as `pooling` says.
+    fn encode_batch(&mut self, batch: &PackedBatch, pooling: Pooling) -> Result<Vec<f32>>;
     fn hidden_size(&self) -> usize;
     fn max_tokens(&self) -> usize;
     fn describe(&self) -> String;
 }
 
-impl<B: Backend> ClsEncoder for Encoder<B> {
-    fn encode_batch(&mut self, batch: &PackedBatch) -> Result<Vec<f32>> {
-        Ok(self.forward(batch, Keep::Cls)?.cls)
+impl<B: Backend> FeatureEncoder for Encoder<B> {
+    fn encode_batch(&mut self, batch: &PackedBatch, pooling: Pooling) -> Result<Vec<f32>> {
+        let out = self.forward(batch, pooling.keep())?;
+        Ok(match pooling {
+            Pooling::Cls => out.cls,
+            Pooling::Mean => out.mean,
+        })
     }
     fn hidden_size(&self) -> usize {
         self.config.hidden_size
@@ -242,12 +308,13 @@ impl<B: Backend> ClsEncoder for Encoder<B> {
 /// Most texts per batch: bounds the attention scratch and keeps progress updates frequent.
 pub const MAX_TEXTS_PER_BATCH: usize = 256;
 
-/// [CLS] vectors (N, C) of every text, in input order. Texts are sorted by length into
+/// Features (N, C) of every text, in input order. Texts are sorted by length into
 /// packed batches that fill the encoder's token budget; `progress` gets the number of
 /// texts finished after each batch.
 pub fn encode_all(
-    enc: &mut dyn ClsEncoder,
+    enc: &mut dyn FeatureEncoder,
     texts: &[TokenizedText],
+    pooling: Pooling,
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<f32>> {
     let c = enc.hidden_size();
@@ -261,7 +328,7 @@ pub fn encode_all(
     let mut done = 0;
     for batch_idx in plan_batches(&lengths, enc.max_tokens(), MAX_TEXTS_PER_BATCH) {
         let batch = PackedBatch::new(batch_idx.iter().map(|&i| &texts[i]));
-        let cls = enc.encode_batch(&batch)?;
+        let cls = enc.encode_batch(&batch, pooling)?;
         for (row, &i) in batch_idx.iter().enumerate() {
             out[i * c..(i + 1) * c].copy_from_slice(&cls[row * c..(row + 1) * c]);
         }

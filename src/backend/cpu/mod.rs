@@ -10,7 +10,7 @@ mod layernorm;
 mod linear;
 mod simd;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
 use super::{Activation, Backend, QueryRows};
@@ -153,6 +153,34 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         self.pool
             .install(|| attention::attention(qkv, offsets, heads, head_dim, query_rows, out));
+        Ok(())
+    }
+
+    fn mean_pool(
+        &self,
+        hidden: &Vec<f32>,
+        width: usize,
+        offsets: &[usize],
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        for (i, span) in offsets.windows(2).enumerate() {
+            let (start, end) = (span[0], span[1]);
+            if end <= start {
+                bail!("mean_pool: text {i} has no tokens");
+            }
+            let row = &mut out[i * width..(i + 1) * width];
+            // Summed token by token in f32, in order: the CUDA kernel's order too.
+            row.fill(0.0);
+            for t in start..end {
+                for (acc, &v) in row.iter_mut().zip(&hidden[t * width..(t + 1) * width]) {
+                    *acc += v;
+                }
+            }
+            let len = (end - start) as f32;
+            for v in row.iter_mut() {
+                *v /= len;
+            }
+        }
         Ok(())
     }
 

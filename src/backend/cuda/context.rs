@@ -252,6 +252,7 @@ kernel_table!(
     attention_scatter_context,
     gather_rows,
     broadcast_bias_rows,
+    mean_pool_rows,
     softmax_cross_entropy_backward,
     bias_grad_column_sum,
     adamw_update,

@@ -471,6 +471,40 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
+    fn mean_pool(
+        &self,
+        hidden: &CudaSlice<f32>,
+        width: usize,
+        offsets: &[usize],
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let n = offsets.len().saturating_sub(1);
+        if n == 0 {
+            return Ok(());
+        }
+        if let Some(i) = offsets.windows(2).position(|w| w[1] <= w[0]) {
+            bail!("mean_pool: text {i} has no tokens");
+        }
+        let t = offsets.last().copied().unwrap_or(0);
+        self.check_tokens(t)?;
+        need(out, n * width, "mean_pool output")?;
+        need(hidden, t * width, "mean_pool input")?;
+        let offsets_u32: Vec<u32> = offsets.iter().map(|&o| o as u32).collect();
+        let mut s = self.scratch.borrow_mut();
+        self.upload_u32(&mut s.offsets, &offsets_u32)?;
+        self.launch(
+            &self.kernels.mean_pool_rows,
+            Grid::elementwise(n * width)?,
+            &[
+                self.ptr(out),
+                self.ptr(hidden),
+                self.ptr(&s.offsets),
+                Arg::I32(n as i32),
+                Arg::I32(width as i32),
+            ],
+        )
+    }
+
     fn gather_rows(
         &self,
         src: &CudaSlice<f32>,
