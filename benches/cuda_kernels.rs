@@ -2,11 +2,11 @@
 //! shape), for the GPU machine:
 //!
 //! - each memory-bound kernel's achieved GB/s next to a device-to-device copy's;
-//! - cuBLAS TFLOP/s at the encoder's GEMM shapes, fp32 and TF32;
+//! - cuBLAS TFLOP/s at the encoder's GEMM shapes, fp32, TF32, bf16 and fp16 (GemmEx);
 //! - the attention op (gather, two batched GEMMs, softmax, scatter) per layer;
 //! - encoder tokens/s at 1x128, 32x128, 256x128 and on ChnSentiCorp's texts packed.
 //!
-//!     cargo bench --bench cuda_kernels [-- --precision fp32|tf32 --texts N --shared DIR]
+//!     cargo bench --bench cuda_kernels [-- --precision fp32|tf32|bf16|fp16 --texts N --shared DIR]
 //!
 //! `--shared` is the folder holding models/bert-base-chinese and data/ChnSentiCorp-files
 //! (default: ../shared beside the checkout).
@@ -17,14 +17,13 @@ mod common;
 
 use std::path::PathBuf;
 
-use bertcls::backend::cuda::{self, CudaBackend, Precision};
+use bertcls::backend::cuda::{self, CudaBackend, CudaTensor, Precision};
 use bertcls::backend::{Activation, Backend, QueryRows};
 use bertcls::batch::PackedBatch;
 use bertcls::model::weights::{LayerNormWeights, LinearWeights};
 use bertcls::model::{encode_all, BertConfig, Encoder, HostWeights, Keep, Pooling};
 use bertcls::tokenize::BertTokenizer;
 use common::{arg, chnsenticorp_texts, fixed_batch, report, time};
-use cudarc::driver::CudaSlice;
 
 /// Token budget: the largest fixed batch, 256 x 128.
 const BUDGET: usize = 256 * 128;
@@ -92,12 +91,14 @@ fn main() {
 /// cuMemcpyDtoD of 256 MiB: reads and writes every byte, the bandwidth ceiling the
 /// kernels are measured against.
 fn device_copy(be: &CudaBackend) -> f64 {
-    let n = 64 << 20;
+    let n = (256 << 20) / be.storage().bytes();
     let src = be.alloc(n).unwrap();
     let mut dst = be.alloc(n).unwrap();
     let stream = be.stream().clone();
-    let secs = time_op(be, 10, || stream.memcpy_dtod(&src, &mut dst).unwrap());
-    let gbs = (2 * n * 4) as f64 / secs / 1e9;
+    let secs = time_op(be, 10, || {
+        stream.memcpy_dtod(src.bytes(), dst.bytes_mut()).unwrap()
+    });
+    let gbs = (2 << 28) as f64 / secs / 1e9;
     println!(
         "{{\"case\": \"device_copy 256MiB\", \"us\": {:.1}, \"gb_per_s\": {gbs:.1}}}",
         secs * 1e6
@@ -105,7 +106,7 @@ fn device_copy(be: &CudaBackend) -> f64 {
     gbs
 }
 
-fn upload(be: &CudaBackend, len: usize, value: f32) -> CudaSlice<f32> {
+fn upload(be: &CudaBackend, len: usize, value: f32) -> CudaTensor {
     be.upload(&vec![value; len]).unwrap()
 }
 
@@ -113,6 +114,8 @@ fn upload(be: &CudaBackend, len: usize, value: f32) -> CudaSlice<f32> {
 fn kernels(be: &CudaBackend, config: &BertConfig, copy_gbs: f64) {
     let (c, f) = (config.hidden_size, config.intermediate_size);
     let t = 32 * 128;
+    // Bytes per element of the tensors the kernels read and write.
+    let e = be.storage().bytes();
     let texts = fixed_batch(config, 32, 128);
     let batch = PackedBatch::new(&texts);
     let weights = HostWeights::random(config, 0);
@@ -123,7 +126,7 @@ fn kernels(be: &CudaBackend, config: &BertConfig, copy_gbs: f64) {
             .unwrap()
     });
     // three embedding rows read, one row written per token
-    bandwidth("embeddings_layernorm 32x128", 4 * t * c * 4, secs, copy_gbs);
+    bandwidth("embeddings_layernorm 32x128", 4 * t * c * e, secs, copy_gbs);
 
     let bias = upload(be, f, 0.01);
     let mut inter = upload(be, t * f, 0.5);
@@ -133,7 +136,7 @@ fn kernels(be: &CudaBackend, config: &BertConfig, copy_gbs: f64) {
         });
         bandwidth(
             &format!("bias_activation {act:?} 4096x{f}"),
-            2 * t * f * 4,
+            2 * t * f * e,
             secs,
             copy_gbs,
         );
@@ -152,7 +155,7 @@ fn kernels(be: &CudaBackend, config: &BertConfig, copy_gbs: f64) {
     });
     bandwidth(
         &format!("bias_residual_layernorm 4096x{c}"),
-        3 * t * c * 4,
+        3 * t * c * e,
         secs,
         copy_gbs,
     );
@@ -162,7 +165,7 @@ fn kernels(be: &CudaBackend, config: &BertConfig, copy_gbs: f64) {
     let secs = time_op(be, 20, || be.gather_rows(&x, c, &rows, &mut cls).unwrap());
     bandwidth(
         "gather_rows 32 of 4096",
-        2 * rows.len() * c * 4,
+        2 * rows.len() * c * e,
         secs,
         copy_gbs,
     );
@@ -179,16 +182,22 @@ fn kernels(be: &CudaBackend, config: &BertConfig, copy_gbs: f64) {
     // The bias costs one extra write of the output (broadcast) and a read in the GEMM.
     bandwidth(
         "bias broadcast (linear with - without bias) 4096x2304",
-        2 * t * 3 * c * 4,
+        2 * t * 3 * c * e,
         (with_bias - without).max(1e-9),
         copy_gbs,
     );
 }
 
-/// cuBLAS sgemm at the encoder's shapes, fp32 and TF32, on fresh handles.
+/// cuBLAS at the encoder's shapes, fp32 and TF32 (sgemm), bf16 and fp16 (GemmEx, fp32
+/// accumulation), on fresh handles.
 fn gemms(config: &BertConfig) {
     let (c, f) = (config.hidden_size, config.intermediate_size);
-    for precision in [Precision::Fp32, Precision::Tf32] {
+    for precision in [
+        Precision::Fp32,
+        Precision::Tf32,
+        Precision::Bf16,
+        Precision::Fp16,
+    ] {
         let be = CudaBackend::new(0, precision, BUDGET).unwrap();
         for t in [128, 4096, 32768] {
             for (name, k, n) in [
@@ -208,7 +217,7 @@ fn gemms(config: &BertConfig) {
                 let secs = time_op(&be, 10, || be.linear(&x, t, &lin, false, &mut y).unwrap());
                 let tflops = 2.0 * (t * k * n) as f64 / secs / 1e12;
                 println!(
-                    "{{\"case\": \"sgemm {precision} {name} {t}x{k}x{n}\", \"us\": {:.1}, \"tflop_per_s\": {tflops:.2}}}",
+                    "{{\"case\": \"gemm {precision} {name} {t}x{k}x{n}\", \"us\": {:.1}, \"tflop_per_s\": {tflops:.2}}}",
                     secs * 1e6
                 );
             }

@@ -20,12 +20,14 @@ static __device__ __forceinline__ float relu(float x) { return fmaxf(x, 0.0f); }
 
 // x (rows, F) = act(x + bias), bias (F,)
 // launch: 1-D grid over rows * F elements, block 256
-#define BIAS_ACTIVATION_KERNEL(name, act)                                                  \
-    extern "C" __global__ void name(float* __restrict__ x, const float* __restrict__ bias, \
-                                    int rows, int F) {                                     \
-        GRID_STRIDE_LOOP(i, rows * F) { x[i] = act(x[i] + bias[i % F]); }                  \
+#define BIAS_ACTIVATION_KERNEL(name, T, act)                                           \
+    extern "C" __global__ void name(T* __restrict__ x, const T* __restrict__ bias,     \
+                                    int rows, int F) {                                 \
+        GRID_STRIDE_LOOP(i, rows * F) { x[i] = store<T>(act(load(x[i]) + load(bias[i % F]))); } \
     }
-
-BIAS_ACTIVATION_KERNEL(bias_gelu_erf_forward, gelu_erf)
-BIAS_ACTIVATION_KERNEL(bias_gelu_tanh_forward, gelu_tanh)
-BIAS_ACTIVATION_KERNEL(bias_relu_forward, relu)
+#define BIAS_GELU_ERF(name, T) BIAS_ACTIVATION_KERNEL(name, T, gelu_erf)
+#define BIAS_GELU_TANH(name, T) BIAS_ACTIVATION_KERNEL(name, T, gelu_tanh)
+#define BIAS_RELU(name, T) BIAS_ACTIVATION_KERNEL(name, T, relu)
+FOR_EACH_STORAGE(BIAS_GELU_ERF, bias_gelu_erf_forward)
+FOR_EACH_STORAGE(BIAS_GELU_TANH, bias_gelu_tanh_forward)
+FOR_EACH_STORAGE(BIAS_RELU, bias_relu_forward)

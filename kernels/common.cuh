@@ -1,10 +1,36 @@
-// Shared helpers for the bertcls kernels: warp and block reductions.
+// Shared helpers for the bertcls kernels: storage types, warp and block reductions.
 //
 // Every kernel file includes this header and build.rs compiles all kernels/*.cu as one
 // translation unit, hence the include guard and `static __device__` helpers.
 #pragma once
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
+
+// The encoder's tensors are stored as float (--precision fp32, tf32) or in half
+// precision (fp16, bf16, on tensor cores). Every kernel loads to float, computes in float
+// (LayerNorm statistics and softmax included) and rounds once when it stores.
+static __device__ __forceinline__ float load(float x) { return x; }
+static __device__ __forceinline__ float load(__half x) { return __half2float(x); }
+static __device__ __forceinline__ float load(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <class T>
+static __device__ __forceinline__ T store(float x);
+template <>
+__device__ __forceinline__ float store<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ __half store<__half>(float x) { return __float2half_rn(x); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 store<__nv_bfloat16>(float x) {
+    return __float2bfloat16_rn(x);
+}
+
+// One extern "C" kernel per storage type, named NAME (float), NAME_f16 and NAME_bf16:
+// DEFINE(name, T) declares one.
+#define FOR_EACH_STORAGE(DEFINE, NAME) \
+    DEFINE(NAME, float)                \
+    DEFINE(NAME##_f16, __half)         \
+    DEFINE(NAME##_bf16, __nv_bfloat16)
 
 #define WARP_SIZE 32
 #define FULL_MASK 0xffffffffu
@@ -45,13 +71,15 @@ static __device__ __forceinline__ float block_reduce_sum(float v, float* scratch
     return v;
 }
 
-// LayerNorm of one row held in shared memory `row` (C floats), written to `out`:
+// LayerNorm of one row held in shared memory `row` (C floats), written to `out` (C of T):
 // out = (row - mean) / sqrt(var + eps) * gamma + beta. The variance is taken in a second
 // pass over (x - mean)^2, never as E[x^2] - E[x]^2, which cancels catastrophically when
 // |mean| >> std (BERT's hidden states have large per-row offsets).
-static __device__ __forceinline__ void layernorm_row_from_shared(
-    const float* row, float* out, const float* gamma, const float* beta, int C, float eps,
-    float* scratch) {
+template <class T>
+static __device__ __forceinline__ void layernorm_row_from_shared(const float* row, T* out,
+                                                                 const T* gamma, const T* beta,
+                                                                 int C, float eps,
+                                                                 float* scratch) {
     float sum = 0.0f;
     for (int i = threadIdx.x; i < C; i += blockDim.x) sum += row[i];
     const float mean = block_reduce_sum(sum, scratch) / (float)C;
@@ -63,6 +91,6 @@ static __device__ __forceinline__ void layernorm_row_from_shared(
     const float var = block_reduce_sum(sq, scratch) / (float)C;
     const float rstd = 1.0f / sqrtf(var + eps);
     for (int i = threadIdx.x; i < C; i += blockDim.x) {
-        out[i] = (row[i] - mean) * rstd * gamma[i] + beta[i];
+        out[i] = store<T>((row[i] - mean) * rstd * load(gamma[i]) + load(beta[i]));
     }
 }

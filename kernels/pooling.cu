@@ -10,17 +10,19 @@
 
 // out (n, C): out[i, c] = sum over t in offsets[i]..offsets[i+1] of hidden[t, c], divided
 // by the text's length. hidden (T, C); offsets (n + 1,), every text at least one token.
+// The sum runs in f32 in every storage type; the mean is rounded once when stored.
 // launch: 1-D grid over n * C elements, block 256
-extern "C" __global__ void mean_pool_rows(float* __restrict__ out,
-                                          const float* __restrict__ hidden,
-                                          const unsigned int* __restrict__ offsets, int n,
-                                          int C) {
-    GRID_STRIDE_LOOP(e, n * C) {
-        const int i = e / C;
-        const int c = e % C;
-        const unsigned int start = offsets[i], end = offsets[i + 1];
-        float sum = 0.0f;
-        for (unsigned int t = start; t < end; ++t) sum += hidden[(size_t)t * C + c];
-        out[e] = sum / (float)(end - start);
+#define MEAN_POOL_ROWS(name, T)                                                           \
+    extern "C" __global__ void name(T* __restrict__ out, const T* __restrict__ hidden,    \
+                                    const unsigned int* __restrict__ offsets, int n,      \
+                                    int C) {                                              \
+        GRID_STRIDE_LOOP(e, n * C) {                                                      \
+            const int i = e / C;                                                          \
+            const int c = e % C;                                                          \
+            const unsigned int start = offsets[i], end = offsets[i + 1];                  \
+            float sum = 0.0f;                                                             \
+            for (unsigned int t = start; t < end; ++t) sum += load(hidden[(size_t)t * C + c]); \
+            out[e] = store<T>(sum / (float)(end - start));                                \
+        }                                                                                 \
     }
-}
+FOR_EACH_STORAGE(MEAN_POOL_ROWS, mean_pool_rows)

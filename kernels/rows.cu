@@ -8,20 +8,23 @@
 
 // dst (n, width) = src[rows] with src (T, width), rows (n,)
 // launch: 1-D grid over n * width elements, block 256
-extern "C" __global__ void gather_rows(float* __restrict__ dst, const float* __restrict__ src,
-                                       const unsigned int* __restrict__ rows, int n,
-                                       int width) {
-    GRID_STRIDE_LOOP(e, n * width) {
-        const int r = e / width;
-        const int c = e % width;
-        dst[e] = src[(size_t)rows[r] * width + c];
+#define GATHER_ROWS(name, T)                                                              \
+    extern "C" __global__ void name(T* __restrict__ dst, const T* __restrict__ src,       \
+                                    const unsigned int* __restrict__ rows, int n,         \
+                                    int width) {                                          \
+        GRID_STRIDE_LOOP(e, n * width) {                                                  \
+            const int r = e / width;                                                      \
+            const int c = e % width;                                                      \
+            dst[e] = src[(size_t)rows[r] * width + c];                                    \
+        }                                                                                 \
     }
-}
+FOR_EACH_STORAGE(GATHER_ROWS, gather_rows)
 
 // out (rows, N) = bias (N,) in every row
 // launch: 1-D grid over rows * N elements, block 256
-extern "C" __global__ void broadcast_bias_rows(float* __restrict__ out,
-                                               const float* __restrict__ bias, int rows,
-                                               int N) {
-    GRID_STRIDE_LOOP(e, rows * N) { out[e] = bias[e % N]; }
-}
+#define BROADCAST_BIAS_ROWS(name, T)                                                     \
+    extern "C" __global__ void name(T* __restrict__ out, const T* __restrict__ bias,     \
+                                    int rows, int N) {                                   \
+        GRID_STRIDE_LOOP(e, rows * N) { out[e] = bias[e % N]; }                          \
+    }
+FOR_EACH_STORAGE(BROADCAST_BIAS_ROWS, broadcast_bias_rows)

@@ -657,6 +657,102 @@ fn cuda_tf32_linear_is_close_to_fp32() {
     }
 }
 
+/// The case with every input rounded to `precision`'s half type (as the GPU stores it).
+fn rounded_case(case: &Case, precision: Precision) -> Case {
+    let r = |v: &Vec<f32>| -> Vec<f32> {
+        v.iter()
+            .map(|&x| match precision {
+                Precision::Fp16 => half::f16::from_f32(x).to_f32(),
+                Precision::Bf16 => half::bf16::from_f32(x).to_f32(),
+                Precision::Fp32 | Precision::Tf32 => x,
+            })
+            .collect()
+    };
+    let op = match &case.op {
+        Op::Embeddings(e) => Op::Embeddings(EmbeddingsCase {
+            batch: e.batch.clone(),
+            word: r(&e.word),
+            position: r(&e.position),
+            token_type: r(&e.token_type),
+            gamma: r(&e.gamma),
+            beta: r(&e.beta),
+            ..*e
+        }),
+        Op::Linear(l) => Op::Linear(LinearCase {
+            x: r(&l.x),
+            w: r(&l.w),
+            b: r(&l.b),
+            ..*l
+        }),
+        Op::BiasActivation(a) => Op::BiasActivation(ActivationCase {
+            x: r(&a.x),
+            bias: r(&a.bias),
+            ..*a
+        }),
+        Op::BiasResidualLayerNorm(l) => Op::BiasResidualLayerNorm(LayerNormCase {
+            x: r(&l.x),
+            bias: r(&l.bias),
+            residual: r(&l.residual),
+            gamma: r(&l.gamma),
+            beta: r(&l.beta),
+            ..*l
+        }),
+        Op::Attention(a) => Op::Attention(AttentionCase {
+            qkv: r(&a.qkv),
+            offsets: a.offsets.clone(),
+            ..*a
+        }),
+        Op::GatherRows(g) => Op::GatherRows(GatherCase {
+            src: r(&g.src),
+            rows: g.rows.clone(),
+            ..*g
+        }),
+        Op::MeanPool(m) => Op::MeanPool(MeanPoolCase {
+            hidden: r(&m.hidden),
+            offsets: m.offsets.clone(),
+            ..*m
+        }),
+    };
+    Case {
+        name: format!("{} {precision}", case.name),
+        op,
+        ..*case
+    }
+}
+
+/// bf16 and fp16 ops against the fp32 CPU op on the same inputs rounded to half (as the
+/// GPU stores them), so that what is measured is the half path's own error. With u the
+/// unit roundoff (fp16 2^-11, 11 significant bits; bf16 2^-8, 8 bits): element-wise,
+/// LayerNorm, GEMM and mean-pooling outputs are computed in fp32 (GemmEx accumulates in
+/// fp32) and rounded once: u |y| plus the fp32 case's atol. Attention rounds the probabilities
+/// (u relative each) and the context once: u sum p |v| + u |ctx| <= 2u max|v| = 4u,
+/// |V| <= 2. Copies stay exact.
+#[test]
+fn cuda_half_ops_match_cpu_on_rounded_inputs() {
+    for precision in [Precision::Bf16, Precision::Fp16] {
+        let Some(gpu) = cuda_backend(precision) else {
+            return;
+        };
+        let u = match precision {
+            Precision::Fp16 => 1.0 / 2048.0,
+            _ => 1.0 / 256.0,
+        };
+        let cpu = CpuBackend::new(2).unwrap();
+        for case in cases() {
+            let mut case = rounded_case(&case, precision);
+            let want = f64s(&run(&cpu, &case));
+            match case.op {
+                Op::GatherRows(_) => {}
+                Op::Attention(_) => (case.atol, case.rtol) = (case.atol + 4.0 * u, case.rtol),
+                _ => (case.atol, case.rtol) = (case.atol, case.rtol + u),
+            }
+            let got = run(&gpu, &case);
+            assert_close(&case, "cuda half vs cpu fp32", &got, &want);
+            eprintln!("ok  cuda {}", case.name);
+        }
+    }
+}
+
 #[test]
 fn cuda_backend_without_a_gpu_fails_in_one_line() {
     if cuda::check_device(0).is_ok() {
@@ -797,13 +893,17 @@ fn emulation_source(name: &str, src: &str) -> String {
             let (var, len) = rest.split_once('[').unwrap();
             let len = len.trim_end_matches(']');
             format!("{indent}{ty}* {var} = emu::static_shared<{ty}>({len});")
+        } else if code.starts_with("#include <cuda") {
+            // cuda_runtime.h, cuda_fp16.h, cuda_bf16.h: what the kernels use of them is in
+            // the shim.
+            "#include \"shim.h\"".to_string()
         } else {
             line.replace("extern \"C\" ", "")
         };
         out.push_str(&rewritten);
         out.push('\n');
     }
-    out.replace("#include <cuda_runtime.h>", "#include \"shim.h\"")
+    out
 }
 
 /// (type, `name[...]`) of a shared declaration's remainder `T name[...];`.
@@ -1042,7 +1142,7 @@ fn emulation_catches_a_write_into_the_next_blocks_row() {
         &[Edit {
             file: "embeddings.cu",
             from: "    __syncthreads();\n    layernorm_row_from_shared",
-            to: "    if (threadIdx.x == 0 && t + 1 < T) out[(size_t)(t + 1) * C] = 0.0f;\n    __syncthreads();\n    layernorm_row_from_shared",
+            to: "    if (threadIdx.x == 0 && t + 1 < T_) out[(size_t)(t + 1) * C] = store<T>(0.0f);\n    __syncthreads();\n    layernorm_row_from_shared",
         }],
         "embeddings",
         "FAIL embeddings_layernorm",

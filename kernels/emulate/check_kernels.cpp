@@ -2,9 +2,14 @@
 // geometry src/backend/cuda uses (context.rs Grid), on small random inputs, against
 // references in double: the GPU's results are only checked on a GPU, this checks the
 // kernels' logic everywhere. Attention runs as ops.rs issues it, cuBLAS replaced by a
-// model of its column-major sgemm and the row-major mapping of ops.rs (Gemm::col_major).
+// model of its column-major GEMM (sgemm, or GemmEx with fp32 accumulation in half
+// precision) and the row-major mapping of ops.rs (Gemm::col_major).
 // Every check runs in three passes: blocks in reverse order, then two seeded shuffles;
 // the first shuffle caps the grid of grid-stride kernels so that each thread loops.
+// The encoder's kernels run in each storage type (float, __half, __nv_bfloat16) on
+// inputs rounded to that type, against the double reference on the same rounded inputs:
+// what is left is the kernel's own error, bounded per op by the type's unit roundoff u
+// (fp16 2^-11 = 4.9e-4, 11 significant bits; bf16 2^-8 = 3.9e-3, 8 bits).
 // `check_kernels NAME` runs only the checks whose name contains NAME.
 // Prints one line per check; exit status 1 when one fails.
 #include "activation.cu"
@@ -17,6 +22,7 @@
 #include <cstdio>
 #include <random>
 #include <algorithm>
+#include <type_traits>
 using namespace std;
 static mt19937 rng(5);
 vector<float> U(size_t n, float lo, float hi) { uniform_real_distribution<float> d(lo, hi); vector<float> v(n); for (auto& x : v) x = d(rng); return v; }
@@ -25,8 +31,20 @@ void check(const char* name, const vector<float>& got, const vector<double>& wan
     double worst = 0; size_t wi = 0;
     for (size_t i = 0; i < want.size(); ++i) { double e = isnan(got[i]) ? 1e30 : fabs(got[i] - want[i]) / (1 + fabs(want[i])); if (e > worst) { worst = e; wi = i; } }
     bool ok = worst <= tol; fails += !ok;
-    printf("%s %-52s worst %.2e at %zu (got %g want %g)\n", ok ? "ok  " : "FAIL", name, worst, wi, got[wi], want[wi]);
+    printf("%s %-58s worst %.2e (tol %.1e) at %zu (got %g want %g)\n", ok ? "ok  " : "FAIL", name, worst, tol, wi, got[wi], want[wi]);
 }
+// Storage types: S is float, __half or __nv_bfloat16.
+template <class S> constexpr double unit_roundoff() { return is_same_v<S, float> ? 0.0 : is_same_v<S, __half> ? 1.0 / 2048 : 1.0 / 256; }
+template <class S> const char* type_name() { return is_same_v<S, float> ? "f32" : is_same_v<S, __half> ? "f16" : "bf16"; }
+template <class S> vector<S> to_s(const vector<float>& v) { vector<S> o; for (float x : v) o.push_back(store<S>(x)); return o; }
+template <class S> vector<float> to_f(const vector<S>& v) { vector<float> o; for (S x : v) o.push_back(load(x)); return o; }
+// Random inputs already rounded to S: the kernel and the reference see the same values.
+template <class S> vector<float> US(size_t n, float lo, float hi) { return to_f(to_s<S>(U(n, lo, hi))); }
+template <class S> vector<S> nan_s(size_t n) { return to_s<S>(vector<float>(n, NAN)); }
+// The kernel of each storage type and its name: NAME, NAME_f16, NAME_bf16.
+#define PICK(name) [] { if constexpr (is_same_v<S, float>) return &name; else if constexpr (is_same_v<S, __half>) return &name##_f16; else return &name##_bf16; }()
+#define LAUNCH_S(name, ...) emu::launch_named(is_same_v<S, float> ? #name : is_same_v<S, __half> ? #name "_f16" : #name "_bf16", PICK(name), __VA_ARGS__)
+template <class S> string label(const char* fmt, int a = 0, int b = 0) { char buf[96]; snprintf(buf, 96, fmt, a, b); return string(buf) + " " + type_name<S>(); }
 // Grid helpers mirroring src/backend/cuda/context.rs
 static bool g_cap_grid = false;
 unsigned ew_blocks(size_t n) {
@@ -40,65 +58,77 @@ vector<double> ln_ref(vector<double> row, const vector<float>& g, const vector<f
     for (size_t i = 0; i < row.size(); ++i) row[i] = (row[i] - m) / sqrt(var + eps) * g[i] + b[i];
     return row;
 }
-// cuBLAS column-major sgemm model + the row-major mapping of ops.rs Gemm::col_major
-void rm_gemm_batched(bool ta, bool tb, int m, int n, int k, float beta, const float* a, const float* b, float* c, int batch, long sa, long sb, long sc) {
+// cuBLAS column-major GEMM model (fp32 accumulation, one rounding to C's type) + the
+// row-major mapping of ops.rs Gemm::col_major
+template <class A, class C>
+void rm_gemm_batched(bool ta, bool tb, int m, int n, int k, float beta, const A* a, const A* b, C* c, int batch, long sa, long sb, long sc) {
     int cm_m = n, cm_n = m; bool cta = tb, ctb = ta; int lda = tb ? k : n, ldb = ta ? m : k, ldc = n;
     for (int z = 0; z < batch; ++z) {
-        const float* A = b + z * sb; const float* B = a + z * sa; float* C = c + z * sc;
+        const A* MA = b + z * sb; const A* MB = a + z * sa; C* MC = c + z * sc;
         for (int j = 0; j < cm_n; ++j) for (int i = 0; i < cm_m; ++i) {
             float acc = 0;
-            for (int l = 0; l < k; ++l) acc += (cta ? A[l + i * lda] : A[i + l * lda]) * (ctb ? B[j + l * ldb] : B[l + j * ldb]);
-            C[i + j * ldc] = beta == 0 ? acc : acc + beta * C[i + j * ldc]; // cuBLAS reads no C when beta = 0
+            for (int l = 0; l < k; ++l) acc += load(cta ? MA[l + i * lda] : MA[i + l * lda]) * load(ctb ? MB[j + l * ldb] : MB[l + j * ldb]);
+            MC[i + j * ldc] = store<C>(beta == 0 ? acc : acc + beta * load(MC[i + j * ldc])); // cuBLAS reads no C when beta = 0
         }
     }
 }
-void test_embeddings(int C) {
+// One output rounding: |err| <= u |y|, so err / (1 + |y|) <= u; fp32 statistics add ~1e-6.
+template <class S> void test_embeddings(int C) {
     int V = 30, P = 20; vector<unsigned> lens = {5, 1, 4};
     vector<unsigned> ids, pos, ty; for (unsigned L : lens) for (unsigned p = 0; p < L; ++p) { ids.push_back(rng() % V); pos.push_back(p); ty.push_back(rng() % 2); }
     int T = ids.size();
-    auto w = U(V * C, 3, 5), pe = U(P * C, -1, 1), te = U(2 * C, -1, 1), g = U(C, .5, 1.5), b = U(C, -.5, .5);
-    vector<float> out(T * C, NAN);
-    launch(embeddings_layernorm_forward, T, row_threads(C), C * 4, out.data(), ids.data(), pos.data(), ty.data(), w.data(), pe.data(), te.data(), g.data(), b.data(), T, C, 1e-12f);
+    auto w = US<S>(V * C, 3, 5), pe = US<S>(P * C, -1, 1), te = US<S>(2 * C, -1, 1), g = US<S>(C, .5, 1.5), b = US<S>(C, -.5, .5);
+    auto out = nan_s<S>(T * C);
+    auto ws = to_s<S>(w), pes = to_s<S>(pe), tes = to_s<S>(te), gs = to_s<S>(g), bs = to_s<S>(b);
+    LAUNCH_S(embeddings_layernorm_forward, T, row_threads(C), C * 4, out.data(), (const unsigned*)ids.data(), (const unsigned*)pos.data(), (const unsigned*)ty.data(), (const S*)ws.data(), (const S*)pes.data(), (const S*)tes.data(), (const S*)gs.data(), (const S*)bs.data(), T, C, 1e-12f);
     vector<double> want;
     for (int t = 0; t < T; ++t) { vector<double> row(C); for (int i = 0; i < C; ++i) row[i] = (double)w[ids[t] * C + i] + te[ty[t] * C + i] + pe[pos[t] * C + i]; auto r = ln_ref(row, g, b, 1e-12); want.insert(want.end(), r.begin(), r.end()); }
-    char name[64]; snprintf(name, 64, "embeddings_layernorm C=%d", C); check(name, out, want, 1e-5);
+    check(label<S>("embeddings_layernorm C=%d", C).c_str(), to_f(out), want, unit_roundoff<S>() + 1e-5);
 }
-void test_layernorm(int rows, int C) {
-    auto x = U(rows * C, -3, 3), bias = U(C, -1, 1), res = U(rows * C, 5, 7), g = U(C, .5, 1.5), b = U(C, -.5, .5);
+// As embeddings: one output rounding, u.
+template <class S> void test_layernorm(int rows, int C) {
+    auto x = US<S>(rows * C, -3, 3), bias = US<S>(C, -1, 1), res = US<S>(rows * C, 5, 7), g = US<S>(C, .5, 1.5), b = US<S>(C, -.5, .5);
     vector<double> want;
     for (int r = 0; r < rows; ++r) { vector<double> row(C); for (int i = 0; i < C; ++i) row[i] = (double)x[r * C + i] + bias[i] + res[r * C + i]; auto o = ln_ref(row, g, b, 1e-12); want.insert(want.end(), o.begin(), o.end()); }
-    launch(bias_residual_layernorm_forward, rows, row_threads(C), C * 4, x.data(), bias.data(), res.data(), g.data(), b.data(), rows, C, 1e-12f);
-    char name[64]; snprintf(name, 64, "bias_residual_layernorm rows=%d C=%d", rows, C); check(name, x, want, 1e-5);
+    auto xs = to_s<S>(x), bs_ = to_s<S>(bias), rs = to_s<S>(res), gs = to_s<S>(g), bts = to_s<S>(b);
+    LAUNCH_S(bias_residual_layernorm_forward, rows, row_threads(C), C * 4, xs.data(), (const S*)bs_.data(), (const S*)rs.data(), (const S*)gs.data(), (const S*)bts.data(), rows, C, 1e-12f);
+    check(label<S>("bias_residual_layernorm rows=%d C=%d", rows, C).c_str(), to_f(xs), want, unit_roundoff<S>() + 1e-5);
 }
-void test_act() {
-    int rows = 3, F = 130; auto x0 = U(rows * F, -6, 6), bias = U(F, -1, 1);
-    struct { const char* n; void (*k)(float*, const float*, int, int); double (*r)(double); } acts[] = {
-        {"gelu_erf", bias_gelu_erf_forward, [](double v) { return 0.5 * v * (1 + erf(v / sqrt(2.0))); }},
-        {"gelu_tanh", bias_gelu_tanh_forward, [](double v) { return 0.5 * v * (1 + tanh(sqrt(2 / M_PI) * (v + 0.044715 * v * v * v))); }},
-        {"relu", bias_relu_forward, [](double v) { return v > 0 ? v : 0; }}};
+// One output rounding of act(x + b) computed in fp32: u.
+template <class S> void test_act() {
+    int rows = 3, F = 130; auto x0 = US<S>(rows * F, -6, 6), bias = US<S>(F, -1, 1);
+    struct { const char* n; void (*k)(S*, const S*, int, int); double (*r)(double); } acts[] = {
+        {"gelu_erf", PICK(bias_gelu_erf_forward), [](double v) { return 0.5 * v * (1 + erf(v / sqrt(2.0))); }},
+        {"gelu_tanh", PICK(bias_gelu_tanh_forward), [](double v) { return 0.5 * v * (1 + tanh(sqrt(2 / M_PI) * (v + 0.044715 * v * v * v))); }},
+        {"relu", PICK(bias_relu_forward), [](double v) { return v > 0 ? v : 0; }}};
     for (auto& a : acts) {
-        auto x = x0; vector<double> want(rows * F);
-        for (int i = 0; i < rows * F; ++i) want[i] = a.r((double)x[i] + bias[i % F]);
-        emu::launch_named(a.n, a.k, ew_blocks(rows * F), 256, 0, x.data(), bias.data(), rows, F);
-        check(a.n, x, want, 1e-6);
+        auto x = to_s<S>(x0), bs = to_s<S>(bias); vector<double> want(rows * F);
+        for (int i = 0; i < rows * F; ++i) want[i] = a.r((double)x0[i] + bias[i % F]);
+        emu::launch_named(a.n, a.k, ew_blocks(rows * F), 256, 0, x.data(), (const S*)bs.data(), rows, F);
+        check(label<S>(a.n).c_str(), to_f(x), want, unit_roundoff<S>() + 1e-6);
     }
 }
-// The attention op as ops.rs issues it, chunks given.
-void test_attention(vector<unsigned> lens, int H, int hd, bool all, vector<pair<int,int>> chunks) {
+// The attention op as ops.rs issues it, chunks given. Scores fp32; in half precision the
+// probabilities are rounded (relative u each) and so is the context: |err| <= u sum_j p_j
+// |v_j| + u |ctx| <= 2u max|v| = 4u for |v| <= 2.
+template <class S> void test_attention(vector<unsigned> lens, int H, int hd, bool all, vector<pair<int,int>> chunks) {
     int C = H * hd; vector<unsigned> off = {0}; for (auto l : lens) off.push_back(off.back() + l);
     int T = off.back(), n = lens.size();
-    auto qkv = U(T * 3 * C, -2, 2);
-    vector<float> out((all ? T : n) * C, NAN);
-    size_t cap = 4096 * 8; vector<float> q(cap, NAN), k(cap, NAN), v(cap, NAN), ctx(cap, NAN), sc(cap, NAN);
+    auto qkv = US<S>(T * 3 * C, -2, 2); auto qkvs = to_s<S>(qkv);
+    auto out = nan_s<S>((all ? T : n) * C);
+    size_t cap = 4096 * 8; auto q = nan_s<S>(cap), k = nan_s<S>(cap), v = nan_s<S>(cap), ctx = nan_s<S>(cap); vector<float> sc(cap, NAN);
+    // fp32: the probabilities overwrite the scores (ops.rs passes one buffer twice).
+    vector<S> probs_half = nan_s<S>(cap);
+    S* probs = is_same_v<S, float> ? (S*)(void*)sc.data() : probs_half.data();
     float scale = (float)(1.0 / sqrt((double)hd));
     for (auto [first, nc] : chunks) {
         int L = 0; for (int i = first; i < first + nc; ++i) L = max<int>(L, lens[i]);
         int lq = all ? L : 1; const unsigned* co = off.data() + first;
-        launch(attention_gather_qkv, ew_blocks(nc * H * L * hd), 256, 0, q.data(), k.data(), v.data(), (const float*)qkv.data(), co, nc, H, L, lq, hd);
-        rm_gemm_batched(false, true, lq, L, hd, 0, q.data(), k.data(), sc.data(), nc * H, lq * hd, L * hd, lq * L);
-        launch(attention_softmax_scale_mask, (nc * H * lq + 7) / 8, 256, 0, sc.data(), co, nc, H, lq, L, scale);
-        rm_gemm_batched(false, false, lq, hd, L, 0, sc.data(), v.data(), ctx.data(), nc * H, lq * L, L * hd, lq * hd);
-        launch(attention_scatter_context, ew_blocks(nc * H * lq * hd), 256, 0, out.data(), (const float*)ctx.data(), co, nc, H, lq, hd, (int)all, first);
+        LAUNCH_S(attention_gather_qkv, ew_blocks(nc * H * L * hd), 256, 0, q.data(), k.data(), v.data(), (const S*)qkvs.data(), co, nc, H, L, lq, hd);
+        rm_gemm_batched<S, float>(false, true, lq, L, hd, 0, q.data(), k.data(), sc.data(), nc * H, lq * hd, L * hd, lq * L);
+        LAUNCH_S(attention_softmax_scale_mask, (nc * H * lq + 7) / 8, 256, 0, (const float*)sc.data(), probs, co, nc, H, lq, L, scale);
+        rm_gemm_batched<S, S>(false, false, lq, hd, L, 0, probs, v.data(), ctx.data(), nc * H, lq * L, L * hd, lq * hd);
+        LAUNCH_S(attention_scatter_context, ew_blocks(nc * H * lq * hd), 256, 0, out.data(), (const S*)ctx.data(), co, nc, H, lq, hd, (int)all, first);
     }
     vector<double> want;
     auto at = [&](int row, int part, int h, int i) { return (double)qkv[row * 3 * C + part * C + h * hd + i]; };
@@ -115,27 +145,29 @@ void test_attention(vector<unsigned> lens, int H, int hd, bool all, vector<pair<
             want.insert(want.end(), row.begin(), row.end());
         }
     }
-    char name[96]; snprintf(name, 96, "attention %s H=%d hd=%d chunks=%zu", all ? "All" : "ClsOnly", H, hd, chunks.size()); check(name, out, want, 1e-5);
+    char name[96]; snprintf(name, 96, "attention %s H=%d hd=%d chunks=%zu %s", all ? "All" : "ClsOnly", H, hd, chunks.size(), type_name<S>()); check(name, to_f(out), want, 4 * unit_roundoff<S>() + 1e-5);
 }
-void test_rows() {
-    int W = 40; auto src = U(9 * W, -1, 1); vector<unsigned> rows = {0, 8, 3, 3};
-    vector<float> dst(rows.size() * W, NAN); vector<double> want;
+// Copies: exact in every type.
+template <class S> void test_rows() {
+    int W = 40; auto src = US<S>(9 * W, -1, 1); auto srcs = to_s<S>(src); vector<unsigned> rows = {0, 8, 3, 3};
+    auto dst = nan_s<S>(rows.size() * W); vector<double> want;
     for (auto r : rows) for (int i = 0; i < W; ++i) want.push_back(src[r * W + i]);
-    launch(gather_rows, ew_blocks(dst.size()), 256, 0, dst.data(), (const float*)src.data(), (const unsigned*)rows.data(), (int)rows.size(), W);
-    check("gather_rows", dst, want, 0);
-    auto bias = U(W, -1, 1); vector<float> o(5 * W, NAN); vector<double> wb; for (int r = 0; r < 5; ++r) for (int i = 0; i < W; ++i) wb.push_back(bias[i]);
-    launch(broadcast_bias_rows, ew_blocks(o.size()), 256, 0, o.data(), (const float*)bias.data(), 5, W);
-    check("broadcast_bias_rows", o, wb, 0);
+    LAUNCH_S(gather_rows, ew_blocks(dst.size()), 256, 0, dst.data(), (const S*)srcs.data(), (const unsigned*)rows.data(), (int)rows.size(), W);
+    check(label<S>("gather_rows").c_str(), to_f(dst), want, 0);
+    auto bias = US<S>(W, -1, 1); auto bs = to_s<S>(bias); auto o = nan_s<S>(5 * W); vector<double> wb; for (int r = 0; r < 5; ++r) for (int i = 0; i < W; ++i) wb.push_back(bias[i]);
+    LAUNCH_S(broadcast_bias_rows, ew_blocks(o.size()), 256, 0, o.data(), (const S*)bs.data(), 5, W);
+    check(label<S>("broadcast_bias_rows").c_str(), to_f(o), wb, 0);
 }
 // Texts of 1, 5 and 300 tokens (the last longer than a block) over C = 40 and 384.
-void test_pooling(int C) {
+// f32 sums of up to 300 terms of |x| <= 3: relative error ~300 * 6e-8 at worst; in half
+// one more rounding of the mean, u.
+template <class S> void test_pooling(int C) {
     vector<unsigned> off = {0, 1, 6, 306}; int n = off.size() - 1, T = off.back();
-    auto hidden = U(T * C, -3, 3);
-    vector<float> out(n * C, NAN); vector<double> want;
+    auto hidden = US<S>(T * C, -3, 3); auto hs = to_s<S>(hidden);
+    auto out = nan_s<S>(n * C); vector<double> want;
     for (int i = 0; i < n; ++i) for (int c = 0; c < C; ++c) { double s = 0; for (unsigned t = off[i]; t < off[i + 1]; ++t) s += hidden[t * C + c]; want.push_back(s / (off[i + 1] - off[i])); }
-    launch(mean_pool_rows, ew_blocks(n * C), 256, 0, out.data(), (const float*)hidden.data(), (const unsigned*)off.data(), n, C);
-    // f32 sums of up to 300 terms of |x| <= 3: relative error ~300 * 6e-8 at worst.
-    char name[64]; snprintf(name, 64, "mean_pool_rows C=%d", C); check(name, out, want, 2e-5);
+    LAUNCH_S(mean_pool_rows, ew_blocks(n * C), 256, 0, out.data(), (const S*)hs.data(), (const unsigned*)off.data(), n, C);
+    check(label<S>("mean_pool_rows C=%d", C).c_str(), to_f(out), want, unit_roundoff<S>() + 2e-5);
 }
 void test_head() {
     int n = 37, K = 3; auto logits = U(n * K, -4, 4); vector<unsigned> labels(n); for (auto& y : labels) y = rng() % K;
@@ -181,6 +213,19 @@ int check_adamw_case(const char* path) {
     check("adamw_update vs optim.rs exp_avg_sq (bit-exact)", v, wv, 0);
     return fails != 0;
 }
+template <class S, class W> void run_encoder_checks(W want) {
+    if (want("embeddings")) { test_embeddings<S>(48); test_embeddings<S>(100); test_embeddings<S>(768); }
+    if (want("layernorm")) { test_layernorm<S>(4, 770); test_layernorm<S>(2, 32); }
+    if (want("activation")) test_act<S>();
+    if (want("attention"))
+        for (bool all : {true, false}) {
+            test_attention<S>({7, 1, 16, 3}, 4, 8, all, {{0, 4}});
+            test_attention<S>({7, 1, 16, 3}, 4, 8, all, {{0, 1}, {1, 2}, {3, 1}});
+            test_attention<S>({33, 2}, 2, 64, all, {{0, 2}});
+        }
+    if (want("rows")) test_rows<S>();
+    if (want("pooling")) { test_pooling<S>(40); test_pooling<S>(384); }
+}
 int main(int argc, char** argv) {
     if (const char* path = getenv("EMU_ADAMW_CASE")) return check_adamw_case(path);
     const string only = argc > 1 ? argv[1] : "";
@@ -189,17 +234,9 @@ int main(int argc, char** argv) {
     for (Pass pass : {Pass{0, false, "blocks reversed"}, Pass{1, true, "blocks shuffled (seed 1), grid-stride grids capped"}, Pass{2, false, "blocks shuffled (seed 2)"}}) {
         printf("-- %s, %u blocks at a time\n", pass.what, emu::g_concurrent_blocks);
         emu::g_order_seed = pass.seed; g_cap_grid = pass.cap;
-        if (want("embeddings")) { test_embeddings(48); test_embeddings(100); test_embeddings(768); }
-        if (want("layernorm")) { test_layernorm(4, 770); test_layernorm(2, 32); }
-        if (want("activation")) test_act();
-        if (want("attention"))
-            for (bool all : {true, false}) {
-                test_attention({7, 1, 16, 3}, 4, 8, all, {{0, 4}});
-                test_attention({7, 1, 16, 3}, 4, 8, all, {{0, 1}, {1, 2}, {3, 1}});
-                test_attention({33, 2}, 2, 64, all, {{0, 2}});
-            }
-        if (want("rows")) test_rows();
-        if (want("pooling")) { test_pooling(40); test_pooling(384); }
+        run_encoder_checks<float>(want);
+        run_encoder_checks<__half>(want);
+        run_encoder_checks<__nv_bfloat16>(want);
         if (want("head")) test_head();
     }
     printf("%s\n", fails ? "SOME FAILED" : "ALL OK"); return fails != 0;

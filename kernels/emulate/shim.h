@@ -468,6 +468,30 @@ T* static_shared(size_t n) {
 #define __forceinline__ inline
 #define __restrict__ __restrict
 
+// cuda_fp16.h and cuda_bf16.h: the half storage types and their conversions, rounding to
+// nearest even as __float2half_rn and __float2bfloat16_rn do.
+struct __half {
+    _Float16 v;
+};
+struct __nv_bfloat16 {
+    uint16_t bits;
+};
+inline float __half2float(__half h) { return (float)h.v; }
+inline __half __float2half_rn(float f) { return __half{(_Float16)f}; }
+inline float __bfloat162float(__nv_bfloat16 b) {
+    const uint32_t u = (uint32_t)b.bits << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+inline __nv_bfloat16 __float2bfloat16_rn(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return {(uint16_t)((u >> 16) | 0x40)};  // NaN stays NaN
+    u += 0x7fffu + ((u >> 16) & 1);
+    return {(uint16_t)(u >> 16)};
+}
+
 inline float __fmul_rn(float a, float b) {
     volatile float r = a * b;
     return r;

@@ -44,7 +44,9 @@ pub struct DeviceArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceRequest,
-    /// GPU GEMM precision: fp32 (strict, the default) or tf32.
+    /// GPU precision: fp32 (strict, the default), tf32 (tensor-core GEMMs), bf16 or fp16
+    /// (weights and activations in half, tensor cores, fp32 accumulation). The CPU
+    /// backend computes in fp32 whatever this says.
     #[arg(long, default_value = "fp32")]
     pub precision: Precision,
     /// CPU threads (0: every core).

@@ -8,13 +8,19 @@ of 32 padded to their longest, `last_hidden_state[:, 0]`) and by bertcls. Token 
 be identical, and every text's [CLS] within 2e-4 relative (max |diff| / max |HF|): fp32 on
 both sides, differing only in summation order over 12 layers.
 
+With --precisions bf16,fp16 it checks bertcls's half-precision encoder against its fp32
+one on the same texts: every text's [CLS] within HALF_TOLERANCE (max |diff| / max |fp32|,
+below), and a logistic-regression head trained on fp32 features of --train-data texts
+scoring the test texts' half features within 0.3 accuracy points of their fp32 features.
+
 With --bench it also times PyTorch on the same GPU, for docs/BENCHMARKS.md: BertModel fp32
-with SDPA attention, TF32 off, at 32x128 and 256x128, and the recipe's way over the texts
-(batches of 32 padded to their longest).
+(SDPA attention, TF32 off) and fp16 (SDPA) at 1x128, 32x128 and 256x128, and the recipe's
+way over the texts (batches of 32 padded to their longest).
 
     python3 tools/reference/check_encoder_gpu.py --bertcls .gpu/bin/bertcls \\
         --model-dir .gpu/shared/models/bert-base-chinese \\
-        --data .gpu/shared/data/ChnSentiCorp-files/test.jsonl [--texts 1200] [--bench]
+        --data .gpu/shared/data/ChnSentiCorp-files/test.jsonl [--texts 1200] [--bench] \\
+        [--precisions bf16,fp16 --train-data .gpu/shared/data/ChnSentiCorp-files/train.jsonl]
 
 Exit status 0 when the check passes; one JSON object per line on stdout.
 """
@@ -35,21 +41,35 @@ from transformers import BertConfig, BertModel, BertTokenizerFast
 
 TOLERANCE = 2e-4
 MAX_LENGTH = 350
+# Half precision against bertcls fp32, max |diff| / max |fp32| per text. With u the unit
+# roundoff (fp16 2^-11, bf16 2^-8): each layer rounds its weights once and its activations
+# about eight times (QKV, probabilities, context, attention output, LayerNorm, FFN
+# intermediate, FFN output, LayerNorm); LayerNorm renormalises every sublayer, so errors
+# add up over the 12 layers rather than compound: ~sqrt(12 * 9) u = 10u per element
+# relative to the row's scale, and the largest of 768 elements 3-4 times that. 32u
+# bounds it: fp16 1.6e-2, bf16 1.25e-1.
+HALF_TOLERANCE = {"fp16": 32 / 2048, "bf16": 32 / 256}
+# Test accuracy of a head trained on fp32 features, scored on half features: at most this
+# many points from the fp32 score.
+ACCURACY_POINTS = 0.3
 
 
 def emit(obj):
     print(json.dumps(obj, ensure_ascii=False), flush=True)
 
 
-def read_texts(path, n):
+def read_texts(path, n, labels=None):
     texts = []
     with open(path, encoding="utf-8") as f:
         for line in f:
             # bertcls --file reads one text per line and skips blank ones: make the two sides
             # see the same texts.
-            text = " ".join(json.loads(line)["text"].split())
+            row = json.loads(line)
+            text = " ".join(row["text"].split())
             if text:
                 texts.append(text)
+                if labels is not None:
+                    labels.append(int(row["label"]))
             if len(texts) == n:
                 break
     return texts
@@ -81,9 +101,9 @@ def hf_cls(model, tokenizer, texts, batch=32):
     return np.concatenate(cls), ids
 
 
-def run_bertcls(binary, model, texts_file, out, device):
+def run_bertcls(binary, model, texts_file, out, device, precision="fp32"):
     cmd = [binary, "encode", "--model", str(model), "--device", device, "--max-length", str(MAX_LENGTH),
-           "--file", str(texts_file), "--out", str(out), "--ids"]
+           "--precision", precision, "--file", str(texts_file), "--out", str(out), "--ids"]
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - started
@@ -109,6 +129,46 @@ def compare(name, ours, want, ids_want):
     return result["pass"]
 
 
+def compare_half(precision, ours, fp32):
+    diff = np.abs(ours["cls"] - fp32["cls"]).max(axis=1)
+    rel = diff / np.abs(fp32["cls"]).max(axis=1)
+    a, b = ours["cls"].astype(np.float64), fp32["cls"].astype(np.float64)
+    cos = (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    tol = HALF_TOLERANCE[precision]
+    result = {"check": f"bertcls {precision} vs bertcls fp32 [CLS]", "texts": len(rel), "max_rel_diff": float(rel.max()),
+              "mean_rel_diff": float(rel.mean()), "min_cosine": float(cos.min()), "worst_text": int(rel.argmax()),
+              "tolerance_rel": tol, "pass": bool(rel.max() <= tol)}
+    emit(result)
+    return result["pass"]
+
+
+def train_head(x, y, steps=500):
+    """Logistic regression (Linear(C, 2), AdamW, full batch) on standardised features."""
+    torch.manual_seed(0)
+    x = torch.tensor(x, device="cuda")
+    y = torch.tensor(y, device="cuda")
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    head = torch.nn.Linear(x.shape[1], 2).cuda()
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-2, weight_decay=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(head((x - mean) / std), y).backward()
+        opt.step()
+    return lambda feats: head((torch.tensor(feats, device="cuda") - mean) / std).argmax(1).cpu().numpy()
+
+
+def accuracy_check(precision, predict, test_half, test_fp32, labels):
+    labels = np.asarray(labels)
+    acc32 = float((predict(test_fp32["cls"]) == labels).mean() * 100)
+    acc = float((predict(test_half["cls"]) == labels).mean() * 100)
+    result = {"check": f"head trained on fp32 features, test accuracy on {precision} features",
+              "accuracy_fp32": round(acc32, 2), f"accuracy_{precision}": round(acc, 2),
+              "points": round(acc - acc32, 2), "tolerance_points": ACCURACY_POINTS,
+              "pass": bool(abs(acc - acc32) <= ACCURACY_POINTS)}
+    emit(result)
+    return result["pass"]
+
+
 @torch.inference_mode()
 def bench_torch(model_path, texts, tokenizer):
     model = BertModel.from_pretrained(model_path, attn_implementation="sdpa", dtype=torch.float32).cuda().eval()
@@ -130,6 +190,13 @@ def bench_torch(model_path, texts, tokenizer):
         mask = torch.ones_like(ids)
         secs = timed(lambda: model(input_ids=ids, attention_mask=mask), 20)
         emit({"case": f"torch sdpa fp32 {b}x{l}", "ms": round(secs * 1e3, 2), "tokens_per_s": round(b * l / secs)})
+    half = BertModel.from_pretrained(model_path, attn_implementation="sdpa", dtype=torch.float16).cuda().eval()
+    for b, l in [(1, 128), (32, 128), (256, 128)]:
+        ids = torch.randint(1000, config.vocab_size, (b, l), device="cuda")
+        mask = torch.ones_like(ids)
+        secs = timed(lambda: half(input_ids=ids, attention_mask=mask), 20)
+        emit({"case": f"torch sdpa fp16 {b}x{l}", "ms": round(secs * 1e3, 2), "tokens_per_s": round(b * l / secs)})
+    del half
 
     def recipe():
         for i in range(0, len(texts), 32):
@@ -151,6 +218,9 @@ def main():
     p.add_argument("--work", type=pathlib.Path, default=pathlib.Path("/tmp/bertcls-gpu-check"))
     p.add_argument("--cpu", action="store_true", help="also check bertcls --device cpu (slow)")
     p.add_argument("--bench", action="store_true")
+    p.add_argument("--precisions", default="", help="comma-separated half precisions to check: bf16,fp16")
+    p.add_argument("--train-data", help="JSON lines to train the accuracy check's head on (fp32 features)")
+    p.add_argument("--train-texts", type=int, default=3000)
     args = p.parse_args()
 
     if not torch.cuda.is_available():
@@ -160,7 +230,8 @@ def main():
     torch.backends.cudnn.allow_tf32 = False
     args.work.mkdir(parents=True, exist_ok=True)
 
-    texts = read_texts(args.data, args.texts)
+    labels = []
+    texts = read_texts(args.data, args.texts, labels)
     texts_file = args.work / "texts.txt"
     texts_file.write_text("\n".join(texts) + "\n", encoding="utf-8")
     model_path = make_model(args.model_dir, args.work)
@@ -184,6 +255,27 @@ def main():
         emit({"case": f"bertcls encode --device {device}", "wall_seconds": round(wall, 2),
               "log": [l for l in log.splitlines() if l.startswith(("loaded", "encoded"))]})
         ok &= compare(f"bertcls {device} vs HF eager fp32 [CLS]", ours, want, ids_want)
+        if device == "cuda":
+            fp32 = ours
+
+    precisions = [p for p in args.precisions.split(",") if p]
+    predict = None
+    if precisions and args.train_data:
+        train_labels = []
+        train_texts = read_texts(args.train_data, args.train_texts, train_labels)
+        train_file = args.work / "train-texts.txt"
+        train_file.write_text("\n".join(train_texts) + "\n", encoding="utf-8")
+        train32, _, wall = run_bertcls(args.bertcls, model_path, train_file, args.work / "train-fp32.safetensors", "cuda")
+        emit({"case": f"bertcls encode fp32 {len(train_texts)} train texts", "wall_seconds": round(wall, 2)})
+        predict = train_head(train32["cls"], train_labels)
+    for precision in precisions:
+        ours, log, wall = run_bertcls(args.bertcls, model_path, texts_file, args.work / f"cls-{precision}.safetensors",
+                                      "cuda", precision)
+        emit({"case": f"bertcls encode --device cuda --precision {precision}", "wall_seconds": round(wall, 2),
+              "log": [l for l in log.splitlines() if l.startswith(("loaded", "encoded"))]})
+        ok &= compare_half(precision, ours, fp32)
+        if predict is not None:
+            ok &= accuracy_check(precision, predict, ours, fp32, labels)
 
     if args.bench:
         bench_torch(model_path, texts, tokenizer)

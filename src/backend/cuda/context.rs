@@ -215,25 +215,70 @@ fn shared_per_block(ctx: &Arc<CudaContext>) -> Result<u32> {
         .map_err(|e| anyhow!("cannot query the GPU's shared memory per block: {e}"))
 }
 
-/// Declares the kernel table: one field per `extern "C" __global__` function of
-/// kernels/*.cu, each looked up with its attributes when the module loads, so that a
-/// missing or renamed kernel fails at start-up, naming it, rather than on first use.
+/// How the encoder's tensors are stored on the GPU: f32 for `--precision fp32|tf32`,
+/// half for fp16 and bf16. Kernels of the encoder exist once per storage type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Storage {
+    pub fn bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::Bf16 => 2,
+        }
+    }
+}
+
+/// One kernel in each storage type: `name` (float), `name_f16`, `name_bf16`.
+pub(crate) struct Typed {
+    pub f32: Kernel,
+    f16: Kernel,
+    bf16: Kernel,
+}
+
+impl Typed {
+    pub fn get(&self, storage: Storage) -> &Kernel {
+        match storage {
+            Storage::F32 => &self.f32,
+            Storage::F16 => &self.f16,
+            Storage::Bf16 => &self.bf16,
+        }
+    }
+}
+
+/// Declares the kernel table: one field per kernel family of kernels/*.cu (`typed`: the
+/// encoder's, in three storage types; `f32`: the head's), each looked up with its
+/// attributes when the module loads, so that a missing or renamed kernel fails at
+/// start-up, naming it, rather than on first use.
 macro_rules! kernel_table {
-    ($($name:ident),* $(,)?) => {
+    (typed: $($typed:ident),* ; f32: $($plain:ident),* $(,)?) => {
         pub(crate) struct Kernels {
-            $(pub $name: Kernel,)*
+            $(pub $typed: Typed,)*
+            $(pub $plain: Kernel,)*
             _module: Module,
         }
 
         /// Every kernel the backend launches, by name.
-        pub const KERNEL_NAMES: &[&str] = &[$(stringify!($name)),*];
+        pub const KERNEL_NAMES: &[&str] = &[
+            $(stringify!($typed), concat!(stringify!($typed), "_f16"), concat!(stringify!($typed), "_bf16"),)*
+            $(stringify!($plain),)*
+        ];
 
         impl Kernels {
             pub(crate) fn load(ctx: &Arc<CudaContext>) -> Result<Self> {
                 let module = load_module(ctx)?;
                 let shared = shared_per_block(ctx)?;
                 Ok(Self {
-                    $($name: function(&module, stringify!($name), shared)?,)*
+                    $($typed: Typed {
+                        f32: function(&module, stringify!($typed), shared)?,
+                        f16: function(&module, concat!(stringify!($typed), "_f16"), shared)?,
+                        bf16: function(&module, concat!(stringify!($typed), "_bf16"), shared)?,
+                    },)*
+                    $($plain: function(&module, stringify!($plain), shared)?,)*
                     _module: module,
                 })
             }
@@ -242,6 +287,7 @@ macro_rules! kernel_table {
 }
 
 kernel_table!(
+    typed:
     embeddings_layernorm_forward,
     bias_residual_layernorm_forward,
     bias_gelu_erf_forward,
@@ -252,7 +298,8 @@ kernel_table!(
     attention_scatter_context,
     gather_rows,
     broadcast_bias_rows,
-    mean_pool_rows,
+    mean_pool_rows;
+    f32:
     softmax_cross_entropy_backward,
     bias_grad_column_sum,
     adamw_update,

@@ -123,7 +123,7 @@ impl CudaHead {
                 .memcpy_htod(x, &mut self.x.slice_mut(..x.len()))?;
             launch(
                 &self.stream,
-                &self.kernels.broadcast_bias_rows,
+                &self.kernels.broadcast_bias_rows.f32,
                 Grid::elementwise(b * k)?,
                 &[
                     self.p(&self.logits),

@@ -15,11 +15,11 @@ use std::str::FromStr;
 
 use anyhow::{bail, Result};
 
-pub use context::{KERNEL_ARCHS, KERNEL_NAMES, NVCC_VERSION};
+pub use context::{Storage, KERNEL_ARCHS, KERNEL_NAMES, NVCC_VERSION};
 pub use head::{CudaHead, HeadStep};
-pub use ops::CudaBackend;
+pub use ops::{CudaBackend, CudaTensor};
 
-/// How cuBLAS computes fp32 GEMMs.
+/// How the CUDA backend stores the encoder's tensors and computes its GEMMs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Precision {
     /// Full fp32 multiplies (`CUBLAS_DEFAULT_MATH`, TF32 off): the default, and what the
@@ -29,6 +29,23 @@ pub enum Precision {
     /// TF32 tensor cores (`CUBLAS_TF32_TENSOR_OP_MATH`): inputs rounded to a 10-bit
     /// mantissa, several times the fp32 throughput, ~1e-3 relative error per GEMM.
     Tf32,
+    /// Weights and activations stored in bfloat16 (8 significant bits), GEMMs on tensor
+    /// cores through cublasGemmEx with fp32 accumulation, element-wise kernels computing
+    /// in fp32 (LayerNorm statistics and softmax included); [CLS] returned as f32.
+    Bf16,
+    /// As bf16, in IEEE half (11 significant bits, range to 65504).
+    Fp16,
+}
+
+impl Precision {
+    /// How tensors are stored on the GPU in this precision.
+    pub fn storage(self) -> Storage {
+        match self {
+            Self::Fp32 | Self::Tf32 => Storage::F32,
+            Self::Fp16 => Storage::F16,
+            Self::Bf16 => Storage::Bf16,
+        }
+    }
 }
 
 impl FromStr for Precision {
@@ -37,7 +54,9 @@ impl FromStr for Precision {
         match s {
             "fp32" => Ok(Self::Fp32),
             "tf32" => Ok(Self::Tf32),
-            _ => bail!("unknown precision \"{s}\": use fp32 or tf32"),
+            "bf16" => Ok(Self::Bf16),
+            "fp16" => Ok(Self::Fp16),
+            _ => bail!("unknown precision \"{s}\": use fp32, tf32, bf16 or fp16"),
         }
     }
 }
@@ -47,6 +66,8 @@ impl fmt::Display for Precision {
         f.write_str(match self {
             Self::Fp32 => "fp32",
             Self::Tf32 => "tf32",
+            Self::Bf16 => "bf16",
+            Self::Fp16 => "fp16",
         })
     }
 }
@@ -148,7 +169,12 @@ mod tests {
     fn precision_parses() {
         assert_eq!("fp32".parse::<Precision>().unwrap(), Precision::Fp32);
         assert_eq!("tf32".parse::<Precision>().unwrap(), Precision::Tf32);
-        assert!("fp16".parse::<Precision>().is_err());
+        for p in [Precision::Bf16, Precision::Fp16] {
+            assert_eq!(p.to_string().parse::<Precision>().unwrap(), p);
+            assert_eq!(p.storage().bytes(), 2);
+        }
+        let e = "int8".parse::<Precision>().unwrap_err().to_string();
+        assert!(e.contains("fp32, tf32, bf16 or fp16"), "{e}");
         assert_eq!(Precision::Tf32.to_string(), "tf32");
     }
 }

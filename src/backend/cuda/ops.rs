@@ -1,14 +1,16 @@
 //! `CudaBackend`: the encoder's ops on one GPU, cuBLAS for the GEMMs and our kernels for
-//! everything between them.
+//! everything between them, with tensors stored in f32 or, in bf16/fp16, in half (GEMMs
+//! through cublasGemmEx with fp32 accumulation on tensor cores).
 
 use std::cell::RefCell;
+use std::ffi::c_void;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Result};
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 
-use super::context::{self, alloc_error, launch, Arg, Grid, Kernel, Kernels};
+use super::context::{self, alloc_error, launch, Arg, Grid, Kernel, Kernels, Storage, Typed};
 use super::Precision;
 use crate::backend::{Activation, Backend, QueryRows};
 use crate::batch::PackedBatch;
@@ -25,6 +27,7 @@ pub struct CudaBackend {
     blas: CudaBlas,
     kernels: Arc<Kernels>,
     precision: Precision,
+    storage: Storage,
     max_batch_tokens: usize,
     name: String,
     ordinal: usize,
@@ -48,11 +51,79 @@ struct AttentionScratch {
     head_dim: usize,
     /// Padded rows (texts x longest length) per chunk.
     pad_rows: usize,
-    q: CudaSlice<f32>,      // (pad_rows, C) as (n, H, Lq, hd)
-    k: CudaSlice<f32>,      // (pad_rows, C) as (n, H, L, hd)
-    v: CudaSlice<f32>,      // (pad_rows, C) as (n, H, L, hd)
-    ctx: CudaSlice<f32>,    // (pad_rows, C) as (n, H, Lq, hd)
-    scores: CudaSlice<f32>, // (score_cap,) as (n, H, Lq, L)
+    q: CudaTensor,          // (pad_rows, C) as (n, H, Lq, hd)
+    k: CudaTensor,          // (pad_rows, C) as (n, H, L, hd)
+    v: CudaTensor,          // (pad_rows, C) as (n, H, L, hd)
+    ctx: CudaTensor,        // (pad_rows, C) as (n, H, Lq, hd)
+    scores: CudaSlice<f32>, // (score_cap,) as (n, H, Lq, L), f32 in every precision
+    /// The probabilities in half precision (the second GEMM's operand); in f32 they
+    /// overwrite the scores.
+    probs: Option<CudaTensor>, // (score_cap,)
+}
+
+/// A tensor of the CUDA backend: `len` elements in its storage type (f32, or the bits of
+/// f16 / bf16 in half precision).
+pub struct CudaTensor {
+    buf: CudaSlice<u8>,
+    len: usize,
+    storage: Storage,
+}
+
+impl CudaTensor {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn storage(&self) -> Storage {
+        self.storage
+    }
+
+    /// The raw bytes, e.g. for device-to-device copies.
+    pub fn bytes(&self) -> &CudaSlice<u8> {
+        &self.buf
+    }
+
+    pub fn bytes_mut(&mut self) -> &mut CudaSlice<u8> {
+        &mut self.buf
+    }
+}
+
+/// Host f32 values as the bytes of `storage`, rounded to nearest even in half precision
+/// (as __float2half_rn / __float2bfloat16_rn and torch's .half() / .bfloat16()).
+fn encode(host: &[f32], storage: Storage) -> Vec<u8> {
+    match storage {
+        Storage::F32 => host.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Storage::F16 => host
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_bits().to_le_bytes())
+            .collect(),
+        Storage::Bf16 => host
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_bits().to_le_bytes())
+            .collect(),
+    }
+}
+
+/// Bytes of `storage` as f32 (exact: every half value is an f32).
+fn decode(bytes: &[u8], storage: Storage) -> Vec<f32> {
+    match storage {
+        Storage::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Storage::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+            .collect(),
+        Storage::Bf16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+            .collect(),
+    }
 }
 
 impl CudaBackend {
@@ -84,6 +155,7 @@ impl CudaBackend {
             blas,
             kernels,
             precision,
+            storage: precision.storage(),
             max_batch_tokens,
             name,
             ordinal,
@@ -93,6 +165,11 @@ impl CudaBackend {
 
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// How this backend stores its tensors.
+    pub fn storage(&self) -> Storage {
+        self.storage
     }
 
     pub fn max_batch_tokens(&self) -> usize {
@@ -118,8 +195,45 @@ impl CudaBackend {
         Arg::Ptr(t.device_ptr(&self.stream).0)
     }
 
+    fn tp(&self, t: &CudaTensor) -> Arg {
+        Arg::Ptr(self.tptr(t))
+    }
+
+    fn tptr(&self, t: &CudaTensor) -> u64 {
+        t.buf.device_ptr(&self.stream).0
+    }
+
     fn launch(&self, kernel: &Kernel, grid: Grid, args: &[Arg]) -> Result<()> {
         launch(&self.stream, kernel, grid, args)
+    }
+
+    /// The kernel of `family` for this backend's storage type.
+    fn typed<'k>(&self, family: &'k Typed) -> &'k Kernel {
+        family.get(self.storage)
+    }
+
+    /// `len` elements of this backend's storage type, zeroed.
+    fn alloc_tensor(&self, len: usize) -> Result<CudaTensor> {
+        let bytes = len * self.storage.bytes();
+        let buf = self
+            .stream
+            .alloc_zeros::<u8>(bytes.max(1))
+            .map_err(|e| alloc_error(e, bytes.div_ceil(4), self.max_batch_tokens))?;
+        Ok(CudaTensor {
+            buf,
+            len,
+            storage: self.storage,
+        })
+    }
+
+    /// A GEMM on this backend's tensors: sgemm in f32 (the handle's math mode decides
+    /// TF32), GemmEx with fp32 accumulation in half precision; C is f32 or the storage
+    /// type as `c_storage` says.
+    fn gemm(&self, g: &Gemm, a: u64, b: u64, c: u64, c_storage: Storage) -> Result<()> {
+        match self.storage {
+            Storage::F32 => gemm(&self.blas, g, a, b, c),
+            half => gemm_ex(&self.blas, g, a, b, c, half, c_storage),
+        }
     }
 
     fn check_tokens(&self, t: usize) -> Result<()> {
@@ -160,7 +274,7 @@ impl CudaBackend {
             let c = heads * head_dim;
             let score_cap = heads
                 * (self.max_batch_tokens * SCORE_KEYS_PER_TOKEN).max(MAX_TEXT_LEN * MAX_TEXT_LEN);
-            let alloc = |len| alloc_f32(&self.stream, len, self.max_batch_tokens);
+            let alloc = |len| self.alloc_tensor(len);
             s.attn = Some(AttentionScratch {
                 heads,
                 head_dim,
@@ -169,7 +283,11 @@ impl CudaBackend {
                 k: alloc(pad_rows * c)?,
                 v: alloc(pad_rows * c)?,
                 ctx: alloc(pad_rows * c)?,
-                scores: alloc(score_cap)?,
+                scores: alloc_f32(&self.stream, score_cap, self.max_batch_tokens)?,
+                probs: match self.storage {
+                    Storage::F32 => None,
+                    _ => Some(alloc(score_cap)?),
+                },
             });
         }
         Ok(s.attn.as_ref().expect("made above"))
@@ -177,43 +295,47 @@ impl CudaBackend {
 }
 
 impl Backend for CudaBackend {
-    type Tensor = CudaSlice<f32>;
+    type Tensor = CudaTensor;
 
     fn describe(&self) -> String {
         format!("cuda:{} ({}, {})", self.ordinal, self.name, self.precision)
     }
 
-    fn upload(&self, host: &[f32]) -> Result<CudaSlice<f32>> {
-        let mut t = alloc_f32(&self.stream, host.len(), self.max_batch_tokens)?;
+    /// In half precision the values are rounded once, here: weights are stored in half.
+    fn upload(&self, host: &[f32]) -> Result<CudaTensor> {
+        let mut t = self.alloc_tensor(host.len())?;
         if !host.is_empty() {
+            let bytes = encode(host, self.storage);
             self.stream
-                .memcpy_htod(host, &mut t.slice_mut(..host.len()))
+                .memcpy_htod(&bytes, &mut t.buf.slice_mut(..bytes.len()))
                 .map_err(|e| anyhow!("CUDA upload failed: {e}"))?;
         }
         Ok(t)
     }
 
-    fn download(&self, t: &CudaSlice<f32>, len: usize) -> Result<Vec<f32>> {
+    fn download(&self, t: &CudaTensor, len: usize) -> Result<Vec<f32>> {
         need(t, len, "download")?;
         if len == 0 {
             return Ok(Vec::new());
         }
         // memcpy to pageable host memory synchronises the stream: every queued op is done.
-        self.stream
-            .clone_dtoh(&t.slice(..len))
-            .map_err(|e| anyhow!("CUDA error: {e}"))
+        let bytes = self
+            .stream
+            .clone_dtoh(&t.buf.slice(..len * t.storage.bytes()))
+            .map_err(|e| anyhow!("CUDA error: {e}"))?;
+        Ok(decode(&bytes, t.storage))
     }
 
-    fn alloc(&self, len: usize) -> Result<CudaSlice<f32>> {
-        alloc_f32(&self.stream, len, self.max_batch_tokens)
+    fn alloc(&self, len: usize) -> Result<CudaTensor> {
+        self.alloc_tensor(len)
     }
 
     fn embeddings_layernorm(
         &self,
         batch: &PackedBatch,
-        emb: &EmbeddingWeights<CudaSlice<f32>>,
+        emb: &EmbeddingWeights<CudaTensor>,
         eps: f32,
-        out: &mut CudaSlice<f32>,
+        out: &mut CudaTensor,
     ) -> Result<()> {
         let t = batch.num_tokens();
         let c = emb.ln.gamma.len();
@@ -240,18 +362,18 @@ impl Backend for CudaBackend {
         self.upload_u32(&mut s.type_ids, &batch.type_ids)?;
         let k = &self.kernels;
         self.launch(
-            &k.embeddings_layernorm_forward,
+            self.typed(&k.embeddings_layernorm_forward),
             Grid::per_row(t, c)?,
             &[
-                self.ptr(out),
+                self.tp(out),
                 self.ptr(&s.ids),
                 self.ptr(&s.positions),
                 self.ptr(&s.type_ids),
-                self.ptr(&emb.word),
-                self.ptr(&emb.position),
-                self.ptr(&emb.token_type),
-                self.ptr(&emb.ln.gamma),
-                self.ptr(&emb.ln.beta),
+                self.tp(&emb.word),
+                self.tp(&emb.position),
+                self.tp(&emb.token_type),
+                self.tp(&emb.ln.gamma),
+                self.tp(&emb.ln.beta),
                 Arg::I32(t as i32),
                 Arg::I32(c as i32),
                 Arg::F32(eps),
@@ -261,11 +383,11 @@ impl Backend for CudaBackend {
 
     fn linear(
         &self,
-        x: &CudaSlice<f32>,
+        x: &CudaTensor,
         rows: usize,
-        lin: &LinearWeights<CudaSlice<f32>>,
+        lin: &LinearWeights<CudaTensor>,
         add_bias: bool,
-        out: &mut CudaSlice<f32>,
+        out: &mut CudaTensor,
     ) -> Result<()> {
         let (n, k) = (lin.out_features, lin.in_features);
         need(x, rows * k, "linear input")?;
@@ -278,11 +400,11 @@ impl Backend for CudaBackend {
             need(&lin.b, n, "linear bias")?;
             // out starts as the bias in every row; the GEMM adds x W^T to it (beta = 1).
             self.launch(
-                &self.kernels.broadcast_bias_rows,
+                self.typed(&self.kernels.broadcast_bias_rows),
                 Grid::elementwise(rows * n)?,
                 &[
-                    self.ptr(out),
-                    self.ptr(&lin.b),
+                    self.tp(out),
+                    self.tp(&lin.b),
                     Arg::I32(rows as i32),
                     Arg::I32(n as i32),
                 ],
@@ -293,20 +415,20 @@ impl Backend for CudaBackend {
         };
         // out (rows, N) = x (rows, K) . W^T, W (N, K)
         let g = Gemm::new(false, true, rows, n, k).beta(beta);
-        gemm(
-            &self.blas,
+        self.gemm(
             &g,
-            dptr(x, &self.stream),
-            dptr(&lin.w, &self.stream),
-            dptr(out, &self.stream),
+            self.tptr(x),
+            self.tptr(&lin.w),
+            self.tptr(out),
+            self.storage,
         )
     }
 
     fn bias_activation(
         &self,
-        x: &mut CudaSlice<f32>,
+        x: &mut CudaTensor,
         rows: usize,
-        bias: &CudaSlice<f32>,
+        bias: &CudaTensor,
         width: usize,
         act: Activation,
     ) -> Result<()> {
@@ -314,16 +436,16 @@ impl Backend for CudaBackend {
         need(bias, width, "activation bias")?;
         let k = &self.kernels;
         let f = match act {
-            Activation::GeluErf => &k.bias_gelu_erf_forward,
-            Activation::GeluTanh => &k.bias_gelu_tanh_forward,
-            Activation::Relu => &k.bias_relu_forward,
+            Activation::GeluErf => self.typed(&k.bias_gelu_erf_forward),
+            Activation::GeluTanh => self.typed(&k.bias_gelu_tanh_forward),
+            Activation::Relu => self.typed(&k.bias_relu_forward),
         };
         self.launch(
             f,
             Grid::elementwise(rows * width)?,
             &[
-                self.ptr(x),
-                self.ptr(bias),
+                self.tp(x),
+                self.tp(bias),
                 Arg::I32(rows as i32),
                 Arg::I32(width as i32),
             ],
@@ -332,11 +454,11 @@ impl Backend for CudaBackend {
 
     fn bias_residual_layernorm(
         &self,
-        x: &mut CudaSlice<f32>,
+        x: &mut CudaTensor,
         rows: usize,
-        bias: &CudaSlice<f32>,
-        residual: &CudaSlice<f32>,
-        ln: &LayerNormWeights<CudaSlice<f32>>,
+        bias: &CudaTensor,
+        residual: &CudaTensor,
+        ln: &LayerNormWeights<CudaTensor>,
         eps: f32,
     ) -> Result<()> {
         let c = ln.gamma.len();
@@ -345,14 +467,14 @@ impl Backend for CudaBackend {
         need(bias, c, "layernorm bias")?;
         need(&ln.beta, c, "layernorm beta")?;
         self.launch(
-            &self.kernels.bias_residual_layernorm_forward,
+            self.typed(&self.kernels.bias_residual_layernorm_forward),
             Grid::per_row(rows, c)?,
             &[
-                self.ptr(x),
-                self.ptr(bias),
-                self.ptr(residual),
-                self.ptr(&ln.gamma),
-                self.ptr(&ln.beta),
+                self.tp(x),
+                self.tp(bias),
+                self.tp(residual),
+                self.tp(&ln.gamma),
+                self.tp(&ln.beta),
                 Arg::I32(rows as i32),
                 Arg::I32(c as i32),
                 Arg::F32(eps),
@@ -362,12 +484,12 @@ impl Backend for CudaBackend {
 
     fn attention(
         &self,
-        qkv: &CudaSlice<f32>,
+        qkv: &CudaTensor,
         offsets: &[usize],
         heads: usize,
         head_dim: usize,
         query_rows: QueryRows,
-        out: &mut CudaSlice<f32>,
+        out: &mut CudaTensor,
     ) -> Result<()> {
         let n = offsets.len().saturating_sub(1);
         if n == 0 {
@@ -395,12 +517,13 @@ impl Backend for CudaBackend {
         let scale = (1.0 / (head_dim as f64).sqrt()) as f32;
         let k = &self.kernels;
         let (q_pad, k_pad, v_pad, ctx, scores) = (
-            dptr(&a.q, &self.stream),
-            dptr(&a.k, &self.stream),
-            dptr(&a.v, &self.stream),
-            dptr(&a.ctx, &self.stream),
+            self.tptr(&a.q),
+            self.tptr(&a.k),
+            self.tptr(&a.v),
+            self.tptr(&a.ctx),
             dptr(&a.scores, &self.stream),
         );
+        let probs = a.probs.as_ref().map_or(scores, |p| self.tptr(p));
         for chunk in chunks {
             let (nc, l) = (chunk.texts, chunk.max_len);
             let lq = if all_rows { l } else { 1 };
@@ -408,13 +531,13 @@ impl Backend for CudaBackend {
             let dims = |v: usize| Arg::I32(v as i32);
             // (n, H, Lq, hd) Q and (n, H, L, hd) K, V, zero-padded
             self.launch(
-                &k.attention_gather_qkv,
+                self.typed(&k.attention_gather_qkv),
                 Grid::elementwise(nc * heads * l * head_dim)?,
                 &[
                     Arg::Ptr(q_pad),
                     Arg::Ptr(k_pad),
                     Arg::Ptr(v_pad),
-                    self.ptr(qkv),
+                    self.tp(qkv),
                     chunk_offsets,
                     dims(nc),
                     dims(heads),
@@ -423,19 +546,21 @@ impl Backend for CudaBackend {
                     dims(head_dim),
                 ],
             )?;
-            // scores (n H, Lq, L) = Q (n H, Lq, hd) . K^T
+            // scores (n H, Lq, L) = Q (n H, Lq, hd) . K^T, f32 in every precision
             let g = Gemm::new(false, true, lq, l, head_dim).batched(
                 nc * heads,
                 lq * head_dim,
                 l * head_dim,
                 lq * l,
             );
-            gemm(&self.blas, &g, q_pad, k_pad, scores)?;
+            self.gemm(&g, q_pad, k_pad, scores, Storage::F32)?;
+            // probs (n H, Lq, L) in the storage type; in f32 over the scores
             self.launch(
-                &k.attention_softmax_scale_mask,
+                self.typed(&k.attention_softmax_scale_mask),
                 Grid::warp_per_row(nc * heads * lq),
                 &[
                     Arg::Ptr(scores),
+                    Arg::Ptr(probs),
                     chunk_offsets,
                     dims(nc),
                     dims(heads),
@@ -451,12 +576,12 @@ impl Backend for CudaBackend {
                 l * head_dim,
                 lq * head_dim,
             );
-            gemm(&self.blas, &g, scores, v_pad, ctx)?;
+            self.gemm(&g, probs, v_pad, ctx, self.storage)?;
             self.launch(
-                &k.attention_scatter_context,
+                self.typed(&k.attention_scatter_context),
                 Grid::elementwise(nc * heads * lq * head_dim)?,
                 &[
-                    self.ptr(out),
+                    self.tp(out),
                     Arg::Ptr(ctx),
                     chunk_offsets,
                     dims(nc),
@@ -473,10 +598,10 @@ impl Backend for CudaBackend {
 
     fn mean_pool(
         &self,
-        hidden: &CudaSlice<f32>,
+        hidden: &CudaTensor,
         width: usize,
         offsets: &[usize],
-        out: &mut CudaSlice<f32>,
+        out: &mut CudaTensor,
     ) -> Result<()> {
         let n = offsets.len().saturating_sub(1);
         if n == 0 {
@@ -493,11 +618,11 @@ impl Backend for CudaBackend {
         let mut s = self.scratch.borrow_mut();
         self.upload_u32(&mut s.offsets, &offsets_u32)?;
         self.launch(
-            &self.kernels.mean_pool_rows,
+            self.typed(&self.kernels.mean_pool_rows),
             Grid::elementwise(n * width)?,
             &[
-                self.ptr(out),
-                self.ptr(hidden),
+                self.tp(out),
+                self.tp(hidden),
                 self.ptr(&s.offsets),
                 Arg::I32(n as i32),
                 Arg::I32(width as i32),
@@ -507,10 +632,10 @@ impl Backend for CudaBackend {
 
     fn gather_rows(
         &self,
-        src: &CudaSlice<f32>,
+        src: &CudaTensor,
         width: usize,
         rows: &[usize],
-        dst: &mut CudaSlice<f32>,
+        dst: &mut CudaTensor,
     ) -> Result<()> {
         let n = rows.len();
         self.check_tokens(n)?;
@@ -522,11 +647,11 @@ impl Backend for CudaBackend {
         let mut s = self.scratch.borrow_mut();
         self.upload_u32(&mut s.rows, &rows_u32)?;
         self.launch(
-            &self.kernels.gather_rows,
+            self.typed(&self.kernels.gather_rows),
             Grid::elementwise(n * width)?,
             &[
-                self.ptr(dst),
-                self.ptr(src),
+                self.tp(dst),
+                self.tp(src),
                 self.ptr(&s.rows),
                 Arg::I32(n as i32),
                 Arg::I32(width as i32),
@@ -747,6 +872,108 @@ pub(super) fn gemm(blas: &CudaBlas, g: &Gemm, a: u64, b: u64, c: u64) -> Result<
     })
 }
 
+/// Runs `g` on half-precision operands a, b (`storage`) into c (`c_storage`: f32 or the
+/// same half type) with cublasGemmEx, fp32 accumulation (CUBLAS_COMPUTE_32F: tensor
+/// cores, alpha and beta in f32).
+fn gemm_ex(
+    blas: &CudaBlas,
+    g: &Gemm,
+    a: u64,
+    b: u64,
+    c: u64,
+    storage: Storage,
+    c_storage: Storage,
+) -> Result<()> {
+    use blas_sys::cudaDataType as T;
+    let dtype = |s: Storage| match s {
+        Storage::F32 => T::CUDA_R_32F,
+        Storage::F16 => T::CUDA_R_16F,
+        Storage::Bf16 => T::CUDA_R_16BF,
+    };
+    let op = |t: bool| {
+        if t {
+            blas_sys::cublasOperation_t::CUBLAS_OP_T
+        } else {
+            blas_sys::cublasOperation_t::CUBLAS_OP_N
+        }
+    };
+    let cm = g.col_major();
+    let i = |v: usize| -> Result<i32> {
+        i32::try_from(v).map_err(|_| anyhow!("GEMM dimension {v} exceeds cuBLAS's 32-bit range"))
+    };
+    let alpha = 1.0f32;
+    let (ab, ct) = (dtype(storage), dtype(c_storage));
+    let compute = blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F;
+    let algo = blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT;
+    // The row-major B is cuBLAS's A and the row-major A its B.
+    let (first, second) = (b as *const c_void, a as *const c_void);
+    let (alpha_p, beta_p) = (
+        (&alpha as *const f32).cast::<c_void>(),
+        (&g.beta as *const f32).cast::<c_void>(),
+    );
+    // SAFETY: the callers checked every operand's length against m, n, k (and batch).
+    let status = unsafe {
+        if g.batch == 1 {
+            blas::gemm_ex(
+                *blas.handle(),
+                op(cm.trans_a),
+                op(cm.trans_b),
+                i(cm.m)?,
+                i(cm.n)?,
+                i(cm.k)?,
+                alpha_p,
+                first,
+                ab,
+                i(cm.lda)?,
+                second,
+                ab,
+                i(cm.ldb)?,
+                beta_p,
+                c as *mut c_void,
+                ct,
+                i(cm.ldc)?,
+                compute,
+                algo,
+            )
+        } else {
+            blas::gemm_strided_batched_ex(
+                *blas.handle(),
+                op(cm.trans_a),
+                op(cm.trans_b),
+                i(cm.m)?,
+                i(cm.n)?,
+                i(cm.k)?,
+                alpha_p,
+                first,
+                ab,
+                i(cm.lda)?,
+                cm.stride_a as i64,
+                second,
+                ab,
+                i(cm.ldb)?,
+                cm.stride_b as i64,
+                beta_p,
+                c as *mut c_void,
+                ct,
+                i(cm.ldc)?,
+                g.stride_c as i64,
+                i(g.batch)?,
+                compute,
+                algo,
+            )
+        }
+    };
+    status.map_err(|e| {
+        anyhow!(
+            "cuBLAS GemmEx {storage:?} ({}x{}x{}, batch {}) failed: {e}",
+            g.m,
+            g.n,
+            g.k,
+            g.batch
+        )
+    })
+}
+
 /// A cuBLAS handle on `stream` computing fp32 GEMMs the way `precision` says.
 pub(super) fn new_blas(stream: &Arc<CudaStream>, precision: Precision) -> Result<CudaBlas> {
     let blas = CudaBlas::new(stream.clone()).map_err(|e| anyhow!("cannot start cuBLAS: {e}"))?;
@@ -754,6 +981,9 @@ pub(super) fn new_blas(stream: &Arc<CudaStream>, precision: Precision) -> Result
         // DEFAULT never uses TF32 for fp32 GEMMs (PyTorch's allow_tf32 = False uses it too).
         Precision::Fp32 => blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH,
         Precision::Tf32 => blas_sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH,
+        // Half GEMMs go through GemmEx with CUBLAS_COMPUTE_32F, which picks tensor cores
+        // itself; the math mode only concerns the f32 GEMMs none of these run.
+        Precision::Bf16 | Precision::Fp16 => blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH,
     };
     // SAFETY: a valid handle just created.
     unsafe { blas_sys::cublasSetMathMode(*blas.handle(), mode) }
@@ -766,9 +996,9 @@ pub(super) fn dptr<T>(t: &CudaSlice<T>, stream: &CudaStream) -> u64 {
     t.device_ptr(stream).0
 }
 
-pub(super) fn need(t: &CudaSlice<f32>, len: usize, what: &str) -> Result<()> {
+pub(super) fn need(t: &CudaTensor, len: usize, what: &str) -> Result<()> {
     if t.len() < len {
-        bail!("{what}: tensor of {} floats, the op needs {len}", t.len());
+        bail!("{what}: tensor of {} elements, the op needs {len}", t.len());
     }
     Ok(())
 }
