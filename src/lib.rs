@@ -17,3 +17,4 @@ pub mod hub;
 pub mod model;
 pub mod optim;
 pub mod tokenize;
+pub mod train;

@@ -5,9 +5,11 @@ mod encode;
 mod info;
 mod predict;
 mod progress;
-mod run_dir;
 mod test;
 mod train;
+
+/// The run folder's layout lives with the trainer; `test` and `predict` read it.
+use crate::train::run_dir;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

@@ -16,13 +16,13 @@ use super::common::{
     ModelArgs, TextArgs,
 };
 use super::run_dir::{best_checkpoint, epoch_checkpoint, last_checkpoint, RunInfo};
-use super::train::META_TEMPERATURE;
 use crate::calibration::scaled_softmax;
 use crate::checkpoint::load_head;
 use crate::head::{argmax, LinearHead};
 use crate::hub::DEFAULT_MODEL;
 use crate::model::{encode_all, Pooling};
 use crate::tokenize::DEFAULT_MAX_LENGTH;
+use crate::train::META_TEMPERATURE;
 
 /// The recipe's prompt, kept verbatim so its users see what they know.
 const PROMPT: &str = "请输入文本:";

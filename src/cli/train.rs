@@ -7,33 +7,20 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use serde::{Deserialize, Serialize};
 
 use super::common::{load_model, CacheArgs, DeviceArgs, FeatureSource, LoadedModel, ModelArgs};
 use super::progress::Progress;
-use super::run_dir::{
-    best_checkpoint, epoch_checkpoint, last_checkpoint, metrics_path, Hyperparameters, RunInfo,
-};
-use crate::backend::cuda::{CudaBackend, CudaHead, Precision};
+use super::run_dir::{best_checkpoint, last_checkpoint, Hyperparameters, RunInfo};
 use crate::backend::Device;
-use crate::calibration::fit_temperature;
-use crate::checkpoint::{load_head, save_head};
 use crate::data::{self, Dataset, LoadOptions, Split};
-use crate::fsio::atomic_write;
-use crate::head::{count_correct, ClassWeighting, HeadScratch, LinearHead};
+use crate::head::ClassWeighting;
 use crate::hub::{resolve_dataset, DEFAULT_DATASET};
 use crate::model::Pooling;
-use crate::optim::{AdamW, DEFAULT_BETAS, DEFAULT_EPS, DEFAULT_LR, DEFAULT_WEIGHT_DECAY};
-
-/// Checkpoint metadata keys. `labels` is what `test` and `predict` read label names from.
-const META_EPOCH: &str = "epoch";
-const META_LABELS: &str = "labels";
-const META_TRAIN_HASH: &str = "train_data_sha256";
-/// The calibration temperature `test` and `predict` divide the logits by.
-pub const META_TEMPERATURE: &str = "temperature";
+use crate::optim::{DEFAULT_BETAS, DEFAULT_EPS, DEFAULT_LR, DEFAULT_WEIGHT_DECAY};
+use crate::train::{
+    best_epoch, train, EpochEnd, EpochMetrics, Features, Flow, HeadDevice as TrainDevice, Observer,
+    RunCheckpoints, TrainData, TrainState,
+};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -137,27 +124,6 @@ enum HeadDevice {
     Cuda,
 }
 
-/// One line of metrics.jsonl.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct EpochMetrics {
-    epoch: usize,
-    /// Mean over the epoch's steps of each batch's mean loss, as the recipe logs it.
-    train_loss: f64,
-    train_acc: f64,
-    val_loss: Option<f64>,
-    val_acc: Option<f64>,
-    /// The temperature fitted on the validation split for this epoch's head.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    temperature: Option<f64>,
-    seconds: f64,
-}
-
-/// Features (rows, C) of a split and its labels.
-struct Features {
-    x: Vec<f32>,
-    labels: Vec<usize>,
-}
-
 /// The features a run trains and validates on, and what getting them took.
 struct RunFeatures {
     train: Features,
@@ -165,17 +131,6 @@ struct RunFeatures {
     seconds: f64,
     /// Whether every split came from the cache.
     cached: bool,
-}
-
-/// Where a run starts: a fresh head, or the state of a stopped run.
-struct Start {
-    head: LinearHead,
-    opt: AdamW,
-    /// Epochs already done.
-    epoch: usize,
-    metrics: Vec<EpochMetrics>,
-    /// run.json as it is to be written: a resumed run's with the new epoch count.
-    info: RunInfo,
 }
 
 /// What stays fixed over the epochs of a run.
@@ -218,25 +173,25 @@ pub fn run(args: TrainArgs) -> Result<()> {
         train_hash: train.content_hash.clone(),
         log_every: args.log_every,
     };
-    let start = start_state(&args, &run, model.encoder.hidden_size())?;
+    let (start, info) = start_state(&args, &run, model.encoder.hidden_size())?;
     let class_weights = class_weights(args.class_weights, train, run.info.labels.len())?;
-    let trainer = HeadTrainer::new(
-        args.head_device,
-        &model,
-        start.head.clone(),
-        start.opt.clone(),
-        args.batch_size,
-        class_weights,
-    )?;
-    write_run_info(&run.dir, &start.info)?;
+    let device = head_device(args.head_device, &model, class_weights.is_some())?;
+    write_run_info(&run.dir, &info)?;
 
+    let first_done = start.epoch;
+    let data = TrainData {
+        train: &features.train,
+        val: features.val.as_ref(),
+        class_weights,
+        device,
+    };
     let train_started = Instant::now();
-    let metrics = train_epochs(&run, trainer, &start, &features)?;
+    let metrics = train_epochs(&run, data, start)?;
     let train_seconds = train_started.elapsed().as_secs_f64();
     report(
         &run,
         &metrics,
-        start.epoch,
+        first_done,
         &features,
         train_seconds,
         args.json,
@@ -305,6 +260,21 @@ fn check_batch(train: &Split, batch_size: usize) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Where the head trains: `--head-device cuda` needs the encoder on a GPU and the
+/// plain loss.
+fn head_device(kind: HeadDevice, model: &LoadedModel, weighted: bool) -> Result<TrainDevice> {
+    match (kind, model.device) {
+        (HeadDevice::Cpu, _) => Ok(TrainDevice::Cpu),
+        (HeadDevice::Cuda, _) if weighted => bail!(
+            "--class-weights balanced trains on the CPU head only: drop --head-device cuda"
+        ),
+        (HeadDevice::Cuda, Device::Cuda(ordinal)) => Ok(TrainDevice::Cuda(ordinal)),
+        (HeadDevice::Cuda, Device::Cpu) => bail!(
+            "--head-device cuda needs the encoder on a GPU: pass --device cuda, or drop --head-device"
+        ),
+    }
 }
 
 /// The loss's per-class weights for `--class-weights`, from the train split's labels.
@@ -437,53 +407,29 @@ fn split_features(
 }
 
 /// A fresh head, or the stopped run's state after checking it was made by the same
-/// model, labels, data and hyper-parameters. Writes nothing.
-fn start_state(args: &TrainArgs, run: &Run, hidden: usize) -> Result<Start> {
+/// model, labels, data and hyper-parameters; and run.json as it is to be written (a
+/// resumed run's with the new epoch count). Writes nothing.
+fn start_state(args: &TrainArgs, run: &Run, hidden: usize) -> Result<(TrainState, RunInfo)> {
+    let labels = run.info.labels.len();
+    let hp = &run.info.hyperparameters;
     if args.resume.is_none() {
-        let mut rng = StdRng::seed_from_u64(args.seed);
-        let head = LinearHead::new_init(run.info.labels.len(), hidden, &mut rng);
-        let opt = optimiser(&head, &run.info.hyperparameters);
-        return Ok(Start {
-            head,
-            opt,
-            epoch: 0,
-            metrics: Vec::new(),
-            info: run.info.clone(),
-        });
+        return Ok((TrainState::fresh(labels, hidden, hp)?, run.info.clone()));
     }
     let saved = RunInfo::load(&run.dir)?;
     check_same_run(&run.dir, &saved, &run.info)?;
-    let last = load_head(&last_checkpoint(&run.dir), Some(hidden))?;
-    let epoch = checkpoint_epoch(&last.metadata, &run.dir)?;
-    if last.metadata.get(META_TRAIN_HASH) != Some(&run.train_hash) {
+    let start = TrainState::resume(&run.dir, labels, hidden, hp, &run.train_hash)?;
+    if start.epoch >= args.epochs {
         bail!(
-            "cannot resume {}: the train split differs from the one the run trained on",
-            run.dir.display()
+            "the run in {} has done {} epochs already: pass --epochs above {} to train more",
+            run.dir.display(),
+            start.epoch,
+            start.epoch
         );
     }
-    if epoch >= args.epochs {
-        bail!(
-            "the run in {} has done {epoch} epochs already: pass --epochs above {epoch} to train more",
-            run.dir.display()
-        );
-    }
-    let opt = last
-        .optim
-        .ok_or_else(|| anyhow!("{}: no AdamW state to resume from", run.dir.display()))?;
     let mut info = saved;
     info.hyperparameters.epochs = args.epochs;
-    let metrics = read_metrics(&run.dir)?
-        .into_iter()
-        .filter(|m| m.epoch <= epoch)
-        .collect();
-    eprintln!("resuming {} after epoch {epoch}", run.dir.display());
-    Ok(Start {
-        head: last.head,
-        opt,
-        epoch,
-        metrics,
-        info,
-    })
+    eprintln!("resuming {} after epoch {}", run.dir.display(), start.epoch);
+    Ok((start, info))
 }
 
 /// Creates the run folder, when new, and writes run.json.
@@ -491,17 +437,6 @@ fn write_run_info(dir: &Path, info: &RunInfo) -> Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the run folder {}", dir.display()))?;
     info.save(dir)
-}
-
-fn optimiser(head: &LinearHead, hp: &Hyperparameters) -> AdamW {
-    AdamW {
-        lr: hp.lr,
-        weight_decay: hp.weight_decay,
-        beta1: hp.beta1,
-        beta2: hp.beta2,
-        eps: hp.eps,
-        ..AdamW::for_head(head)
-    }
 }
 
 /// Refuses a resume whose model, max_length, labels or hyper-parameters differ from the run's.
@@ -556,302 +491,49 @@ fn check_same_run(dir: &Path, saved: &RunInfo, now: &RunInfo) -> Result<()> {
     Ok(())
 }
 
-fn checkpoint_epoch(metadata: &BTreeMap<String, String>, dir: &Path) -> Result<usize> {
-    metadata
-        .get(META_EPOCH)
-        .and_then(|e| e.parse().ok())
-        .ok_or_else(|| {
-            anyhow!(
-                "{}: no epoch in its metadata: not written by bertcls train",
-                last_checkpoint(dir).display()
-            )
-        })
+/// Shows progress and log lines, and writes each epoch's metrics and checkpoints.
+struct CliObserver {
+    progress: Progress,
+    checkpoints: RunCheckpoints,
 }
 
-fn read_metrics(dir: &Path) -> Result<Vec<EpochMetrics>> {
-    let path = metrics_path(dir);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => bail!("cannot read {} ({e})", path.display()),
-    };
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| {
-                anyhow!(
-                    "{} line {}: not a metrics line ({e})",
-                    path.display(),
-                    i + 1
-                )
-            })
-        })
-        .collect()
-}
-
-/// The head and its optimiser where the steps run.
-enum HeadTrainer {
-    Cpu(Box<CpuHead>),
-    Cuda(Box<CudaHead>),
-}
-
-struct CpuHead {
-    head: LinearHead,
-    opt: AdamW,
-    scratch: HeadScratch,
-    /// (L,) per-class loss weights, or None for the plain mean.
-    class_weights: Option<Vec<f32>>,
-}
-
-impl HeadTrainer {
-    fn new(
-        kind: HeadDevice,
-        model: &LoadedModel,
-        head: LinearHead,
-        opt: AdamW,
-        batch: usize,
-        class_weights: Option<Vec<f32>>,
-    ) -> Result<Self> {
-        match kind {
-            HeadDevice::Cpu => {
-                let scratch = HeadScratch::new(head.num_labels, head.hidden);
-                Ok(Self::Cpu(Box::new(CpuHead {
-                    head,
-                    opt,
-                    scratch,
-                    class_weights,
-                })))
-            }
-            HeadDevice::Cuda if class_weights.is_some() => {
-                bail!(
-                    "--class-weights balanced trains on the CPU head only: drop --head-device cuda"
-                )
-            }
-            HeadDevice::Cuda => {
-                let Device::Cuda(ordinal) = model.device else {
-                    bail!("--head-device cuda needs the encoder on a GPU: pass --device cuda, or drop --head-device");
-                };
-                let backend = CudaBackend::new(ordinal, Precision::Fp32, batch)?;
-                Ok(Self::Cuda(Box::new(CudaHead::new(
-                    &backend, &head, &opt, batch,
-                )?)))
-            }
-        }
+impl Observer for CliObserver {
+    fn step(&mut self, done: u64, _total: u64) {
+        self.progress.set(done);
     }
 
-    /// One step on a batch: its loss and correct predictions before the update.
-    fn step(&mut self, x: &[f32], labels: &[usize]) -> Result<(f32, usize)> {
-        match self {
-            Self::Cpu(cpu) => {
-                let CpuHead {
-                    head,
-                    opt,
-                    scratch,
-                    class_weights,
-                } = cpu.as_mut();
-                let loss =
-                    head.forward_backward_weighted(x, labels, class_weights.as_deref(), scratch);
-                let correct = count_correct(&scratch.logits, labels, head.num_labels);
-                opt.update_head(head, &scratch.grads);
-                Ok((loss, correct))
-            }
-            Self::Cuda(gpu) => gpu.train_step(x, labels).map(|s| (s.loss, s.correct)),
-        }
+    fn log(&mut self, line: &str) {
+        self.progress.println(line);
     }
 
-    fn state(&self) -> Result<(LinearHead, AdamW)> {
-        match self {
-            Self::Cpu(cpu) => Ok((cpu.head.clone(), cpu.opt.clone())),
-            Self::Cuda(gpu) => gpu.download(),
-        }
+    fn epoch_end(&mut self, end: &EpochEnd) -> Result<Flow> {
+        self.checkpoints.save(end)?;
+        Ok(Flow::Continue)
     }
 }
 
 /// Runs the epochs after `start.epoch`, writing metrics and checkpoints after each.
-fn train_epochs(
-    run: &Run,
-    mut trainer: HeadTrainer,
-    start: &Start,
-    features: &RunFeatures,
-) -> Result<Vec<EpochMetrics>> {
-    let (train, val) = (&features.train, features.val.as_ref());
+fn train_epochs(run: &Run, data: TrainData, start: TrainState) -> Result<Vec<EpochMetrics>> {
     let hp = &run.info.hyperparameters;
-    let steps = train.labels.len() / hp.batch_size;
-    let mut progress = Progress::new(((hp.epochs - start.epoch) * steps) as u64, "training");
-    let mut metrics = start.metrics.clone();
-    let mut best = best_so_far(&metrics);
-    for epoch in start.epoch + 1..=hp.epochs {
-        let started = Instant::now();
-        let done_before = ((epoch - start.epoch - 1) * steps) as u64;
-        let (train_loss, train_acc) = run_epoch(
-            &mut trainer,
-            train,
-            epoch,
-            hp,
-            run.log_every,
-            |step, line| {
-                progress.set(done_before + step as u64);
-                if let Some(line) = line {
-                    progress.println(&line);
-                }
-            },
-        )?;
-        let (head, opt) = trainer.state()?;
-        let (val_loss, val_acc) = val.map(|v| evaluate(&head, v)).unzip();
-        let temperature = val.map(|v| calibrate(&head, v));
-        let m = EpochMetrics {
-            epoch,
-            train_loss,
-            train_acc,
-            val_loss,
-            val_acc,
-            temperature,
-            seconds: started.elapsed().as_secs_f64(),
-        };
-        progress.println(&epoch_line(&m));
-        metrics.push(m);
-        write_metrics(&run.dir, &metrics)?;
-        let improved = val_acc.is_none_or(|acc| best.is_none_or(|b| acc > b));
-        if improved {
-            best = val_acc;
-        }
-        save_checkpoints(run, &head, &opt, &metrics[metrics.len() - 1], improved)?;
-    }
-    progress.finish();
-    Ok(metrics)
-}
-
-/// The best validation accuracy among earlier epochs, for a resumed run.
-fn best_so_far(metrics: &[EpochMetrics]) -> Option<f64> {
-    metrics.iter().filter_map(|m| m.val_acc).reduce(f64::max)
-}
-
-/// One epoch over the shuffled train rows: mean step loss and accuracy. `tick` gets the
-/// step number and, every `log_every` steps, the recipe's log line.
-fn run_epoch(
-    trainer: &mut HeadTrainer,
-    train: &Features,
-    epoch: usize,
-    hp: &Hyperparameters,
-    log_every: usize,
-    mut tick: impl FnMut(usize, Option<String>),
-) -> Result<(f64, f64)> {
-    let rows = train.labels.len();
-    let hidden = train.x.len() / rows;
-    let b = hp.batch_size;
-    let order = epoch_order(rows, hp.seed, epoch);
-    let mut x = vec![0.0f32; b * hidden];
-    let mut y = vec![0usize; b];
-    let (mut loss_sum, mut correct_sum) = (0.0f64, 0usize);
-    let steps = rows / b;
-    for (step, batch) in order.chunks_exact(b).enumerate() {
-        for ((&row, xr), yr) in batch
-            .iter()
-            .zip(x.chunks_exact_mut(hidden))
-            .zip(y.iter_mut())
-        {
-            xr.copy_from_slice(&train.x[row * hidden..(row + 1) * hidden]);
-            *yr = train.labels[row];
-        }
-        let (loss, correct) = trainer.step(&x, &y)?;
-        loss_sum += loss as f64;
-        correct_sum += correct;
-        let n = step + 1;
-        let log = (log_every > 0 && n % log_every == 0).then(|| {
-            format!(
-                "epoch {epoch} step {n} loss {loss:.4} acc {:.4}",
-                correct as f64 / b as f64
-            )
-        });
-        tick(n, log);
-    }
-    Ok((
-        loss_sum / steps as f64,
-        correct_sum as f64 / (steps * b) as f64,
-    ))
-}
-
-/// The row order of an epoch: its own seeded RNG, so that epoch N shuffles alike
-/// whether the run got there straight or through --resume.
-fn epoch_order(rows: usize, seed: u64, epoch: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..rows).collect();
-    order.shuffle(&mut StdRng::seed_from_u64(seed.wrapping_add(epoch as u64)));
-    order
-}
-
-/// The temperature that minimises the validation cross-entropy of `head`'s logits.
-fn calibrate(head: &LinearHead, v: &Features) -> f64 {
-    fit_temperature(&head.logits(&v.x), &v.labels, head.num_labels)
-}
-
-/// Mean loss and accuracy over every row of `v`.
-fn evaluate(head: &LinearHead, v: &Features) -> (f64, f64) {
-    let (loss, correct) = head.evaluate(&v.x, &v.labels);
-    (loss as f64, correct as f64 / v.labels.len() as f64)
-}
-
-fn epoch_line(m: &EpochMetrics) -> String {
-    let val = match (m.val_loss, m.val_acc) {
-        (Some(loss), Some(acc)) => format!(", val loss {loss:.4} acc {acc:.4}"),
-        _ => String::new(),
-    };
-    format!(
-        "epoch {}: train loss {:.4} acc {:.4}{val} ({:.2}s)",
-        m.epoch, m.train_loss, m.train_acc, m.seconds
-    )
-}
-
-/// Rewrites metrics.jsonl whole, atomically: a kill mid-write cannot leave half a line.
-fn write_metrics(dir: &Path, metrics: &[EpochMetrics]) -> Result<()> {
-    let mut text = String::new();
-    for m in metrics {
-        text.push_str(&serde_json::to_string(m).context("cannot serialise metrics")?);
-        text.push('\n');
-    }
-    atomic_write(&metrics_path(dir), text.as_bytes())
-}
-
-/// head-epoch-N, best when it improved, then last: `--resume` trusts last, so it goes
-/// after the others, and redoing an epoch rewrites them with the same bytes.
-fn save_checkpoints(
-    run: &Run,
-    head: &LinearHead,
-    opt: &AdamW,
-    m: &EpochMetrics,
-    improved: bool,
-) -> Result<()> {
-    let meta = checkpoint_metadata(run, m)?;
-    save_head(&epoch_checkpoint(&run.dir, m.epoch), head, Some(opt), &meta)?;
-    if improved {
-        save_head(&best_checkpoint(&run.dir), head, Some(opt), &meta)?;
-    }
-    save_head(&last_checkpoint(&run.dir), head, Some(opt), &meta)
-}
-
-fn checkpoint_metadata(run: &Run, m: &EpochMetrics) -> Result<BTreeMap<String, String>> {
-    let mut meta = BTreeMap::from([
-        (META_EPOCH.to_string(), m.epoch.to_string()),
+    let steps = data.train.labels.len() / hp.batch_size;
+    let progress = Progress::new(((hp.epochs - start.epoch) * steps) as u64, "training");
+    let meta = BTreeMap::from([
         ("model".to_string(), run.model_id.clone()),
         (
             "weights_sha256".to_string(),
             run.info.weights_sha256.clone(),
         ),
-        (
-            META_LABELS.to_string(),
-            serde_json::to_string(&run.info.labels)?,
-        ),
         ("max_length".to_string(), run.info.max_length.to_string()),
         ("pooling".to_string(), run.info.pooling.to_string()),
-        (META_TRAIN_HASH.to_string(), run.train_hash.clone()),
     ]);
-    if let Some(acc) = m.val_acc {
-        meta.insert("val_acc".to_string(), acc.to_string());
-    }
-    if let Some(t) = m.temperature {
-        meta.insert(META_TEMPERATURE.to_string(), t.to_string());
-    }
-    Ok(meta)
+    let checkpoints = RunCheckpoints::new(&run.dir, &run.info.labels, &run.train_hash, meta)?;
+    let mut observer = CliObserver {
+        progress,
+        checkpoints,
+    };
+    let outcome = train(hp, data, start, run.log_every, &mut observer)?;
+    observer.progress.finish();
+    Ok(outcome.state.metrics)
 }
 
 /// The closing lines on standard error, and with `--json` the summary on standard output.
@@ -897,17 +579,6 @@ fn report(
         });
         println!("{summary}");
     }
-}
-
-/// The first epoch with the highest validation accuracy, as best.safetensors holds it.
-fn best_epoch(metrics: &[EpochMetrics]) -> Option<&EpochMetrics> {
-    metrics
-        .iter()
-        .filter(|m| m.val_acc.is_some())
-        .fold(None, |best: Option<&EpochMetrics>, m| match best {
-            Some(b) if b.val_acc >= m.val_acc => Some(b),
-            _ => Some(m),
-        })
 }
 
 /// `2026-01-31-142501`: the default run folder's name, in UTC (no time-zone database).
@@ -959,30 +630,5 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_secs(1_769_869_501);
         assert_eq!(utc_stamp(t), "2026-01-31-142501");
         assert_eq!(iso_utc(t), "2026-01-31T14:25:01Z");
-    }
-
-    #[test]
-    fn epoch_order_depends_on_seed_and_epoch_only() {
-        assert_eq!(epoch_order(50, 3, 2), epoch_order(50, 3, 2));
-        assert_ne!(epoch_order(50, 3, 2), epoch_order(50, 3, 3));
-        let mut sorted = epoch_order(50, 0, 1);
-        sorted.sort();
-        assert_eq!(sorted, (0..50).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn best_epoch_is_the_first_highest() {
-        let m = |epoch, val_acc| EpochMetrics {
-            epoch,
-            train_loss: 0.0,
-            train_acc: 0.0,
-            val_loss: Some(0.0),
-            val_acc: Some(val_acc),
-            temperature: None,
-            seconds: 0.0,
-        };
-        let metrics = [m(1, 0.5), m(2, 0.75), m(3, 0.75), m(4, 0.6)];
-        assert_eq!(best_epoch(&metrics).map(|m| m.epoch), Some(2));
-        assert_eq!(best_so_far(&metrics), Some(0.75));
     }
 }

@@ -1,0 +1,86 @@
+//! Where training starts: a fresh head, or the state a stopped run left behind.
+
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Result};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use super::checkpoints::{checkpoint_epoch, META_TRAIN_HASH};
+use super::metrics::{read_metrics, EpochMetrics};
+use super::run_dir::{last_checkpoint, Hyperparameters};
+use crate::checkpoint::load_head;
+use crate::head::LinearHead;
+use crate::optim::AdamW;
+
+/// The head, its optimiser and the epochs done so far.
+#[derive(Clone, Debug)]
+pub struct TrainState {
+    pub head: LinearHead,
+    pub opt: AdamW,
+    /// Epochs already done.
+    pub epoch: usize,
+    /// One line per epoch done.
+    pub metrics: Vec<EpochMetrics>,
+}
+
+impl TrainState {
+    /// A head initialised from `hp.seed` (PyTorch's `nn.Linear` init) and a fresh AdamW
+    /// with `hp`'s settings; refuses settings AdamW itself would refuse.
+    pub fn fresh(num_labels: usize, hidden: usize, hp: &Hyperparameters) -> Result<Self> {
+        let mut rng = StdRng::seed_from_u64(hp.seed);
+        let head = LinearHead::new_init(num_labels, hidden, &mut rng);
+        let opt = AdamW {
+            lr: hp.lr,
+            weight_decay: hp.weight_decay,
+            beta1: hp.beta1,
+            beta2: hp.beta2,
+            eps: hp.eps,
+            ..AdamW::for_head(&head)
+        };
+        opt.validate().map_err(|e| anyhow!("AdamW: {e}"))?;
+        Ok(Self {
+            head,
+            opt,
+            epoch: 0,
+            metrics: Vec::new(),
+        })
+    }
+
+    /// The state of the run in `dir` after its last.safetensors; a run stopped before
+    /// its first checkpoint starts afresh, so it ends as an uninterrupted run would.
+    /// `train_hash` must be the hash of the split the run trained on.
+    pub fn resume(
+        dir: &Path,
+        num_labels: usize,
+        hidden: usize,
+        hp: &Hyperparameters,
+        train_hash: &str,
+    ) -> Result<Self> {
+        let last_path = last_checkpoint(dir);
+        if !last_path.is_file() {
+            return Self::fresh(num_labels, hidden, hp);
+        }
+        let last = load_head(&last_path, Some(hidden))?;
+        if last.metadata.get(META_TRAIN_HASH).map(String::as_str) != Some(train_hash) {
+            bail!(
+                "cannot resume {}: the train split differs from the one the run trained on",
+                dir.display()
+            );
+        }
+        let epoch = checkpoint_epoch(&last.metadata, &last_path)?;
+        let opt = last
+            .optim
+            .ok_or_else(|| anyhow!("{}: no AdamW state to resume from", last_path.display()))?;
+        let metrics = read_metrics(dir)?
+            .into_iter()
+            .filter(|m| m.epoch <= epoch)
+            .collect();
+        Ok(Self {
+            head: last.head,
+            opt,
+            epoch,
+            metrics,
+        })
+    }
+}
