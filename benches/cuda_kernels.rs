@@ -6,7 +6,7 @@
 //! - the attention op (gather, two batched GEMMs, softmax, scatter) per layer;
 //! - encoder tokens/s at 1x128, 32x128, 256x128 and on ChnSentiCorp's texts packed.
 //!
-//!     cargo bench --bench cuda_kernels [-- --precision fp32|tf32|bf16|fp16 --texts N --shared DIR]
+//!     cargo bench --bench cuda_kernels [-- --precision fp32|tf32|bf16|fp16 --texts N --shared DIR --encoder-only]
 //!
 //! `--shared` is the folder holding models/bert-base-chinese and data/ChnSentiCorp-files
 //! (default: ../shared beside the checkout).
@@ -81,10 +81,14 @@ fn main() {
     let be = CudaBackend::new(0, precision, BUDGET).unwrap();
     eprintln!("backend: {}", be.describe());
 
-    let copy_gbs = device_copy(&be);
-    kernels(&be, &config, copy_gbs);
-    gemms(&config);
-    attention(&be, &config);
+    // --encoder-only: the encoder's tokens/s alone, for the GPU run's half-precision
+    // steps (the kernels and GEMMs of every precision are in the full run).
+    if !std::env::args().any(|a| a == "--encoder-only") {
+        let copy_gbs = device_copy(&be);
+        kernels(&be, &config, copy_gbs);
+        gemms(&config);
+        attention(&be, &config);
+    }
     encoder(be, &config, &model_dir, &shared);
 }
 

@@ -8,9 +8,12 @@
 # what the run reads from ../shared (bert-base-chinese's config and tokenizer, the
 # ChnSentiCorp splits) into .gpu/, kept under the 64 MiB a run may carry.
 #
-# There, `bash .gpu/run.sh` runs the CUDA op tests, the encoder check against HF
-# transformers at BERT-base size (tools/reference/check_encoder_gpu.py) with PyTorch's
-# timings, and the kernel and encoder benchmarks; logs go to $OUT (or .gpu/out).
+# There, `bash .gpu/run.sh` runs, in this order and each step under `timeout`, the whole
+# run under 8 minutes: `bertcls info` (stops at once if CUDA is not usable), the CUDA op
+# tests, the encoder against HF transformers at BERT-base size, compute-sanitizer
+# memcheck and racecheck over the CUDA op tests, bf16/fp16 against fp32, the benchmarks
+# (bertcls and PyTorch), and `bertcls train` on ChnSentiCorp with the encoder on the GPU.
+# The full log goes to $OUT/run.log (or .gpu/out), a step summary to $OUT/summary.txt.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -75,49 +78,140 @@ fi
 cat > "$dest/run.sh" <<'EOF'
 #!/usr/bin/env bash
 # The CUDA checks on the GPU machine, from the repo root: bash .gpu/run.sh
-# Made by scripts/gpu-check.sh; exit status 0 when every check passes.
+# Made by scripts/gpu-check.sh. Every step runs under `timeout` and the whole run within
+# BERTCLS_GPU_BUDGET_S seconds (default 450: under the 8 minutes it may take, leaving a
+# 15-minute device lease time to fix and rerun); a step that would start past the budget
+# is skipped and counted as a failure. The full log is $OUT/run.log, one line per step
+# in $OUT/summary.txt; exit status 0 when every step passes, 2 when CUDA is not usable.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+out="${OUT:-.gpu/out}"
+mkdir -p "$out"
+exec > >(tee "$out/run.log") 2>&1
+: > "$out/summary.txt"
+budget=${BERTCLS_GPU_BUDGET_S:-450}
+status=0
 export PYTHONUNBUFFERED=1
 # Here a missing GPU is a failure: the tests fail instead of skipping.
 export BERTCLS_REQUIRE_GPU=1
 export BERTCLS_CHECKOUT="$PWD"
-# Other tests read ../shared beside the checkout, as here; these steps name .gpu/shared.
+# fp32 must mean fp32: the override would turn TF32 on behind cuBLAS's back.
+unset NVIDIA_TF32_OVERRIDE
+# Other tests read ../shared beside the checkout, as on the build machine.
 [ -e ../shared ] || ln -s "$PWD/.gpu/shared" ../shared 2>/dev/null || true
-out="${OUT:-.gpu/out}"
-mkdir -p "$out"
-status=0
-step() {
-    local name=$1
-    shift
-    echo "=== $name: $*"
-    "$@" 2>&1 | tee "$out/$name.log"
-    local rc=${PIPESTATUS[0]}
-    echo "=== $name: exit $rc"
-    [ "$rc" -eq 0 ] || status=1
+
+# libcublas.so.13: the CUDA toolkit, the Python environment's nvidia packages, or the
+# loader's cache; its folder goes first on LD_LIBRARY_PATH (cudarc opens it by name).
+find_cublas() {
+    local d sub lib
+    for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+        if compgen -G "$d/libcublas.so.13*" >/dev/null; then echo "$d"; return 0; fi
+    done
+    for d in $(python3 -c 'import site; print(" ".join(site.getsitepackages() + [site.getusersitepackages()]))' 2>/dev/null); do
+        for sub in nvidia/cu13/lib nvidia/cublas/lib; do
+            if compgen -G "$d/$sub/libcublas.so.13*" >/dev/null; then echo "$d/$sub"; return 0; fi
+        done
+    done
+    lib=$(ldconfig -p 2>/dev/null | awk '/libcublas\.so\.13 /{print $NF; exit}')
+    if [ -n "$lib" ]; then dirname "$lib"; return 0; fi
+    return 1
 }
-step gpu nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
-step tests .gpu/bin/backend_ops --test-threads 1 --nocapture
-step transformers python3 tools/reference/check_encoder_gpu.py --bertcls .gpu/bin/bertcls \
-    --model-dir .gpu/shared/models/bert-base-chinese \
-    --data .gpu/shared/data/ChnSentiCorp-files/test.jsonl --bench
-# bertcls train on ChnSentiCorp with the encoder on the GPU (the random BERT-base the
-# transformers step made: the wall time is the point, not the accuracy), the head's
-# 30,000 steps on the CPU and then on the GPU.
+if cublas_dir=$(find_cublas); then
+    echo "libcublas: $cublas_dir"
+    export LD_LIBRARY_PATH="$cublas_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+else
+    echo "libcublas: not found (/usr/local/cuda/lib64, the Python environment's nvidia/cu13/lib or nvidia/cublas/lib, ldconfig -p)"
+fi
+sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+
+# step NAME LIMIT_SECONDS COMMAND...: runs COMMAND under timeout, within what is left of
+# the budget; records the exit status and the seconds taken.
+step() {
+    local name=$1 limit=$2 left rc t0
+    shift 2
+    left=$((budget - SECONDS))
+    if [ "$left" -lt 10 ]; then
+        echo "=== $name: not started, the run's budget of ${budget}s is spent"
+        echo "$name skipped (budget spent)" >> "$out/summary.txt"
+        status=1
+        return 1
+    fi
+    [ "$limit" -le "$left" ] || limit=$left
+    echo "=== $name (at ${SECONDS}s, limit ${limit}s): $*"
+    t0=$SECONDS
+    timeout --kill-after=10 "$limit" "$@"
+    rc=$?
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then echo "=== $name: timed out after ${limit}s"; fi
+    echo "=== $name: exit $rc in $((SECONDS - t0))s"
+    echo "$name exit $rc $((SECONDS - t0))s" >> "$out/summary.txt"
+    [ "$rc" -eq 0 ] || status=1
+    return "$rc"
+}
+
+# 1. Is CUDA usable at all? If not, nothing else can tell anything: stop at once. (info
+#    needs a model folder: the tiny fixture, which travels with the checkout.)
+info=$(timeout 30 .gpu/bin/bertcls info --model tests/fixtures/tiny/model 2>&1)
+echo "$info"
+if ! grep -q "^cuda usable: yes" <<<"$info"; then
+    echo "=== stop: CUDA is not usable here ($(grep '^cuda usable' <<<"$info" || echo 'bertcls info failed')); nothing else was run"
+    echo "info: CUDA not usable, stopped" >> "$out/summary.txt"
+    exit 2
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || true
+
+shared=.gpu/shared
+data="$shared/data/ChnSentiCorp-files"
+check=(python3 tools/reference/check_encoder_gpu.py --bertcls .gpu/bin/bertcls
+    --model-dir "$shared/models/bert-base-chinese" --data "$data/test.jsonl")
+# The op tests on the GPU (the emulation's need g++ and ran on the build machine).
+op_tests=(.gpu/bin/backend_ops --test-threads 1 --skip emulat)
+sanitized_tests=(cuda_ops_match_cpu cuda_half_ops_match_cpu_on_rounded_inputs cuda_head_matches_cpu_head_and_adamw)
+
+# 2. The CUDA ops against the CPU backend, the tiny encoder fixture, the head.
+step op-tests 90 "${op_tests[@]}" --nocapture
+# 3. The encoder against HF transformers at BERT-base size: fp32 within 2e-4 on [CLS].
+step transformers 120 "${check[@]}"
+# 4. compute-sanitizer over the op tests: out-of-bounds and uninitialised accesses, then
+#    shared-memory races.
+if [ -n "$sanitizer" ]; then
+    step memcheck 90 "$sanitizer" --tool memcheck --error-exitcode 1 --print-limit 20 \
+        "${op_tests[@]}" "${sanitized_tests[@]}"
+    step racecheck 90 "$sanitizer" --tool racecheck --error-exitcode 1 --print-limit 20 \
+        "${op_tests[@]}" "${sanitized_tests[@]}"
+else
+    echo "=== memcheck, racecheck: compute-sanitizer not found (PATH, /usr/local/cuda/bin)"
+    echo "sanitizers missing" >> "$out/summary.txt"
+    status=1
+fi
+# 5. bf16 and fp16 against fp32: [CLS] tolerance and the head's test accuracy.
+step precisions 90 "${check[@]}" --skip-hf --precisions bf16,fp16 --train-data "$data/train.jsonl"
+# 6. Benchmarks: bertcls (kernels, GEMMs of every precision, encoder) and PyTorch fp32
+#    (TF32 off) and fp16 with SDPA at 1x128, 32x128, 256x128.
+step bench-fp32 75 .gpu/bin/cuda_kernels --shared "$shared" --precision fp32 --texts 2000
+step bench-bf16 30 .gpu/bin/cuda_kernels --shared "$shared" --precision bf16 --texts 2000 --encoder-only
+step bench-fp16 30 .gpu/bin/cuda_kernels --shared "$shared" --precision fp16 --texts 2000 --encoder-only
+step bench-torch 60 "${check[@]}" --bench-only
+# 7. bertcls train on ChnSentiCorp with the encoder on the GPU (the random BERT-base of
+#    step 3: the wall time is the point, not the accuracy): the three splits encoded
+#    once, 100 epochs of the head on the CPU, then on the GPU.
 train() {
     time .gpu/bin/bertcls train --model /tmp/bertcls-gpu-check/model \
-        --data .gpu/shared/data/ChnSentiCorp --device cuda --max-batch-tokens 32768 \
+        --data "$shared/data/ChnSentiCorp" --device cuda --max-batch-tokens 32768 \
         --no-cache --log-every 1000 --out "/tmp/bertcls-train-$1" --head-device "$1"
 }
-step train-head-cpu train cpu
-step train-head-cuda train cuda
-step bench-fp32 .gpu/bin/cuda_kernels --shared .gpu/shared --precision fp32
-step bench-tf32 .gpu/bin/cuda_kernels --shared .gpu/shared --precision tf32 --texts 2000
-echo "=== all: $([ $status -eq 0 ] && echo PASS || echo FAIL)"
+export -f train
+export shared
+step train-head-cpu 45 bash -c 'train cpu'
+step train-head-cuda 45 bash -c 'train cuda'
+echo "=== all: $([ $status -eq 0 ] && echo PASS || echo FAIL) in ${SECONDS}s"
+cat "$out/summary.txt"
 exit $status
 EOF
 chmod +x "$dest/run.sh"
+bash -n "$dest/run.sh" || {
+    echo "error: $dest/run.sh is not valid bash" >&2
+    exit 1
+}
 
 size=$(du -sm "$dest" | cut -f1)
 echo

@@ -221,6 +221,9 @@ def main():
     p.add_argument("--precisions", default="", help="comma-separated half precisions to check: bf16,fp16")
     p.add_argument("--train-data", help="JSON lines to train the accuracy check's head on (fp32 features)")
     p.add_argument("--train-texts", type=int, default=3000)
+    p.add_argument("--skip-hf", action="store_true",
+                   help="reuse the model of an earlier run in --work and skip the HF reference: bertcls fp32 is the baseline")
+    p.add_argument("--bench-only", action="store_true", help="only the PyTorch timings, on the model of an earlier run")
     args = p.parse_args()
 
     if not torch.cuda.is_available():
@@ -234,18 +237,28 @@ def main():
     texts = read_texts(args.data, args.texts, labels)
     texts_file = args.work / "texts.txt"
     texts_file.write_text("\n".join(texts) + "\n", encoding="utf-8")
-    model_path = make_model(args.model_dir, args.work)
+    reuse = args.skip_hf or args.bench_only
+    model_path = args.work / "model" if reuse else make_model(args.model_dir, args.work)
+    if not (model_path / "model.safetensors").is_file():
+        raise SystemExit(f"{model_path}: no model of an earlier run; run without --skip-hf / --bench-only first")
     tokenizer = BertTokenizerFast.from_pretrained(model_path)
-    model = BertModel.from_pretrained(model_path, attn_implementation="eager", dtype=torch.float32).cuda().eval()
-    started = time.perf_counter()
-    want, ids_want = hf_cls(model, tokenizer, texts)
-    torch.cuda.synchronize()
-    emit({"case": "hf eager fp32 reference", "texts": len(texts), "seconds": round(time.perf_counter() - started, 3)})
-    del model
-    torch.cuda.empty_cache()
-
+    if args.bench_only:
+        bench_torch(model_path, texts, tokenizer)
+        return 0
     ok = True
-    devices = ["cuda"] + (["cpu"] if args.cpu else [])
+    if args.skip_hf:
+        fp32, _, wall = run_bertcls(args.bertcls, model_path, texts_file, args.work / "cls-cuda.safetensors", "cuda")
+        emit({"case": "bertcls encode --device cuda (fp32 baseline)", "wall_seconds": round(wall, 2)})
+    else:
+        model = BertModel.from_pretrained(model_path, attn_implementation="eager", dtype=torch.float32).cuda().eval()
+        started = time.perf_counter()
+        want, ids_want = hf_cls(model, tokenizer, texts)
+        torch.cuda.synchronize()
+        emit({"case": "hf eager fp32 reference", "texts": len(texts), "seconds": round(time.perf_counter() - started, 3)})
+        del model
+        torch.cuda.empty_cache()
+
+    devices = [] if args.skip_hf else ["cuda"] + (["cpu"] if args.cpu else [])
     for device in devices:
         ours, log, wall = run_bertcls(args.bertcls, model_path, texts_file, args.work / f"cls-{device}.safetensors", device)
         if device == "cuda" and " on cuda:" not in log:
