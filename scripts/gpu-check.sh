@@ -88,6 +88,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out="${OUT:-.gpu/out}"
 mkdir -p "$out"
 exec > >(tee "$out/run.log") 2>&1
+tee_pid=$!
+# The log's tee must drain before the run ends: close our end of it, then wait for it.
+finish() {
+    exec >&- 2>&-
+    wait "$tee_pid" 2>/dev/null
+    exit "$1"
+}
 : > "$out/summary.txt"
 budget=${BERTCLS_GPU_BUDGET_S:-450}
 status=0
@@ -155,7 +162,7 @@ echo "$info"
 if ! grep -q "^cuda usable: yes" <<<"$info"; then
     echo "=== stop: CUDA is not usable here ($(grep '^cuda usable' <<<"$info" || echo 'bertcls info failed')); nothing else was run"
     echo "info: CUDA not usable, stopped" >> "$out/summary.txt"
-    exit 2
+    finish 2
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || true
 
@@ -205,7 +212,7 @@ step train-head-cpu 45 bash -c 'train cpu'
 step train-head-cuda 45 bash -c 'train cuda'
 echo "=== all: $([ $status -eq 0 ] && echo PASS || echo FAIL) in ${SECONDS}s"
 cat "$out/summary.txt"
-exit $status
+finish "$status"
 EOF
 chmod +x "$dest/run.sh"
 bash -n "$dest/run.sh" || {

@@ -753,6 +753,65 @@ fn cuda_half_ops_match_cpu_on_rounded_inputs() {
     }
 }
 
+/// The whole encoder in bf16 and fp16 against fp32 at BERT-base size (bert-base-chinese's
+/// config and tokenizer, random weights: the real ones are not at hand) on 64 ChnSentiCorp
+/// test texts: every text's [CLS] within 32u of fp32, max |diff| / max |fp32|, u the unit
+/// roundoff. Each layer rounds its weights once and its activations about eight times;
+/// LayerNorm renormalises every sublayer, so the errors add over the 12 layers rather than
+/// compound (~10u per element, the largest of 768 a few times that). The same bound as
+/// tools/reference/check_encoder_gpu.py, which also checks the test accuracy of a head.
+#[test]
+fn cuda_half_encoder_close_to_fp32_on_chnsenticorp() {
+    let shared = checkout().join("../shared");
+    let model_dir = shared.join("models/bert-base-chinese");
+    let data = shared.join("data/ChnSentiCorp-files/test.jsonl");
+    if skip_unless(
+        model_dir.join("config.json").is_file() && data.is_file(),
+        "../shared has no bert-base-chinese config or ChnSentiCorp test split",
+    ) {
+        return;
+    }
+    let Some(fp32) = cuda_backend(Precision::Fp32) else {
+        return;
+    };
+    let config = bertcls::model::BertConfig::from_file(&model_dir.join("config.json")).unwrap();
+    let weights = bertcls::model::HostWeights::random(&config, 0);
+    let tokenizer = bertcls::tokenize::BertTokenizer::from_dir(&model_dir, 350).unwrap();
+    let texts: Vec<String> = std::fs::read_to_string(&data)
+        .unwrap()
+        .lines()
+        .take(64)
+        .map(|l| {
+            let row: serde_json::Value = serde_json::from_str(l).unwrap();
+            row["text"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let tokens = tokenizer.encode_many(&texts).unwrap();
+    let batch = PackedBatch::new(&tokens);
+    let c = config.hidden_size;
+    let mut enc = Encoder::new(fp32, config.clone(), &weights, 32768).unwrap();
+    let want = enc.forward(&batch, Keep::Cls).unwrap().cls;
+    drop(enc);
+    for (precision, u) in [
+        (Precision::Bf16, 1.0 / 256.0),
+        (Precision::Fp16, 1.0 / 2048.0),
+    ] {
+        let gpu = CudaBackend::new(0, precision, 32768).unwrap();
+        let mut enc = Encoder::new(gpu, config.clone(), &weights, 32768).unwrap();
+        let got = enc.forward(&batch, Keep::Cls).unwrap().cls;
+        let mut worst = 0.0f64;
+        for (g, w) in got.chunks_exact(c).zip(want.chunks_exact(c)) {
+            let scale = w.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
+            worst = worst.max(max_abs_diff(g, w) as f64 / scale);
+        }
+        eprintln!("{precision} vs fp32 [CLS]: max |diff| / max |fp32| = {worst:.2e} (tolerance 32u = {:.2e})", 32.0 * u);
+        assert!(
+            worst <= 32.0 * u,
+            "{precision}: [CLS] off by {worst:e} relative"
+        );
+    }
+}
+
 #[test]
 fn cuda_backend_without_a_gpu_fails_in_one_line() {
     if cuda::check_device(0).is_ok() {
