@@ -562,3 +562,134 @@ fn balanced_class_weights_come_from_the_train_split() {
         stderr(&out)
     );
 }
+
+/// `train --search`: every trial of the grid in search.json, the same for the same seed,
+/// the best one in best.safetensors and run.json.
+#[test]
+fn search_is_deterministic_and_records_the_best_trial() {
+    let sb = Sandbox::new("search");
+    let search = |out: &str, extra: &[&str]| {
+        let mut args = vec!["--search", "--out", out, "--seed", "3"];
+        args.extend_from_slice(extra);
+        let out = sb.train_tiny(20, &args);
+        succeeded(&out);
+        out
+    };
+    let (a, b) = (sb.path("a"), sb.path("b"));
+    let first = search(&a, &["--json"]);
+    search(&b, &[]);
+    let table = |run: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(Path::new(run).join("search.json")).unwrap())
+            .unwrap()
+    };
+    let trials = table(&a);
+    assert_eq!(
+        trials.as_array().unwrap().len(),
+        27,
+        "9 learning rates x 3 weight decays"
+    );
+    assert_eq!(trials, table(&b), "the same seed gives the same trials");
+    assert!(stderr(&first).contains("   pooling  lr       decay  epoch/run  val loss  val acc"));
+
+    // The best trial: highest validation accuracy, ties to the lower validation loss.
+    let rows = trials.as_array().unwrap();
+    let key = |t: &Value| {
+        (
+            t["val_acc"].as_f64().unwrap(),
+            -t["val_loss"].as_f64().unwrap(),
+        )
+    };
+    let best = rows
+        .iter()
+        .fold(&rows[0], |b, t| if key(t) > key(b) { t } else { b });
+    let info = run_json(&a);
+    assert_eq!(info["hyperparameters"]["lr"], best["lr"]);
+    assert_eq!(
+        info["hyperparameters"]["weight_decay"],
+        best["weight_decay"]
+    );
+    assert_eq!(info["hyperparameters"]["epochs"], best["best_epoch"]);
+    assert_eq!(info["search"]["validation"], "validation");
+    assert_eq!(info["search"]["best_val_acc"], best["val_acc"]);
+    let summary: Value = serde_json::from_slice(&first.stdout).unwrap();
+    assert_eq!(summary["best"]["lr"], best["lr"]);
+    let head = load_head(&Path::new(&a).join("best.safetensors"), None).unwrap();
+    assert_eq!(head.metadata["epoch"], best["best_epoch"].to_string());
+    assert!(head.metadata["temperature"].parse::<f64>().unwrap() > 0.0);
+
+    // Both poolings: the grid once per pooling.
+    let both = sb.path("both");
+    search(&both, &["--pooling", "cls,mean"]);
+    let rows = table(&both);
+    let poolings: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["pooling"].as_str().unwrap())
+        .collect();
+    assert_eq!(poolings.len(), 54);
+    assert_eq!(poolings.iter().filter(|&&p| p == "mean").count(), 27);
+    assert_eq!(
+        run_json(&both)["search"]["poolings"],
+        serde_json::json!(["cls", "mean"])
+    );
+
+    failed_with(
+        &sb.train_tiny(1, &["--pooling", "cls,mean", "--out", &sb.path("x")]),
+        "--pooling cls,mean: trying several poolings needs --search",
+    );
+    failed_with(
+        &sb.train_tiny(
+            1,
+            &[
+                "--search",
+                "--validation-fraction",
+                "1.5",
+                "--out",
+                &sb.path("y"),
+            ],
+        ),
+        "--validation-fraction 1.5: pass a fraction of train between 0 and 1",
+    );
+}
+
+/// Without a validation split, --search holds out --validation-fraction of train.
+#[test]
+fn search_without_validation_holds_out_a_fraction() {
+    let sb = Sandbox::new("search-holdout");
+    let dir = sb.dir.join("only-train");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        fixtures().join("data/tiny-files/train.jsonl"),
+        dir.join("train.jsonl"),
+    )
+    .unwrap();
+    let data = dir.join("train.jsonl").display().to_string();
+    let run = sb.path("run");
+    let out = sb.train(&[
+        "--data",
+        &data,
+        "--labels",
+        "neg,pos",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "10",
+        "--search",
+        "--validation-fraction",
+        "0.25",
+        "--out",
+        &run,
+    ]);
+    succeeded(&out);
+    assert!(
+        stderr(&out)
+            .contains("no validation split: holding out 8 of 32 train rows (0.25, by --seed 0)"),
+        "{}",
+        stderr(&out)
+    );
+    let info = run_json(&run);
+    assert_eq!(info["search"]["validation"], "held-out");
+    assert_eq!(info["search"]["validation_fraction"], 0.25);
+    assert_eq!(info["search"]["validation_rows"], 8);
+}

@@ -1,5 +1,8 @@
 //! `bertcls train`: the recipe's training loop on [CLS] features computed once (through
-//! the feature cache), a checkpoint after every epoch, and an exact `--resume`.
+//! the feature cache), a checkpoint after every epoch, and an exact `--resume`; and
+//! `--search` (in `search`) over the head's hyper-parameters on the same features.
+
+mod search;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -89,14 +92,29 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 5, help_heading = "Output")]
     log_every: usize,
     /// The feature: cls (the [CLS] token's last hidden state, the recipe's) or mean (the
-    /// mean of the last hidden state over the text's tokens, sentence-transformers').
+    /// mean of the last hidden state over the text's tokens, sentence-transformers');
+    /// with --search, cls,mean tries both.
     #[arg(
         long,
         default_value = "cls",
+        value_delimiter = ',',
         value_name = "cls|mean",
         help_heading = "Training"
     )]
-    pooling: Pooling,
+    pooling: Vec<Pooling>,
+    /// Search the head's hyper-parameters on the cached features instead of training
+    /// once: AdamW lr over 1e-5..1e-1 (half-decades) and weight decay 0, 0.01, 0.1, each
+    /// trial stopping early on the validation loss, trials in parallel over the cores;
+    /// the best by validation accuracy becomes best.safetensors. --epochs caps a trial.
+    #[arg(long, conflicts_with = "resume", help_heading = "Search")]
+    search: bool,
+    /// With --search: epochs without a lower validation loss before a trial stops.
+    #[arg(long, default_value_t = 5, help_heading = "Search")]
+    patience: usize,
+    /// With --search and data without a validation split: the fraction of train held out
+    /// (drawn by --seed) to validate on.
+    #[arg(long, default_value_t = 0.1, help_heading = "Search")]
+    validation_fraction: f64,
     /// Where the head's training steps run.
     #[arg(long, value_enum, default_value_t = HeadDevice::Cpu, help_heading = "Training")]
     head_device: HeadDevice,
@@ -145,6 +163,9 @@ struct Run {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     check_args(&args)?;
+    if args.search {
+        return search::run(args);
+    }
     let dir = run_dir(&args)?;
     let (dataset, data_id) = load_data(&args)?;
     let train = dataset.split(&args.split)?;
@@ -152,7 +173,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let validation = validation_split(&args, &dataset)?;
 
     let model_args = ModelArgs {
-        pooling: args.pooling,
+        pooling: args.pooling[0],
         ..args.model.clone()
     };
     let mut model = load_model(&model_args, &args.device)?;
@@ -205,6 +226,12 @@ fn check_args(args: &TrainArgs) -> Result<()> {
     }
     if args.epochs == 0 {
         bail!("--epochs 0: train for at least one epoch (the recipe uses 100)");
+    }
+    if args.pooling.len() > 1 && !args.search {
+        bail!(
+            "--pooling {}: trying several poolings needs --search; pass one to train once",
+            pooling_list(&args.pooling)
+        );
     }
     Ok(())
 }
@@ -351,6 +378,7 @@ fn run_info(
         device: model.device.to_string(),
         precision: model.precision_name(),
         created: iso_utc(SystemTime::now()),
+        search: None,
     })
 }
 
@@ -512,12 +540,9 @@ impl Observer for CliObserver {
     }
 }
 
-/// Runs the epochs after `start.epoch`, writing metrics and checkpoints after each.
-fn train_epochs(run: &Run, data: TrainData, start: TrainState) -> Result<Vec<EpochMetrics>> {
-    let hp = &run.info.hyperparameters;
-    let steps = data.train.labels.len() / hp.batch_size;
-    let progress = Progress::new(((hp.epochs - start.epoch) * steps) as u64, "training");
-    let meta = BTreeMap::from([
+/// What every checkpoint of the run carries besides its epoch's figures.
+fn checkpoint_metadata(run: &Run) -> BTreeMap<String, String> {
+    BTreeMap::from([
         ("model".to_string(), run.model_id.clone()),
         (
             "weights_sha256".to_string(),
@@ -525,7 +550,15 @@ fn train_epochs(run: &Run, data: TrainData, start: TrainState) -> Result<Vec<Epo
         ),
         ("max_length".to_string(), run.info.max_length.to_string()),
         ("pooling".to_string(), run.info.pooling.to_string()),
-    ]);
+    ])
+}
+
+/// Runs the epochs after `start.epoch`, writing metrics and checkpoints after each.
+fn train_epochs(run: &Run, data: TrainData, start: TrainState) -> Result<Vec<EpochMetrics>> {
+    let hp = &run.info.hyperparameters;
+    let steps = data.train.labels.len() / hp.batch_size;
+    let progress = Progress::new(((hp.epochs - start.epoch) * steps) as u64, "training");
+    let meta = checkpoint_metadata(run);
     let checkpoints = RunCheckpoints::new(&run.dir, &run.info.labels, &run.train_hash, meta)?;
     let mut observer = CliObserver {
         progress,
@@ -579,6 +612,15 @@ fn report(
         });
         println!("{summary}");
     }
+}
+
+/// `cls,mean`: poolings as --pooling takes them.
+fn pooling_list(poolings: &[Pooling]) -> String {
+    poolings
+        .iter()
+        .map(|p| p.name())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// `2026-01-31-142501`: the default run folder's name, in UTC (no time-zone database).

@@ -10,6 +10,7 @@
 //! metrics.rs       EpochMetrics and metrics.jsonl
 //! checkpoints.rs   RunCheckpoints: head-epoch-N, best and last .safetensors
 //! run_dir.rs       the run folder: its files, run.json, its lock
+//! search.rs        train --search: a grid of trials with early stopping, in parallel
 //! ```
 
 mod checkpoints;
@@ -17,6 +18,7 @@ mod epochs;
 mod head_trainer;
 mod metrics;
 pub mod run_dir;
+pub mod search;
 mod state;
 
 pub use checkpoints::{RunCheckpoints, META_EPOCH, META_LABELS, META_TEMPERATURE, META_TRAIN_HASH};

@@ -62,6 +62,32 @@ pub struct RunInfo {
     pub device: String,
     pub precision: String,
     pub created: String,
+    /// How `train --search` chose the hyper-parameters above; absent for a plain run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<SearchRecord>,
+}
+
+/// What run.json records of a `train --search`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SearchRecord {
+    /// Where the validation rows came from: the split's name, or `held-out` rows of train.
+    pub validation: String,
+    /// With `held-out`: the fraction of train held out (drawn by the seed) and its rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_fraction: Option<f64>,
+    pub validation_rows: usize,
+    pub learning_rates: Vec<f64>,
+    pub weight_decays: Vec<f64>,
+    pub poolings: Vec<Pooling>,
+    /// Most epochs a trial runs; it stops after `patience` epochs without a lower
+    /// validation loss and keeps the head of its lowest.
+    pub max_epochs: usize,
+    pub patience: usize,
+    pub trials: usize,
+    /// The chosen trial's validation accuracy and loss.
+    pub best_val_acc: f64,
+    pub best_val_loss: f64,
+    pub seconds: f64,
 }
 
 impl RunInfo {
