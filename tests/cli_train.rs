@@ -693,3 +693,40 @@ fn search_without_validation_holds_out_a_fraction() {
     assert_eq!(info["search"]["validation_fraction"], 0.25);
     assert_eq!(info["search"]["validation_rows"], 8);
 }
+
+/// A run that ends with its validation loss still falling by more than 1% over its last
+/// 10% of epochs says so in one line. The tiny validation split is too small to fall
+/// steadily, so the train split validates here.
+#[test]
+fn a_head_still_learning_suggests_search() {
+    let sb = Sandbox::new("still-learning");
+    let out = sb.train_tiny(
+        10,
+        &[
+            "--validation-split",
+            "train",
+            "--log-every",
+            "0",
+            "--json",
+            "--out",
+            &sb.path("run"),
+        ],
+    );
+    succeeded(&out);
+    let m = metrics(&sb.path("run"));
+    let (from, to) = (
+        m[8]["val_loss"].as_f64().unwrap(),
+        m[9]["val_loss"].as_f64().unwrap(),
+    );
+    assert!(
+        (from - to) / from > 0.01,
+        "the fixture's loss no longer falls: {from} -> {to}"
+    );
+    let hint = format!(
+        "the head is still learning: validation loss {from:.4} -> {to:.4} ({:.1}% lower) over the last epoch; try --search, or a larger --lr",
+        (from - to) / from * 100.0
+    );
+    assert!(stderr(&out).contains(&hint), "{}", stderr(&out));
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["still_learning"], true);
+}

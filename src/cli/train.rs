@@ -596,9 +596,21 @@ fn report(
         }
         None => eprintln!("no validation split: best.safetensors is the last epoch"),
     }
+    let learning = still_learning(metrics);
+    if let Some(s) = &learning {
+        let span = match s.epochs {
+            1 => "epoch".to_string(),
+            n => format!("{n} epochs"),
+        };
+        eprintln!(
+            "the head is still learning: validation loss {:.4} -> {:.4} ({:.1}% lower) over the last {span}; try --search, or a larger --lr",
+            s.from, s.to, s.drop * 100.0
+        );
+    }
     eprintln!("run: {}", run.dir.display());
     if json {
         let summary = serde_json::json!({
+            "still_learning": learning.is_some(),
             "out": run.dir.display().to_string(),
             "epochs": run.info.hyperparameters.epochs,
             "epochs_run": epochs,
@@ -612,6 +624,35 @@ fn report(
         });
         println!("{summary}");
     }
+}
+
+/// The validation loss over a run's closing epochs, when it was still falling.
+#[derive(Debug, PartialEq)]
+struct StillLearning {
+    from: f64,
+    to: f64,
+    /// (from - to) / from
+    drop: f64,
+    epochs: usize,
+}
+
+/// Whether the validation loss fell by more than 1% over the last 10% of the epochs (at
+/// least one): a head stopped while it was still learning, which `--search` or a larger
+/// `--lr` would take further.
+fn still_learning(metrics: &[EpochMetrics]) -> Option<StillLearning> {
+    let n = metrics.len();
+    let window = n.div_ceil(10);
+    if n <= window {
+        return None;
+    }
+    let (from, to) = (metrics[n - 1 - window].val_loss?, metrics[n - 1].val_loss?);
+    let drop = (from - to) / from;
+    (drop > 0.01).then_some(StillLearning {
+        from,
+        to,
+        drop,
+        epochs: window,
+    })
 }
 
 /// `cls,mean`: poolings as --pooling takes them.
@@ -663,6 +704,44 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    fn with_val_losses(losses: &[f64]) -> Vec<EpochMetrics> {
+        losses
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| EpochMetrics {
+                epoch: i + 1,
+                train_loss: l,
+                train_acc: 0.5,
+                val_loss: Some(l),
+                val_acc: Some(0.5),
+                temperature: None,
+                seconds: 0.0,
+            })
+            .collect()
+    }
+
+    /// The recipe's run (lr 1e-5, 100 epochs) ends with its validation loss still
+    /// falling ~1.5% over its last 10 epochs: that is the case the hint is for.
+    #[test]
+    fn a_falling_validation_loss_is_still_learning() {
+        let falling: Vec<f64> = (0..100).map(|e| 0.7 - 0.001 * e as f64).collect();
+        let s = still_learning(&with_val_losses(&falling)).unwrap();
+        assert_eq!(s.epochs, 10);
+        assert_eq!((s.from, s.to), (falling[89], falling[99]));
+        assert!((s.drop - 0.01 / 0.611).abs() < 1e-12);
+        // Flat or rising at the end, or a fall of 1% or less: no hint.
+        let flat: Vec<f64> = (0..100)
+            .map(|e| if e < 80 { 0.7 - 0.001 * e as f64 } else { 0.62 })
+            .collect();
+        assert_eq!(still_learning(&with_val_losses(&flat)), None);
+        assert_eq!(still_learning(&with_val_losses(&[0.5, 0.496])), None);
+        assert!(still_learning(&with_val_losses(&[0.5, 0.49])).is_some());
+        assert_eq!(still_learning(&with_val_losses(&[0.5])), None);
+        let mut no_val = with_val_losses(&[0.5, 0.3]);
+        no_val.iter_mut().for_each(|m| m.val_loss = None);
+        assert_eq!(still_learning(&no_val), None);
+    }
 
     #[test]
     fn civil_dates() {
