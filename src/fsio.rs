@@ -5,8 +5,44 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-/// Writes `bytes` to a temporary file beside `path`, syncs it, then renames it over
-/// `path`: readers see the old file or the new one, never a torn one.
+/// What marks a temporary file of ours: `.NAME.bertcls-tmp-PID`.
+const TEMP_MARK: &str = ".bertcls-tmp-";
+
+/// The temporary file `atomic_write` writes `path` through in this process.
+fn temp_path(dir: &Path, name: &str) -> std::path::PathBuf {
+    dir.join(format!(".{name}{TEMP_MARK}{}", std::process::id()))
+}
+
+/// Whether a file name is one of `atomic_write`'s temporary files.
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && name.contains(TEMP_MARK)
+}
+
+/// Removes the temporary files left in `dir` by writes that were killed; returns how
+/// many. Only for a folder no other process is writing (a run folder we hold the
+/// lock of): a live write's temporary file would go too.
+pub fn remove_stale_temp_files(dir: &Path) -> Result<usize> {
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if is_temp_name(&name.to_string_lossy()) && entry.path().is_file() {
+            std::fs::remove_file(entry.path()).with_context(|| {
+                format!(
+                    "cannot remove the stale temporary file {}",
+                    entry.path().display()
+                )
+            })?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Writes `bytes` to a temporary file beside `path` (`.NAME.bertcls-tmp-PID`), syncs
+/// it, then renames it over `path`: readers see the old file or the new one, never a
+/// torn one.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path
         .parent()
@@ -18,7 +54,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = temp_path(dir, &name);
     let result = (|| -> Result<()> {
         let mut f = std::fs::File::create(&tmp).with_context(|| {
             format!(
@@ -53,9 +89,31 @@ mod tests {
         let leftovers: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
             .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .filter(|e| e.file_name().to_string_lossy().contains(TEMP_MARK))
             .collect();
         assert!(leftovers.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn removes_only_our_temp_files() {
+        let dir = std::env::temp_dir().join(format!("bertcls-fsio-stale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in [
+            ".last.safetensors.bertcls-tmp-99",
+            "last.safetensors",
+            ".hidden",
+            "a.tmp-1",
+        ] {
+            std::fs::write(dir.join(name), b"x").unwrap();
+        }
+        assert_eq!(remove_stale_temp_files(&dir).unwrap(), 1);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".hidden", "a.tmp-1", "last.safetensors"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -39,7 +39,11 @@ impl Sandbox {
 
     /// `bertcls train` on the tiny model and the CPU, offline, caching under the sandbox.
     fn train(&self, args: &[&str]) -> Output {
-        let model = fixtures().join("tiny/model");
+        self.train_model(&fixtures().join("tiny/model"), args)
+    }
+
+    /// `bertcls train` as [`Sandbox::train`], on the model in `model`.
+    fn train_model(&self, model: &Path, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_bertcls"))
             .arg("train")
             .args(["--model", model.to_str().unwrap(), "--device", "cpu"])
@@ -315,7 +319,7 @@ fn resume_refuses_a_different_setup() {
     );
     failed_with(
         &sb.train_tiny(2, &["--resume", &sb.path("nothing")]),
-        "no run.json and last.safetensors",
+        "no run.json there",
     );
     let tsv = fixtures().join("data/tiny-files/train.tsv");
     failed_with(
@@ -729,4 +733,423 @@ fn a_head_still_learning_suggests_search() {
     assert!(stderr(&out).contains(&hint), "{}", stderr(&out));
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["still_learning"], true);
+}
+
+/// No encoder work was done: the model was not loaded, nothing was encoded.
+fn nothing_encoded(out: &Output) {
+    let err = stderr(out);
+    assert!(
+        !err.contains("encoded ") && !err.contains("loaded "),
+        "the check came after loading or encoding:\n{err}"
+    );
+}
+
+/// Two real processes into one folder: while one trains (holding run.lock), a second
+/// `train --out` and a `--resume` of it each get one line saying the folder is in use,
+/// and leave run.json as the first one wrote it.
+#[test]
+fn a_run_folder_has_one_writer() {
+    let sb = Sandbox::new("one-writer");
+    let run = sb.path("run");
+    let model = fixtures().join("tiny/model");
+    let mut first = Command::new(env!("CARGO_BIN_EXE_bertcls"))
+        .args([
+            "train",
+            "--model",
+            model.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ])
+        .args([
+            "--data",
+            &dsdict(),
+            "--batch-size",
+            "8",
+            "--epochs",
+            "100000000",
+        ])
+        .args(["--out", &run, "--log-every", "0"])
+        .args(["--cache-dir", sb.feature_cache().to_str().unwrap()])
+        .env("HF_HUB_OFFLINE", "1")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let run_json = Path::new(&run).join("run.json");
+    let started = std::time::Instant::now();
+    while !run_json.exists() {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "the first run never wrote run.json"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let before = std::fs::read(&run_json).unwrap();
+    let second = sb.train_tiny(2, &["--out", &run, "--seed", "9"]);
+    let resumed = sb.train_tiny(200_000_000, &["--resume", &run]);
+    let first_running = first.try_wait().unwrap().is_none();
+    let _ = first.kill();
+    let _ = first.wait();
+    assert!(first_running, "the first run ended before the check");
+    failed_with(
+        &second,
+        "the run folder is in use by another bertcls process",
+    );
+    failed_with(
+        &resumed,
+        "the run folder is in use by another bertcls process",
+    );
+    assert!(stderr(&second).contains(&format!("--out {run}")));
+    nothing_encoded(&second);
+    assert_eq!(std::fs::read(&run_json).unwrap(), before);
+}
+
+/// A run killed before its first epoch ended (run.json, no checkpoint) resumes from the
+/// start and ends on the uninterrupted run's head, optimiser and metrics.
+#[test]
+fn resume_before_the_first_checkpoint_starts_over() {
+    let sb = Sandbox::new("resume-empty");
+    let (straight, killed) = (sb.path("straight"), sb.path("killed"));
+    succeeded(&sb.train_tiny(3, &["--out", &straight]));
+    succeeded(&sb.train_tiny(3, &["--out", &killed]));
+    for entry in std::fs::read_dir(&killed).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() != "run.json" {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let resumed = sb.train_tiny(3, &["--resume", &killed]);
+    succeeded(&resumed);
+    assert!(
+        stderr(&resumed).contains("no epoch was finished, starting from the first"),
+        "{}",
+        stderr(&resumed)
+    );
+    let last = |run: &str| load_head(&Path::new(run).join("last.safetensors"), None).unwrap();
+    let (a, b) = (last(&straight), last(&killed));
+    assert_eq!(a.head, b.head);
+    assert_eq!(a.optim, b.optim);
+    assert_eq!(
+        metrics_without_time(&straight),
+        metrics_without_time(&killed)
+    );
+}
+
+/// A temporary file a killed write left is removed when the run is resumed, and a run
+/// leaves none of its own.
+#[test]
+fn resume_removes_stale_temporary_files() {
+    let sb = Sandbox::new("stale-temp");
+    let run = sb.path("run");
+    succeeded(&sb.train_tiny(1, &["--out", &run]));
+    let temps = || -> Vec<String> {
+        std::fs::read_dir(&run)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| bertcls::fsio::is_temp_name(n))
+            .collect()
+    };
+    assert!(temps().is_empty(), "a run left {:?}", temps());
+    let stale = Path::new(&run).join(".last.safetensors.bertcls-tmp-4194304");
+    std::fs::write(&stale, b"half a checkpoint").unwrap();
+    let resumed = sb.train_tiny(2, &["--resume", &run]);
+    succeeded(&resumed);
+    assert!(stderr(&resumed).contains("removed 1 stale temporary file(s)"));
+    assert!(!stale.exists());
+    assert!(temps().is_empty());
+}
+
+/// Non-finite or out-of-range hyper-parameters are refused when parsed, naming the
+/// flag; non-finite weights at load, naming the tensor; a loss that overflows stops
+/// training with one line and writes no checkpoint; a NaN head is never loaded.
+#[test]
+fn non_finite_numbers_are_refused() {
+    let sb = Sandbox::new("non-finite");
+    let out = sb.path("run");
+    for (flag, value) in [
+        ("--lr", "NaN"),
+        ("--lr", "-0.001"),
+        ("--lr", "inf"),
+        ("--lr", "0"),
+        ("--weight-decay", "-1"),
+        ("--weight-decay", "NaN"),
+    ] {
+        let run = sb.train(&[
+            "--data",
+            &dsdict(),
+            "--batch-size",
+            "8",
+            "--epochs",
+            "1",
+            "--out",
+            &out,
+            flag,
+            value,
+        ]);
+        assert!(!run.status.success(), "{flag} {value} was accepted");
+        let err = stderr(&run);
+        assert!(
+            err.starts_with(&format!("error: invalid value '{value}' for '{flag} ")),
+            "{flag} {value}:\n{err}"
+        );
+        assert!(!Path::new(&out).exists());
+    }
+
+    // lr 1e38 overflows the head in its first step.
+    let diverged = sb.train(&[
+        "--data",
+        &dsdict(),
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e38",
+        "--epochs",
+        "2",
+        "--out",
+        &out,
+    ]);
+    failed_with(&diverged, "training stopped before saving");
+    assert!(!Path::new(&out).join("last.safetensors").exists());
+    assert!(!Path::new(&out).join("best.safetensors").exists());
+
+    // A NaN in the weights is named at load.
+    let model = sb.dir.join("nan-model");
+    std::fs::create_dir_all(&model).unwrap();
+    for entry in std::fs::read_dir(fixtures().join("tiny/model")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, model.join(path.file_name().unwrap())).unwrap();
+    }
+    let weights = model.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let name = "embeddings.word_embeddings.weight";
+    let tensor = &header[name];
+    assert_eq!(tensor["dtype"], "F32");
+    let start = 8 + header_len + tensor["data_offsets"][0].as_u64().unwrap() as usize + 4 * 5;
+    bytes[start..start + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&weights, bytes).unwrap();
+    let run = sb.train_model(
+        &model,
+        &[
+            "--data",
+            &dsdict(),
+            "--batch-size",
+            "8",
+            "--epochs",
+            "1",
+            "--out",
+            &sb.path("nan-run"),
+        ],
+    );
+    failed_with(
+        &run,
+        &format!("tensor {name} holds a non-finite value (NaN) at index 5"),
+    );
+
+    // A head with a NaN is refused at load: test and predict never use one.
+    let good = sb.path("good");
+    succeeded(&sb.train_tiny(1, &["--out", &good]));
+    let mut loaded = load_head(&Path::new(&good).join("best.safetensors"), None).unwrap();
+    loaded.head.bias[1] = f32::NAN;
+    let bad = sb.dir.join("nan-head.safetensors");
+    bertcls::checkpoint::save_head(&bad, &loaded.head, None, &loaded.metadata).unwrap();
+    let err = load_head(&bad, None).err().unwrap().to_string();
+    assert!(
+        err.contains("fc.bias holds a non-finite value (NaN)"),
+        "{err}"
+    );
+}
+
+/// `--resume` compares every input of the features: a tokenizer that differs (same
+/// weights) is refused, as are other weights and other data, before anything is encoded.
+#[test]
+fn resume_compares_the_feature_spec() {
+    let sb = Sandbox::new("resume-spec");
+    let model = sb.dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for entry in std::fs::read_dir(fixtures().join("tiny/model")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, model.join(path.file_name().unwrap())).unwrap();
+    }
+    let run = sb.path("run");
+    let base = |extra: &[&str]| {
+        let mut args = vec!["--data", &dsdict(), "--batch-size", "8", "--lr", "1e-2"]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let train = |extra: &[&str]| {
+        let args = base(extra);
+        sb.train_model(&model, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    succeeded(&train(&["--epochs", "1", "--out", &run]));
+    // Same vocabulary and weights, another tokenizer file: its fingerprint differs.
+    let tokenizer = model.join("tokenizer.json");
+    let mut text = std::fs::read_to_string(&tokenizer).unwrap();
+    text.push('\n');
+    std::fs::write(&tokenizer, text).unwrap();
+    let out = train(&["--epochs", "2", "--resume", &run]);
+    failed_with(&out, "tokenizer fingerprint (run: ");
+    nothing_encoded(&out);
+
+    let other = fixtures().join("tiny/model-f16-prefixed");
+    let out = sb.train_model(
+        &other,
+        &[
+            "--data",
+            &dsdict(),
+            "--batch-size",
+            "8",
+            "--lr",
+            "1e-2",
+            "--epochs",
+            "2",
+            "--resume",
+            &run,
+        ],
+    );
+    failed_with(&out, "model weights sha256 (run: ");
+    nothing_encoded(&out);
+}
+
+/// Checks that need no encoder output fail before the model is loaded or a text
+/// encoded.
+#[test]
+fn cheap_checks_come_before_encoding() {
+    let sb = Sandbox::new("fail-fast");
+    let file = sb.path("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let cases: [(Vec<String>, &str); 4] = [
+        (vec!["--out".into(), format!("{file}/run")], "cannot create"),
+        (
+            vec![
+                "--out".into(),
+                sb.path("r1"),
+                "--max-length".into(),
+                "600".into(),
+            ],
+            "--max-length 600: beyond the 512 positions",
+        ),
+        (
+            vec![
+                "--out".into(),
+                sb.path("r2"),
+                "--labels".into(),
+                "only".into(),
+            ],
+            "label",
+        ),
+        (
+            vec!["--resume".into(), sb.path("none")],
+            "no run.json there",
+        ),
+    ];
+    for (extra, needle) in cases {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let out = sb.train_tiny(1, &extra);
+        failed_with(&out, needle);
+        nothing_encoded(&out);
+    }
+    let out = sb.train(&[
+        "--data",
+        &dsdict(),
+        "--batch-size",
+        "33",
+        "--out",
+        &sb.path("r3"),
+    ]);
+    failed_with(&out, "fewer than --batch-size 33");
+    nothing_encoded(&out);
+    for name in ["r1", "r2", "r3"] {
+        assert!(
+            !Path::new(&sb.path(name)).exists(),
+            "{name} was left behind"
+        );
+    }
+
+    // A resume on other data: refused before encoding.
+    let run = sb.path("run");
+    succeeded(&sb.train_tiny(1, &["--out", &run]));
+    // The same rows in another order: same labels, other content.
+    let text = std::fs::read_to_string(fixtures().join("data/tiny-files/train.jsonl")).unwrap();
+    let reversed: Vec<&str> = text.lines().rev().collect();
+    let other = sb.dir.join("reversed");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("train.jsonl"), reversed.join("\n")).unwrap();
+    let data = other.join("train.jsonl").display().to_string();
+    let out = sb.train(&[
+        "--labels",
+        "negative,positive",
+        "--data",
+        &data,
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-2",
+        "--epochs",
+        "2",
+        "--resume",
+        &run,
+    ]);
+    failed_with(&out, "train split content (run: ");
+    nothing_encoded(&out);
+}
+
+/// Training data of one class: a warning in `train`, and `test` says so in its report
+/// and its JSON.
+#[test]
+fn a_single_class_is_reported() {
+    let sb = Sandbox::new("single-class");
+    let text = std::fs::read_to_string(fixtures().join("data/tiny-files/train.jsonl")).unwrap();
+    let negatives: Vec<&str> = text
+        .lines()
+        .filter(|l| l.ends_with("\"label\": 0}"))
+        .collect();
+    let dir = sb.dir.join("negative");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("train.jsonl"), negatives.join("\n")).unwrap();
+    std::fs::write(dir.join("test.jsonl"), &text).unwrap();
+    let data = dir.join("train.jsonl").display().to_string();
+    let run = sb.path("run");
+    let out = sb.train(&[
+        "--data",
+        &data,
+        "--labels",
+        "neg,pos",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--out",
+        &run,
+    ]);
+    succeeded(&out);
+    assert!(
+        stderr(&out).contains(&format!(
+            "warning: the train split has a single class (\"neg\", all {} rows)",
+            negatives.len()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    let test = |json: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bertcls"));
+        cmd.args(["test", "--run", &run, "--device", "cpu", "--split", "test"])
+            .args(["--cache-dir", sb.feature_cache().to_str().unwrap()])
+            .env("HF_HUB_OFFLINE", "1");
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.output().unwrap()
+    };
+    let table = test(false);
+    assert!(table.status.success(), "{}", stderr(&table));
+    assert!(String::from_utf8_lossy(&table.stdout)
+        .contains("warning: this head was trained on a single class (label 0)"));
+    let json = test(true);
+    assert!(json.status.success(), "{}", stderr(&json));
+    let report: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["trained_on_single_class"], true);
 }

@@ -190,6 +190,14 @@ fn assemble(
             bias.shape
         ));
     }
+    // A head with NaN or Inf would answer every text with NaN: never serve one.
+    for (name, t) in [("weight", &weight), ("bias", &bias)] {
+        if let Some(v) = t.data.iter().find(|v| !v.is_finite()) {
+            return Err(format!(
+                "{prefix}{name} holds a non-finite value ({v}): the head is corrupt; use another checkpoint of the run"
+            ));
+        }
+    }
     let head = LinearHead {
         weight: weight.data,
         bias: bias.data,

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::Args;
 
 use super::progress::Progress;
@@ -69,6 +69,15 @@ pub fn model_files(args: &ModelArgs) -> Result<ModelFiles> {
     let resolved = hub::resolve_model(&args.model, args.offline())?;
     let dir = ModelDir::open(&resolved.dir)?;
     let config = dir.config()?;
+    if args.max_length > config.max_position_embeddings {
+        bail!(
+            "--max-length {}: beyond the {} positions {} has (max_position_embeddings in config.json): pass --max-length {} or less",
+            args.max_length,
+            config.max_position_embeddings,
+            resolved.id,
+            config.max_position_embeddings
+        );
+    }
     let tokenizer = BertTokenizer::from_dir(&dir.dir, args.max_length)?;
     Ok(ModelFiles {
         resolved,
@@ -115,8 +124,16 @@ impl LoadedModel {
 }
 
 pub fn load_model(model: &ModelArgs, device: &DeviceArgs) -> Result<LoadedModel> {
+    load_model_files(model_files(model)?, model, device)
+}
+
+/// The encoder of `files` (resolved from `model`) on `device`.
+pub fn load_model_files(
+    files: ModelFiles,
+    model: &ModelArgs,
+    device: &DeviceArgs,
+) -> Result<LoadedModel> {
     let started = Instant::now();
-    let files = model_files(model)?;
     let resolved_device = device.device.resolve()?;
     let (config, weights) = files.dir.load()?;
     let budget = device.max_batch_tokens.max(model.max_length);
@@ -242,8 +259,13 @@ impl FeatureSource {
 
     /// sha256 of the model's weights, computed at most once.
     pub fn weights_sha256(&mut self, model: &LoadedModel) -> Result<String> {
+        self.weights_sha256_of(&model.files)
+    }
+
+    /// sha256 of the weights in `files`, before any is loaded; computed at most once.
+    pub fn weights_sha256_of(&mut self, files: &ModelFiles) -> Result<String> {
         if self.weights_sha256.is_none() {
-            self.weights_sha256 = Some(weights_sha256(&model.files.dir.dir)?);
+            self.weights_sha256 = Some(weights_sha256(&files.dir.dir)?);
         }
         Ok(self.weights_sha256.clone().unwrap_or_default())
     }

@@ -113,11 +113,11 @@ impl HeadArgs {
             offline: self.offline,
             max_length: self
                 .max_length
-                .or(run.as_ref().map(|r| r.max_length))
+                .or(run.as_ref().map(|r| r.features.max_length))
                 .or_else(|| meta.get(MAX_LENGTH_KEY).and_then(|v| v.parse().ok()))
                 .unwrap_or(DEFAULT_MAX_LENGTH),
             pooling: match &run {
-                Some(info) => info.pooling,
+                Some(info) => info.features.pooling,
                 None => metadata_pooling(meta, &source)?,
             },
         };
@@ -235,12 +235,12 @@ impl Classifier {
         let model = load_model(&self.model, device)?;
         if let Some(info) = self.run.as_ref().filter(|_| self.model_overridden) {
             let sha = weights_sha256(&model.files.dir.dir)?;
-            if !info.weights_sha256.is_empty() && sha != info.weights_sha256 {
+            if !info.features.weights_sha256.is_empty() && sha != info.features.weights_sha256 {
                 bail!(
                     "--model {} has other weights than the run's {} (sha256 {}): drop --model",
                     self.model.model,
                     info.model,
-                    info.weights_sha256
+                    info.features.weights_sha256
                 );
             }
         }

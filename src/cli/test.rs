@@ -16,6 +16,7 @@ use crate::calibration::{
 use crate::data::{self, Dataset, LoadOptions};
 use crate::head::{argmax, LinearHead};
 use crate::hub::{resolve_dataset, DEFAULT_DATASET};
+use crate::train::META_TRAIN_LABEL_COUNTS;
 
 #[derive(Args, Debug)]
 pub struct TestArgs {
@@ -70,6 +71,7 @@ pub fn run(args: TestArgs) -> Result<()> {
         labels,
         classifier.temperature,
     );
+    let single_class = single_train_class(&classifier)?;
     let mut out = std::io::stdout().lock();
     if args.json {
         let obj = serde_json::json!({
@@ -77,6 +79,7 @@ pub fn run(args: TestArgs) -> Result<()> {
             "split": split.name,
             "model": model.id(),
             "head": classifier.source.display().to_string(),
+            "trained_on_single_class": single_class.is_some(),
             "report": report,
         });
         writeln!(out, "{obj}")?;
@@ -89,8 +92,26 @@ pub fn run(args: TestArgs) -> Result<()> {
             classifier.source.display()
         )?;
         write!(out, "{}", report.table())?;
+        if let Some(label) = single_class {
+            writeln!(out, "warning: this head was trained on a single class (label {label}): it can only predict that class")?;
+        }
     }
     Ok(())
+}
+
+/// The one label id the head's train split held, when bertcls train recorded its label
+/// counts (`train_label_counts` in the checkpoint) and only one was present.
+fn single_train_class(classifier: &Classifier) -> Result<Option<usize>> {
+    let metadata = crate::checkpoint::load_head(&classifier.source, None)?.metadata;
+    let counts: Vec<usize> = metadata
+        .get(META_TRAIN_LABEL_COUNTS)
+        .and_then(|c| serde_json::from_str(c).ok())
+        .unwrap_or_default();
+    let present: Vec<usize> = (0..counts.len()).filter(|&i| counts[i] > 0).collect();
+    Ok(match present[..] {
+        [only] => Some(only),
+        _ => None,
+    })
 }
 
 fn load_data(args: &TestArgs, classifier: &Classifier) -> Result<Dataset> {

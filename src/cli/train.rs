@@ -8,12 +8,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::{Args, ValueEnum};
 
-use super::common::{load_model, CacheArgs, DeviceArgs, FeatureSource, LoadedModel, ModelArgs};
+use super::common::{
+    load_model_files, model_files, CacheArgs, DeviceArgs, FeatureSource, LoadedModel, ModelArgs,
+    ModelFiles,
+};
 use super::progress::Progress;
-use super::run_dir::{best_checkpoint, last_checkpoint, Hyperparameters, RunInfo};
+use super::run_dir::{best_checkpoint, DataSpec, FeatureSpec, Hyperparameters, RunFolder, RunInfo};
 use crate::backend::Device;
 use crate::data::{self, Dataset, LoadOptions, Split};
 use crate::head::ClassWeighting;
@@ -22,7 +25,7 @@ use crate::model::Pooling;
 use crate::optim::{DEFAULT_BETAS, DEFAULT_EPS, DEFAULT_LR, DEFAULT_WEIGHT_DECAY};
 use crate::train::{
     best_epoch, train, EpochEnd, EpochMetrics, Features, Flow, HeadDevice as TrainDevice, Observer,
-    RunCheckpoints, TrainData, TrainState,
+    RunCheckpoints, TrainData, TrainState, META_TRAIN_LABEL_COUNTS,
 };
 
 #[derive(Args, Debug)]
@@ -57,11 +60,23 @@ pub struct TrainArgs {
     /// Examples per step; each epoch's last incomplete batch is dropped, as in the recipe.
     #[arg(long, default_value_t = 32, help_heading = "Training")]
     batch_size: usize,
-    /// AdamW learning rate.
-    #[arg(long, default_value_t = DEFAULT_LR, help_heading = "Training")]
+    /// AdamW learning rate (a finite number above 0).
+    #[arg(
+        long,
+        default_value_t = DEFAULT_LR,
+        allow_negative_numbers = true,
+        value_parser = parse_lr,
+        help_heading = "Training"
+    )]
     lr: f64,
-    /// AdamW decoupled weight decay.
-    #[arg(long, default_value_t = DEFAULT_WEIGHT_DECAY, help_heading = "Training")]
+    /// AdamW decoupled weight decay (a finite number, 0 or more).
+    #[arg(
+        long,
+        default_value_t = DEFAULT_WEIGHT_DECAY,
+        allow_negative_numbers = true,
+        value_parser = parse_weight_decay,
+        help_heading = "Training"
+    )]
     weight_decay: f64,
     /// How the loss weighs the classes: none (the recipe's plain mean) or balanced
     /// (class c weighs n / (k n_c) on the train split, as scikit-learn's).
@@ -166,38 +181,56 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if args.search {
         return search::run(args);
     }
-    let dir = run_dir(&args)?;
+    // Every check that needs no encoder output runs first: the data and its labels, the
+    // model's files, the run folder, and a resume's match with its run.
     let (dataset, data_id) = load_data(&args)?;
     let train = dataset.split(&args.split)?;
     check_batch(train, args.batch_size)?;
     let validation = validation_split(&args, &dataset)?;
-
+    let num_labels = dataset.label_names.len();
+    let label_counts = train_label_counts(train, num_labels);
+    warn_single_class(train, &dataset.label_names, &label_counts);
+    let class_weights = class_weights(args.class_weights, train, num_labels)?;
     let model_args = ModelArgs {
         pooling: args.pooling[0],
         ..args.model.clone()
     };
-    let mut model = load_model(&model_args, &args.device)?;
-    let mut source = FeatureSource::new(args.cache.cache());
-    let info = run_info(
-        &args,
-        &dataset.label_names,
-        data_id,
-        &mut model,
-        &mut source,
+    let files = model_files(&model_args)?;
+    let device = head_device(
+        args.head_device,
+        args.device.device.resolve()?,
+        class_weights.is_some(),
     )?;
+    let mut folder = match &args.resume {
+        Some(dir) => RunFolder::open(dir)?,
+        None => RunFolder::create(&out_dir(&args))?,
+    };
+    let mut source = FeatureSource::new(args.cache.cache());
+    let now = run_info(
+        &args,
+        &files,
+        source.weights_sha256_of(&files)?,
+        (&dataset.label_names, label_counts),
+        data_id,
+        (train, validation),
+    )?;
+    let hidden = files.config.hidden_size;
+    let (start, mut info) = start_state(&args, folder.dir(), now, hidden, &train.content_hash)?;
 
+    let mut model = load_model_files(files, &model_args, &args.device)?;
+    if args.resume.is_none() {
+        info.device = model.device.to_string();
+        info.precision = model.precision_name();
+    }
     let features = all_features(&mut model, &mut source, train, validation)?;
+    folder.save_info(&info)?;
     let run = Run {
-        dir,
+        dir: folder.dir().to_path_buf(),
         model_id: model.id().to_string(),
         info,
         train_hash: train.content_hash.clone(),
         log_every: args.log_every,
     };
-    let (start, info) = start_state(&args, &run, model.encoder.hidden_size())?;
-    let class_weights = class_weights(args.class_weights, train, run.info.labels.len())?;
-    let device = head_device(args.head_device, &model, class_weights.is_some())?;
-    write_run_info(&run.dir, &info)?;
 
     let first_done = start.epoch;
     let data = TrainData {
@@ -220,6 +253,32 @@ pub fn run(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+// The flags' own checks, at parse time: clap names the flag and the value. Negative
+// numbers parse (allow_negative_numbers) so that they are refused here, not taken
+// for flags.
+fn parse_lr(text: &str) -> Result<f64, String> {
+    parse_f64(
+        text,
+        "a finite number above 0 (the recipe uses 1e-5)",
+        |v| v > 0.0,
+    )
+}
+
+fn parse_weight_decay(text: &str) -> Result<f64, String> {
+    parse_f64(
+        text,
+        "a finite number, 0 or more (the recipe uses 0.01)",
+        |v| v >= 0.0,
+    )
+}
+
+fn parse_f64(text: &str, want: &str, ok: impl Fn(f64) -> bool) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && ok(v) => Ok(v),
+        _ => Err(format!("must be {want}")),
+    }
+}
+
 fn check_args(args: &TrainArgs) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size 0: a step needs at least one example (the recipe uses 32)");
@@ -236,35 +295,11 @@ fn check_args(args: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// The run folder: `--resume`'s, or a new one that must not hold a run already.
-fn run_dir(args: &TrainArgs) -> Result<PathBuf> {
-    if let Some(dir) = &args.resume {
-        if !RunInfo::path(dir).is_file() || !last_checkpoint(dir).is_file() {
-            bail!(
-                "--resume {}: no run.json and last.safetensors there: pass a folder written by bertcls train \
-                 that finished at least one epoch",
-                dir.display()
-            );
-        }
-        return Ok(dir.clone());
-    }
-    let dir = args
-        .out
+/// The folder a new run goes to: `--out`, or runs/<UTC date-time>.
+fn out_dir(args: &TrainArgs) -> PathBuf {
+    args.out
         .clone()
-        .unwrap_or_else(|| Path::new("runs").join(utc_stamp(SystemTime::now())));
-    if dir.exists() && !dir.is_dir() {
-        bail!(
-            "--out {}: is a file, not a folder: pass a folder for the run",
-            dir.display()
-        );
-    }
-    if RunInfo::path(&dir).exists() || last_checkpoint(&dir).exists() {
-        bail!(
-            "--out {0} already holds a run: pick another folder, or continue it with --resume {0}",
-            dir.display()
-        );
-    }
-    Ok(dir)
+        .unwrap_or_else(|| Path::new("runs").join(utc_stamp(SystemTime::now())))
 }
 
 /// The dataset and what run.json records of it: the hub id, or the canonical path.
@@ -291,8 +326,8 @@ fn check_batch(train: &Split, batch_size: usize) -> Result<()> {
 
 /// Where the head trains: `--head-device cuda` needs the encoder on a GPU and the
 /// plain loss.
-fn head_device(kind: HeadDevice, model: &LoadedModel, weighted: bool) -> Result<TrainDevice> {
-    match (kind, model.device) {
+fn head_device(kind: HeadDevice, encoder: Device, weighted: bool) -> Result<TrainDevice> {
+    match (kind, encoder) {
         (HeadDevice::Cpu, _) => Ok(TrainDevice::Cpu),
         (HeadDevice::Cuda, _) if weighted => bail!(
             "--class-weights balanced trains on the CPU head only: drop --head-device cuda"
@@ -301,6 +336,27 @@ fn head_device(kind: HeadDevice, model: &LoadedModel, weighted: bool) -> Result<
         (HeadDevice::Cuda, Device::Cpu) => bail!(
             "--head-device cuda needs the encoder on a GPU: pass --device cuda, or drop --head-device"
         ),
+    }
+}
+
+/// Rows per label id in the train split.
+fn train_label_counts(train: &Split, num_labels: usize) -> Vec<usize> {
+    let mut counts = vec![0; num_labels];
+    for &label in &train.labels {
+        counts[label] += 1;
+    }
+    counts
+}
+
+/// A head trained on one class can only ever predict it: say so, and train anyway
+/// (the data may be a deliberate test).
+fn warn_single_class(train: &Split, names: &[String], counts: &[usize]) {
+    let present: Vec<usize> = (0..counts.len()).filter(|&i| counts[i] > 0).collect();
+    if let [only] = present[..] {
+        eprintln!(
+            "warning: the {} split has a single class ({:?}, all {} rows): the head can only learn to predict it; add examples of the other labels",
+            train.name, names[only], counts[only]
+        );
     }
 }
 
@@ -341,28 +397,38 @@ fn validation_split<'a>(args: &TrainArgs, dataset: &'a Dataset) -> Result<Option
     Ok(found)
 }
 
+/// What run.json records, with the device and precision of `--device` filled in once
+/// the model is loaded.
 fn run_info(
     args: &TrainArgs,
-    labels: &[String],
+    files: &ModelFiles,
+    weights_sha256: String,
+    (labels, train_label_counts): (&[String], Vec<usize>),
     data_id: String,
-    model: &mut LoadedModel,
-    source: &mut FeatureSource,
+    (train, validation): (&Split, Option<&Split>),
 ) -> Result<RunInfo> {
-    let tokenizer = model.tokenizer();
+    let tokenizer = &files.tokenizer;
     Ok(RunInfo {
         bertcls_version: env!("CARGO_PKG_VERSION").into(),
         model: args.model.model.clone(),
-        model_dir: absolute(&model.files.dir.dir),
-        weights_sha256: source.weights_sha256(model)?,
+        model_dir: absolute(&files.dir.dir),
         tokenizer_files: tokenizer.sources().iter().map(|p| absolute(p)).collect(),
-        tokenizer_fingerprint: tokenizer.fingerprint()?,
-        max_length: tokenizer.max_length(),
-        pooling: model.pooling,
-        hidden_size: model.encoder.hidden_size(),
+        features: FeatureSpec {
+            weights_sha256,
+            tokenizer_fingerprint: tokenizer.fingerprint()?,
+            max_length: tokenizer.max_length(),
+            pooling: args.pooling[0],
+        },
+        hidden_size: files.config.hidden_size,
         labels: labels.to_vec(),
         data: data_id,
         text_column: args.text_column.clone(),
         label_column: args.label_column.clone(),
+        data_spec: DataSpec {
+            train_sha256: train.content_hash.clone(),
+            validation_sha256: validation.map(|v| v.content_hash.clone()),
+        },
+        train_label_counts,
         hyperparameters: Hyperparameters {
             epochs: args.epochs,
             batch_size: args.batch_size,
@@ -375,8 +441,8 @@ fn run_info(
             drop_last: true,
             class_weights: args.class_weights.name().to_string(),
         },
-        device: model.device.to_string(),
-        precision: model.precision_name(),
+        device: String::new(),
+        precision: String::new(),
         created: iso_utc(SystemTime::now()),
         search: None,
     })
@@ -434,81 +500,23 @@ fn split_features(
     ))
 }
 
-/// A fresh head, or the stopped run's state after checking it was made by the same
-/// model, labels, data and hyper-parameters; and run.json as it is to be written (a
-/// resumed run's with the new epoch count). Writes nothing.
-fn start_state(args: &TrainArgs, run: &Run, hidden: usize) -> Result<(TrainState, RunInfo)> {
-    let labels = run.info.labels.len();
-    let hp = &run.info.hyperparameters;
+/// A fresh head and `now` as run.json; or, resuming, the stopped run's state after
+/// checking that `now` matches its run, and its run.json with the new epoch count.
+/// Writes nothing.
+fn start_state(
+    args: &TrainArgs,
+    dir: &Path,
+    now: RunInfo,
+    hidden: usize,
+    train_hash: &str,
+) -> Result<(TrainState, RunInfo)> {
+    let labels = now.labels.len();
     if args.resume.is_none() {
-        return Ok((TrainState::fresh(labels, hidden, hp)?, run.info.clone()));
+        let start = TrainState::fresh(labels, hidden, &now.hyperparameters)?;
+        return Ok((start, now));
     }
-    let saved = RunInfo::load(&run.dir)?;
-    check_same_run(&run.dir, &saved, &run.info)?;
-    let start = TrainState::resume(&run.dir, labels, hidden, hp, &run.train_hash)?;
-    if start.epoch >= args.epochs {
-        bail!(
-            "the run in {} has done {} epochs already: pass --epochs above {} to train more",
-            run.dir.display(),
-            start.epoch,
-            start.epoch
-        );
-    }
-    let mut info = saved;
-    info.hyperparameters.epochs = args.epochs;
-    eprintln!("resuming {} after epoch {}", run.dir.display(), start.epoch);
-    Ok((start, info))
-}
-
-/// Creates the run folder, when new, and writes run.json.
-fn write_run_info(dir: &Path, info: &RunInfo) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create the run folder {}", dir.display()))?;
-    info.save(dir)
-}
-
-/// Refuses a resume whose model, max_length, labels or hyper-parameters differ from the run's.
-fn check_same_run(dir: &Path, saved: &RunInfo, now: &RunInfo) -> Result<()> {
-    let mut diffs = Vec::new();
-    let mut differ = |what: &str, was: String, is: String| {
-        if was != is {
-            diffs.push(format!("{what} (run: {was}, now: {is})"));
-        }
-    };
-    differ(
-        "model weights sha256",
-        saved.weights_sha256.clone(),
-        now.weights_sha256.clone(),
-    );
-    differ(
-        "--max-length",
-        saved.max_length.to_string(),
-        now.max_length.to_string(),
-    );
-    differ("labels", saved.labels.join(","), now.labels.join(","));
-    differ(
-        "--pooling",
-        saved.pooling.to_string(),
-        now.pooling.to_string(),
-    );
-    let (a, b) = (&saved.hyperparameters, &now.hyperparameters);
-    differ(
-        "--batch-size",
-        a.batch_size.to_string(),
-        b.batch_size.to_string(),
-    );
-    differ("--lr", a.lr.to_string(), b.lr.to_string());
-    differ(
-        "--weight-decay",
-        a.weight_decay.to_string(),
-        b.weight_decay.to_string(),
-    );
-    differ("--seed", a.seed.to_string(), b.seed.to_string());
-    differ(
-        "--class-weights",
-        a.class_weights.clone(),
-        b.class_weights.clone(),
-    );
+    let saved = RunInfo::load(dir)?;
+    let diffs = saved.resume_differences(&now);
     if !diffs.is_empty() {
         bail!(
             "cannot resume {}: {} differ; pass the flags the run was started with",
@@ -516,7 +524,25 @@ fn check_same_run(dir: &Path, saved: &RunInfo, now: &RunInfo) -> Result<()> {
             diffs.join(", ")
         );
     }
-    Ok(())
+    let start = TrainState::resume(dir, labels, hidden, &saved.hyperparameters, train_hash)?;
+    if start.epoch >= args.epochs {
+        bail!(
+            "the run in {} has done {} epochs already: pass --epochs above {} to train more",
+            dir.display(),
+            start.epoch,
+            start.epoch
+        );
+    }
+    let mut info = saved;
+    info.hyperparameters.epochs = args.epochs;
+    match start.epoch {
+        0 => eprintln!(
+            "resuming {}: no epoch was finished, starting from the first",
+            dir.display()
+        ),
+        n => eprintln!("resuming {} after epoch {n}", dir.display()),
+    }
+    Ok((start, info))
 }
 
 /// Shows progress and log lines, and writes each epoch's metrics and checkpoints.
@@ -546,10 +572,17 @@ fn checkpoint_metadata(run: &Run) -> BTreeMap<String, String> {
         ("model".to_string(), run.model_id.clone()),
         (
             "weights_sha256".to_string(),
-            run.info.weights_sha256.clone(),
+            run.info.features.weights_sha256.clone(),
         ),
-        ("max_length".to_string(), run.info.max_length.to_string()),
-        ("pooling".to_string(), run.info.pooling.to_string()),
+        (
+            "max_length".to_string(),
+            run.info.features.max_length.to_string(),
+        ),
+        ("pooling".to_string(), run.info.features.pooling.to_string()),
+        (
+            META_TRAIN_LABEL_COUNTS.to_string(),
+            format!("{:?}", run.info.train_label_counts),
+        ),
     ])
 }
 

@@ -228,6 +228,13 @@ impl Checkpoint {
                 path.display()
             ),
         };
+        if let Some(i) = out.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "{}: tensor {name} holds a non-finite value ({}) at index {i}: the weights are corrupt; download them again",
+                path.display(),
+                out[i]
+            );
+        }
         Ok(out)
     }
 }

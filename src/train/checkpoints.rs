@@ -15,6 +15,8 @@ use crate::checkpoint::save_head;
 pub const META_EPOCH: &str = "epoch";
 pub const META_LABELS: &str = "labels";
 pub const META_TRAIN_HASH: &str = "train_data_sha256";
+/// Rows per label id in the train split (JSON): `test` flags a head trained on one class.
+pub const META_TRAIN_LABEL_COUNTS: &str = "train_label_counts";
 /// The calibration temperature `test` and `predict` divide the logits by.
 pub const META_TEMPERATURE: &str = "temperature";
 

@@ -21,7 +21,10 @@ pub mod run_dir;
 pub mod search;
 mod state;
 
-pub use checkpoints::{RunCheckpoints, META_EPOCH, META_LABELS, META_TEMPERATURE, META_TRAIN_HASH};
+pub use checkpoints::{
+    RunCheckpoints, META_EPOCH, META_LABELS, META_TEMPERATURE, META_TRAIN_HASH,
+    META_TRAIN_LABEL_COUNTS,
+};
 pub use epochs::{
     epoch_order, train, EpochEnd, Flow, NoObserver, Observer, TrainData, TrainOutcome,
 };

@@ -6,14 +6,22 @@
 //! head-epoch-N.safetensors    the head + AdamW state after epoch N
 //! best.safetensors            the epoch with the best validation accuracy (last without validation)
 //! last.safetensors            the latest epoch: `--resume` continues from it
+//! run.lock                    held (advisory lock) by the one process writing the run
 //! ```
+//!
+//! One process writes a run folder for its whole life ([`RunFolder`]); every file is
+//! written to a `.NAME.bertcls-tmp-PID` file and renamed into place (`fsio`), and the
+//! temporary files a killed process left are removed when the run is opened again.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context, Result};
-use serde::{Deserialize, Serialize};
+use std::fs::File;
 
-use crate::fsio::atomic_write;
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::fsio::{atomic_write, remove_stale_temp_files};
 use crate::head::ClassWeighting;
 use crate::model::Pooling;
 
@@ -45,19 +53,21 @@ pub struct RunInfo {
     /// What `--model` named (a folder or a hub id) and the folder it resolved to.
     pub model: String,
     pub model_dir: String,
-    pub weights_sha256: String,
-    /// Tokenizer files and their fingerprint (files + max_length).
+    /// The tokenizer files read (the fingerprint covers their content).
     pub tokenizer_files: Vec<String>,
-    pub tokenizer_fingerprint: String,
-    pub max_length: usize,
-    /// How features were read off the encoder; runs written before the flag used [CLS].
-    #[serde(default)]
-    pub pooling: Pooling,
+    /// What determines the features: `--resume` refuses a run whose spec differs.
+    #[serde(flatten)]
+    pub features: FeatureSpec,
     pub hidden_size: usize,
     pub labels: Vec<String>,
     pub data: String,
     pub text_column: String,
     pub label_column: String,
+    #[serde(flatten)]
+    pub data_spec: DataSpec,
+    /// Rows per label id in the train split.
+    #[serde(default)]
+    pub train_label_counts: Vec<usize>,
     pub hyperparameters: Hyperparameters,
     pub device: String,
     pub precision: String,
@@ -90,7 +100,59 @@ pub struct SearchRecord {
     pub seconds: f64,
 }
 
+/// Every input that determines a run's features. A field added here is stored in
+/// run.json (at its top level) and compared by `--resume` without more code.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FeatureSpec {
+    pub weights_sha256: String,
+    /// sha256 of the tokenizer files' content and max_length.
+    pub tokenizer_fingerprint: String,
+    pub max_length: usize,
+    /// How features were read off the encoder; runs written before the flag used [CLS].
+    #[serde(default)]
+    pub pooling: Pooling,
+}
+
+/// What a run trained on (the texts and labels of its splits, whatever columns or files
+/// they came from): compared by `--resume` like the spec.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataSpec {
+    /// Content hashes (texts and labels) of the train and validation splits; empty in
+    /// runs written before they were recorded.
+    #[serde(default)]
+    pub train_sha256: String,
+    #[serde(default)]
+    pub validation_sha256: Option<String>,
+}
+
 impl RunInfo {
+    /// How `now` differs from this run in what a resume must keep: one
+    /// `WHAT (run: A, now: B)` per field of the feature spec, the data, the labels and
+    /// the hyper-parameters (the epoch count may grow).
+    pub fn resume_differences(&self, now: &RunInfo) -> Vec<String> {
+        let mut diffs = field_differences(&self.features, &now.features, &[]);
+        let old_run = self.data_spec.train_sha256.is_empty();
+        let skip: &[&str] = if old_run {
+            &["train_sha256", "validation_sha256"]
+        } else {
+            &[]
+        };
+        diffs.extend(field_differences(&self.data_spec, &now.data_spec, skip));
+        if self.labels != now.labels {
+            diffs.push(format!(
+                "labels (run: {}, now: {})",
+                self.labels.join(","),
+                now.labels.join(",")
+            ));
+        }
+        diffs.extend(field_differences(
+            &self.hyperparameters,
+            &now.hyperparameters,
+            &["epochs"],
+        ));
+        diffs
+    }
+
     pub fn path(run: &Path) -> PathBuf {
         run.join("run.json")
     }
@@ -112,6 +174,168 @@ impl RunInfo {
         let json = serde_json::to_string_pretty(self).context("cannot serialise run.json")?;
         atomic_write(&Self::path(run), json.as_bytes())
     }
+}
+
+/// `WHAT (run: A, now: B)` for each field of two values of a struct that differs, as
+/// their JSON shows them; a field is named by its flag (`max_length`: `--max-length`)
+/// unless it is one no flag sets.
+fn field_differences<T: Serialize>(run: &T, now: &T, skip: &[&str]) -> Vec<String> {
+    let (Ok(Value::Object(a)), Ok(Value::Object(b))) =
+        (serde_json::to_value(run), serde_json::to_value(now))
+    else {
+        unreachable!("run.json's parts serialise to JSON objects");
+    };
+    let show = |v: Option<&Value>| match v {
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+        None => "none".into(),
+    };
+    a.keys()
+        .chain(b.keys().filter(|k| !a.contains_key(*k)))
+        .filter(|k| !skip.contains(&k.as_str()) && a.get(*k) != b.get(*k))
+        .map(|k| {
+            let what = match k.as_str() {
+                "weights_sha256" => "model weights sha256".to_string(),
+                "tokenizer_fingerprint" => "tokenizer fingerprint".to_string(),
+                "train_sha256" => "train split content".to_string(),
+                "validation_sha256" => "validation split content".to_string(),
+                "beta1" | "beta2" | "eps" | "drop_last" => format!("AdamW {k}"),
+                flag => format!("--{}", flag.replace('_', "-")),
+            };
+            format!("{what} (run: {}, now: {})", show(a.get(k)), show(b.get(k)))
+        })
+        .collect()
+}
+
+/// A run folder held by this process: created (when new) and locked, so that no other
+/// bertcls process writes it while this one lives. The lock is released when the
+/// process ends, however it ends; a new folder that never got its run.json is removed
+/// on drop.
+pub struct RunFolder {
+    dir: PathBuf,
+    /// Holds the advisory lock on run.lock.
+    _lock: File,
+    /// Created by this process, and to be removed on drop unless a run was written.
+    created: bool,
+}
+
+impl RunFolder {
+    /// A new run in `dir`: a folder that does not exist yet, or holds no run.
+    pub fn create(dir: &Path) -> Result<Self> {
+        let d = dir.display();
+        if dir.exists() && !dir.is_dir() {
+            bail!("--out {d}: is a file, not a folder: pass a folder for the run");
+        }
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                anyhow!(
+                    "--out {d}: cannot create {} ({e}): pass a writable folder",
+                    parent.display()
+                )
+            })?;
+        }
+        let created = match std::fs::create_dir(dir) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+            Err(e) => {
+                bail!("--out {d}: cannot create the run folder ({e}): pass a writable folder")
+            }
+        };
+        let lock = lock(dir, "--out")?;
+        let mut folder = Self {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+            created,
+        };
+        if RunInfo::path(dir).exists() || last_checkpoint(dir).exists() {
+            folder.created = false;
+            bail!(
+                "--out {d} already holds a run: pick another folder, or continue it with --resume {d}"
+            );
+        }
+        remove_stale(dir)?;
+        Ok(folder)
+    }
+
+    /// The run in `dir`, to resume: it must have its run.json.
+    pub fn open(dir: &Path) -> Result<Self> {
+        if !RunInfo::path(dir).is_file() {
+            bail!(
+                "--resume {}: no run.json there: pass a folder written by bertcls train",
+                dir.display()
+            );
+        }
+        let lock = lock(dir, "--resume")?;
+        remove_stale(dir)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+            created: false,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes run.json; from now on the folder is kept whatever happens.
+    pub fn save_info(&mut self, info: &RunInfo) -> Result<()> {
+        self.created = false;
+        info.save(&self.dir)
+    }
+}
+
+impl Drop for RunFolder {
+    fn drop(&mut self) {
+        if self.created {
+            // Only our lock file is in it; remove_dir refuses a folder with anything else.
+            let _ = std::fs::remove_file(lock_path(&self.dir));
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+    }
+}
+
+fn lock_path(run: &Path) -> PathBuf {
+    run.join("run.lock")
+}
+
+/// Opens run.lock (creating it, which also proves the folder writable) and takes its
+/// exclusive advisory lock without waiting.
+fn lock(dir: &Path, flag: &str) -> Result<File> {
+    let d = dir.display();
+    let path = lock_path(dir);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| {
+            anyhow!(
+                "{flag} {d}: cannot write {} ({e}): pass a writable folder",
+                path.display()
+            )
+        })?;
+    match fs4::FileExt::try_lock(&file) {
+        Ok(()) => Ok(file),
+        Err(fs4::TryLockError::WouldBlock) => bail!(
+            "{flag} {d}: the run folder is in use by another bertcls process: wait for it to end, or pick another folder"
+        ),
+        Err(fs4::TryLockError::Error(e)) => {
+            bail!("{flag} {d}: cannot lock {} ({e})", path.display())
+        }
+    }
+}
+
+/// Removes the temporary files killed writes left in a run folder we hold.
+fn remove_stale(dir: &Path) -> Result<()> {
+    let removed = remove_stale_temp_files(dir)?;
+    if removed > 0 {
+        eprintln!(
+            "removed {removed} stale temporary file(s) from {} (left by a killed write)",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 pub fn epoch_checkpoint(run: &Path, epoch: usize) -> PathBuf {

@@ -47,7 +47,6 @@ pub(super) fn run(args: TrainArgs) -> Result<()> {
     }
     let mut poolings = args.pooling.clone();
     poolings.dedup();
-    let dir = run_dir(&args)?;
     let (dataset, data_id) = load_data(&args)?;
     let train = dataset.split(&args.split)?;
     let named_validation = match &args.validation_split {
@@ -65,16 +64,23 @@ pub(super) fn run(args: TrainArgs) -> Result<()> {
         pooling: poolings[0],
         ..args.model.clone()
     };
-    let mut model = load_model(&model_args, &args.device)?;
+    let num_labels = dataset.label_names.len();
+    let label_counts = train_label_counts(train, num_labels);
+    warn_single_class(train, &dataset.label_names, &label_counts);
+    let files = model_files(&model_args)?;
+    let mut folder = RunFolder::create(&out_dir(&args))?;
     let mut source = FeatureSource::new(args.cache.cache());
     let mut info = run_info(
         &args,
-        &dataset.label_names,
+        &files,
+        source.weights_sha256_of(&files)?,
+        (&dataset.label_names, label_counts),
         data_id,
-        &mut model,
-        &mut source,
+        (train, named_validation),
     )?;
-    let num_labels = info.labels.len();
+    let mut model = load_model_files(files, &model_args, &args.device)?;
+    info.device = model.device.to_string();
+    info.precision = model.precision_name();
 
     let encode_started = Instant::now();
     let mut data = Vec::new();
@@ -145,7 +151,7 @@ pub(super) fn run(args: TrainArgs) -> Result<()> {
     hp.lr = best.params.lr;
     hp.weight_decay = best.params.weight_decay;
     hp.epochs = best.best_epoch;
-    info.pooling = poolings[best.params.variant];
+    info.features.pooling = poolings[best.params.variant];
     info.search = Some(SearchRecord {
         validation,
         validation_fraction: held.as_ref().map(|_| args.validation_fraction),
@@ -160,7 +166,8 @@ pub(super) fn run(args: TrainArgs) -> Result<()> {
         best_val_loss: best.val_loss,
         seconds: search_seconds,
     });
-    write_run_info(&dir, &info)?;
+    folder.save_info(&info)?;
+    let dir = folder.dir().to_path_buf();
     let rows: Vec<TrialRow> = trials
         .iter()
         .map(|t| TrialRow {
@@ -196,7 +203,7 @@ pub(super) fn run(args: TrainArgs) -> Result<()> {
     );
     eprintln!(
         "best: pooling {}, lr {:e}, weight decay {}, epoch {} (val acc {:.4}, val loss {:.4}): {}",
-        run.info.pooling,
+        run.info.features.pooling,
         best.params.lr,
         best.params.weight_decay,
         best.best_epoch,
@@ -215,7 +222,7 @@ pub(super) fn run(args: TrainArgs) -> Result<()> {
             "out": run.dir.display().to_string(),
             "encode_seconds": encode_seconds,
             "search_seconds": search_seconds,
-            "best": TrialRow { pooling: run.info.pooling, trial: best },
+            "best": TrialRow { pooling: run.info.features.pooling, trial: best },
             "temperature": temperature,
             "validation_rows": val_rows,
             "trials": rows,
