@@ -1069,6 +1069,24 @@ fn cheap_checks_come_before_encoding() {
         );
     }
 
+    // A read-only folder (root writes there anyway: then the case is skipped).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let locked = sb.dir.join("read-only");
+        std::fs::create_dir_all(&locked).unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
+        if std::fs::write(locked.join("probe"), b"x").is_ok() {
+            println!("SKIPPED: read-only --out: this user writes into read-only folders (root)");
+        } else {
+            let run = locked.join("run").display().to_string();
+            let out = sb.train_tiny(1, &["--out", &run]);
+            failed_with(&out, "cannot create the run folder");
+            nothing_encoded(&out);
+        }
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
     // A resume on other data: refused before encoding.
     let run = sb.path("run");
     succeeded(&sb.train_tiny(1, &["--out", &run]));
