@@ -312,6 +312,44 @@ mod tests {
         assert!(straight.state.metrics[3].train_loss < straight.state.metrics[0].train_loss);
     }
 
+    /// A run whose loss overflows in epoch 2 keeps epoch 1 as its last checkpoint: the
+    /// run folder never receives the non-finite head.
+    #[test]
+    fn a_diverging_run_keeps_its_last_good_checkpoint() {
+        use super::super::run_dir::last_checkpoint;
+        use super::super::RunCheckpoints;
+        struct Save(RunCheckpoints);
+        impl Observer for Save {
+            fn epoch_end(&mut self, end: &EpochEnd) -> Result<Flow> {
+                self.0.save(end).map(|()| Flow::Continue)
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("bertcls-diverge-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let labels = ["a".to_string(), "b".to_string()];
+        let mut save =
+            Save(RunCheckpoints::new(&dir, &labels, "hash", Default::default()).unwrap());
+        let f = features();
+        let one = train(
+            &hp(1),
+            data(&f),
+            TrainState::fresh(2, 5, &hp(1)).unwrap(),
+            0,
+            &mut save,
+        )
+        .unwrap();
+        let good = crate::checkpoint::load_head(&last_checkpoint(&dir), None).unwrap();
+        assert_eq!(good.head, one.state.head);
+
+        let mut diverging = one.state;
+        diverging.opt.lr = 1e38;
+        assert!(train(&hp(3), data(&f), diverging, 0, &mut save).is_err());
+        let kept = crate::checkpoint::load_head(&last_checkpoint(&dir), None).unwrap();
+        assert_eq!(kept.head, good.head);
+        assert_eq!(kept.metadata["epoch"], "1");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// An lr that overflows the head in one step stops the run with one error, and the
     /// observer never sees a non-finite head.
     #[test]
