@@ -56,6 +56,18 @@ pub trait Backend {
     fn describe(&self) -> String;
 
     fn upload(&self, host: &[f32]) -> Result<Self::Tensor>;
+    /// A Linear layer's W (out_features, in_features), uploaded once at load in whatever
+    /// layout `linear` reads fastest (the CPU backend packs it for its microkernel).
+    /// `linear` must also accept a W from plain `upload`.
+    fn upload_linear_weight(
+        &self,
+        w: &[f32],
+        out_features: usize,
+        in_features: usize,
+    ) -> Result<Self::Tensor> {
+        let _ = (out_features, in_features);
+        self.upload(w)
+    }
     /// Copies the first `len` floats of `t` to the host.
     fn download(&self, t: &Self::Tensor, len: usize) -> Result<Vec<f32>>;
     /// A tensor of `len` floats, contents unspecified.

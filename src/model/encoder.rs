@@ -101,7 +101,7 @@ pub struct Encoder<B: Backend> {
 }
 
 impl<B: Backend> Encoder<B> {
-    /// Uploads the weights once and sizes the workspace for `max_tokens` tokens per batch.
+    /// Uploads the weights once (Linear weights in the backend's own layout) and sizes the workspace for `max_tokens` tokens per batch.
     pub fn new(
         backend: B,
         config: BertConfig,
@@ -109,7 +109,10 @@ impl<B: Backend> Encoder<B> {
         max_tokens: usize,
     ) -> Result<Self> {
         let act = config.activation()?;
-        let weights = host.try_map(|t| backend.upload(t))?;
+        let weights = host.try_map_linear(
+            |w, out_f, in_f| backend.upload_linear_weight(w, out_f, in_f),
+            |t| backend.upload(t),
+        )?;
         let (c, f) = (config.hidden_size, config.intermediate_size);
         let ws = Workspace {
             hidden: backend.alloc(max_tokens * c)?,

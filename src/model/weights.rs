@@ -51,9 +51,13 @@ pub struct BertWeights<T> {
 }
 
 impl<T> LinearWeights<T> {
-    fn try_map<U>(&self, f: &mut impl FnMut(&T) -> Result<U>) -> Result<LinearWeights<U>> {
+    fn try_map<U>(
+        &self,
+        f_w: &mut impl FnMut(&T, usize, usize) -> Result<U>,
+        f: &mut impl FnMut(&T) -> Result<U>,
+    ) -> Result<LinearWeights<U>> {
         Ok(LinearWeights {
-            w: f(&self.w)?,
+            w: f_w(&self.w, self.out_features, self.in_features)?,
             b: f(&self.b)?,
             out_features: self.out_features,
             in_features: self.in_features,
@@ -73,6 +77,18 @@ impl<T> LayerNormWeights<T> {
 impl<T> BertWeights<T> {
     /// The same weights with every tensor converted by `f` (e.g. uploaded to a device).
     pub fn try_map<U>(&self, mut f: impl FnMut(&T) -> Result<U>) -> Result<BertWeights<U>> {
+        // Two closures cannot both hold `f` mutably: the weight path goes through a cell.
+        let f = std::cell::RefCell::new(&mut f);
+        self.try_map_linear(|w, _, _| (f.borrow_mut())(w), |t| (f.borrow_mut())(t))
+    }
+
+    /// As `try_map`, with each Linear W (out_features, in_features) converted by
+    /// `f_linear_w` (given its shape) instead: the CPU backend packs W there, once.
+    pub fn try_map_linear<U>(
+        &self,
+        mut f_linear_w: impl FnMut(&T, usize, usize) -> Result<U>,
+        mut f: impl FnMut(&T) -> Result<U>,
+    ) -> Result<BertWeights<U>> {
         let e = &self.embeddings;
         let embeddings = EmbeddingWeights {
             word: f(&e.word)?,
@@ -85,11 +101,11 @@ impl<T> BertWeights<T> {
             .iter()
             .map(|l| {
                 Ok(LayerWeights {
-                    qkv: l.qkv.try_map(&mut f)?,
-                    attn_out: l.attn_out.try_map(&mut f)?,
+                    qkv: l.qkv.try_map(&mut f_linear_w, &mut f)?,
+                    attn_out: l.attn_out.try_map(&mut f_linear_w, &mut f)?,
                     attn_ln: l.attn_ln.try_map(&mut f)?,
-                    ffn_in: l.ffn_in.try_map(&mut f)?,
-                    ffn_out: l.ffn_out.try_map(&mut f)?,
+                    ffn_in: l.ffn_in.try_map(&mut f_linear_w, &mut f)?,
+                    ffn_out: l.ffn_out.try_map(&mut f_linear_w, &mut f)?,
                     ffn_ln: l.ffn_ln.try_map(&mut f)?,
                 })
             })

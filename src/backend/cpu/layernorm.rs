@@ -5,6 +5,7 @@
 use rayon::prelude::*;
 
 use super::simd::{dispatch, sum, sum_sq_dev};
+use super::tensor::CpuTensor;
 use crate::batch::PackedBatch;
 use crate::model::weights::{EmbeddingWeights, LayerNormWeights};
 
@@ -45,7 +46,7 @@ pub fn bias_residual_layernorm(
     x: &mut [f32],
     bias: &[f32],
     residual: &[f32],
-    ln: &LayerNormWeights<Vec<f32>>,
+    ln: &LayerNormWeights<CpuTensor>,
     eps: f32,
 ) {
     let c = bias.len();
@@ -62,7 +63,7 @@ pub fn bias_residual_layernorm(
 /// out (T, C) = LayerNorm(word[ids] + position[positions] + token_type[type_ids]).
 pub fn embeddings_layernorm(
     batch: &PackedBatch,
-    emb: &EmbeddingWeights<Vec<f32>>,
+    emb: &EmbeddingWeights<CpuTensor>,
     eps: f32,
     out: &mut [f32],
 ) {

@@ -8,7 +8,10 @@ mod activation;
 mod attention;
 mod layernorm;
 mod linear;
+mod microkernel;
+mod packed;
 mod simd;
+mod tensor;
 
 use anyhow::{bail, Context, Result};
 use rayon::{ThreadPool, ThreadPoolBuilder};
@@ -18,6 +21,9 @@ use crate::batch::PackedBatch;
 use crate::model::weights::{EmbeddingWeights, LayerNormWeights, LinearWeights};
 
 pub use simd::{erf, exp};
+pub use tensor::CpuTensor;
+
+use packed::PackedWeight;
 
 /// A pointer to an output buffer that rayon tasks share, each writing its own disjoint
 /// block (a column slab in `linear`, a (text, head) block in `attention`): the borrow
@@ -64,30 +70,45 @@ impl CpuBackend {
 }
 
 impl Backend for CpuBackend {
-    type Tensor = Vec<f32>;
+    type Tensor = CpuTensor;
 
     fn describe(&self) -> String {
         format!("cpu ({} threads, {})", self.threads, simd::describe())
     }
 
-    fn upload(&self, host: &[f32]) -> Result<Vec<f32>> {
-        Ok(host.to_vec())
+    fn upload(&self, host: &[f32]) -> Result<CpuTensor> {
+        Ok(CpuTensor::plain(host.to_vec()))
     }
 
-    fn download(&self, t: &Vec<f32>, len: usize) -> Result<Vec<f32>> {
+    /// Packed for the microkernel, once: `linear` then never copies a weight.
+    fn upload_linear_weight(
+        &self,
+        w: &[f32],
+        out_features: usize,
+        in_features: usize,
+    ) -> Result<CpuTensor> {
+        Ok(CpuTensor::packed(self.pool.install(|| {
+            PackedWeight::new(w, out_features, in_features)
+        })))
+    }
+
+    fn download(&self, t: &CpuTensor, len: usize) -> Result<Vec<f32>> {
+        if t.as_packed().is_some() {
+            bail!("download: a packed Linear weight has no plain copy on the CPU backend");
+        }
         Ok(t[..len].to_vec())
     }
 
-    fn alloc(&self, len: usize) -> Result<Vec<f32>> {
-        Ok(vec![0.0; len])
+    fn alloc(&self, len: usize) -> Result<CpuTensor> {
+        Ok(CpuTensor::plain(vec![0.0; len]))
     }
 
     fn embeddings_layernorm(
         &self,
         batch: &PackedBatch,
-        emb: &EmbeddingWeights<Vec<f32>>,
+        emb: &EmbeddingWeights<CpuTensor>,
         eps: f32,
-        out: &mut Vec<f32>,
+        out: &mut CpuTensor,
     ) -> Result<()> {
         self.pool
             .install(|| layernorm::embeddings_layernorm(batch, emb, eps, out));
@@ -96,11 +117,11 @@ impl Backend for CpuBackend {
 
     fn linear(
         &self,
-        x: &Vec<f32>,
+        x: &CpuTensor,
         rows: usize,
-        lin: &LinearWeights<Vec<f32>>,
+        lin: &LinearWeights<CpuTensor>,
         add_bias: bool,
-        out: &mut Vec<f32>,
+        out: &mut CpuTensor,
     ) -> Result<()> {
         self.pool
             .install(|| linear::linear(x, rows, lin, add_bias, out, self.threads));
@@ -109,9 +130,9 @@ impl Backend for CpuBackend {
 
     fn bias_activation(
         &self,
-        x: &mut Vec<f32>,
+        x: &mut CpuTensor,
         rows: usize,
-        bias: &Vec<f32>,
+        bias: &CpuTensor,
         width: usize,
         act: Activation,
     ) -> Result<()> {
@@ -122,11 +143,11 @@ impl Backend for CpuBackend {
 
     fn bias_residual_layernorm(
         &self,
-        x: &mut Vec<f32>,
+        x: &mut CpuTensor,
         rows: usize,
-        bias: &Vec<f32>,
-        residual: &Vec<f32>,
-        ln: &LayerNormWeights<Vec<f32>>,
+        bias: &CpuTensor,
+        residual: &CpuTensor,
+        ln: &LayerNormWeights<CpuTensor>,
         eps: f32,
     ) -> Result<()> {
         let c = bias.len();
@@ -144,12 +165,12 @@ impl Backend for CpuBackend {
 
     fn attention(
         &self,
-        qkv: &Vec<f32>,
+        qkv: &CpuTensor,
         offsets: &[usize],
         heads: usize,
         head_dim: usize,
         query_rows: QueryRows,
-        out: &mut Vec<f32>,
+        out: &mut CpuTensor,
     ) -> Result<()> {
         self.pool
             .install(|| attention::attention(qkv, offsets, heads, head_dim, query_rows, out));
@@ -158,10 +179,10 @@ impl Backend for CpuBackend {
 
     fn mean_pool(
         &self,
-        hidden: &Vec<f32>,
+        hidden: &CpuTensor,
         width: usize,
         offsets: &[usize],
-        out: &mut Vec<f32>,
+        out: &mut CpuTensor,
     ) -> Result<()> {
         for (i, span) in offsets.windows(2).enumerate() {
             let (start, end) = (span[0], span[1]);
@@ -186,10 +207,10 @@ impl Backend for CpuBackend {
 
     fn gather_rows(
         &self,
-        src: &Vec<f32>,
+        src: &CpuTensor,
         width: usize,
         rows: &[usize],
-        dst: &mut Vec<f32>,
+        dst: &mut CpuTensor,
     ) -> Result<()> {
         for (i, &r) in rows.iter().enumerate() {
             dst[i * width..(i + 1) * width].copy_from_slice(&src[r * width..(r + 1) * width]);
