@@ -1,7 +1,7 @@
 //! CPU encoder throughput at BERT-base size (random weights of bert-base-chinese's shape):
 //! fixed batches 1x128, 8x128, 32x128 and real ChnSentiCorp texts packed.
 //!
-//!     cargo bench --bench encoder_cpu [-- --threads N --texts N]
+//!     cargo bench --bench encoder_cpu [-- --threads N --texts N --cases 1x128,8x128,32x128,real]
 //!
 //! Compare with `tools/reference/bench_torch_cpu.py` run on the same machine (docs/BENCHMARKS.md).
 
@@ -18,6 +18,8 @@ use common::{arg, chnsenticorp_texts, fixed_batch, report, time};
 fn main() {
     let threads = arg("--threads").and_then(|v| v.parse().ok()).unwrap_or(0);
     let n_texts = arg("--texts").and_then(|v| v.parse().ok()).unwrap_or(512);
+    let cases = arg("--cases").unwrap_or_else(|| "1x128,8x128,32x128,real".into());
+    let wanted = |case: &str| cases.split(',').any(|c| c == case);
     let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared");
     let model_dir = shared.join("models/bert-base-chinese");
     let config_path = model_dir.join("config.json");
@@ -35,6 +37,9 @@ fn main() {
     let mut enc = Encoder::new(backend, config.clone(), &weights, 8192).unwrap();
 
     for (b, l) in [(1, 128), (8, 128), (32, 128)] {
+        if !wanted(&format!("{b}x{l}")) {
+            continue;
+        }
         let texts = fixed_batch(&config, b, l);
         let batch = PackedBatch::new(&texts);
         let secs = time(
@@ -47,6 +52,9 @@ fn main() {
         report(&format!("{b}x{l}"), b * l, secs);
     }
 
+    if !wanted("real") {
+        return;
+    }
     let Some(texts) = chnsenticorp_texts(&shared, n_texts) else {
         eprintln!("SKIPPED chnsenticorp case: ../shared/data/ChnSentiCorp-files not found");
         return;

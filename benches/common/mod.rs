@@ -67,3 +67,20 @@ pub fn chnsenticorp_texts(shared: &Path, n: usize) -> Option<Vec<String>> {
             .collect(),
     )
 }
+
+/// Latency as the reference scripts time it: `warmup` untimed runs, then the median of
+/// `runs` timed ones, in seconds.
+pub fn median_latency(mut f: impl FnMut(), warmup: usize, runs: usize) -> f64 {
+    for _ in 0..warmup {
+        f();
+    }
+    let mut times: Vec<f64> = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    times[runs / 2]
+}
