@@ -40,6 +40,13 @@ pub struct FeatureKey {
     /// written before pooling was a choice (all [CLS]) keep their digests.
     #[serde(skip_serializing_if = "is_cls")]
     pub pooling: String,
+    /// "truncate" or "chunk:<stride>"; left out when "truncate", as pooling.
+    #[serde(skip_serializing_if = "is_truncate")]
+    pub long: String,
+}
+
+fn is_truncate(long: &str) -> bool {
+    long == "truncate"
 }
 
 fn is_cls(pooling: &str) -> bool {
@@ -67,6 +74,9 @@ impl FeatureKey {
         ]);
         if !is_cls(&self.pooling) {
             meta.insert("pooling".to_string(), self.pooling.clone());
+        }
+        if !is_truncate(&self.long) {
+            meta.insert("long".to_string(), self.long.clone());
         }
         meta
     }
@@ -308,6 +318,7 @@ mod tests {
             precision: "fp32".to_string(),
             data_hash: hash_split(&["好".to_string()], &[1]),
             pooling: "cls".to_string(),
+            long: "truncate".to_string(),
         }
     }
 
@@ -369,6 +380,10 @@ mod tests {
             },
             FeatureKey {
                 pooling: "mean".to_string(),
+                ..base.clone()
+            },
+            FeatureKey {
+                long: "chunk:64".to_string(),
                 ..base.clone()
             },
         ];

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod batch;
 pub mod calibration;
 pub mod checkpoint;
+pub mod chunk;
 pub mod cli;
 pub mod data;
 pub mod features;

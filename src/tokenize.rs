@@ -74,6 +74,11 @@ impl BertTokenizer {
         self.max_length
     }
 
+    /// The configured `tokenizers` tokenizer (truncation at `max_length`, no padding).
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.inner
+    }
+
     pub fn sources(&self) -> &[PathBuf] {
         &self.sources
     }

@@ -6,11 +6,13 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
+use rayon::prelude::*;
 
 use super::progress::Progress;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::{CudaBackend, Precision};
 use crate::backend::{Device, DeviceRequest};
+use crate::chunk::{mean_of_windows, LongTexts, WindowTokenizer};
 use crate::features::{sha256_file, FeatureCache, FeatureKey};
 use crate::hub::{self, ResolvedModel};
 use crate::model::{encode_all, BertConfig, Encoder, FeatureEncoder, ModelDir, Pooling};
@@ -31,6 +33,9 @@ pub struct ModelArgs {
     /// (train and encode from --pooling, test and predict from the run).
     #[arg(skip)]
     pub pooling: Pooling,
+    /// Texts longer than max_length: truncated, or windows (set like `pooling`).
+    #[arg(skip)]
+    pub long: LongTexts,
 }
 
 impl ModelArgs {
@@ -95,6 +100,7 @@ pub struct LoadedModel {
     pub encoder: Box<dyn FeatureEncoder>,
     /// The features `encode_texts` and the feature cache produce.
     pub pooling: Pooling,
+    pub long: LongTexts,
 }
 
 impl LoadedModel {
@@ -162,28 +168,57 @@ pub fn load_model_files(
         precision: device.precision,
         encoder,
         pooling: model.pooling,
+        long: model.long,
     })
 }
 
-/// Features (N, C) of `texts` pooled as `model.pooling`, with a progress bar; prints the
-/// time and tokens/s.
+/// Features (N, C) of `texts` pooled as `model.pooling`, long texts as `model.long`
+/// says, with a progress bar; prints the time and tokens/s.
 pub fn encode_texts(model: &mut LoadedModel, texts: &[String], what: &str) -> Result<Vec<f32>> {
     let started = Instant::now();
-    let tokens = model.files.tokenizer.encode_many(texts)?;
     let mut progress = Progress::new(texts.len() as u64, &format!("encoding {what}"));
-    let pooling = model.pooling;
-    let cls = encode_all(model.encoder.as_mut(), &tokens, pooling, |done| {
-        progress.set(done as u64)
-    })?;
+    let (x, real_tokens) = text_features(model, texts, |done| progress.set(done as u64))?;
     progress.finish();
-    let real_tokens: usize = tokens.iter().map(|t| t.ids.len()).sum();
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "encoded {what}: {} texts, {real_tokens} tokens in {secs:.1}s ({:.0} tokens/s)",
         texts.len(),
         real_tokens as f64 / secs
     );
-    Ok(cls)
+    Ok(x)
+}
+
+/// Features (N, C) of `texts` and the tokens encoded for them. With `--long chunk` every
+/// window of every text is encoded (`progress` counts windows then) and each text's
+/// feature is the mean of its windows'.
+pub fn text_features(
+    model: &mut LoadedModel,
+    texts: &[String],
+    progress: impl FnMut(usize),
+) -> Result<(Vec<f32>, usize)> {
+    let pooling = model.pooling;
+    match model.long {
+        LongTexts::Truncate => {
+            let tokens = model.files.tokenizer.encode_many(texts)?;
+            let x = encode_all(model.encoder.as_mut(), &tokens, pooling, progress)?;
+            Ok((x, tokens.iter().map(|t| t.ids.len()).sum()))
+        }
+        LongTexts::Chunk { stride } => {
+            let windows = WindowTokenizer::new(&model.files.tokenizer, stride)?;
+            let per_text = texts
+                .par_iter()
+                .map(|t| windows.windows(t))
+                .collect::<Result<Vec<_>>>()?;
+            let counts: Vec<usize> = per_text.iter().map(Vec::len).collect();
+            let flat: Vec<_> = per_text.into_iter().flatten().collect();
+            let x = encode_all(model.encoder.as_mut(), &flat, pooling, progress)?;
+            let hidden = model.encoder.hidden_size();
+            Ok((
+                mean_of_windows(&x, &counts, hidden),
+                flat.iter().map(|t| t.ids.len()).sum(),
+            ))
+        }
+    }
 }
 
 /// sha256 of the weights: of `model.safetensors`, or of the shard index and every shard.
@@ -294,6 +329,7 @@ impl FeatureSource {
             precision: model.precision_name(),
             data_hash: data_hash.to_string(),
             pooling: model.pooling.name().to_string(),
+            long: model.long.key(),
         };
         let hidden = model.encoder.hidden_size();
         if let Some(x) = cache.get(&key)? {

@@ -12,15 +12,16 @@ use anyhow::{anyhow, bail, Result};
 use clap::Args;
 
 use super::common::{
-    encode_texts, load_model, model_files, parse_lines, weights_sha256, DeviceArgs, LoadedModel,
-    ModelArgs, TextArgs,
+    encode_texts, load_model, model_files, parse_lines, text_features, weights_sha256, DeviceArgs,
+    LoadedModel, ModelArgs, TextArgs,
 };
 use super::run_dir::{best_checkpoint, epoch_checkpoint, last_checkpoint, RunInfo};
 use crate::calibration::scaled_softmax;
 use crate::checkpoint::load_head;
+use crate::chunk::LongTexts;
 use crate::head::{argmax, LinearHead};
 use crate::hub::DEFAULT_MODEL;
-use crate::model::{encode_all, Pooling};
+use crate::model::Pooling;
 use crate::tokenize::DEFAULT_MAX_LENGTH;
 use crate::train::META_TEMPERATURE;
 
@@ -33,6 +34,7 @@ const LABELS_KEY: &str = "labels";
 const MODEL_KEY: &str = "model";
 const MAX_LENGTH_KEY: &str = "max_length";
 const POOLING_KEY: &str = "pooling";
+const LONG_KEY: &str = "long";
 
 /// Which trained head to use, and the model flags, which default to the run's.
 #[derive(Args, Clone, Debug)]
@@ -120,6 +122,10 @@ impl HeadArgs {
                 Some(info) => info.features.pooling,
                 None => metadata_pooling(meta, &source)?,
             },
+            long: match &run {
+                Some(info) => info.features.long,
+                None => metadata_long(meta, &source)?,
+            },
         };
         let model_overridden = run.is_some() && self.model.is_some();
         let temperature = if self.no_calibration {
@@ -191,6 +197,19 @@ fn metadata_pooling(metadata: &BTreeMap<String, String>, source: &Path) -> Resul
         Some(name) => name
             .parse()
             .map_err(|e| anyhow!("{}: metadata {POOLING_KEY}: {e}", source.display())),
+    }
+}
+
+/// How a checkpoint's head saw long texts; truncated where it does not say.
+fn metadata_long(metadata: &BTreeMap<String, String>, source: &Path) -> Result<LongTexts> {
+    match metadata.get(LONG_KEY) {
+        None => Ok(LongTexts::Truncate),
+        Some(key) => LongTexts::from_key(key).ok_or_else(|| {
+            anyhow!(
+                "{}: metadata {LONG_KEY} = {key:?} is neither truncate nor chunk:<stride>",
+                source.display()
+            )
+        }),
     }
 }
 
@@ -337,14 +356,7 @@ fn gather_texts(args: &PredictArgs) -> Result<Option<Vec<String>>> {
 
 /// One text as a batch of its own: encoded at its own length, never padded.
 fn predict_one(model: &mut LoadedModel, classifier: &Classifier, text: &str) -> Result<Prediction> {
-    let tokens = model.tokenizer().encode(text)?;
-    let pooling = model.pooling;
-    let x = encode_all(
-        model.encoder.as_mut(),
-        std::slice::from_ref(&tokens),
-        pooling,
-        |_| {},
-    )?;
+    let (x, _) = text_features(model, &[text.to_string()], |_| {})?;
     Ok(predict_features(&classifier.head, &x, classifier.temperature).remove(0))
 }
 

@@ -18,6 +18,7 @@ use super::common::{
 use super::progress::Progress;
 use super::run_dir::{best_checkpoint, DataSpec, FeatureSpec, Hyperparameters, RunFolder, RunInfo};
 use crate::backend::Device;
+use crate::chunk::LongTexts;
 use crate::data::{self, Dataset, LoadOptions, Split};
 use crate::head::ClassWeighting;
 use crate::hub::{resolve_dataset, DEFAULT_DATASET};
@@ -117,6 +118,19 @@ pub struct TrainArgs {
         help_heading = "Training"
     )]
     pooling: Vec<Pooling>,
+    /// Texts longer than --max-length tokens: truncate (the recipe's) or chunk (windows
+    /// of --max-length tokens, each with its own [CLS] and [SEP], overlapping by
+    /// --stride tokens; the text's feature is the mean of its windows').
+    #[arg(
+        long,
+        default_value = "truncate",
+        value_name = "truncate|chunk",
+        help_heading = "Training"
+    )]
+    long: String,
+    /// With --long chunk: tokens shared by consecutive windows.
+    #[arg(long, default_value_t = 64, help_heading = "Training")]
+    stride: usize,
     /// Search the head's hyper-parameters on the cached features instead of training
     /// once: AdamW lr over 1e-5..1e-1 (half-decades) and weight decay 0, 0.01, 0.1, each
     /// trial stopping early on the validation loss, trials in parallel over the cores;
@@ -193,6 +207,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let class_weights = class_weights(args.class_weights, train, num_labels)?;
     let model_args = ModelArgs {
         pooling: args.pooling[0],
+        long: long_texts(&args)?,
         ..args.model.clone()
     };
     let files = model_files(&model_args)?;
@@ -418,6 +433,7 @@ fn run_info(
             tokenizer_fingerprint: tokenizer.fingerprint()?,
             max_length: tokenizer.max_length(),
             pooling: args.pooling[0],
+            long: long_texts(args)?,
         },
         hidden_size: files.config.hidden_size,
         labels: labels.to_vec(),
@@ -579,6 +595,7 @@ fn checkpoint_metadata(run: &Run) -> BTreeMap<String, String> {
             run.info.features.max_length.to_string(),
         ),
         ("pooling".to_string(), run.info.features.pooling.to_string()),
+        ("long".to_string(), run.info.features.long.key()),
         (
             META_TRAIN_LABEL_COUNTS.to_string(),
             format!("{:?}", run.info.train_label_counts),
@@ -686,6 +703,17 @@ fn still_learning(metrics: &[EpochMetrics]) -> Option<StillLearning> {
         drop,
         epochs: window,
     })
+}
+
+/// --long and --stride as one setting.
+fn long_texts(args: &TrainArgs) -> Result<LongTexts> {
+    match args.long.as_str() {
+        "truncate" => Ok(LongTexts::Truncate),
+        "chunk" => Ok(LongTexts::Chunk {
+            stride: args.stride,
+        }),
+        other => bail!("--long {other}: use truncate or chunk"),
+    }
 }
 
 /// `cls,mean`: poolings as --pooling takes them.

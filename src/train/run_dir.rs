@@ -21,6 +21,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::chunk::LongTexts;
 use crate::fsio::{atomic_write, remove_stale_temp_files};
 use crate::head::ClassWeighting;
 use crate::model::Pooling;
@@ -111,6 +112,10 @@ pub struct FeatureSpec {
     /// How features were read off the encoder; runs written before the flag used [CLS].
     #[serde(default)]
     pub pooling: Pooling,
+    /// Texts longer than max_length: truncated (the recipe's; runs written before the
+    /// flag) or cut into overlapping windows.
+    #[serde(default)]
+    pub long: LongTexts,
 }
 
 /// What a run trained on (the texts and labels of its splits, whatever columns or files

@@ -62,6 +62,7 @@ pub(super) fn run(args: TrainArgs) -> Result<()> {
 
     let model_args = ModelArgs {
         pooling: poolings[0],
+        long: long_texts(&args)?,
         ..args.model.clone()
     };
     let num_labels = dataset.label_names.len();

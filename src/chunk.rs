@@ -1,0 +1,150 @@
+//! Long texts as overlapping windows (`--long chunk --stride S`): a text longer than
+//! `max_length` tokens is cut into windows of at most `max_length` tokens, each with its
+//! own [CLS] and [SEP], consecutive windows sharing `stride` tokens, and its feature is
+//! the mean of its windows' features. The windows are HF tokenizers' own overflow
+//! windows (`truncation` with `stride`, `return_overflowing_tokens`), so they match
+//! Python's `tokenizer(text, truncation=True, max_length=L, stride=S,
+//! return_overflowing_tokens=True)` id for id (tests/fixtures/tiny/chunk-windows.json).
+
+use anyhow::{anyhow, bail, Result};
+use serde::{Deserialize, Serialize};
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+use crate::tokenize::{BertTokenizer, TokenizedText};
+
+/// Most windows a text contributes: a bound on the work and memory one text can take
+/// (64 windows of 350 tokens is over 20,000 tokens); later ones are dropped.
+pub const MAX_WINDOWS: usize = 64;
+
+/// What happens to a text longer than `max_length` tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LongTexts {
+    /// Cut at `max_length` tokens: the recipe's.
+    #[default]
+    Truncate,
+    /// Overlapping windows, `stride` tokens shared by neighbours, features averaged.
+    Chunk { stride: usize },
+}
+
+impl LongTexts {
+    /// `truncate`, or `chunk:S`: the feature cache key's and the checkpoint's form.
+    pub fn key(self) -> String {
+        match self {
+            Self::Truncate => "truncate".into(),
+            Self::Chunk { stride } => format!("chunk:{stride}"),
+        }
+    }
+
+    /// Parses [`key`](Self::key)'s form.
+    pub fn from_key(key: &str) -> Option<Self> {
+        match key.split_once(':') {
+            None if key == "truncate" => Some(Self::Truncate),
+            Some(("chunk", s)) => s.parse().ok().map(|stride| Self::Chunk { stride }),
+            _ => None,
+        }
+    }
+}
+
+/// A model's tokenizer set to cut texts into overflow windows.
+pub struct WindowTokenizer {
+    inner: Tokenizer,
+    max_length: usize,
+    stride: usize,
+}
+
+impl WindowTokenizer {
+    pub fn new(base: &BertTokenizer, stride: usize) -> Result<Self> {
+        let max_length = base.max_length();
+        if stride + 2 >= max_length {
+            bail!(
+                "--stride {stride}: windows of --max-length {max_length} hold {} tokens besides [CLS] and [SEP]; pass a stride below that",
+                max_length - 2
+            );
+        }
+        let mut inner = base.tokenizer().clone();
+        inner
+            .with_truncation(Some(TruncationParams {
+                max_length,
+                strategy: TruncationStrategy::LongestFirst,
+                stride,
+                direction: TruncationDirection::Right,
+            }))
+            .map_err(|e| anyhow!("cannot set windows on the tokenizer: {e}"))?;
+        Ok(Self {
+            inner,
+            max_length,
+            stride,
+        })
+    }
+
+    /// The windows of `text`, in order: one for a text that fits, at most
+    /// [`MAX_WINDOWS`]. Only the first `MAX_WINDOWS * max_length` characters are
+    /// tokenized: every token covers at least one character, so they give every window
+    /// kept, and a huge text costs no more than that.
+    pub fn windows(&self, text: &str) -> Result<Vec<TokenizedText>> {
+        let cap = MAX_WINDOWS * self.max_length;
+        let text = match text.char_indices().nth(cap) {
+            Some((end, _)) => &text[..end],
+            None => text,
+        };
+        let enc = self.inner.encode(text, true).map_err(|e| {
+            anyhow!(
+                "cannot tokenize {:?}: {e}",
+                text.chars().take(40).collect::<String>()
+            )
+        })?;
+        let mut out = vec![TokenizedText {
+            ids: enc.get_ids().to_vec(),
+            type_ids: enc.get_type_ids().to_vec(),
+        }];
+        out.extend(enc.get_overflowing().iter().map(|o| TokenizedText {
+            ids: o.get_ids().to_vec(),
+            type_ids: o.get_type_ids().to_vec(),
+        }));
+        out.truncate(MAX_WINDOWS);
+        Ok(out)
+    }
+
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+}
+
+/// Row i of the (N, C) result is the mean of the rows `windows[i]` of `features`
+/// (windows, C), in f64.
+pub fn mean_of_windows(features: &[f32], counts: &[usize], hidden: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(counts.len() * hidden);
+    let mut row = 0;
+    for &n in counts {
+        let mut acc = vec![0.0f64; hidden];
+        for w in row..row + n {
+            for (a, &v) in acc.iter_mut().zip(&features[w * hidden..(w + 1) * hidden]) {
+                *a += v as f64;
+            }
+        }
+        out.extend(acc.iter().map(|a| (a / n as f64) as f32));
+        row += n;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        for long in [LongTexts::Truncate, LongTexts::Chunk { stride: 64 }] {
+            assert_eq!(LongTexts::from_key(&long.key()), Some(long));
+        }
+        assert_eq!(LongTexts::from_key("chunk:x"), None);
+        assert_eq!(LongTexts::from_key("window"), None);
+    }
+
+    #[test]
+    fn windows_are_averaged_per_text() {
+        let f = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        assert_eq!(mean_of_windows(&f, &[2, 1], 2), vec![2.0, 3.0, 5.0, 6.0]);
+    }
+}
