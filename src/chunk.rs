@@ -36,6 +36,15 @@ impl LongTexts {
         }
     }
 
+    /// `--long truncate|chunk` with `--stride`.
+    pub fn from_flags(long: &str, stride: usize) -> Result<Self> {
+        match long {
+            "truncate" => Ok(Self::Truncate),
+            "chunk" => Ok(Self::Chunk { stride }),
+            other => bail!("--long {other}: use truncate or chunk"),
+        }
+    }
+
     /// Parses [`key`](Self::key)'s form.
     pub fn from_key(key: &str) -> Option<Self> {
         match key.split_once(':') {

@@ -145,6 +145,34 @@ fn a_chunked_run_predicts_from_the_mean_of_its_windows() {
         }
         features.extend(mean.iter().map(|&v| v as f32));
     }
+    // encode --long chunk gives the same features.
+    let out = common("encode")
+        .args([
+            "--model",
+            tiny_model().to_str().unwrap(),
+            "--max-length",
+            "12",
+        ])
+        .args(["--long", "chunk", "--stride", "3", "--json"])
+        .args(texts)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let encoded: Vec<f32> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .flat_map(|l| {
+            serde_json::from_value::<Vec<f32>>(
+                serde_json::from_str::<Value>(l).unwrap()["cls"].clone(),
+            )
+            .unwrap()
+        })
+        .collect();
+    assert!(max_abs_diff(&encoded, &features) < 1e-5);
+
     let want = softmax(&best.head.logits(&features), 2);
     // Windows batched together vs one at a time: GEMM blocking may differ by a few ulps.
     for (g, w) in got.iter().flatten().zip(&want) {

@@ -10,6 +10,7 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
 use super::common::{encode_texts, load_model, DeviceArgs, ModelArgs, TextArgs};
+use crate::chunk::LongTexts;
 use crate::fsio::atomic_write;
 use crate::model::Pooling;
 
@@ -25,6 +26,13 @@ pub struct EncodeArgs {
     /// text's tokens). The output tensor and JSON key are named after it.
     #[arg(long, default_value = "cls", value_name = "cls|mean")]
     pooling: Pooling,
+    /// Texts longer than --max-length: truncate, or chunk (overlapping windows, the
+    /// feature the mean of theirs), as train's --long.
+    #[arg(long, default_value = "truncate", value_name = "truncate|chunk")]
+    long: String,
+    /// With --long chunk: tokens shared by consecutive windows.
+    #[arg(long, default_value_t = 64)]
+    stride: usize,
     /// Write a safetensors file: `cls` or `mean` [N, hidden] (and `input_ids`, `attention_mask` [N, L] with --ids).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -41,8 +49,12 @@ pub fn run(args: EncodeArgs) -> Result<()> {
     if texts.is_empty() {
         bail!("no texts to encode: pass them as arguments or with --file F (one per line)");
     }
+    if args.ids && args.long == "chunk" {
+        bail!("--ids shows one row of ids per text, a chunked text has several windows: drop --ids or --long chunk");
+    }
     let model_args = ModelArgs {
         pooling: args.pooling,
+        long: LongTexts::from_flags(&args.long, args.stride)?,
         ..args.model.clone()
     };
     let mut model = load_model(&model_args, &args.device)?;
@@ -86,6 +98,7 @@ pub fn run(args: EncodeArgs) -> Result<()> {
         meta.insert("model".to_string(), model.id().to_string());
         meta.insert("max_length".to_string(), args.model.max_length.to_string());
         meta.insert("pooling".to_string(), name.to_string());
+        meta.insert("long".to_string(), model.long.key());
         let bytes = safetensors::serialize(&tensors, Some(meta))
             .context("cannot serialise the features")?;
         atomic_write(out, &bytes)?;

@@ -707,13 +707,7 @@ fn still_learning(metrics: &[EpochMetrics]) -> Option<StillLearning> {
 
 /// --long and --stride as one setting.
 fn long_texts(args: &TrainArgs) -> Result<LongTexts> {
-    match args.long.as_str() {
-        "truncate" => Ok(LongTexts::Truncate),
-        "chunk" => Ok(LongTexts::Chunk {
-            stride: args.stride,
-        }),
-        other => bail!("--long {other}: use truncate or chunk"),
-    }
+    LongTexts::from_flags(&args.long, args.stride)
 }
 
 /// `cls,mean`: poolings as --pooling takes them.
