@@ -3,6 +3,7 @@
 mod common;
 mod encode;
 mod info;
+mod lines;
 mod predict;
 mod progress;
 mod test;

@@ -5,16 +5,18 @@
 //! its label names, and the model it must run on.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, IsTerminal, Read, Write};
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 
 use super::common::{
-    encode_texts, load_model, model_files, parse_lines, text_features, weights_sha256, DeviceArgs,
-    LoadedModel, ModelArgs, TextArgs,
+    load_model, model_files, text_features, weights_sha256, DeviceArgs, LoadedModel, ModelArgs,
+    TextArgs,
 };
+use super::lines::TextChunks;
+use super::progress::Throughput;
 use super::run_dir::{best_checkpoint, epoch_checkpoint, last_checkpoint, RunInfo};
 use crate::calibration::scaled_softmax;
 use crate::checkpoint::load_head;
@@ -312,46 +314,53 @@ pub fn predict_features(head: &LinearHead, x: &[f32], temperature: f64) -> Vec<P
 }
 
 pub fn run(args: PredictArgs) -> Result<()> {
-    let texts = gather_texts(&args)?;
+    // The first chunk is read before the model loads: no texts, or a bad first line,
+    // fail before any weights are read.
+    let mut input = TextChunks::open(&args.input)?;
+    let first = match &mut input {
+        Some(chunks) => Some(chunks.next_chunk()?.ok_or_else(|| {
+            anyhow!("no texts to label: pass them as arguments, with --file F or on standard input (one per line)")
+        })?),
+        None => None,
+    };
     let classifier = args.head.load()?;
     let mut model = classifier.load_model(&args.device)?;
     let names = classifier.names_or_ids();
-    match texts {
-        Some(texts) => {
-            let x = encode_texts(&mut model, &texts, "texts")?;
-            let predictions = predict_features(&classifier.head, &x, classifier.temperature);
-            write_predictions(
-                std::io::stdout().lock(),
-                &texts,
-                &predictions,
-                &names,
-                args.json,
-            )
+    match (input, first) {
+        (Some(chunks), Some(first)) => {
+            predict_stream(&mut model, &classifier, &names, chunks, first, args.json)
         }
-        None => interactive(std::io::stdin().lock(), std::io::stdout().lock(), |text| {
+        _ => interactive(std::io::stdin().lock(), std::io::stdout().lock(), |text| {
             let prediction = predict_one(&mut model, &classifier, text)?;
             Ok((names[prediction.label_id].clone(), prediction.prob()))
         }),
     }
 }
 
-/// The texts to label, or none for the interactive prompt.
-fn gather_texts(args: &PredictArgs) -> Result<Option<Vec<String>>> {
-    let texts = if let Some(texts) = args.input.given()? {
-        texts
-    } else if std::io::stdin().is_terminal() {
-        return Ok(None);
-    } else {
-        let mut bytes = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut bytes)
-            .map_err(|e| anyhow!("cannot read standard input ({e})"))?;
-        parse_lines(&bytes, "standard input")?
-    };
-    if texts.is_empty() {
-        bail!("no texts to label: pass them as arguments, with --file F or on standard input (one per line)");
+/// Labels the texts a chunk at a time, each chunk written (and flushed) before the next
+/// is read: memory stays that of one chunk whatever the number of lines.
+fn predict_stream(
+    model: &mut LoadedModel,
+    classifier: &Classifier,
+    names: &[String],
+    mut chunks: TextChunks,
+    first: Vec<String>,
+    json: bool,
+) -> Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut meter = Throughput::new("labelled", None);
+    let mut chunk = Some(first);
+    while let Some(texts) = chunk {
+        // Long texts are truncated or cut into windows as the head was trained.
+        let (x, token_count) = text_features(model, &texts, |_| {})?;
+        let predictions = predict_features(&classifier.head, &x, classifier.temperature);
+        write_predictions(&mut out, &texts, &predictions, names, json)?;
+        out.flush()?;
+        meter.add(texts.len() as u64, token_count as u64);
+        chunk = chunks.next_chunk()?;
     }
-    Ok(Some(texts))
+    meter.finish();
+    Ok(())
 }
 
 /// One text as a batch of its own: encoded at its own length, never padded.
@@ -361,13 +370,12 @@ fn predict_one(model: &mut LoadedModel, classifier: &Classifier, text: &str) -> 
 }
 
 fn write_predictions(
-    out: impl Write,
+    mut out: impl Write,
     texts: &[String],
     predictions: &[Prediction],
     names: &[String],
     json: bool,
 ) -> Result<()> {
-    let mut out = std::io::BufWriter::new(out);
     for (text, p) in texts.iter().zip(predictions) {
         let label = &names[p.label_id];
         if json {
@@ -382,7 +390,6 @@ fn write_predictions(
             writeln!(out, "{label}\t{:.4}\t{text}", p.prob())?;
         }
     }
-    out.flush()?;
     Ok(())
 }
 
