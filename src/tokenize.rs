@@ -3,6 +3,8 @@
 //! `BertTokenizer` would configure it. Output is `[CLS] text [SEP]`, truncated to
 //! `max_length`, never padded (batches are packed).
 
+mod bounded;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -25,6 +27,8 @@ pub struct TokenizedText {
 
 pub struct BertTokenizer {
     inner: Tokenizer,
+    /// Bounds the work on a long text (see `bounded`).
+    bounded: bounded::Bounded,
     /// The files it was built from, for `info` and the feature-cache key.
     sources: Vec<PathBuf>,
     max_length: usize,
@@ -63,8 +67,10 @@ impl BertTokenizer {
             }))
             .map_err(|e| anyhow!("cannot set truncation on the tokenizer: {e}"))?;
         inner.with_padding(None);
+        let bounded = bounded::Bounded::new(&inner, max_length)?;
         Ok(Self {
             inner,
+            bounded,
             sources,
             max_length,
         })
@@ -99,7 +105,18 @@ impl BertTokenizer {
         Ok(format!("{:x}", h.finalize()))
     }
 
+    /// `[CLS] text [SEP]` truncated to `max_length`: the ids HF gives for the whole text,
+    /// with work bounded by `max_length` however long the text is (see `bounded`).
     pub fn encode(&self, text: &str) -> Result<TokenizedText> {
+        let ids = self.bounded.encode(&self.inner, text)?;
+        // One sequence: every type id is 0 (checked in `Bounded::new`).
+        let type_ids = vec![0; ids.len()];
+        Ok(TokenizedText { ids, type_ids })
+    }
+
+    /// The whole text through the `tokenizers` pipeline, then truncated: HF's behaviour,
+    /// with work growing with the text. The reference `encode` is tested against.
+    pub fn encode_unbounded(&self, text: &str) -> Result<TokenizedText> {
         let enc = self
             .inner
             .encode(text, true)
