@@ -15,13 +15,85 @@ pub struct InfoArgs {
     json: bool,
 }
 
+/// The build and the machine, shown before the model so that they show even when the
+/// model cannot be found (offline, no `--model`).
+fn build_and_device(cuda: &crate::backend::cuda::CudaStatus) -> serde_json::Value {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "cpu": {
+            "arch": std::env::consts::ARCH,
+            "features": cpu_features(),
+            "cores": cores,
+            "threads_default": rayon::current_num_threads(),
+        },
+        "cuda": {
+            "kernel_archs": cuda.kernel_archs,
+            "nvcc": cuda.nvcc_version,
+            "driver": cuda.driver,
+            "cublas": cuda.cublas,
+            "devices": cuda.devices,
+            "problem": cuda.problem,
+        },
+    })
+}
+
+/// The SIMD features the CPU GEMM can use on this machine.
+fn cpu_features() -> Vec<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut found = Vec::new();
+        if is_x86_feature_detected!("avx2") {
+            found.push("avx2");
+        }
+        if is_x86_feature_detected!("fma") {
+            found.push("fma");
+        }
+        if is_x86_feature_detected!("avx512f") {
+            found.push("avx512f");
+        }
+        found
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        vec!["neon"]
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        Vec::new()
+    }
+}
+
 pub fn run(args: InfoArgs) -> Result<()> {
-    let files = model_files(&args.model)?;
+    let cuda = crate::backend::cuda::probe();
+    let build = build_and_device(&cuda);
+    if !args.json {
+        let cpu = &build["cpu"];
+        println!("bertcls     {}", env!("CARGO_PKG_VERSION"));
+        println!(
+            "cpu         {}, {} cores, {} threads by default, features: {}",
+            std::env::consts::ARCH,
+            cpu["cores"],
+            cpu["threads_default"],
+            cpu_features().join(" ")
+        );
+        println!("{}", cuda.to_string().trim_end());
+    }
+    let files = match model_files(&args.model) {
+        Ok(files) => files,
+        Err(e) => {
+            if args.json {
+                let mut obj = build;
+                obj["model_error"] = format!("{e:#}").into();
+                println!("{obj}");
+            }
+            return Err(e);
+        }
+    };
     let (dir, config, tokenizer) = (&files.dir, &files.config, &files.tokenizer);
     let id = &files.resolved.id;
     let origin = files.resolved.origin.to_string();
     let ckpt = Checkpoint::open(&dir.dir)?;
-    let cuda = crate::backend::cuda::probe();
     let mut weight_files: Vec<String> = ckpt
         .tensor_names()
         .filter_map(|n| ckpt.file_of(n).map(|p| p.display().to_string()))
@@ -35,17 +107,10 @@ pub fn run(args: InfoArgs) -> Result<()> {
         .collect();
     let params = config.num_parameters();
     if args.json {
-        let obj = serde_json::json!({
+        let mut obj = build;
+        let model = serde_json::json!({
             "model": id,
             "origin": origin,
-            "cuda": {
-                "kernel_archs": cuda.kernel_archs,
-                "nvcc": cuda.nvcc_version,
-                "driver": cuda.driver,
-                "cublas": cuda.cublas,
-                "devices": cuda.devices,
-                "problem": cuda.problem,
-            },
             "folder": dir.dir.display().to_string(),
             "config_file": dir.config.display().to_string(),
             "config": config,
@@ -54,6 +119,9 @@ pub fn run(args: InfoArgs) -> Result<()> {
             "tokenizer_files": tokenizer_files,
             "max_length": tokenizer.max_length(),
         });
+        if let (Some(all), serde_json::Value::Object(model)) = (obj.as_object_mut(), model) {
+            all.extend(model);
+        }
         println!("{obj}");
         return Ok(());
     }
@@ -81,6 +149,5 @@ pub fn run(args: InfoArgs) -> Result<()> {
     for f in &tokenizer_files {
         println!("tokenizer   {f}");
     }
-    println!("{}", cuda.to_string().trim_end());
     Ok(())
 }

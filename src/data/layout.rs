@@ -52,12 +52,40 @@ pub(super) fn split_of(file: &Path) -> String {
     }
 }
 
-/// One file is its own split, unless it is named as a split: then its
-/// siblings of the same format named as splits come along, as the other splits.
+/// HF `datasets`' split keywords (`SPLIT_KEYWORDS` in `data_files.py`), by the split
+/// they name.
+const SPLIT_KEYWORDS: [(&str, &[&str]); 3] = [
+    ("train", &["train", "training"]),
+    ("validation", &["validation", "valid", "dev", "val"]),
+    ("test", &["test", "testing", "eval", "evaluation"]),
+];
+
+/// The split HF's file-name patterns (`**[-._ 0-9/]KEYWORD[-._ 0-9]*`) give a file:
+/// a keyword standing between separators (`-`, `.`, `_`, space, digits) in its name,
+/// e.g. `reviews_test.jsonl` is `test`, `my-training-set.csv` is `train`.
+fn split_keyword(file: &Path) -> Option<&'static str> {
+    let name = file.file_name()?.to_string_lossy().to_lowercase();
+    let sep = |c: char| matches!(c, '-' | '.' | '_' | ' ') || c.is_ascii_digit();
+    // The keyword must be followed by a separator: the extension's dot at the latest.
+    let words: Vec<&str> = name.split(sep).collect();
+    let last = words.len().saturating_sub(1);
+    SPLIT_KEYWORDS.iter().find_map(|(split, keywords)| {
+        words[..last]
+            .iter()
+            .any(|w| keywords.contains(w))
+            .then_some(*split)
+    })
+}
+
+/// A lone file is split `train`, as for HF `load_dataset(format, data_files=file)`,
+/// unless its name names a split: named exactly as one, its siblings of the same format
+/// named as splits come along as the other splits; with a split keyword in its name
+/// (`reviews_test.jsonl`), it is that split.
 pub(super) fn for_file(file: &Path, format: Format) -> Result<Groups> {
     let split = split_of(file);
     if !is_split_name(&split) {
-        return Ok(vec![(split, vec![file.to_path_buf()])]);
+        let split = split_keyword(file).unwrap_or("train");
+        return Ok(vec![(split.to_string(), vec![file.to_path_buf()])]);
     }
     let dir = file
         .parent()
@@ -142,6 +170,21 @@ mod tests {
         assert_eq!(split_of(Path::new("d/default/test/0000.parquet")), "test");
         assert_eq!(split_of(Path::new("my-reviews.csv")), "my-reviews");
         assert_eq!(split_of(Path::new("reviews-2024-of-5.csv")), "reviews");
+    }
+
+    #[test]
+    fn lone_files_are_train_unless_named_for_a_split() {
+        let split = |f: &str| split_keyword(Path::new(f));
+        assert_eq!(split("d/reviews.jsonl"), None);
+        assert_eq!(split("reviews_test.jsonl"), Some("test"));
+        assert_eq!(split("my-training-set.csv"), Some("train"));
+        assert_eq!(split("imdb.dev.tsv"), Some("validation"));
+        assert_eq!(split("val2024.parquet"), Some("validation"));
+        assert_eq!(split("Eval.jsonl"), Some("test"));
+        // Keywords only count between separators, not inside words or as the extension.
+        assert_eq!(split("trainer.jsonl"), None);
+        assert_eq!(split("contest.csv"), None);
+        assert_eq!(split("x.test"), None);
     }
 
     #[test]

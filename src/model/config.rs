@@ -27,6 +27,9 @@ pub struct BertConfig {
     pub model_type: Option<String>,
 }
 
+/// 2^40 f32 parameters (4 TiB): beyond any BERT, and far from overflowing byte counts.
+const MAX_PARAMETERS: usize = 1 << 40;
+
 fn default_type_vocab() -> usize {
     2
 }
@@ -58,17 +61,65 @@ impl BertConfig {
                 );
             }
         }
-        if self.num_attention_heads == 0
-            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
-        {
+        // Every size must be positive: a zero one leaves empty matrices the encoder would
+        // index into.
+        for (name, value) in [
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("vocab_size", self.vocab_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+        ] {
+            if value == 0 {
+                bail!("{name} is 0: every size in config.json must be positive");
+            }
+        }
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             bail!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size,
                 self.num_attention_heads
             );
         }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            bail!(
+                "layer_norm_eps {} must be a positive finite number",
+                self.layer_norm_eps
+            );
+        }
+        if self.pad_token_id as usize >= self.vocab_size {
+            bail!(
+                "pad_token_id {} is outside the vocabulary of {} tokens",
+                self.pad_token_id,
+                self.vocab_size
+            );
+        }
+        if self.checked_parameters().is_none_or(|n| n > MAX_PARAMETERS) {
+            bail!(
+                "its sizes give more than {MAX_PARAMETERS} parameters: not a model this machine can hold"
+            );
+        }
         self.activation()?;
         Ok(())
+    }
+
+    /// `num_parameters` with overflow checks, for sizes read from an untrusted file.
+    fn checked_parameters(&self) -> Option<usize> {
+        let (c, f) = (self.hidden_size, self.intermediate_size);
+        let rows = self
+            .vocab_size
+            .checked_add(self.max_position_embeddings)?
+            .checked_add(self.type_vocab_size)?;
+        let embeddings = rows.checked_mul(c)?.checked_add(c.checked_mul(2)?)?;
+        let attention = c.checked_mul(c)?.checked_add(c)?.checked_mul(4)?;
+        let ffn = c.checked_mul(f)?.checked_mul(2)?;
+        let layer = attention
+            .checked_add(ffn)?
+            .checked_add(f)?
+            .checked_add(c.checked_mul(5)?)?;
+        embeddings.checked_add(self.num_hidden_layers.checked_mul(layer)?)
     }
 
     pub fn activation(&self) -> Result<Activation> {
@@ -91,5 +142,53 @@ impl BertConfig {
             (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * c + 2 * c;
         let layer = 4 * (c * c + c) + 2 * (c * f) + f + c + 4 * c;
         embeddings + self.num_hidden_layers * layer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(edit: impl FnOnce(&mut serde_json::Value)) -> Result<BertConfig> {
+        let mut v = serde_json::json!({
+            "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 16, "vocab_size": 10, "max_position_embeddings": 16,
+        });
+        edit(&mut v);
+        let dir = std::env::temp_dir().join(format!("bertcls-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{}.json", rand::random::<u64>()));
+        std::fs::write(&path, v.to_string()).unwrap();
+        let out = BertConfig::from_file(&path);
+        std::fs::remove_file(&path).unwrap();
+        out
+    }
+
+    #[test]
+    fn degenerate_configs_are_refused_with_the_file_named() {
+        assert!(config(|_| {}).is_ok());
+        let cases: [(&str, serde_json::Value, &str); 10] = [
+            ("hidden_size", 0.into(), "hidden_size is 0"),
+            ("intermediate_size", 0.into(), "intermediate_size is 0"),
+            ("type_vocab_size", 0.into(), "type_vocab_size is 0"),
+            ("num_attention_heads", 0.into(), "num_attention_heads is 0"),
+            ("num_attention_heads", 3.into(), "not a multiple"),
+            ("vocab_size", 0.into(), "vocab_size is 0"),
+            (
+                "max_position_embeddings",
+                0.into(),
+                "max_position_embeddings is 0",
+            ),
+            ("layer_norm_eps", (-1.0).into(), "layer_norm_eps"),
+            ("pad_token_id", 10.into(), "pad_token_id 10"),
+            ("hidden_size", (1u64 << 40).into(), "parameters"),
+        ];
+        for (key, value, want) in cases {
+            let err = config(|v| v[key] = value.clone()).unwrap_err().to_string();
+            assert!(
+                err.contains(want) && err.contains(".json: ") && !err.contains('\n'),
+                "{key} = {value}: {err}"
+            );
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! test fixtures were made with) in eval mode:
 //! post-LayerNorm blocks, no dropout, attention restricted to each text's own tokens.
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 
 use super::config::BertConfig;
@@ -100,6 +100,40 @@ pub struct Encoder<B: Backend> {
     max_tokens: usize,
 }
 
+/// The workspace's size for `max_tokens`, computed with overflow checks: refused when it
+/// overflows or exceeds the machine's memory, before anything is allocated.
+pub fn check_workspace(max_tokens: usize, hidden: usize, intermediate: usize) -> Result<u64> {
+    let per_token = (hidden as u64)
+        .checked_mul(7)
+        .and_then(|n| n.checked_add(intermediate as u64));
+    let bytes = per_token
+        .and_then(|n| n.checked_mul(max_tokens as u64))
+        .and_then(|n| n.checked_mul(4));
+    let memory = total_memory_bytes();
+    match bytes {
+        Some(b) if memory.is_none_or(|m| b <= m) && b <= isize::MAX as u64 => Ok(b),
+        _ => {
+            let fits = match (per_token, memory) {
+                (Some(p), Some(m)) if p > 0 => format!(" (at most {} here)", m / 2 / (4 * p)),
+                _ => String::new(),
+            };
+            bail!(
+                "--max-batch-tokens {max_tokens} needs a workspace of {} MiB, more than this machine's memory: use a smaller --max-batch-tokens{fits}",
+                bytes.map_or("over 2^64".to_string(), |b| (b >> 20).to_string())
+            )
+        }
+    }
+}
+
+/// `MemTotal` of `/proc/meminfo`; `None` where there is none (then only overflow and the
+/// allocation itself can refuse a workspace).
+fn total_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 impl<B: Backend> Encoder<B> {
     /// Uploads the weights once (Linear weights in the backend's own layout) and sizes the workspace for `max_tokens` tokens per batch.
     pub fn new(
@@ -114,13 +148,17 @@ impl<B: Backend> Encoder<B> {
             |t| backend.upload(t),
         )?;
         let (c, f) = (config.hidden_size, config.intermediate_size);
+        check_workspace(max_tokens, c, f)?;
+        let too_big = |e: anyhow::Error| {
+            anyhow!("--max-batch-tokens {max_tokens} needs a workspace this machine cannot allocate ({e}): use a smaller --max-batch-tokens")
+        };
         let ws = Workspace {
-            hidden: backend.alloc(max_tokens * c)?,
-            qkv: backend.alloc(max_tokens * 3 * c)?,
-            attn: backend.alloc(max_tokens * c)?,
-            proj: backend.alloc(max_tokens * c)?,
-            inter: backend.alloc(max_tokens * f)?,
-            cls: backend.alloc(max_tokens * c)?,
+            hidden: backend.alloc(max_tokens * c).map_err(too_big)?,
+            qkv: backend.alloc(max_tokens * 3 * c).map_err(too_big)?,
+            attn: backend.alloc(max_tokens * c).map_err(too_big)?,
+            proj: backend.alloc(max_tokens * c).map_err(too_big)?,
+            inter: backend.alloc(max_tokens * f).map_err(too_big)?,
+            cls: backend.alloc(max_tokens * c).map_err(too_big)?,
         };
         Ok(Self {
             backend,

@@ -13,7 +13,7 @@ mod packed;
 mod simd;
 mod tensor;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
 use super::{Activation, Backend, QueryRows};
@@ -46,16 +46,23 @@ pub struct CpuBackend {
     threads: usize,
 }
 
+/// The most CPU threads per core `--threads` may ask for.
+pub const MAX_THREADS_PER_CORE: usize = 4;
+
 impl CpuBackend {
-    /// `threads` = 0 uses every core.
+    /// `threads` = 0 uses every core; more than [`MAX_THREADS_PER_CORE`] per core is
+    /// refused (each thread has a stack, and thousands of them can fail to start).
     pub fn new(threads: usize) -> Result<Self> {
-        let threads = if threads == 0 {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        } else {
-            threads
-        };
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let most = cores * MAX_THREADS_PER_CORE;
+        if threads > most {
+            bail!(
+                "--threads {threads} is more than {MAX_THREADS_PER_CORE} per core on this machine's {cores} cores: use at most {most} (0 uses every core)"
+            );
+        }
+        let threads = if threads == 0 { cores } else { threads };
         let pool = ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("bertcls-cpu-{i}"))
@@ -99,8 +106,17 @@ impl Backend for CpuBackend {
         Ok(t[..len].to_vec())
     }
 
+    /// Fallible, unlike `vec!`, which aborts the process when the memory is not there.
     fn alloc(&self, len: usize) -> Result<CpuTensor> {
-        Ok(CpuTensor::plain(vec![0.0; len]))
+        let mut v = Vec::new();
+        v.try_reserve_exact(len).map_err(|_| {
+            anyhow!(
+                "cannot allocate {} MiB of CPU memory",
+                (len as u128 * 4) >> 20
+            )
+        })?;
+        v.resize(len, 0.0);
+        Ok(CpuTensor::plain(v))
     }
 
     fn embeddings_layernorm(
