@@ -294,7 +294,7 @@ fn whole(inner: &Tokenizer, text: &str, special: bool) -> Result<Vec<u32>> {
 /// because `BertNormalizer` works per character (mark reordering changes no count, and
 /// marks are removed whenever NFD runs).
 fn long_word(inner: &Tokenizer, word: &str, max_chars: usize, unk_id: u32) -> Result<Vec<u32>> {
-    const BLOCK: usize = 64 * 1024;
+    const BLOCK: usize = 4096;
     let mut normalized = String::new();
     let mut pos = 0;
     while pos < word.len() {
