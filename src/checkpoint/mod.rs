@@ -19,7 +19,7 @@ mod pickle;
 
 use crate::head::LinearHead;
 use crate::optim::AdamW;
-use pickle::{unpickle_state_dict, TensorRef};
+use pickle::{unpickle_state_dict, StorageRef, TensorRef};
 
 /// Prefix of the metadata keys that hold the optimiser's step count and settings.
 const OPTIM_PREFIX: &str = "optim.";
@@ -356,23 +356,25 @@ fn read_torch_zip(bytes: &[u8]) -> Result<Tensors, String> {
         .map(str::to_string)
         .ok_or("zip without <archive>/data.pkl: not a torch.save file")?;
     let prefix = &pkl_name[..pkl_name.len() - "data.pkl".len()];
-    let mut read_entry = |name: &str| -> Result<Option<Vec<u8>>, String> {
-        let mut file = match zip.by_name(name) {
+    // Every entry is read against a limit known before inflating it (16 bytes for
+    // byteorder, MAX_PICKLE_BYTES for the pickle, what the pickle says a storage holds):
+    // a declared size beyond it is refused unread, and inflation stops one byte past it,
+    // so a small file that inflates hugely (or lies about its size) costs no memory.
+    let mut read_entry = |name: &str, limit: u64| -> Result<Option<Vec<u8>>, String> {
+        let file = match zip.by_name(name) {
             Ok(f) => f,
             Err(zip::result::ZipError::FileNotFound) => return Ok(None),
             Err(e) => return Err(bad(e)),
         };
-        let mut out = Vec::new();
-        file.read_to_end(&mut out)
-            .map_err(|e| format!("cannot read {name} from the zip ({e}); re-save it"))?;
-        Ok(Some(out))
+        read_bounded(file, name, limit).map(Some)
     };
-    if let Some(order) = read_entry(&format!("{prefix}byteorder"))? {
+    if let Some(order) = read_entry(&format!("{prefix}byteorder"), 16)? {
         if order != b"little" {
             return Err("saved on a big-endian machine: re-save it on a little-endian one".into());
         }
     }
-    let pickle = read_entry(&pkl_name)?.expect("listed above");
+    let pickle = read_entry(&pkl_name, MAX_PICKLE_BYTES)?
+        .ok_or_else(|| format!("{pkl_name} is listed but cannot be found in the zip"))?;
     let state = unpickle_state_dict(&pickle).map_err(|e| format!("{pkl_name}: {e}"))?;
 
     let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
@@ -393,7 +395,8 @@ fn read_torch_zip(bytes: &[u8]) -> Result<Tensors, String> {
         }
         if !storages.contains_key(&t.storage.key) {
             let entry = format!("{prefix}data/{}", t.storage.key);
-            let data = read_entry(&entry)?
+            let bytes = storage_bytes(&t.storage).map_err(|e| format!("tensor {name}: {e}"))?;
+            let data = read_entry(&entry, bytes)?
                 .ok_or_else(|| format!("storage {entry} of {name} is missing from the zip"))?;
             storages.insert(t.storage.key.clone(), data);
         }
@@ -410,21 +413,74 @@ fn read_torch_zip(bytes: &[u8]) -> Result<Tensors, String> {
     Ok(tensors)
 }
 
+/// A state dict's pickle is a few kilobytes per tensor; 64 MiB is far beyond any model's.
+const MAX_PICKLE_BYTES: u64 = 64 << 20;
+
+/// Reads one zip entry whose content may be at most `limit` bytes: refused unread when
+/// its declared size is larger, and refused after `limit + 1` inflated bytes when it
+/// inflates beyond what it declared.
+fn read_bounded(file: impl Read + ZipEntrySize, name: &str, limit: u64) -> Result<Vec<u8>, String> {
+    let declared = file.declared_size();
+    if declared > limit {
+        return Err(format!(
+            "{name} declares {declared} bytes, more than the {limit} it can hold: corrupt or crafted; re-save it"
+        ));
+    }
+    let mut out = Vec::new();
+    out.try_reserve_exact(declared as usize)
+        .map_err(|_| format!("cannot allocate {declared} bytes for {name}"))?;
+    file.take(declared + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("cannot read {name} from the zip ({e}); re-save it"))?;
+    if out.len() as u64 != declared {
+        let than = if out.len() as u64 > declared {
+            "more"
+        } else {
+            "fewer"
+        };
+        return Err(format!(
+            "{name} inflates to {than} bytes than the {declared} it declares: corrupt or crafted; re-save it"
+        ));
+    }
+    Ok(out)
+}
+
+/// The uncompressed size a zip entry declares (a trait so tests can give any reader).
+trait ZipEntrySize {
+    fn declared_size(&self) -> u64;
+}
+
+impl<R: Read> ZipEntrySize for zip::read::ZipFile<'_, R> {
+    fn declared_size(&self) -> u64 {
+        self.size()
+    }
+}
+
+/// Bytes of the element width the storage type has, times its element count.
+fn storage_bytes(s: &StorageRef) -> Result<u64, String> {
+    let width = storage_width(&s.dtype)?;
+    (s.numel as u64)
+        .checked_mul(width as u64)
+        .ok_or_else(|| format!("storage {} of {} elements overflows", s.key, s.numel))
+}
+
+fn storage_width(dtype: &str) -> Result<usize, String> {
+    match dtype {
+        "FloatStorage" => Ok(4),
+        "HalfStorage" | "BFloat16Storage" => Ok(2),
+        "DoubleStorage" => Ok(8),
+        other => Err(format!(
+            "stored as {other}; a head must be float, half or bfloat16"
+        )),
+    }
+}
+
 /// Reads the tensor's elements in row-major order from its storage, so any strides
 /// and storage offset torch saved (a transposed view, a slice of a shared storage)
 /// come out as the plain tensor.
 fn gather(t: &TensorRef, storage: &[u8]) -> Result<Vec<f32>, String> {
     let s = &t.storage;
-    let width = match s.dtype.as_str() {
-        "FloatStorage" => 4,
-        "HalfStorage" | "BFloat16Storage" => 2,
-        "DoubleStorage" => 8,
-        other => {
-            return Err(format!(
-                "stored as {other}; a head must be float, half or bfloat16"
-            ))
-        }
-    };
+    let width = storage_width(&s.dtype)?;
     // The pickle's numbers are untrusted: bound everything by the storage's real
     // size before indexing or allocating.
     if storage.len() as u128 != s.numel as u128 * width as u128 {
