@@ -1,7 +1,7 @@
 //! CPU encoder throughput at BERT-base size (random weights of bert-base-chinese's shape):
 //! fixed batches 1x128, 8x128, 32x128 and real ChnSentiCorp texts packed.
 //!
-//!     cargo bench --bench encoder_cpu [-- --threads N --texts N --cases 1x128,8x128,32x128,real]
+//!     cargo bench --bench encoder_cpu [-- --threads N --texts N --cases 1x128,8x128,32x128,real --budget S]
 //!
 //! Compare with `tools/reference/bench_torch_cpu.py` run on the same machine (docs/BENCHMARKS.md).
 
@@ -19,6 +19,8 @@ fn main() {
     let threads = arg("--threads").and_then(|v| v.parse().ok()).unwrap_or(0);
     let n_texts = arg("--texts").and_then(|v| v.parse().ok()).unwrap_or(512);
     let cases = arg("--cases").unwrap_or_else(|| "1x128,8x128,32x128,real".into());
+    // Seconds of timed runs per fixed case (at least 2 runs), as bench_peers_cpu.py --budget.
+    let budget = arg("--budget").and_then(|v| v.parse().ok()).unwrap_or(10.0);
     let wanted = |case: &str| cases.split(',').any(|c| c == case);
     let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared");
     let model_dir = shared.join("models/bert-base-chinese");
@@ -46,7 +48,7 @@ fn main() {
             || {
                 enc.forward(&batch, Keep::Cls).unwrap();
             },
-            10.0,
+            budget,
             2,
         );
         report(&format!("{b}x{l}"), b * l, secs);
