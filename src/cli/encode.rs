@@ -9,6 +9,7 @@ use clap::Args;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
+use super::bulk::{self, BulkArgs};
 use super::common::{encode_texts, load_model, DeviceArgs, ModelArgs, TextArgs};
 use crate::chunk::LongTexts;
 use crate::fsio::atomic_write;
@@ -42,9 +43,24 @@ pub struct EncodeArgs {
     /// JSON lines on standard output (the default without --out).
     #[arg(long)]
     json: bool,
+    /// With --data, --out is .parquet (index and one fixed-size float list per row) or
+    /// .safetensors (one [rows, hidden] tensor per chunk, named `<pooling>.<first row>`).
+    #[command(flatten)]
+    bulk: BulkArgs,
 }
 
 pub fn run(args: EncodeArgs) -> Result<()> {
+    let model_args = ModelArgs {
+        pooling: args.pooling,
+        long: LongTexts::from_flags(&args.long, args.stride)?,
+        ..args.model.clone()
+    };
+    if args.bulk.data.is_some() {
+        if args.input.file.is_some() || !args.input.texts.is_empty() || args.json || args.ids {
+            bail!("--data encodes a dataset into --out: drop the texts, --file, --json and --ids");
+        }
+        return bulk::run_encode(&args.bulk, args.out.as_ref(), &model_args, &args.device);
+    }
     let texts = args.input.given()?.unwrap_or_default();
     if texts.is_empty() {
         bail!("no texts to encode: pass them as arguments or with --file F (one per line)");
@@ -52,11 +68,6 @@ pub fn run(args: EncodeArgs) -> Result<()> {
     if args.ids && args.long == "chunk" {
         bail!("--ids shows one row of ids per text, a chunked text has several windows: drop --ids or --long chunk");
     }
-    let model_args = ModelArgs {
-        pooling: args.pooling,
-        long: LongTexts::from_flags(&args.long, args.stride)?,
-        ..args.model.clone()
-    };
     let mut model = load_model(&model_args, &args.device)?;
     let name = args.pooling.name();
     let tokens = model.tokenizer().encode_many(&texts)?;

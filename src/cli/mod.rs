@@ -1,5 +1,6 @@
 //! The command line: `train`, `test`, `predict`, `encode`, `info`.
 
+mod bulk;
 mod common;
 mod encode;
 mod info;
@@ -36,6 +37,9 @@ enum Command {
     Predict(predict::PredictArgs),
     /// Write each text's [CLS] vector (safetensors or JSON lines).
     Encode(encode::EncodeArgs),
+    /// Join the outputs of `predict --data ... --shard K/N` (or encode) jobs into one,
+    /// checking they come from one job and cover every row exactly once.
+    Merge(bulk::MergeArgs),
     /// Show a model's config, parameter count and files, and the CUDA backend's state.
     Info(info::InfoArgs),
 }
@@ -46,6 +50,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Test(args) => test::run(args),
         Command::Predict(args) => predict::run(args),
         Command::Encode(args) => encode::run(args),
+        Command::Merge(args) => bulk::run_merge(args),
         Command::Info(args) => info::run(args),
     }
 }

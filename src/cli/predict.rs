@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 
+use super::bulk::{self, BulkArgs};
 use super::common::{
     load_model, model_files, text_features, weights_sha256, DeviceArgs, LoadedModel, ModelArgs,
     TextArgs,
@@ -287,6 +288,15 @@ pub struct PredictArgs {
     /// One JSON object per text: text, label, label_id, probs (in label order).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    bulk: BulkArgs,
+    /// With --data: the predictions file, .parquet or .jsonl (index, label_id, label,
+    /// probs); `<out>.bulk.json` beside it names the job, rows and accuracy.
+    #[arg(long, requires = "data", help_heading = "Bulk (--data)")]
+    out: Option<PathBuf>,
+    /// With --data: add each row's text to the output.
+    #[arg(long, requires = "data", help_heading = "Bulk (--data)")]
+    with_text: bool,
 }
 
 /// A text's most probable label and every label's probability.
@@ -314,6 +324,18 @@ pub fn predict_features(head: &LinearHead, x: &[f32], temperature: f64) -> Vec<P
 }
 
 pub fn run(args: PredictArgs) -> Result<()> {
+    if args.bulk.data.is_some() {
+        if args.input.file.is_some() || !args.input.texts.is_empty() || args.json {
+            bail!("--data labels a dataset into --out: drop the texts, --file and --json");
+        }
+        return bulk::run_predict(
+            &args.bulk,
+            args.out.as_ref(),
+            args.with_text,
+            &args.head,
+            &args.device,
+        );
+    }
     // The first chunk is read before the model loads: no texts, or a bad first line,
     // fail before any weights are read.
     let mut input = TextChunks::open(&args.input)?;

@@ -107,6 +107,14 @@ impl Throughput {
         }
     }
 
+    /// Rows a previous process completed: shown as done, left out of the rates.
+    pub fn skip(&mut self, rows: u64) {
+        self.skipped += rows;
+        if let Some(bar) = &self.bar {
+            bar.set_position(self.skipped + self.rows);
+        }
+    }
+
     pub fn add(&mut self, rows: u64, tokens: u64) {
         self.rows += rows;
         self.tokens += tokens;

@@ -47,7 +47,7 @@ pub(super) fn load(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
 
 /// A lone Dataset keeps the split it was cut from (`_split`), else its
 /// folder's name when that is a split name, else "train".
-fn single_split_name(dir: &Path) -> Result<String> {
+pub(super) fn single_split_name(dir: &Path) -> Result<String> {
     let state = read_json(&dir.join("state.json"))?;
     if let Some(split) = state.get("_split").and_then(Value::as_str) {
         return Ok(split.to_string());

@@ -58,7 +58,11 @@ pub(super) fn append(
     Ok(())
 }
 
-fn texts<'a>(column: &'a dyn Array, name: &str, file: &Path) -> Result<Vec<Option<&'a [u8]>>> {
+pub(super) fn texts<'a>(
+    column: &'a dyn Array,
+    name: &str,
+    file: &Path,
+) -> Result<Vec<Option<&'a [u8]>>> {
     // Binary columns are accepted because some writers store text as bytes;
     // their UTF-8 is checked row by row by the caller.
     Ok(match column.data_type() {
@@ -77,7 +81,7 @@ fn texts<'a>(column: &'a dyn Array, name: &str, file: &Path) -> Result<Vec<Optio
 
 type Ids = Vec<Option<Result<i64, String>>>;
 
-fn label_ids(column: &dyn Array, name: &str, file: &Path) -> Result<Ids> {
+pub(super) fn label_ids(column: &dyn Array, name: &str, file: &Path) -> Result<Ids> {
     Ok(match column.data_type() {
         DataType::Int8 => ints::<Int8Type>(column),
         DataType::Int16 => ints::<Int16Type>(column),

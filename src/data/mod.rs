@@ -1,11 +1,13 @@
 //! Labelled text datasets: HF `save_to_disk` folders (Arrow IPC streams),
-//! parquet, JSONL, CSV and TSV, each split read whole into memory.
+//! parquet, JSONL, CSV and TSV, each split read whole into memory (or, for jobs over
+//! splits too large for that, a bounded chunk at a time: [`chunked`]).
 //!
 //! Label names come from the data's ClassLabel feature, else `--labels`, else
 //! the ids themselves. Every row is checked at load time (UTF-8 text, no nulls,
 //! integer labels in range) so later stages never meet a bad row.
 
 mod arrow_dir;
+pub mod chunked;
 mod columns;
 mod delimited;
 mod jsonl;

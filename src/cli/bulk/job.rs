@@ -1,0 +1,435 @@
+//! One bulk job: its identity, its parts folder, the chunk loop and the assembly.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+
+use super::sink::{assemble, part_bytes, Body, ChunkOut, OutFormat};
+use super::{BulkArgs, Shard};
+use crate::cli::common::{
+    load_model, text_features, weights_sha256, DeviceArgs, LoadedModel, ModelArgs,
+};
+use crate::cli::predict::{predict_features, Classifier, HeadArgs};
+use crate::cli::progress::Throughput;
+use crate::data::chunked::{open_split, ChunkedSplit, RowChunk};
+use crate::data::LoadOptions;
+use crate::features::sha256_file;
+use crate::fsio::atomic_write;
+use crate::hub::resolve_dataset;
+
+/// Test-only fault injection: abort (as a kill would) after writing this many parts...
+const ABORT_AFTER_CHUNKS: &str = "BERTCLS_TEST_ABORT_AFTER_CHUNKS";
+/// ... or after the output is renamed into place, before its manifest is written.
+const ABORT_BEFORE_MANIFEST: &str = "BERTCLS_TEST_ABORT_BEFORE_MANIFEST";
+
+/// What a chunk turns into: predictions or features.
+enum Work<'a> {
+    Predict {
+        classifier: &'a Classifier,
+        names: Arc<Vec<String>>,
+    },
+    Encode,
+}
+
+pub fn run_predict(
+    bulk: &BulkArgs,
+    out: Option<&PathBuf>,
+    with_text: bool,
+    head: &HeadArgs,
+    device: &DeviceArgs,
+) -> Result<()> {
+    let out = bulk.check(out)?;
+    let format = out_format(&out, &[OutFormat::Parquet, OutFormat::Jsonl], "predict")?;
+    let classifier = head.load()?;
+    let split = open(bulk, classifier.model.offline())?;
+    let mut model = classifier.load_model(device)?;
+    let names = Arc::new(classifier.names_or_ids());
+    let head_sha = sha256_file(&classifier.source)?;
+    let identity = identity(
+        "predict",
+        &split,
+        bulk,
+        &mut model,
+        with_text,
+        json!({
+            "head_sha256": head_sha,
+            "temperature": classifier.temperature,
+            "labels": *names,
+        }),
+    )?;
+    let work = Work::Predict {
+        classifier: &classifier,
+        names,
+    };
+    run_job(
+        bulk, &out, format, with_text, &split, &mut model, identity, work,
+    )
+}
+
+pub fn run_encode(
+    bulk: &BulkArgs,
+    out: Option<&PathBuf>,
+    model_args: &ModelArgs,
+    device: &DeviceArgs,
+) -> Result<()> {
+    let out = bulk.check(out)?;
+    let format = out_format(
+        &out,
+        &[OutFormat::Parquet, OutFormat::Safetensors],
+        "encode",
+    )?;
+    let split = open(bulk, model_args.offline())?;
+    let mut model = load_model(model_args, device)?;
+    let identity = identity("encode", &split, bulk, &mut model, false, Value::Null)?;
+    run_job(
+        bulk,
+        &out,
+        format,
+        false,
+        &split,
+        &mut model,
+        identity,
+        Work::Encode,
+    )
+}
+
+fn out_format(out: &Path, allowed: &[OutFormat], command: &str) -> Result<OutFormat> {
+    match OutFormat::of(out).filter(|f| allowed.contains(f)) {
+        Some(format) => Ok(format),
+        None => {
+            let exts: Vec<&str> = allowed.iter().map(|f| f.ext()).collect();
+            bail!(
+                "--out {}: {command} --data writes .{}; name the file with one of these extensions",
+                out.display(),
+                exts.join(" or .")
+            )
+        }
+    }
+}
+
+fn open(bulk: &BulkArgs, offline: bool) -> Result<ChunkedSplit> {
+    let spec = bulk.data.as_deref().expect("bulk jobs have --data");
+    let resolved = resolve_dataset(spec, offline)?;
+    let opts = LoadOptions {
+        text_column: bulk.text_column.clone(),
+        label_column: bulk.label_column.clone(),
+        labels: None,
+    };
+    open_split(&resolved.path, &bulk.split, &opts)
+}
+
+/// Everything that decides a job's rows and values, and so must agree between a job
+/// and its resume, and between the shards a merge joins. The data is named by its
+/// split, row count and files' names and sizes (cheap, and what differs between two
+/// exports); the model by the sha256 of its weights and its tokenizer's fingerprint.
+fn identity(
+    kind: &str,
+    split: &ChunkedSplit,
+    bulk: &BulkArgs,
+    model: &mut LoadedModel,
+    with_text: bool,
+    head: Value,
+) -> Result<Value> {
+    let files: Vec<Value> = split
+        .files()
+        .iter()
+        .map(|f| {
+            let bytes = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+            let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
+            json!([name, bytes])
+        })
+        .collect();
+    Ok(json!({
+        "kind": kind,
+        "data": {
+            "split": split.split,
+            "rows": split.rows(),
+            "files": files,
+            "text_column": bulk.text_column,
+            "label_column": bulk.label_column,
+        },
+        "model": {
+            "weights_sha256": weights_sha256(&model.files.dir.dir)?,
+            "tokenizer": model.tokenizer().fingerprint()?,
+            "max_length": model.tokenizer().max_length(),
+            "pooling": model.pooling.name(),
+            "long": model.long.key(),
+        },
+        "head": head,
+        "with_text": with_text,
+    }))
+}
+
+/// The manifest of an output: the job's identity and the rows it holds, with the
+/// label counts for accuracy.
+pub(super) fn manifest_path(out: &Path) -> PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".bulk.json");
+    PathBuf::from(name)
+}
+
+fn parts_dir(out: &Path) -> PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".parts");
+    PathBuf::from(name)
+}
+
+pub(super) fn read_json(path: &Path) -> Result<Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+}
+
+#[derive(Default, Clone, Copy)]
+pub(super) struct Counts {
+    pub rows: u64,
+    pub tokens: u64,
+    pub labelled: u64,
+    pub correct: u64,
+}
+
+impl Counts {
+    pub fn to_json(self) -> Value {
+        json!({"rows": self.rows, "tokens": self.tokens, "labelled": self.labelled, "correct": self.correct})
+    }
+
+    pub fn from_json(v: &Value) -> Counts {
+        let get = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+        Counts {
+            rows: get("rows"),
+            tokens: get("tokens"),
+            labelled: get("labelled"),
+            correct: get("correct"),
+        }
+    }
+
+    pub fn add(&mut self, o: Counts) {
+        self.rows += o.rows;
+        self.tokens += o.tokens;
+        self.labelled += o.labelled;
+        self.correct += o.correct;
+    }
+
+    /// The accuracy line `test` would give, when the rows had labels.
+    pub fn accuracy_line(&self) -> Option<String> {
+        (self.labelled > 0).then(|| {
+            format!(
+                "accuracy {:.4} ({}/{} labelled rows)",
+                self.correct as f64 / self.labelled as f64,
+                self.correct,
+                self.labelled
+            )
+        })
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_job(
+    bulk: &BulkArgs,
+    out: &Path,
+    format: OutFormat,
+    with_text: bool,
+    split: &ChunkedSplit,
+    model: &mut LoadedModel,
+    identity: Value,
+    work: Work,
+) -> Result<()> {
+    let total = split.rows();
+    let shard = bulk.shard.unwrap_or(Shard { index: 0, count: 1 });
+    let (start, end) = shard.range(total);
+    if start == end {
+        bail!(
+            "--shard {}/{} of split \"{}\" ({total} rows) holds no rows: use fewer shards",
+            shard.index,
+            shard.count,
+            split.split
+        );
+    }
+    let job = json!({
+        "identity": identity,
+        "start": start,
+        "end": end,
+        "chunk_rows": bulk.chunk_rows,
+        "format": format.ext(),
+    });
+    let parts = parts_dir(out);
+    let manifest = manifest_path(out);
+    if out.is_file() && manifest.is_file() {
+        let done = read_json(&manifest)?;
+        if done["identity"] == job["identity"]
+            && done["start"] == job["start"]
+            && done["end"] == job["end"]
+        {
+            let _ = std::fs::remove_dir_all(&parts);
+            eprintln!(
+                "{} is already complete (rows {start}..{end}); nothing to do",
+                out.display()
+            );
+            return Ok(());
+        }
+    }
+    let job_file = parts.join("job.json");
+    if job_file.is_file() {
+        if read_json(&job_file)? != job {
+            bail!(
+                "{} holds the parts of another job (other data, model, head, shard or --chunk-rows): remove it, or pick another --out",
+                parts.display()
+            );
+        }
+        remove_temporaries(&parts)?;
+    } else {
+        std::fs::create_dir_all(&parts).with_context(|| {
+            format!(
+                "cannot create {}: check the folder is writable",
+                parts.display()
+            )
+        })?;
+        atomic_write(&job_file, job.to_string().as_bytes())?;
+    }
+
+    let chunk_rows = bulk.chunk_rows;
+    let part = |first: usize| parts.join(format!("chunk-{first:012}.{}", format.ext()));
+    let stats = |first: usize| parts.join(format!("chunk-{first:012}.json"));
+    let firsts: Vec<usize> = (start..end).step_by(chunk_rows).collect();
+    let mut meter = Throughput::new(
+        &format!("{} {}", kind_verb(&work), split.split),
+        Some((end - start) as u64),
+    );
+    // Chunks already written by a killed run are a prefix: reading starts after it.
+    let resume_at = firsts
+        .iter()
+        .position(|&f| !part(f).is_file())
+        .unwrap_or(firsts.len());
+    meter.skip((firsts.get(resume_at).copied().unwrap_or(end) - start) as u64);
+    if resume_at > 0 && resume_at < firsts.len() {
+        eprintln!(
+            "resuming {}: {} of {} chunks already done",
+            out.display(),
+            resume_at,
+            firsts.len()
+        );
+    }
+    let abort_after: Option<usize> = std::env::var(ABORT_AFTER_CHUNKS)
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let mut written = 0;
+    let from = firsts.get(resume_at).copied().unwrap_or(end);
+    for chunk in split.chunks(from, end, chunk_rows) {
+        let chunk = chunk?;
+        if part(chunk.first).is_file() {
+            meter.skip(chunk.texts.len() as u64);
+            continue;
+        }
+        let (output, counts) = process(model, &work, chunk, with_text)?;
+        atomic_write(
+            &stats(output.first),
+            counts.to_json().to_string().as_bytes(),
+        )?;
+        atomic_write(&part(output.first), &part_bytes(format, &output)?)?;
+        meter.add(counts.rows, counts.tokens);
+        written += 1;
+        if abort_after == Some(written) {
+            std::process::abort();
+        }
+    }
+
+    let mut counts = Counts::default();
+    let mut files = Vec::with_capacity(firsts.len());
+    for &first in &firsts {
+        counts.add(Counts::from_json(&read_json(&stats(first))?));
+        files.push(part(first));
+    }
+    let done = json!({
+        "identity": job["identity"],
+        "start": start,
+        "end": end,
+        "format": format.ext(),
+        "counts": counts.to_json(),
+    });
+    assemble(format, &files, out, &done.to_string())?;
+    if std::env::var_os(ABORT_BEFORE_MANIFEST).is_some() {
+        std::process::abort();
+    }
+    atomic_write(&manifest, serde_json::to_string_pretty(&done)?.as_bytes())?;
+    std::fs::remove_dir_all(&parts)
+        .with_context(|| format!("cannot remove {} (the output is complete)", parts.display()))?;
+    meter.finish();
+    if let Some(line) = counts.accuracy_line() {
+        eprintln!("{line}");
+    }
+    eprintln!("wrote {} (rows {start}..{end} of {total})", out.display());
+    Ok(())
+}
+
+fn kind_verb(work: &Work) -> &'static str {
+    match work {
+        Work::Predict { .. } => "labelled",
+        Work::Encode => "encoded",
+    }
+}
+
+/// Temporaries of writes a kill interrupted (`.name.tmp-PID`), removed on resume.
+fn remove_temporaries(parts: &Path) -> Result<()> {
+    for entry in
+        std::fs::read_dir(parts).with_context(|| format!("cannot list {}", parts.display()))?
+    {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
+}
+
+/// Tokenizes and encodes one chunk (length-sorted into batches by `encode_all`; long
+/// texts truncated or windowed as --long says), and turns it into output rows.
+fn process(
+    model: &mut LoadedModel,
+    work: &Work,
+    chunk: RowChunk,
+    with_text: bool,
+) -> Result<(ChunkOut, Counts)> {
+    let (x, tokens) = text_features(model, &chunk.texts, |_| {})?;
+    let mut counts = Counts {
+        rows: chunk.texts.len() as u64,
+        tokens: tokens as u64,
+        ..Counts::default()
+    };
+    let body = match work {
+        Work::Predict { classifier, names } => {
+            let predictions = predict_features(&classifier.head, &x, classifier.temperature);
+            if let Some(labels) = &chunk.labels {
+                for (i, (p, &label)) in predictions.iter().zip(labels).enumerate() {
+                    if label as usize >= names.len() {
+                        return Err(anyhow!(
+                            "row {} of the split: label {label} but the head has {} labels ({}); pass --label-column of the labels it was trained on",
+                            chunk.first + i,
+                            names.len(),
+                            names.join(", ")
+                        ));
+                    }
+                    counts.labelled += 1;
+                    counts.correct += u64::from(p.label_id == label as usize);
+                }
+            }
+            Body::Predictions {
+                label_ids: predictions.iter().map(|p| p.label_id).collect(),
+                probs: predictions.into_iter().flat_map(|p| p.probs).collect(),
+                names: names.clone(),
+            }
+        }
+        Work::Encode => Body::Features {
+            hidden: model.encoder.hidden_size(),
+            x,
+            name: model.pooling.name().to_string(),
+        },
+    };
+    let output = ChunkOut {
+        first: chunk.first,
+        texts: with_text.then_some(chunk.texts),
+        body,
+    };
+    Ok((output, counts))
+}

@@ -1,0 +1,133 @@
+//! `bertcls merge OUT PART...`: the outputs of `--shard K/N` jobs joined into one, after
+//! checking that they come from the same job and cover every row exactly once.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use serde_json::json;
+
+use super::job::{manifest_path, read_json, Counts};
+use super::sink::{assemble, OutFormat};
+use crate::fsio::atomic_write;
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// The merged output (.parquet, .jsonl or .safetensors: the parts' format).
+    pub out: PathBuf,
+    /// The shard outputs, each with its `<part>.bulk.json` manifest beside it, any order.
+    #[arg(required = true)]
+    pub parts: Vec<PathBuf>,
+}
+
+struct Part {
+    path: PathBuf,
+    start: u64,
+    end: u64,
+    counts: Counts,
+}
+
+pub fn run(args: MergeArgs) -> Result<()> {
+    let Some(format) = OutFormat::of(&args.out) else {
+        bail!(
+            "{}: merge writes .parquet, .jsonl or .safetensors, as the parts are",
+            args.out.display()
+        );
+    };
+    let mut identity = None;
+    let mut parts = Vec::new();
+    for path in &args.parts {
+        let manifest = manifest_path(path);
+        if !path.is_file() || !manifest.is_file() {
+            bail!(
+                "{}: not a finished bulk output (it and {} must both exist): finish or rerun that shard",
+                path.display(),
+                manifest.display()
+            );
+        }
+        let m = read_json(&manifest)?;
+        if m["format"] != format.ext() {
+            bail!(
+                "{} is {} but {} is .{}: merge parts into their own format",
+                path.display(),
+                m["format"],
+                args.out.display(),
+                format.ext()
+            );
+        }
+        match &identity {
+            None => identity = Some(m["identity"].clone()),
+            Some(first) if *first != m["identity"] => bail!(
+                "{} comes from another job than {} (its data, model, head or options differ): merge only shards of one command",
+                path.display(),
+                args.parts[0].display()
+            ),
+            Some(_) => {}
+        }
+        let (Some(start), Some(end)) = (m["start"].as_u64(), m["end"].as_u64()) else {
+            bail!(
+                "{}: no row range; is it a bertcls bulk manifest?",
+                manifest.display()
+            );
+        };
+        parts.push(Part {
+            path: path.clone(),
+            start,
+            end,
+            counts: Counts::from_json(&m["counts"]),
+        });
+    }
+    let identity = identity.expect("at least one part");
+    let rows = identity["data"]["rows"].as_u64().unwrap_or(0);
+    parts.sort_by_key(|p| (p.start, p.end));
+    let mut next = 0;
+    for (i, part) in parts.iter().enumerate() {
+        if part.start < next {
+            bail!(
+                "{} (rows {}..{}) overlaps {} (rows {}..{}): each row must come from one part",
+                part.path.display(),
+                part.start,
+                part.end,
+                parts[i - 1].path.display(),
+                parts[i - 1].start,
+                parts[i - 1].end
+            );
+        }
+        if part.start > next {
+            bail!(
+                "rows {next}..{} are in no part: run that shard and pass its output too",
+                part.start
+            );
+        }
+        next = part.end;
+    }
+    if next != rows {
+        bail!("rows {next}..{rows} are in no part: run that shard and pass its output too");
+    }
+    let mut counts = Counts::default();
+    for part in &parts {
+        counts.add(part.counts);
+    }
+    let done = json!({
+        "identity": identity,
+        "start": 0,
+        "end": rows,
+        "format": format.ext(),
+        "counts": counts.to_json(),
+    });
+    let files: Vec<PathBuf> = parts.iter().map(|p| p.path.clone()).collect();
+    assemble(format, &files, &args.out, &done.to_string())?;
+    atomic_write(
+        &manifest_path(&args.out),
+        serde_json::to_string_pretty(&done)?.as_bytes(),
+    )?;
+    if let Some(line) = counts.accuracy_line() {
+        eprintln!("{line}");
+    }
+    eprintln!(
+        "merged {} parts into {} ({rows} rows)",
+        parts.len(),
+        args.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,716 @@
+//! One split of any `--data` form read a bounded chunk of rows at a time, for jobs over
+//! splits too large to hold (bulk predict and encode). The whole-split loader in
+//! `mod.rs` stays what train and test use.
+//!
+//! Rows are numbered from 0 across the split's files in the loader's order, so a row
+//! range `[start, end)` means the same rows to every process that opens the split.
+//! The label column is optional here: unlabelled data is what bulk jobs mostly see.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use arrow_array::RecordBatch;
+use arrow_ipc::reader::StreamReader;
+use csv::{ByteRecord, ReaderBuilder};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ProjectionMask;
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use serde_json::Value;
+
+use super::raw::{missing_column, row_error};
+use super::{arrow_dir, columns, labels, layout, Format, LoadOptions, ACCEPTED};
+
+/// Rows the per-file readers hand over at a time (parquet and Arrow decode in batches
+/// of about this size; JSONL and CSV are cut into them).
+const READ_BATCH: usize = 1024;
+
+/// A split's files, their row counts, and whether it has a label column.
+#[derive(Clone, Debug)]
+pub struct ChunkedSplit {
+    pub source: PathBuf,
+    pub split: String,
+    pub format: Format,
+    files: Vec<PathBuf>,
+    file_rows: Vec<usize>,
+    pub has_labels: bool,
+    opts: LoadOptions,
+}
+
+/// Rows `[first, first + texts.len())` of a split.
+#[derive(Debug)]
+pub struct RowChunk {
+    pub first: usize,
+    pub texts: Vec<String>,
+    /// The label ids, when the split has a label column.
+    pub labels: Option<Vec<i64>>,
+}
+
+/// Opens split `split` of `source` (any form `load` accepts) and counts its rows: from
+/// the footer for parquet, by one streaming pass for the other formats.
+pub fn open_split(source: &Path, split: &str, opts: &LoadOptions) -> Result<ChunkedSplit> {
+    if !source.exists() {
+        bail!(
+            "{}: no such file or folder; --data takes {ACCEPTED}",
+            source.display()
+        );
+    }
+    let (format, groups) = if source.is_dir() {
+        if arrow_dir::is_save_to_disk(source) {
+            (Format::SaveToDisk, save_to_disk_groups(source)?)
+        } else {
+            layout::scan_dir(source)?.ok_or_else(|| {
+                anyhow!(
+                    "{}: no dataset found in this folder; --data takes {ACCEPTED}",
+                    source.display()
+                )
+            })?
+        }
+    } else {
+        let format = Format::of_file(source).ok_or_else(|| {
+            anyhow!(
+                "{}: unknown data format; --data takes {ACCEPTED}",
+                source.display()
+            )
+        })?;
+        (format, layout::for_file(source, format)?)
+    };
+    let names: Vec<&str> = groups.iter().map(|(n, _)| n.as_str()).collect();
+    let Some((_, files)) = groups.iter().find(|(n, _)| n == split) else {
+        bail!(
+            "unknown split \"{split}\" in {}: it has {}; pick one with --split",
+            source.display(),
+            names.join(", ")
+        );
+    };
+    let mut has_labels = None;
+    let mut file_rows = Vec::with_capacity(files.len());
+    for file in files {
+        let (rows, labelled) = count_rows(format, file, opts)?;
+        match has_labels {
+            None => has_labels = Some(labelled),
+            Some(h) if h != labelled => bail!(
+                "{}: {} column \"{}\" where the split's other files {}; give every file the same columns",
+                file.display(),
+                if labelled { "has a" } else { "has no" },
+                opts.label_column,
+                if labelled { "have none" } else { "have one" }
+            ),
+            Some(_) => {}
+        }
+        file_rows.push(rows);
+    }
+    Ok(ChunkedSplit {
+        source: source.to_path_buf(),
+        split: split.to_string(),
+        format,
+        files: files.clone(),
+        file_rows,
+        has_labels: has_labels.unwrap_or(false),
+        opts: opts.clone(),
+    })
+}
+
+impl ChunkedSplit {
+    pub fn rows(&self) -> usize {
+        self.file_rows.iter().sum()
+    }
+
+    /// The split's files in row order.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// Rows `[start, end)` in chunks of `chunk_rows` (the last one shorter): chunk `i`
+    /// holds rows `start + i * chunk_rows ..`, whatever the files' own batches are.
+    pub fn chunks(&self, start: usize, end: usize, chunk_rows: usize) -> Chunks<'_> {
+        assert!(chunk_rows > 0 && start <= end && end <= self.rows());
+        Chunks {
+            split: self,
+            next_row: start,
+            end,
+            chunk_rows,
+            file: 0,
+            file_start: 0,
+            reader: None,
+            pending: Pending::default(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Pending {
+    texts: Vec<String>,
+    labels: Vec<i64>,
+}
+
+type Batches = Box<dyn Iterator<Item = Result<(Vec<String>, Option<Vec<i64>>)>>>;
+
+pub struct Chunks<'a> {
+    split: &'a ChunkedSplit,
+    /// The split row the next chunk starts at.
+    next_row: usize,
+    end: usize,
+    chunk_rows: usize,
+    /// The file being read and the split row its first row is.
+    file: usize,
+    file_start: usize,
+    reader: Option<Batches>,
+    /// Rows read past the chunk handed out last, from `next_row` on.
+    pending: Pending,
+}
+
+impl Iterator for Chunks<'_> {
+    type Item = Result<RowChunk>;
+
+    fn next(&mut self) -> Option<Result<RowChunk>> {
+        if self.next_row >= self.end {
+            return None;
+        }
+        let want = self.chunk_rows.min(self.end - self.next_row);
+        Some(self.fill(want).map(|()| {
+            let texts: Vec<String> = self.pending.texts.drain(..want).collect();
+            let labels: Option<Vec<i64>> = self
+                .split
+                .has_labels
+                .then(|| self.pending.labels.drain(..want).collect());
+            let first = self.next_row;
+            self.next_row += want;
+            RowChunk {
+                first,
+                texts,
+                labels,
+            }
+        }))
+    }
+}
+
+impl Chunks<'_> {
+    /// Reads until `want` rows from `next_row` on are pending.
+    fn fill(&mut self, want: usize) -> Result<()> {
+        while self.pending.texts.len() < want {
+            if self.reader.is_none() {
+                self.open_next_file()?;
+            }
+            let reader = self.reader.as_mut().expect("opened above");
+            match reader.next() {
+                Some(batch) => {
+                    let (texts, labels) = batch?;
+                    self.pending.texts.extend(texts);
+                    if let Some(labels) = labels {
+                        self.pending.labels.extend(labels);
+                    }
+                }
+                None => {
+                    self.file_start += self.split.file_rows[self.file];
+                    self.file += 1;
+                    self.reader = None;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the file holding row `next_row + pending`, skipping whole files before it
+    /// and the rows of this one before it.
+    fn open_next_file(&mut self) -> Result<()> {
+        let wanted = self.next_row + self.pending.texts.len();
+        while self.file_start + self.split.file_rows[self.file] <= wanted {
+            self.file_start += self.split.file_rows[self.file];
+            self.file += 1;
+        }
+        let skip = wanted - self.file_start;
+        let split = self.split;
+        let file = &split.files[self.file];
+        self.reader = Some(read_file(split.format, file, &split.opts, skip)?);
+        Ok(())
+    }
+}
+
+/// The rows of `file` after its first `skip`, in batches.
+fn read_file(format: Format, file: &Path, opts: &LoadOptions, skip: usize) -> Result<Batches> {
+    match format {
+        Format::Parquet => read_parquet(file, opts, skip),
+        Format::SaveToDisk => read_arrow(file, opts, skip),
+        Format::Jsonl => read_jsonl(file, opts, skip),
+        Format::Csv => read_delimited(file, true, opts, skip),
+        Format::Tsv => read_delimited(file, false, opts, skip),
+    }
+}
+
+fn count_rows(format: Format, file: &Path, opts: &LoadOptions) -> Result<(usize, bool)> {
+    match format {
+        Format::Parquet => {
+            let handle =
+                File::open(file).with_context(|| format!("{}: cannot open", file.display()))?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(handle)
+                .with_context(|| format!("{}: not a readable parquet file", file.display()))?;
+            let labelled = find_columns(builder.schema(), opts, file)?.1.is_some();
+            let reader = SerializedFileReader::new(
+                File::open(file).with_context(|| format!("{}: cannot open", file.display()))?,
+            )
+            .with_context(|| format!("{}: not a readable parquet file", file.display()))?;
+            let rows = reader.metadata().file_metadata().num_rows();
+            Ok((usize::try_from(rows).unwrap_or(0), labelled))
+        }
+        _ => {
+            let labelled = match format {
+                Format::SaveToDisk => {
+                    let reader = arrow_stream(file)?;
+                    find_columns(&reader.schema(), opts, file)?.1.is_some()
+                }
+                Format::Jsonl => jsonl_has_label(file, opts)?,
+                _ => {
+                    let (_, label) = delimited_header(file, format == Format::Csv, opts)?;
+                    label.is_some()
+                }
+            };
+            let mut rows = 0;
+            for batch in read_file(format, file, opts, 0)? {
+                rows += batch?.0.len();
+            }
+            Ok((rows, labelled))
+        }
+    }
+}
+
+/// The text column's index, and the label column's when there is one.
+fn find_columns(
+    schema: &arrow_schema::Schema,
+    opts: &LoadOptions,
+    file: &Path,
+) -> Result<(usize, Option<usize>)> {
+    let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let text = names
+        .iter()
+        .position(|n| *n == opts.text_column)
+        .ok_or_else(|| missing_column(file, &opts.text_column, "--text-column", &names))?;
+    let label = names.iter().position(|n| *n == opts.label_column);
+    Ok((text, label))
+}
+
+/// A decoded Arrow batch's texts and labels; `first_row` (1-based in the file) names
+/// the row of an error.
+fn batch_rows(
+    batch: &RecordBatch,
+    opts: &LoadOptions,
+    file: &Path,
+    first_row: usize,
+) -> Result<(Vec<String>, Option<Vec<i64>>)> {
+    let (text_index, label_index) = find_columns(&batch.schema(), opts, file)?;
+    let raw = columns::texts(batch.column(text_index).as_ref(), &opts.text_column, file)?;
+    let mut texts = Vec::with_capacity(raw.len());
+    for (i, text) in raw.into_iter().enumerate() {
+        let row = first_row + i;
+        let bytes =
+            text.ok_or_else(|| row_error(file, row, "text is null; drop or fill the row"))?;
+        let text = String::from_utf8(bytes.to_vec())
+            .map_err(|_| row_error(file, row, "text is not UTF-8; re-encode the data as UTF-8"))?;
+        texts.push(text);
+    }
+    let labels = match label_index {
+        None => None,
+        Some(index) => {
+            let ids = columns::label_ids(batch.column(index).as_ref(), &opts.label_column, file)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for (i, id) in ids.into_iter().enumerate() {
+                let row = first_row + i;
+                let id =
+                    id.ok_or_else(|| row_error(file, row, "label is null; drop or fill the row"))?;
+                out.push(id.map_err(|e| row_error(file, row, e))?);
+            }
+            Some(out)
+        }
+    };
+    Ok((texts, labels))
+}
+
+fn read_parquet(file: &Path, opts: &LoadOptions, skip: usize) -> Result<Batches> {
+    let handle = File::open(file).with_context(|| format!("{}: cannot open", file.display()))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(handle)
+        .with_context(|| format!("{}: not a readable parquet file", file.display()))?;
+    let (text, label) = find_columns(builder.schema(), opts, file)?;
+    let roots: Vec<usize> = std::iter::once(text).chain(label).collect();
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(READ_BATCH)
+        .with_offset(skip)
+        .build()
+        .with_context(|| format!("{}: cannot decode", file.display()))?;
+    let (file, opts) = (file.to_path_buf(), opts.clone());
+    let mut row = skip + 1;
+    Ok(Box::new(reader.map(move |batch| {
+        let batch = batch.with_context(|| format!("{}: cannot decode", file.display()))?;
+        let rows = batch_rows(&batch, &opts, &file, row)?;
+        row += batch.num_rows();
+        Ok(rows)
+    })))
+}
+
+fn arrow_stream(file: &Path) -> Result<StreamReader<BufReader<File>>> {
+    let handle = File::open(file)
+        .with_context(|| format!("{}: cannot open (listed in state.json)", file.display()))?;
+    StreamReader::try_new(BufReader::new(handle), None).with_context(|| {
+        format!(
+            "{}: not an Arrow IPC stream as save_to_disk writes",
+            file.display()
+        )
+    })
+}
+
+fn read_arrow(file: &Path, opts: &LoadOptions, skip: usize) -> Result<Batches> {
+    let reader = arrow_stream(file)?;
+    let (file, opts) = (file.to_path_buf(), opts.clone());
+    // Row (0-based in the file) of the next batch's first row.
+    let mut at = 0;
+    Ok(Box::new(reader.filter_map(move |batch| {
+        let result = (|| {
+            let batch =
+                batch.with_context(|| format!("{}: unreadable Arrow batch", file.display()))?;
+            let first = at;
+            at += batch.num_rows();
+            if at <= skip {
+                return Ok(None);
+            }
+            let from = skip.saturating_sub(first);
+            let batch = batch.slice(from, batch.num_rows() - from);
+            batch_rows(&batch, &opts, &file, first + from + 1).map(Some)
+        })();
+        result.transpose()
+    })))
+}
+
+fn jsonl_lines(file: &Path) -> Result<impl Iterator<Item = Result<(usize, String)>>> {
+    let handle = File::open(file).with_context(|| format!("{}: cannot read", file.display()))?;
+    let mut reader = BufReader::new(handle);
+    let file = file.to_path_buf();
+    let mut row = 0;
+    Ok(std::iter::from_fn(move || loop {
+        let mut line = Vec::new();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) => return None,
+            Ok(_) => {}
+            Err(e) => return Some(Err(anyhow!("{}: cannot read ({e})", file.display()))),
+        }
+        let bytes = if row == 0 {
+            line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&line)
+        } else {
+            &line[..]
+        };
+        // Blank lines (a trailing newline, a gap) are not rows, as in the loader.
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        row += 1;
+        return Some(match std::str::from_utf8(bytes) {
+            Ok(text) => Ok((row, text.to_string())),
+            Err(_) => Err(row_error(
+                &file,
+                row,
+                "not UTF-8; re-encode the file as UTF-8",
+            )),
+        });
+    }))
+}
+
+fn jsonl_has_label(file: &Path, opts: &LoadOptions) -> Result<bool> {
+    match jsonl_lines(file)?.next() {
+        None => Ok(false),
+        Some(line) => {
+            let (row, text) = line?;
+            let object = json_object(file, row, &text)?;
+            Ok(object.get(&opts.label_column).is_some())
+        }
+    }
+}
+
+fn json_object(file: &Path, row: usize, line: &str) -> Result<serde_json::Map<String, Value>> {
+    serde_json::from_str(line).map_err(|e| row_error(file, row, format!("not a JSON object ({e})")))
+}
+
+fn read_jsonl(file: &Path, opts: &LoadOptions, skip: usize) -> Result<Batches> {
+    let labelled = jsonl_has_label(file, opts)?;
+    let mut lines = jsonl_lines(file)?.skip(skip);
+    let (file, opts) = (file.to_path_buf(), opts.clone());
+    Ok(Box::new(std::iter::from_fn(move || {
+        let mut texts = Vec::new();
+        let mut labels = Vec::new();
+        let result = (|| -> Result<()> {
+            for line in lines.by_ref() {
+                let (row, line) = line?;
+                let object = json_object(&file, row, &line)?;
+                let field = |column: &str, flag: &str| {
+                    object.get(column).ok_or_else(|| {
+                        let keys: Vec<String> = object.keys().cloned().collect();
+                        if row == 1 {
+                            missing_column(&file, column, flag, &keys)
+                        } else {
+                            row_error(
+                                &file,
+                                row,
+                                format!("no field \"{column}\"; every row needs one"),
+                            )
+                        }
+                    })
+                };
+                match field(&opts.text_column, "--text-column")? {
+                    Value::String(text) => texts.push(text.clone()),
+                    Value::Null => {
+                        return Err(row_error(&file, row, "text is null; drop or fill the row"))
+                    }
+                    other => {
+                        return Err(row_error(
+                            &file,
+                            row,
+                            format!("text is {other}, not a string"),
+                        ))
+                    }
+                }
+                if labelled {
+                    let value = field(&opts.label_column, "--label-column")?;
+                    labels.push(labels::from_json(value).map_err(|e| row_error(&file, row, e))?);
+                }
+                if texts.len() == READ_BATCH {
+                    break;
+                }
+            }
+            Ok(())
+        })();
+        match result {
+            Err(e) => Some(Err(e)),
+            Ok(()) if texts.is_empty() => None,
+            Ok(()) => Some(Ok((texts, labelled.then_some(labels)))),
+        }
+    })))
+}
+
+/// The text column's index and the label column's (if any) from the header row.
+fn delimited_header(file: &Path, csv: bool, opts: &LoadOptions) -> Result<(usize, Option<usize>)> {
+    let mut reader = delimited_reader(file, csv)?;
+    header_columns(&mut reader, file, opts)
+}
+
+fn delimited_reader(file: &Path, csv: bool) -> Result<csv::Reader<File>> {
+    let mut builder = ReaderBuilder::new();
+    if !csv {
+        // A `"` in a TSV text is a character, never a quote, as in the loader.
+        builder.delimiter(b'\t').quoting(false);
+    }
+    builder
+        .from_path(file)
+        .with_context(|| format!("{}: cannot open", file.display()))
+}
+
+fn header_columns(
+    reader: &mut csv::Reader<File>,
+    file: &Path,
+    opts: &LoadOptions,
+) -> Result<(usize, Option<usize>)> {
+    let header = reader
+        .byte_headers()
+        .with_context(|| format!("{}: cannot read the header row", file.display()))?;
+    let columns: Vec<String> = header
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let name = if i == 0 {
+                name.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(name)
+            } else {
+                name
+            };
+            String::from_utf8_lossy(name).trim().to_string()
+        })
+        .collect();
+    let text = columns
+        .iter()
+        .position(|c| *c == opts.text_column)
+        .ok_or_else(|| missing_column(file, &opts.text_column, "--text-column", &columns))?;
+    Ok((text, columns.iter().position(|c| *c == opts.label_column)))
+}
+
+fn read_delimited(file: &Path, csv: bool, opts: &LoadOptions, skip: usize) -> Result<Batches> {
+    let mut reader = delimited_reader(file, csv)?;
+    let (text_index, label_index) = header_columns(&mut reader, file, opts)?;
+    let file = file.to_path_buf();
+    let mut row = 0;
+    let mut record = ByteRecord::new();
+    Ok(Box::new(std::iter::from_fn(move || {
+        let mut texts = Vec::new();
+        let mut labels = Vec::new();
+        let result = (|| -> Result<()> {
+            while texts.len() < READ_BATCH {
+                let more = reader.read_byte_record(&mut record).map_err(|e| {
+                    row_error(
+                        &file,
+                        row + 1,
+                        format!("unreadable ({e}); check its quoting or fields"),
+                    )
+                })?;
+                if !more {
+                    break;
+                }
+                row += 1;
+                if row <= skip {
+                    continue;
+                }
+                let text = String::from_utf8(record[text_index].to_vec()).map_err(|_| {
+                    row_error(&file, row, "text is not UTF-8; re-encode the file as UTF-8")
+                })?;
+                texts.push(text);
+                if let Some(index) = label_index {
+                    let label = std::str::from_utf8(&record[index])
+                        .map_err(|_| "label is not UTF-8".to_string())
+                        .and_then(labels::from_text)
+                        .map_err(|e| row_error(&file, row, e))?;
+                    labels.push(label);
+                }
+            }
+            Ok(())
+        })();
+        match result {
+            Err(e) => Some(Err(e)),
+            Ok(()) if texts.is_empty() => None,
+            Ok(()) => Some(Ok((texts, label_index.map(|_| labels)))),
+        }
+    })))
+}
+
+/// A save_to_disk folder's splits and their Arrow files, as the loader reads them.
+fn save_to_disk_groups(dir: &Path) -> Result<layout::Groups> {
+    let dict = dir.join("dataset_dict.json");
+    let splits: Vec<(String, PathBuf)> = if dict.is_file() {
+        let json = read_json(&dict)?;
+        let names = json
+            .get("splits")
+            .and_then(Value::as_array)
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: no \"splits\" list; is it a datasets save_to_disk folder?",
+                    dict.display()
+                )
+            })?;
+        names
+            .iter()
+            .map(|n| {
+                let name = n
+                    .as_str()
+                    .ok_or_else(|| anyhow!("{}: split name {n} is not a string", dict.display()))?;
+                Ok((name.to_string(), dir.join(name)))
+            })
+            .collect::<Result<_>>()?
+    } else {
+        vec![(arrow_dir::single_split_name(dir)?, dir.to_path_buf())]
+    };
+    let mut groups = Vec::new();
+    for (name, split_dir) in splits {
+        let state_file = split_dir.join("state.json");
+        let state = read_json(&state_file)?;
+        let files = state
+            .get("_data_files")
+            .and_then(Value::as_array)
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: no \"_data_files\" list; is it a datasets save_to_disk folder?",
+                    state_file.display()
+                )
+            })?;
+        let files = files
+            .iter()
+            .map(|entry| {
+                let file = entry
+                    .get("filename")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        anyhow!(
+                            "{}: a _data_files entry has no filename",
+                            state_file.display()
+                        )
+                    })?;
+                Ok(split_dir.join(file))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        groups.push((name, files));
+    }
+    Ok(groups)
+}
+
+fn read_json(file: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("{}: cannot read", file.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", file.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::load;
+
+    fn fixtures() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data")
+    }
+
+    /// Every form, any start and chunk size, gives the whole-split loader's rows.
+    #[test]
+    fn chunks_match_the_whole_split_loader_for_every_form() {
+        let opts = LoadOptions::default();
+        let sources = [
+            fixtures().join("tiny-dsdict"),
+            fixtures().join("tiny-sharded"),
+            fixtures().join("tiny-files/train.parquet"),
+            fixtures().join("tiny-files/train.jsonl"),
+            fixtures().join("tiny-files/train.csv"),
+            fixtures().join("tiny-files/train.tsv"),
+        ];
+        for source in sources {
+            let whole = load(&source, &opts).unwrap();
+            let want = whole.split("train").unwrap();
+            let split = open_split(&source, "train", &opts).unwrap();
+            assert_eq!(split.rows(), want.texts.len(), "{}", source.display());
+            assert!(split.has_labels);
+            for (start, end, size) in [
+                (0, 32, 5),
+                (3, 29, 7),
+                (17, 32, 100),
+                (31, 32, 1),
+                (5, 5, 3),
+            ] {
+                let mut texts = Vec::new();
+                let mut labels = Vec::new();
+                let mut next = start;
+                for chunk in split.chunks(start, end, size) {
+                    let chunk = chunk.unwrap();
+                    assert_eq!(chunk.first, next);
+                    assert!(chunk.texts.len() == size || chunk.first + chunk.texts.len() == end);
+                    next += chunk.texts.len();
+                    texts.extend(chunk.texts);
+                    labels.extend(chunk.labels.unwrap().into_iter().map(|l| l as usize));
+                }
+                assert_eq!(
+                    texts,
+                    want.texts[start..end],
+                    "{} {start}..{end}",
+                    source.display()
+                );
+                assert_eq!(labels, want.labels[start..end]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_split_without_labels_reads_texts_alone() {
+        let dir = crate::data::testdir::TestDir::new("chunked");
+        let file = dir.write(
+            "reviews.jsonl",
+            "{\"text\": \"a\"}\n\n{\"text\": \"b\"}\n".as_bytes(),
+        );
+        let split = open_split(&file, "reviews", &LoadOptions::default()).unwrap();
+        assert!(!split.has_labels);
+        let chunks: Vec<RowChunk> = split.chunks(0, 2, 10).map(Result::unwrap).collect();
+        assert_eq!(chunks[0].texts, ["a", "b"]);
+        assert!(chunks[0].labels.is_none());
+        let err = open_split(&file, "train", &LoadOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("unknown split \"train\""), "{err}");
+    }
+}

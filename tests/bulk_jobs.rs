@@ -1,0 +1,608 @@
+//! Bulk `predict --data` / `encode --data` as a user runs them, on the tiny fixture model
+//! and datasets: every --data form against the texts' own predictions and features,
+//! resume after kills at several points, `--shard` + `merge` against one process, and
+//! the refusal of parts that do not make one job.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float32Type, UInt64Type};
+use bertcls::checkpoint::save_head;
+use bertcls::head::LinearHead;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::Value;
+
+/// The tiny encoder packs texts into batches by length; the same text in another batch
+/// agrees to summation order, so probabilities and features are compared to 1e-5.
+const TOL: f64 = 1e-5;
+
+fn data() -> PathBuf {
+    common::fixtures().join("data")
+}
+
+fn model_dir() -> PathBuf {
+    common::fixtures().join("tiny/model")
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("bertcls-bulk-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A head for the tiny model (hidden 32) whose labels vary across the texts.
+fn write_head(path: &Path) {
+    let head = LinearHead {
+        weight: (0..64).map(|i| ((i * 7 % 13) as f32 - 6.0) / 3.0).collect(),
+        bias: vec![0.1, -0.1],
+        num_labels: 2,
+        hidden: 32,
+    };
+    let meta = BTreeMap::from([
+        (
+            "labels".to_string(),
+            r#"["negative","positive"]"#.to_string(),
+        ),
+        ("model".to_string(), s(&model_dir()).to_string()),
+        ("max_length".to_string(), "350".to_string()),
+    ]);
+    save_head(path, &head, None, &meta).unwrap();
+}
+
+fn bertcls(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bertcls"))
+        .args(args)
+        .args(["--device", "cpu"])
+        .env("HF_HUB_OFFLINE", "1")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn merge(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bertcls"))
+        .arg("merge")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "bertcls failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn error_line(out: &Output) -> String {
+    assert!(!out.status.success(), "bertcls succeeded");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let last = stderr.lines().last().unwrap_or_default().to_string();
+    assert!(last.starts_with("error: "), "{stderr}");
+    last
+}
+
+/// The texts of a tiny split in order, from its TSV copy.
+fn split_texts(split: &str) -> Vec<String> {
+    std::fs::read_to_string(data().join(format!("tiny-files/{split}.tsv")))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split_once('\t').unwrap().1.to_string())
+        .collect()
+}
+
+fn jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Interactive-free `predict --json` of the texts as arguments: the reference.
+fn reference_predictions(head: &Path, texts: &[String]) -> Vec<Value> {
+    let mut args = vec!["predict", "--head", s(head), "--json"];
+    args.extend(texts.iter().map(String::as_str));
+    let out = ok(bertcls(&args, &[]));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn reference_features(texts: &[String]) -> Vec<Vec<f64>> {
+    let model = model_dir();
+    let mut args = vec!["encode", "--model", s(&model), "--json"];
+    args.extend(texts.iter().map(String::as_str));
+    let out = ok(bertcls(&args, &[]));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            floats(&v["cls"])
+        })
+        .collect()
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+fn assert_close(got: &[f64], want: &[f64], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() < TOL, "{what}: {got:?} vs {want:?}");
+    }
+}
+
+fn assert_predictions(got: &[Value], want: &[Value], texts: &[String]) {
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g["index"], i, "{g}");
+        assert_eq!(g["label_id"], w["label_id"], "row {i}");
+        assert_eq!(g["label"], w["label"], "row {i}");
+        assert_eq!(g["text"].as_str().unwrap(), texts[i]);
+        assert_close(
+            &floats(&g["probs"]),
+            &floats(&w["probs"]),
+            &format!("row {i}"),
+        );
+    }
+}
+
+/// (index, feature) rows of an encode parquet output.
+fn parquet_features(path: &Path) -> Vec<(u64, Vec<f64>)> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap())
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let index = batch
+            .column_by_name("index")
+            .unwrap()
+            .as_primitive::<UInt64Type>()
+            .clone();
+        let cls = batch
+            .column_by_name("cls")
+            .unwrap()
+            .as_fixed_size_list()
+            .clone();
+        for i in 0..batch.num_rows() {
+            let row = cls.value(i);
+            let values = row.as_primitive::<Float32Type>();
+            rows.push((
+                index.value(i),
+                values.values().iter().map(|&v| v as f64).collect(),
+            ));
+        }
+    }
+    rows
+}
+
+/// Writes the tiny train parquet into a fake HF hub cache as dataset `fake/tiny`.
+fn hub_cache(root: &Path) {
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let repo = root.join("datasets--fake--tiny");
+    let snap = repo.join("snapshots").join(commit).join("data");
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::copy(
+        data().join("tiny-files/train.parquet"),
+        snap.join("train-00000-of-00001.parquet"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+}
+
+#[test]
+fn every_data_form_in_bulk_predict_and_encode() {
+    let dir = TempDir::new("forms");
+    let head = dir.join("head.safetensors");
+    write_head(&head);
+    let hub = dir.join("hub");
+    hub_cache(&hub);
+    let texts = split_texts("train");
+    let want = reference_predictions(&head, &texts);
+    let want_x = reference_features(&texts);
+    let forms = [
+        s(&data().join("tiny-dsdict")).to_string(),
+        s(&data().join("tiny-dataset")).to_string(),
+        s(&data().join("tiny-sharded")).to_string(),
+        s(&data().join("tiny-files")).to_string(),
+        s(&data().join("tiny-files/train.parquet")).to_string(),
+        s(&data().join("tiny-files/train.jsonl")).to_string(),
+        s(&data().join("tiny-files/train.csv")).to_string(),
+        s(&data().join("tiny-files/train.tsv")).to_string(),
+        "fake/tiny".to_string(),
+    ];
+    let env = [("HF_HUB_CACHE", s(&hub))];
+    for (n, form) in forms.iter().enumerate() {
+        let out = dir.join(&format!("p{n}.jsonl"));
+        let run = ok(bertcls(
+            &[
+                "predict",
+                "--head",
+                s(&head),
+                "--data",
+                form,
+                "--out",
+                s(&out),
+                "--with-text",
+                "--chunk-rows",
+                "7",
+            ],
+            &env,
+        ));
+        assert_predictions(&jsonl(&out), &want, &texts);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            stderr.contains("labelled train: 32 rows, 771 tokens in"),
+            "{form}: {stderr}"
+        );
+        // The tiny train split has labels: accuracy as test gives it.
+        let correct = want
+            .iter()
+            .zip(split_labels())
+            .filter(|(w, l)| w["label_id"] == *l)
+            .count();
+        assert!(
+            stderr.contains(&format!("({correct}/32 labelled rows)")),
+            "{stderr}"
+        );
+
+        let out = dir.join(&format!("f{n}.parquet"));
+        ok(bertcls(
+            &[
+                "encode",
+                "--model",
+                s(&model_dir()),
+                "--data",
+                form,
+                "--out",
+                s(&out),
+                "--chunk-rows",
+                "5",
+            ],
+            &env,
+        ));
+        let rows = parquet_features(&out);
+        assert_eq!(rows.len(), 32, "{form}");
+        for (i, (index, x)) in rows.iter().enumerate() {
+            assert_eq!(*index, i as u64);
+            assert_close(x, &want_x[i], &format!("{form} row {i}"));
+        }
+    }
+    // safetensors: one [rows, hidden] tensor per chunk, named by its first row.
+    let out = dir.join("f.safetensors");
+    ok(bertcls(
+        &[
+            "encode",
+            "--model",
+            s(&model_dir()),
+            "--data",
+            &forms[0],
+            "--out",
+            s(&out),
+            "--chunk-rows",
+            "10",
+        ],
+        &[],
+    ));
+    let tensors = common::read_tensors(&out);
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "cls.000000000000",
+            "cls.000000000010",
+            "cls.000000000020",
+            "cls.000000000030"
+        ]
+    );
+    let mut row = 0;
+    for name in names {
+        let t = &tensors[name];
+        for x in t.f32.chunks_exact(32) {
+            let x: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+            assert_close(&x, &want_x[row], name);
+            row += 1;
+        }
+    }
+    assert_eq!(row, 32);
+}
+
+fn split_labels() -> Vec<Value> {
+    std::fs::read_to_string(data().join("tiny-files/train.tsv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split_once('\t').unwrap().0.parse::<u64>().unwrap().into())
+        .collect()
+}
+
+#[test]
+fn a_job_killed_at_any_point_resumes_to_the_same_output() {
+    let dir = TempDir::new("resume");
+    let head = dir.join("head.safetensors");
+    write_head(&head);
+    let dsdict = data().join("tiny-dsdict");
+    for ext in ["jsonl", "parquet"] {
+        let clean = dir.join(&format!("clean.{ext}"));
+        let args = |out: &Path| {
+            vec![
+                "predict".to_string(),
+                "--head".into(),
+                s(&head).into(),
+                "--data".into(),
+                s(&dsdict).into(),
+                "--out".into(),
+                s(out).into(),
+                "--chunk-rows".into(),
+                "4".into(),
+            ]
+        };
+        let run = |out: &Path, env: &[(&str, &str)]| {
+            let a = args(out);
+            bertcls(&a.iter().map(String::as_str).collect::<Vec<_>>(), env)
+        };
+        ok(run(&clean, &[]));
+        let want = std::fs::read(&clean).unwrap();
+
+        let out = dir.join(&format!("killed.{ext}"));
+        let parts = PathBuf::from(format!("{}.parts", out.display()));
+        // Killed after 1 chunk, then after 3 more, then after assembly but before the
+        // manifest; a stray temporary as a kill mid-write leaves one.
+        for (env, chunks) in [("1", 1), ("3", 4)] {
+            let killed = run(&out, &[("BERTCLS_TEST_ABORT_AFTER_CHUNKS", env)]);
+            assert!(!killed.status.success());
+            assert!(!out.exists());
+            let done = std::fs::read_dir(&parts)
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .ends_with(ext)
+                })
+                .count();
+            assert_eq!(done, chunks);
+        }
+        std::fs::write(parts.join(".chunk-000000000016.jsonl.tmp-1"), b"torn").unwrap();
+        let killed = run(&out, &[("BERTCLS_TEST_ABORT_BEFORE_MANIFEST", "1")]);
+        assert!(!killed.status.success());
+        let resumed = ok(run(&out, &[]));
+        let stderr = String::from_utf8_lossy(&resumed.stderr);
+        assert!(stderr.contains("wrote "), "{stderr}");
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            want,
+            "{ext}: resumed output differs"
+        );
+        assert!(!parts.exists(), "parts left behind");
+        // The same command again finds the job complete.
+        let again = ok(run(&out, &[]));
+        assert!(String::from_utf8_lossy(&again.stderr).contains("already complete"));
+    }
+}
+
+#[test]
+fn four_shards_merged_equal_one_process() {
+    let dir = TempDir::new("shards");
+    let head = dir.join("head.safetensors");
+    write_head(&head);
+    let dsdict = data().join("tiny-dsdict");
+    let single = dir.join("single.jsonl");
+    ok(bertcls(
+        &[
+            "predict",
+            "--head",
+            s(&head),
+            "--data",
+            s(&dsdict),
+            "--out",
+            s(&single),
+            "--with-text",
+        ],
+        &[],
+    ));
+    // Four processes at once, as a job array would run them.
+    let children: Vec<_> = (0..4)
+        .map(|k| {
+            let out = dir.join(&format!("part-{k}.jsonl"));
+            let shard = format!("{k}/4");
+            let child = Command::new(env!("CARGO_BIN_EXE_bertcls"))
+                .args([
+                    "predict",
+                    "--head",
+                    s(&head),
+                    "--data",
+                    s(&dsdict),
+                    "--out",
+                    s(&out),
+                ])
+                .args([
+                    "--with-text",
+                    "--shard",
+                    &shard,
+                    "--device",
+                    "cpu",
+                    "--chunk-rows",
+                    "3",
+                ])
+                .env("HF_HUB_OFFLINE", "1")
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            (out, child)
+        })
+        .collect();
+    let parts: Vec<PathBuf> = children
+        .into_iter()
+        .map(|(out, child)| {
+            ok(child.wait_with_output().unwrap());
+            out
+        })
+        .collect();
+    let merged = dir.join("merged.jsonl");
+    let mut args: Vec<&str> = vec![s(&merged)];
+    args.extend(parts.iter().rev().map(|p| s(p)));
+    ok(merge(&args));
+    let texts = split_texts("train");
+    assert_predictions(&jsonl(&merged), &jsonl(&single), &texts);
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("merged.jsonl.bulk.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (manifest["start"].as_u64(), manifest["end"].as_u64()),
+        (Some(0), Some(32))
+    );
+
+    // Encode shards merge into one parquet with the single run's features.
+    let mut enc_parts = Vec::new();
+    for k in 0..4 {
+        let out = dir.join(&format!("f-{k}.parquet"));
+        let shard = format!("{k}/4");
+        ok(bertcls(
+            &[
+                "encode",
+                "--model",
+                s(&model_dir()),
+                "--data",
+                s(&dsdict),
+                "--out",
+                s(&out),
+                "--shard",
+                &shard,
+            ],
+            &[],
+        ));
+        enc_parts.push(out);
+    }
+    let merged = dir.join("features.parquet");
+    let mut args: Vec<&str> = vec![s(&merged)];
+    args.extend(enc_parts.iter().map(|p| s(p)));
+    ok(merge(&args));
+    let want = reference_features(&texts);
+    let rows = parquet_features(&merged);
+    assert_eq!(rows.len(), 32);
+    for (i, (index, x)) in rows.iter().enumerate() {
+        assert_eq!(*index, i as u64);
+        assert_close(x, &want[i], &format!("row {i}"));
+    }
+}
+
+#[test]
+fn parts_that_do_not_make_one_job_are_refused() {
+    let dir = TempDir::new("refuse");
+    let head = dir.join("head.safetensors");
+    write_head(&head);
+    let dsdict = data().join("tiny-dsdict");
+    let part = |name: &str, shard: &str, extra: &[&str]| {
+        let out = dir.join(name);
+        let mut args = vec![
+            "predict",
+            "--head",
+            s(&head),
+            "--data",
+            s(&dsdict),
+            "--out",
+            s(&out),
+            "--shard",
+            shard,
+        ];
+        args.extend_from_slice(extra);
+        ok(bertcls(&args, &[]));
+        out
+    };
+    let p0 = part("a0.jsonl", "0/3", &[]);
+    let p1 = part("a1.jsonl", "1/3", &[]);
+    let p2 = part("a2.jsonl", "2/3", &[]);
+    let other_split = part("b2.jsonl", "2/3", &["--split", "test"]);
+    let halves = part("h0.jsonl", "0/2", &[]);
+    let out = dir.join("m.jsonl");
+    let err = error_line(&merge(&[s(&out), s(&p0), s(&p1), s(&other_split)]));
+    assert!(err.contains("comes from another job"), "{err}");
+    let err = error_line(&merge(&[s(&out), s(&p0), s(&p1), s(&halves), s(&p2)]));
+    assert!(err.contains("overlaps"), "{err}");
+    let err = error_line(&merge(&[s(&out), s(&p0), s(&p2)]));
+    assert!(err.contains("rows 10..21 are in no part"), "{err}");
+    let err = error_line(&merge(&[s(&out), s(&p0), s(&p1)]));
+    assert!(err.contains("rows 21..32 are in no part"), "{err}");
+    assert!(!out.exists(), "a refused merge wrote its output");
+    std::fs::remove_file(dir.join("a1.jsonl.bulk.json")).unwrap();
+    let err = error_line(&merge(&[s(&out), s(&p0), s(&p1), s(&p2)]));
+    assert!(err.contains("not a finished bulk output"), "{err}");
+
+    // A parts folder left by another job is not mixed into this one.
+    let busy = dir.join("busy.jsonl");
+    let killed = bertcls(
+        &[
+            "predict",
+            "--head",
+            s(&head),
+            "--data",
+            s(&dsdict),
+            "--out",
+            s(&busy),
+            "--chunk-rows",
+            "4",
+        ],
+        &[("BERTCLS_TEST_ABORT_AFTER_CHUNKS", "1")],
+    );
+    assert!(!killed.status.success());
+    let err = error_line(&bertcls(
+        &[
+            "predict",
+            "--head",
+            s(&head),
+            "--data",
+            s(&dsdict),
+            "--out",
+            s(&busy),
+            "--chunk-rows",
+            "5",
+        ],
+        &[],
+    ));
+    assert!(err.contains("holds the parts of another job"), "{err}");
+    let _ = std::io::stderr().flush();
+}
