@@ -43,9 +43,7 @@ impl BertTokenizer {
         let json = dir.join("tokenizer.json");
         let vocab = dir.join("vocab.txt");
         let (mut inner, sources) = if json.is_file() {
-            let tok = Tokenizer::from_file(&json).map_err(|e| {
-                anyhow!("{} is not a valid tokenizer.json ({e}): re-download it or delete it to use vocab.txt", json.display())
-            })?;
+            let tok = tokenizer_json(&json)?;
             (tok, vec![json])
         } else if vocab.is_file() {
             let config_path = dir.join("tokenizer_config.json");
@@ -131,6 +129,24 @@ impl BertTokenizer {
     pub fn encode_many<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Vec<TokenizedText>> {
         texts.par_iter().map(|t| self.encode(t.as_ref())).collect()
     }
+}
+
+/// `tokenizer.json` without its decoder: bertcls never decodes, and `tokenizers`
+/// panics (an `expect` in its decoder deserializer) on a malformed one.
+fn tokenizer_json(json: &Path) -> Result<Tokenizer> {
+    let invalid = |e: &dyn std::fmt::Display| {
+        anyhow!(
+            "{} is not a valid tokenizer.json ({e}): re-download it or delete it to use vocab.txt",
+            json.display()
+        )
+    };
+    let text =
+        std::fs::read_to_string(json).with_context(|| format!("cannot read {}", json.display()))?;
+    let mut value: serde_json::Value = serde_json::from_str(&text).map_err(|e| invalid(&e))?;
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert("decoder".into(), serde_json::Value::Null);
+    }
+    value.to_string().parse().map_err(|e| invalid(&e))
 }
 
 fn truncate_for_message(text: &str) -> String {

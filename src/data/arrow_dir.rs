@@ -96,8 +96,24 @@ fn read_stream(
     out: &mut RawSplit,
     names: &mut Option<Vec<String>>,
 ) -> Result<()> {
+    super::guard::guarded(file, "Arrow IPC stream", || {
+        read_stream_unguarded(file, opts, out, names)
+    })
+}
+
+fn read_stream_unguarded(
+    file: &Path,
+    opts: &LoadOptions,
+    out: &mut RawSplit,
+    names: &mut Option<Vec<String>>,
+) -> Result<()> {
     let reader = File::open(file)
         .with_context(|| format!("{}: cannot open (listed in state.json)", file.display()))?;
+    let len = reader
+        .metadata()
+        .with_context(|| format!("{}: cannot read its size", file.display()))?
+        .len();
+    check_framing(file, len)?;
     let reader = StreamReader::try_new(BufReader::new(reader), None).with_context(|| {
         format!(
             "{}: not an Arrow IPC stream as save_to_disk writes",
@@ -115,6 +131,55 @@ fn read_stream(
         let batch = batch.with_context(|| format!("{}: unreadable Arrow batch", file.display()))?;
         columns::append(&batch, opts, file, row, out)?;
         row += batch.num_rows();
+    }
+    Ok(())
+}
+
+/// Walks the stream's message frames (continuation marker, metadata length, flatbuffer
+/// `Message`, body) and checks that each declared size fits in the file: arrow-ipc
+/// allocates what a frame declares before reading it, so a few corrupt bytes could ask
+/// for gigabytes.
+fn check_framing(file: &Path, len: u64) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let corrupt = |why: &str| {
+        anyhow::anyhow!(
+            "{}: not an Arrow IPC stream as save_to_disk writes ({why})",
+            file.display()
+        )
+    };
+    let mut f = File::open(file).with_context(|| format!("{}: cannot open", file.display()))?;
+    let mut at = 0u64;
+    while at + 4 <= len {
+        let mut word = [0u8; 4];
+        f.seek(SeekFrom::Start(at))?;
+        f.read_exact(&mut word)?;
+        let mut meta_len = u32::from_le_bytes(word);
+        let mut header = 4;
+        if meta_len == u32::MAX {
+            if at + 8 > len {
+                return Err(corrupt("a frame cut short"));
+            }
+            f.read_exact(&mut word)?;
+            meta_len = u32::from_le_bytes(word);
+            header = 8;
+        }
+        if meta_len == 0 {
+            return Ok(());
+        }
+        let meta_end = at + header + meta_len as u64;
+        if meta_len > i32::MAX as u32 || meta_end > len {
+            return Err(corrupt("a message longer than the file"));
+        }
+        let mut meta = vec![0u8; meta_len as usize];
+        f.read_exact(&mut meta)?;
+        let message =
+            arrow_ipc::root_as_message(&meta).map_err(|_| corrupt("an unreadable message"))?;
+        let body =
+            u64::try_from(message.bodyLength()).map_err(|_| corrupt("a negative body length"))?;
+        at = meta_end
+            .checked_add(body)
+            .filter(|&end| end <= len)
+            .ok_or_else(|| corrupt("a body longer than the file"))?;
     }
     Ok(())
 }

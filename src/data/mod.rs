@@ -10,6 +10,7 @@ mod arrow_dir;
 pub mod chunked;
 mod columns;
 mod delimited;
+mod guard;
 mod jsonl;
 mod labels;
 mod layout;

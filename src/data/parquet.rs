@@ -17,9 +17,29 @@ pub(super) fn read(
     opts: &LoadOptions,
     out: &mut RawSplit,
 ) -> Result<Option<Vec<String>>> {
+    super::guard::guarded(file, "parquet file", || read_unguarded(file, opts, out))
+}
+
+fn read_unguarded(
+    file: &Path,
+    opts: &LoadOptions,
+    out: &mut RawSplit,
+) -> Result<Option<Vec<String>>> {
     let handle = File::open(file).with_context(|| format!("{}: cannot open", file.display()))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(handle)
         .with_context(|| format!("{}: not a readable parquet file", file.display()))?;
+    // The parquet crate indexes column_orders by column without checking their count.
+    let meta = builder.metadata().file_metadata();
+    if let Some(orders) = meta.column_orders() {
+        if orders.len() != meta.schema_descr().num_columns() {
+            anyhow::bail!(
+                "{}: not a readable parquet file (corrupt metadata: {} column orders for {} columns)",
+                file.display(),
+                orders.len(),
+                meta.schema_descr().num_columns()
+            );
+        }
+    }
     let (text, label) = columns::find(builder.schema(), opts, file)?;
     let names = columns::class_names_in_metadata(builder.schema().metadata(), &opts.label_column);
     let mask = ProjectionMask::roots(builder.parquet_schema(), [text, label]);
