@@ -705,12 +705,13 @@ mod tests {
             "reviews.jsonl",
             "{\"text\": \"a\"}\n\n{\"text\": \"b\"}\n".as_bytes(),
         );
-        let split = open_split(&file, "reviews", &LoadOptions::default()).unwrap();
+        // A lone file not named for a split is `train` (HF's data_files rule, issue 8).
+        let split = open_split(&file, "train", &LoadOptions::default()).unwrap();
         assert!(!split.has_labels);
         let chunks: Vec<RowChunk> = split.chunks(0, 2, 10).map(Result::unwrap).collect();
         assert_eq!(chunks[0].texts, ["a", "b"]);
         assert!(chunks[0].labels.is_none());
-        let err = open_split(&file, "train", &LoadOptions::default()).unwrap_err();
-        assert!(err.to_string().contains("unknown split \"train\""), "{err}");
+        let err = open_split(&file, "test", &LoadOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("unknown split \"test\""), "{err}");
     }
 }
