@@ -139,7 +139,7 @@ fn read_stream_unguarded(
 /// `Message`, body) and checks that each declared size fits in the file: arrow-ipc
 /// allocates what a frame declares before reading it, so a few corrupt bytes could ask
 /// for gigabytes.
-fn check_framing(file: &Path, len: u64) -> Result<()> {
+pub(super) fn check_framing(file: &Path, len: u64) -> Result<()> {
     use std::io::{Read, Seek, SeekFrom};
     let corrupt = |why: &str| {
         anyhow::anyhow!(

@@ -352,6 +352,11 @@ fn read_parquet(file: &Path, opts: &LoadOptions, skip: usize) -> Result<Batches>
 fn arrow_stream(file: &Path) -> Result<StreamReader<BufReader<File>>> {
     let handle = File::open(file)
         .with_context(|| format!("{}: cannot open (listed in state.json)", file.display()))?;
+    let len = handle
+        .metadata()
+        .with_context(|| format!("{}: cannot read its size", file.display()))?
+        .len();
+    super::arrow_dir::check_framing(file, len)?;
     StreamReader::try_new(BufReader::new(handle), None).with_context(|| {
         format!(
             "{}: not an Arrow IPC stream as save_to_disk writes",
