@@ -8,14 +8,18 @@
 // except the loss read-back.
 #include "common.cuh"
 
-// Per example i: loss[i] = logsumexp(logits[i]) - logits[i, y_i] (stable: max subtracted),
-// dlogits[i] = (softmax(logits[i]) - onehot(y_i)) / n (the mean over the batch),
-// correct[i] = 1 when the first arg max equals y_i.
-// logits, dlogits (n, K); labels (n,); loss, correct (n,)
+// Per example i, with s = scale[y_i] its share of the batch loss (1 / n for the plain
+// mean; w[y_i] / sum_j w[y_j] for torch's CrossEntropyLoss(weight=w), computed on the
+// host, which knows the batch's labels): loss[i] = s (logsumexp(logits[i]) - logits[i,
+// y_i]) (stable: max subtracted), so the batch loss is the sum of loss;
+// dlogits[i] = s (softmax(logits[i]) - onehot(y_i)); correct[i] = 1 when the first arg
+// max equals y_i.
+// logits, dlogits (n, K); labels (n,); scale (K,); loss, correct (n,)
 // launch: grid ceil(n / 8), block 256 (one warp per example)
 extern "C" __global__ void softmax_cross_entropy_backward(
     float* __restrict__ loss, float* __restrict__ dlogits, float* __restrict__ correct,
-    const float* __restrict__ logits, const unsigned int* __restrict__ labels, int n, int K) {
+    const float* __restrict__ logits, const unsigned int* __restrict__ labels,
+    const float* __restrict__ scale, int n, int K) {
     const int i = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
     const int lane = threadIdx.x % WARP_SIZE;
     if (i >= n) return;
@@ -27,13 +31,13 @@ extern "C" __global__ void softmax_cross_entropy_backward(
     float sum = 0.0f;
     for (int j = lane; j < K; j += WARP_SIZE) sum += expf(x[j] - m);
     sum = warp_reduce_sum(sum);
-    const float inv_n = 1.0f / (float)n;
+    const float s = scale[y];
     for (int j = lane; j < K; j += WARP_SIZE) {
         const float p = expf(x[j] - m) / sum;
-        dlogits[(size_t)i * K + j] = (p - (j == y ? 1.0f : 0.0f)) * inv_n;
+        dlogits[(size_t)i * K + j] = (p - (j == y ? 1.0f : 0.0f)) * s;
     }
     if (lane == 0) {
-        loss[i] = (m + logf(sum)) - x[y];
+        loss[i] = ((m + logf(sum)) - x[y]) * s;
         int arg = 0;
         for (int j = 1; j < K; ++j) arg = x[j] > x[arg] ? j : arg;
         correct[i] = arg == y ? 1.0f : 0.0f;

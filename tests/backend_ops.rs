@@ -887,6 +887,16 @@ fn cuda_encoder_matches_transformers_fixture() {
 /// same f32 AdamW arithmetic).
 #[test]
 fn cuda_head_matches_cpu_head_and_adamw() {
+    cuda_head_steps_match_cpu(None);
+}
+
+/// As above with class weights (`--class-weights`): PyTorch's weighted mean on both.
+#[test]
+fn cuda_weighted_head_matches_cpu_head_and_adamw() {
+    cuda_head_steps_match_cpu(Some(&[0.5, 2.0, 1.25]));
+}
+
+fn cuda_head_steps_match_cpu(class_weights: Option<&[f32]>) {
     let Some(gpu) = cuda_backend(Precision::Fp32) else {
         return;
     };
@@ -895,7 +905,7 @@ fn cuda_head_matches_cpu_head_and_adamw() {
     let mut head = LinearHead::new_init(k, c, &mut r.0);
     let mut opt = AdamW::for_head(&head);
     opt.lr = 1e-3;
-    let mut gpu_head = CudaHead::new(&gpu, &head, &opt, b).unwrap();
+    let mut gpu_head = CudaHead::new(&gpu, &head, &opt, b, class_weights).unwrap();
     let mut scratch = HeadScratch::new(k, c);
     for step in 0..5 {
         let x = r.uniform(b * c, -2.0, 2.0);
@@ -905,7 +915,7 @@ fn cuda_head_matches_cpu_head_and_adamw() {
             max_abs_diff(&logits, &head.logits(&x)) < 1e-5,
             "step {step}: logits"
         );
-        let cpu_loss = head.forward_backward(&x, &labels, &mut scratch);
+        let cpu_loss = head.forward_backward_weighted(&x, &labels, class_weights, &mut scratch);
         let correct = bertcls::head::count_correct(&scratch.logits, &labels, k);
         let grads = scratch.grads.clone();
         opt.update_head(&mut head, &grads);
@@ -1132,6 +1142,88 @@ fn adamw_kernel_matches_cpu_optimiser_emulated() {
             "beta1 = {beta1}:\n{report}"
         );
     }
+}
+
+/// The GPU head's weighted loss and gradient (softmax_cross_entropy_backward scaled by
+/// `loss_scales`, dW by the cuBLAS model, db by bias_grad_column_sum) against
+/// `LinearHead::forward_backward_weighted` itself on random inputs, imbalanced labels
+/// with their balanced weights and without weights; tolerances in check_kernels.cpp
+/// (check_head_case).
+fn head_case_report(exe: &std::path::Path, class_weights: bool) -> (bool, String) {
+    let (n, k, c) = (37, 3, 20);
+    let mut r = Inputs::new(if class_weights { 13 } else { 17 });
+    let head = LinearHead::new_init(k, c, &mut r.0);
+    let x = r.uniform(n * c, -2.0, 2.0);
+    // Imbalanced: label 0 about 70% of the rows.
+    let labels: Vec<usize> = (0..n)
+        .map(|_| {
+            if r.0.random_range(0..10) < 7 {
+                0
+            } else {
+                r.0.random_range(1..k)
+            }
+        })
+        .collect();
+    let weights = class_weights.then(|| bertcls::head::balanced_class_weights(&labels, k).unwrap());
+    let mut scratch = HeadScratch::new(k, c);
+    let loss = head.forward_backward_weighted(&x, &labels, weights.as_deref(), &mut scratch);
+    let scales = bertcls::backend::cuda::loss_scales(&labels, weights.as_deref(), k).unwrap();
+    let bits = |v: &[f32]| {
+        v.iter()
+            .map(|f| f.to_bits().to_string())
+            .collect::<Vec<_>>()
+    };
+    let mut case = vec![format!("{n} {k} {c}")];
+    case.extend(bits(&scratch.logits));
+    case.extend(labels.iter().map(usize::to_string));
+    case.extend(bits(&scales));
+    case.extend(bits(&x));
+    case.extend(bits(&[loss]));
+    case.extend(bits(&scratch.grads.weight));
+    case.extend(bits(&scratch.grads.bias));
+    let path = exe.with_file_name(format!("head-case-weighted-{class_weights}.txt"));
+    std::fs::write(&path, case.join("\n")).unwrap();
+    let path = path.to_str().unwrap().to_string();
+    run_emulation(exe, "", &[("EMU_HEAD_CASE", &path)])
+}
+
+#[test]
+fn weighted_head_kernels_match_cpu_head_emulated() {
+    let Some(exe) = kernel_emulation() else {
+        return;
+    };
+    for weighted in [true, false] {
+        let (ok, report) = head_case_report(&exe, weighted);
+        eprintln!("class weights {weighted}:\n{report}");
+        assert!(
+            ok && report.contains("ok   weighted head dW vs head.rs"),
+            "class weights {weighted}:\n{report}"
+        );
+    }
+}
+
+/// A kernel that scales every example by class 0's share (the weighting ignored) must
+/// fail both the emulation's own head check and the check against head.rs.
+#[test]
+fn emulation_catches_a_gradient_that_ignores_the_class_weights() {
+    let broken = [Edit {
+        file: "head.cu",
+        from: "const float s = scale[y];",
+        to: "const float s = scale[0];",
+    }];
+    let Some(exe) = build_emulation("unweighted-head", &broken, &[]) else {
+        return;
+    };
+    let (ok, report) = run_emulation(&exe, "head", &[]);
+    assert!(
+        !ok && report.contains("FAIL softmax_cross_entropy dlogits"),
+        "the unweighted variant passed the emulation's head check:\n{report}"
+    );
+    let (ok, report) = head_case_report(&exe, true);
+    assert!(
+        !ok && report.contains("FAIL weighted head dW vs head.rs"),
+        "the unweighted variant passed against head.rs:\n{report}"
+    );
 }
 
 /// The kernels' logic on the CPU (kernels/emulate): every kernel, with the backend's launch

@@ -169,17 +169,22 @@ template <class S> void test_pooling(int C) {
     LAUNCH_S(mean_pool_rows, ew_blocks(n * C), 256, 0, out.data(), (const S*)hs.data(), (const unsigned*)off.data(), n, C);
     check(label<S>("mean_pool_rows C=%d", C).c_str(), to_f(out), want, unit_roundoff<S>() + 2e-5);
 }
+// The head with random class weights (torch's weighted CrossEntropyLoss): each example's
+// share s = w[y] / sum w[y_i], rounded to f32 as src/backend/cuda/head.rs loss_scales does.
 void test_head() {
     int n = 37, K = 3; auto logits = U(n * K, -4, 4); vector<unsigned> labels(n); for (auto& y : labels) y = rng() % K;
     logits[0] = logits[1]; // a tie: the first arg max counts
+    auto w = U(K, 0.2, 3); double total = 0; for (auto y : labels) total += w[y];
+    vector<float> scale(K); for (int c = 0; c < K; ++c) scale[c] = (float)(w[c] / total);
     vector<float> loss(n, NAN), dl(n * K, NAN), corr(n, NAN);
-    launch(softmax_cross_entropy_backward, (n + 7) / 8, 256, 0, loss.data(), dl.data(), corr.data(), (const float*)logits.data(), (const unsigned*)labels.data(), n, K);
+    launch(softmax_cross_entropy_backward, (n + 7) / 8, 256, 0, loss.data(), dl.data(), corr.data(), (const float*)logits.data(), (const unsigned*)labels.data(), (const float*)scale.data(), n, K);
     vector<double> wl, wd, wc;
     for (int i = 0; i < n; ++i) {
+        double s = w[labels[i]] / total;
         double m = -1e300; int arg = 0; for (int j = 0; j < K; ++j) { m = max(m, (double)logits[i * K + j]); if (logits[i * K + j] > logits[i * K + arg]) arg = j; }
         double z = 0; for (int j = 0; j < K; ++j) z += exp(logits[i * K + j] - m);
-        wl.push_back(m + log(z) - logits[i * K + labels[i]]);
-        for (int j = 0; j < K; ++j) wd.push_back((exp(logits[i * K + j] - m) / z - (j == (int)labels[i])) / n);
+        wl.push_back(s * (m + log(z) - logits[i * K + labels[i]]));
+        for (int j = 0; j < K; ++j) wd.push_back(s * (exp(logits[i * K + j] - m) / z - (j == (int)labels[i])));
         wc.push_back(arg == (int)labels[i]);
     }
     check("softmax_cross_entropy loss", loss, wl, 1e-6); check("softmax_cross_entropy dlogits", dl, wd, 1e-7); check("softmax_cross_entropy correct", corr, wc, 0);
@@ -194,6 +199,44 @@ void test_head() {
     for (int i = 0; i < len; ++i) { float pp = P[i] * decay; float mm = M[i] + w1 * (g[i] - M[i]); float vv = Vv[i] * fb2 + omb2 * g[i] * g[i]; float den = sqrtf(vv) / bc2 + feps; pp += -step * (mm / den); wp.push_back(pp); }
     launch(adamw_update, ew_blocks(len), 256, 0, p.data(), (const float*)g.data(), m.data(), v.data(), len, decay, w1, fb2, omb2, feps, step, bc2);
     check("adamw_update (bit-exact)", p, wp, 0);
+}
+// The head's loss and gradient against src/head.rs itself: tests/backend_ops.rs runs
+// LinearHead::forward_backward_weighted and writes the case as f32 bit patterns, one value
+// a line: n K C, the logits (n K), labels (n, as integers), loss_scales (K), x (n C), then
+// the CPU's loss, dW (K C) and db (K). Here the GPU head's step: the kernel, the loss
+// summed in double (the host sums in f64), dW = dlogits^T x by the cuBLAS model and db
+// by bias_grad_column_sum. Tolerances: each example's loss is off by a few f32 roundings
+// of terms up to |m| + log K + |x_y| (logits in [-4, 4]), times s rounded once; the mean
+// is a convex combination, so 1e-6 of 1 + |loss| bounds it. dW and db sum n terms
+// s |p - onehot| |x| with sum s = 1 and |x| <= 2: f32 accumulation over n rows plus ~4
+// roundings per term bounds the error by (n + 4) u 2 with u = 2^-24.
+int check_head_case(const char* path) {
+    FILE* f = fopen(path, "r");
+    if (!f) { printf("FAIL cannot open %s\n", path); return 1; }
+    auto next = [&] { unsigned bits = 0; if (fscanf(f, "%u", &bits) != 1) { printf("FAIL short case file\n"); exit(1); } float v; memcpy(&v, &bits, 4); return v; };
+    int n = 0, K = 0, C = 0; if (fscanf(f, "%d %d %d", &n, &K, &C) != 3) return 1;
+    vector<float> logits(n * K), scale(K), x(n * C); vector<unsigned> labels(n);
+    for (auto& v : logits) v = next();
+    for (auto& y : labels) if (fscanf(f, "%u", &y) != 1) return 1;
+    for (auto& v : scale) v = next();
+    for (auto& v : x) v = next();
+    vector<double> want_loss = {next()}, want_dw(K * C), want_db(K);
+    for (auto& v : want_dw) v = next();
+    for (auto& v : want_db) v = next();
+    fclose(f);
+    for (unsigned seed : {0u, 1u, 2u}) {
+        emu::g_order_seed = seed;
+        vector<float> loss(n, NAN), dl(n * K, NAN), corr(n, NAN), dw(K * C, NAN), db(K, NAN);
+        launch(softmax_cross_entropy_backward, (n + 7) / 8, 256, 0, loss.data(), dl.data(), corr.data(), (const float*)logits.data(), (const unsigned*)labels.data(), (const float*)scale.data(), n, K);
+        double sum = 0; for (float l : loss) sum += l;
+        rm_gemm_batched<float, float>(true, false, K, C, n, 0, dl.data(), x.data(), dw.data(), 1, 0, 0, 0);
+        launch(bias_grad_column_sum, K, 256, 0, db.data(), (const float*)dl.data(), n, K);
+        double tol = (n + 4) * 2.0 * 0x1p-24;
+        check("weighted head loss vs head.rs", {(float)sum}, want_loss, 1e-6);
+        check("weighted head dW vs head.rs", dw, want_dw, tol);
+        check("weighted head db vs head.rs", db, want_db, tol);
+    }
+    return fails != 0;
 }
 // AdamW against src/optim.rs itself: tests/backend_ops.rs runs optim::AdamW and writes
 // the case as f32 bit patterns, one value a line: len, the 7 scalars the backend passes,
@@ -228,6 +271,7 @@ template <class S, class W> void run_encoder_checks(W want) {
 }
 int main(int argc, char** argv) {
     if (const char* path = getenv("EMU_ADAMW_CASE")) return check_adamw_case(path);
+    if (const char* path = getenv("EMU_HEAD_CASE")) return check_head_case(path);
     const string only = argc > 1 ? argv[1] : "";
     auto want = [&](const char* name) { return string(name).find(only) != string::npos || only.empty(); };
     struct Pass { unsigned seed; bool cap; const char* what; };

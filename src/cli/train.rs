@@ -211,11 +211,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         ..args.model.clone()
     };
     let files = model_files(&model_args)?;
-    let device = head_device(
-        args.head_device,
-        args.device.device.resolve()?,
-        class_weights.is_some(),
-    )?;
+    let device = head_device(args.head_device, args.device.device.resolve()?)?;
     let mut folder = match &args.resume {
         Some(dir) => RunFolder::open(dir)?,
         None => RunFolder::create(&out_dir(&args))?,
@@ -339,14 +335,10 @@ fn check_batch(train: &Split, batch_size: usize) -> Result<()> {
     Ok(())
 }
 
-/// Where the head trains: `--head-device cuda` needs the encoder on a GPU and the
-/// plain loss.
-fn head_device(kind: HeadDevice, encoder: Device, weighted: bool) -> Result<TrainDevice> {
+/// Where the head trains: `--head-device cuda` needs the encoder on a GPU.
+fn head_device(kind: HeadDevice, encoder: Device) -> Result<TrainDevice> {
     match (kind, encoder) {
         (HeadDevice::Cpu, _) => Ok(TrainDevice::Cpu),
-        (HeadDevice::Cuda, _) if weighted => bail!(
-            "--class-weights balanced trains on the CPU head only: drop --head-device cuda"
-        ),
         (HeadDevice::Cuda, Device::Cuda(ordinal)) => Ok(TrainDevice::Cuda(ordinal)),
         (HeadDevice::Cuda, Device::Cpu) => bail!(
             "--head-device cuda needs the encoder on a GPU: pass --device cuda, or drop --head-device"

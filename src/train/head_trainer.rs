@@ -1,7 +1,7 @@
 //! Where a head's training steps run: the CPU (the reference, and the faster place for
 //! a linear head, measured) or the encoder's GPU.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use crate::backend::cuda::{CudaBackend, CudaHead, Precision};
 use crate::head::{count_correct, HeadScratch, LinearHead};
@@ -48,15 +48,14 @@ impl HeadTrainer {
                     class_weights,
                 })))
             }
-            HeadDevice::Cuda(_) if class_weights.is_some() => {
-                bail!(
-                    "--class-weights balanced trains on the CPU head only: drop --head-device cuda"
-                )
-            }
             HeadDevice::Cuda(ordinal) => {
                 let backend = CudaBackend::new(ordinal, Precision::Fp32, batch)?;
                 Ok(Self::Cuda(Box::new(CudaHead::new(
-                    &backend, &head, &opt, batch,
+                    &backend,
+                    &head,
+                    &opt,
+                    batch,
+                    class_weights.as_deref(),
                 )?)))
             }
         }

@@ -17,7 +17,8 @@ use crate::optim::AdamW;
 /// What one training step reports.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct HeadStep {
-    /// Mean cross-entropy over the batch, before the update.
+    /// Mean cross-entropy over the batch (weighted by class when the head has class
+    /// weights, as `LinearHead::forward_backward_weighted`), before the update.
     pub loss: f32,
     /// Examples whose arg-max logit was the label, before the update.
     pub correct: usize,
@@ -34,6 +35,8 @@ pub struct CudaHead {
     hidden: usize,
     max_batch: usize,
     opt: AdamW,
+    /// (K,) per-class loss weights, or None for the plain mean.
+    class_weights: Option<Vec<f32>>,
     weight: CudaSlice<f32>,  // (K, C)
     bias: CudaSlice<f32>,    // (K,)
     m: [CudaSlice<f32>; 2],  // AdamW exp_avg of weight, bias
@@ -42,6 +45,7 @@ pub struct CudaHead {
     dbias: CudaSlice<f32>,   // (K,)
     x: CudaSlice<f32>,       // (B, C) features of the step
     labels: CudaSlice<u32>,  // (B,)
+    scale: CudaSlice<f32>,   // (K,) each class's share of the batch loss
     logits: CudaSlice<f32>,  // (B, K)
     dlogits: CudaSlice<f32>, // (B, K)
     loss: CudaSlice<f32>,    // (B,)
@@ -50,14 +54,21 @@ pub struct CudaHead {
 
 impl CudaHead {
     /// Uploads `head` and the optimiser state `opt` (weight then bias, as `AdamW` lays it
-    /// out) to the backend's GPU, for batches of up to `max_batch` examples.
+    /// out) to the backend's GPU, for batches of up to `max_batch` examples; with
+    /// `class_weights` (K,) the loss is their weighted mean, as on the CPU head.
     pub fn new(
         backend: &CudaBackend,
         head: &LinearHead,
         opt: &AdamW,
         max_batch: usize,
+        class_weights: Option<&[f32]>,
     ) -> Result<Self> {
         let (k, c) = (head.num_labels, head.hidden);
+        if let Some(w) = class_weights {
+            if w.len() != k {
+                bail!("{} class weights for a head of {k} labels", w.len());
+            }
+        }
         let np = k * c + k;
         if opt.m.len() != np || opt.v.len() != np {
             bail!(
@@ -80,6 +91,7 @@ impl CudaHead {
             num_labels: k,
             hidden: c,
             max_batch,
+            class_weights: class_weights.map(<[f32]>::to_vec),
             weight: up(&head.weight)?,
             bias: up(&head.bias)?,
             m: [up(&opt.m[..kc])?, up(&opt.m[kc..])?],
@@ -88,6 +100,7 @@ impl CudaHead {
             dbias: zeros(k)?,
             x: zeros(max_batch * c)?,
             labels: alloc_u32(&stream, max_batch, budget)?,
+            scale: zeros(k)?,
             logits: zeros(max_batch * k)?,
             dlogits: zeros(max_batch * k)?,
             loss: zeros(max_batch)?,
@@ -171,6 +184,8 @@ impl CudaHead {
         let labels_u32: Vec<u32> = labels.iter().map(|&y| y as u32).collect();
         self.stream
             .memcpy_htod(&labels_u32, &mut self.labels.slice_mut(..b))?;
+        let scale = loss_scales(labels, self.class_weights.as_deref(), k)?;
+        self.stream.memcpy_htod(&scale, &mut self.scale)?;
         launch(
             &self.stream,
             &self.kernels.softmax_cross_entropy_backward,
@@ -181,6 +196,7 @@ impl CudaHead {
                 self.p(&self.correct),
                 self.p(&self.logits),
                 self.p(&self.labels),
+                self.p(&self.scale),
                 Arg::I32(b as i32),
                 Arg::I32(k as i32),
             ],
@@ -212,8 +228,9 @@ impl CudaHead {
         self.adamw()?;
         let loss = self.stream.clone_dtoh(&self.loss.slice(..b))?;
         let correct = self.stream.clone_dtoh(&self.correct.slice(..b))?;
-        // The mean in f64, as the CPU head sums its losses.
-        let mean = loss.iter().map(|&l| l as f64).sum::<f64>() / b as f64;
+        // Each example's loss already carries its share: the (weighted) mean is their sum,
+        // in f64 as the CPU head sums.
+        let mean = loss.iter().map(|&l| l as f64).sum::<f64>();
         Ok(HeadStep {
             loss: mean as f32,
             correct: correct.iter().filter(|&&v| v > 0.5).count(),
@@ -271,4 +288,16 @@ impl CudaHead {
         opt.v = [s.clone_dtoh(&self.v[0])?, s.clone_dtoh(&self.v[1])?].concat();
         Ok((head, opt))
     }
+}
+
+/// (K,) each class's share of the batch loss, what `softmax_cross_entropy_backward`
+/// scales an example's loss and dlogits by: 1 / B for the plain mean, w[c] / sum_i w[y_i]
+/// for the weighted mean of `LinearHead::forward_backward_weighted`; in f64, rounded once.
+pub fn loss_scales(labels: &[usize], class_weights: Option<&[f32]>, k: usize) -> Result<Vec<f32>> {
+    let weight_of = |c: usize| class_weights.map_or(1.0, |w| w[c] as f64);
+    let total: f64 = labels.iter().map(|&y| weight_of(y)).sum();
+    if total <= 0.0 {
+        bail!("the batch's class weights sum to {total}: no loss to average");
+    }
+    Ok((0..k).map(|c| (weight_of(c) / total) as f32).collect())
 }

@@ -16,7 +16,7 @@ use std::str::FromStr;
 use anyhow::{bail, Result};
 
 pub use context::{Storage, KERNEL_ARCHS, KERNEL_NAMES, NVCC_VERSION};
-pub use head::{CudaHead, HeadStep};
+pub use head::{loss_scales, CudaHead, HeadStep};
 pub use ops::{CudaBackend, CudaTensor};
 
 /// How the CUDA backend stores the encoder's tensors and computes its GEMMs.
