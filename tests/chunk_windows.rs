@@ -180,3 +180,73 @@ fn a_chunked_run_predicts_from_the_mean_of_its_windows() {
     }
     let _ = std::fs::remove_dir_all(Path::new(&dir));
 }
+
+/// A chunked run whose cache holds the truncated features encodes only the texts with
+/// several windows and takes the others' features from that entry: its cached chunk
+/// features equal those of a chunked run that encoded every window (same tolerance as
+/// above: rows packed with other rows).
+#[test]
+fn a_chunked_run_reuses_the_truncated_features_of_texts_that_fit() {
+    let dir = std::env::temp_dir().join(format!("bertcls-chunk-reuse-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let train = |long: &str, cache: &str, out: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_bertcls"))
+            .arg("train")
+            .args(["--device", "cpu", "--model", tiny_model().to_str().unwrap()])
+            .args([
+                "--data",
+                fixtures().join("data/tiny-dsdict").to_str().unwrap(),
+            ])
+            .args(["--max-length", "24", "--long", long, "--stride", "3"])
+            .args(["--epochs", "1", "--log-every", "0"])
+            .args(["--cache-dir", dir.join(cache).to_str().unwrap()])
+            .args(["--out", dir.join(out).to_str().unwrap()])
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+    };
+    let fresh = train("chunk", "fresh", "run-fresh");
+    assert!(!fresh.contains("fit one window"), "{fresh}");
+    train("truncate", "primed", "run-truncate");
+    let reused = train("chunk", "primed", "run-reused");
+    assert!(reused.contains("texts fit one window"), "{reused}");
+    // At --max-length 24 the fixture's train split has both kinds (20 texts of one
+    // window, 12 of several): both paths of the reuse are exercised.
+    assert!(
+        reused.contains("train: 20 of 32 texts fit one window"),
+        "{reused}"
+    );
+    let entries = |cache: &str| {
+        let mut names: Vec<_> = std::fs::read_dir(dir.join(cache))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().ends_with(".safetensors"))
+            .collect();
+        names.sort();
+        names
+    };
+    let chunk_entries = entries("fresh");
+    assert!(!chunk_entries.is_empty());
+    for name in &chunk_entries {
+        let read = |cache: &str| {
+            let bytes = std::fs::read(dir.join(cache).join(name)).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            let cls = st.tensor("cls").unwrap();
+            (
+                cls.shape().to_vec(),
+                cls.data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect::<Vec<f32>>(),
+            )
+        };
+        let (fresh_shape, fresh_x) = read("fresh");
+        let (reused_shape, reused_x) = read("primed");
+        assert_eq!(fresh_shape, reused_shape);
+        assert!(max_abs_diff(&fresh_x, &reused_x) < 1e-5, "{name:?}");
+    }
+    let _ = std::fs::remove_dir_all(Path::new(&dir));
+}

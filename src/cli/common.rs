@@ -342,10 +342,78 @@ impl FeatureSource {
                 return Ok(Features { x, cached: true });
             }
         }
-        let x = encode_texts(model, texts, split_name)?;
+        let truncated = match model.long {
+            LongTexts::Chunk { .. } => {
+                let truncate_key = FeatureKey {
+                    long: LongTexts::Truncate.key(),
+                    ..key.clone()
+                };
+                cache
+                    .get(&truncate_key)?
+                    .filter(|x| x.len() == texts.len() * hidden)
+            }
+            LongTexts::Truncate => None,
+        };
+        let x = match truncated {
+            Some(truncated) => chunk_features_reusing(model, texts, &truncated, split_name)?,
+            None => encode_texts(model, texts, split_name)?,
+        };
         cache.put(&key, &x, texts.len(), hidden)?;
         Ok(Features { x, cached: false })
     }
+}
+
+/// `--long chunk` features of `texts` given their truncated ones (the cache's
+/// `truncate` entry for the same model, data and pooling): a text that fits in one
+/// window has its truncated tokens as that window, so its feature is the truncated one
+/// and only the texts with several windows are encoded. On ChnSentiCorp that is 2% of
+/// the texts instead of all of them.
+fn chunk_features_reusing(
+    model: &mut LoadedModel,
+    texts: &[String],
+    truncated: &[f32],
+    what: &str,
+) -> Result<Vec<f32>> {
+    let LongTexts::Chunk { stride } = model.long else {
+        bail!("chunk features asked of a model set to truncate");
+    };
+    let hidden = model.encoder.hidden_size();
+    let windows = WindowTokenizer::new(&model.files.tokenizer, stride)?;
+    let per_text = texts
+        .par_iter()
+        .map(|t| windows.windows(t))
+        .collect::<Result<Vec<_>>>()?;
+    let long: Vec<usize> = (0..texts.len())
+        .filter(|&i| per_text[i].len() > 1)
+        .collect();
+    eprintln!(
+        "{what}: {} of {} texts fit one window, their features from the truncate cache entry; encoding the windows of the other {}",
+        texts.len() - long.len(),
+        texts.len(),
+        long.len()
+    );
+    let started = Instant::now();
+    let counts: Vec<usize> = long.iter().map(|&i| per_text[i].len()).collect();
+    let flat: Vec<_> = long.iter().flat_map(|&i| per_text[i].clone()).collect();
+    let mut progress = Progress::new(flat.len() as u64, &format!("encoding {what} windows"));
+    let x = encode_all(model.encoder.as_mut(), &flat, model.pooling, |done| {
+        progress.set(done as u64)
+    })?;
+    progress.finish();
+    let tokens: usize = flat.iter().map(|t| t.ids.len()).sum();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "encoded {what}: {} windows of {} texts, {tokens} tokens in {secs:.1}s ({:.0} tokens/s)",
+        flat.len(),
+        long.len(),
+        tokens as f64 / secs
+    );
+    let means = mean_of_windows(&x, &counts, hidden);
+    let mut out = truncated.to_vec();
+    for (row, &i) in long.iter().enumerate() {
+        out[i * hidden..(i + 1) * hidden].copy_from_slice(&means[row * hidden..(row + 1) * hidden]);
+    }
+    Ok(out)
 }
 
 /// Texts given on the command line: as arguments, or `--file F` with one per line.
