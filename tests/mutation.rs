@@ -15,6 +15,7 @@ use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
+use bertcls::data::chunked::open_split;
 use bertcls::data::{load, LoadOptions};
 use bertcls::model::{BertConfig, ModelDir};
 use bertcls::tokenize::BertTokenizer;
@@ -243,5 +244,30 @@ fn data_readers() {
         "data-00000-of-00001.arrow",
         600,
         read_data,
+    );
+}
+
+/// Opens the split as bulk jobs do and reads every chunk.
+fn read_chunked(path: &Path) -> anyhow::Result<()> {
+    let split = open_split(path, "train", &LoadOptions::default())?;
+    for chunk in split.chunks(0, split.rows(), 3) {
+        chunk?;
+    }
+    Ok(())
+}
+
+#[test]
+fn chunked_readers() {
+    for file in ["train.jsonl", "train.csv", "train.tsv", "train.parquet"] {
+        fuzz(&format!("chunked {file}"), &data_files(), file, 600, |d| {
+            read_chunked(&d.join(file))
+        });
+    }
+    fuzz(
+        "chunked arrow IPC stream",
+        &fixtures().join("data/tiny-dataset"),
+        "data-00000-of-00001.arrow",
+        600,
+        read_chunked,
     );
 }

@@ -19,6 +19,7 @@ use parquet::arrow::ProjectionMask;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use serde_json::Value;
 
+use super::guard::guarded;
 use super::raw::{missing_column, row_error};
 use super::{arrow_dir, columns, labels, layout, Format, LoadOptions, ACCEPTED};
 
@@ -228,8 +229,44 @@ impl Chunks<'_> {
     }
 }
 
-/// The rows of `file` after its first `skip`, in batches.
+/// The rows of `file` after its first `skip`, in batches. The parquet and Arrow
+/// decoders can panic on corrupt bytes (see `guard`), lazily as well as when opening,
+/// so both the opening and every batch run under the guard.
 fn read_file(format: Format, file: &Path, opts: &LoadOptions, skip: usize) -> Result<Batches> {
+    let Some(what) = panicking_decoder(format) else {
+        return read_file_unguarded(format, file, opts, skip);
+    };
+    let mut batches = guarded(file, what, || read_file_unguarded(format, file, opts, skip))?;
+    let file = file.to_path_buf();
+    let mut failed = false;
+    Ok(Box::new(std::iter::from_fn(move || {
+        if failed {
+            return None;
+        }
+        // A decoder that panicked is in no state to be asked again.
+        guarded(&file, what, || Ok(batches.next())).unwrap_or_else(|e| {
+            failed = true;
+            Some(Err(e))
+        })
+    })))
+}
+
+/// What to call the file in the guard's error, for the formats whose decoders are
+/// other crates' that panic; `None` for our own parsers, which return errors.
+fn panicking_decoder(format: Format) -> Option<&'static str> {
+    match format {
+        Format::Parquet => Some("parquet file"),
+        Format::SaveToDisk => Some("Arrow IPC stream"),
+        Format::Jsonl | Format::Csv | Format::Tsv => None,
+    }
+}
+
+fn read_file_unguarded(
+    format: Format,
+    file: &Path,
+    opts: &LoadOptions,
+    skip: usize,
+) -> Result<Batches> {
     match format {
         Format::Parquet => read_parquet(file, opts, skip),
         Format::SaveToDisk => read_arrow(file, opts, skip),
@@ -240,6 +277,13 @@ fn read_file(format: Format, file: &Path, opts: &LoadOptions, skip: usize) -> Re
 }
 
 fn count_rows(format: Format, file: &Path, opts: &LoadOptions) -> Result<(usize, bool)> {
+    match panicking_decoder(format) {
+        Some(what) => guarded(file, what, || count_rows_unguarded(format, file, opts)),
+        None => count_rows_unguarded(format, file, opts),
+    }
+}
+
+fn count_rows_unguarded(format: Format, file: &Path, opts: &LoadOptions) -> Result<(usize, bool)> {
     match format {
         Format::Parquet => {
             let handle =

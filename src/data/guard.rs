@@ -3,8 +3,10 @@
 //! The parquet and arrow-ipc crates (57) unwrap and index inside their metadata and
 //! schema decoders, so corrupt bytes panic there (found by tests/mutation.rs); we cannot
 //! validate those bytes before the crates parse them. The panic is caught around the
-//! read, its message kept off stderr (loading runs on one thread), and reported as one
-//! line naming the file. Rows appended before it are discarded with the error.
+//! read, its message kept off stderr (readers run on one thread: the whole-split loader,
+//! and the chunked reader between encoder batches), and reported as one line naming
+//! the file. Rows appended before it are discarded with the error; the chunked reader
+//! guards the opening and every batch, since its decoders run lazily.
 
 use std::panic::{catch_unwind, set_hook, take_hook, AssertUnwindSafe};
 use std::path::Path;
