@@ -16,6 +16,9 @@ use crate::tokenize::{BertTokenizer, TokenizedText};
 /// (64 windows of 350 tokens is over 20,000 tokens); later ones are dropped.
 pub const MAX_WINDOWS: usize = 64;
 
+/// `--stride` when not given: tokens shared by neighbouring windows.
+pub const DEFAULT_STRIDE: usize = 64;
+
 /// What happens to a text longer than `max_length` tokens.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

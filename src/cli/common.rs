@@ -49,17 +49,26 @@ pub struct DeviceArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceRequest,
-    /// GPU precision: fp32 (strict, the default), tf32 (tensor-core GEMMs), bf16 or fp16
-    /// (weights and activations in half, tensor cores, fp32 accumulation). The CPU
-    /// backend computes in fp32 whatever this says.
-    #[arg(long, default_value = "fp32")]
-    pub precision: Precision,
+    /// GPU precision: fp32 (strict, the default; encode --run: the run's), tf32
+    /// (tensor-core GEMMs), bf16 or fp16 (weights and activations in half, tensor cores,
+    /// fp32 accumulation). The CPU backend computes in fp32 whatever this says.
+    // An Option, not a default value: `encode --run` must tell a given flag (checked
+    // against the run) from an absent one (the run's).
+    #[arg(long, value_name = "PRECISION")]
+    pub precision: Option<Precision>,
     /// CPU threads (0: every core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// Tokens per encoder batch: sizes the activation workspace, allocated once.
     #[arg(long, default_value_t = 8192)]
     pub max_batch_tokens: usize,
+}
+
+impl DeviceArgs {
+    /// `--precision`, fp32 when not given.
+    pub fn precision(&self) -> Precision {
+        self.precision.unwrap_or_default()
+    }
 }
 
 /// A resolved model folder: config and tokenizer, no weights loaded yet.
@@ -151,7 +160,7 @@ pub fn load_model_files(
             budget,
         )?),
         Device::Cuda(n) => {
-            let backend = CudaBackend::new(n, device.precision, budget)?;
+            let backend = CudaBackend::new(n, device.precision(), budget)?;
             Box::new(Encoder::new(backend, config, &weights, budget)?)
         }
     };
@@ -165,7 +174,7 @@ pub fn load_model_files(
     Ok(LoadedModel {
         files,
         device: resolved_device,
-        precision: device.precision,
+        precision: device.precision(),
         encoder,
         pooling: model.pooling,
         long: model.long,

@@ -1,4 +1,5 @@
-//! `bertcls encode`: [CLS] or mean-pooled vectors for texts, to safetensors or JSON lines.
+//! `bertcls encode`: [CLS] or mean-pooled vectors for texts, to safetensors or JSON lines;
+//! with `--run`, exactly the features a trained run's head was trained on.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -11,29 +12,49 @@ use safetensors::Dtype;
 
 use super::bulk::{self, BulkArgs};
 use super::common::{encode_texts, load_model, DeviceArgs, ModelArgs, TextArgs};
-use crate::chunk::LongTexts;
+use crate::chunk::{LongTexts, DEFAULT_STRIDE};
 use crate::fsio::atomic_write;
+use crate::hub::DEFAULT_MODEL;
 use crate::model::Pooling;
+use crate::tokenize::DEFAULT_MAX_LENGTH;
+
+mod run_spec;
 
 #[derive(Args, Debug)]
 pub struct EncodeArgs {
-    #[command(flatten)]
-    model: ModelArgs,
+    /// A folder written by `bertcls train`: encode as its head was trained, taking the
+    /// model, tokenizer, max_length, pooling, long-text setting and GPU precision from its
+    /// run.json. A flag that says otherwise is refused; the same --device gives the very
+    /// floats the head was trained on.
+    #[arg(long, value_name = "DIR")]
+    run: Option<PathBuf>,
+    /// Model folder (config.json, model.safetensors, tokenizer.json or vocab.txt) or hub id
+    /// [default: the run's, else bert-base-chinese].
+    #[arg(long)]
+    model: Option<String>,
+    /// Never touch the network (also: HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    offline: bool,
+    /// Truncate texts to this many tokens, [CLS] and [SEP] included [default: the run's,
+    /// else 350].
+    #[arg(long)]
+    max_length: Option<usize>,
     #[command(flatten)]
     device: DeviceArgs,
     #[command(flatten)]
     input: TextArgs,
     /// The feature: cls (the [CLS] token's last hidden state) or mean (the mean over the
-    /// text's tokens). The output tensor and JSON key are named after it.
-    #[arg(long, default_value = "cls", value_name = "cls|mean")]
-    pooling: Pooling,
+    /// text's tokens) [default: the run's, else cls]. The output tensor and JSON key are
+    /// named after it.
+    #[arg(long, value_name = "cls|mean")]
+    pooling: Option<Pooling>,
     /// Texts longer than --max-length: truncate, or chunk (overlapping windows, the
-    /// feature the mean of theirs), as train's --long.
-    #[arg(long, default_value = "truncate", value_name = "truncate|chunk")]
-    long: String,
-    /// With --long chunk: tokens shared by consecutive windows.
-    #[arg(long, default_value_t = 64)]
-    stride: usize,
+    /// feature the mean of theirs), as train's --long [default: the run's, else truncate].
+    #[arg(long, value_name = "truncate|chunk")]
+    long: Option<String>,
+    /// With --long chunk: tokens shared by consecutive windows [default: the run's, else 64].
+    #[arg(long)]
+    stride: Option<usize>,
     /// Write a safetensors file: `cls` or `mean` [N, hidden] (and `input_ids`, `attention_mask` [N, L] with --ids).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -49,27 +70,52 @@ pub struct EncodeArgs {
     bulk: BulkArgs,
 }
 
+impl EncodeArgs {
+    /// The features the flags ask for, defaults where they are silent: encode without --run.
+    fn model_args(&self) -> Result<ModelArgs> {
+        Ok(ModelArgs {
+            model: self
+                .model
+                .clone()
+                .unwrap_or_else(|| DEFAULT_MODEL.to_string()),
+            offline: self.offline,
+            max_length: self.max_length.unwrap_or(DEFAULT_MAX_LENGTH),
+            pooling: self.pooling.unwrap_or_default(),
+            long: LongTexts::from_flags(
+                self.long.as_deref().unwrap_or("truncate"),
+                self.stride.unwrap_or(DEFAULT_STRIDE),
+            )?,
+        })
+    }
+}
+
 pub fn run(args: EncodeArgs) -> Result<()> {
-    let model_args = ModelArgs {
-        pooling: args.pooling,
-        long: LongTexts::from_flags(&args.long, args.stride)?,
-        ..args.model.clone()
+    let (model_args, device) = match &args.run {
+        Some(dir) => {
+            let spec = run_spec::resolve(dir, &args)?;
+            let device = DeviceArgs {
+                precision: Some(spec.precision),
+                ..args.device.clone()
+            };
+            (spec.model, device)
+        }
+        None => (args.model_args()?, args.device.clone()),
     };
     if args.bulk.data.is_some() {
         if args.input.file.is_some() || !args.input.texts.is_empty() || args.json || args.ids {
             bail!("--data encodes a dataset into --out: drop the texts, --file, --json and --ids");
         }
-        return bulk::run_encode(&args.bulk, args.out.as_ref(), &model_args, &args.device);
+        return bulk::run_encode(&args.bulk, args.out.as_ref(), &model_args, &device);
     }
     let texts = args.input.given()?.unwrap_or_default();
     if texts.is_empty() {
         bail!("no texts to encode: pass them as arguments or with --file F (one per line)");
     }
-    if args.ids && args.long == "chunk" {
-        bail!("--ids shows one row of ids per text, a chunked text has several windows: drop --ids or --long chunk");
+    if args.ids && model_args.long != LongTexts::Truncate {
+        bail!("--ids shows one row of ids per text, a chunked text has several windows (--long chunk, or a run trained so): drop --ids");
     }
-    let mut model = load_model(&model_args, &args.device)?;
-    let name = args.pooling.name();
+    let mut model = load_model(&model_args, &device)?;
+    let name = model_args.pooling.name();
     let tokens = model.tokenizer().encode_many(&texts)?;
     let cls = encode_texts(&mut model, &texts, "texts")?;
     let hidden = model.encoder.hidden_size();
@@ -107,7 +153,7 @@ pub fn run(args: EncodeArgs) -> Result<()> {
         }
         let mut meta = HashMap::new();
         meta.insert("model".to_string(), model.id().to_string());
-        meta.insert("max_length".to_string(), args.model.max_length.to_string());
+        meta.insert("max_length".to_string(), model_args.max_length.to_string());
         meta.insert("pooling".to_string(), name.to_string());
         meta.insert("long".to_string(), model.long.key());
         let bytes = safetensors::serialize(&tensors, Some(meta))

@@ -35,7 +35,7 @@ enum Command {
     Test(test::TestArgs),
     /// Label new text: arguments, --file, standard input, or an interactive prompt.
     Predict(predict::PredictArgs),
-    /// Write each text's [CLS] vector (safetensors or JSON lines).
+    /// Write each text's feature vector ([CLS] or mean; with --run, the run's) as safetensors or JSON lines.
     Encode(encode::EncodeArgs),
     /// Join the outputs of `predict --data ... --shard K/N` (or encode) jobs into one,
     /// checking they come from one job and cover every row exactly once.

@@ -150,7 +150,7 @@ impl HeadArgs {
 
 /// The run's model: the folder it resolved to while that still exists (a run made
 /// from a relative path keeps working from another directory), else what it named.
-fn run_model(info: &RunInfo) -> String {
+pub(super) fn run_model(info: &RunInfo) -> String {
     if Path::new(&info.model_dir).is_dir() {
         info.model_dir.clone()
     } else {

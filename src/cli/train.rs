@@ -18,7 +18,7 @@ use super::common::{
 use super::progress::Progress;
 use super::run_dir::{best_checkpoint, DataSpec, FeatureSpec, Hyperparameters, RunFolder, RunInfo};
 use crate::backend::Device;
-use crate::chunk::LongTexts;
+use crate::chunk::{LongTexts, DEFAULT_STRIDE};
 use crate::data::{self, Dataset, LoadOptions, Split};
 use crate::head::ClassWeighting;
 use crate::hub::{resolve_dataset, DEFAULT_DATASET};
@@ -129,7 +129,7 @@ pub struct TrainArgs {
     )]
     long: String,
     /// With --long chunk: tokens shared by consecutive windows.
-    #[arg(long, default_value_t = 64, help_heading = "Training")]
+    #[arg(long, default_value_t = DEFAULT_STRIDE, help_heading = "Training")]
     stride: usize,
     /// Search the head's hyper-parameters on the cached features instead of training
     /// once: AdamW lr over 1e-5..1e-1 (half-decades) and weight decay 0, 0.01, 0.1, each

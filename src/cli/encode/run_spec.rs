@@ -1,0 +1,125 @@
+//! `encode --run DIR`: the features a run's head was trained on, from its run.json.
+//!
+//! A flag may repeat what the run says (a script that always passes `--pooling mean`
+//! keeps working) but never change it: vectors made otherwise are not the ones the head
+//! was trained on, and nothing downstream could tell.
+
+use std::fmt::Display;
+use std::path::Path;
+
+use anyhow::{bail, Result};
+
+use super::EncodeArgs;
+use crate::backend::cuda::Precision;
+use crate::chunk::{LongTexts, DEFAULT_STRIDE};
+use crate::cli::common::{model_files, weights_sha256, ModelArgs};
+use crate::cli::predict::run_model;
+use crate::cli::run_dir::RunInfo;
+
+/// What `encode --run` encodes with.
+pub struct RunSpec {
+    pub model: ModelArgs,
+    /// The run's, where it records one it names; else `--precision` or fp32.
+    pub precision: Precision,
+}
+
+/// The run's features spec, with the flags of `args` checked against it and the model
+/// folder's tokenizer (and, when `--model` names another folder, weights) checked to be
+/// the run's, before any weights are loaded.
+pub fn resolve(dir: &Path, args: &EncodeArgs) -> Result<RunSpec> {
+    let json = RunInfo::path(dir);
+    if !json.is_file() {
+        bail!(
+            "{} does not exist: pass --run a folder written by bertcls train",
+            json.display()
+        );
+    }
+    let info = RunInfo::load(dir)?;
+    let spec = &info.features;
+    let max_length = agree("--max-length", args.max_length, spec.max_length, &json)?;
+    let pooling = agree("--pooling", args.pooling, spec.pooling, &json)?;
+    let long = agree_long(args, spec.long, &json)?;
+    // A run records the precision its features were computed in ("fp32" on the CPU);
+    // one it cannot be read from leaves the flag (or fp32) in charge.
+    let precision = match info.precision.parse::<Precision>() {
+        Ok(run) => agree("--precision", args.device.precision, run, &json)?,
+        Err(_) => args.device.precision(),
+    };
+    let model = ModelArgs {
+        model: args.model.clone().unwrap_or_else(|| run_model(&info)),
+        offline: args.offline,
+        max_length,
+        pooling,
+        long,
+    };
+
+    let files = model_files(&model)?;
+    if args.model.is_some() && !spec.weights_sha256.is_empty() {
+        let sha = weights_sha256(&files.dir.dir)?;
+        if sha != spec.weights_sha256 {
+            bail!(
+                "--model {} has other weights than the run's {} (sha256 {}, {}): drop --model",
+                model.model,
+                info.model,
+                spec.weights_sha256,
+                json.display()
+            );
+        }
+    }
+    // The fingerprint covers the tokenizer files' content and max_length: a folder whose
+    // tokenizer changed since training would cut texts into other tokens.
+    if !spec.tokenizer_fingerprint.is_empty()
+        && files.tokenizer.fingerprint()? != spec.tokenizer_fingerprint
+    {
+        bail!(
+            "the tokenizer in {} is not the one the run was trained with (tokenizer_fingerprint in {}): restore the run's tokenizer files or train again",
+            files.dir.dir.display(),
+            json.display()
+        );
+    }
+    Ok(RunSpec { model, precision })
+}
+
+/// The run's value of `flag`, refusing a given one that differs.
+fn agree<T: PartialEq + Display>(flag: &str, given: Option<T>, run: T, json: &Path) -> Result<T> {
+    match given {
+        Some(value) if value != run => bail!(
+            "{flag} {value}: the run's features were made with {flag} {run} ({}); drop {flag}, encode --run uses the run's",
+            json.display()
+        ),
+        _ => Ok(run),
+    }
+}
+
+/// The run's long-text setting, refusing a `--long`/`--stride` that makes another one.
+/// A `--stride` beside truncation changes nothing, as in train, so it is no contradiction.
+fn agree_long(args: &EncodeArgs, run: LongTexts, json: &Path) -> Result<LongTexts> {
+    if args.long.is_none() && args.stride.is_none() {
+        return Ok(run);
+    }
+    let (run_long, run_stride) = match run {
+        LongTexts::Truncate => ("truncate", DEFAULT_STRIDE),
+        LongTexts::Chunk { stride } => ("chunk", stride),
+    };
+    let given = LongTexts::from_flags(
+        args.long.as_deref().unwrap_or(run_long),
+        args.stride.unwrap_or(run_stride),
+    )?;
+    if given != run {
+        bail!(
+            "{}: the run's features were made with {} ({}); drop --long and --stride, encode --run uses the run's",
+            long_flags(given),
+            long_flags(run),
+            json.display()
+        );
+    }
+    Ok(run)
+}
+
+/// `--long truncate` or `--long chunk --stride S`, as a user writes it.
+fn long_flags(long: LongTexts) -> String {
+    match long {
+        LongTexts::Truncate => "--long truncate".into(),
+        LongTexts::Chunk { stride } => format!("--long chunk --stride {stride}"),
+    }
+}
