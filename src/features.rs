@@ -45,6 +45,37 @@ pub struct FeatureKey {
     pub long: String,
 }
 
+/// What a text's feature depends on besides the text itself: a [`FeatureKey`] without
+/// its data. Bulk `encode` records it in its manifest, and `train --features-from`
+/// compares a file's with its own before taking the file's features into the cache, so
+/// that the cache, the bulk manifest and the import check name the same fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncodeSpec {
+    pub weights_sha256: String,
+    pub tokenizer: String,
+    pub max_length: usize,
+    pub backend: String,
+    pub precision: String,
+    pub pooling: String,
+    pub long: String,
+}
+
+impl FeatureKey {
+    /// The key of `spec`'s features of the split whose content hash is `data_hash`.
+    pub fn new(spec: &EncodeSpec, data_hash: &str) -> FeatureKey {
+        FeatureKey {
+            weights_sha256: spec.weights_sha256.clone(),
+            tokenizer: spec.tokenizer.clone(),
+            max_length: spec.max_length,
+            backend: spec.backend.clone(),
+            precision: spec.precision.clone(),
+            data_hash: data_hash.to_string(),
+            pooling: spec.pooling.clone(),
+            long: spec.long.clone(),
+        }
+    }
+}
+
 fn is_truncate(long: &str) -> bool {
     long == "truncate"
 }
@@ -214,6 +245,21 @@ pub fn hash_split(texts: &[String], labels: &[usize]) -> String {
     h.update((labels.len() as u64).to_le_bytes());
     for &label in labels {
         h.update((label as u64).to_le_bytes());
+    }
+    hex(&h.finalize())
+}
+
+/// The content hash of a run of texts (length-prefixed, as [`hash_split`]'s), without
+/// labels: features depend on the texts only. Bulk `encode` records it for every chunk
+/// of rows it writes, so that `train --features-from` can tell the file's texts are the
+/// ones it loaded.
+pub fn hash_texts(texts: &[String]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"bertcls-texts-v1");
+    h.update((texts.len() as u64).to_le_bytes());
+    for text in texts {
+        h.update((text.len() as u64).to_le_bytes());
+        h.update(text.as_bytes());
     }
     hex(&h.finalize())
 }
@@ -439,6 +485,36 @@ mod tests {
         let cache = FeatureCache::new(temp_dir("shape"));
         assert!(cache.put(&key(), &[1.0; 5], 2, 3).is_err());
         std::fs::remove_dir_all(cache.dir()).unwrap();
+    }
+
+    #[test]
+    fn a_key_made_from_a_spec_is_the_key_with_those_fields() {
+        let k = key();
+        let spec = EncodeSpec {
+            weights_sha256: k.weights_sha256.clone(),
+            tokenizer: k.tokenizer.clone(),
+            max_length: k.max_length,
+            backend: k.backend.clone(),
+            precision: k.precision.clone(),
+            pooling: k.pooling.clone(),
+            long: k.long.clone(),
+        };
+        assert_eq!(FeatureKey::new(&spec, &k.data_hash), k);
+        assert_eq!(FeatureKey::new(&spec, &k.data_hash).digest(), k.digest());
+    }
+
+    #[test]
+    fn text_hash_is_length_prefixed_and_ignores_labels() {
+        let s = |v: &[&str]| v.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+        assert_ne!(hash_texts(&s(&["ab", "c"])), hash_texts(&s(&["a", "bc"])));
+        assert_ne!(hash_texts(&s(&["a"])), hash_texts(&s(&["a", ""])));
+        assert_eq!(hash_texts(&s(&["a", "b"])), hash_texts(&s(&["a", "b"])));
+        // Fixed (computed with Python's hashlib over the tag, the count and the
+        // length-prefixed UTF-8), so that manifests written today keep matching.
+        assert_eq!(
+            hash_texts(&s(&["好"])),
+            "1cea3c04284f5d6e0912f38bf0b8007e459718cf659b7f67d5e371dab5e74834"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::{CudaBackend, Precision};
 use crate::backend::{Device, DeviceRequest};
 use crate::chunk::{mean_of_windows, LongTexts, WindowTokenizer};
-use crate::features::{sha256_file, FeatureCache, FeatureKey};
+use crate::features::{sha256_file, EncodeSpec, FeatureCache, FeatureKey};
 use crate::hub::{self, ResolvedModel};
 use crate::model::{encode_all, BertConfig, Encoder, FeatureEncoder, ModelDir, Pooling};
 use crate::tokenize::{BertTokenizer, DEFAULT_MAX_LENGTH};
@@ -121,20 +121,25 @@ impl LoadedModel {
         &self.files.resolved.id
     }
 
-    /// "cpu" or "cuda", as the feature cache keys features.
-    pub fn backend_name(&self) -> &'static str {
-        match self.device {
-            Device::Cpu => "cpu",
-            Device::Cuda(_) => "cuda",
-        }
-    }
-
     /// The precision features were computed in: the CPU is always strict fp32.
     pub fn precision_name(&self) -> String {
-        match self.device {
-            Device::Cpu => "fp32".into(),
-            Device::Cuda(_) => self.precision.to_string(),
-        }
+        precision_name(self.device, self.precision)
+    }
+}
+
+/// "cpu" or "cuda": the backend part of an [`EncodeSpec`].
+pub fn backend_name(device: Device) -> &'static str {
+    match device {
+        Device::Cpu => "cpu",
+        Device::Cuda(_) => "cuda",
+    }
+}
+
+/// The precision features are computed in on `device`: the CPU is always strict fp32.
+pub fn precision_name(device: Device, precision: Precision) -> String {
+    match device {
+        Device::Cpu => "fp32".into(),
+        Device::Cuda(_) => precision.to_string(),
     }
 }
 
@@ -301,17 +306,36 @@ impl FeatureSource {
         }
     }
 
-    /// sha256 of the model's weights, computed at most once.
-    pub fn weights_sha256(&mut self, model: &LoadedModel) -> Result<String> {
-        self.weights_sha256_of(&model.files)
-    }
-
     /// sha256 of the weights in `files`, before any is loaded; computed at most once.
     pub fn weights_sha256_of(&mut self, files: &ModelFiles) -> Result<String> {
         if self.weights_sha256.is_none() {
             self.weights_sha256 = Some(weights_sha256(&files.dir.dir)?);
         }
         Ok(self.weights_sha256.clone().unwrap_or_default())
+    }
+
+    /// What the features of `files` on `device` depend on besides the texts: the cache
+    /// key's fields, known before the weights are loaded.
+    pub fn encode_spec(
+        &mut self,
+        files: &ModelFiles,
+        device: Device,
+        precision: Precision,
+        pooling: Pooling,
+        long: LongTexts,
+    ) -> Result<EncodeSpec> {
+        if self.tokenizer.is_none() {
+            self.tokenizer = Some(files.tokenizer.fingerprint()?);
+        }
+        Ok(EncodeSpec {
+            weights_sha256: self.weights_sha256_of(files)?,
+            tokenizer: self.tokenizer.clone().unwrap_or_default(),
+            max_length: files.tokenizer.max_length(),
+            backend: backend_name(device).into(),
+            precision: precision_name(device, precision),
+            pooling: pooling.name().to_string(),
+            long: long.key(),
+        })
     }
 
     pub fn features(
@@ -327,19 +351,14 @@ impl FeatureSource {
                 cached: false,
             });
         };
-        if self.tokenizer.is_none() {
-            self.tokenizer = Some(model.files.tokenizer.fingerprint()?);
-        }
-        let key = FeatureKey {
-            weights_sha256: self.weights_sha256(model)?,
-            tokenizer: self.tokenizer.clone().unwrap_or_default(),
-            max_length: model.files.tokenizer.max_length(),
-            backend: model.backend_name().into(),
-            precision: model.precision_name(),
-            data_hash: data_hash.to_string(),
-            pooling: model.pooling.name().to_string(),
-            long: model.long.key(),
-        };
+        let spec = self.encode_spec(
+            &model.files,
+            model.device,
+            model.precision,
+            model.pooling,
+            model.long,
+        )?;
+        let key = FeatureKey::new(&spec, data_hash);
         let hidden = model.encoder.hidden_size();
         if let Some(x) = cache.get(&key)? {
             if x.len() == texts.len() * hidden {

@@ -6,16 +6,17 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
+use super::ranges::TextRange;
 use super::sink::{assemble, part_bytes, Body, ChunkOut, OutFormat};
 use super::{BulkArgs, Shard};
 use crate::cli::common::{
-    load_model, text_features, weights_sha256, DeviceArgs, LoadedModel, ModelArgs,
+    load_model, text_features, DeviceArgs, FeatureSource, LoadedModel, ModelArgs,
 };
 use crate::cli::predict::{predict_features, Classifier, HeadArgs};
 use crate::cli::progress::Throughput;
 use crate::data::chunked::{open_split, ChunkedSplit, RowChunk};
 use crate::data::LoadOptions;
-use crate::features::sha256_file;
+use crate::features::{hash_texts, sha256_file};
 use crate::fsio::atomic_write;
 use crate::hub::resolve_dataset;
 
@@ -123,7 +124,11 @@ fn open(bulk: &BulkArgs, offline: bool) -> Result<ChunkedSplit> {
 /// Everything that decides a job's rows and values, and so must agree between a job
 /// and its resume, and between the shards a merge joins. The data is named by its
 /// split, row count and files' names and sizes (cheap, and what differs between two
-/// exports); the model by the sha256 of its weights and its tokenizer's fingerprint.
+/// exports); the model by the feature cache's [`EncodeSpec`] (weights sha256, tokenizer
+/// fingerprint, max_length, backend, precision, pooling, long-text mode), so that
+/// `train --features-from` compares an encode output with the features it would make.
+/// Backend and precision are part of it because they change the values: a CPU job is
+/// not resumed or merged with GPU or bf16 parts, whose features differ beyond 1e-5.
 fn identity(
     kind: &str,
     split: &ChunkedSplit,
@@ -132,6 +137,13 @@ fn identity(
     with_text: bool,
     head: Value,
 ) -> Result<Value> {
+    let spec = FeatureSource::new(None).encode_spec(
+        &model.files,
+        model.device,
+        model.precision,
+        model.pooling,
+        model.long,
+    )?;
     let files: Vec<Value> = split
         .files()
         .iter()
@@ -150,13 +162,7 @@ fn identity(
             "text_column": bulk.text_column,
             "label_column": bulk.label_column,
         },
-        "model": {
-            "weights_sha256": weights_sha256(&model.files.dir.dir)?,
-            "tokenizer": model.tokenizer().fingerprint()?,
-            "max_length": model.tokenizer().max_length(),
-            "pooling": model.pooling.name(),
-            "long": model.long.key(),
-        },
+        "model": serde_json::to_value(spec)?,
         "head": head,
         "with_text": with_text,
     }))
@@ -322,11 +328,11 @@ fn run_job(
             meter.skip(chunk.texts.len() as u64);
             continue;
         }
+        let texts_sha256 = hash_texts(&chunk.texts);
         let (output, counts) = process(model, &work, chunk, with_text)?;
-        atomic_write(
-            &stats(output.first),
-            counts.to_json().to_string().as_bytes(),
-        )?;
+        let mut chunk_stats = counts.to_json();
+        chunk_stats["texts_sha256"] = texts_sha256.into();
+        atomic_write(&stats(output.first), chunk_stats.to_string().as_bytes())?;
         atomic_write(&part(output.first), &part_bytes(format, &output)?)?;
         meter.add(counts.rows, counts.tokens);
         written += 1;
@@ -337,9 +343,19 @@ fn run_job(
 
     let mut counts = Counts::default();
     let mut files = Vec::with_capacity(firsts.len());
+    let mut ranges = Vec::with_capacity(firsts.len());
     for &first in &firsts {
-        counts.add(Counts::from_json(&read_json(&stats(first))?));
+        let chunk_stats = read_json(&stats(first))?;
+        counts.add(Counts::from_json(&chunk_stats));
         files.push(part(first));
+        ranges.push(TextRange {
+            start: first as u64,
+            end: (first + chunk_rows).min(end) as u64,
+            texts_sha256: chunk_stats["texts_sha256"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        });
     }
     let done = json!({
         "identity": job["identity"],
@@ -347,6 +363,7 @@ fn run_job(
         "end": end,
         "format": format.ext(),
         "counts": counts.to_json(),
+        "ranges": ranges,
     });
     assemble(format, &files, out, &done.to_string())?;
     if std::env::var_os(ABORT_BEFORE_MANIFEST).is_some() {

@@ -8,6 +8,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::job::{manifest_path, read_json, Counts};
+use super::ranges::{check_tiling, ranges_of, TextRange};
 use super::sink::{assemble, OutFormat};
 use crate::fsio::atomic_write;
 
@@ -25,6 +26,7 @@ struct Part {
     start: u64,
     end: u64,
     counts: Counts,
+    ranges: Option<Vec<TextRange>>,
 }
 
 pub fn run(args: MergeArgs) -> Result<()> {
@@ -70,11 +72,21 @@ pub fn run(args: MergeArgs) -> Result<()> {
                 manifest.display()
             );
         };
+        let ranges = ranges_of(&m, &manifest.display().to_string())?;
+        if let Some(ranges) = &ranges {
+            if let Err(why) = check_tiling(ranges, start, end) {
+                bail!(
+                    "{}: {why}; it is corrupt: rerun that shard",
+                    manifest.display()
+                );
+            }
+        }
         parts.push(Part {
             path: path.clone(),
             start,
             end,
             counts: Counts::from_json(&m["counts"]),
+            ranges,
         });
     }
     let identity = identity.expect("at least one part");
@@ -108,13 +120,24 @@ pub fn run(args: MergeArgs) -> Result<()> {
     for part in &parts {
         counts.add(part.counts);
     }
-    let done = json!({
+    // The parts' text ranges in row order: the merged file is checked by
+    // `train --features-from` as its shards would be. Outputs written before ranges
+    // were recorded have none, and neither has their merge.
+    let ranges: Option<Vec<TextRange>> = parts
+        .iter()
+        .map(|p| p.ranges.clone())
+        .collect::<Option<Vec<_>>>()
+        .map(|r| r.concat());
+    let mut done = json!({
         "identity": identity,
         "start": 0,
         "end": rows,
         "format": format.ext(),
         "counts": counts.to_json(),
     });
+    if let Some(ranges) = ranges {
+        done["ranges"] = serde_json::to_value(ranges)?;
+    }
     let files: Vec<PathBuf> = parts.iter().map(|p| p.path.clone()).collect();
     assemble(format, &files, &args.out, &done.to_string())?;
     atomic_write(

@@ -18,6 +18,7 @@
 
 mod job;
 mod merge;
+mod ranges;
 mod sink;
 
 use std::path::PathBuf;
