@@ -314,6 +314,11 @@ impl FeatureSource {
         Ok(self.weights_sha256.clone().unwrap_or_default())
     }
 
+    /// The cache this source reads and fills; `None` with `--no-cache`.
+    pub fn cache(&self) -> Option<&FeatureCache> {
+        self.cache.as_ref()
+    }
+
     /// What the features of `files` on `device` depend on besides the texts: the cache
     /// key's fields, known before the weights are loaded.
     pub fn encode_spec(

@@ -2,6 +2,7 @@
 //! the feature cache), a checkpoint after every epoch, and an exact `--resume`; and
 //! `--search` (in `search`) over the head's hyper-parameters on the same features.
 
+mod import;
 mod search;
 
 use std::collections::BTreeMap;
@@ -55,6 +56,18 @@ pub struct TrainArgs {
     /// Split scored after every epoch [default: validation, skipped when the data has none].
     #[arg(long, help_heading = "Data")]
     validation_split: Option<String>,
+    /// Take the train (and validation) features from `bertcls encode --data` outputs
+    /// instead of encoding: the shard outputs themselves or their merge (.parquet or
+    /// .safetensors, each beside its .bulk.json). Checked against this run's model, flags
+    /// and texts, then stored in the feature cache, which this and later runs read.
+    /// Repeat it for each file.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["search", "no_cache"],
+        help_heading = "Data"
+    )]
+    features_from: Vec<PathBuf>,
     /// Epochs in all; with --resume, more than the run has done extends it.
     #[arg(long, default_value_t = 100, help_heading = "Training")]
     epochs: usize,
@@ -211,7 +224,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         ..args.model.clone()
     };
     let files = model_files(&model_args)?;
-    let device = head_device(args.head_device, args.device.device.resolve()?)?;
+    let encoder_device = args.device.device.resolve()?;
+    let device = head_device(args.head_device, encoder_device)?;
     let mut folder = match &args.resume {
         Some(dir) => RunFolder::open(dir)?,
         None => RunFolder::create(&out_dir(&args))?,
@@ -227,6 +241,20 @@ pub fn run(args: TrainArgs) -> Result<()> {
     )?;
     let hidden = files.config.hidden_size;
     let (start, mut info) = start_state(&args, folder.dir(), now, hidden, &train.content_hash)?;
+    if !args.features_from.is_empty() {
+        let spec = source.encode_spec(
+            &files,
+            encoder_device,
+            args.device.precision(),
+            model_args.pooling,
+            model_args.long,
+        )?;
+        let splits: Vec<&Split> = std::iter::once(train).chain(validation).collect();
+        let cache = source.cache().ok_or_else(|| {
+            anyhow!("--features-from stores features in the feature cache: drop --no-cache")
+        })?;
+        import::import_features(&args.features_from, &spec, &splits, hidden, cache)?;
+    }
 
     let mut model = load_model_files(files, &model_args, &args.device)?;
     if args.resume.is_none() {

@@ -181,14 +181,25 @@ impl RunInfo {
     }
 }
 
-/// `WHAT (run: A, now: B)` for each field of two values of a struct that differs, as
-/// their JSON shows them; a field is named by its flag (`max_length`: `--max-length`)
-/// unless it is one no flag sets.
+/// `WHAT (run: A, now: B)` for each field of two values of a struct that differs.
 fn field_differences<T: Serialize>(run: &T, now: &T, skip: &[&str]) -> Vec<String> {
+    differences(run, now, skip, ("run", "now"))
+}
+
+/// `WHAT (A_NAME: A, B_NAME: B)` for each field of two values of a struct that differs,
+/// as their JSON shows them; a field is named by its flag (`max_length`:
+/// `--max-length`) unless it is one no flag sets. `--resume` compares run.json's parts
+/// with it, `train --features-from` a file's encode spec with the run's.
+pub fn differences<T: Serialize>(
+    a: &T,
+    b: &T,
+    skip: &[&str],
+    (a_name, b_name): (&str, &str),
+) -> Vec<String> {
     let (Ok(Value::Object(a)), Ok(Value::Object(b))) =
-        (serde_json::to_value(run), serde_json::to_value(now))
+        (serde_json::to_value(a), serde_json::to_value(b))
     else {
-        unreachable!("run.json's parts serialise to JSON objects");
+        unreachable!("compared structs serialise to JSON objects");
     };
     let show = |v: Option<&Value>| match v {
         Some(Value::String(s)) => s.clone(),
@@ -201,13 +212,18 @@ fn field_differences<T: Serialize>(run: &T, now: &T, skip: &[&str]) -> Vec<Strin
         .map(|k| {
             let what = match k.as_str() {
                 "weights_sha256" => "model weights sha256".to_string(),
-                "tokenizer_fingerprint" => "tokenizer fingerprint".to_string(),
+                "tokenizer_fingerprint" | "tokenizer" => "tokenizer fingerprint".to_string(),
+                "backend" => "backend (--device)".to_string(),
                 "train_sha256" => "train split content".to_string(),
                 "validation_sha256" => "validation split content".to_string(),
                 "beta1" | "beta2" | "eps" | "drop_last" => format!("AdamW {k}"),
                 flag => format!("--{}", flag.replace('_', "-")),
             };
-            format!("{what} (run: {}, now: {})", show(a.get(k)), show(b.get(k)))
+            format!(
+                "{what} ({a_name}: {}, {b_name}: {})",
+                show(a.get(k)),
+                show(b.get(k))
+            )
         })
         .collect()
 }

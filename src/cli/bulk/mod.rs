@@ -16,6 +16,7 @@
 //! encodes exactly the chunks (and so the batches) the uninterrupted one would have, and
 //! its output is byte-identical.
 
+mod features_in;
 mod job;
 mod merge;
 mod ranges;
@@ -26,6 +27,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 
+pub use features_in::{read_encoded, EncodedFile};
 pub use job::{run_encode, run_predict};
 pub use merge::{run as run_merge, MergeArgs};
 

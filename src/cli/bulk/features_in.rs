@@ -1,0 +1,209 @@
+//! Bulk `encode` outputs read back: a shard's or a merge's manifest, checked to be a
+//! finished encode output, and its rows, for `train --features-from`.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use arrow_array::{Array, FixedSizeListArray, Float32Array, UInt64Array};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use safetensors::{Dtype, SafeTensors};
+
+use super::job::{manifest_path, read_json};
+use super::ranges::{check_tiling, ranges_of, TextRange};
+use super::sink::OutFormat;
+use crate::features::EncodeSpec;
+
+/// A finished bulk `encode` output, as its manifest describes it.
+pub struct EncodedFile {
+    pub path: PathBuf,
+    /// What its features depend on besides the texts.
+    pub spec: EncodeSpec,
+    /// The split it was encoded from, and that split's row count then.
+    pub split: String,
+    pub split_rows: u64,
+    /// The rows it holds, `[start, end)`, and the hash of their texts chunk by chunk.
+    pub start: u64,
+    pub end: u64,
+    pub ranges: Vec<TextRange>,
+    format: OutFormat,
+}
+
+/// The manifest of the encode output `path`, checked for what the import relies on.
+pub fn read_encoded(path: &Path) -> Result<EncodedFile> {
+    let shown = path.display();
+    let manifest = manifest_path(path);
+    if !path.is_file() || !manifest.is_file() {
+        bail!(
+            "{shown}: not a finished bulk encode output (it and {} must both exist): pass the --out of `bertcls encode --data`, or finish that shard",
+            manifest.display()
+        );
+    }
+    let m = read_json(&manifest)?;
+    let identity = &m["identity"];
+    if identity["kind"] != "encode" {
+        bail!(
+            "{shown} holds the output of bulk {}, not features: pass the --out of `bertcls encode --data`",
+            identity["kind"]
+        );
+    }
+    let format = OutFormat::of(path)
+        .filter(|f| m["format"] == f.ext() && *f != OutFormat::Jsonl)
+        .ok_or_else(|| {
+            anyhow!(
+                "{shown}: its name does not end in the .{} its manifest gives: pass the file bulk encode wrote",
+                m["format"].as_str().unwrap_or("parquet or .safetensors")
+            )
+        })?;
+    let spec: EncodeSpec = serde_json::from_value(identity["model"].clone()).map_err(|e| {
+        anyhow!(
+            "{}: no complete encode spec ({e}; outputs of bertcls before backend and precision were recorded have none): encode the split again",
+            manifest.display()
+        )
+    })?;
+    let (Some(split), Some(split_rows), Some(start), Some(end)) = (
+        identity["data"]["split"].as_str(),
+        identity["data"]["rows"].as_u64(),
+        m["start"].as_u64(),
+        m["end"].as_u64(),
+    ) else {
+        bail!(
+            "{}: no split, row count or row range; is it a bertcls bulk manifest?",
+            manifest.display()
+        );
+    };
+    let Some(ranges) = ranges_of(&m, &manifest.display().to_string())? else {
+        bail!(
+            "{}: no text hashes (outputs of bertcls before they were recorded have none): encode the split again",
+            manifest.display()
+        );
+    };
+    if let Err(why) = check_tiling(&ranges, start, end) {
+        bail!(
+            "{}: {why}; it is corrupt: encode that shard again",
+            manifest.display()
+        );
+    }
+    if end > split_rows {
+        bail!(
+            "{}: rows {start}..{end} lie beyond its split's {split_rows} rows; it is corrupt",
+            manifest.display()
+        );
+    }
+    Ok(EncodedFile {
+        path: path.to_path_buf(),
+        spec,
+        split: split.to_string(),
+        split_rows,
+        start,
+        end,
+        ranges,
+        format,
+    })
+}
+
+impl EncodedFile {
+    /// Calls `row(index, feature)` for every row the file holds, a part at a time
+    /// (a parquet row group, a safetensors tensor). Rows outside the manifest's range,
+    /// or of another width than `hidden`, are refused: the file does not match its
+    /// manifest.
+    pub fn for_each_row(
+        &self,
+        hidden: usize,
+        mut row: impl FnMut(u64, &[f32]) -> Result<()>,
+    ) -> Result<()> {
+        let mut checked = |index: u64, x: &[f32]| {
+            if index < self.start || index >= self.end {
+                bail!(
+                    "{}: row {index} lies outside the rows {}..{} its manifest gives; it is corrupt",
+                    self.path.display(),
+                    self.start,
+                    self.end
+                );
+            }
+            row(index, x)
+        };
+        match self.format {
+            OutFormat::Parquet => self.parquet_rows(hidden, &mut checked),
+            _ => self.safetensors_rows(hidden, &mut checked),
+        }
+    }
+
+    fn parquet_rows(
+        &self,
+        hidden: usize,
+        row: &mut impl FnMut(u64, &[f32]) -> Result<()>,
+    ) -> Result<()> {
+        let shown = self.path.display();
+        let file = File::open(&self.path).with_context(|| format!("cannot read {shown}"))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .with_context(|| format!("{shown}: not a readable parquet file"))?
+            .build()?;
+        let column = self.spec.pooling.as_str();
+        for batch in reader {
+            let batch = batch.with_context(|| format!("{shown}: cannot decode"))?;
+            let index = batch
+                .column_by_name("index")
+                .and_then(|c| c.as_any().downcast_ref::<UInt64Array>());
+            let list = batch
+                .column_by_name(column)
+                .and_then(|c| c.as_any().downcast_ref::<FixedSizeListArray>());
+            let (Some(index), Some(list)) = (index, list) else {
+                bail!("{shown}: no uint64 `index` and fixed-size list `{column}` columns, as bulk encode writes");
+            };
+            let values = list
+                .values()
+                .as_any()
+                .downcast_ref::<Float32Array>()
+                .filter(|v| v.null_count() == 0 && index.null_count() == 0);
+            let Some(values) = values.filter(|_| list.value_length() as usize == hidden) else {
+                bail!("{shown}: `{column}` is not {hidden} floats a row (the model's hidden size)");
+            };
+            let values = values.values();
+            for i in 0..batch.num_rows() {
+                let at = list.value_offset(i) as usize;
+                let Some(x) = values.get(at..at + hidden) else {
+                    bail!("{shown}: row {i} of a row group lies outside its values; it is corrupt");
+                };
+                row(index.value(i), x)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn safetensors_rows(
+        &self,
+        hidden: usize,
+        row: &mut impl FnMut(u64, &[f32]) -> Result<()>,
+    ) -> Result<()> {
+        let shown = self.path.display();
+        let bytes = std::fs::read(&self.path).with_context(|| format!("cannot read {shown}"))?;
+        let tensors = SafeTensors::deserialize(&bytes)
+            .map_err(|e| anyhow!("{shown}: not a readable safetensors file ({e})"))?;
+        let prefix = format!("{}.", self.spec.pooling);
+        for (name, view) in tensors.tensors() {
+            // One tensor per chunk, `<pooling>.<first row>` [rows, hidden].
+            let first = name
+                .strip_prefix(&prefix)
+                .and_then(|n| n.parse::<u64>().ok());
+            let shape = view.shape();
+            let (Some(first), Dtype::F32, [rows, width]) = (first, view.dtype(), shape) else {
+                bail!(
+                    "{shown}: tensor `{name}` is not `{prefix}<first row>` F32 [rows, hidden], as bulk encode writes"
+                );
+            };
+            if *width != hidden {
+                bail!("{shown}: `{name}` has {width} floats a row, the model {hidden}");
+            }
+            let floats: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            for (i, x) in floats.chunks_exact(hidden).take(*rows).enumerate() {
+                row(first + i as u64, x)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,171 @@
+//! `train --features-from`: features made by bulk `encode --data` jobs (one process or N
+//! shards, merged or not) taken into the feature cache under the key `train` computes
+//! itself, after checking they are the features it would make: the same encode spec,
+//! every row of the split exactly once, and the same texts (each chunk's hash against
+//! the hash of the rows `train` loaded). This run and every later one then reads them
+//! from the cache and encodes nothing. Everything is checked before anything is stored
+//! or encoded; a mismatch is one line naming the file and what differs.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+
+use crate::cli::bulk::{read_encoded, EncodedFile};
+use crate::data::Split;
+use crate::features::{hash_texts, EncodeSpec, FeatureCache, FeatureKey};
+use crate::train::run_dir::differences;
+
+/// Checks the files against `spec` and `splits` (train, and validation when the run has
+/// one), and puts the features of each split they hold into `cache`. A split no file
+/// holds is left to be encoded as usual.
+pub fn import_features(
+    paths: &[PathBuf],
+    spec: &EncodeSpec,
+    splits: &[&Split],
+    hidden: usize,
+    cache: &FeatureCache,
+) -> Result<()> {
+    // Every manifest first: a refusal costs no feature reading.
+    let mut by_split: Vec<Vec<EncodedFile>> = splits.iter().map(|_| Vec::new()).collect();
+    for path in paths {
+        let file = read_encoded(path)?;
+        let diffs = differences(&file.spec, spec, &[], ("file", "train"));
+        if !diffs.is_empty() {
+            bail!(
+                "{} was encoded with other settings than this run's: {}; encode with this run's flags, or train with the file's",
+                path.display(),
+                diffs.join(", ")
+            );
+        }
+        let Some(at) = splits.iter().position(|s| s.name == file.split) else {
+            let names: Vec<String> = splits.iter().map(|s| format!("\"{}\"", s.name)).collect();
+            bail!(
+                "{} holds split \"{}\"; this run uses {}: pass the encode outputs of those splits",
+                path.display(),
+                file.split,
+                names.join(" and ")
+            );
+        };
+        check_texts(&file, splits[at])?;
+        by_split[at].push(file);
+    }
+    for files in &mut by_split {
+        files.sort_by_key(|f| (f.start, f.end));
+    }
+    for (split, files) in splits.iter().zip(&by_split) {
+        if !files.is_empty() {
+            check_coverage(split, files)?;
+        }
+    }
+    for (split, files) in splits.iter().zip(&by_split) {
+        if files.is_empty() {
+            continue;
+        }
+        let x = gather(split, files, hidden)?;
+        let key = FeatureKey::new(spec, &split.content_hash);
+        cache.put(&key, &x, split.texts.len(), hidden)?;
+        eprintln!(
+            "{}: {} features imported from {} --features-from file{} into the feature cache {}",
+            split.name,
+            split.texts.len(),
+            files.len(),
+            if files.len() == 1 { "" } else { "s" },
+            cache.path(&key).display()
+        );
+    }
+    Ok(())
+}
+
+/// The file's split had this run's row count, and each of its chunks' texts hash as
+/// this run's rows there do.
+fn check_texts(file: &EncodedFile, split: &Split) -> Result<()> {
+    let rows = split.texts.len() as u64;
+    if file.split_rows != rows {
+        bail!(
+            "{} was encoded from a \"{}\" split of {} rows, this run's has {rows}: other data; encode this run's --data",
+            file.path.display(),
+            split.name,
+            file.split_rows
+        );
+    }
+    for r in &file.ranges {
+        // In bounds: the manifest's ranges tile start..end, and end <= its split's rows.
+        let texts = &split.texts[r.start as usize..r.end as usize];
+        if hash_texts(texts) != r.texts_sha256 {
+            bail!(
+                "{}: the texts of rows {}..{} of split \"{}\" differ from this run's (other data, or another --text-column): encode this run's --data",
+                file.path.display(),
+                r.start,
+                r.end,
+                split.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The files (sorted by their first row) cover every row of the split exactly once.
+fn check_coverage(split: &Split, files: &[EncodedFile]) -> Result<()> {
+    let mut next = 0;
+    for (i, f) in files.iter().enumerate() {
+        if f.start < next {
+            let before = &files[i - 1];
+            bail!(
+                "{} (rows {}..{}) overlaps {} (rows {}..{}) in split \"{}\": pass each shard's output once",
+                f.path.display(),
+                f.start,
+                f.end,
+                before.path.display(),
+                before.start,
+                before.end,
+                split.name
+            );
+        }
+        if f.start > next {
+            bail!(
+                "rows {next}..{} of split \"{}\" are in none of the --features-from files: pass that shard's output too",
+                f.start,
+                split.name
+            );
+        }
+        next = f.end;
+    }
+    let rows = split.texts.len() as u64;
+    if next != rows {
+        bail!(
+            "rows {next}..{rows} of split \"{}\" are in none of the --features-from files: pass that shard's output too",
+            split.name
+        );
+    }
+    Ok(())
+}
+
+/// The split's features [rows, hidden] from its files, each row read exactly once.
+fn gather(split: &Split, files: &[EncodedFile], hidden: usize) -> Result<Vec<f32>> {
+    let rows = split.texts.len();
+    let mut x = vec![0f32; rows * hidden];
+    let mut seen = vec![false; rows];
+    for f in files {
+        f.for_each_row(hidden, |index, feature| {
+            // Within the file's rows, checked by for_each_row, so within the split.
+            let i = index as usize;
+            if std::mem::replace(&mut seen[i], true) {
+                bail!(
+                    "{}: row {i} appears twice; it is corrupt: encode that shard again",
+                    f.path.display()
+                );
+            }
+            x[i * hidden..(i + 1) * hidden].copy_from_slice(feature);
+            Ok(())
+        })?;
+        if let Some(missing) = (f.start..f.end).find(|&i| !seen[i as usize]) {
+            bail!(
+                "{}: row {missing} is missing though its manifest says it holds rows {}..{}; it is corrupt: encode that shard again",
+                f.path.display(),
+                f.start,
+                f.end
+            );
+        }
+    }
+    Ok(x)
+}

@@ -1,0 +1,377 @@
+//! `train --features-from`: features made by `encode --data --shard K/N` workers taken
+//! into the feature cache, so that training on a split encoded in shards encodes
+//! nothing; and the refusal of files that are not this run's features (another model,
+//! pooling or max_length, a missing or repeated shard, other texts, predictions).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use bertcls::checkpoint::load_head;
+use serde_json::Value;
+
+/// A text's feature depends on which texts share its encoder batch to summation order
+/// only: shard-made and single-process features agree to the bulk tests' 1e-5. (On the
+/// tiny model they came out bitwise equal, measured; a real model's need not.)
+const FEATURE_TOL: f32 = 1e-5;
+/// Training carries that difference through 12 AdamW steps of lr 1e-2. Adam's step is
+/// about lr whatever the gradient's size, so features 1e-5 apart give heads far less
+/// than a step apart; 1e-4 is ten times the feature tolerance and a hundredth of one
+/// step, so a head that trained on other features or took other steps fails it.
+const HEAD_TOL: f32 = 1e-4;
+
+fn model_dir() -> PathBuf {
+    common::fixtures().join("tiny/model")
+}
+
+fn dsdict() -> PathBuf {
+    common::fixtures().join("data/tiny-dsdict")
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("bertcls-shardfeat-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn bertcls(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bertcls"))
+        .args(args)
+        .args(["--device", "cpu"])
+        .env("HF_HUB_OFFLINE", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn ok(out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "bertcls failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Whether a run printed the closing line of encoding a split (`encoded train: ...`).
+fn encoded_any(out: &Output) -> bool {
+    let err = stderr(out);
+    err.contains("encoded train") || err.contains("encoded validation")
+}
+
+fn error_line(out: &Output) -> String {
+    assert!(!out.status.success(), "bertcls succeeded: {}", stderr(out));
+    let err = stderr(out);
+    let last = err.lines().last().unwrap_or_default().to_string();
+    assert!(last.starts_with("error: "), "{err}");
+    last
+}
+
+/// `encode --data` of `split`, shard `k` of `n`, into `out`, with `extra` flags.
+fn encode_shard(data: &Path, split: &str, k: usize, n: usize, out: &Path, extra: &[&str]) {
+    let shard = format!("{k}/{n}");
+    let model = model_dir();
+    let mut args = vec![
+        "encode",
+        "--model",
+        s(&model),
+        "--data",
+        s(data),
+        "--split",
+        split,
+        "--shard",
+        &shard,
+        "--out",
+        s(out),
+        "--chunk-rows",
+        "3",
+    ];
+    args.extend_from_slice(extra);
+    ok(bertcls(&args));
+}
+
+/// `train` of the tiny model on the tiny data with `extra` flags: 3 epochs of 4 steps.
+fn train(run: &Path, cache: &Path, extra: &[&str]) -> Output {
+    train_model(&model_dir(), run, cache, extra)
+}
+
+fn train_model(model: &Path, run: &Path, cache: &Path, extra: &[&str]) -> Output {
+    let data = dsdict();
+    let mut args = vec![
+        "train",
+        "--model",
+        s(model),
+        "--data",
+        s(&data),
+        "--out",
+        s(run),
+        "--cache-dir",
+        s(cache),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-2",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    bertcls(&args)
+}
+
+/// The cache's entries: file name and tensor, by name.
+fn cache_entries(cache: &Path) -> Vec<(String, Vec<f32>)> {
+    let mut names: Vec<String> = std::fs::read_dir(cache)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".safetensors"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| {
+            let t = common::read_tensors(&cache.join(&n));
+            (n, t["cls"].f32.clone())
+        })
+        .collect()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn train_on_features_encoded_by_four_shards_encodes_nothing() {
+    let dir = TempDir::new("import");
+    // Four workers at once over train (parquet, unmerged), as a job array runs them;
+    // validation in two safetensors shards, merged.
+    let children: Vec<_> = (0..4)
+        .map(|k| {
+            let out = dir.join(&format!("train-{k}.parquet"));
+            let shard = format!("{k}/4");
+            let child = Command::new(env!("CARGO_BIN_EXE_bertcls"))
+                .args(["encode", "--model", s(&model_dir()), "--data", s(&dsdict())])
+                .args(["--shard", &shard, "--out", s(&out), "--chunk-rows", "3"])
+                .args(["--device", "cpu", "--threads", "1"])
+                .env("HF_HUB_OFFLINE", "1")
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            (out, child)
+        })
+        .collect();
+    let train_parts: Vec<PathBuf> = children
+        .into_iter()
+        .map(|(out, child)| {
+            ok(child.wait_with_output().unwrap());
+            out
+        })
+        .collect();
+    let val_parts: Vec<PathBuf> = (0..2)
+        .map(|k| {
+            let out = dir.join(&format!("val-{k}.safetensors"));
+            encode_shard(&dsdict(), "validation", k, 2, &out, &[]);
+            out
+        })
+        .collect();
+    let val = dir.join("validation.safetensors");
+    ok(Command::new(env!("CARGO_BIN_EXE_bertcls"))
+        .args(["merge", s(&val), s(&val_parts[1]), s(&val_parts[0])])
+        .output()
+        .unwrap());
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("validation.safetensors.bulk.json")).unwrap(),
+    )
+    .unwrap();
+    let ranges = manifest["ranges"].as_array().unwrap();
+    // Shards 0..4 and 4..8 in chunks of 3 rows: 0..3, 3..4, 4..7, 7..8.
+    let bounds: Vec<(u64, u64)> = ranges
+        .iter()
+        .map(|r| (r["start"].as_u64().unwrap(), r["end"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(bounds, [(0, 3), (3, 4), (4, 7), (7, 8)]);
+
+    let cache = dir.join("cache");
+    let mut from = Vec::new();
+    for p in train_parts.iter().rev().chain([&val]) {
+        from.extend(["--features-from", s(p)]);
+    }
+    let run = dir.join("run-imported");
+    let out = ok(train(&run, &cache, &from));
+    let err = stderr(&out);
+    assert!(
+        err.contains("train: 32 features imported from 4 --features-from files"),
+        "{err}"
+    );
+    assert!(
+        err.contains("validation: 8 features imported from 1 --features-from file "),
+        "{err}"
+    );
+    assert!(err.contains("(all from the cache)"), "{err}");
+    assert!(!encoded_any(&out), "the import run encoded: {err}");
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["features_cached"], true);
+
+    // A later run without the files reads the same entries.
+    let again = ok(train(&dir.join("run-again"), &cache, &[]));
+    assert!(stderr(&again).contains("(all from the cache)"));
+
+    // A run that encodes itself, into its own cache: the same two entries (so the import
+    // used train's own keys), features within the batch tolerance, heads within HEAD_TOL.
+    let own_cache = dir.join("own-cache");
+    let own = ok(train(&dir.join("run-own"), &own_cache, &[]));
+    assert!(stderr(&own).contains("(encoded)"), "{}", stderr(&own));
+    let imported = cache_entries(&cache);
+    let encoded = cache_entries(&own_cache);
+    assert_eq!(imported.len(), 2);
+    for ((name_i, x_i), (name_e, x_e)) in imported.iter().zip(&encoded) {
+        assert_eq!(name_i, name_e);
+        assert!(x_i.len() == 32 * 32 || x_i.len() == 8 * 32, "{}", x_i.len());
+        let d = max_diff(x_i, x_e);
+        assert!(d <= FEATURE_TOL, "{name_i}: features differ by {d}");
+    }
+    for ckpt in ["last.safetensors", "best.safetensors"] {
+        let a = load_head(&run.join(ckpt), Some(32)).unwrap().head;
+        let b = load_head(&dir.join("run-own").join(ckpt), Some(32))
+            .unwrap()
+            .head;
+        let d = max_diff(&a.weight, &b.weight).max(max_diff(&a.bias, &b.bias));
+        assert!(d <= HEAD_TOL, "{ckpt}: heads differ by {d}");
+        // The head did train: 12 steps of lr 1e-2 moved it far beyond the tolerance.
+        assert!(a.weight.iter().any(|w| w.abs() > 10.0 * HEAD_TOL));
+    }
+}
+
+#[test]
+fn features_that_are_not_this_runs_are_refused_before_encoding() {
+    let dir = TempDir::new("refuse");
+    let part = |name: &str, k: usize, n: usize, extra: &[&str]| {
+        let out = dir.join(name);
+        encode_shard(&dsdict(), "train", k, n, &out, extra);
+        out
+    };
+    let quarters: Vec<PathBuf> = (0..4)
+        .map(|k| part(&format!("q{k}.parquet"), k, 4, &[]))
+        .collect();
+    let cache = dir.join("cache");
+    let refused_with = |model: &Path, files: &[&Path]| {
+        let mut args = Vec::new();
+        for f in files {
+            args.extend(["--features-from", s(f)]);
+        }
+        let out = train_model(model, &dir.join("run"), &cache, &args);
+        let err = error_line(&out);
+        assert!(!encoded_any(&out), "{}", stderr(&out));
+        assert!(
+            cache_entries(&cache).is_empty(),
+            "a refused import stored features"
+        );
+        assert!(!dir.join("run").exists(), "a refused run left its folder");
+        err
+    };
+    let refused = |files: &[&Path]| refused_with(&model_dir(), files);
+    let q: Vec<&Path> = quarters.iter().map(PathBuf::as_path).collect();
+
+    let short = part("short.parquet", 0, 1, &["--max-length", "64"]);
+    let err = refused(&[&short]);
+    assert!(
+        err.contains(&format!("{} was encoded with other settings", s(&short))),
+        "{err}"
+    );
+    assert!(err.contains("--max-length (file: 64, train: 350)"), "{err}");
+    // The tokenizer's fingerprint covers max_length too, so both are named.
+    assert!(err.contains("tokenizer fingerprint (file: "), "{err}");
+
+    let mean = part("mean.safetensors", 0, 1, &["--pooling", "mean"]);
+    let err = refused(&[&mean]);
+    assert!(err.contains("--pooling (file: mean, train: cls)"), "{err}");
+
+    let other_model = common::fixtures().join("tiny/model-f16-prefixed");
+    let err = refused_with(&other_model, &q);
+    assert!(err.contains("model weights sha256 (file: "), "{err}");
+
+    let err = refused(&[q[0], q[1], q[3]]);
+    assert_eq!(
+        err,
+        "error: rows 16..24 of split \"train\" are in none of the --features-from files: pass that shard's output too"
+    );
+    let half = part("h0.parquet", 0, 2, &[]);
+    let err = refused(&[q[0], q[1], q[2], q[3], &half]);
+    assert!(err.contains("overlaps"), "{err}");
+
+    // Other texts with the same split name and row count: row 5 changed, so the chunk
+    // of rows 3..6 (--chunk-rows 3) hashes differently.
+    let texts =
+        std::fs::read_to_string(common::fixtures().join("data/tiny-files/train.jsonl")).unwrap();
+    let edited: Vec<String> = texts
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            let mut row: Value = serde_json::from_str(l).unwrap();
+            if i == 5 {
+                row["text"] = format!("{}!", row["text"].as_str().unwrap()).into();
+            }
+            row.to_string()
+        })
+        .collect();
+    let other_data = dir.join("other");
+    std::fs::create_dir_all(&other_data).unwrap();
+    std::fs::write(other_data.join("train.jsonl"), edited.join("\n") + "\n").unwrap();
+    let other = dir.join("other.parquet");
+    encode_shard(&other_data, "train", 0, 1, &other, &[]);
+    let err = refused(&[&other]);
+    assert_eq!(
+        err,
+        format!("error: {}: the texts of rows 3..6 of split \"train\" differ from this run's (other data, or another --text-column): encode this run's --data", s(&other))
+    );
+
+    let test_split = dir.join("test.parquet");
+    encode_shard(&dsdict(), "test", 0, 1, &test_split, &[]);
+    let err = refused(&[&test_split]);
+    assert!(
+        err.contains("holds split \"test\"; this run uses \"train\" and \"validation\""),
+        "{err}"
+    );
+
+    std::fs::remove_file(dir.join("q2.parquet.bulk.json")).unwrap();
+    let err = refused(&q);
+    assert!(err.contains("not a finished bulk encode output"), "{err}");
+
+    let err = error_line(&train(
+        &dir.join("run"),
+        &cache,
+        &["--features-from", s(q[0]), "--no-cache"],
+    ));
+    assert!(err.contains("--no-cache"), "{err}");
+}
