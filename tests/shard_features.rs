@@ -231,11 +231,11 @@ fn train_on_features_encoded_by_four_shards_encodes_nothing() {
     let out = ok(train(&run, &cache, &from));
     let err = stderr(&out);
     assert!(
-        err.contains("train: 32 features imported from 4 --features-from files"),
+        err.contains("train: 32 cls features imported from 4 --features-from files"),
         "{err}"
     );
     assert!(
-        err.contains("validation: 8 features imported from 1 --features-from file "),
+        err.contains("validation: 8 cls features imported from 1 --features-from file "),
         "{err}"
     );
     assert!(err.contains("(all from the cache)"), "{err}");
@@ -374,4 +374,44 @@ fn features_that_are_not_this_runs_are_refused_before_encoding() {
         &["--features-from", s(q[0]), "--no-cache"],
     ));
     assert!(err.contains("--no-cache"), "{err}");
+}
+
+#[test]
+fn a_search_over_both_poolings_imports_the_features_of_each() {
+    let dir = TempDir::new("search");
+    let mut args = vec!["--search", "--pooling", "cls,mean"];
+    let mut files = Vec::new();
+    for pooling in ["cls", "mean"] {
+        for split in ["train", "validation"] {
+            let out = dir.join(&format!("{split}-{pooling}.parquet"));
+            encode_shard(&dsdict(), split, 0, 1, &out, &["--pooling", pooling]);
+            files.push(out);
+        }
+    }
+    for f in &files {
+        args.extend(["--features-from", s(f)]);
+    }
+    let cache = dir.join("cache");
+    let out = ok(train(&dir.join("run"), &cache, &args));
+    let err = stderr(&out);
+    for (split, rows) in [("train", 32), ("validation", 8)] {
+        for pooling in ["cls", "mean"] {
+            let line =
+                format!("{split}: {rows} {pooling} features imported from 1 --features-from file ");
+            assert!(err.contains(&line), "{err}");
+        }
+    }
+    assert!(!encoded_any(&out), "the search encoded: {err}");
+    // Four entries (two splits, two poolings), and trials of both poolings ran on them.
+    assert_eq!(cache_entries(&cache).len(), 4);
+    let search: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run/search.json")).unwrap())
+            .unwrap();
+    let poolings: std::collections::BTreeSet<&str> = search
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["pooling"].as_str().unwrap())
+        .collect();
+    assert_eq!(poolings.into_iter().collect::<Vec<_>>(), ["cls", "mean"]);
 }

@@ -64,7 +64,7 @@ pub struct TrainArgs {
     #[arg(
         long,
         value_name = "FILE",
-        conflicts_with_all = ["search", "no_cache"],
+        conflicts_with = "no_cache",
         help_heading = "Data"
     )]
     features_from: Vec<PathBuf>,
@@ -241,20 +241,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
     )?;
     let hidden = files.config.hidden_size;
     let (start, mut info) = start_state(&args, folder.dir(), now, hidden, &train.content_hash)?;
-    if !args.features_from.is_empty() {
-        let spec = source.encode_spec(
-            &files,
-            encoder_device,
-            args.device.precision(),
-            model_args.pooling,
-            model_args.long,
-        )?;
-        let splits: Vec<&Split> = std::iter::once(train).chain(validation).collect();
-        let cache = source.cache().ok_or_else(|| {
-            anyhow!("--features-from stores features in the feature cache: drop --no-cache")
-        })?;
-        import::import_features(&args.features_from, &spec, &splits, hidden, cache)?;
-    }
+    import::import_flagged(
+        &args,
+        &files,
+        &mut source,
+        (&[model_args.pooling], model_args.long),
+        &[train].into_iter().chain(validation).collect::<Vec<_>>(),
+    )?;
 
     let mut model = load_model_files(files, &model_args, &args.device)?;
     if args.resume.is_none() {

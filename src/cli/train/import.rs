@@ -8,27 +8,70 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
+
+use super::TrainArgs;
+use crate::chunk::LongTexts;
+use crate::cli::common::{FeatureSource, ModelFiles};
+use crate::model::Pooling;
 
 use crate::cli::bulk::{read_encoded, EncodedFile};
 use crate::data::Split;
 use crate::features::{hash_texts, EncodeSpec, FeatureCache, FeatureKey};
 use crate::train::run_dir::differences;
 
-/// Checks the files against `spec` and `splits` (train, and validation when the run has
-/// one), and puts the features of each split they hold into `cache`. A split no file
-/// holds is left to be encoded as usual.
+/// `args.features_from` imported for the poolings the run encodes with and its long-text
+/// mode, before the model loads; nothing without the flag.
+pub fn import_flagged(
+    args: &TrainArgs,
+    files: &ModelFiles,
+    source: &mut FeatureSource,
+    (poolings, long): (&[Pooling], LongTexts),
+    splits: &[&Split],
+) -> Result<()> {
+    if args.features_from.is_empty() {
+        return Ok(());
+    }
+    let device = args.device.device.resolve()?;
+    let specs = poolings
+        .iter()
+        .map(|&pooling| source.encode_spec(files, device, args.device.precision(), pooling, long))
+        .collect::<Result<Vec<_>>>()?;
+    let cache = source.cache().ok_or_else(|| {
+        anyhow!("--features-from stores features in the feature cache: drop --no-cache")
+    })?;
+    import_features(
+        &args.features_from,
+        &specs,
+        splits,
+        files.config.hidden_size,
+        cache,
+    )
+}
+
+/// Checks the files against `specs` (one per pooling the run uses: a search over
+/// `--pooling cls,mean` takes the files of both) and `splits` (train, and validation
+/// when the run has one), and puts the features of each split and pooling they hold
+/// into `cache`. A split and pooling no file holds is left to be encoded as usual.
 pub fn import_features(
     paths: &[PathBuf],
-    spec: &EncodeSpec,
+    specs: &[EncodeSpec],
     splits: &[&Split],
     hidden: usize,
     cache: &FeatureCache,
 ) -> Result<()> {
     // Every manifest first: a refusal costs no feature reading.
-    let mut by_split: Vec<Vec<EncodedFile>> = splits.iter().map(|_| Vec::new()).collect();
+    let mut groups: Vec<Vec<EncodedFile>> = Vec::new();
+    groups.resize_with(specs.len() * splits.len(), Vec::new);
     for path in paths {
         let file = read_encoded(path)?;
+        // A file of a pooling the run does not use is compared with the first spec, so
+        // that the refusal names the pooling among the differences.
+        let which = specs
+            .iter()
+            .position(|s| s.pooling == file.spec.pooling)
+            .unwrap_or(0);
+        let spec = &specs[which];
         let diffs = differences(&file.spec, spec, &[], ("file", "train"));
         if !diffs.is_empty() {
             bail!(
@@ -47,27 +90,30 @@ pub fn import_features(
             );
         };
         check_texts(&file, splits[at])?;
-        by_split[at].push(file);
+        groups[which * splits.len() + at].push(file);
     }
-    for files in &mut by_split {
+    for files in &mut groups {
         files.sort_by_key(|f| (f.start, f.end));
     }
-    for (split, files) in splits.iter().zip(&by_split) {
+    let group_of = |i: usize| (&specs[i / splits.len()], splits[i % splits.len()]);
+    for (i, files) in groups.iter().enumerate() {
         if !files.is_empty() {
-            check_coverage(split, files)?;
+            check_coverage(group_of(i).1, files)?;
         }
     }
-    for (split, files) in splits.iter().zip(&by_split) {
+    for (i, files) in groups.iter().enumerate() {
         if files.is_empty() {
             continue;
         }
+        let (spec, split) = group_of(i);
         let x = gather(split, files, hidden)?;
         let key = FeatureKey::new(spec, &split.content_hash);
         cache.put(&key, &x, split.texts.len(), hidden)?;
         eprintln!(
-            "{}: {} features imported from {} --features-from file{} into the feature cache {}",
+            "{}: {} {} features imported from {} --features-from file{} into the feature cache {}",
             split.name,
             split.texts.len(),
+            spec.pooling,
             files.len(),
             if files.len() == 1 { "" } else { "s" },
             cache.path(&key).display()

@@ -79,6 +79,16 @@ pub(super) fn run(args: TrainArgs) -> Result<()> {
         data_id,
         (train, named_validation),
     )?;
+    import::import_flagged(
+        &args,
+        &files,
+        &mut source,
+        (&poolings, model_args.long),
+        &[train]
+            .into_iter()
+            .chain(named_validation)
+            .collect::<Vec<_>>(),
+    )?;
     let mut model = load_model_files(files, &model_args, &args.device)?;
     info.device = model.device.to_string();
     info.precision = model.precision_name();
