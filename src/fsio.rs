@@ -75,6 +75,23 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     result
 }
 
+/// Opens `path` (creating it) and takes its exclusive advisory lock without waiting:
+/// `Ok(None)` while another process holds it. The lock lives as long as the file.
+/// The file is never removed: unlinking a held lock file would let a later process
+/// lock a new file of the same name while a waiting one locks the old.
+pub fn try_lock(path: &Path) -> std::io::Result<Option<std::fs::File>> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    match fs4::FileExt::try_lock(&file) {
+        Ok(()) => Ok(Some(file)),
+        Err(fs4::TryLockError::WouldBlock) => Ok(None),
+        Err(fs4::TryLockError::Error(e)) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

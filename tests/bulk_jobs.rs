@@ -606,3 +606,37 @@ fn parts_that_do_not_make_one_job_are_refused() {
     assert!(err.contains("holds the parts of another job"), "{err}");
     let _ = std::io::stderr().flush();
 }
+
+/// While a process holds `<out>.lock` (here the test itself, through the same advisory
+/// lock), a job into that output refuses in one line before writing anything; once the
+/// lock is released the same command runs.
+#[test]
+fn an_output_has_one_writer() {
+    let dir = TempDir::new("one-writer");
+    let out = dir.join("features.parquet");
+    let dsdict = data().join("tiny-dsdict");
+    let model = model_dir();
+    let args = [
+        "encode",
+        "--model",
+        s(&model),
+        "--data",
+        s(&dsdict),
+        "--out",
+        s(&out),
+    ];
+    let held = File::create(dir.join("features.parquet.lock")).unwrap();
+    fs4::FileExt::try_lock(&held).unwrap();
+    let refused = bertcls(&args, &[]);
+    let line = error_line(&refused);
+    assert!(
+        line.contains("another bertcls process is writing it"),
+        "{line}"
+    );
+    assert!(line.contains(s(&out)), "{line}");
+    assert!(!out.exists());
+    assert!(!dir.join("features.parquet.parts").exists());
+    drop(held);
+    ok(bertcls(&args, &[]));
+    assert_eq!(parquet_features(&out).len(), split_texts("train").len());
+}

@@ -325,25 +325,15 @@ fn lock_path(run: &Path) -> PathBuf {
 fn lock(dir: &Path, flag: &str) -> Result<File> {
     let d = dir.display();
     let path = lock_path(dir);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| {
-            anyhow!(
-                "{flag} {d}: cannot write {} ({e}): pass a writable folder",
-                path.display()
-            )
-        })?;
-    match fs4::FileExt::try_lock(&file) {
-        Ok(()) => Ok(file),
-        Err(fs4::TryLockError::WouldBlock) => bail!(
+    match crate::fsio::try_lock(&path) {
+        Ok(Some(file)) => Ok(file),
+        Ok(None) => bail!(
             "{flag} {d}: the run folder is in use by another bertcls process: wait for it to end, or pick another folder"
         ),
-        Err(fs4::TryLockError::Error(e)) => {
-            bail!("{flag} {d}: cannot lock {} ({e})", path.display())
-        }
+        Err(e) => bail!(
+            "{flag} {d}: cannot lock {} ({e}): pass a writable folder",
+            path.display()
+        ),
     }
 }
 

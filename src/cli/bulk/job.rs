@@ -1,5 +1,6 @@
 //! One bulk job: its identity, its parts folder, the chunk loop and the assembly.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,7 +18,7 @@ use crate::cli::progress::Throughput;
 use crate::data::chunked::{open_split, ChunkedSplit, RowChunk};
 use crate::data::LoadOptions;
 use crate::features::{hash_texts, sha256_file};
-use crate::fsio::atomic_write;
+use crate::fsio::{atomic_write, try_lock};
 use crate::hub::resolve_dataset;
 
 /// Test-only fault injection: abort (as a kill would) after writing this many parts...
@@ -43,6 +44,7 @@ pub fn run_predict(
 ) -> Result<()> {
     let out = bulk.check(out)?;
     let format = out_format(&out, &[OutFormat::Parquet, OutFormat::Jsonl], "predict")?;
+    let _lock = lock_out(&out)?;
     let classifier = head.load()?;
     let split = open(bulk, classifier.model.offline())?;
     let mut model = classifier.load_model(device)?;
@@ -81,6 +83,7 @@ pub fn run_encode(
         &[OutFormat::Parquet, OutFormat::Safetensors],
         "encode",
     )?;
+    let _lock = lock_out(&out)?;
     let split = open(bulk, model_args.offline())?;
     let mut model = load_model(model_args, device)?;
     let identity = identity("encode", &split, bulk, &mut model, false, Value::Null)?;
@@ -174,6 +177,27 @@ pub(super) fn manifest_path(out: &Path) -> PathBuf {
     let mut name = out.as_os_str().to_owned();
     name.push(".bulk.json");
     PathBuf::from(name)
+}
+
+/// Takes `<out>.lock` for the job's life, before the model loads: two processes
+/// writing one output would mix their parts. The file stays beside the output (see
+/// `fsio::try_lock` for why it is never removed).
+fn lock_out(out: &Path) -> Result<File> {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".lock");
+    let path = PathBuf::from(name);
+    match try_lock(&path) {
+        Ok(Some(file)) => Ok(file),
+        Ok(None) => bail!(
+            "--out {}: another bertcls process is writing it: wait for it to end, or pick another --out",
+            out.display()
+        ),
+        Err(e) => bail!(
+            "--out {}: cannot lock {} ({e}): pass a writable folder",
+            out.display(),
+            path.display()
+        ),
+    }
 }
 
 fn parts_dir(out: &Path) -> PathBuf {
