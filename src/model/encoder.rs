@@ -183,8 +183,7 @@ impl<B: Backend> Encoder<B> {
     }
 
     pub fn forward(&mut self, batch: &PackedBatch, keep: Keep) -> Result<EncoderOutput> {
-        let (t, n) = (batch.num_tokens(), batch.num_texts());
-        let c = self.config.hidden_size;
+        let t = batch.num_tokens();
         if t > self.max_tokens {
             bail!(
                 "batch of {t} tokens exceeds the workspace of {} tokens",
@@ -205,46 +204,69 @@ impl<B: Backend> Encoder<B> {
                 self.config.max_position_embeddings
             );
         }
-        let eps = self.config.layer_norm_eps as f32;
-        let mut hidden_states = Vec::new();
-        let be = &self.backend;
-        let ws = &mut self.ws;
+        let Self {
+            backend,
+            config,
+            act,
+            weights,
+            ws,
+            ..
+        } = self;
+        let act = *act;
+        backend.run(|| forward_pass(backend, config, act, weights, ws, batch, keep))
+    }
+}
 
-        // BertEmbeddings: https://github.com/huggingface/transformers/blob/v5.24.0/src/transformers/models/bert/modeling_bert.py#L69
-        be.embeddings_layernorm(batch, &self.weights.embeddings, eps, &mut ws.hidden)?;
+/// The forward pass proper, inside the backend's `run` (see `Backend::run`): the
+/// fields of the encoder it reads, borrowed apart from the backend that runs it.
+fn forward_pass<B: Backend>(
+    be: &B,
+    config: &BertConfig,
+    act: Activation,
+    weights: &BertWeights<B::Tensor>,
+    ws: &mut Workspace<B::Tensor>,
+    batch: &PackedBatch,
+    keep: Keep,
+) -> Result<EncoderOutput> {
+    let (t, n) = (batch.num_tokens(), batch.num_texts());
+    let c = config.hidden_size;
+    let eps = config.layer_norm_eps as f32;
+    let mut hidden_states = Vec::new();
+
+    // BertEmbeddings: https://github.com/huggingface/transformers/blob/v5.24.0/src/transformers/models/bert/modeling_bert.py#L69
+    be.embeddings_layernorm(batch, &weights.embeddings, eps, &mut ws.hidden)?;
+    if keep == Keep::AllHiddenStates {
+        hidden_states.push(be.download(&ws.hidden, t * c)?);
+    }
+
+    let last = weights.layers.len() - 1;
+    for (i, layer) in weights.layers.iter().enumerate() {
+        if i == last && keep == Keep::Cls {
+            cls_layer(be, layer, config, act, batch, ws)?;
+            return Ok(EncoderOutput {
+                cls: be.download(&ws.cls, n * c)?,
+                mean: Vec::new(),
+                hidden_states,
+            });
+        }
+        full_layer(be, layer, config, act, batch, ws)?;
         if keep == Keep::AllHiddenStates {
             hidden_states.push(be.download(&ws.hidden, t * c)?);
         }
-
-        let last = self.weights.layers.len() - 1;
-        for (i, layer) in self.weights.layers.iter().enumerate() {
-            if i == last && keep == Keep::Cls {
-                cls_layer(be, layer, &self.config, self.act, batch, ws)?;
-                return Ok(EncoderOutput {
-                    cls: be.download(&ws.cls, n * c)?,
-                    mean: Vec::new(),
-                    hidden_states,
-                });
-            }
-            full_layer(be, layer, &self.config, self.act, batch, ws)?;
-            if keep == Keep::AllHiddenStates {
-                hidden_states.push(be.download(&ws.hidden, t * c)?);
-            }
-        }
-        be.gather_rows(&ws.hidden, c, batch.cls_rows(), &mut ws.cls)?;
-        let mean = if keep == Keep::Mean {
-            // ws.attn is free once the last layer is done.
-            be.mean_pool(&ws.hidden, c, &batch.offsets, &mut ws.attn)?; // (n, C)
-            be.download(&ws.attn, n * c)?
-        } else {
-            Vec::new()
-        };
-        Ok(EncoderOutput {
-            cls: be.download(&ws.cls, n * c)?,
-            mean,
-            hidden_states,
-        })
     }
+    be.gather_rows(&ws.hidden, c, batch.cls_rows(), &mut ws.cls)?;
+    let mean = if keep == Keep::Mean {
+        // ws.attn is free once the last layer is done.
+        be.mean_pool(&ws.hidden, c, &batch.offsets, &mut ws.attn)?; // (n, C)
+        be.download(&ws.attn, n * c)?
+    } else {
+        Vec::new()
+    };
+    Ok(EncoderOutput {
+        cls: be.download(&ws.cls, n * c)?,
+        mean,
+        hidden_states,
+    })
 }
 
 /// One `BertLayer` over every token: ws.hidden (T, C) -> ws.hidden (T, C).

@@ -83,6 +83,10 @@ impl Backend for CpuBackend {
         format!("cpu ({} threads, {})", self.threads, simd::describe())
     }
 
+    fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+
     fn upload(&self, host: &[f32]) -> Result<CpuTensor> {
         Ok(CpuTensor::plain(host.to_vec()))
     }

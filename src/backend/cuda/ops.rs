@@ -2,9 +2,8 @@
 //! everything between them, with tensors stored in f32 or, in bf16/fp16, in half (GEMMs
 //! through cublasGemmEx with fp32 accumulation on tensor cores).
 
-use std::cell::RefCell;
 use std::ffi::c_void;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{anyhow, bail, Result};
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
@@ -31,7 +30,9 @@ pub struct CudaBackend {
     max_batch_tokens: usize,
     name: String,
     ordinal: usize,
-    scratch: RefCell<Scratch>,
+    /// A Mutex, not a RefCell, only so that the backend is `Sync` as `Backend` asks; one
+    /// thread drives a CUDA backend, so it is never contended.
+    scratch: Mutex<Scratch>,
 }
 
 /// Per-batch index uploads, sized for `max_batch_tokens` once.
@@ -159,7 +160,7 @@ impl CudaBackend {
             max_batch_tokens,
             name,
             ordinal,
-            scratch: RefCell::new(scratch),
+            scratch: Mutex::new(scratch),
         })
     }
 
@@ -356,7 +357,7 @@ impl Backend for CudaBackend {
         if t == 0 {
             return Ok(());
         }
-        let mut s = self.scratch.borrow_mut();
+        let mut s = self.scratch.lock().unwrap_or_else(PoisonError::into_inner);
         self.upload_u32(&mut s.ids, &batch.ids)?;
         self.upload_u32(&mut s.positions, &batch.positions)?;
         self.upload_u32(&mut s.type_ids, &batch.type_ids)?;
@@ -508,7 +509,7 @@ impl Backend for CudaBackend {
         let lens: Vec<usize> = offsets.windows(2).map(|w| w[1] - w[0]).collect();
         let offsets_u32: Vec<u32> = offsets.iter().map(|&o| o as u32).collect();
 
-        let mut s = self.scratch.borrow_mut();
+        let mut s = self.scratch.lock().unwrap_or_else(PoisonError::into_inner);
         self.upload_u32(&mut s.offsets, &offsets_u32)?;
         let offsets_ptr = dptr(&s.offsets, &self.stream);
         let a = self.attention_scratch(&mut s, heads, head_dim)?;
@@ -615,7 +616,7 @@ impl Backend for CudaBackend {
         need(out, n * width, "mean_pool output")?;
         need(hidden, t * width, "mean_pool input")?;
         let offsets_u32: Vec<u32> = offsets.iter().map(|&o| o as u32).collect();
-        let mut s = self.scratch.borrow_mut();
+        let mut s = self.scratch.lock().unwrap_or_else(PoisonError::into_inner);
         self.upload_u32(&mut s.offsets, &offsets_u32)?;
         self.launch(
             self.typed(&self.kernels.mean_pool_rows),
@@ -644,7 +645,7 @@ impl Backend for CudaBackend {
             need(src, (max + 1) * width, "gather source")?;
         }
         let rows_u32: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-        let mut s = self.scratch.borrow_mut();
+        let mut s = self.scratch.lock().unwrap_or_else(PoisonError::into_inner);
         self.upload_u32(&mut s.rows, &rows_u32)?;
         self.launch(
             self.typed(&self.kernels.gather_rows),
