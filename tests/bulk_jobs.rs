@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::{ok, TempDir};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
@@ -28,27 +29,6 @@ fn data() -> PathBuf {
 
 fn model_dir() -> PathBuf {
     common::fixtures().join("tiny/model")
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("bertcls-bulk-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn s(p: &Path) -> &str {
@@ -91,15 +71,6 @@ fn merge(args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap()
-}
-
-fn ok(out: Output) -> Output {
-    assert!(
-        out.status.success(),
-        "bertcls failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn error_line(out: &Output) -> String {
@@ -233,7 +204,7 @@ fn hub_cache(root: &Path) {
 
 #[test]
 fn every_data_form_in_bulk_predict_and_encode() {
-    let dir = TempDir::new("forms");
+    let dir = TempDir::new("bulk-forms");
     let head = dir.join("head.safetensors");
     write_head(&head);
     let hub = dir.join("hub");
@@ -360,7 +331,7 @@ fn split_labels() -> Vec<Value> {
 
 #[test]
 fn a_job_killed_at_any_point_resumes_to_the_same_output() {
-    let dir = TempDir::new("resume");
+    let dir = TempDir::new("bulk-resume");
     let head = dir.join("head.safetensors");
     write_head(&head);
     let dsdict = data().join("tiny-dsdict");
@@ -426,7 +397,7 @@ fn a_job_killed_at_any_point_resumes_to_the_same_output() {
 
 #[test]
 fn four_shards_merged_equal_one_process() {
-    let dir = TempDir::new("shards");
+    let dir = TempDir::new("bulk-shards");
     let head = dir.join("head.safetensors");
     write_head(&head);
     let dsdict = data().join("tiny-dsdict");
@@ -532,7 +503,7 @@ fn four_shards_merged_equal_one_process() {
 
 #[test]
 fn parts_that_do_not_make_one_job_are_refused() {
-    let dir = TempDir::new("refuse");
+    let dir = TempDir::new("bulk-refuse");
     let head = dir.join("head.safetensors");
     write_head(&head);
     let dsdict = data().join("tiny-dsdict");
@@ -612,7 +583,7 @@ fn parts_that_do_not_make_one_job_are_refused() {
 /// lock is released the same command runs.
 #[test]
 fn an_output_has_one_writer() {
-    let dir = TempDir::new("one-writer");
+    let dir = TempDir::new("bulk-one-writer");
     let out = dir.join("features.parquet");
     let dsdict = data().join("tiny-dsdict");
     let model = model_dir();

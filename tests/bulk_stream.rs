@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::TempDir;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -26,23 +27,6 @@ fn fixture_texts() -> Vec<String> {
         .skip(1)
         .map(|l| l.split_once('\t').unwrap().1.to_string())
         .collect()
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("bertcls-stream-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A head for the tiny model (hidden 32) whose logits differ by text.
@@ -136,7 +120,7 @@ fn assert_same(got: &Value, want: &Value) {
 
 #[test]
 fn file_and_stdin_longer_than_a_chunk_are_labelled_in_order() {
-    let dir = TempDir::new("order");
+    let dir = TempDir::new("stream-order");
     let head = dir.0.join("head.safetensors");
     write_head(&head);
     let texts = fixture_texts();
@@ -183,7 +167,7 @@ fn file_and_stdin_longer_than_a_chunk_are_labelled_in_order() {
 
 #[test]
 fn a_bad_line_past_the_first_chunk_is_named_after_the_chunks_before_it() {
-    let dir = TempDir::new("bad");
+    let dir = TempDir::new("stream-bad");
     let head = dir.0.join("head.safetensors");
     write_head(&head);
     let mut input = "好评\n".repeat(2000).into_bytes();
@@ -202,7 +186,7 @@ fn a_bad_line_past_the_first_chunk_is_named_after_the_chunks_before_it() {
 
 #[test]
 fn no_texts_fails_before_loading_the_model() {
-    let dir = TempDir::new("empty");
+    let dir = TempDir::new("stream-empty");
     let head = dir.0.join("head.safetensors");
     write_head(&head);
     let out = predict(&head, &[], b"\n  \n");

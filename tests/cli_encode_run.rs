@@ -34,15 +34,6 @@ fn bertcls(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn ok(out: Output) -> Output {
-    assert!(
-        out.status.success(),
-        "bertcls failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 /// The one `error:` line of a refused command, which must have written nothing.
 fn refusal(args: &[&str]) -> String {
     let out = bertcls(args);

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::{ok, TempDir};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -29,28 +30,6 @@ fn dsdict() -> PathBuf {
     common::fixtures().join("data/tiny-dsdict")
 }
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("bertcls-shardfeat-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -63,15 +42,6 @@ fn bertcls(args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap()
-}
-
-fn ok(out: Output) -> Output {
-    assert!(
-        out.status.success(),
-        "bertcls failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn stderr(out: &Output) -> String {
@@ -173,7 +143,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn train_on_features_encoded_by_four_shards_encodes_nothing() {
-    let dir = TempDir::new("import");
+    let dir = TempDir::new("shardfeat-import");
     // Four workers at once over train (parquet, unmerged), as a job array runs them;
     // validation in two safetensors shards, merged.
     let children: Vec<_> = (0..4)
@@ -275,7 +245,7 @@ fn train_on_features_encoded_by_four_shards_encodes_nothing() {
 
 #[test]
 fn features_that_are_not_this_runs_are_refused_before_encoding() {
-    let dir = TempDir::new("refuse");
+    let dir = TempDir::new("shardfeat-refuse");
     let part = |name: &str, k: usize, n: usize, extra: &[&str]| {
         let out = dir.join(name);
         encode_shard(&dsdict(), "train", k, n, &out, extra);
@@ -378,7 +348,7 @@ fn features_that_are_not_this_runs_are_refused_before_encoding() {
 
 #[test]
 fn a_search_over_both_poolings_imports_the_features_of_each() {
-    let dir = TempDir::new("search");
+    let dir = TempDir::new("shardfeat-search");
     let mut args = vec!["--search", "--pooling", "cls,mean"];
     let mut files = Vec::new();
     for pooling in ["cls", "mean"] {

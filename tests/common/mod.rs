@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::process::Output;
 
 use bertcls::tokenize::TokenizedText;
 use safetensors::{Dtype, SafeTensors};
@@ -101,4 +102,37 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
+}
+
+/// A fresh folder under the system's temporary folder, `bertcls-<tag>-<pid>`, removed
+/// when dropped. Tags are unique within a test binary; the pid keeps binaries apart.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("bertcls-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `out` of a bertcls run that must have succeeded; its stderr in the failure message.
+pub fn ok(out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "bertcls failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
