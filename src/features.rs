@@ -237,11 +237,7 @@ fn decode(bytes: &[u8], key: &FeatureKey) -> Result<Vec<f32>, String> {
 pub fn hash_split(texts: &[String], labels: &[usize]) -> String {
     let mut h = Sha256::new();
     h.update(b"bertcls-split-v1");
-    h.update((texts.len() as u64).to_le_bytes());
-    for text in texts {
-        h.update((text.len() as u64).to_le_bytes());
-        h.update(text.as_bytes());
-    }
+    update_texts(&mut h, texts);
     h.update((labels.len() as u64).to_le_bytes());
     for &label in labels {
         h.update((label as u64).to_le_bytes());
@@ -256,12 +252,18 @@ pub fn hash_split(texts: &[String], labels: &[usize]) -> String {
 pub fn hash_texts(texts: &[String]) -> String {
     let mut h = Sha256::new();
     h.update(b"bertcls-texts-v1");
+    update_texts(&mut h, texts);
+    hex(&h.finalize())
+}
+
+/// The count, then each text length-prefixed, so that `["ab", "c"]` and `["a", "bc"]`
+/// hash apart.
+fn update_texts(h: &mut Sha256, texts: &[String]) {
     h.update((texts.len() as u64).to_le_bytes());
     for text in texts {
         h.update((text.len() as u64).to_le_bytes());
         h.update(text.as_bytes());
     }
-    hex(&h.finalize())
 }
 
 /// The sha256 of a file, remembered in `sha256/` under [`cache_root`] per (path, size,

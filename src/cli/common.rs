@@ -343,6 +343,18 @@ impl FeatureSource {
         })
     }
 
+    /// The encode spec of a loaded model, as it was set up (device, precision, pooling,
+    /// long-text mode).
+    pub fn model_spec(&mut self, model: &LoadedModel) -> Result<EncodeSpec> {
+        self.encode_spec(
+            &model.files,
+            model.device,
+            model.precision,
+            model.pooling,
+            model.long,
+        )
+    }
+
     pub fn features(
         &mut self,
         model: &mut LoadedModel,
@@ -356,13 +368,7 @@ impl FeatureSource {
                 cached: false,
             });
         };
-        let spec = self.encode_spec(
-            &model.files,
-            model.device,
-            model.precision,
-            model.pooling,
-            model.long,
-        )?;
+        let spec = self.model_spec(model)?;
         let key = FeatureKey::new(&spec, data_hash);
         let hidden = model.encoder.hidden_size();
         if let Some(x) = cache.get(&key)? {

@@ -140,13 +140,7 @@ fn identity(
     with_text: bool,
     head: Value,
 ) -> Result<Value> {
-    let spec = FeatureSource::new(None).encode_spec(
-        &model.files,
-        model.device,
-        model.precision,
-        model.pooling,
-        model.long,
-    )?;
+    let spec = FeatureSource::new(None).model_spec(model)?;
     let files: Vec<Value> = split
         .files()
         .iter()
