@@ -8,7 +8,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::job::{manifest_path, read_json, Counts};
-use super::ranges::{check_tiling, ranges_of, TextRange};
+use super::ranges::{check_tiling, first_uncovered, ranges_of, TextRange, Uncovered};
 use super::sink::{assemble, OutFormat};
 use crate::fsio::atomic_write;
 
@@ -92,29 +92,21 @@ pub fn run(args: MergeArgs) -> Result<()> {
     let identity = identity.expect("at least one part");
     let rows = identity["data"]["rows"].as_u64().unwrap_or(0);
     parts.sort_by_key(|p| (p.start, p.end));
-    let mut next = 0;
-    for (i, part) in parts.iter().enumerate() {
-        if part.start < next {
-            bail!(
-                "{} (rows {}..{}) overlaps {} (rows {}..{}): each row must come from one part",
-                part.path.display(),
-                part.start,
-                part.end,
-                parts[i - 1].path.display(),
-                parts[i - 1].start,
-                parts[i - 1].end
-            );
+    let spans: Vec<(u64, u64)> = parts.iter().map(|p| (p.start, p.end)).collect();
+    match first_uncovered(&spans, rows) {
+        Some(Uncovered::Overlap(i)) => bail!(
+            "{} (rows {}..{}) overlaps {} (rows {}..{}): each row must come from one part",
+            parts[i].path.display(),
+            parts[i].start,
+            parts[i].end,
+            parts[i - 1].path.display(),
+            parts[i - 1].start,
+            parts[i - 1].end
+        ),
+        Some(Uncovered::Missing(from, to)) => {
+            bail!("rows {from}..{to} are in no part: run that shard and pass its output too")
         }
-        if part.start > next {
-            bail!(
-                "rows {next}..{} are in no part: run that shard and pass its output too",
-                part.start
-            );
-        }
-        next = part.end;
-    }
-    if next != rows {
-        bail!("rows {next}..{rows} are in no part: run that shard and pass its output too");
+        None => {}
     }
     let mut counts = Counts::default();
     for part in &parts {

@@ -48,9 +48,52 @@ pub fn check_tiling(ranges: &[TextRange], start: u64, end: u64) -> Result<(), St
     Ok(())
 }
 
+/// How row spans sorted by start fail to cover rows `0..rows` exactly once: what `merge`
+/// checks of its parts and `train --features-from` of its files.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Uncovered {
+    /// Span `i` starts before span `i - 1` ends.
+    Overlap(usize),
+    /// Rows `[from, to)` are in no span.
+    Missing(u64, u64),
+}
+
+/// The first way `spans` (sorted by start) miss covering `0..rows` exactly once.
+pub fn first_uncovered(spans: &[(u64, u64)], rows: u64) -> Option<Uncovered> {
+    let mut next = 0;
+    for (i, &(start, end)) in spans.iter().enumerate() {
+        if start < next {
+            return Some(Uncovered::Overlap(i));
+        }
+        if start > next {
+            return Some(Uncovered::Missing(next, start));
+        }
+        next = end;
+    }
+    (next != rows).then_some(Uncovered::Missing(next, rows))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn coverage_names_the_first_overlap_or_missing_rows() {
+        assert_eq!(first_uncovered(&[(0, 4), (4, 9)], 9), None);
+        assert_eq!(
+            first_uncovered(&[(0, 4), (3, 9)], 9),
+            Some(Uncovered::Overlap(1))
+        );
+        assert_eq!(
+            first_uncovered(&[(0, 4), (5, 9)], 9),
+            Some(Uncovered::Missing(4, 5))
+        );
+        assert_eq!(
+            first_uncovered(&[(0, 4)], 9),
+            Some(Uncovered::Missing(4, 9))
+        );
+        assert_eq!(first_uncovered(&[], 3), Some(Uncovered::Missing(0, 3)));
+    }
 
     fn r(start: u64, end: u64) -> TextRange {
         TextRange {

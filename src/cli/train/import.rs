@@ -15,7 +15,7 @@ use crate::chunk::LongTexts;
 use crate::cli::common::{FeatureSource, ModelFiles};
 use crate::model::Pooling;
 
-use crate::cli::bulk::{read_encoded, EncodedFile};
+use crate::cli::bulk::{first_uncovered, read_encoded, EncodedFile, Uncovered};
 use crate::data::Split;
 use crate::features::{hash_texts, EncodeSpec, FeatureCache, FeatureKey};
 use crate::train::run_dir::differences;
@@ -152,38 +152,24 @@ fn check_texts(file: &EncodedFile, split: &Split) -> Result<()> {
 
 /// The files (sorted by their first row) cover every row of the split exactly once.
 fn check_coverage(split: &Split, files: &[EncodedFile]) -> Result<()> {
-    let mut next = 0;
-    for (i, f) in files.iter().enumerate() {
-        if f.start < next {
-            let before = &files[i - 1];
-            bail!(
-                "{} (rows {}..{}) overlaps {} (rows {}..{}) in split \"{}\": pass each shard's output once",
-                f.path.display(),
-                f.start,
-                f.end,
-                before.path.display(),
-                before.start,
-                before.end,
-                split.name
-            );
-        }
-        if f.start > next {
-            bail!(
-                "rows {next}..{} of split \"{}\" are in none of the --features-from files: pass that shard's output too",
-                f.start,
-                split.name
-            );
-        }
-        next = f.end;
-    }
-    let rows = split.texts.len() as u64;
-    if next != rows {
-        bail!(
-            "rows {next}..{rows} of split \"{}\" are in none of the --features-from files: pass that shard's output too",
+    let spans: Vec<(u64, u64)> = files.iter().map(|f| (f.start, f.end)).collect();
+    match first_uncovered(&spans, split.texts.len() as u64) {
+        Some(Uncovered::Overlap(i)) => bail!(
+            "{} (rows {}..{}) overlaps {} (rows {}..{}) in split \"{}\": pass each shard's output once",
+            files[i].path.display(),
+            files[i].start,
+            files[i].end,
+            files[i - 1].path.display(),
+            files[i - 1].start,
+            files[i - 1].end,
             split.name
-        );
+        ),
+        Some(Uncovered::Missing(from, to)) => bail!(
+            "rows {from}..{to} of split \"{}\" are in none of the --features-from files: pass that shard's output too",
+            split.name
+        ),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The split's features [rows, hidden] from its files, each row read exactly once.
