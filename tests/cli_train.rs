@@ -44,9 +44,14 @@ impl Sandbox {
 
     /// `bertcls train` as [`Sandbox::train`], on the model in `model`.
     fn train_model(&self, model: &Path, args: &[&str]) -> Output {
+        self.train_on("cpu", model, args)
+    }
+
+    /// `bertcls train` as [`Sandbox::train_model`], with `--device device`.
+    fn train_on(&self, device: &str, model: &Path, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_bertcls"))
             .arg("train")
-            .args(["--model", model.to_str().unwrap(), "--device", "cpu"])
+            .args(["--model", model.to_str().unwrap(), "--device", device])
             .args(["--cache-dir", self.feature_cache().to_str().unwrap()])
             .args(args)
             .env("HF_HUB_OFFLINE", "1")
@@ -1153,4 +1158,58 @@ fn a_single_class_is_reported() {
     assert!(json.status.success(), "{}", stderr(&json));
     let report: Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(report["trained_on_single_class"], true);
+}
+
+/// `--device auto` without a usable GPU runs on the CPU and says so in one line, however
+/// many steps need the device: the head's device, `--features-from`'s cache keys and
+/// the encoder in train, the import and the encoder in a search.
+#[test]
+fn auto_device_prints_its_cpu_notice_once() {
+    if bertcls::backend::cuda::check_device(0).is_ok() {
+        println!("SKIPPED: auto picks this machine's GPU, so there is no CPU notice to count");
+        return;
+    }
+    let sb = Sandbox::new("auto-notice");
+    let features = sb.path("train.parquet");
+    let model = fixtures().join("tiny/model");
+    let encoded = Command::new(env!("CARGO_BIN_EXE_bertcls"))
+        .args([
+            "encode",
+            "--model",
+            model.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ])
+        .args(["--data", &dsdict(), "--split", "train", "--out", &features])
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    succeeded(&encoded);
+    let (data, from) = (dsdict(), ["--features-from", features.as_str()]);
+    let common = ["--data", &data, "--batch-size", "8", "--epochs", "2"];
+    let cases: [(&str, &[&str]); 3] = [
+        ("plain", &[]),
+        ("features-from", &from),
+        ("search", &["--search", from[0], from[1]]),
+    ];
+    for (name, extra) in cases {
+        let mut args = common.to_vec();
+        let out_dir = sb.path(name);
+        args.extend_from_slice(&["--out", &out_dir]);
+        args.extend_from_slice(extra);
+        let out = sb.train_on("auto", &model, &args);
+        succeeded(&out);
+        let err = stderr(&out);
+        if !extra.is_empty() {
+            assert!(
+                err.contains("train: 32 cls features imported from 1 --features-from file "),
+                "{name}: the import did not run:\n{err}"
+            );
+        }
+        let notices = err
+            .lines()
+            .filter(|l| l.starts_with("note: running on the CPU ("))
+            .count();
+        assert_eq!(notices, 1, "{name}: the CPU notice {notices} times:\n{err}");
+    }
 }

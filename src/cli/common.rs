@@ -69,6 +69,34 @@ impl DeviceArgs {
     pub fn precision(&self) -> Precision {
         self.precision.unwrap_or_default()
     }
+
+    /// `--device` resolved, computing in `--precision` (fp32 when not given).
+    pub fn resolve(&self) -> Result<EncoderDevice> {
+        self.resolve_in(self.precision())
+    }
+
+    /// `--device` resolved, computing in `precision` (a run's). `auto` prints its CPU
+    /// notice here: a command calls this once and passes the result down.
+    pub fn resolve_in(&self, precision: Precision) -> Result<EncoderDevice> {
+        Ok(EncoderDevice {
+            device: self.device.resolve()?,
+            precision,
+            threads: self.threads,
+            max_batch_tokens: self.max_batch_tokens,
+        })
+    }
+}
+
+/// The device flags of a command, resolved: where and how its encoder runs.
+#[derive(Clone, Copy, Debug)]
+pub struct EncoderDevice {
+    pub device: Device,
+    /// What the CUDA backend computes in; the CPU computes in fp32 whatever it says.
+    pub precision: Precision,
+    /// CPU threads (0: every core).
+    pub threads: usize,
+    /// Tokens per encoder batch.
+    pub max_batch_tokens: usize,
 }
 
 /// A resolved model folder: config and tokenizer, no weights loaded yet.
@@ -143,7 +171,7 @@ pub fn precision_name(device: Device, precision: Precision) -> String {
     }
 }
 
-pub fn load_model(model: &ModelArgs, device: &DeviceArgs) -> Result<LoadedModel> {
+pub fn load_model(model: &ModelArgs, device: &EncoderDevice) -> Result<LoadedModel> {
     load_model_files(model_files(model)?, model, device)
 }
 
@@ -151,13 +179,12 @@ pub fn load_model(model: &ModelArgs, device: &DeviceArgs) -> Result<LoadedModel>
 pub fn load_model_files(
     files: ModelFiles,
     model: &ModelArgs,
-    device: &DeviceArgs,
+    device: &EncoderDevice,
 ) -> Result<LoadedModel> {
     let started = Instant::now();
-    let resolved_device = device.device.resolve()?;
     let (config, weights) = files.dir.load()?;
     let budget = device.max_batch_tokens.max(model.max_length);
-    let encoder: Box<dyn FeatureEncoder> = match resolved_device {
+    let encoder: Box<dyn FeatureEncoder> = match device.device {
         Device::Cpu => Box::new(Encoder::new(
             CpuBackend::new(device.threads)?,
             config,
@@ -165,7 +192,7 @@ pub fn load_model_files(
             budget,
         )?),
         Device::Cuda(n) => {
-            let backend = CudaBackend::new(n, device.precision(), budget)?;
+            let backend = CudaBackend::new(n, device.precision, budget)?;
             Box::new(Encoder::new(backend, config, &weights, budget)?)
         }
     };
@@ -178,8 +205,8 @@ pub fn load_model_files(
     );
     Ok(LoadedModel {
         files,
-        device: resolved_device,
-        precision: device.precision(),
+        device: device.device,
+        precision: device.precision,
         encoder,
         pooling: model.pooling,
         long: model.long,

@@ -93,13 +93,9 @@ pub fn run(args: EncodeArgs) -> Result<()> {
     let (model_args, device) = match &args.run {
         Some(dir) => {
             let spec = run_spec::resolve(dir, &args)?;
-            let device = DeviceArgs {
-                precision: Some(spec.precision),
-                ..args.device.clone()
-            };
-            (spec.model, device)
+            (spec.model, args.device.resolve_in(spec.precision)?)
         }
-        None => (args.model_args()?, args.device.clone()),
+        None => (args.model_args()?, args.device.resolve()?),
     };
     if args.bulk.data.is_some() {
         if args.input.file.is_some() || !args.input.texts.is_empty() || args.json || args.ids {

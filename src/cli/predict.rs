@@ -245,6 +245,7 @@ impl Classifier {
     /// The encoder the head was trained on, refusing one of another width before its
     /// weights are read.
     pub fn load_model(&self, device: &DeviceArgs) -> Result<LoadedModel> {
+        let device = device.resolve()?;
         let model_hidden = model_files(&self.model)?.config.hidden_size;
         if self.head.hidden != model_hidden {
             bail!(
@@ -254,7 +255,7 @@ impl Classifier {
                 self.model.model
             );
         }
-        let model = load_model(&self.model, device)?;
+        let model = load_model(&self.model, &device)?;
         if let Some(info) = self.run.as_ref().filter(|_| self.model_overridden) {
             let sha = weights_sha256(&model.files.dir.dir)?;
             if !info.features.weights_sha256.is_empty() && sha != info.features.weights_sha256 {

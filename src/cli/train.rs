@@ -224,8 +224,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         ..args.model.clone()
     };
     let files = model_files(&model_args)?;
-    let encoder_device = args.device.device.resolve()?;
-    let device = head_device(args.head_device, encoder_device)?;
+    let encoder_device = args.device.resolve()?;
+    let device = head_device(args.head_device, encoder_device.device)?;
     let mut folder = match &args.resume {
         Some(dir) => RunFolder::open(dir)?,
         None => RunFolder::create(&out_dir(&args))?,
@@ -243,13 +243,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let (start, mut info) = start_state(&args, folder.dir(), now, hidden, &train.content_hash)?;
     import::import_flagged(
         &args,
-        &files,
+        (&files, encoder_device),
         &mut source,
         (&[model_args.pooling], model_args.long),
         &[train].into_iter().chain(validation).collect::<Vec<_>>(),
     )?;
 
-    let mut model = load_model_files(files, &model_args, &args.device)?;
+    let mut model = load_model_files(files, &model_args, &encoder_device)?;
     if args.resume.is_none() {
         info.device = model.device.to_string();
         info.precision = model.precision_name();

@@ -11,7 +11,7 @@ use super::ranges::TextRange;
 use super::sink::{assemble, part_bytes, Body, ChunkOut, OutFormat};
 use super::{BulkArgs, Shard};
 use crate::cli::common::{
-    load_model, text_features, DeviceArgs, FeatureSource, LoadedModel, ModelArgs,
+    load_model, text_features, DeviceArgs, EncoderDevice, FeatureSource, LoadedModel, ModelArgs,
 };
 use crate::cli::predict::{predict_features, Classifier, HeadArgs};
 use crate::cli::progress::Throughput;
@@ -75,7 +75,7 @@ pub fn run_encode(
     bulk: &BulkArgs,
     out: Option<&PathBuf>,
     model_args: &ModelArgs,
-    device: &DeviceArgs,
+    device: &EncoderDevice,
 ) -> Result<()> {
     let out = bulk.check(out)?;
     let format = out_format(

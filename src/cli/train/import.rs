@@ -12,7 +12,7 @@ use anyhow::{anyhow, bail, Result};
 
 use super::TrainArgs;
 use crate::chunk::LongTexts;
-use crate::cli::common::{FeatureSource, ModelFiles};
+use crate::cli::common::{EncoderDevice, FeatureSource, ModelFiles};
 use crate::model::Pooling;
 
 use crate::cli::bulk::{first_uncovered, read_encoded, EncodedFile, Uncovered};
@@ -21,10 +21,10 @@ use crate::features::{hash_texts, EncodeSpec, FeatureCache, FeatureKey};
 use crate::train::run_dir::differences;
 
 /// `args.features_from` imported for the poolings the run encodes with and its long-text
-/// mode, before the model loads; nothing without the flag.
+/// mode on the run's encoder device, before the model loads; nothing without the flag.
 pub fn import_flagged(
     args: &TrainArgs,
-    files: &ModelFiles,
+    (files, device): (&ModelFiles, EncoderDevice),
     source: &mut FeatureSource,
     (poolings, long): (&[Pooling], LongTexts),
     splits: &[&Split],
@@ -32,10 +32,9 @@ pub fn import_flagged(
     if args.features_from.is_empty() {
         return Ok(());
     }
-    let device = args.device.device.resolve()?;
     let specs = poolings
         .iter()
-        .map(|&pooling| source.encode_spec(files, device, args.device.precision(), pooling, long))
+        .map(|&pooling| source.encode_spec(files, device.device, device.precision, pooling, long))
         .collect::<Result<Vec<_>>>()?;
     let cache = source.cache().ok_or_else(|| {
         anyhow!("--features-from stores features in the feature cache: drop --no-cache")

@@ -69,6 +69,7 @@ pub(super) fn run(args: TrainArgs) -> Result<()> {
     let label_counts = train_label_counts(train, num_labels);
     warn_single_class(train, &dataset.label_names, &label_counts);
     let files = model_files(&model_args)?;
+    let encoder_device = args.device.resolve()?;
     let mut folder = RunFolder::create(&out_dir(&args))?;
     let mut source = FeatureSource::new(args.cache.cache());
     let mut info = run_info(
@@ -81,7 +82,7 @@ pub(super) fn run(args: TrainArgs) -> Result<()> {
     )?;
     import::import_flagged(
         &args,
-        &files,
+        (&files, encoder_device),
         &mut source,
         (&poolings, model_args.long),
         &[train]
@@ -89,7 +90,7 @@ pub(super) fn run(args: TrainArgs) -> Result<()> {
             .chain(named_validation)
             .collect::<Vec<_>>(),
     )?;
-    let mut model = load_model_files(files, &model_args, &args.device)?;
+    let mut model = load_model_files(files, &model_args, &encoder_device)?;
     info.device = model.device.to_string();
     info.precision = model.precision_name();
 
