@@ -6,8 +6,8 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
 use common::*;
 use serde_json::Value;
@@ -22,53 +22,6 @@ fn data_dir() -> String {
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// The binary offline on the CPU.
-fn bertcls(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bertcls"))
-        .args(args)
-        .args(["--device", "cpu"])
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap()
-}
-
-/// The one `error:` line of a refused command, which must have written nothing.
-fn refusal(args: &[&str]) -> String {
-    let out = bertcls(args);
-    assert!(!out.status.success(), "{args:?} was not refused");
-    assert!(out.stdout.is_empty(), "{args:?} wrote vectors");
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "{args:?}: expected one line: {stderr}");
-    assert!(lines[0].starts_with("error: "), "{stderr}");
-    lines[0].to_string()
-}
-
-/// A run trained for one epoch on the tiny fixtures with `spec` (feature flags).
-fn train(dir: &Path, name: &str, spec: &[&str]) -> PathBuf {
-    let run = dir.join(name);
-    let (model, data) = (model_dir(), data_dir());
-    let mut args = vec![
-        "train",
-        "--model",
-        &model,
-        "--data",
-        &data,
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--log-every",
-        "0",
-        "--out",
-        s(&run),
-        "--no-cache",
-    ];
-    args.extend_from_slice(spec);
-    ok(bertcls(&args));
-    run
 }
 
 const TEXTS: [&str; 4] = [
@@ -86,7 +39,7 @@ fn both(run: &Path, spec: &[&str], extra: &[&str]) -> (Output, Output) {
     let mut by_flags = vec!["encode", "--model", &model];
     by_flags.extend_from_slice(spec);
     by_flags.extend_from_slice(extra);
-    (ok(bertcls(&by_run)), ok(bertcls(&by_flags)))
+    (ok(bertcls_cpu(&by_run)), ok(bertcls_cpu(&by_flags)))
 }
 
 fn check_equal_tensors(a: &Path, b: &Path, what: &str) {
@@ -104,7 +57,7 @@ fn check_equal_tensors(a: &Path, b: &Path, what: &str) {
 }
 
 fn check_run_matches_flags(dir: &Path, name: &str, spec: &[&str], key: &str) {
-    let run = train(dir, name, spec);
+    let run = train_run(dir, name, spec);
 
     // Texts as arguments, JSON lines: byte for byte the same output.
     let mut extra = vec!["--json"];
@@ -131,7 +84,7 @@ fn check_run_matches_flags(dir: &Path, name: &str, spec: &[&str], key: &str) {
         dir.join(format!("{name}-run.safetensors")),
         dir.join(format!("{name}-flags.safetensors")),
     );
-    ok(bertcls(&[
+    ok(bertcls_cpu(&[
         "encode",
         "--run",
         s(&run),
@@ -151,7 +104,7 @@ fn check_run_matches_flags(dir: &Path, name: &str, spec: &[&str], key: &str) {
         s(&b),
     ];
     args.extend_from_slice(spec);
-    ok(bertcls(&args));
+    ok(bertcls_cpu(&args));
     check_equal_tensors(&a, &b, &format!("{name} --file"));
     assert_eq!(read_tensors(&a)[key].shape, vec![TEXTS.len(), 32]);
 
@@ -173,12 +126,12 @@ fn check_run_matches_flags(dir: &Path, name: &str, spec: &[&str], key: &str) {
     let mut args = vec!["encode", "--run", s(&run)];
     args.extend_from_slice(&bulk);
     args.push(s(&a));
-    ok(bertcls(&args));
+    ok(bertcls_cpu(&args));
     let mut args = vec!["encode", "--model", &model];
     args.extend_from_slice(spec);
     args.extend_from_slice(&bulk);
     args.push(s(&b));
-    ok(bertcls(&args));
+    ok(bertcls_cpu(&args));
     check_equal_tensors(&a, &b, &format!("{name} --data"));
     assert!(
         read_tensors(&a)
@@ -215,8 +168,8 @@ fn flags_that_contradict_the_run_are_refused() {
     let dir = std::env::temp_dir().join(format!("bertcls-encode-refuse-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let mean = train(&dir, "mean", &["--pooling", "mean", "--max-length", "16"]);
-    let chunk = train(
+    let mean = train_run(&dir, "mean", &["--pooling", "mean", "--max-length", "16"]);
+    let chunk = train_run(
         &dir,
         "chunk",
         &["--max-length", "12", "--long", "chunk", "--stride", "3"],
@@ -261,7 +214,7 @@ fn flags_that_contradict_the_run_are_refused() {
         assert!(err.contains(want), "{flags:?}: {err}");
     }
     // Repeating what the run says is no contradiction.
-    let out = ok(bertcls(&[
+    let out = ok(bertcls_cpu(&[
         "encode",
         "--run",
         mean,

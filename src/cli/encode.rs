@@ -93,7 +93,7 @@ pub fn run(args: EncodeArgs) -> Result<()> {
     let (model_args, device) = match &args.run {
         Some(dir) => {
             let spec = run_spec::resolve(dir, &args)?;
-            (spec.model, args.device.resolve_in(spec.precision)?)
+            (spec.model, spec.device)
         }
         None => (args.model_args()?, args.device.resolve()?),
     };

@@ -7,6 +7,7 @@ mod info;
 mod lines;
 mod predict;
 mod progress;
+mod run_settings;
 mod test;
 mod train;
 

@@ -13,12 +13,13 @@ use clap::Args;
 
 use super::bulk::{self, BulkArgs};
 use super::common::{
-    load_model, model_files, text_features, weights_sha256, DeviceArgs, LoadedModel, ModelArgs,
-    TextArgs,
+    load_model, model_files, text_features, weights_sha256, DeviceArgs, EncoderDevice, LoadedModel,
+    ModelArgs, TextArgs,
 };
 use super::lines::TextChunks;
 use super::progress::Throughput;
 use super::run_dir::{best_checkpoint, epoch_checkpoint, last_checkpoint, RunInfo};
+use super::run_settings::run_device;
 use crate::calibration::scaled_softmax;
 use crate::checkpoint::load_head;
 use crate::chunk::LongTexts;
@@ -79,6 +80,8 @@ pub struct Classifier {
     /// (or the ids) can name them.
     pub labels: Option<Vec<String>>,
     pub run: Option<RunInfo>,
+    /// The run's run.json, named when a flag contradicts it.
+    run_json: Option<PathBuf>,
     pub model: ModelArgs,
     /// The temperature the logits are divided by before the softmax: the checkpoint's
     /// (fitted by train on the validation split), 1 with --no-calibration or for a head
@@ -141,6 +144,7 @@ impl HeadArgs {
             source,
             labels,
             run,
+            run_json: self.run.as_deref().map(RunInfo::path),
             model,
             temperature,
             model_overridden,
@@ -242,10 +246,10 @@ pub fn check_label_count(head: &LinearHead, source: &Path, count: usize, what: &
 }
 
 impl Classifier {
-    /// The encoder the head was trained on, refusing one of another width before its
-    /// weights are read.
+    /// The encoder the head was trained on, in the run's precision, refusing one of
+    /// another width before its weights are read.
     pub fn load_model(&self, device: &DeviceArgs) -> Result<LoadedModel> {
-        let device = device.resolve()?;
+        let device = self.encoder_device(device)?;
         let model_hidden = model_files(&self.model)?.config.hidden_size;
         if self.head.hidden != model_hidden {
             bail!(
@@ -268,6 +272,15 @@ impl Classifier {
             }
         }
         Ok(model)
+    }
+
+    /// `--device` resolved: in the precision a run's features were computed in; a bare
+    /// head records none, so `--precision` (or fp32) stands.
+    fn encoder_device(&self, device: &DeviceArgs) -> Result<EncoderDevice> {
+        match (&self.run, &self.run_json) {
+            (Some(info), Some(json)) => run_device(device, info, json),
+            _ => device.resolve(),
+        }
     }
 
     /// The label names, or the ids when nothing names them.

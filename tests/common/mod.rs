@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 
 use bertcls::tokenize::TokenizedText;
 use safetensors::{Dtype, SafeTensors};
@@ -135,4 +135,55 @@ pub fn ok(out: Output) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// The binary offline on the CPU.
+pub fn bertcls_cpu(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bertcls"))
+        .args(args)
+        .args(["--device", "cpu"])
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap()
+}
+
+/// The one `error:` line of a refused command, which must have written nothing.
+pub fn refusal(args: &[&str]) -> String {
+    let out = bertcls_cpu(args);
+    assert!(!out.status.success(), "{args:?} was not refused");
+    assert!(out.stdout.is_empty(), "{args:?} wrote output");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{args:?}: expected one line: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    lines[0].to_string()
+}
+
+/// A run trained for one epoch on the tiny fixture model and data, in `dir/name`, with
+/// `spec` (feature flags), nothing cached.
+pub fn train_run(dir: &Path, name: &str, spec: &[&str]) -> PathBuf {
+    let run = dir.join(name);
+    let (model, data) = (
+        fixtures().join("tiny/model"),
+        fixtures().join("data/tiny-dsdict"),
+    );
+    let mut args = vec![
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--log-every",
+        "0",
+        "--out",
+        run.to_str().unwrap(),
+        "--no-cache",
+    ];
+    args.extend_from_slice(spec);
+    ok(bertcls_cpu(&args));
+    run
 }

@@ -1,26 +1,22 @@
-//! `encode --run DIR`: the features a run's head was trained on, from its run.json.
-//!
-//! A flag may repeat what the run says (a script that always passes `--pooling mean`
-//! keeps working) but never change it: vectors made otherwise are not the ones the head
-//! was trained on, and nothing downstream could tell.
+//! `encode --run DIR`: the features a run's head was trained on, from its run.json; a
+//! flag may repeat what the run says, never change it (see [`crate::cli::run_settings`]).
 
-use std::fmt::Display;
 use std::path::Path;
 
 use anyhow::{bail, Result};
 
 use super::EncodeArgs;
-use crate::backend::cuda::Precision;
 use crate::chunk::{LongTexts, DEFAULT_STRIDE};
-use crate::cli::common::{model_files, weights_sha256, ModelArgs};
+use crate::cli::common::{model_files, weights_sha256, EncoderDevice, ModelArgs};
 use crate::cli::predict::run_model;
 use crate::cli::run_dir::RunInfo;
+use crate::cli::run_settings::{agree, run_device};
 
 /// What `encode --run` encodes with.
 pub struct RunSpec {
     pub model: ModelArgs,
-    /// The run's, where it records one it names; else `--precision` or fp32.
-    pub precision: Precision,
+    /// `--device`, computing in the run's precision.
+    pub device: EncoderDevice,
 }
 
 /// The run's features spec, with the flags of `args` checked against it and the model
@@ -39,12 +35,7 @@ pub fn resolve(dir: &Path, args: &EncodeArgs) -> Result<RunSpec> {
     let max_length = agree("--max-length", args.max_length, spec.max_length, &json)?;
     let pooling = agree("--pooling", args.pooling, spec.pooling, &json)?;
     let long = agree_long(args, spec.long, &json)?;
-    // A run records the precision its features were computed in ("fp32" on the CPU);
-    // one it cannot be read from leaves the flag (or fp32) in charge.
-    let precision = match info.precision.parse::<Precision>() {
-        Ok(run) => agree("--precision", args.device.precision, run, &json)?,
-        Err(_) => args.device.precision(),
-    };
+    let device = run_device(&args.device, &info, &json)?;
     let model = ModelArgs {
         model: args.model.clone().unwrap_or_else(|| run_model(&info)),
         offline: args.offline,
@@ -77,18 +68,7 @@ pub fn resolve(dir: &Path, args: &EncodeArgs) -> Result<RunSpec> {
             json.display()
         );
     }
-    Ok(RunSpec { model, precision })
-}
-
-/// The run's value of `flag`, refusing a given one that differs.
-fn agree<T: PartialEq + Display>(flag: &str, given: Option<T>, run: T, json: &Path) -> Result<T> {
-    match given {
-        Some(value) if value != run => bail!(
-            "{flag} {value}: the run's features were made with {flag} {run} ({}); drop {flag}, encode --run uses the run's",
-            json.display()
-        ),
-        _ => Ok(run),
-    }
+    Ok(RunSpec { model, device })
 }
 
 /// The run's long-text setting, refusing a `--long`/`--stride` that makes another one.
@@ -107,7 +87,7 @@ fn agree_long(args: &EncodeArgs, run: LongTexts, json: &Path) -> Result<LongText
     )?;
     if given != run {
         bail!(
-            "{}: the run's features were made with {} ({}); drop --long and --stride, encode --run uses the run's",
+            "{}: the run's features were made with {} ({}); drop --long and --stride, with --run the run's is used",
             long_flags(given),
             long_flags(run),
             json.display()
