@@ -16,14 +16,19 @@ pub fn exp(x: f32) -> f32 {
     // Adding then subtracting 1.5 * 2^23 rounds to the nearest integer without a call.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let k = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND; // 1.5 * 2^23 + k: k sits in the low mantissa bits
+    let k = shifted - ROUND;
     let r = x - k * LN2_HI - k * LN2_LO; // |r| <= ln(2)/2
                                          // Taylor series to degree 6: remainder r^7/7! < 1.3e-7 on |r| <= 0.347.
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let two_k = f32::from_bits(((k as i32 + 127) as u32) << 23);
+    // 2^k built from `shifted`'s bits, not from `k as i32`: that cast saturates, which
+    // the compiler emits as scalar compare-and-move code per lane, stopping the loop's
+    // vectorisation. The low 9 bits of `shifted`'s bits are k's (two's complement), the
+    // rest shifts out; k + 127 is in 1..=254 for x in [-87, 88].
+    let two_k = f32::from_bits(shifted.to_bits().wrapping_add(127) << 23);
     p * two_k
 }
 
