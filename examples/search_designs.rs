@@ -5,8 +5,13 @@
 //! of more noisy trials is higher by chance); the check rows are seen by no choice.
 //!
 //! ```text
-//! cargo run --release --example search_designs -- CACHE_DIR DATA [cls|mean] [SEEDS]
+//! cargo run --release --example search_designs -- CACHE_DIR DATA [cls|mean] [SEEDS] [ROWS_JSON]
 //! ```
+//!
+//! ROWS_JSON, when given, receives each seed's check rows and every design's check
+//! accuracy on them, so that `tools/reference/sklearn_check_rows.py` can score
+//! scikit-learn's grid on the very same rows (a paired comparison: the seeds' check sets
+//! differ far more from each other than two designs do on one of them).
 //!
 //! CACHE_DIR is a feature cache folder (`<dir>/features/*.safetensors` or the folder
 //! itself) holding the train and validation features of DATA, as `bertcls train` wrote
@@ -17,21 +22,24 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bertcls::data::{load, LoadOptions};
+use bertcls::head::LinearHead;
 use bertcls::train::run_dir::Hyperparameters;
 use bertcls::train::search::{
-    best_trial, hold_out, run_trials, select, SearchConfig, TrialParams, LEARNING_RATES,
-    WEIGHT_DECAYS,
+    best_trial, hold_out, run_trials, select, SearchConfig, Standardizer, Trial, TrialParams,
+    LEARNING_RATES, WEIGHT_DECAYS,
 };
-use bertcls::train::Features;
+use bertcls::train::{train, Features, HeadDevice, NoObserver, TrainData, TrainState};
 use safetensors::SafeTensors;
 
-/// One way to search: the lr grid, the batch size, the epoch cap and the patience.
+/// One way to search: the lr grid, the batch size, the epoch cap and the patience, and
+/// whether the chosen trial is refit on train and validation together.
 struct Design {
     name: &'static str,
     learning_rates: Vec<f64>,
     batch_size: usize,
     max_epochs: usize,
     patience: usize,
+    refit: bool,
 }
 
 /// `per_decade` log-spaced values from 1e-5 to 1e-1, both ends included.
@@ -48,6 +56,7 @@ fn designs(train_rows: usize) -> Vec<Design> {
         batch_size,
         max_epochs,
         patience,
+        refit: false,
     };
     vec![
         d(
@@ -71,7 +80,60 @@ fn designs(train_rows: usize) -> Vec<Design> {
             300,
             20,
         ),
+        // scikit-learn's GridSearchCV refit: the chosen trial's lr, decay and epochs, trained
+        // afresh on the fit rows and the validation split together (14% more rows here).
+        Design {
+            refit: true,
+            ..d(
+                "current, refit on train + validation",
+                LEARNING_RATES.to_vec(),
+                32,
+                100,
+                5,
+            )
+        },
     ]
+}
+
+/// The chosen trial's hyper-parameters trained from a fresh head on `fit` and `val`
+/// together, for the trial's kept number of epochs (at least one), on features
+/// standardised over both as the search does, folded back onto the raw features.
+fn refit(
+    fit: &Features,
+    val: &Features,
+    best: &Trial,
+    base: &Hyperparameters,
+) -> Result<LinearHead> {
+    let mut both = fit.clone();
+    both.x.extend_from_slice(&val.x);
+    both.labels.extend_from_slice(&val.labels);
+    let scaler = Standardizer::fit(&both);
+    let scaled = scaler.apply(&both);
+    let hp = Hyperparameters {
+        lr: best.params.lr,
+        weight_decay: best.params.weight_decay,
+        epochs: best.best_epoch.max(1),
+        ..base.clone()
+    };
+    let hidden = scaled.x.len() / scaled.labels.len();
+    let start = TrainState::fresh(best.head.num_labels, hidden, &hp)?;
+    let data = TrainData {
+        train: &scaled,
+        val: None,
+        class_weights: None,
+        device: HeadDevice::Cpu,
+    };
+    let outcome = train(&hp, data, start, 0, &mut NoObserver)?;
+    Ok(scaler.fold(&outcome.state.head))
+}
+
+/// One seed's check rows and each design's accuracy on them, for ROWS_JSON.
+#[derive(serde::Serialize)]
+struct SeedRows {
+    seed: u64,
+    check_rows: Vec<usize>,
+    /// (design, check accuracy), in the order of `designs`.
+    check_acc: Vec<(&'static str, f64)>,
 }
 
 fn main() -> Result<()> {
@@ -81,6 +143,7 @@ fn main() -> Result<()> {
     }
     let pooling = args.get(3).map_or("cls", String::as_str);
     let seeds: u64 = args.get(4).map_or(Ok(3), |s| s.parse())?;
+    let rows_json = args.get(5).map(PathBuf::from);
     let dataset = load(Path::new(&args[2]), &LoadOptions::default())?;
     let cache = cache_files(Path::new(&args[1]))?;
     let features = |name: &str| -> Result<Features> {
@@ -106,6 +169,13 @@ fn main() -> Result<()> {
     println!(
         "design | val acc | val loss | check acc | check loss | by val loss | trials s | chosen"
     );
+    let mut per_seed: Vec<SeedRows> = (0..seeds)
+        .map(|seed| SeedRows {
+            seed: 1000 + seed,
+            check_rows: hold_out(rows, 0.125, 1000 + seed).1,
+            check_acc: Vec::new(),
+        })
+        .collect();
     for design in designs(rows - rows / 8) {
         let mut sums = [0.0f64; 5];
         let mut chosen = Vec::new();
@@ -140,10 +210,20 @@ fn main() -> Result<()> {
                 patience: design.patience,
             };
             let started = Instant::now();
-            let trials = run_trials(&[(fit, val.clone())], &params, num_labels, None, &config)?;
+            let trials = run_trials(
+                &[(fit.clone(), val.clone())],
+                &params,
+                num_labels,
+                None,
+                &config,
+            )?;
             let seconds = started.elapsed().as_secs_f64();
             let best = &trials[best_trial(&trials).ok_or_else(|| anyhow!("no trials"))?];
-            let (loss, correct) = best.head.evaluate(&check.x, &check.labels);
+            let head = match design.refit {
+                true => refit(&fit, &val, best, &config.base)?,
+                false => best.head.clone(),
+            };
+            let (loss, correct) = head.evaluate(&check.x, &check.labels);
             let by_loss = trials
                 .iter()
                 .min_by(|a, b| a.val_loss.total_cmp(&b.val_loss))
@@ -151,6 +231,9 @@ fn main() -> Result<()> {
             let (_, by_loss_correct) = by_loss.head.evaluate(&check.x, &check.labels);
             by_loss_acc += by_loss_correct as f64 / check.labels.len() as f64;
             let check_acc = correct as f64 / check.labels.len() as f64;
+            per_seed[seed as usize]
+                .check_acc
+                .push((design.name, check_acc));
             for (s, v) in
                 sums.iter_mut()
                     .zip([best.val_acc, best.val_loss, check_acc, loss as f64, seconds])
@@ -174,6 +257,10 @@ fn main() -> Result<()> {
             m[4],
             chosen.join("; ")
         );
+    }
+    if let Some(path) = rows_json {
+        std::fs::write(&path, serde_json::to_string(&per_seed)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
 }
