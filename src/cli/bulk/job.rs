@@ -168,8 +168,14 @@ fn identity(
 /// The manifest of an output: the job's identity and the rows it holds, with the
 /// label counts for accuracy.
 pub(super) fn manifest_path(out: &Path) -> PathBuf {
+    beside(out, ".bulk.json")
+}
+
+/// `<out><suffix>`: the files a job keeps beside its output, named after it whole
+/// (`x.parquet.lock`, not `x.lock`, so two outputs differing in extension never share one).
+fn beside(out: &Path, suffix: &str) -> PathBuf {
     let mut name = out.as_os_str().to_owned();
-    name.push(".bulk.json");
+    name.push(suffix);
     PathBuf::from(name)
 }
 
@@ -177,9 +183,7 @@ pub(super) fn manifest_path(out: &Path) -> PathBuf {
 /// writing one output would mix their parts. The file stays beside the output (see
 /// `fsio::try_lock` for why it is never removed).
 fn lock_out(out: &Path) -> Result<File> {
-    let mut name = out.as_os_str().to_owned();
-    name.push(".lock");
-    let path = PathBuf::from(name);
+    let path = beside(out, ".lock");
     match try_lock(&path) {
         Ok(Some(file)) => Ok(file),
         Ok(None) => bail!(
@@ -195,9 +199,7 @@ fn lock_out(out: &Path) -> Result<File> {
 }
 
 fn parts_dir(out: &Path) -> PathBuf {
-    let mut name = out.as_os_str().to_owned();
-    name.push(".parts");
-    PathBuf::from(name)
+    beside(out, ".parts")
 }
 
 pub(super) fn read_json(path: &Path) -> Result<Value> {
