@@ -79,9 +79,8 @@ pub struct Classifier {
     /// Label names from --labels, the run or the checkpoint; none when only the data
     /// (or the ids) can name them.
     pub labels: Option<Vec<String>>,
-    pub run: Option<RunInfo>,
-    /// The run's run.json, named when a flag contradicts it.
-    run_json: Option<PathBuf>,
+    /// The run the head came from, and its run.json (named when a flag contradicts it).
+    run: Option<(RunInfo, PathBuf)>,
     pub model: ModelArgs,
     /// The temperature the logits are divided by before the softmax: the checkpoint's
     /// (fitted by train on the validation split), 1 with --no-calibration or for a head
@@ -143,8 +142,7 @@ impl HeadArgs {
             head: loaded.head,
             source,
             labels,
-            run,
-            run_json: self.run.as_deref().map(RunInfo::path),
+            run: run.zip(self.run.as_deref().map(RunInfo::path)),
             model,
             temperature,
             model_overridden,
@@ -260,7 +258,7 @@ impl Classifier {
             );
         }
         let model = load_model(&self.model, &device)?;
-        if let Some(info) = self.run.as_ref().filter(|_| self.model_overridden) {
+        if let Some((info, _)) = self.run.as_ref().filter(|_| self.model_overridden) {
             let sha = weights_sha256(&model.files.dir.dir)?;
             if !info.features.weights_sha256.is_empty() && sha != info.features.weights_sha256 {
                 bail!(
@@ -277,10 +275,15 @@ impl Classifier {
     /// `--device` resolved: in the precision a run's features were computed in; a bare
     /// head records none, so `--precision` (or fp32) stands.
     fn encoder_device(&self, device: &DeviceArgs) -> Result<EncoderDevice> {
-        match (&self.run, &self.run_json) {
-            (Some(info), Some(json)) => run_device(device, info, json),
-            _ => device.resolve(),
+        match &self.run {
+            Some((info, json)) => run_device(device, info, json),
+            None => device.resolve(),
         }
+    }
+
+    /// The run the head came from, if it came from one.
+    pub fn run(&self) -> Option<&RunInfo> {
+        self.run.as_ref().map(|(info, _)| info)
     }
 
     /// The label names, or the ids when nothing names them.

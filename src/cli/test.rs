@@ -115,7 +115,7 @@ fn single_train_class(classifier: &Classifier) -> Result<Option<usize>> {
 }
 
 fn load_data(args: &TestArgs, classifier: &Classifier) -> Result<Dataset> {
-    let run = classifier.run.as_ref();
+    let run = classifier.run();
     let spec = args
         .data
         .clone()
