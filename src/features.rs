@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::fsio::atomic_write;
+use crate::le_floats;
 
 /// Bumped whenever the meaning of a cached entry changes (how features are computed,
 /// how the key is serialised), so that old entries miss instead of being misread.
@@ -226,10 +227,7 @@ fn decode(bytes: &[u8], key: &FeatureKey) -> Result<Vec<f32>, String> {
             data.len()
         ));
     }
-    Ok(data
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect())
+    Ok(le_floats::f32s(data))
 }
 
 /// The content hash of a split: texts and labels, each length-prefixed so that

@@ -15,6 +15,7 @@ pub mod features;
 pub mod fsio;
 pub mod head;
 pub mod hub;
+pub mod le_floats;
 pub mod model;
 pub mod optim;
 pub mod tokenize;

@@ -18,6 +18,7 @@ use safetensors::{Dtype, SafeTensors};
 mod pickle;
 
 use crate::head::LinearHead;
+use crate::le_floats;
 use crate::optim::AdamW;
 use pickle::{unpickle_state_dict, StorageRef, TensorRef};
 
@@ -306,27 +307,11 @@ fn read_safetensors(bytes: &[u8]) -> Result<(Tensors, BTreeMap<String, String>),
             );
             continue;
         }
-        let data = match view.dtype() {
-            Dtype::F32 => view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect(),
-            Dtype::F16 => view
-                .data()
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => view
-                .data()
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(format!(
-                    "tensor {name} is {other:?}; a head must be F32, F16 or BF16"
-                ))
-            }
+        let Some(data) = le_floats::safetensors_floats(view.dtype(), view.data()) else {
+            return Err(format!(
+                "tensor {name} is {:?}; a head must be F32, F16 or BF16",
+                view.dtype()
+            ));
         };
         tensors.insert(
             name.to_string(),

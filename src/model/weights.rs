@@ -6,11 +6,11 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use half::{bf16, f16};
 use memmap2::Mmap;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 
 use super::config::BertConfig;
+use crate::le_floats;
 
 /// y = x W^T + b with W (out_features, in_features), as `nn.Linear` stores it.
 pub struct LinearWeights<T> {
@@ -226,23 +226,12 @@ impl Checkpoint {
             );
         }
         let bytes = view.data();
-        let out: Vec<f32> = match view.dtype() {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            other => bail!(
-                "{}: tensor {name} has dtype {other:?}; bertcls reads F32, F16 and BF16 weights",
-                path.display()
-            ),
+        let Some(out) = le_floats::safetensors_floats(view.dtype(), bytes) else {
+            bail!(
+                "{}: tensor {name} has dtype {:?}; bertcls reads F32, F16 and BF16 weights",
+                path.display(),
+                view.dtype()
+            );
         };
         if let Some(i) = out.iter().position(|v| !v.is_finite()) {
             bail!(

@@ -13,6 +13,7 @@ use super::context::{self, alloc_error, launch, Arg, Grid, Kernel, Kernels, Stor
 use super::Precision;
 use crate::backend::{Activation, Backend, QueryRows};
 use crate::batch::PackedBatch;
+use crate::le_floats;
 use crate::model::weights::{EmbeddingWeights, LayerNormWeights, LinearWeights};
 
 /// Keys per text the score scratch always has room for: BERT's max_position_embeddings.
@@ -112,18 +113,9 @@ fn encode(host: &[f32], storage: Storage) -> Vec<u8> {
 /// Bytes of `storage` as f32 (exact: every half value is an f32).
 fn decode(bytes: &[u8], storage: Storage) -> Vec<f32> {
     match storage {
-        Storage::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Storage::F16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
-            .collect(),
-        Storage::Bf16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
-            .collect(),
+        Storage::F32 => le_floats::f32s(bytes),
+        Storage::F16 => le_floats::f16s(bytes),
+        Storage::Bf16 => le_floats::bf16s(bytes),
     }
 }
 

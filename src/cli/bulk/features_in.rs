@@ -13,6 +13,7 @@ use super::job::{manifest_path, read_json};
 use super::ranges::{check_tiling, ranges_of, TextRange};
 use super::sink::OutFormat;
 use crate::features::EncodeSpec;
+use crate::le_floats;
 
 /// A finished bulk `encode` output, as its manifest describes it.
 pub struct EncodedFile {
@@ -195,11 +196,7 @@ impl EncodedFile {
             if *width != hidden {
                 bail!("{shown}: `{name}` has {width} floats a row, the model {hidden}");
             }
-            let floats: Vec<f32> = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
+            let floats = le_floats::f32s(view.data());
             for (i, x) in floats.chunks_exact(hidden).take(*rows).enumerate() {
                 row(first + i as u64, x)?;
             }

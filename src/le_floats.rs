@@ -1,0 +1,50 @@
+//! Little-endian float bytes (safetensors, torch storages, our device copies) widened
+//! to f32. Exact: every f16 and bf16 value is an f32.
+
+use half::{bf16, f16};
+use safetensors::Dtype;
+
+pub fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+pub fn f16s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(2)
+        .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+        .collect()
+}
+
+pub fn bf16s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(2)
+        .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+        .collect()
+}
+
+/// A safetensors tensor's data as f32; none for a dtype other than F32, F16 and BF16.
+pub fn safetensors_floats(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    match dtype {
+        Dtype::F32 => Some(f32s(bytes)),
+        Dtype::F16 => Some(f16s(bytes)),
+        Dtype::BF16 => Some(bf16s(bytes)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_width_reads_little_endian() {
+        assert_eq!(f32s(&1.5f32.to_le_bytes()), [1.5]);
+        assert_eq!(f16s(&f16::from_f32(-2.25).to_le_bytes()), [-2.25]);
+        assert_eq!(bf16s(&bf16::from_f32(3.0).to_le_bytes()), [3.0]);
+        assert_eq!(f32s(&[0, 0, 0x80, 0x3f, 0, 0, 0, 0xc0]), [1.0, -2.0]);
+        assert!(safetensors_floats(Dtype::I64, &[0; 8]).is_none());
+    }
+}
