@@ -270,6 +270,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         val: features.val.as_ref(),
         class_weights,
         device,
+        average: None,
     };
     let train_started = Instant::now();
     let metrics = train_epochs(&run, data, start)?;

@@ -11,6 +11,7 @@ use rand::SeedableRng;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use super::averaging::Averaging;
 use super::epochs::{train, EpochEnd, Flow, Observer, TrainData};
 use super::head_trainer::HeadDevice;
 use super::run_dir::Hyperparameters;
@@ -31,6 +32,9 @@ pub struct SearchConfig {
     pub base: Hyperparameters,
     /// Epochs without a lower validation loss after which a trial stops.
     pub patience: usize,
+    /// Each trial's head is the average of its iterates (validated, early-stopped on and
+    /// kept) instead of its last iterate.
+    pub average: Option<Averaging>,
 }
 
 /// One trial's hyper-parameters; `variant` indexes the feature sets searched over (the
@@ -113,20 +117,27 @@ pub fn run_trials(
         .collect()
 }
 
-/// Keeps the head of the lowest validation loss and stops the run `patience` epochs
-/// after it.
-struct EarlyStopping {
+/// Keeps the head of the lowest validation loss (the average of the iterates when the
+/// trainer offers one, scored on `val` here) and stops the run `patience` epochs after it.
+struct EarlyStopping<'a> {
+    val: &'a Features,
     patience: usize,
     best: Option<(f64, LinearHead)>,
     best_epoch: usize,
 }
 
-impl Observer for EarlyStopping {
+impl Observer for EarlyStopping<'_> {
     fn epoch_end(&mut self, end: &EpochEnd) -> Result<Flow> {
         let m = end.latest();
-        let loss = m.val_loss.unwrap_or(f64::INFINITY);
+        let (loss, head) = match end.averaged {
+            Some(averaged) => {
+                let (loss, _) = averaged.evaluate(&self.val.x, &self.val.labels);
+                (loss as f64, averaged)
+            }
+            None => (m.val_loss.unwrap_or(f64::INFINITY), end.head),
+        };
         if self.best.as_ref().is_none_or(|(best, _)| loss < *best) {
-            self.best = Some((loss, end.head.clone()));
+            self.best = Some((loss, head.clone()));
             self.best_epoch = m.epoch;
         } else if m.epoch - self.best_epoch >= self.patience {
             return Ok(Flow::Stop);
@@ -156,6 +167,7 @@ pub fn run_trial(
     let start = TrainState::fresh(num_labels, hidden, &hp)?;
     let initial = start.head.clone();
     let mut observer = EarlyStopping {
+        val,
         patience: config.patience,
         best: None,
         best_epoch: 0,
@@ -165,6 +177,7 @@ pub fn run_trial(
         val: Some(val),
         class_weights: class_weights.map(<[f32]>::to_vec),
         device: HeadDevice::Cpu,
+        average: config.average,
     };
     let outcome = train(&hp, data, start, 0, &mut observer);
     let (metrics, diverged) = match outcome {
@@ -175,8 +188,12 @@ pub fn run_trial(
         Some((_, head)) => (head, observer.best_epoch),
         None => (initial, 0),
     };
-    let m = metrics.iter().find(|m| m.epoch == best_epoch);
-    // A diverged run's metrics are lost with its error: score its kept head afresh.
+    // The epoch's metrics are its last iterate's: an averaged head is scored afresh, as
+    // is a diverged run's kept head (its metrics are lost with its error).
+    let m = metrics
+        .iter()
+        .find(|m| m.epoch == best_epoch)
+        .filter(|_| config.average.is_none());
     let (val_loss, val_correct) = head.evaluate(&val.x, &val.labels);
     let (train_loss, train_correct) = head.evaluate(&train_features.x, &train_features.labels);
     Ok(Trial {
@@ -357,6 +374,7 @@ mod tests {
                 class_weights: "none".into(),
             },
             patience: 3,
+            average: None,
         }
     }
 
@@ -409,6 +427,39 @@ mod tests {
         }
         let best = &trials[best_trial(&trials).unwrap()];
         assert!(best.params.lr > 1e-5, "{:?}", best.params);
+        assert!(best.val_acc >= 0.75, "val acc {}", best.val_acc);
+    }
+
+    /// With averaging, each trial keeps an average of its iterates: not any iterate of
+    /// the plain run (which it follows step for step), yet scored as recorded (the fold's
+    /// f32 rounding, ~1e-7 relative, as above), and the same on one thread or many.
+    #[test]
+    fn averaged_trials_keep_and_score_the_average() {
+        let (train, val) = (blobs(96, 1), blobs(40, 2));
+        let data = vec![(train, val.clone())];
+        let averaged = SearchConfig {
+            average: Some(Averaging::Ema {
+                horizon_epochs: 1.0,
+            }),
+            ..config()
+        };
+        let on = |threads: usize, config: &SearchConfig| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| run_trials(&data, &grid(1), 2, None, config).unwrap())
+        };
+        let (one, four, plain) = (on(1, &averaged), on(4, &averaged), on(1, &config()));
+        for ((a, b), p) in one.iter().zip(&four).zip(&plain) {
+            assert_eq!(a.head, b.head);
+            assert_eq!((a.val_loss, a.best_epoch), (b.val_loss, b.best_epoch));
+            assert_ne!(a.head, p.head, "{:?}", a.params);
+            let (loss, correct) = a.head.evaluate(&val.x, &val.labels);
+            assert!((loss as f64 - a.val_loss).abs() < 1e-5 * a.val_loss.max(1.0));
+            assert_eq!(correct as f64 / 40.0, a.val_acc);
+        }
+        let best = &one[best_trial(&one).unwrap()];
         assert!(best.val_acc >= 0.75, "val acc {}", best.val_acc);
     }
 

@@ -140,6 +140,7 @@ pub(super) fn run(args: TrainArgs) -> Result<()> {
     let config = SearchConfig {
         base: info.hyperparameters.clone(),
         patience: args.patience,
+        average: None,
     };
     let params = grid(poolings.len());
     eprintln!(
@@ -264,6 +265,7 @@ fn save_best(run: &Run, best: &Trial, m: EpochMetrics) -> Result<()> {
         opt: &state.opt,
         metrics: &[m],
         improved: true,
+        averaged: None,
     })
 }
 
