@@ -48,8 +48,8 @@ struct Design {
     refit: bool,
 }
 
-/// The 9 learning rates, half-decades from 1e-5 to 1e-1: the grid of every
-/// design but the 7-lr ones.
+/// The 9 learning rates, half-decades from 1e-5 to 1e-1: `--search`'s grid until
+/// 2026-11-29, and that of every design but the 7-lr ones.
 const NINE_LRS: [f64; 9] = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1];
 
 /// `per_decade` log-spaced values from 1e-5 to 1e-1, both ends included.
@@ -71,6 +71,8 @@ fn designs(train_rows: usize) -> Vec<Design> {
     };
     let ema = |horizon_epochs| Some(Averaging::Ema { horizon_epochs });
     vec![
+        // `--search` until 2026-11-29 ("current" in that day's tables); since then it is
+        // design 13 (`ITERATE_AVERAGING` over `LEARNING_RATES`).
         d(
             "current: 9 lr, batch 32, patience 5",
             NINE_LRS.to_vec(),

@@ -19,10 +19,21 @@ use super::state::TrainState;
 use super::Features;
 use crate::head::LinearHead;
 
-/// The learning rates tried: half-decades from 1e-5 to 1e-1.
-pub const LEARNING_RATES: [f64; 9] = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1];
+/// The learning rates tried: half-decades from 1e-5 to 1e-2. 3e-2 and 1e-1 were tried
+/// too until 2026-11-29: never chosen for a last-iterate head, while averaged ones at
+/// those rates won on validation accuracy by chance with worse loss
+/// (docs/BENCHMARKS.md).
+pub const LEARNING_RATES: [f64; 7] = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2];
 /// The AdamW weight decays tried.
 pub const WEIGHT_DECAYS: [f64; 3] = [0.0, 0.01, 0.1];
+
+/// How a trial's head is averaged over its steps: an EMA with a horizon of one epoch.
+/// Minibatch AdamW scatters the last iterate around the convex optimum; the average is
+/// nearer it (on held-out train rows it moved the [CLS] search level with scikit-learn's
+/// tuned logistic regression, docs/BENCHMARKS.md), for one add per weight per step.
+pub const ITERATE_AVERAGING: Averaging = Averaging::Ema {
+    horizon_epochs: 1.0,
+};
 
 /// What every trial shares: `base` is the run's hyper-parameters (batch size, betas,
 /// seed, ...), each trial replacing the learning rate and weight decay, with
@@ -35,6 +46,18 @@ pub struct SearchConfig {
     /// Each trial's head is the average of its iterates (validated, early-stopped on and
     /// kept) instead of its last iterate.
     pub average: Option<Averaging>,
+}
+
+impl SearchConfig {
+    /// `train --search`'s configuration: trials of `base` stopped after `patience`
+    /// epochs, their heads averaged by `ITERATE_AVERAGING`.
+    pub fn new(base: Hyperparameters, patience: usize) -> Self {
+        Self {
+            base,
+            patience,
+            average: Some(ITERATE_AVERAGING),
+        }
+    }
 }
 
 /// One trial's hyper-parameters; `variant` indexes the feature sets searched over (the
@@ -381,11 +404,11 @@ mod tests {
     #[test]
     fn the_grid_covers_every_lr_and_decay_per_variant() {
         let g = grid(2);
-        assert_eq!(g.len(), 2 * 9 * 3);
+        assert_eq!(g.len(), 2 * 7 * 3);
         assert_eq!((g[0].lr, g[0].weight_decay, g[0].variant), (1e-5, 0.0, 0));
         assert_eq!(
-            (g[53].lr, g[53].weight_decay, g[53].variant),
-            (1e-1, 0.1, 1)
+            (g[41].lr, g[41].weight_decay, g[41].variant),
+            (1e-2, 0.1, 1)
         );
     }
 
@@ -437,12 +460,7 @@ mod tests {
     fn averaged_trials_keep_and_score_the_average() {
         let (train, val) = (blobs(96, 1), blobs(40, 2));
         let data = vec![(train, val.clone())];
-        let averaged = SearchConfig {
-            average: Some(Averaging::Ema {
-                horizon_epochs: 1.0,
-            }),
-            ..config()
-        };
+        let averaged = SearchConfig::new(config().base, config().patience);
         let on = |threads: usize, config: &SearchConfig| {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
@@ -461,6 +479,42 @@ mod tests {
         }
         let best = &one[best_trial(&one).unwrap()];
         assert!(best.val_acc >= 0.75, "val acc {}", best.val_acc);
+    }
+
+    /// `train --search`'s trials average their iterates: at lr 0.1 with batches of 4 the
+    /// last iterates scatter widely around the optimum, and the averaged trial's head
+    /// scores better on 4,000 rows that no choice saw (mean cross-entropy measured 0.342
+    /// against the last iterate's 0.395; asserted with half that margin) and on the
+    /// validation rows it was kept on (0.2417 against 0.2457).
+    #[test]
+    fn the_searchs_averaged_heads_beat_noisy_last_iterates() {
+        let (train, val, fresh) = (blobs(200, 1), blobs(200, 2), blobs(4000, 9));
+        let base = Hyperparameters {
+            batch_size: 4,
+            epochs: 30,
+            ..config().base
+        };
+        let search = SearchConfig::new(base, 5);
+        let last_iterate = SearchConfig {
+            average: None,
+            ..search.clone()
+        };
+        let params = TrialParams {
+            variant: 0,
+            lr: 0.1,
+            weight_decay: 0.0,
+        };
+        let trial = |config| run_trial(&train, &val, params, 2, None, config).unwrap();
+        let (averaged, last) = (trial(&search), trial(&last_iterate));
+        let fresh_loss = |t: &Trial| t.head.evaluate(&fresh.x, &fresh.labels).0;
+        let (a, l) = (fresh_loss(&averaged), fresh_loss(&last));
+        assert!(a < l - 0.025, "fresh rows: averaged {a}, last iterate {l}");
+        assert!(
+            averaged.val_loss < last.val_loss,
+            "validation: averaged {}, last iterate {}",
+            averaged.val_loss,
+            last.val_loss
+        );
     }
 
     #[test]
