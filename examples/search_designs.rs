@@ -5,11 +5,8 @@
 //! of more noisy trials is higher by chance); the check rows are seen by no choice.
 //!
 //! ```text
-//! cargo run --release --example search_designs -- CACHE_DIR DATA [cls|mean] [SEEDS] [ROWS_JSON] [DESIGNS]
+//! cargo run --release --example search_designs -- CACHE_DIR DATA [cls|mean] [SEEDS] [ROWS_JSON]
 //! ```
-//!
-//! DESIGNS, when given, runs only those designs: their numbers in `designs` (as the
-//! table's first column prints them), comma-separated, e.g. `0,9,10`.
 //!
 //! ROWS_JSON, when given, receives each seed's check rows and every design's check
 //! accuracy on them, so that `tools/reference/sklearn_check_rows.py` can score
@@ -26,31 +23,24 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use bertcls::data::{load, LoadOptions};
 use bertcls::head::LinearHead;
-use bertcls::train::averaging::Averaging;
 use bertcls::train::run_dir::Hyperparameters;
 use bertcls::train::search::{
     best_trial, hold_out, run_trials, select, SearchConfig, Standardizer, Trial, TrialParams,
-    WEIGHT_DECAYS,
+    LEARNING_RATES, WEIGHT_DECAYS,
 };
 use bertcls::train::{train, Features, HeadDevice, NoObserver, TrainData, TrainState};
 use safetensors::SafeTensors;
 
-/// One way to search: the lr grid, the batch size, the epoch cap and the patience,
-/// whether each trial's head is an average of its iterates, and whether the chosen trial
-/// is refit on train and validation together (its last iterate: not with averaging).
+/// One way to search: the lr grid, the batch size, the epoch cap and the patience, and
+/// whether the chosen trial is refit on train and validation together.
 struct Design {
     name: &'static str,
     learning_rates: Vec<f64>,
     batch_size: usize,
     max_epochs: usize,
     patience: usize,
-    average: Option<Averaging>,
     refit: bool,
 }
-
-/// The issue's 9 learning rates, half-decades from 1e-5 to 1e-1: `--search`'s grid until
-/// 2026-11-29, and that of every design but the 7-lr ones.
-const NINE_LRS: [f64; 9] = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1];
 
 /// `per_decade` log-spaced values from 1e-5 to 1e-1, both ends included.
 fn log_grid(per_decade: usize) -> Vec<f64> {
@@ -66,30 +56,26 @@ fn designs(train_rows: usize) -> Vec<Design> {
         batch_size,
         max_epochs,
         patience,
-        average: None,
         refit: false,
     };
-    let ema = |horizon_epochs| Some(Averaging::Ema { horizon_epochs });
     vec![
-        // `--search` until 2026-11-29 ("current" in that day's tables); since then it is
-        // design 13 (`ITERATE_AVERAGING` over `LEARNING_RATES`).
         d(
             "current: 9 lr, batch 32, patience 5",
-            NINE_LRS.to_vec(),
+            LEARNING_RATES.to_vec(),
             32,
             100,
             5,
         ),
-        d("patience 10", NINE_LRS.to_vec(), 32, 100, 10),
+        d("patience 10", LEARNING_RATES.to_vec(), 32, 100, 10),
         d("quarter-decade lr (17)", log_grid(4), 32, 100, 5),
-        d("batch 64", NINE_LRS.to_vec(), 64, 100, 5),
-        d("batch 128", NINE_LRS.to_vec(), 128, 100, 5),
+        d("batch 64", LEARNING_RATES.to_vec(), 64, 100, 5),
+        d("batch 128", LEARNING_RATES.to_vec(), 128, 100, 5),
         d("quarter-decade lr, batch 128", log_grid(4), 128, 100, 5),
-        d("batch 256", NINE_LRS.to_vec(), 256, 100, 5),
+        d("batch 256", LEARNING_RATES.to_vec(), 256, 100, 5),
         // One AdamW step per epoch: it needs more epochs, and more patience, to get anywhere.
         d(
             "full batch, 300 epochs, patience 20",
-            NINE_LRS.to_vec(),
+            LEARNING_RATES.to_vec(),
             train_rows,
             300,
             20,
@@ -100,56 +86,12 @@ fn designs(train_rows: usize) -> Vec<Design> {
             refit: true,
             ..d(
                 "current, refit on train + validation",
-                NINE_LRS.to_vec(),
+                LEARNING_RATES.to_vec(),
                 32,
                 100,
                 5,
             )
         },
-        // Iterate averaging (2026-11-29, later): the remedy for the gradient noise that
-        // batch 256 and full batch point at, at batch 32's cost.
-        Design {
-            average: ema(1.0),
-            ..d(
-                "EMA of the iterates, 1-epoch horizon",
-                NINE_LRS.to_vec(),
-                32,
-                100,
-                5,
-            )
-        },
-        Design {
-            average: Some(Averaging::EpochMean),
-            ..d("each epoch's mean iterate", NINE_LRS.to_vec(), 32, 100, 5)
-        },
-        Design {
-            average: ema(1.0),
-            ..d("EMA 1 epoch, batch 64", NINE_LRS.to_vec(), 64, 100, 5)
-        },
-        Design {
-            average: ema(1.0),
-            ..d("EMA 1 epoch, batch 128", NINE_LRS.to_vec(), 128, 100, 5)
-        },
-        // The averaged designs above choose lr 1e-3..1e-1 kept at epochs 1-5 far more
-        // often than the current one (mostly 3e-4): the grid without its two largest lrs.
-        Design {
-            average: ema(1.0),
-            ..d(
-                "EMA 1 epoch, 7 lr (1e-5..1e-2)",
-                NINE_LRS[..7].to_vec(),
-                32,
-                100,
-                5,
-            )
-        },
-        // Its control: the same grid, last iterates.
-        d(
-            "7 lr (1e-5..1e-2), no averaging",
-            NINE_LRS[..7].to_vec(),
-            32,
-            100,
-            5,
-        ),
     ]
 }
 
@@ -180,7 +122,6 @@ fn refit(
         val: None,
         class_weights: None,
         device: HeadDevice::Cpu,
-        average: None,
     };
     let outcome = train(&hp, data, start, 0, &mut NoObserver)?;
     Ok(scaler.fold(&outcome.state.head))
@@ -198,16 +139,11 @@ struct SeedRows {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        bail!("usage: search_designs CACHE_DIR DATA [cls|mean] [SEEDS] [ROWS_JSON] [DESIGNS]");
+        bail!("usage: search_designs CACHE_DIR DATA [cls|mean] [SEEDS]");
     }
     let pooling = args.get(3).map_or("cls", String::as_str);
     let seeds: u64 = args.get(4).map_or(Ok(3), |s| s.parse())?;
     let rows_json = args.get(5).map(PathBuf::from);
-    let only: Option<Vec<usize>> = args
-        .get(6)
-        .map(|list| list.split(',').map(str::parse).collect())
-        .transpose()
-        .context("DESIGNS: pass design numbers, comma-separated (e.g. 0,9,10)")?;
     let dataset = load(Path::new(&args[2]), &LoadOptions::default())?;
     let cache = cache_files(Path::new(&args[1]))?;
     let features = |name: &str| -> Result<Features> {
@@ -240,10 +176,7 @@ fn main() -> Result<()> {
             check_acc: Vec::new(),
         })
         .collect();
-    for (number, design) in designs(rows - rows / 8).into_iter().enumerate() {
-        if only.as_ref().is_some_and(|only| !only.contains(&number)) {
-            continue;
-        }
+    for design in designs(rows - rows / 8) {
         let mut sums = [0.0f64; 5];
         let mut chosen = Vec::new();
         let mut by_loss_acc = 0.0;
@@ -275,7 +208,6 @@ fn main() -> Result<()> {
                     class_weights: "none".into(),
                 },
                 patience: design.patience,
-                average: design.average,
             };
             let started = Instant::now();
             let trials = run_trials(
@@ -315,7 +247,7 @@ fn main() -> Result<()> {
         }
         let m = sums.map(|s| s / seeds as f64);
         println!(
-            "{number} {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.1} | {}",
+            "{} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.1} | {}",
             design.name,
             m[0],
             m[1],

@@ -145,10 +145,9 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = DEFAULT_STRIDE, help_heading = "Training")]
     stride: usize,
     /// Search the head's hyper-parameters on the cached features instead of training
-    /// once: AdamW lr over 1e-5..1e-2 (half-decades) and weight decay 0, 0.01, 0.1, each
-    /// trial's head an average of its iterates (EMA over one epoch), stopping early on its
-    /// validation loss, trials in parallel over the cores; the best by validation
-    /// accuracy becomes best.safetensors. --epochs caps a trial.
+    /// once: AdamW lr over 1e-5..1e-1 (half-decades) and weight decay 0, 0.01, 0.1, each
+    /// trial stopping early on the validation loss, trials in parallel over the cores;
+    /// the best by validation accuracy becomes best.safetensors. --epochs caps a trial.
     #[arg(long, conflicts_with = "resume", help_heading = "Search")]
     search: bool,
     /// With --search: epochs without a lower validation loss before a trial stops.
@@ -271,7 +270,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
         val: features.val.as_ref(),
         class_weights,
         device,
-        average: None,
     };
     let train_started = Instant::now();
     let metrics = train_epochs(&run, data, start)?;

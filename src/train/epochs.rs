@@ -9,7 +9,6 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use super::averaging::{Averaging, IterateAverage};
 use super::head_trainer::{HeadDevice, HeadTrainer};
 use super::metrics::{best_so_far, EpochMetrics};
 use super::run_dir::Hyperparameters;
@@ -27,10 +26,6 @@ pub struct TrainData<'a> {
     /// (L,) per-class loss weights, or None for the plain mean.
     pub class_weights: Option<Vec<f32>>,
     pub device: HeadDevice,
-    /// Average the head's iterates over the steps (CPU head only), offered to the
-    /// observer at every epoch's end; the run's own state and metrics stay the last
-    /// iterate's. The average starts afresh in every call (a resumed run's too).
-    pub average: Option<Averaging>,
 }
 
 /// The end of one epoch, as the observer sees it.
@@ -42,8 +37,6 @@ pub struct EpochEnd<'a> {
     /// Whether this epoch's validation accuracy beats every earlier one (always true
     /// without validation: best is the last epoch).
     pub improved: bool,
-    /// The average of the iterates so far, when `TrainData::average` asks for it.
-    pub averaged: Option<&'a LinearHead>,
 }
 
 impl EpochEnd<'_> {
@@ -106,10 +99,6 @@ pub fn train(
         data.class_weights,
     )?;
     let steps = train.labels.len() / hp.batch_size;
-    if let Some(averaging) = data.average {
-        let params = start.head.num_params();
-        trainer.average_iterates(IterateAverage::new(averaging, steps, params))?;
-    }
     let total = (hp.epochs.saturating_sub(start.epoch) * steps) as u64;
     let mut metrics = start.metrics;
     let mut best_acc = best_so_far(&metrics);
@@ -148,13 +137,11 @@ pub fn train(
             best_acc = val_acc;
             best = Some((epoch, head.clone()));
         }
-        let averaged = trainer.averaged();
         let end = EpochEnd {
             head: &head,
             opt: &opt,
             metrics: &metrics,
             improved,
-            averaged: averaged.as_ref(),
         };
         let flow = observer.epoch_end(&end)?;
         last = (head, opt);
@@ -285,7 +272,6 @@ mod tests {
             val: Some(f),
             class_weights: None,
             device: HeadDevice::Cpu,
-            average: None,
         }
     }
 

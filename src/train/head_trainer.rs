@@ -1,9 +1,8 @@
 //! Where a head's training steps run: the CPU (the reference, and the faster place for
 //! a linear head, measured) or the encoder's GPU.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
-use super::averaging::IterateAverage;
 use crate::backend::cuda::{CudaBackend, CudaHead, Precision};
 use crate::head::{count_correct, HeadScratch, LinearHead};
 use crate::optim::AdamW;
@@ -28,8 +27,6 @@ pub struct CpuHead {
     scratch: HeadScratch,
     /// (L,) per-class loss weights, or None for the plain mean.
     class_weights: Option<Vec<f32>>,
-    /// The average of the iterates, when asked for: added to after every step.
-    average: Option<IterateAverage>,
 }
 
 impl HeadTrainer {
@@ -49,7 +46,6 @@ impl HeadTrainer {
                     opt,
                     scratch,
                     class_weights,
-                    average: None,
                 })))
             }
             HeadDevice::Cuda(ordinal) => {
@@ -74,41 +70,14 @@ impl HeadTrainer {
                     opt,
                     scratch,
                     class_weights,
-                    average,
                 } = cpu.as_mut();
                 let loss =
                     head.forward_backward_weighted(x, labels, class_weights.as_deref(), scratch);
                 let correct = count_correct(&scratch.logits, labels, head.num_labels);
                 opt.update_head(head, &scratch.grads);
-                if let Some(average) = average {
-                    average.add(head);
-                }
                 Ok((loss, correct))
             }
             Self::Cuda(gpu) => gpu.train_step(x, labels).map(|s| (s.loss, s.correct)),
-        }
-    }
-
-    /// Averages the iterates from the next step on, into `average` (CPU only: the GPU
-    /// head's parameters stay on the device between steps).
-    pub fn average_iterates(&mut self, average: IterateAverage) -> Result<()> {
-        match self {
-            Self::Cpu(cpu) => {
-                cpu.average = Some(average);
-                Ok(())
-            }
-            Self::Cuda(_) => {
-                bail!("iterate averaging runs on the CPU head only: train the head on the CPU")
-            }
-        }
-    }
-
-    /// The average of the iterates since `average_iterates`, or None when not asked for
-    /// or before the first step.
-    pub fn averaged(&self) -> Option<LinearHead> {
-        match self {
-            Self::Cpu(cpu) => cpu.average.as_ref()?.head(&cpu.head),
-            Self::Cuda(_) => None,
         }
     }
 
@@ -118,50 +87,5 @@ impl HeadTrainer {
             Self::Cpu(cpu) => Ok((cpu.head.clone(), cpu.opt.clone())),
             Self::Cuda(gpu) => gpu.download(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::train::averaging::Averaging;
-    use rand::rngs::StdRng;
-    use rand::SeedableRng;
-
-    /// Three steps of an epoch of three: the average is the mean of the three iterates,
-    /// bit for bit (the same f64 sum in the same order, then one division), and the
-    /// iterates themselves are those of a trainer that averages nothing, bit for bit.
-    #[test]
-    fn the_average_is_the_mean_of_the_iterates_and_leaves_them_alone() {
-        let head = LinearHead::new_init(2, 3, &mut StdRng::seed_from_u64(5));
-        let mut opt = AdamW::for_head(&head);
-        opt.lr = 0.1;
-        let trainer =
-            || HeadTrainer::new(HeadDevice::Cpu, head.clone(), opt.clone(), 2, None).unwrap();
-        let (mut averaged, mut plain) = (trainer(), trainer());
-        averaged
-            .average_iterates(IterateAverage::new(Averaging::EpochMean, 3, 8))
-            .unwrap();
-        assert_eq!(averaged.averaged(), None, "no step, no average");
-        let mut sum = [0.0f64; 8];
-        for step in 0..3 {
-            let x: Vec<f32> = (0..6).map(|i| ((i + step) % 4) as f32 - 1.5).collect();
-            averaged.step(&x, &[0, 1]).unwrap();
-            plain.step(&x, &[0, 1]).unwrap();
-            let (a, p) = (averaged.state().unwrap().0, plain.state().unwrap().0);
-            assert_eq!(a, p);
-            for (s, &v) in sum.iter_mut().zip(a.weight.iter().chain(&a.bias)) {
-                *s += v as f64;
-            }
-        }
-        let mean: Vec<f32> = sum.iter().map(|s| (s / 3.0) as f32).collect();
-        let avg = averaged.averaged().unwrap();
-        assert_ne!(
-            avg,
-            plain.state().unwrap().0,
-            "lr 0.1 moves the head every step"
-        );
-        assert_eq!([avg.weight, avg.bias].concat(), mean);
-        assert_eq!(plain.averaged(), None);
     }
 }

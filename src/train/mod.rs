@@ -4,7 +4,6 @@
 //! progress bar; the tests and the head search drive it the same way.
 //!
 //! ```text
-//! averaging.rs     IterateAverage: a running mean of the head over the steps
 //! state.rs         TrainState: a fresh head, or a stopped run's state (resume)
 //! head_trainer.rs  HeadTrainer: where the steps run (CPU or CUDA head)
 //! epochs.rs        train(): the epoch loop, and the Observer that watches it
@@ -14,7 +13,6 @@
 //! search.rs        train --search: a grid of trials with early stopping, in parallel
 //! ```
 
-pub mod averaging;
 mod checkpoints;
 mod epochs;
 mod head_trainer;

@@ -21,7 +21,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::averaging::Averaging;
 use crate::chunk::LongTexts;
 use crate::fsio::{atomic_write, remove_stale_temp_files};
 use crate::head::ClassWeighting;
@@ -95,10 +94,6 @@ pub struct SearchRecord {
     /// validation loss and keeps the head of its lowest.
     pub max_epochs: usize,
     pub patience: usize,
-    /// How each trial's head was averaged over its steps; absent in runs searched
-    /// before averaging (2026-11-29), whose heads were last iterates.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub averaging: Option<Averaging>,
     pub trials: usize,
     /// The chosen trial's validation accuracy and loss.
     pub best_val_acc: f64,

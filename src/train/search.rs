@@ -11,7 +11,6 @@ use rand::SeedableRng;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::averaging::Averaging;
 use super::epochs::{train, EpochEnd, Flow, Observer, TrainData};
 use super::head_trainer::HeadDevice;
 use super::run_dir::Hyperparameters;
@@ -19,21 +18,10 @@ use super::state::TrainState;
 use super::Features;
 use crate::head::LinearHead;
 
-/// The learning rates tried: half-decades from 1e-5 to 1e-2. 3e-2 and 1e-1 were tried
-/// too until 2026-11-29: never chosen for a last-iterate head, while averaged ones at
-/// those rates won on validation accuracy by chance with worse loss
-/// (docs/BENCHMARKS.md).
-pub const LEARNING_RATES: [f64; 7] = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2];
+/// The learning rates tried: half-decades from 1e-5 to 1e-1.
+pub const LEARNING_RATES: [f64; 9] = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1];
 /// The AdamW weight decays tried.
 pub const WEIGHT_DECAYS: [f64; 3] = [0.0, 0.01, 0.1];
-
-/// How a trial's head is averaged over its steps: an EMA with a horizon of one epoch.
-/// Minibatch AdamW scatters the last iterate around the convex optimum; the average is
-/// nearer it (on held-out train rows it moved the [CLS] search level with scikit-learn's
-/// tuned logistic regression, docs/BENCHMARKS.md), for one add per weight per step.
-pub const ITERATE_AVERAGING: Averaging = Averaging::Ema {
-    horizon_epochs: 1.0,
-};
 
 /// What every trial shares: `base` is the run's hyper-parameters (batch size, betas,
 /// seed, ...), each trial replacing the learning rate and weight decay, with
@@ -43,21 +31,6 @@ pub struct SearchConfig {
     pub base: Hyperparameters,
     /// Epochs without a lower validation loss after which a trial stops.
     pub patience: usize,
-    /// Each trial's head is the average of its iterates (validated, early-stopped on and
-    /// kept) instead of its last iterate.
-    pub average: Option<Averaging>,
-}
-
-impl SearchConfig {
-    /// `train --search`'s configuration: trials of `base` stopped after `patience`
-    /// epochs, their heads averaged by `ITERATE_AVERAGING`.
-    pub fn new(base: Hyperparameters, patience: usize) -> Self {
-        Self {
-            base,
-            patience,
-            average: Some(ITERATE_AVERAGING),
-        }
-    }
 }
 
 /// One trial's hyper-parameters; `variant` indexes the feature sets searched over (the
@@ -140,27 +113,20 @@ pub fn run_trials(
         .collect()
 }
 
-/// Keeps the head of the lowest validation loss (the average of the iterates when the
-/// trainer offers one, scored on `val` here) and stops the run `patience` epochs after it.
-struct EarlyStopping<'a> {
-    val: &'a Features,
+/// Keeps the head of the lowest validation loss and stops the run `patience` epochs
+/// after it.
+struct EarlyStopping {
     patience: usize,
     best: Option<(f64, LinearHead)>,
     best_epoch: usize,
 }
 
-impl Observer for EarlyStopping<'_> {
+impl Observer for EarlyStopping {
     fn epoch_end(&mut self, end: &EpochEnd) -> Result<Flow> {
         let m = end.latest();
-        let (loss, head) = match end.averaged {
-            Some(averaged) => {
-                let (loss, _) = averaged.evaluate(&self.val.x, &self.val.labels);
-                (loss as f64, averaged)
-            }
-            None => (m.val_loss.unwrap_or(f64::INFINITY), end.head),
-        };
+        let loss = m.val_loss.unwrap_or(f64::INFINITY);
         if self.best.as_ref().is_none_or(|(best, _)| loss < *best) {
-            self.best = Some((loss, head.clone()));
+            self.best = Some((loss, end.head.clone()));
             self.best_epoch = m.epoch;
         } else if m.epoch - self.best_epoch >= self.patience {
             return Ok(Flow::Stop);
@@ -190,7 +156,6 @@ pub fn run_trial(
     let start = TrainState::fresh(num_labels, hidden, &hp)?;
     let initial = start.head.clone();
     let mut observer = EarlyStopping {
-        val,
         patience: config.patience,
         best: None,
         best_epoch: 0,
@@ -200,7 +165,6 @@ pub fn run_trial(
         val: Some(val),
         class_weights: class_weights.map(<[f32]>::to_vec),
         device: HeadDevice::Cpu,
-        average: config.average,
     };
     let outcome = train(&hp, data, start, 0, &mut observer);
     let (metrics, diverged) = match outcome {
@@ -211,12 +175,8 @@ pub fn run_trial(
         Some((_, head)) => (head, observer.best_epoch),
         None => (initial, 0),
     };
-    // The epoch's metrics are its last iterate's: an averaged head is scored afresh, as
-    // is a diverged run's kept head (its metrics are lost with its error).
-    let m = metrics
-        .iter()
-        .find(|m| m.epoch == best_epoch)
-        .filter(|_| config.average.is_none());
+    let m = metrics.iter().find(|m| m.epoch == best_epoch);
+    // A diverged run's metrics are lost with its error: score its kept head afresh.
     let (val_loss, val_correct) = head.evaluate(&val.x, &val.labels);
     let (train_loss, train_correct) = head.evaluate(&train_features.x, &train_features.labels);
     Ok(Trial {
@@ -397,18 +357,17 @@ mod tests {
                 class_weights: "none".into(),
             },
             patience: 3,
-            average: None,
         }
     }
 
     #[test]
     fn the_grid_covers_every_lr_and_decay_per_variant() {
         let g = grid(2);
-        assert_eq!(g.len(), 2 * 7 * 3);
+        assert_eq!(g.len(), 2 * 9 * 3);
         assert_eq!((g[0].lr, g[0].weight_decay, g[0].variant), (1e-5, 0.0, 0));
         assert_eq!(
-            (g[41].lr, g[41].weight_decay, g[41].variant),
-            (1e-2, 0.1, 1)
+            (g[53].lr, g[53].weight_decay, g[53].variant),
+            (1e-1, 0.1, 1)
         );
     }
 
@@ -451,70 +410,6 @@ mod tests {
         let best = &trials[best_trial(&trials).unwrap()];
         assert!(best.params.lr > 1e-5, "{:?}", best.params);
         assert!(best.val_acc >= 0.75, "val acc {}", best.val_acc);
-    }
-
-    /// With averaging, each trial keeps an average of its iterates: not any iterate of
-    /// the plain run (which it follows step for step), yet scored as recorded (the fold's
-    /// f32 rounding, ~1e-7 relative, as above), and the same on one thread or many.
-    #[test]
-    fn averaged_trials_keep_and_score_the_average() {
-        let (train, val) = (blobs(96, 1), blobs(40, 2));
-        let data = vec![(train, val.clone())];
-        let averaged = SearchConfig::new(config().base, config().patience);
-        let on = |threads: usize, config: &SearchConfig| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-                .install(|| run_trials(&data, &grid(1), 2, None, config).unwrap())
-        };
-        let (one, four, plain) = (on(1, &averaged), on(4, &averaged), on(1, &config()));
-        for ((a, b), p) in one.iter().zip(&four).zip(&plain) {
-            assert_eq!(a.head, b.head);
-            assert_eq!((a.val_loss, a.best_epoch), (b.val_loss, b.best_epoch));
-            assert_ne!(a.head, p.head, "{:?}", a.params);
-            let (loss, correct) = a.head.evaluate(&val.x, &val.labels);
-            assert!((loss as f64 - a.val_loss).abs() < 1e-5 * a.val_loss.max(1.0));
-            assert_eq!(correct as f64 / 40.0, a.val_acc);
-        }
-        let best = &one[best_trial(&one).unwrap()];
-        assert!(best.val_acc >= 0.75, "val acc {}", best.val_acc);
-    }
-
-    /// `train --search`'s trials average their iterates: at lr 0.1 with batches of 4 the
-    /// last iterates scatter widely around the optimum, and the averaged trial's head
-    /// scores better on 4,000 rows that no choice saw (mean cross-entropy measured 0.342
-    /// against the last iterate's 0.395; asserted with half that margin) and on the
-    /// validation rows it was kept on (0.2417 against 0.2457).
-    #[test]
-    fn the_searchs_averaged_heads_beat_noisy_last_iterates() {
-        let (train, val, fresh) = (blobs(200, 1), blobs(200, 2), blobs(4000, 9));
-        let base = Hyperparameters {
-            batch_size: 4,
-            epochs: 30,
-            ..config().base
-        };
-        let search = SearchConfig::new(base, 5);
-        let last_iterate = SearchConfig {
-            average: None,
-            ..search.clone()
-        };
-        let params = TrialParams {
-            variant: 0,
-            lr: 0.1,
-            weight_decay: 0.0,
-        };
-        let trial = |config| run_trial(&train, &val, params, 2, None, config).unwrap();
-        let (averaged, last) = (trial(&search), trial(&last_iterate));
-        let fresh_loss = |t: &Trial| t.head.evaluate(&fresh.x, &fresh.labels).0;
-        let (a, l) = (fresh_loss(&averaged), fresh_loss(&last));
-        assert!(a < l - 0.025, "fresh rows: averaged {a}, last iterate {l}");
-        assert!(
-            averaged.val_loss < last.val_loss,
-            "validation: averaged {}, last iterate {}",
-            averaged.val_loss,
-            last.val_loss
-        );
     }
 
     #[test]

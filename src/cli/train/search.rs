@@ -12,7 +12,6 @@ use serde::Serialize;
 use super::*;
 use crate::calibration::fit_temperature;
 use crate::fsio::atomic_write;
-use crate::train::averaging::Averaging;
 use crate::train::run_dir::SearchRecord;
 use crate::train::search::{
     best_trial, grid, hold_out, run_trials, select, SearchConfig, Trial, LEARNING_RATES,
@@ -138,18 +137,20 @@ pub(super) fn run(args: TrainArgs) -> Result<()> {
             )
         })?;
 
-    let config = SearchConfig::new(info.hyperparameters.clone(), args.patience);
+    let config = SearchConfig {
+        base: info.hyperparameters.clone(),
+        patience: args.patience,
+    };
     let params = grid(poolings.len());
     eprintln!(
-        "searching {} trials (lr {} values, weight decay {} values, pooling {}) on {} threads, at most {} epochs each, patience {}, heads averaged over the steps ({})",
+        "searching {} trials (lr {} values, weight decay {} values, pooling {}) on {} threads, at most {} epochs each, patience {}",
         params.len(),
         LEARNING_RATES.len(),
         WEIGHT_DECAYS.len(),
         pooling_list(&poolings),
         rayon::current_num_threads(),
         config.base.epochs,
-        config.patience,
-        averaging_name(config.average)
+        config.patience
     );
     let search_started = Instant::now();
     let trials = run_trials(&data, &params, num_labels, weights.as_deref(), &config)?;
@@ -172,7 +173,6 @@ pub(super) fn run(args: TrainArgs) -> Result<()> {
         poolings: poolings.clone(),
         max_epochs: config.base.epochs,
         patience: config.patience,
-        averaging: config.average,
         trials: trials.len(),
         best_val_acc: best.val_acc,
         best_val_loss: best.val_loss,
@@ -264,17 +264,7 @@ fn save_best(run: &Run, best: &Trial, m: EpochMetrics) -> Result<()> {
         opt: &state.opt,
         metrics: &[m],
         improved: true,
-        averaged: None,
     })
-}
-
-/// How the trials' heads are averaged, in words.
-fn averaging_name(averaging: Option<Averaging>) -> String {
-    match averaging {
-        Some(Averaging::Ema { horizon_epochs }) => format!("EMA, {horizon_epochs}-epoch horizon"),
-        Some(Averaging::EpochMean) => "each epoch's mean".into(),
-        None => "none: last iterate".into(),
-    }
 }
 
 /// The trials as a table, the chosen one marked with `*`.
