@@ -13,8 +13,8 @@ use clap::Args;
 
 use super::bulk::{self, BulkArgs};
 use super::common::{
-    load_model, model_files, text_features, weights_sha256, DeviceArgs, EncoderDevice, LoadedModel,
-    ModelArgs, TextArgs,
+    load_model_files, model_files, text_features, weights_sha256, DeviceArgs, EncoderDevice,
+    LoadedModel, ModelArgs, TextArgs,
 };
 use super::lines::TextChunks;
 use super::progress::Throughput;
@@ -248,7 +248,8 @@ impl Classifier {
     /// another width before its weights are read.
     pub fn load_model(&self, device: &DeviceArgs) -> Result<LoadedModel> {
         let device = self.encoder_device(device)?;
-        let model_hidden = model_files(&self.model)?.config.hidden_size;
+        let files = model_files(&self.model)?;
+        let model_hidden = files.config.hidden_size;
         if self.head.hidden != model_hidden {
             bail!(
                 "head is for hidden size {} but the model has {model_hidden} (head {}, model {}): pass the --model it was trained with",
@@ -257,7 +258,7 @@ impl Classifier {
                 self.model.model
             );
         }
-        let model = load_model(&self.model, &device)?;
+        let model = load_model_files(files, &self.model, &device)?;
         if let Some((info, _)) = self.run.as_ref().filter(|_| self.model_overridden) {
             let sha = weights_sha256(&model.files.dir.dir)?;
             if !info.features.weights_sha256.is_empty() && sha != info.features.weights_sha256 {
