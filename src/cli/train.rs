@@ -243,7 +243,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let (start, mut info) = start_state(&args, folder.dir(), now, hidden, &train.content_hash)?;
     import::import_flagged(
         &args,
-        (&files, encoder_device),
+        &files,
+        encoder_device,
         &mut source,
         (&[model_args.pooling], model_args.long),
         &[train].into_iter().chain(validation).collect::<Vec<_>>(),

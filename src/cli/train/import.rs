@@ -24,7 +24,8 @@ use crate::train::run_dir::differences;
 /// mode on the run's encoder device, before the model loads; nothing without the flag.
 pub fn import_flagged(
     args: &TrainArgs,
-    (files, device): (&ModelFiles, EncoderDevice),
+    files: &ModelFiles,
+    device: EncoderDevice,
     source: &mut FeatureSource,
     (poolings, long): (&[Pooling], LongTexts),
     splits: &[&Split],

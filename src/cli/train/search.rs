@@ -82,7 +82,8 @@ pub(super) fn run(args: TrainArgs) -> Result<()> {
     )?;
     import::import_flagged(
         &args,
-        (&files, encoder_device),
+        &files,
+        encoder_device,
         &mut source,
         (&poolings, model_args.long),
         &[train]
