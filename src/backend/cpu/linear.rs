@@ -36,13 +36,16 @@ thread_local! {
     static INPUT_CHUNK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-type KernelFn = unsafe fn(usize, *const f32, *const f32, Init, *mut f32, usize);
+/// (kc, a, b, next, init, c, ldc): see `microkernel`.
+type KernelFn = unsafe fn(usize, *const f32, *const f32, *const f32, Init, *mut f32, usize);
 
 #[derive(Clone, Copy)]
 struct Kernel {
     mr: usize,
     nr: usize,
     run: KernelFn,
+    /// The same product, prefetching the next weight block into L2.
+    run_prefetching: KernelFn,
 }
 
 /// The microkernel for weights packed with panel width `nr` on this CPU.
@@ -53,14 +56,16 @@ fn kernel_for(nr: usize) -> Kernel {
             return Kernel {
                 mr: mk::AVX512_MR,
                 nr,
-                run: mk::avx512_12x32,
+                run: mk::avx512_12x32::<false>,
+                run_prefetching: mk::avx512_12x32::<true>,
             }
         }
         (Level::Avx512 | Level::Avx2, mk::AVX2_NR) => {
             return Kernel {
                 mr: mk::AVX2_MR,
                 nr,
-                run: mk::avx2_6x16,
+                run: mk::avx2_6x16::<false>,
+                run_prefetching: mk::avx2_6x16::<true>,
             }
         }
         _ => {}
@@ -74,6 +79,7 @@ fn kernel_for(nr: usize) -> Kernel {
         mr: mk::PORTABLE_MR,
         nr,
         run,
+        run_prefetching: run,
     }
 }
 
@@ -177,17 +183,25 @@ fn gemm_task(
                         (0, None) => Init::Zero,
                         _ => Init::Load,
                     };
+                    // The chunk's first row block brings this panel's block from L3 or
+                    // memory and pulls the next panel's into L2 (see `microkernel`).
+                    let next_block = (panel + 1 < p.end).then(|| w.block(panel + 1, kk0, kc));
                     for (blk, row0) in (rc0..rc0 + mc).step_by(mr).enumerate() {
                         let a = chunk[blk * mr * kc..].as_ptr();
                         let m = mr.min(rc0 + mc - row0);
+                        let (run, next) = match next_block {
+                            Some(next) if blk == 0 => (kernel.run_prefetching, next.as_ptr()),
+                            _ => (kernel.run, std::ptr::null()),
+                        };
                         // SAFETY: out is (rows, n) and this task alone writes rows r x
                         // columns of panels p; row0 + m <= r.end, col0 + ncols <= n. The
                         // kernel matches the panel width and the CPU (`kernel_for`); a
-                        // holds kc * mr floats, b kc * nr, bias_row nr.
+                        // holds kc * mr floats, b kc * nr, bias_row nr, and next (read only
+                        // by run_prefetching) kc * nr.
                         unsafe {
                             let c = out.get().add(row0 * n + col0);
                             if m == mr && ncols == nr {
-                                (kernel.run)(kc, a, b, init, c, n);
+                                run(kc, a, b, next, init, c, n);
                             } else {
                                 // An edge tile: through a full tile on the stack.
                                 let mut tile = [0f32; MAX_TILE];
@@ -200,7 +214,7 @@ fn gemm_task(
                                         );
                                     }
                                 }
-                                (kernel.run)(kc, a, b, init, tile.as_mut_ptr(), nr);
+                                run(kc, a, b, next, init, tile.as_mut_ptr(), nr);
                                 for i in 0..m {
                                     std::ptr::copy_nonoverlapping(
                                         tile.as_ptr().add(i * nr),
@@ -283,11 +297,13 @@ mod tests {
                 mr: mk::PORTABLE_MR,
                 nr: 16,
                 run: mk::portable_4xn::<16>,
+                run_prefetching: mk::portable_4xn::<16>,
             },
             Kernel {
                 mr: mk::PORTABLE_MR,
                 nr: 32,
                 run: mk::portable_4xn::<32>,
+                run_prefetching: mk::portable_4xn::<32>,
             },
         ];
         #[cfg(target_arch = "x86_64")]

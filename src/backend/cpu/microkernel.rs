@@ -8,6 +8,13 @@
 //! FMA latency times the FMA ports (4 x 2 on current x86), so the FMA units never wait.
 //! Register budget: AVX-512 24 accumulators + 2 b + 1 broadcast of 32 zmm; AVX2 12 + 2
 //! + 1 of 16 ymm.
+//!
+//! With `PREFETCH`, the SIMD kernels also pull `next`, the weight block the caller runs
+//! after this one, into L2, one cache line per line of b they read. The caller sets it on
+//! the first row block of each panel: that call reads its block from L3 or memory (at
+//! batch 1 all 340 MB of BERT-base's weights come from memory once per forward), and the
+//! hardware prefetcher follows the stream within a block but loses it when the next
+//! panel starts. Prefetching changes no arithmetic.
 
 /// What the tile starts from.
 #[derive(Clone, Copy)]
@@ -28,13 +35,14 @@ pub const PORTABLE_MR: usize = 4;
 
 /// # Safety
 /// The CPU has AVX-512F; a holds kc * 12 floats, b kc * 32, c 12 rows of 32 at stride
-/// ldc, Init::Row 32 floats.
+/// ldc, Init::Row 32 floats; with PREFETCH, next holds kc * 32 floats.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-pub unsafe fn avx512_12x32(
+pub unsafe fn avx512_12x32<const PREFETCH: bool>(
     kc: usize,
     a: *const f32,
     b: *const f32,
+    next: *const f32,
     init: Init,
     c: *mut f32,
     ldc: usize,
@@ -58,6 +66,10 @@ pub unsafe fn avx512_12x32(
         }
     }
     for p in 0..kc {
+        if PREFETCH {
+            _mm_prefetch::<_MM_HINT_T1>(next.add(p * 32).cast());
+            _mm_prefetch::<_MM_HINT_T1>(next.add(p * 32 + 16).cast());
+        }
         let b0 = _mm512_loadu_ps(b.add(p * 32));
         let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
         let ap = a.add(p * MR);
@@ -75,13 +87,14 @@ pub unsafe fn avx512_12x32(
 
 /// # Safety
 /// The CPU has AVX2 and FMA; a holds kc * 6 floats, b kc * 16, c 6 rows of 16 at stride
-/// ldc, Init::Row 16 floats.
+/// ldc, Init::Row 16 floats; with PREFETCH, next holds kc * 16 floats.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn avx2_6x16(
+pub unsafe fn avx2_6x16<const PREFETCH: bool>(
     kc: usize,
     a: *const f32,
     b: *const f32,
+    next: *const f32,
     init: Init,
     c: *mut f32,
     ldc: usize,
@@ -105,6 +118,9 @@ pub unsafe fn avx2_6x16(
         }
     }
     for p in 0..kc {
+        if PREFETCH {
+            _mm_prefetch::<_MM_HINT_T1>(next.add(p * 16).cast());
+        }
         let b0 = _mm256_loadu_ps(b.add(p * 16));
         let b1 = _mm256_loadu_ps(b.add(p * 16 + 8));
         let ap = a.add(p * MR);
@@ -122,6 +138,7 @@ pub unsafe fn avx2_6x16(
 
 /// Plain Rust for CPUs without AVX2 (and other architectures): the same contract with
 /// MR = 4 and any NR; the compiler vectorises the j loops with whatever SIMD it targets.
+/// It has no prefetch (stable Rust has no portable one), so it ignores `next`.
 ///
 /// # Safety
 /// a holds kc * 4 floats, b kc * nr, c 4 rows of nr at stride ldc, Init::Row nr floats.
@@ -129,6 +146,7 @@ pub unsafe fn portable_4xn<const NR: usize>(
     kc: usize,
     a: *const f32,
     b: *const f32,
+    _next: *const f32,
     init: Init,
     c: *mut f32,
     ldc: usize,
