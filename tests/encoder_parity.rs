@@ -5,7 +5,7 @@ mod common;
 
 use bertcls::backend::cpu::CpuBackend;
 use bertcls::batch::PackedBatch;
-use bertcls::model::{Encoder, Keep, ModelDir};
+use bertcls::model::{Checkpoint, Encoder, Keep, ModelDir};
 use common::*;
 
 /// HF computes in fp32 too; the differences are summation order in GEMMs and our
@@ -13,6 +13,9 @@ use common::*;
 /// bound for the tiny model) leaves room for that and nothing else.
 const TINY_TOL: f32 = 1e-4;
 
+/// Through `Encoder::load`, the commands' path (each tensor read straight into the
+/// backend), which must give exactly the floats of `Encoder::new` on host weights: the
+/// same weights and the same ops.
 fn check_all_hidden_states(model: &str, reference: &str) {
     let dir = ModelDir::open(&fixtures().join(model)).unwrap();
     let (config, weights) = dir.load().unwrap();
@@ -20,9 +23,16 @@ fn check_all_hidden_states(model: &str, reference: &str) {
     let texts = unpad(&r);
     let (c, l) = (config.hidden_size, r["input_ids"].shape[1]);
     let layers = config.num_hidden_layers;
-    let mut enc = Encoder::new(CpuBackend::new(2).unwrap(), config, &weights, 1024).unwrap();
+    let ckpt = Checkpoint::open(&dir.dir).unwrap();
+    let mut enc = Encoder::load(CpuBackend::new(2).unwrap(), config.clone(), &ckpt, 1024).unwrap();
     let batch = PackedBatch::new(&texts);
     let out = enc.forward(&batch, Keep::AllHiddenStates).unwrap();
+    let mut from_host = Encoder::new(CpuBackend::new(2).unwrap(), config, &weights, 1024).unwrap();
+    let host_out = from_host.forward(&batch, Keep::AllHiddenStates).unwrap();
+    assert_eq!(
+        out.hidden_states, host_out.hidden_states,
+        "{model}: Encoder::load and Encoder::new differ"
+    );
     assert_eq!(out.hidden_states.len(), layers + 1);
     for (layer, ours) in out.hidden_states.iter().enumerate() {
         let want = &r[&format!("hidden_states.{layer}")].f32;

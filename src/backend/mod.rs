@@ -64,6 +64,10 @@ pub trait Backend: Sync {
     }
 
     fn upload(&self, host: &[f32]) -> Result<Self::Tensor>;
+    /// `upload` of a vector the caller gives up: the CPU backend keeps it as it is.
+    fn upload_vec(&self, host: Vec<f32>) -> Result<Self::Tensor> {
+        self.upload(&host)
+    }
     /// A Linear layer's W (out_features, in_features), uploaded once at load in whatever
     /// layout `linear` reads fastest (the CPU backend packs it for its microkernel).
     /// `linear` must also accept a W from plain `upload`.

@@ -15,7 +15,9 @@ use crate::backend::{Device, DeviceRequest};
 use crate::chunk::{mean_of_windows, LongTexts, WindowTokenizer};
 use crate::features::{sha256_file, EncodeSpec, FeatureCache, FeatureKey};
 use crate::hub::{self, ResolvedModel};
-use crate::model::{encode_all, BertConfig, Encoder, FeatureEncoder, ModelDir, Pooling};
+use crate::model::{
+    encode_all, BertConfig, Checkpoint, Encoder, FeatureEncoder, ModelDir, Pooling,
+};
 use crate::tokenize::{BertTokenizer, DEFAULT_MAX_LENGTH};
 
 #[derive(Args, Clone, Debug)]
@@ -182,18 +184,19 @@ pub fn load_model_files(
     device: &EncoderDevice,
 ) -> Result<LoadedModel> {
     let started = Instant::now();
-    let (config, weights) = files.dir.load()?;
+    let config = files.dir.config()?;
+    let ckpt = Checkpoint::open(&files.dir.dir)?;
     let budget = device.max_batch_tokens.max(model.max_length);
     let encoder: Box<dyn FeatureEncoder> = match device.device {
-        Device::Cpu => Box::new(Encoder::new(
+        Device::Cpu => Box::new(Encoder::load(
             CpuBackend::new(device.threads)?,
             config,
-            &weights,
+            &ckpt,
             budget,
         )?),
         Device::Cuda(n) => {
             let backend = CudaBackend::new(n, device.precision, budget)?;
-            Box::new(Encoder::new(backend, config, &weights, budget)?)
+            Box::new(Encoder::load(backend, config, &ckpt, budget)?)
         }
     };
     eprintln!(

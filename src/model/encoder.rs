@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 
 use super::config::BertConfig;
-use super::weights::{BertWeights, HostWeights, LayerWeights};
+use super::weights::{BertWeights, Checkpoint, HostWeights, LayerWeights};
 use crate::backend::{Activation, Backend, QueryRows};
 use crate::batch::{plan_batches, PackedBatch};
 use crate::tokenize::TokenizedText;
@@ -125,6 +125,14 @@ pub fn check_workspace(max_tokens: usize, hidden: usize, intermediate: usize) ->
     }
 }
 
+/// The activation `config` names and a workspace of `max_tokens` that fits: both checked
+/// before any weight is read.
+fn checked(config: &BertConfig, max_tokens: usize) -> Result<Activation> {
+    let act = config.activation()?;
+    check_workspace(max_tokens, config.hidden_size, config.intermediate_size)?;
+    Ok(act)
+}
+
 /// `MemTotal` of `/proc/meminfo`; `None` where there is none (then only overflow and the
 /// allocation itself can refuse a workspace).
 fn total_memory_bytes() -> Option<u64> {
@@ -142,13 +150,41 @@ impl<B: Backend> Encoder<B> {
         host: &HostWeights,
         max_tokens: usize,
     ) -> Result<Self> {
-        let act = config.activation()?;
+        let act = checked(&config, max_tokens)?;
         let weights = host.try_map_linear(
             |w, out_f, in_f| backend.upload_linear_weight(w, out_f, in_f),
             |t| backend.upload(t),
         )?;
+        Self::with_weights(backend, config, act, weights, max_tokens)
+    }
+
+    /// As `new`, reading the weights from `ckpt` straight into the backend, a tensor at
+    /// a time: the commands' path, where a host copy of the whole model would double the
+    /// memory a load touches.
+    pub fn load(
+        backend: B,
+        config: BertConfig,
+        ckpt: &Checkpoint,
+        max_tokens: usize,
+    ) -> Result<Self> {
+        let act = checked(&config, max_tokens)?;
+        let weights = BertWeights::read(
+            ckpt,
+            &config,
+            |w, out_f, in_f| backend.upload_linear_weight(&w, out_f, in_f),
+            |t| backend.upload_vec(t),
+        )?;
+        Self::with_weights(backend, config, act, weights, max_tokens)
+    }
+
+    fn with_weights(
+        backend: B,
+        config: BertConfig,
+        act: Activation,
+        weights: BertWeights<B::Tensor>,
+        max_tokens: usize,
+    ) -> Result<Self> {
         let (c, f) = (config.hidden_size, config.intermediate_size);
-        check_workspace(max_tokens, c, f)?;
         let too_big = |e: anyhow::Error| {
             anyhow!("--max-batch-tokens {max_tokens} needs a workspace this machine cannot allocate ({e}): use a smaller --max-batch-tokens")
         };

@@ -259,64 +259,112 @@ fn candidates(name: &str) -> Vec<String> {
     out
 }
 
-impl HostWeights {
-    /// Reads every encoder tensor `config` asks for; the pooler and `cls.*` heads are ignored.
-    pub fn load(ckpt: &Checkpoint, config: &BertConfig) -> Result<Self> {
+impl<U> BertWeights<U> {
+    /// Reads every encoder tensor `config` asks for (the pooler and `cls.*` heads are
+    /// ignored), handing each to `linear_w` (a Linear W, with its out and in features) or
+    /// `plain` as soon as it is decoded. A backend stores each tensor in its own form
+    /// there, so no f32 copy of the whole model is ever held beside the backend's.
+    pub fn read(
+        ckpt: &Checkpoint,
+        config: &BertConfig,
+        linear_w: impl FnMut(Vec<f32>, usize, usize) -> Result<U>,
+        plain: impl FnMut(Vec<f32>) -> Result<U>,
+    ) -> Result<Self> {
         let c = config.hidden_size;
-        let get = |name: &str, shape: &[usize]| ckpt.load(&candidates(name), shape);
-        let linear = |prefix: &str, out_f: usize, in_f: usize| -> Result<LinearWeights<Vec<f32>>> {
-            Ok(LinearWeights {
-                w: get(&format!("{prefix}.weight"), &[out_f, in_f])?,
-                b: get(&format!("{prefix}.bias"), &[out_f])?,
-                out_features: out_f,
-                in_features: in_f,
-            })
-        };
-        let layernorm = |prefix: &str| -> Result<LayerNormWeights<Vec<f32>>> {
-            Ok(LayerNormWeights {
-                gamma: get(&format!("{prefix}.LayerNorm.weight"), &[c])?,
-                beta: get(&format!("{prefix}.LayerNorm.bias"), &[c])?,
-            })
+        let mut r = TensorReader {
+            ckpt,
+            linear_w,
+            plain,
         };
         let embeddings = EmbeddingWeights {
-            word: get("embeddings.word_embeddings.weight", &[config.vocab_size, c])?,
-            position: get(
+            word: r.plain("embeddings.word_embeddings.weight", &[config.vocab_size, c])?,
+            position: r.plain(
                 "embeddings.position_embeddings.weight",
                 &[config.max_position_embeddings, c],
             )?,
-            token_type: get(
+            token_type: r.plain(
                 "embeddings.token_type_embeddings.weight",
                 &[config.type_vocab_size, c],
             )?,
-            ln: layernorm("embeddings")?,
+            ln: r.layernorm("embeddings", c)?,
         };
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
                 let p = format!("encoder.layer.{i}");
-                let q = linear(&format!("{p}.attention.self.query"), c, c)?;
-                let k = linear(&format!("{p}.attention.self.key"), c, c)?;
-                let v = linear(&format!("{p}.attention.self.value"), c, c)?;
-                let qkv = LinearWeights {
-                    w: [q.w, k.w, v.w].concat(),
-                    b: [q.b, k.b, v.b].concat(),
-                    out_features: 3 * c,
-                    in_features: c,
-                };
+                let f = config.intermediate_size;
                 Ok(LayerWeights {
-                    qkv,
-                    attn_out: linear(&format!("{p}.attention.output.dense"), c, c)?,
-                    attn_ln: layernorm(&format!("{p}.attention.output"))?,
-                    ffn_in: linear(
-                        &format!("{p}.intermediate.dense"),
-                        config.intermediate_size,
-                        c,
-                    )?,
-                    ffn_out: linear(&format!("{p}.output.dense"), c, config.intermediate_size)?,
-                    ffn_ln: layernorm(&format!("{p}.output"))?,
+                    qkv: r.qkv(&format!("{p}.attention.self"), c)?,
+                    attn_out: r.linear(&format!("{p}.attention.output.dense"), c, c)?,
+                    attn_ln: r.layernorm(&format!("{p}.attention.output"), c)?,
+                    ffn_in: r.linear(&format!("{p}.intermediate.dense"), f, c)?,
+                    ffn_out: r.linear(&format!("{p}.output.dense"), c, f)?,
+                    ffn_ln: r.layernorm(&format!("{p}.output"), c)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(BertWeights { embeddings, layers })
+    }
+}
+
+impl HostWeights {
+    /// Every encoder tensor as f32 on the host (what tests and benchmarks upload
+    /// themselves; the commands read straight into the backend with `BertWeights::read`).
+    pub fn load(ckpt: &Checkpoint, config: &BertConfig) -> Result<Self> {
+        Self::read(ckpt, config, |w, _, _| Ok(w), Ok)
+    }
+}
+
+/// `BertWeights::read`'s walk over the checkpoint: each tensor decoded, then converted.
+struct TensorReader<'a, L, P> {
+    ckpt: &'a Checkpoint,
+    linear_w: L,
+    plain: P,
+}
+
+impl<U, L, P> TensorReader<'_, L, P>
+where
+    L: FnMut(Vec<f32>, usize, usize) -> Result<U>,
+    P: FnMut(Vec<f32>) -> Result<U>,
+{
+    fn decoded(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        self.ckpt.load(&candidates(name), shape)
+    }
+
+    fn plain(&mut self, name: &str, shape: &[usize]) -> Result<U> {
+        let t = self.decoded(name, shape)?;
+        (self.plain)(t)
+    }
+
+    fn linear(&mut self, prefix: &str, out_f: usize, in_f: usize) -> Result<LinearWeights<U>> {
+        let w = self.decoded(&format!("{prefix}.weight"), &[out_f, in_f])?;
+        Ok(LinearWeights {
+            w: (self.linear_w)(w, out_f, in_f)?,
+            b: self.plain(&format!("{prefix}.bias"), &[out_f])?,
+            out_features: out_f,
+            in_features: in_f,
+        })
+    }
+
+    /// query, key and value of `prefix` stacked into one (3C, C) Linear.
+    fn qkv(&mut self, prefix: &str, c: usize) -> Result<LinearWeights<U>> {
+        let (mut w, mut b) = (Vec::with_capacity(3 * c * c), Vec::with_capacity(3 * c));
+        for part in ["query", "key", "value"] {
+            w.extend(self.decoded(&format!("{prefix}.{part}.weight"), &[c, c])?);
+            b.extend(self.decoded(&format!("{prefix}.{part}.bias"), &[c])?);
+        }
+        Ok(LinearWeights {
+            w: (self.linear_w)(w, 3 * c, c)?,
+            b: (self.plain)(b)?,
+            out_features: 3 * c,
+            in_features: c,
+        })
+    }
+
+    fn layernorm(&mut self, prefix: &str, c: usize) -> Result<LayerNormWeights<U>> {
+        Ok(LayerNormWeights {
+            gamma: self.plain(&format!("{prefix}.LayerNorm.weight"), &[c])?,
+            beta: self.plain(&format!("{prefix}.LayerNorm.bias"), &[c])?,
+        })
     }
 }
 

@@ -91,6 +91,10 @@ impl Backend for CpuBackend {
         Ok(CpuTensor::plain(host.to_vec()))
     }
 
+    fn upload_vec(&self, host: Vec<f32>) -> Result<CpuTensor> {
+        Ok(CpuTensor::plain(host))
+    }
+
     /// Packed for the microkernel, once: `linear` then never copies a weight.
     fn upload_linear_weight(
         &self,
@@ -238,3 +242,4 @@ impl Backend for CpuBackend {
         Ok(())
     }
 }
+
