@@ -116,14 +116,12 @@ impl Backend for CpuBackend {
 
     /// Fallible, unlike `vec!`, which aborts the process when the memory is not there.
     fn alloc(&self, len: usize) -> Result<CpuTensor> {
-        let mut v = Vec::new();
-        v.try_reserve_exact(len).map_err(|_| {
+        let v = zeroed_vec(len).ok_or_else(|| {
             anyhow!(
                 "cannot allocate {} MiB of CPU memory",
                 (len as u128 * 4) >> 20
             )
         })?;
-        v.resize(len, 0.0);
         Ok(CpuTensor::plain(v))
     }
 
@@ -243,3 +241,20 @@ impl Backend for CpuBackend {
     }
 }
 
+/// `len` zeros from the allocator's zeroed memory, or `None` where it has none. For a
+/// large workspace the OS then hands out pages that cost nothing until an op first writes
+/// them, where writing the zeros here would touch all of it at load: the default
+/// `--max-batch-tokens` workspace is hundreds of MiB, and a short text uses a sliver.
+fn zeroed_vec(len: usize) -> Option<Vec<f32>> {
+    if len == 0 {
+        return Some(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<f32>(len).ok()?;
+    // SAFETY: the layout's size is non-zero. A non-null result is `len` f32s of zero bits
+    // (0.0) from the global allocator with exactly this layout, which is what
+    // `Vec::from_raw_parts` needs for a length and capacity of `len`.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout).cast::<f32>();
+        (!p.is_null()).then(|| Vec::from_raw_parts(p, len, len))
+    }
+}
