@@ -7,6 +7,8 @@
 //! consecutive floats, one or two SIMD registers) per k, and a K-block of a panel is one
 //! contiguous run of memory.
 
+use rayon::prelude::*;
+
 use super::simd::{level, Level};
 
 pub struct PackedWeight {
@@ -35,14 +37,17 @@ impl PackedWeight {
         );
         let panels = n.div_ceil(nr);
         let mut data = vec![0f32; panels * k * nr];
-        for (p, panel) in data.chunks_exact_mut(k * nr).enumerate() {
-            for j in 0..nr.min(n - p * nr) {
-                let row = &w[(p * nr + j) * k..(p * nr + j + 1) * k];
-                for (kk, &v) in row.iter().enumerate() {
-                    panel[kk * nr + j] = v;
+        // Panels in parallel on the caller's pool: packing is most of a model's load time.
+        data.par_chunks_exact_mut(k * nr)
+            .enumerate()
+            .for_each(|(p, panel)| {
+                for j in 0..nr.min(n - p * nr) {
+                    let row = &w[(p * nr + j) * k..(p * nr + j + 1) * k];
+                    for (kk, &v) in row.iter().enumerate() {
+                        panel[kk * nr + j] = v;
+                    }
                 }
-            }
-        }
+            });
         Self { n, k, nr, data }
     }
 
