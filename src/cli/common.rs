@@ -184,7 +184,7 @@ pub fn load_model_files(
     device: &EncoderDevice,
 ) -> Result<LoadedModel> {
     let started = Instant::now();
-    let config = files.dir.config()?;
+    let config = files.config.clone();
     let ckpt = Checkpoint::open(&files.dir.dir)?;
     let budget = device.max_batch_tokens.max(model.max_length);
     let encoder: Box<dyn FeatureEncoder> = match device.device {

@@ -37,7 +37,8 @@ impl PackedWeight {
         );
         let panels = n.div_ceil(nr);
         let mut data = vec![0f32; panels * k * nr];
-        // Panels in parallel on the caller's pool: packing is most of a model's load time.
+        // Panels in parallel on the caller's pool: packing is about a fifth of a model's
+        // load time (docs/BENCHMARKS.md).
         data.par_chunks_exact_mut(k * nr)
             .enumerate()
             .for_each(|(p, panel)| {
