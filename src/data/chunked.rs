@@ -13,12 +13,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use arrow_array::RecordBatch;
 use arrow_ipc::reader::StreamReader;
-use csv::{ByteRecord, ReaderBuilder};
+use csv::ByteRecord;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use serde_json::Value;
 
+use super::delimited::{Dialect, Rows};
 use super::guard::guarded;
 use super::raw::{missing_column, row_error};
 use super::{arrow_dir, columns, labels, layout, Format, LoadOptions, ACCEPTED};
@@ -271,8 +272,8 @@ fn read_file_unguarded(
         Format::Parquet => read_parquet(file, opts, skip),
         Format::SaveToDisk => read_arrow(file, opts, skip),
         Format::Jsonl => read_jsonl(file, opts, skip),
-        Format::Csv => read_delimited(file, true, opts, skip),
-        Format::Tsv => read_delimited(file, false, opts, skip),
+        Format::Csv => read_delimited(file, Dialect::Csv, opts, skip),
+        Format::Tsv => read_delimited(file, Dialect::Tsv, opts, skip),
     }
 }
 
@@ -305,10 +306,8 @@ fn count_rows_unguarded(format: Format, file: &Path, opts: &LoadOptions) -> Resu
                     find_columns(&reader.schema(), opts, file)?.1.is_some()
                 }
                 Format::Jsonl => jsonl_has_label(file, opts)?,
-                _ => {
-                    let (_, label) = delimited_header(file, format == Format::Csv, opts)?;
-                    label.is_some()
-                }
+                Format::Csv => delimited_rows(file, Dialect::Csv, opts)?.2.is_some(),
+                _ => delimited_rows(file, Dialect::Tsv, opts)?.2.is_some(),
             };
             let mut rows = 0;
             for batch in read_file(format, file, opts, 0)? {
@@ -535,72 +534,36 @@ fn read_jsonl(file: &Path, opts: &LoadOptions, skip: usize) -> Result<Batches> {
     })))
 }
 
-/// The text column's index and the label column's (if any) from the header row.
-fn delimited_header(file: &Path, csv: bool, opts: &LoadOptions) -> Result<(usize, Option<usize>)> {
-    let mut reader = delimited_reader(file, csv)?;
-    header_columns(&mut reader, file, opts)
-}
-
-fn delimited_reader(file: &Path, csv: bool) -> Result<csv::Reader<File>> {
-    let mut builder = ReaderBuilder::new();
-    if !csv {
-        // A `"` in a TSV text is a character, never a quote, as in the loader.
-        builder.delimiter(b'\t').quoting(false);
-    }
-    builder
-        .from_path(file)
-        .with_context(|| format!("{}: cannot open", file.display()))
-}
-
-fn header_columns(
-    reader: &mut csv::Reader<File>,
+/// The file's rows, with the text column's index and the label column's (if any).
+fn delimited_rows(
     file: &Path,
+    dialect: Dialect,
     opts: &LoadOptions,
-) -> Result<(usize, Option<usize>)> {
-    let header = reader
-        .byte_headers()
-        .with_context(|| format!("{}: cannot read the header row", file.display()))?;
-    let columns: Vec<String> = header
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let name = if i == 0 {
-                name.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(name)
-            } else {
-                name
-            };
-            String::from_utf8_lossy(name).trim().to_string()
-        })
-        .collect();
-    let text = columns
-        .iter()
-        .position(|c| *c == opts.text_column)
-        .ok_or_else(|| missing_column(file, &opts.text_column, "--text-column", &columns))?;
-    Ok((text, columns.iter().position(|c| *c == opts.label_column)))
+) -> Result<(Rows, usize, Option<usize>)> {
+    let rows = Rows::open(file, dialect)?;
+    let text = rows.column(&opts.text_column, "--text-column")?;
+    let label = rows.columns.iter().position(|c| *c == opts.label_column);
+    Ok((rows, text, label))
 }
 
-fn read_delimited(file: &Path, csv: bool, opts: &LoadOptions, skip: usize) -> Result<Batches> {
-    let mut reader = delimited_reader(file, csv)?;
-    let (text_index, label_index) = header_columns(&mut reader, file, opts)?;
+fn read_delimited(
+    file: &Path,
+    dialect: Dialect,
+    opts: &LoadOptions,
+    skip: usize,
+) -> Result<Batches> {
+    let (mut rows, text_index, label_index) = delimited_rows(file, dialect, opts)?;
     let file = file.to_path_buf();
-    let mut row = 0;
     let mut record = ByteRecord::new();
     Ok(Box::new(std::iter::from_fn(move || {
         let mut texts = Vec::new();
         let mut labels = Vec::new();
         let result = (|| -> Result<()> {
             while texts.len() < READ_BATCH {
-                let more = reader.read_byte_record(&mut record).map_err(|e| {
-                    row_error(
-                        &file,
-                        row + 1,
-                        format!("unreadable ({e}); check its quoting or fields"),
-                    )
-                })?;
-                if !more {
+                if !rows.next(&mut record)? {
                     break;
                 }
-                row += 1;
+                let row = rows.row;
                 if row <= skip {
                     continue;
                 }
@@ -762,5 +725,22 @@ mod tests {
         assert!(chunks[0].labels.is_none());
         let err = open_split(&file, "test", &LoadOptions::default()).unwrap_err();
         assert!(err.to_string().contains("unknown split \"test\""), "{err}");
+    }
+
+    #[test]
+    fn a_quote_left_open_is_an_error_here_too() {
+        let dir = crate::data::testdir::TestDir::new("chunked");
+        let file = dir.write("train.csv", b"text\nok\n\"stray\nmore\n");
+        let err = match open_split(&file, "train", &LoadOptions::default()) {
+            Ok(split) => split
+                .chunks(0, 2, 10)
+                .find_map(Result::err)
+                .expect("an error"),
+            Err(e) => e,
+        };
+        assert!(
+            err.to_string().contains("row 2: a quoted field opens here"),
+            "{err}"
+        );
     }
 }
