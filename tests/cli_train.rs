@@ -1160,6 +1160,42 @@ fn a_single_class_is_reported() {
     assert_eq!(report["trained_on_single_class"], true);
 }
 
+/// A label with no train rows (a gap in the ids, or a name `--labels` adds) gets its
+/// warning, and the head still trains with an output for it.
+#[test]
+fn labels_absent_from_train_are_named() {
+    let sb = Sandbox::new("absent-label");
+    let data = fixtures().join("data/tiny-files/train.jsonl");
+    let run = sb.path("run");
+    let out = sb.train(&[
+        "--data",
+        data.to_str().unwrap(),
+        "--labels",
+        "neg,pos,neutral",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--out",
+        &run,
+    ]);
+    succeeded(&out);
+    assert!(
+        stderr(&out).contains(
+            "warning: the train split has no rows of label \"neutral\" (of 3 labels): the head cannot learn to predict them"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let run_json: Value =
+        serde_json::from_str(&std::fs::read_to_string(sb.dir.join("run/run.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        run_json["labels"],
+        serde_json::json!(["neg", "pos", "neutral"])
+    );
+}
+
 /// `--device auto` without a usable GPU runs on the CPU and says so in one line, however
 /// many steps need the device: the head's device, `--features-from`'s cache keys and
 /// the encoder in train, the import and the encoder in a search.

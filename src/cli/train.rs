@@ -216,7 +216,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let validation = validation_split(&args, &dataset)?;
     let num_labels = dataset.label_names.len();
     let label_counts = train_label_counts(train, num_labels);
-    warn_single_class(train, &dataset.label_names, &label_counts);
+    warn_label_coverage(train, &dataset.label_names, &label_counts);
     let class_weights = class_weights(args.class_weights, train, num_labels)?;
     let model_args = ModelArgs {
         pooling: args.pooling[0],
@@ -377,14 +377,33 @@ fn train_label_counts(train: &Split, num_labels: usize) -> Vec<usize> {
     counts
 }
 
-/// A head trained on one class can only ever predict it: say so, and train anyway
-/// (the data may be a deliberate test).
-fn warn_single_class(train: &Split, names: &[String], counts: &[usize]) {
+/// A head trained on one class can only ever predict it, and one with outputs for
+/// labels absent from train cannot learn them: say so, and train anyway (the data may
+/// be a deliberate test).
+fn warn_label_coverage(train: &Split, names: &[String], counts: &[usize]) {
     let present: Vec<usize> = (0..counts.len()).filter(|&i| counts[i] > 0).collect();
     if let [only] = present[..] {
         eprintln!(
             "warning: the {} split has a single class ({:?}, all {} rows): the head can only learn to predict it; add examples of the other labels",
             train.name, names[only], counts[only]
+        );
+        return;
+    }
+    let absent: Vec<String> = (0..counts.len())
+        .filter(|&i| counts[i] == 0)
+        .map(|i| format!("{:?}", names[i]))
+        .collect();
+    if !absent.is_empty() {
+        const SHOWN: usize = 5;
+        let more = match absent.len().saturating_sub(SHOWN) {
+            0 => String::new(),
+            n => format!(" and {n} more"),
+        };
+        eprintln!(
+            "warning: the {} split has no rows of label {}{more} (of {} labels): the head cannot learn to predict them; add examples, or number the labels 0, 1, ... without gaps",
+            train.name,
+            absent[..absent.len().min(SHOWN)].join(", "),
+            counts.len()
         );
     }
 }
