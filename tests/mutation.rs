@@ -9,9 +9,9 @@
 //! replay; and it needs no new crate.
 
 mod common;
+#[path = "common/peak_alloc.rs"]
+mod peak_alloc;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
@@ -20,43 +20,11 @@ use bertcls::data::{load, LoadOptions};
 use bertcls::model::{BertConfig, ModelDir};
 use bertcls::tokenize::BertTokenizer;
 use common::*;
+use peak_alloc::peak_during;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-struct Counting;
-
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-    static PEAK: Cell<isize> = const { Cell::new(0) };
-}
-
-fn track(delta: isize) {
-    let _ = LIVE.try_with(|l| {
-        let now = l.get() + delta;
-        l.set(now);
-        let _ = PEAK.try_with(|p| p.set(p.get().max(now)));
-    });
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        track(layout.size() as isize);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        track(-(layout.size() as isize));
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        track(new_size as isize - layout.size() as isize);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-const MAX_PEAK: isize = 512 << 20;
+const MAX_PEAK: usize = 512 << 20;
 
 /// Byte strings that stress parsers: huge and negative numbers, odd bytes.
 const EXTREMES: &[&[u8]] = &[
@@ -140,10 +108,7 @@ fn fuzz(
     for case in 0..cases {
         let bytes = mutate(&valid, &mut rng);
         std::fs::write(work.join(file), &bytes).unwrap();
-        let base = LIVE.with(Cell::get);
-        PEAK.with(|p| p.set(base));
-        let outcome = catch_unwind(AssertUnwindSafe(|| read(&work)));
-        let peak = PEAK.with(Cell::get) - base;
+        let (outcome, peak) = peak_during(|| catch_unwind(AssertUnwindSafe(|| read(&work))));
         let replay = format!("{reader}, seed {seed}, case {case} ({} bytes)", bytes.len());
         match outcome {
             Err(_) => panic!("{replay}: the reader panicked"),
