@@ -329,7 +329,8 @@ fn full_layer<B: Backend>(
         QueryRows::All,
         &mut ws.attn,
     )?; // (T, C)
-        // BertSelfOutput (https://github.com/huggingface/transformers/blob/v5.24.0/src/transformers/models/bert/modeling_bert.py#L290): LayerNorm(dense(context) + input).
+
+    // BertSelfOutput (https://github.com/huggingface/transformers/blob/v5.24.0/src/transformers/models/bert/modeling_bert.py#L290): LayerNorm(dense(context) + input).
     be.linear(&ws.attn, t, &w.attn_out, false, &mut ws.proj)?; // (T, C)
     be.bias_residual_layernorm(&mut ws.proj, t, &w.attn_out.b, &ws.hidden, &w.attn_ln, eps)?;
     // BertIntermediate (https://github.com/huggingface/transformers/blob/v5.24.0/src/transformers/models/bert/modeling_bert.py#L336): act(dense(x)).

@@ -55,8 +55,9 @@ pub fn attention(
         let v = &qkv[start * 3 * c + 2 * c + h * head_dim..];
         let stride = 3 * c as isize;
         let mut scores = vec![0f32; nq * n]; // (nq, n)
-                                             // SAFETY: every read stays inside this text's rows of qkv (start..start+n, row stride
-                                             // 3C, head_dim columns from the head's offset); `scores` is (nq, n) row-major.
+
+        // SAFETY: every read stays inside this text's rows of qkv (start..start+n, row stride
+        // 3C, head_dim columns from the head's offset); `scores` is (nq, n) row-major.
         unsafe {
             gemm(
                 nq,

@@ -19,7 +19,8 @@ pub fn exp(x: f32) -> f32 {
     let shifted = x * LOG2E + ROUND; // 1.5 * 2^23 + k: k sits in the low mantissa bits
     let k = shifted - ROUND;
     let r = x - k * LN2_HI - k * LN2_LO; // |r| <= ln(2)/2
-                                         // Taylor series to degree 6: remainder r^7/7! < 1.3e-7 on |r| <= 0.347.
+
+    // Taylor series to degree 6: remainder r^7/7! < 1.3e-7 on |r| <= 0.347.
     let p = 1.0
         + r * (1.0
             + r * (0.5
