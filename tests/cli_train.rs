@@ -320,7 +320,7 @@ fn resume_refuses_a_different_setup() {
     );
     failed_with(
         &sb.train_tiny(1, &["--resume", &run]),
-        "has done 1 epochs already",
+        "has done 1 epoch already",
     );
     failed_with(
         &sb.train_tiny(2, &["--resume", &sb.path("nothing")]),
@@ -1134,7 +1134,7 @@ fn a_single_class_is_reported() {
     succeeded(&out);
     assert!(
         stderr(&out).contains(&format!(
-            "warning: the train split has a single class (\"neg\", all {} rows)",
+            "warning: the train split has a single class (\"neg\", {} rows)",
             negatives.len()
         )),
         "{}",

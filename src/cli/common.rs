@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use rayon::prelude::*;
 
-use super::progress::Progress;
+use super::progress::{count, Progress};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::{CudaBackend, Precision};
 use crate::backend::{Device, DeviceRequest};
@@ -225,8 +225,8 @@ pub fn encode_texts(model: &mut LoadedModel, texts: &[String], what: &str) -> Re
     progress.finish();
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "encoded {what}: {} texts, {real_tokens} tokens in {secs:.1}s ({:.0} tokens/s)",
-        texts.len(),
+        "encoded {what}: {}, {real_tokens} tokens in {secs:.1}s ({:.0} tokens/s)",
+        count(texts.len(), "text"),
         real_tokens as f64 / secs
     );
     Ok(x)
@@ -472,9 +472,9 @@ fn chunk_features_reusing(
     let tokens: usize = flat.iter().map(|t| t.ids.len()).sum();
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "encoded {what}: {} windows of {} texts, {tokens} tokens in {secs:.1}s ({:.0} tokens/s)",
-        flat.len(),
-        long.len(),
+        "encoded {what}: {} of {}, {tokens} tokens in {secs:.1}s ({:.0} tokens/s)",
+        count(flat.len(), "window"),
+        count(long.len(), "text"),
         tokens as f64 / secs
     );
     let means = mean_of_windows(&x, &counts, hidden);

@@ -5,6 +5,14 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// "1 row", "2 rows": `n` and a noun whose plural takes an s.
+pub fn count(n: usize, noun: &str) -> String {
+    match n {
+        1 => format!("1 {noun}"),
+        _ => format!("{n} {noun}s"),
+    }
+}
+
 pub struct Progress {
     bar: Option<ProgressBar>,
     label: String,
@@ -154,16 +162,29 @@ impl Throughput {
         }
         let secs = self.started.elapsed().as_secs_f64();
         let resumed = if self.skipped > 0 {
-            format!(" (and {} rows done before the resume)", self.skipped)
+            format!(
+                " (and {} done before the resume)",
+                count(self.skipped as usize, "row")
+            )
         } else {
             String::new()
         };
         eprintln!(
-            "{}: {} rows, {} tokens in {secs:.1}s ({:.0} tokens/s){resumed}",
+            "{}: {}, {} tokens in {secs:.1}s ({:.0} tokens/s){resumed}",
             self.label,
-            self.rows,
+            count(self.rows as usize, "row"),
             self.tokens,
             self.tokens as f64 / secs.max(1e-9)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_take_the_plural_except_one() {
+        assert_eq!(super::count(1, "row"), "1 row");
+        assert_eq!(super::count(0, "epoch"), "0 epochs");
+        assert_eq!(super::count(12, "text"), "12 texts");
     }
 }

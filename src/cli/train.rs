@@ -16,7 +16,7 @@ use super::common::{
     load_model_files, model_files, CacheArgs, DeviceArgs, FeatureSource, LoadedModel, ModelArgs,
     ModelFiles,
 };
-use super::progress::Progress;
+use super::progress::{count, Progress};
 use super::run_dir::{best_checkpoint, DataSpec, FeatureSpec, Hyperparameters, RunFolder, RunInfo};
 use crate::backend::Device;
 use crate::chunk::{LongTexts, DEFAULT_STRIDE};
@@ -350,8 +350,9 @@ fn check_batch(train: &Split, batch_size: usize) -> Result<()> {
     let rows = train.texts.len();
     if rows < batch_size {
         bail!(
-            "{} split has {rows} rows, fewer than --batch-size {batch_size}: lower --batch-size",
-            train.name
+            "{} split has {}, fewer than --batch-size {batch_size}: lower --batch-size",
+            train.name,
+            count(rows, "row")
         );
     }
     Ok(())
@@ -384,8 +385,8 @@ fn warn_label_coverage(train: &Split, names: &[String], counts: &[usize]) {
     let present: Vec<usize> = (0..counts.len()).filter(|&i| counts[i] > 0).collect();
     if let [only] = present[..] {
         eprintln!(
-            "warning: the {} split has a single class ({:?}, all {} rows): the head can only learn to predict it; add examples of the other labels",
-            train.name, names[only], counts[only]
+            "warning: the {} split has a single class ({:?}, {}): the head can only learn to predict it; add examples of the other labels",
+            train.name, names[only], count(counts[only], "row")
         );
         return;
     }
@@ -576,9 +577,9 @@ fn start_state(
     let start = TrainState::resume(dir, labels, hidden, &saved.hyperparameters, train_hash)?;
     if start.epoch >= args.epochs {
         bail!(
-            "the run in {} has done {} epochs already: pass --epochs above {} to train more",
+            "the run in {} has done {} already: pass --epochs above {} to train more",
             dir.display(),
-            start.epoch,
+            count(start.epoch, "epoch"),
             start.epoch
         );
     }
@@ -664,7 +665,10 @@ fn report(
     let encode_seconds = features.seconds;
     let epochs = metrics.len() - first_done;
     let best = best_epoch(metrics);
-    eprintln!("encoding: {encode_seconds:.1}s; training: {epochs} epochs in {train_seconds:.1}s");
+    eprintln!(
+        "encoding: {encode_seconds:.1}s; training: {} in {train_seconds:.1}s",
+        count(epochs, "epoch")
+    );
     match best {
         Some(m) => {
             eprintln!(

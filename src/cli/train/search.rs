@@ -110,8 +110,9 @@ pub(super) fn run(args: TrainArgs) -> Result<()> {
     let (train_rows, val_rows) = (data[0].0.labels.len(), data[0].1.labels.len());
     if train_rows < args.batch_size {
         bail!(
-            "{} split leaves {train_rows} rows to train on, fewer than --batch-size {}: lower --batch-size",
+            "{} split leaves {} to train on, fewer than --batch-size {}: lower --batch-size",
             train.name,
+            count(train_rows, "row"),
             args.batch_size
         );
     }
