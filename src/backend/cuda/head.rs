@@ -8,8 +8,9 @@ use anyhow::{bail, Result};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaSlice, CudaStream};
 
+use super::blas::{gemm, new_blas, Gemm};
 use super::context::{launch, Arg, Grid, Kernels};
-use super::ops::{alloc_f32, alloc_u32, dptr, gemm, new_blas, Gemm};
+use super::ops::{alloc_f32, alloc_u32, dptr};
 use super::{CudaBackend, Precision};
 use crate::head::LinearHead;
 use crate::optim::AdamW;

@@ -6,6 +6,7 @@
 //! library is missing, so every entry point checks for them first (`context`) and
 //! returns a one-line error instead.
 
+mod blas;
 mod context;
 mod head;
 mod ops;
