@@ -73,6 +73,7 @@ pub(super) fn resolve(
         (None, None) => {
             let max = splits.iter().flat_map(|s| s.labels.iter().copied()).max();
             let count = max.map_or(0, |m| m as usize + 1).max(2);
+            check_dense(count, splits)?;
             return Ok((0..count).map(|id| id.to_string()).collect());
         }
     };
@@ -81,6 +82,32 @@ pub(super) fn resolve(
     }
     check_range(&names, splits)?;
     Ok(names)
+}
+
+/// Ids 0..count with fewer rows than ids cannot all have rows; with more than twice as many
+/// ids as rows, most have none: the largest label is not a class id (a year, a code), and
+/// would size the head by it. Smaller gaps are the train command's warning.
+fn check_dense(count: usize, splits: &[RawSplit]) -> Result<()> {
+    let rows: usize = splits.iter().map(|s| s.labels.len()).sum();
+    if count <= 2 * rows.max(1) {
+        return Ok(());
+    }
+    let largest = count as i64 - 1;
+    for split in splits {
+        if let Some(index) = split.labels.iter().position(|&id| id == largest) {
+            let (file, row) = split.locate(index);
+            return Err(row_error(
+                file,
+                row,
+                format!(
+                    "label {largest} is not a class id: the data has only {rows} rows, so more \
+                     than half of the ids 0..{largest} would have none; {IDS_HINT}, or pass --labels \
+                     with one name per class"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_range(names: &[String], splits: &[RawSplit]) -> Result<()> {
@@ -158,7 +185,34 @@ mod tests {
             resolve("d", None, None, &[split(&[0, 0])]).unwrap(),
             ["0", "1"]
         );
-        assert_eq!(resolve("d", None, None, &[split(&[3])]).unwrap().len(), 4);
+        assert_eq!(
+            resolve("d", None, None, &[split(&[3, 0, 0, 1])])
+                .unwrap()
+                .len(),
+            4
+        );
+        // A gap is allowed (train warns about it); an id past the row count is not a class id.
+        assert_eq!(
+            resolve("d", None, None, &[split(&[0, 3, 1])])
+                .unwrap()
+                .len(),
+            4
+        );
+        assert_eq!(
+            resolve("d", None, None, &[split(&[0, 7, 1, 1])])
+                .unwrap()
+                .len(),
+            8
+        );
+        let err = resolve("d", None, None, &[split(&[0, 1]), split(&[1, 2024])])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "train.jsonl row 2: label 2024 is not a class id: the data has only 4 rows"
+            ),
+            "{err}"
+        );
         let three = ["a".to_string(), "b".to_string(), "c".to_string()];
         let err = resolve("d", data, Some(&three), &splits)
             .unwrap_err()
