@@ -112,6 +112,12 @@ impl BertTokenizer {
         Ok(TokenizedText { ids, type_ids })
     }
 
+    /// Whether `encode` cuts long texts (a WordPiece or Unigram pipeline it knows how to
+    /// cut) rather than tokenizing them whole.
+    pub fn bounds_long_texts(&self) -> bool {
+        self.bounded.cuts_long_texts()
+    }
+
     /// The whole text through the `tokenizers` pipeline, then truncated: HF's behaviour,
     /// with work growing with the text. The reference `encode` is tested against.
     pub fn encode_unbounded(&self, text: &str) -> Result<TokenizedText> {

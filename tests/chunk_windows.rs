@@ -174,6 +174,7 @@ fn a_chunked_run_predicts_from_the_mean_of_its_windows() {
     assert!(max_abs_diff(&encoded, &features) < 1e-5);
 
     let want = softmax(&best.head.logits(&features), 2);
+    assert_eq!(got.concat().len(), want.len(), "one row of 2 per text");
     // Windows batched together vs one at a time: GEMM blocking may differ by a few ulps.
     for (g, w) in got.iter().flatten().zip(&want) {
         assert!((g - w).abs() < 1e-5, "{got:?} vs {want:?}");

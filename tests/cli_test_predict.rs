@@ -313,7 +313,10 @@ fn test_and_predict_take_model_data_and_labels_from_a_run() {
     let out = bertcls(&["predict", "--run", s(run.path()), "酒店很好"], b"");
     let line = stdout_of(&out);
     let label = line.split('\t').next().unwrap();
-    assert!(["负向评价", "正向评价"].contains(&label), "{line}");
+    // The run's head (the recipe's) on the text's features names the run's label.
+    let logits = recipe_head().logits(&features(&["酒店很好".to_string()]));
+    let want = ["负向评价", "正向评价"][usize::from(logits[1] > logits[0])];
+    assert_eq!(label, want, "{line}");
 
     let err = error_of(&bertcls(
         &["test", "--run", s(run.path()), "--checkpoint", "last"],
@@ -552,6 +555,7 @@ fn the_checkpoint_temperature_calibrates_predict_and_test() {
     };
     let check = |got: Vec<Vec<f32>>, temperature: f64| {
         let want = scaled_softmax(&logits, 2, temperature);
+        assert_eq!(got.concat().len(), want.len(), "one row of 2 per text");
         for (g, w) in got.iter().flatten().zip(&want) {
             // f32 features through the same head; the binary's and ours agree to ~1e-7.
             assert!(
@@ -685,6 +689,7 @@ fn mean_pooling_goes_from_train_to_predict_and_encode() {
         })
         .collect();
     let want = softmax(&best.head.logits(&mean_features(&texts)), 2);
+    assert_eq!(got.concat().len(), want.len(), "one row of 2 per text");
     for (g, w) in got.iter().flatten().zip(&want) {
         assert!((g - w).abs() < 1e-5, "{got:?} vs {want:?}");
     }
@@ -703,6 +708,7 @@ fn mean_pooling_goes_from_train_to_predict_and_encode() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let want = mean_features(&texts);
+    assert_eq!(rows.len(), texts.len());
     for (i, row) in rows.iter().enumerate() {
         let got: Vec<f32> = serde_json::from_value(row["mean"].clone()).unwrap();
         // Batched with the others vs alone: GEMM blocking may differ by a few ulps.

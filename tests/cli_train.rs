@@ -382,7 +382,9 @@ fn without_validation_split_best_is_last() {
     ]);
     succeeded(&out);
     assert!(stderr(&out).contains("no validation split"));
-    assert!(metrics(&run).iter().all(|m| m["val_acc"].is_null()));
+    let lines = metrics(&run);
+    assert_eq!(lines.len(), 2, "one metrics line per epoch");
+    assert!(lines.iter().all(|m| m["val_acc"].is_null()));
     let load = |name: &str| load_head(&Path::new(&run).join(name), None).unwrap();
     assert_eq!(load("best.safetensors").head, load("last.safetensors").head);
     failed_with(
@@ -1194,6 +1196,8 @@ fn labels_absent_from_train_are_named() {
         run_json["labels"],
         serde_json::json!(["neg", "pos", "neutral"])
     );
+    let best = load_head(&sb.dir.join("run/best.safetensors"), None).unwrap();
+    assert_eq!((best.head.num_labels, best.head.bias.len()), (3, 3));
 }
 
 /// `--device auto` without a usable GPU runs on the CPU and says so in one line, however

@@ -148,7 +148,10 @@ fn dangling_blob_link_is_not_cached() {
     let root = temp_root("dangling");
     let snap = snapshot(&root, "models--bert-base-chinese", Some("main"), BERT_FILES);
     std::fs::remove_file(std::fs::read_link(snap.join("model.safetensors")).unwrap()).unwrap();
-    assert!(resolve_model_in("bert-base-chinese", true, &roots(&[&root])).is_err());
+    let err = resolve_model_in("bert-base-chinese", true, &roots(&[&root]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no model.safetensors"), "{err}");
 }
 
 #[test]

@@ -147,6 +147,11 @@ fn tokenizers(max_length: usize) -> Vec<(String, BertTokenizer)> {
         .map(|(name, dir)| {
             let tok =
                 BertTokenizer::from_dir(&dir, max_length).unwrap_or_else(|e| panic!("{name}: {e}"));
+            // Else every comparison below would be the whole-text pipeline against itself.
+            assert!(
+                tok.bounds_long_texts(),
+                "{name}: long texts tokenized whole"
+            );
             (name, tok)
         })
         .collect()

@@ -225,6 +225,7 @@ fn train_on_features_encoded_by_four_shards_encodes_nothing() {
     let imported = cache_entries(&cache);
     let encoded = cache_entries(&own_cache);
     assert_eq!(imported.len(), 2);
+    assert_eq!(encoded.len(), 2);
     for ((name_i, x_i), (name_e, x_e)) in imported.iter().zip(&encoded) {
         assert_eq!(name_i, name_e);
         assert!(x_i.len() == 32 * 32 || x_i.len() == 8 * 32, "{}", x_i.len());
@@ -238,9 +239,16 @@ fn train_on_features_encoded_by_four_shards_encodes_nothing() {
             .head;
         let d = max_diff(&a.weight, &b.weight).max(max_diff(&a.bias, &b.bias));
         assert!(d <= HEAD_TOL, "{ckpt}: heads differ by {d}");
-        // The head did train: 12 steps of lr 1e-2 moved it far beyond the tolerance.
-        assert!(a.weight.iter().any(|w| w.abs() > 10.0 * HEAD_TOL));
     }
+    // The heads did train, so agreeing within HEAD_TOL says something: the 8 steps of
+    // lr 1e-2 after epoch 1 moved the head far beyond the tolerance.
+    let first = load_head(&run.join("head-epoch-1.safetensors"), Some(32))
+        .unwrap()
+        .head;
+    let last = load_head(&run.join("last.safetensors"), Some(32))
+        .unwrap()
+        .head;
+    assert!(max_diff(&first.weight, &last.weight) > 10.0 * HEAD_TOL);
 }
 
 #[test]

@@ -29,7 +29,7 @@ vector<float> U(size_t n, float lo, float hi) { uniform_real_distribution<float>
 static int fails = 0;
 void check(const char* name, const vector<float>& got, const vector<double>& want, double tol) {
     double worst = 0; size_t wi = 0;
-    for (size_t i = 0; i < want.size(); ++i) { double e = isnan(got[i]) ? 1e30 : fabs(got[i] - want[i]) / (1 + fabs(want[i])); if (e > worst) { worst = e; wi = i; } }
+    for (size_t i = 0; i < want.size(); ++i) { double e = isnan(got[i]) || !isfinite(want[i]) ? 1e30 : fabs(got[i] - want[i]) / (1 + fabs(want[i])); if (e > worst) { worst = e; wi = i; } }
     bool ok = worst <= tol; fails += !ok;
     printf("%s %-58s worst %.2e (tol %.1e) at %zu (got %g want %g)\n", ok ? "ok  " : "FAIL", name, worst, tol, wi, got[wi], want[wi]);
 }

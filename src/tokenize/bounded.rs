@@ -116,6 +116,10 @@ impl Bounded {
         })
     }
 
+    pub(super) fn cuts_long_texts(&self) -> bool {
+        !matches!(self.plan, Plan::Whole)
+    }
+
     /// The ids of `text`, truncated to `max_length`, as `inner` gives for the whole text.
     pub(super) fn encode(&self, inner: &Tokenizer, text: &str) -> Result<Vec<u32>> {
         if text.len() <= self.direct_bytes || matches!(self.plan, Plan::Whole) {

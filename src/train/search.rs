@@ -384,6 +384,7 @@ mod tests {
                 .install(|| run_trials(&data, &params, 2, None, &config()).unwrap())
         };
         let (one, four) = (on(1), on(4));
+        assert_eq!((one.len(), four.len()), (params.len(), params.len()));
         for (a, b) in one.iter().zip(&four) {
             assert_eq!(a.head, b.head);
             assert_eq!((a.val_loss, a.best_epoch), (b.val_loss, b.best_epoch));
