@@ -347,7 +347,7 @@ mod fake_hub {
         .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
         if proxied {
             eprintln!(
-                "skipped: a proxy variable is set, so hf-hub cannot reach the local fake hub"
+                "SKIPPED: a proxy variable is set, so hf-hub cannot reach the local fake hub"
             );
             return None;
         }
