@@ -364,10 +364,11 @@ fn plan_for(inner: &Tokenizer) -> Plan {
             if !metaspace_pre(&pre) || !lattice_normalizer(&normalizer) {
                 return Plan::Whole;
             }
+            // `iter`, not `get_vocab`: that builds a map of copies of every piece (250,000
+            // for e5), 5% of a one-text `encode`'s time.
             let longest_piece = u
-                .get_vocab()
-                .keys()
-                .map(|p| p.chars().count())
+                .iter()
+                .map(|(piece, _)| piece.chars().count())
                 .max()
                 .unwrap_or(1)
                 .max(1);
