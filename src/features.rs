@@ -199,7 +199,7 @@ impl FeatureCache {
         let bytes: Vec<u8> = features.iter().flat_map(|v| v.to_le_bytes()).collect();
         let view = safetensors::tensor::TensorView::new(Dtype::F32, vec![rows, hidden], &bytes)
             .context("cannot lay out the features as a tensor")?;
-        let file = safetensors::serialize([(TENSOR, view)], Some(key.metadata()))
+        let file = crate::safetensors_out::serialize([(TENSOR, view)], Some(key.metadata()))
             .context("cannot serialise the features")?;
         atomic_write(&self.path(key), &file)
     }

@@ -18,5 +18,6 @@ pub mod hub;
 pub mod le_floats;
 pub mod model;
 pub mod optim;
+pub mod safetensors_out;
 pub mod tokenize;
 pub mod train;

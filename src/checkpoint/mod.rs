@@ -100,7 +100,7 @@ pub fn save_head(
         })
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
         .map_err(|e| anyhow!("cannot serialise head for {}: {e}", path.display()))?;
-    let bytes = safetensors::serialize(views, Some(info))
+    let bytes = crate::safetensors_out::serialize(views, Some(info))
         .map_err(|e| anyhow!("cannot serialise head for {}: {e}", path.display()))?;
     crate::fsio::atomic_write(path, &bytes)
 }

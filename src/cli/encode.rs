@@ -152,7 +152,7 @@ pub fn run(args: EncodeArgs) -> Result<()> {
         meta.insert("max_length".to_string(), model_args.max_length.to_string());
         meta.insert("pooling".to_string(), name.to_string());
         meta.insert("long".to_string(), model.long.key());
-        let bytes = safetensors::serialize(&tensors, Some(meta))
+        let bytes = crate::safetensors_out::serialize(&tensors, Some(meta))
             .context("cannot serialise the features")?;
         atomic_write(out, &bytes)?;
         eprintln!("wrote {} ([{n}, {hidden}])", out.display());

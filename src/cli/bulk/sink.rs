@@ -99,7 +99,7 @@ pub fn part_bytes(format: OutFormat, chunk: &ChunkOut) -> Result<Vec<u8>> {
             };
             let data: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
             let view = TensorView::new(Dtype::F32, vec![chunk.rows(), *hidden], &data)?;
-            Ok(safetensors::serialize(
+            Ok(crate::safetensors_out::serialize(
                 [(tensor_name(name, chunk.first), view)],
                 None,
             )?)
