@@ -6,6 +6,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
 
+use bertcls::backend::cpu::CpuBackend;
+use bertcls::backend::Backend;
+use bertcls::model::weights::HostTensor;
 use bertcls::model::{Checkpoint, HostWeights, ModelDir};
 use common::*;
 use half::bf16;
@@ -60,6 +63,54 @@ fn flat(w: &HostWeights) -> Vec<f32> {
 fn load(dir: &std::path::Path) -> HostWeights {
     let config = ModelDir::open(dir).unwrap().config().unwrap();
     HostWeights::load(&Checkpoint::open(dir).unwrap(), &config).unwrap()
+}
+
+/// An F32 tensor is read in place from the map, an F16 one decoded; both give the file's
+/// values. On the CPU a mapped tensor serves reads from the file's pages, and a write
+/// (which no op makes to a weight) goes to a copy, never to the file.
+#[test]
+fn f32_tensors_are_read_in_place_and_written_only_as_copies() {
+    let dir = temp_copy("in-place");
+    let values = [1.5f32, -2.25, 3.0, 0.125, -0.5, 8.0];
+    let f32_bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let f16_bytes: Vec<u8> = values
+        .iter()
+        .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+        .collect();
+    let path = dir.join("model.safetensors");
+    write(
+        &path,
+        &[
+            ("full".into(), Dtype::F32, vec![2, 3], f32_bytes.clone()),
+            ("half".into(), Dtype::F16, vec![2, 3], f16_bytes),
+        ],
+    );
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    let full = ckpt.tensor(&["full".into()], &[2, 3]).unwrap();
+    let half = ckpt.tensor(&["half".into()], &[2, 3]).unwrap();
+    assert!(matches!(full, HostTensor::Mapped(_)));
+    assert!(matches!(half, HostTensor::Decoded(_)));
+    assert_eq!(
+        (full.as_slice(), half.as_slice()),
+        (&values[..], &values[..])
+    );
+
+    let backend = CpuBackend::new(1).unwrap();
+    let mut t = backend.upload_host(full).unwrap();
+    assert_eq!(&t[..], &values[..]);
+    t[0] = 99.0;
+    assert_eq!((t[0], t[1]), (99.0, -2.25));
+    let again = ckpt.tensor(&["full".into()], &[2, 3]).unwrap();
+    assert_eq!(again.as_slice(), &values[..]);
+    drop((ckpt, again));
+    let on_disk = SafeTensors::deserialize(&std::fs::read(&path).unwrap())
+        .unwrap()
+        .tensor("full")
+        .unwrap()
+        .data()
+        .to_vec();
+    assert_eq!(on_disk, f32_bytes);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A checkpoint split into shards with an index loads to exactly the same weights.

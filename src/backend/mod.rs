@@ -15,7 +15,7 @@ pub use device::{Device, DeviceRequest};
 use anyhow::Result;
 
 use crate::batch::PackedBatch;
-use crate::model::weights::{EmbeddingWeights, LayerNormWeights, LinearWeights};
+use crate::model::weights::{EmbeddingWeights, HostTensor, LayerNormWeights, LinearWeights};
 
 /// The feed-forward non-linearity named by `hidden_act` in config.json.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,9 +64,10 @@ pub trait Backend: Sync {
     }
 
     fn upload(&self, host: &[f32]) -> Result<Self::Tensor>;
-    /// `upload` of a vector the caller gives up: the CPU backend keeps it as it is.
-    fn upload_vec(&self, host: Vec<f32>) -> Result<Self::Tensor> {
-        self.upload(&host)
+    /// `upload` of a tensor as the checkpoint gives it: the CPU backend keeps a decoded
+    /// vector as it is and a mapped one in place.
+    fn upload_host(&self, host: HostTensor) -> Result<Self::Tensor> {
+        self.upload(host.as_slice())
     }
     /// A Linear layer's W (out_features, in_features), uploaded once at load in whatever
     /// layout `linear` reads fastest (the CPU backend packs it for its microkernel).

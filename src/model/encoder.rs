@@ -171,8 +171,8 @@ impl<B: Backend> Encoder<B> {
         let weights = BertWeights::read(
             ckpt,
             &config,
-            |w, out_f, in_f| backend.upload_linear_weight(&w, out_f, in_f),
-            |t| backend.upload_vec(t),
+            |w, out_f, in_f| backend.upload_linear_weight(w, out_f, in_f),
+            |t| backend.upload_host(t),
         )?;
         Self::with_weights(backend, config, act, weights, max_tokens)
     }

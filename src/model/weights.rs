@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use memmap2::Mmap;
@@ -117,9 +118,51 @@ impl<T> BertWeights<T> {
 /// Host copy of the encoder, f32.
 pub type HostWeights = BertWeights<Vec<f32>>;
 
+/// An F32 tensor read in place from the checkpoint's memory map: the file's pages are the
+/// tensor, shared with the page cache, and nothing is copied or zeroed at load.
+#[derive(Clone)]
+pub struct MappedF32 {
+    map: Arc<Mmap>,
+    /// Byte offset in the map, a multiple of 4.
+    start: usize,
+    len: usize,
+}
+
+impl MappedF32 {
+    pub fn as_slice(&self) -> &[f32] {
+        // SAFETY: `start..start + 4 * len` lies in the map (the safetensors header check of
+        // `Checkpoint::tensor`), `start` is 4-aligned in a page-aligned map, every bit
+        // pattern is an f32, and the map is read-only and lives as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(self.start).cast(), self.len) }
+    }
+}
+
+/// A tensor as the checkpoint gives it: in place when it is little-endian F32 and aligned,
+/// else decoded to f32.
+pub enum HostTensor {
+    Mapped(MappedF32),
+    Decoded(Vec<f32>),
+}
+
+impl HostTensor {
+    pub fn as_slice(&self) -> &[f32] {
+        match self {
+            HostTensor::Mapped(m) => m.as_slice(),
+            HostTensor::Decoded(v) => v,
+        }
+    }
+
+    pub fn into_vec(self) -> Vec<f32> {
+        match self {
+            HostTensor::Mapped(m) => m.as_slice().to_vec(),
+            HostTensor::Decoded(v) => v,
+        }
+    }
+}
+
 /// The safetensors files of a checkpoint, memory-mapped, and which file holds each tensor.
 pub struct Checkpoint {
-    files: Vec<(PathBuf, Mmap)>,
+    files: Vec<(PathBuf, Arc<Mmap>)>,
     index: HashMap<String, usize>,
 }
 
@@ -179,7 +222,7 @@ impl Checkpoint {
             for name in st.names() {
                 index.insert(name.to_string(), i);
             }
-            files.push((path, mmap));
+            files.push((path, Arc::new(mmap)));
         }
         Ok(Self { files, index })
     }
@@ -193,9 +236,10 @@ impl Checkpoint {
         self.index.get(name).map(|&i| self.files[i].0.as_path())
     }
 
-    /// Finds the tensor under the first name in `candidates` present, checks its shape and
-    /// converts it to f32.
-    pub fn load(&self, candidates: &[String], shape: &[usize]) -> Result<Vec<f32>> {
+    /// Finds the tensor under the first name in `candidates` present and checks its shape
+    /// and values: an aligned little-endian F32 tensor stays in place in the map, any
+    /// other is converted to f32.
+    pub fn tensor(&self, candidates: &[String], shape: &[usize]) -> Result<HostTensor> {
         let Some((name, &file_idx)) = candidates
             .iter()
             .find_map(|c| self.index.get_key_value(c.as_str()))
@@ -226,18 +270,32 @@ impl Checkpoint {
             );
         }
         let bytes = view.data();
-        let Some(out) = le_floats::safetensors_floats(view.dtype(), bytes) else {
-            bail!(
-                "{}: tensor {name} has dtype {:?}; bertcls reads F32, F16 and BF16 weights",
-                path.display(),
-                view.dtype()
-            );
+        let start = bytes.as_ptr() as usize - mmap.as_ptr() as usize;
+        let in_place = view.dtype() == safetensors::Dtype::F32
+            && cfg!(target_endian = "little")
+            && bytes.as_ptr().align_offset(4) == 0;
+        let out = if in_place {
+            HostTensor::Mapped(MappedF32 {
+                map: Arc::clone(mmap),
+                start,
+                len: bytes.len() / 4,
+            })
+        } else {
+            match le_floats::safetensors_floats(view.dtype(), bytes) {
+                Some(v) => HostTensor::Decoded(v),
+                None => bail!(
+                    "{}: tensor {name} has dtype {:?}; bertcls reads F32, F16 and BF16 weights",
+                    path.display(),
+                    view.dtype()
+                ),
+            }
         };
-        if let Some(i) = out.iter().position(|v| !v.is_finite()) {
+        let values = out.as_slice();
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
             bail!(
                 "{}: tensor {name} holds a non-finite value ({}) at index {i}: the weights are corrupt; download them again",
                 path.display(),
-                out[i]
+                values[i]
             );
         }
         Ok(out)
@@ -262,13 +320,14 @@ fn candidates(name: &str) -> Vec<String> {
 impl<U> BertWeights<U> {
     /// Reads every encoder tensor `config` asks for (the pooler and `cls.*` heads are
     /// ignored), handing each to `linear_w` (a Linear W, with its out and in features) or
-    /// `plain` as soon as it is decoded. A backend stores each tensor in its own form
-    /// there, so no f32 copy of the whole model is ever held beside the backend's.
+    /// `plain` as soon as it is read: in place in the map where it is aligned F32 (so a
+    /// backend packs a W, or keeps a plain tensor, without an f32 copy of it first), else
+    /// decoded. No f32 copy of the whole model is ever held beside the backend's.
     pub fn read(
         ckpt: &Checkpoint,
         config: &BertConfig,
-        linear_w: impl FnMut(Vec<f32>, usize, usize) -> Result<U>,
-        plain: impl FnMut(Vec<f32>) -> Result<U>,
+        linear_w: impl FnMut(&[f32], usize, usize) -> Result<U>,
+        plain: impl FnMut(HostTensor) -> Result<U>,
     ) -> Result<Self> {
         let c = config.hidden_size;
         let mut r = TensorReader {
@@ -310,11 +369,11 @@ impl HostWeights {
     /// Every encoder tensor as f32 on the host (what tests and benchmarks upload
     /// themselves; the commands read straight into the backend with `BertWeights::read`).
     pub fn load(ckpt: &Checkpoint, config: &BertConfig) -> Result<Self> {
-        Self::read(ckpt, config, |w, _, _| Ok(w), Ok)
+        Self::read(ckpt, config, |w, _, _| Ok(w.to_vec()), |t| Ok(t.into_vec()))
     }
 }
 
-/// `BertWeights::read`'s walk over the checkpoint: each tensor decoded, then converted.
+/// `BertWeights::read`'s walk over the checkpoint: each tensor read, then converted.
 struct TensorReader<'a, L, P> {
     ckpt: &'a Checkpoint,
     linear_w: L,
@@ -323,22 +382,22 @@ struct TensorReader<'a, L, P> {
 
 impl<U, L, P> TensorReader<'_, L, P>
 where
-    L: FnMut(Vec<f32>, usize, usize) -> Result<U>,
-    P: FnMut(Vec<f32>) -> Result<U>,
+    L: FnMut(&[f32], usize, usize) -> Result<U>,
+    P: FnMut(HostTensor) -> Result<U>,
 {
-    fn decoded(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        self.ckpt.load(&candidates(name), shape)
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        self.ckpt.tensor(&candidates(name), shape)
     }
 
     fn plain(&mut self, name: &str, shape: &[usize]) -> Result<U> {
-        let t = self.decoded(name, shape)?;
+        let t = self.tensor(name, shape)?;
         (self.plain)(t)
     }
 
     fn linear(&mut self, prefix: &str, out_f: usize, in_f: usize) -> Result<LinearWeights<U>> {
-        let w = self.decoded(&format!("{prefix}.weight"), &[out_f, in_f])?;
+        let w = self.tensor(&format!("{prefix}.weight"), &[out_f, in_f])?;
         Ok(LinearWeights {
-            w: (self.linear_w)(w, out_f, in_f)?,
+            w: (self.linear_w)(w.as_slice(), out_f, in_f)?,
             b: self.plain(&format!("{prefix}.bias"), &[out_f])?,
             out_features: out_f,
             in_features: in_f,
@@ -349,12 +408,18 @@ where
     fn qkv(&mut self, prefix: &str, c: usize) -> Result<LinearWeights<U>> {
         let (mut w, mut b) = (Vec::with_capacity(3 * c * c), Vec::with_capacity(3 * c));
         for part in ["query", "key", "value"] {
-            w.extend(self.decoded(&format!("{prefix}.{part}.weight"), &[c, c])?);
-            b.extend(self.decoded(&format!("{prefix}.{part}.bias"), &[c])?);
+            w.extend(
+                self.tensor(&format!("{prefix}.{part}.weight"), &[c, c])?
+                    .as_slice(),
+            );
+            b.extend(
+                self.tensor(&format!("{prefix}.{part}.bias"), &[c])?
+                    .as_slice(),
+            );
         }
         Ok(LinearWeights {
-            w: (self.linear_w)(w, 3 * c, c)?,
-            b: (self.plain)(b)?,
+            w: (self.linear_w)(&w, 3 * c, c)?,
+            b: (self.plain)(HostTensor::Decoded(b))?,
             out_features: 3 * c,
             in_features: c,
         })

@@ -18,7 +18,7 @@ use rayon::{ThreadPool, ThreadPoolBuilder};
 
 use super::{Activation, Backend, QueryRows};
 use crate::batch::PackedBatch;
-use crate::model::weights::{EmbeddingWeights, LayerNormWeights, LinearWeights};
+use crate::model::weights::{EmbeddingWeights, HostTensor, LayerNormWeights, LinearWeights};
 
 pub use simd::{erf, exp};
 pub use tensor::CpuTensor;
@@ -91,8 +91,11 @@ impl Backend for CpuBackend {
         Ok(CpuTensor::plain(host.to_vec()))
     }
 
-    fn upload_vec(&self, host: Vec<f32>) -> Result<CpuTensor> {
-        Ok(CpuTensor::plain(host))
+    fn upload_host(&self, host: HostTensor) -> Result<CpuTensor> {
+        Ok(match host {
+            HostTensor::Decoded(v) => CpuTensor::plain(v),
+            HostTensor::Mapped(m) => CpuTensor::mapped(m),
+        })
     }
 
     /// Packed for the microkernel, once: `linear` then never copies a weight.
