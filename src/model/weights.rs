@@ -212,8 +212,11 @@ impl Checkpoint {
         for (i, path) in paths.into_iter().enumerate() {
             let file = File::open(&path)
                 .with_context(|| format!("cannot open weights file {}", path.display()))?;
-            // SAFETY: the map is read-only and lives as long as `Checkpoint`; a file truncated
-            // underneath us is a user error we cannot guard against beyond the header checks.
+            // SAFETY: the map is read-only and lives as long as the last tensor read in place
+            // from it (the encoder's, for the whole process). A file rewritten in place
+            // underneath us is a user error we cannot guard against beyond the header checks,
+            // as for every reader that maps weights (candle, llama.cpp); a download that
+            // replaces the file (a new inode, as hf-hub's cache does) leaves this map intact.
             let mmap = unsafe { Mmap::map(&file) }
                 .with_context(|| format!("cannot memory-map {}", path.display()))?;
             let st = SafeTensors::deserialize(&mmap).map_err(|e| {
