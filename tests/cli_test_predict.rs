@@ -282,6 +282,52 @@ fn write_run(dir: &Path, labels: &[&str], weights_sha256: &str) {
     .unwrap();
 }
 
+/// A run whose model folder has gone since `train`: test, predict and encode --run name
+/// the run.json and say to pass --model; with --model they run.
+#[test]
+fn a_runs_missing_model_is_named_with_its_run() {
+    let run = TempDir::new("run-moved-model");
+    write_run(run.path(), &["负向评价", "正向评价"], "");
+    let run_json = run.path().join("run.json");
+    let mut info: Value =
+        serde_json::from_str(&std::fs::read_to_string(&run_json).unwrap()).unwrap();
+    let gone = run.path().join("moved-away");
+    info["model"] = serde_json::json!(s(&gone));
+    info["model_dir"] = serde_json::json!(s(&gone));
+    std::fs::write(&run_json, info.to_string()).unwrap();
+    let r = s(run.path());
+    for args in [
+        vec!["predict", "--run", r, "酒店很好"],
+        vec!["test", "--run", r, "--data", s(&data_dir())],
+        vec!["encode", "--run", r, "--json", "酒店很好"],
+    ] {
+        let err = error_of(&bertcls(&args, b""));
+        assert!(
+            err.contains(&format!(
+                "the model {} names cannot be loaded",
+                run_json.display()
+            )) && err.contains("pass --model with the folder of the weights it was trained on"),
+            "{args:?}: {err}"
+        );
+    }
+    let out = bertcls(
+        &[
+            "predict",
+            "--run",
+            r,
+            "--model",
+            s(&model_dir()),
+            "酒店很好",
+        ],
+        b"",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn test_and_predict_take_model_data_and_labels_from_a_run() {
     let run = TempDir::new("run");

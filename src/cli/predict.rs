@@ -160,6 +160,15 @@ pub(super) fn run_model(info: &RunInfo) -> String {
     }
 }
 
+/// A run's model that no longer loads (moved or deleted since `train`): the error says
+/// which run named it and what to pass instead.
+pub(super) fn run_model_error(e: anyhow::Error, run_json: &Path) -> anyhow::Error {
+    anyhow!(
+        "the model {} names cannot be loaded ({e:#}): pass --model with the folder of the weights it was trained on",
+        run_json.display()
+    )
+}
+
 fn run_checkpoint(dir: &Path, choice: Option<&str>) -> Result<PathBuf> {
     let path = match choice.unwrap_or("best") {
         "best" => best_checkpoint(dir),
@@ -248,7 +257,10 @@ impl Classifier {
     /// another width before its weights are read.
     pub fn load_model(&self, device: &DeviceArgs) -> Result<LoadedModel> {
         let device = self.encoder_device(device)?;
-        let files = model_files(&self.model)?;
+        let files = model_files(&self.model).map_err(|e| match &self.run {
+            Some((_, run_json)) if !self.model_overridden => run_model_error(e, run_json),
+            _ => e,
+        })?;
         let model_hidden = files.config.hidden_size;
         if self.head.hidden != model_hidden {
             bail!(

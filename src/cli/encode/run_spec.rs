@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use super::EncodeArgs;
 use crate::chunk::{LongTexts, DEFAULT_STRIDE};
 use crate::cli::common::{model_files, weights_sha256, EncoderDevice, ModelArgs};
-use crate::cli::predict::run_model;
+use crate::cli::predict::{run_model, run_model_error};
 use crate::cli::run_dir::RunInfo;
 use crate::cli::run_settings::{agree, run_device};
 
@@ -44,7 +44,10 @@ pub fn resolve(dir: &Path, args: &EncodeArgs) -> Result<RunSpec> {
         long,
     };
 
-    let files = model_files(&model)?;
+    let files = model_files(&model).map_err(|e| match args.model {
+        None => run_model_error(e, &json),
+        Some(_) => e,
+    })?;
     if args.model.is_some() && !spec.weights_sha256.is_empty() {
         let sha = weights_sha256(&files.dir.dir)?;
         if sha != spec.weights_sha256 {
