@@ -1,10 +1,9 @@
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
-use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = match bertcls::cli::Cli::try_parse() {
+    let cli = match bertcls::cli::Cli::try_parse_noting_flags() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };

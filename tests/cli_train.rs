@@ -337,10 +337,46 @@ fn resume_refuses_a_different_setup() {
             "1e-2",
             "--epochs",
             "2",
+            "--labels",
+            "0,1",
             "--resume",
             &run,
         ]),
         "labels (run: negative,positive, now: 0,1)",
+    );
+}
+
+/// `--resume DIR` (the sandbox adds only --model) continues with the run's data, features
+/// and hyper-parameters, to its own --epochs unless given, and ends where an
+/// uninterrupted run does.
+#[test]
+fn resume_takes_the_runs_settings() {
+    let sb = Sandbox::new("resume-settings");
+    let (straight, split) = (sb.path("straight"), sb.path("split"));
+    let flags = ["--seed", "3", "--weight-decay", "0.1", "--max-length", "64"];
+    succeeded(&sb.train_tiny(4, &[&flags[..], &["--out", &straight]].concat()));
+    succeeded(&sb.train_tiny(2, &[&flags[..], &["--out", &split]].concat()));
+    let resumed = sb.train(&["--resume", &split, "--epochs", "4"]);
+    succeeded(&resumed);
+    let err = stderr(&resumed);
+    assert!(
+        err.contains("run.json's settings: --max-length 64")
+            && err.contains("--batch-size 8 --lr 0.01 --weight-decay 0.1")
+            && err.contains("--seed 3")
+            && !err.contains("--epochs"),
+        "{err}"
+    );
+    assert!(err.contains("after epoch 2"), "{err}");
+    let last = |run: &str| load_head(&Path::new(run).join("last.safetensors"), None).unwrap();
+    assert_eq!(last(&straight).head, last(&split).head);
+    assert_eq!(last(&straight).optim, last(&split).optim);
+    assert_eq!(
+        metrics_without_time(&straight),
+        metrics_without_time(&split)
+    );
+    failed_with(
+        &sb.train(&["--resume", &split]),
+        "has done 4 epochs already",
     );
 }
 

@@ -15,7 +15,8 @@ mod train;
 use crate::train::run_dir;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +44,25 @@ enum Command {
     Merge(bulk::MergeArgs),
     /// Show a model's config, parameter count and files, and the CUDA backend's state.
     Info(info::InfoArgs),
+}
+
+impl Cli {
+    /// Parses the command line as `try_parse` does, and records which flags of `train` it
+    /// gave: a resume takes the others from its run.json.
+    pub fn try_parse_noting_flags() -> Result<Self, clap::Error> {
+        let matches = Self::command().try_get_matches()?;
+        let mut cli = Self::from_arg_matches(&matches)?;
+        if let (Command::Train(args), Some(("train", sub))) =
+            (&mut cli.command, matches.subcommand())
+        {
+            args.given = sub
+                .ids()
+                .filter(|id| sub.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+                .map(|id| id.to_string())
+                .collect();
+        }
+        Ok(cli)
+    }
 }
 
 pub fn run(cli: Cli) -> Result<()> {

@@ -3,9 +3,10 @@
 //! `--search` (in `search`) over the head's hyper-parameters on the same features.
 
 mod import;
+mod resume;
 mod search;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -112,9 +113,10 @@ pub struct TrainArgs {
         help_heading = "Output"
     )]
     out: Option<PathBuf>,
-    /// Continue the run in DIR from its last.safetensors, exactly as if it had not stopped.
-    /// Repeat the flags it was started with: model, max-length, labels, data and
-    /// hyper-parameters are checked against the run.
+    /// Continue the run in DIR from its last.safetensors, exactly as if it had not stopped,
+    /// with the model, data, labels, features and hyper-parameters its run.json records
+    /// (to its --epochs, unless given). A flag given must agree with the run; --epochs
+    /// above the run's extends it.
     #[arg(long, value_name = "DIR", help_heading = "Output")]
     resume: Option<PathBuf>,
     /// A log line with loss and batch accuracy every N steps (0: none).
@@ -169,6 +171,10 @@ pub struct TrainArgs {
     device: DeviceArgs,
     #[command(flatten)]
     cache: CacheArgs,
+    /// The ids of the flags the command line gave (`Cli::note_given_flags`): a resume
+    /// takes the others from the run.
+    #[arg(skip)]
+    pub(super) given: BTreeSet<String>,
 }
 
 // The CPU is the default because it is the faster place for these steps, measured: a
@@ -204,6 +210,10 @@ struct Run {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
+    let args = match args.resume.clone() {
+        Some(dir) => resume::with_run_settings(args, &dir),
+        None => args,
+    };
     check_args(&args)?;
     if args.search {
         return search::run(args);
@@ -569,7 +579,7 @@ fn start_state(
     let diffs = saved.resume_differences(&now);
     if !diffs.is_empty() {
         bail!(
-            "cannot resume {}: {} differ; pass the flags the run was started with",
+            "cannot resume {}: {} differ; drop those flags (a resume takes the run's) or give the run's values",
             dir.display(),
             diffs.join(", ")
         );

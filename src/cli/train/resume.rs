@@ -1,0 +1,90 @@
+//! `train --resume DIR` continues a run with the settings its run.json records: a flag
+//! left off takes the run's value, a flag given is kept (and a value that differs from
+//! the run's is then refused by the resume check, naming it). As `encode --run` does.
+
+use std::path::Path;
+
+use super::TrainArgs;
+use crate::chunk::LongTexts;
+use crate::cli::predict::run_model;
+use crate::train::run_dir::RunInfo;
+
+/// `args` with every flag the command line did not give taken from the run in `dir`.
+/// A folder without a readable run.json is left to the resume's own errors.
+pub fn with_run_settings(mut args: TrainArgs, dir: &Path) -> TrainArgs {
+    let Ok(info) = RunInfo::load(dir) else {
+        return args;
+    };
+    let given = std::mem::take(&mut args.given);
+    let mut taken = Vec::new();
+    let mut take = |id: &str, value: String| -> bool {
+        let missing = !given.contains(id);
+        if missing {
+            taken.push(format!("--{} {value}", id.replace('_', "-")));
+        }
+        missing
+    };
+    let h = &info.hyperparameters;
+    if take("model", run_model(&info)) {
+        args.model.model = run_model(&info);
+    }
+    if take("max_length", info.features.max_length.to_string()) {
+        args.model.max_length = info.features.max_length;
+    }
+    if take("pooling", info.features.pooling.to_string()) {
+        args.pooling = vec![info.features.pooling];
+    }
+    let (long, stride) = match info.features.long {
+        LongTexts::Truncate => ("truncate", None),
+        LongTexts::Chunk { stride } => ("chunk", Some(stride)),
+    };
+    if take("long", long.to_string()) {
+        args.long = long.to_string();
+    }
+    if let Some(stride) = stride {
+        if take("stride", stride.to_string()) {
+            args.stride = stride;
+        }
+    }
+    if take("data", info.data.clone()) {
+        args.data = info.data.clone();
+    }
+    if take("text_column", info.text_column.clone()) {
+        args.text_column = info.text_column.clone();
+    }
+    if take("label_column", info.label_column.clone()) {
+        args.label_column = info.label_column.clone();
+    }
+    if take("labels", info.labels.join(",")) {
+        args.labels = Some(info.labels.clone());
+    }
+    if take("epochs", h.epochs.to_string()) {
+        args.epochs = h.epochs;
+    }
+    if take("batch_size", h.batch_size.to_string()) {
+        args.batch_size = h.batch_size;
+    }
+    if take("lr", h.lr.to_string()) {
+        args.lr = h.lr;
+    }
+    if take("weight_decay", h.weight_decay.to_string()) {
+        args.weight_decay = h.weight_decay;
+    }
+    if let Ok(weighting) = h.class_weights.parse() {
+        if take("class_weights", h.class_weights.clone()) {
+            args.class_weights = weighting;
+        }
+    }
+    if take("seed", h.seed.to_string()) {
+        args.seed = h.seed;
+    }
+    args.given = given;
+    if !taken.is_empty() {
+        eprintln!(
+            "resuming with {}'s settings: {}",
+            RunInfo::path(dir).display(),
+            taken.join(" ")
+        );
+    }
+    args
+}
