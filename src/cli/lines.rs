@@ -95,6 +95,11 @@ impl TextChunks {
             self.line += 1;
             let bytes = line.strip_suffix(b"\n").unwrap_or(&line);
             let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+            // A UTF-8 byte-order mark (Windows editors write one) is not part of the text.
+            let bytes = match self.line {
+                1 => bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes),
+                _ => bytes,
+            };
             let text = std::str::from_utf8(bytes).map_err(|_| {
                 anyhow!(
                     "{} line {}: text is not UTF-8: convert it to UTF-8 (e.g. iconv -f GBK -t UTF-8)",
@@ -126,6 +131,13 @@ mod tests {
     fn skips_blank_lines_and_strips_line_ends() {
         let all = chunks_of(b"a\r\n\n  \nb\nc").unwrap();
         assert_eq!(all, [vec!["a", "b", "c"]]);
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_not_text() {
+        let all = chunks_of(b"\xEF\xBB\xBF\xE5\xA5\xBD\r\n\xEF\xBB\xBFb\n").unwrap();
+        // Only the file's first bytes are a mark; later, U+FEFF is the text's own.
+        assert_eq!(all, [vec!["好", "\u{feff}b"]]);
     }
 
     #[test]
