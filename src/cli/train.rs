@@ -171,7 +171,7 @@ pub struct TrainArgs {
     device: DeviceArgs,
     #[command(flatten)]
     cache: CacheArgs,
-    /// The ids of the flags the command line gave (`Cli::note_given_flags`): a resume
+    /// The ids of the flags the command line gave (`Cli::try_parse_noting_flags`): a resume
     /// takes the others from the run.
     #[arg(skip)]
     pub(super) given: BTreeSet<String>,

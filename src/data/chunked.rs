@@ -542,7 +542,7 @@ fn delimited_rows(
 ) -> Result<(Rows, usize, Option<usize>)> {
     let rows = Rows::open(file, dialect)?;
     let text = rows.column(&opts.text_column, "--text-column")?;
-    let label = rows.columns.iter().position(|c| *c == opts.label_column);
+    let label = rows.find(&opts.label_column);
     Ok((rows, text, label))
 }
 

@@ -25,7 +25,7 @@ pub(super) struct Rows {
     file: PathBuf,
     dialect: Dialect,
     /// The header's column names, a UTF-8 byte-order mark stripped.
-    pub columns: Vec<String>,
+    columns: Vec<String>,
     /// Data rows read so far.
     pub row: usize,
     /// Where the last record read (the header at first) starts in the file.
@@ -67,11 +67,14 @@ impl Rows {
         })
     }
 
+    /// The index of `column`, if the header names it.
+    pub fn find(&self, column: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c == column)
+    }
+
     /// The index of `column`, or an error naming `flag`, the option that names it.
     pub fn column(&self, column: &str, flag: &str) -> Result<usize> {
-        self.columns
-            .iter()
-            .position(|c| c == column)
+        self.find(column)
             .ok_or_else(|| missing_column(&self.file, column, flag, &self.columns))
     }
 

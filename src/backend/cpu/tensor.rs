@@ -8,61 +8,58 @@ use crate::model::weights::MappedF32;
 
 /// Row-major f32 data, as every op but `linear` reads it. A weight matrix uploaded with
 /// `upload_linear_weight` holds only its packed form (the plain copy is dropped so the
-/// weights are not held twice): `linear` reads `packed`, nothing else reads weights.
-pub struct CpuTensor {
-    data: Vec<f32>,
-    /// When set, the tensor's data instead of `data`: an F32 checkpoint tensor in place
-    /// (the word embeddings are 384 MB for e5-small), read only. A write first copies it
-    /// into `data` (`DerefMut`); no op writes a weight.
-    mapped: Option<MappedF32>,
-    packed: Option<PackedWeight>,
+/// weights are not held twice): `linear` reads `packed`, nothing else reads weights, and
+/// as plain data it is empty.
+pub struct CpuTensor(Storage);
+
+enum Storage {
+    Plain(Vec<f32>),
+    /// An F32 checkpoint tensor in place (the word embeddings are 384 MB for e5-small),
+    /// read only. A write first copies it into `Plain` (`DerefMut`); no op writes a weight.
+    Mapped(MappedF32),
+    Packed(PackedWeight),
 }
 
 impl CpuTensor {
     pub fn plain(data: Vec<f32>) -> Self {
-        Self {
-            data,
-            mapped: None,
-            packed: None,
-        }
+        Self(Storage::Plain(data))
     }
 
     pub fn mapped(data: MappedF32) -> Self {
-        Self {
-            data: Vec::new(),
-            mapped: Some(data),
-            packed: None,
-        }
+        Self(Storage::Mapped(data))
     }
 
     pub fn packed(weight: PackedWeight) -> Self {
-        Self {
-            data: Vec::new(),
-            mapped: None,
-            packed: Some(weight),
-        }
+        Self(Storage::Packed(weight))
     }
 
     pub fn as_packed(&self) -> Option<&PackedWeight> {
-        self.packed.as_ref()
+        match &self.0 {
+            Storage::Packed(w) => Some(w),
+            _ => None,
+        }
     }
 }
 
 impl Deref for CpuTensor {
     type Target = [f32];
     fn deref(&self) -> &[f32] {
-        match &self.mapped {
-            Some(m) => m.as_slice(),
-            None => &self.data,
+        match &self.0 {
+            Storage::Plain(v) => v,
+            Storage::Mapped(m) => m.as_slice(),
+            Storage::Packed(_) => &[],
         }
     }
 }
 
 impl DerefMut for CpuTensor {
     fn deref_mut(&mut self) -> &mut [f32] {
-        if let Some(m) = self.mapped.take() {
-            self.data = m.as_slice().to_vec();
+        if let Storage::Mapped(m) = &self.0 {
+            self.0 = Storage::Plain(m.as_slice().to_vec());
         }
-        &mut self.data
+        match &mut self.0 {
+            Storage::Plain(v) => v,
+            _ => &mut [],
+        }
     }
 }
