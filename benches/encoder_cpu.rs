@@ -38,10 +38,14 @@ fn main() {
     eprintln!("backend: {}", bertcls::backend::Backend::describe(&backend));
     let mut enc = Encoder::new(backend, config.clone(), &weights, 8192).unwrap();
 
-    for (b, l) in [(1, 128), (8, 128), (32, 128)] {
-        if !wanted(&format!("{b}x{l}")) {
+    // Any fixed shape named "BxL" in --cases (default 1x128, 8x128 and 32x128).
+    for case in cases.split(',') {
+        let Some((b, l)) = case
+            .split_once('x')
+            .and_then(|(b, l)| Some((b.parse::<usize>().ok()?, l.parse::<usize>().ok()?)))
+        else {
             continue;
-        }
+        };
         let texts = fixed_batch(&config, b, l);
         let batch = PackedBatch::new(&texts);
         let secs = time(
