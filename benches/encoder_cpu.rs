@@ -3,6 +3,8 @@
 //!
 //!     cargo bench --bench encoder_cpu [-- --threads N --texts N --cases 1x128,8x128,32x128,real --budget S]
 //!
+//! `--cases` takes any fixed shape as BxL (texts x tokens) beside `real`.
+//!
 //! Compare with `tools/reference/bench_torch_cpu.py` run on the same machine (docs/BENCHMARKS.md).
 
 mod common;
