@@ -203,7 +203,7 @@ fn flags_that_contradict_the_run_are_refused() {
         ),
         (
             &["--run", mean, "--model", s(&other_weights)],
-            "has other weights than the run's",
+            "has other weights than the ones",
         ),
     ];
     for (flags, want) in cases {

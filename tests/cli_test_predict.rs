@@ -421,7 +421,7 @@ fn a_model_other_than_the_runs_is_refused() {
 
     write_run(run.path(), &["neg", "pos"], &"0".repeat(64));
     let err = error_of(&bertcls(&args, b""));
-    assert!(err.contains("has other weights than the run's"), "{err}");
+    assert!(err.contains("has other weights than the ones"), "{err}");
 }
 
 /// Probabilities of each text encoded alone, as `predict` must give them.

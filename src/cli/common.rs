@@ -270,6 +270,39 @@ pub fn text_features(
     }
 }
 
+/// The file that stands for a folder's weights in messages: `model.safetensors`, or the
+/// shard index when there is none.
+pub fn weights_file(dir: &Path) -> PathBuf {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        single
+    } else {
+        dir.join("model.safetensors.index.json")
+    }
+}
+
+/// Refuses weights other than those a head was trained on: `trained_on` is the weights
+/// sha256 that `record` (a run.json or a head checkpoint) holds. A head joined to other
+/// weights of the same width runs, and its answers are wrong with nothing to show it.
+/// An empty `trained_on` (the recipe's .pth, which records none) has nothing to compare.
+/// With the hash memo warm this is a stat of the weights, not a read.
+pub fn check_trained_weights(files: &ModelFiles, trained_on: &str, record: &Path) -> Result<()> {
+    // A folder without weights is refused by the loader, in a message that says what
+    // to do about it.
+    if trained_on.is_empty() || !weights_file(&files.dir.dir).is_file() {
+        return Ok(());
+    }
+    let sha = weights_sha256(&files.dir.dir)?;
+    if sha != trained_on {
+        bail!(
+            "{} has other weights than the ones {} was trained on (weights_sha256 {trained_on}, these {sha}): pass --model with the folder of the weights it was trained on, or train a head for these weights",
+            weights_file(&files.dir.dir).display(),
+            record.display()
+        );
+    }
+    Ok(())
+}
+
 /// sha256 of the weights: of `model.safetensors`, or of the shard index and every shard.
 pub fn weights_sha256(dir: &Path) -> Result<String> {
     let single = dir.join("model.safetensors");

@@ -13,7 +13,7 @@ use clap::Args;
 
 use super::bulk::{self, BulkArgs};
 use super::common::{
-    load_model_files, model_files, text_features, weights_sha256, DeviceArgs, EncoderDevice,
+    check_trained_weights, load_model_files, model_files, text_features, DeviceArgs, EncoderDevice,
     LoadedModel, ModelArgs, TextArgs,
 };
 use super::lines::TextChunks;
@@ -33,9 +33,10 @@ use crate::train::META_TEMPERATURE;
 const PROMPT: &str = "请输入文本:";
 
 /// Checkpoint metadata keys `train` writes: the label names as a JSON list in id order,
-/// and the `--model` and `--max-length` the head was trained with.
+/// and the `--model`, its weights' sha256 and the `--max-length` the head was trained with.
 const LABELS_KEY: &str = "labels";
 const MODEL_KEY: &str = "model";
+const WEIGHTS_SHA256_KEY: &str = "weights_sha256";
 const MAX_LENGTH_KEY: &str = "max_length";
 const POOLING_KEY: &str = "pooling";
 const LONG_KEY: &str = "long";
@@ -86,8 +87,12 @@ pub struct Classifier {
     /// (fitted by train on the validation split), 1 with --no-calibration or for a head
     /// without one (the recipe's .pth).
     pub temperature: f64,
-    /// The user named a model other than the run's: its weights must be the run's.
+    /// The user named a model other than the run's: a folder of it that cannot be
+    /// loaded is the user's to fix, not the run's.
     model_overridden: bool,
+    /// The sha256 of the weights the head was trained on (empty where nothing records
+    /// it), and the file that records it: the run.json, or the head checkpoint.
+    trained_on: (String, PathBuf),
 }
 
 impl HeadArgs {
@@ -133,6 +138,13 @@ impl HeadArgs {
             },
         };
         let model_overridden = run.is_some() && self.model.is_some();
+        let trained_on = match (&run, &self.run) {
+            (Some(info), Some(dir)) => (info.features.weights_sha256.clone(), RunInfo::path(dir)),
+            _ => (
+                meta.get(WEIGHTS_SHA256_KEY).cloned().unwrap_or_default(),
+                source.clone(),
+            ),
+        };
         let temperature = if self.no_calibration {
             1.0
         } else {
@@ -146,6 +158,7 @@ impl HeadArgs {
             model,
             temperature,
             model_overridden,
+            trained_on,
         })
     }
 }
@@ -254,7 +267,7 @@ pub fn check_label_count(head: &LinearHead, source: &Path, count: usize, what: &
 
 impl Classifier {
     /// The encoder the head was trained on, in the run's precision, refusing one of
-    /// another width before its weights are read.
+    /// another width, or other weights than the head's, before its weights are read.
     pub fn load_model(&self, device: &DeviceArgs) -> Result<LoadedModel> {
         let device = self.encoder_device(device)?;
         let files = model_files(&self.model).map_err(|e| match &self.run {
@@ -270,19 +283,8 @@ impl Classifier {
                 self.model.model
             );
         }
-        let model = load_model_files(files, &self.model, &device)?;
-        if let Some((info, _)) = self.run.as_ref().filter(|_| self.model_overridden) {
-            let sha = weights_sha256(&model.files.dir.dir)?;
-            if !info.features.weights_sha256.is_empty() && sha != info.features.weights_sha256 {
-                bail!(
-                    "--model {} has other weights than the run's {} (sha256 {}): drop --model",
-                    self.model.model,
-                    info.model,
-                    info.features.weights_sha256
-                );
-            }
-        }
-        Ok(model)
+        check_trained_weights(&files, &self.trained_on.0, &self.trained_on.1)?;
+        load_model_files(files, &self.model, &device)
     }
 
     /// `--device` resolved: in the precision a run's features were computed in; a bare

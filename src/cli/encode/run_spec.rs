@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 
 use super::EncodeArgs;
 use crate::chunk::{LongTexts, DEFAULT_STRIDE};
-use crate::cli::common::{model_files, weights_sha256, EncoderDevice, ModelArgs};
+use crate::cli::common::{check_trained_weights, model_files, EncoderDevice, ModelArgs};
 use crate::cli::predict::{run_model, run_model_error};
 use crate::cli::run_dir::RunInfo;
 use crate::cli::run_settings::{agree, run_device};
@@ -20,8 +20,7 @@ pub struct RunSpec {
 }
 
 /// The run's features spec, with the flags of `args` checked against it and the model
-/// folder's tokenizer (and, when `--model` names another folder, weights) checked to be
-/// the run's, before any weights are loaded.
+/// folder's weights and tokenizer checked to be the run's, before any weights are loaded.
 pub fn resolve(dir: &Path, args: &EncodeArgs) -> Result<RunSpec> {
     let json = RunInfo::path(dir);
     if !json.is_file() {
@@ -48,18 +47,7 @@ pub fn resolve(dir: &Path, args: &EncodeArgs) -> Result<RunSpec> {
         None => run_model_error(e, &json),
         Some(_) => e,
     })?;
-    if args.model.is_some() && !spec.weights_sha256.is_empty() {
-        let sha = weights_sha256(&files.dir.dir)?;
-        if sha != spec.weights_sha256 {
-            bail!(
-                "--model {} has other weights than the run's {} (sha256 {}, {}): drop --model",
-                model.model,
-                info.model,
-                spec.weights_sha256,
-                json.display()
-            );
-        }
-    }
+    check_trained_weights(&files, &spec.weights_sha256, &json)?;
     // The fingerprint covers the tokenizer files' content and max_length: a folder whose
     // tokenizer changed since training would cut texts into other tokens.
     if !spec.tokenizer_fingerprint.is_empty()
