@@ -265,7 +265,8 @@ fn update_texts(h: &mut Sha256, texts: &[String]) {
 }
 
 /// The sha256 of a file, remembered in `sha256/` under [`cache_root`] per (path, size,
-/// modification time), so that a second run does not re-read a 400 MB weights file.
+/// modification time, inode, status-change time), so that a second run does not re-read
+/// a 400 MB weights file.
 pub fn sha256_file(path: &Path) -> Result<String> {
     sha256_file_memo(path, &cache_root().join("sha256"))
 }
@@ -275,7 +276,39 @@ struct Memo {
     path: String,
     size: u64,
     mtime_ns: u128,
+    /// Size and mtime alone take a same-size file whose mtime was carried over (`cp -p`,
+    /// `rsync -a`, `tar`) for the one hashed. Such a copy is a new inode, or the old one
+    /// rewritten, which moves its ctime; no user can set a ctime.
+    inode: u64,
+    ctime_ns: i128,
     sha256: String,
+}
+
+impl Memo {
+    /// Whether both describe the same file in the same state: every field but the hash.
+    fn is_of_the_file(&self, other: &Memo) -> bool {
+        self.path == other.path
+            && self.size == other.size
+            && self.mtime_ns == other.mtime_ns
+            && self.inode == other.inode
+            && self.ctime_ns == other.ctime_ns
+    }
+}
+
+/// The inode and ctime (ns) of a file; zero where the platform has neither, which leaves
+/// path, size and mtime to tell files apart.
+#[cfg(unix)]
+fn inode_and_ctime(meta: &std::fs::Metadata) -> (u64, i128) {
+    use std::os::unix::fs::MetadataExt;
+    (
+        meta.ino(),
+        i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+    )
+}
+
+#[cfg(not(unix))]
+fn inode_and_ctime(_meta: &std::fs::Metadata) -> (u64, i128) {
+    (0, 0)
 }
 
 fn sha256_file_memo(path: &Path, memo_dir: &Path) -> Result<String> {
@@ -301,18 +334,21 @@ fn sha256_file_memo(path: &Path, memo_dir: &Path) -> Result<String> {
         // No modification time, no way to tell a changed file: hash every time.
         return hash_file(&real);
     };
+    let (inode, ctime_ns) = inode_and_ctime(&meta);
     let mut memo = Memo {
         path: real_name,
         size: meta.len(),
         mtime_ns,
+        inode,
+        ctime_ns,
         sha256: String::new(),
     };
+    // A memo written before a key field existed does not parse: the file is hashed again.
     if let Some(stored) = std::fs::read(&memo_path)
         .ok()
         .and_then(|b| serde_json::from_slice::<Memo>(&b).ok())
     {
-        if stored.path == memo.path && stored.size == memo.size && stored.mtime_ns == memo.mtime_ns
-        {
+        if stored.is_of_the_file(&memo) {
             return Ok(stored.sha256);
         }
     }
@@ -557,6 +593,44 @@ mod tests {
             sha256_file_memo(&file, &memo_dir).unwrap(),
             "88d4266fd4e6338d13b845fcf289579d209c897823b9217da3e161936f031589"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The file's size and mtime stay, its content changes: what `rsync -a` (a new file
+    /// renamed over the old) and `cp -p` (the old file rewritten) do.
+    #[cfg(unix)]
+    #[test]
+    fn a_same_size_copy_with_the_old_mtime_is_hashed_again() {
+        let dir = temp_dir("sha-mtime-kept");
+        let file = dir.join("weights.bin");
+        let memo_dir = dir.join("sha256");
+        std::fs::write(&file, b"abc").unwrap();
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let xyz = "3608bca1e44ea6c4d268eb6db02260269892c0b42b86bbf1e77a6fa16c3c9282";
+        assert_eq!(sha256_file_memo(&file, &memo_dir).unwrap(), abc);
+        let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+
+        let copy = dir.join("weights.bin.partial");
+        std::fs::write(&copy, b"xyz").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&copy)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        std::fs::rename(&copy, &file).unwrap();
+        assert_eq!(std::fs::metadata(&file).unwrap().modified().unwrap(), mtime);
+        assert_eq!(sha256_file_memo(&file, &memo_dir).unwrap(), xyz);
+
+        // File timestamps tick at the kernel's clock tick (up to 10 ms): wait past it so
+        // that the rewrite's ctime is not the one the memo holds.
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let rewritten = std::fs::File::options().write(true).open(&file).unwrap();
+        std::io::Write::write_all(&mut &rewritten, b"abc").unwrap();
+        rewritten.set_modified(mtime).unwrap();
+        drop(rewritten);
+        assert_eq!(std::fs::metadata(&file).unwrap().modified().unwrap(), mtime);
+        assert_eq!(sha256_file_memo(&file, &memo_dir).unwrap(), abc);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
