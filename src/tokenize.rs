@@ -11,10 +11,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::models::ModelWrapper;
 use tokenizers::normalizers::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::bert::BertProcessing;
-use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{Model, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 /// The recipe's truncation length.
 pub const DEFAULT_MAX_LENGTH: usize = 350;
@@ -85,6 +86,24 @@ impl BertTokenizer {
 
     pub fn sources(&self) -> &[PathBuf] {
         &self.sources
+    }
+
+    /// The largest id the tokenizer can give, added tokens included; None for an empty
+    /// vocabulary.
+    pub fn largest_id(&self) -> Option<u32> {
+        let model = match self.inner.get_model() {
+            // A Unigram id is the piece's position: no need to copy 250,000 pieces.
+            ModelWrapper::Unigram(unigram) => unigram.get_vocab_size().checked_sub(1),
+            other => other.get_vocab().into_values().max().map(|id| id as usize),
+        };
+        let added = self
+            .inner
+            .get_added_vocabulary()
+            .get_vocab()
+            .values()
+            .max()
+            .map(|&id| id as usize);
+        model.max(added).map(|id| id as u32)
     }
 
     /// sha256 over the tokenizer files and `max_length`: equal fingerprints give equal ids.

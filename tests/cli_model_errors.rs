@@ -190,3 +190,84 @@ fn corrupt_tokenizer() {
     let e = encode_fails(&dir);
     assert!(e.contains("tokenizer.json"), "{e}");
 }
+
+/// `info --model DIR`, which must fail with the same one line as `encode`.
+fn info_fails(dir: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_bertcls"))
+        .args(["info", "--offline", "--model"])
+        .arg(dir)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "one error line expected: {stderr}");
+    errors[0].to_string()
+}
+
+/// A tokenizer whose ids run past config.json's vocab_size is refused at load, whatever
+/// the text: "好" is an id every tokenizer here has below it.
+#[test]
+fn tokenizer_ids_past_vocab_size() {
+    let dir = copy_tiny("tokenizer-past-vocab");
+    let path = dir.join("tokenizer.json");
+    let mut tokenizer: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    tokenizer["model"]["vocab"]["外来词"] = 5000.into();
+    std::fs::write(&path, tokenizer.to_string()).unwrap();
+    let e = encode_fails(&dir);
+    let want = format!(
+        "{} has token ids up to 5000 but {} has vocab_size 732",
+        path.display(),
+        dir.join("config.json").display()
+    );
+    assert!(e.contains(&want), "{e}");
+    assert_eq!(info_fails(&dir), e);
+}
+
+/// The audit's case: e5's 250,002-piece tokenizer beside MiniLM's config and weights
+/// (30,522). e5's own folder, whose tokenizer is smaller than its padded vocab_size
+/// (250,037), loads.
+#[test]
+fn another_models_tokenizer_is_refused_and_a_smaller_one_allowed() {
+    let models = repo().join("models");
+    let (minilm, e5) = (
+        models.join("all-MiniLM-L6-v2"),
+        models.join("multilingual-e5-small"),
+    );
+    if skip_unless(
+        minilm.is_dir() && e5.is_dir(),
+        "models/all-MiniLM-L6-v2 and models/multilingual-e5-small are absent (scripts/fetch-models.sh)",
+    ) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("bertcls-bad-model-{}-mixed", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(minilm.join("config.json"), dir.join("config.json")).unwrap();
+    std::os::unix::fs::symlink(
+        minilm.join("model.safetensors"),
+        dir.join("model.safetensors"),
+    )
+    .unwrap();
+    std::fs::copy(e5.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    let e = encode_fails(&dir);
+    assert!(
+        e.contains("tokenizer.json has token ids up to 250001")
+            && e.contains("config.json has vocab_size 30522"),
+        "{e}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_bertcls"))
+        .args(["info", "--offline", "--model"])
+        .arg(&e5)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

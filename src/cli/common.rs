@@ -128,12 +128,38 @@ pub fn model_files(args: &ModelArgs) -> Result<ModelFiles> {
         );
     }
     let tokenizer = ManuallyDrop::new(BertTokenizer::from_dir(&dir.dir, args.max_length)?);
+    check_tokenizer_fits(&tokenizer, &config, &dir)?;
     Ok(ModelFiles {
         resolved,
         dir,
         config,
         tokenizer,
     })
+}
+
+/// Refuses a tokenizer with ids past the model's vocabulary (another model's tokenizer,
+/// say), which would otherwise pass until some text happened to produce such an id. The
+/// weights' word embeddings have config.json's vocab_size rows (checked at load), so
+/// config.json stands for both. A tokenizer smaller than vocab_size is normal: models pad
+/// their vocabulary to a round size.
+fn check_tokenizer_fits(
+    tokenizer: &BertTokenizer,
+    config: &BertConfig,
+    dir: &ModelDir,
+) -> Result<()> {
+    let Some(largest) = tokenizer.largest_id() else {
+        return Ok(());
+    };
+    if largest as usize >= config.vocab_size {
+        let tokenizer_file = tokenizer.sources().first().map(|p| p.display().to_string());
+        bail!(
+            "{} has token ids up to {largest} but {} has vocab_size {}: the tokenizer is another model's; put this model's tokenizer files beside its config.json and weights",
+            tokenizer_file.unwrap_or_default(),
+            dir.config.display(),
+            config.vocab_size
+        );
+    }
+    Ok(())
 }
 
 /// A model's tokenizer and encoder on the chosen device, ready to run.
