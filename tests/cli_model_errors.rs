@@ -271,3 +271,49 @@ fn another_models_tokenizer_is_refused_and_a_smaller_one_allowed() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Weights with more layers than config.json's num_hidden_layers: running the first ones
+/// only would be a shallower model than the weights'.
+#[test]
+fn weights_with_layers_past_num_hidden_layers() {
+    let dir = copy_tiny("layers-past-config");
+    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        text.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1"),
+    )
+    .unwrap();
+    let e = encode_fails(&dir);
+    assert!(
+        e.contains(&format!(
+            "{}: tensor encoder.layer.1.",
+            dir.join("model.safetensors").display()
+        )) && e.contains("is of layer 1, but config.json has num_hidden_layers 1"),
+        "{e}"
+    );
+}
+
+/// A RoBERTa config: its position ids start at pad_token_id + 1, so BERT's forward would
+/// give wrong features from weights that load.
+#[test]
+fn roberta_and_relative_positions_are_refused() {
+    for (from, to, want) in [
+        (
+            "\"model_type\": \"bert\"",
+            "\"model_type\": \"roberta\"",
+            "model_type \"roberta\"",
+        ),
+        (
+            "\"model_type\": \"bert\"",
+            "\"model_type\": \"bert\", \"position_embedding_type\": \"relative_key\"",
+            "position_embedding_type \"relative_key\"",
+        ),
+    ] {
+        let dir = copy_tiny("roberta");
+        let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+        assert!(text.contains(from));
+        std::fs::write(dir.join("config.json"), text.replace(from, to)).unwrap();
+        let e = encode_fails(&dir);
+        assert!(e.contains("config.json: ") && e.contains(want), "{e}");
+    }
+}

@@ -25,6 +25,8 @@ pub struct BertConfig {
     pub pad_token_id: u32,
     #[serde(default)]
     pub model_type: Option<String>,
+    #[serde(default)]
+    pub position_embedding_type: Option<String>,
 }
 
 /// 2^40 f32 parameters (4 TiB): beyond any BERT, and far from overflowing byte counts.
@@ -55,11 +57,27 @@ impl BertConfig {
 
     fn validate(&self) -> Result<()> {
         if let Some(t) = &self.model_type {
-            if !matches!(t.as_str(), "bert" | "xlm-roberta" | "roberta") {
+            // RoBERTa's embeddings number positions from pad_token_id + 1, not 0: its
+            // weights would run here, and every feature would be wrong.
+            if matches!(t.as_str(), "roberta" | "xlm-roberta") {
+                bail!(
+                    "model_type \"{t}\": RoBERTa models number positions from pad_token_id + 1, which bertcls's BERT encoder does not; use a BERT checkpoint (model_type \"bert\")"
+                );
+            }
+            if t != "bert" {
                 bail!(
                     "model_type \"{t}\" is not a BERT encoder; bertcls runs BertModel checkpoints"
                 );
             }
+        }
+        if let Some(p) = self
+            .position_embedding_type
+            .as_deref()
+            .filter(|&p| p != "absolute")
+        {
+            bail!(
+                "position_embedding_type \"{p}\": bertcls implements absolute position embeddings only; use a checkpoint with \"absolute\""
+            );
         }
         // Every size must be positive: a zero one leaves empty matrices the encoder would
         // index into.
@@ -167,7 +185,12 @@ mod tests {
     #[test]
     fn degenerate_configs_are_refused_with_the_file_named() {
         assert!(config(|_| {}).is_ok());
-        let cases: [(&str, serde_json::Value, &str); 10] = [
+        assert!(config(|v| {
+            v["model_type"] = "bert".into();
+            v["position_embedding_type"] = "absolute".into();
+        })
+        .is_ok());
+        let cases: [(&str, serde_json::Value, &str); 14] = [
             ("hidden_size", 0.into(), "hidden_size is 0"),
             ("intermediate_size", 0.into(), "intermediate_size is 0"),
             ("type_vocab_size", 0.into(), "type_vocab_size is 0"),
@@ -182,6 +205,22 @@ mod tests {
             ("layer_norm_eps", (-1.0).into(), "layer_norm_eps"),
             ("pad_token_id", 10.into(), "pad_token_id 10"),
             ("hidden_size", (1u64 << 40).into(), "parameters"),
+            (
+                "model_type",
+                "roberta".into(),
+                "number positions from pad_token_id + 1",
+            ),
+            (
+                "model_type",
+                "xlm-roberta".into(),
+                "model_type \"xlm-roberta\"",
+            ),
+            ("model_type", "gpt2".into(), "not a BERT encoder"),
+            (
+                "position_embedding_type",
+                "relative_key".into(),
+                "position_embedding_type \"relative_key\"",
+            ),
         ];
         for (key, value, want) in cases {
             let err = config(|v| v[key] = value.clone()).unwrap_err().to_string();

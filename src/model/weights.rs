@@ -234,6 +234,28 @@ impl Checkpoint {
         self.index.keys().map(String::as_str)
     }
 
+    /// Refuses tensors of layers at or past `num_hidden_layers`: the encoder would run
+    /// the first layers only, a shallower model than the weights', with no sign of it
+    /// (transformers warns of unused weights).
+    pub fn check_no_layers_past(&self, num_hidden_layers: usize) -> Result<()> {
+        let past = self
+            .tensor_names()
+            .filter_map(|name| {
+                let rest = name.strip_prefix("bert.").unwrap_or(name);
+                let (layer, _) = rest.strip_prefix("encoder.layer.")?.split_once('.')?;
+                let layer: usize = layer.parse().ok()?;
+                (layer >= num_hidden_layers).then_some((layer, name))
+            })
+            .max();
+        if let Some((layer, name)) = past {
+            bail!(
+                "{}: tensor {name} is of layer {layer}, but config.json has num_hidden_layers {num_hidden_layers}: the weights and config.json do not belong together; use the config.json these weights came with",
+                self.file_of(name).unwrap_or(Path::new("")).display()
+            );
+        }
+        Ok(())
+    }
+
     /// The file a tensor lives in.
     pub fn file_of(&self, name: &str) -> Option<&Path> {
         self.index.get(name).map(|&i| self.files[i].0.as_path())
@@ -332,6 +354,7 @@ impl<U> BertWeights<U> {
         linear_w: impl FnMut(&[f32], usize, usize) -> Result<U>,
         plain: impl FnMut(HostTensor) -> Result<U>,
     ) -> Result<Self> {
+        ckpt.check_no_layers_past(config.num_hidden_layers)?;
         let c = config.hidden_size;
         let mut r = TensorReader {
             ckpt,
