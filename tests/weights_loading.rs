@@ -140,6 +140,92 @@ fn sharded_checkpoint_equals_single_file() {
     );
 }
 
+/// Writes the two shards of the tiny model (its tensors split in half, plus `extra` in
+/// the second) and an index mapping each half to its shard, `edit` applied to the map.
+fn write_shards(
+    dir: &std::path::Path,
+    extra: &[(String, Dtype, Vec<usize>, Vec<u8>)],
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) {
+    let tensors = tiny_tensors();
+    let (a, b) = tensors.split_at(tensors.len() / 2);
+    let (first, second) = (
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    );
+    write(&dir.join(first), a);
+    write(&dir.join(second), &[b, extra].concat());
+    let mut map: serde_json::Map<String, serde_json::Value> = a
+        .iter()
+        .map(|t| (t.0.clone(), first.into()))
+        .chain(b.iter().map(|t| (t.0.clone(), second.into())))
+        .collect();
+    edit(&mut map);
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": map}).to_string(),
+    )
+    .unwrap();
+}
+
+/// A tensor that two shards hold is read from the one the index maps it to, here the
+/// first, though the second (read later) holds a zeroed copy of it.
+#[test]
+fn a_tensor_in_two_shards_comes_from_the_mapped_one() {
+    let dir = temp_copy("sharded-duplicate");
+    let mut stray = tiny_tensors().remove(0);
+    stray.3.fill(0);
+    write_shards(&dir, &[stray], |_| {});
+    assert!(
+        flat(&load(&dir)) == flat(&load(&fixtures().join("tiny/model"))),
+        "the sharded weights are not the single file's: the stray copy was read"
+    );
+}
+
+/// An index naming a shard outside the model folder, or a shard that lacks the tensor it
+/// is mapped to, is refused in one line naming the index.
+#[test]
+fn an_index_pointing_outside_the_folder_or_at_the_wrong_shard_is_refused() {
+    let dir = temp_copy("sharded-escape");
+    let index = dir.join("model.safetensors.index.json");
+    let outside = temp_copy("sharded-escape-other");
+    let name = tiny_tensors().remove(0).0;
+    std::fs::copy(
+        fixtures().join("tiny/model/model.safetensors"),
+        outside.join("model.safetensors"),
+    )
+    .unwrap();
+    let escape = format!(
+        "../{}/model.safetensors",
+        outside.file_name().unwrap().to_str().unwrap()
+    );
+    write_shards(&dir, &[], |map| {
+        map.insert(name.clone(), escape.clone().into());
+    });
+    let err = format!("{:#}", Checkpoint::open(&dir).err().unwrap());
+    assert!(
+        err.starts_with(&format!(
+            "{}: tensor {name} is mapped to \"{escape}\"",
+            index.display()
+        )) && err.contains("not the name of a file beside the index"),
+        "{err}"
+    );
+    let line = refusal(&["encode", "--model", dir.to_str().unwrap(), "好"]);
+    assert!(line.contains(&err), "{line}");
+
+    write_shards(&dir, &[], |map| {
+        map.insert(name.clone(), "model-00002-of-00002.safetensors".into());
+    });
+    let err = format!("{:#}", Checkpoint::open(&dir).err().unwrap());
+    assert!(
+        err.contains(&format!(
+            "{} maps tensor {name} to model-00002-of-00002.safetensors, which does not hold it",
+            index.display()
+        )),
+        "{err}"
+    );
+}
+
 /// BF16 weights widen to f32 exactly: every value equals the original rounded to bf16.
 #[test]
 fn bf16_checkpoint_widens_exactly() {

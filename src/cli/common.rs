@@ -16,6 +16,7 @@ use crate::backend::{Device, DeviceRequest};
 use crate::chunk::{mean_of_windows, LongTexts, WindowTokenizer};
 use crate::features::{sha256_file, EncodeSpec, FeatureCache, FeatureKey};
 use crate::hub::{self, ResolvedModel};
+use crate::model::weights::ShardIndex;
 use crate::model::{
     encode_all, BertConfig, Checkpoint, Encoder, FeatureEncoder, ModelDir, Pooling,
 };
@@ -335,20 +336,10 @@ pub fn weights_sha256(dir: &Path) -> Result<String> {
     if single.is_file() {
         return sha256_file(&single);
     }
-    let index = dir.join("model.safetensors.index.json");
-    let text = std::fs::read_to_string(&index)
-        .map_err(|e| anyhow!("cannot read {} ({e})", index.display()))?;
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| anyhow!("{} is not valid JSON ({e})", index.display()))?;
-    let mut shards: Vec<&str> = json["weight_map"]
-        .as_object()
-        .map(|m| m.values().filter_map(|v| v.as_str()).collect())
-        .unwrap_or_default();
-    shards.sort();
-    shards.dedup();
-    let mut joined = sha256_file(&index)?;
-    for s in shards {
-        joined.push_str(&sha256_file(&dir.join(s))?);
+    let index = ShardIndex::read(dir)?;
+    let mut joined = sha256_file(&index.path)?;
+    for shard in index.shards() {
+        joined.push_str(&sha256_file(&dir.join(shard))?);
     }
     Ok(crate::features::hash_split(&[joined], &[0]))
 }

@@ -1,7 +1,7 @@
 //! Encoder weights from HF safetensors: one file or a sharded checkpoint, F32/F16/BF16,
 //! memory-mapped, with the name variants real checkpoints use.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -163,42 +163,78 @@ impl HostTensor {
 /// The safetensors files of a checkpoint, memory-mapped, and which file holds each tensor.
 pub struct Checkpoint {
     files: Vec<(PathBuf, Arc<Mmap>)>,
+    /// The tensors each file holds.
+    names: Vec<HashSet<String>>,
+    /// The file each tensor is read from.
     index: HashMap<String, usize>,
+}
+
+/// `model.safetensors.index.json`: which shard holds each tensor.
+pub struct ShardIndex {
+    pub path: PathBuf,
+    /// (tensor, shard file name), the shard beside the index.
+    pub weight_map: Vec<(String, String)>,
+}
+
+impl ShardIndex {
+    /// The index in `dir`, refusing a shard named by a path (`../other/model.safetensors`,
+    /// `/abs/x`): an index names files beside it, and a path would read weights from
+    /// outside the model folder.
+    pub fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join("model.safetensors.index.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            anyhow!(
+                "{} is not valid JSON ({e}): re-download the checkpoint",
+                path.display()
+            )
+        })?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| {
+                anyhow!(
+                    "{} has no \"weight_map\" object: re-download the checkpoint",
+                    path.display()
+                )
+            })?;
+        let mut weight_map = Vec::with_capacity(map.len());
+        for (tensor, shard) in map {
+            let shard = shard.as_str().filter(|s| is_file_name(s)).ok_or_else(|| {
+                anyhow!(
+                    "{}: tensor {tensor} is mapped to {shard}, not the name of a file beside the index: fix the index or re-download the checkpoint",
+                    path.display()
+                )
+            })?;
+            weight_map.push((tensor.clone(), shard.to_string()));
+        }
+        Ok(Self { path, weight_map })
+    }
+
+    /// The shard file names, sorted, each once.
+    pub fn shards(&self) -> Vec<&str> {
+        let mut shards: Vec<&str> = self.weight_map.iter().map(|(_, s)| s.as_str()).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        shards
+    }
+}
+
+/// A plain file name: no separator of any platform, not `.` or `..`.
+fn is_file_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['/', '\\']) && name != "." && name != ".."
 }
 
 impl Checkpoint {
     /// Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
     pub fn open(dir: &Path) -> Result<Self> {
         let single = dir.join("model.safetensors");
-        let index_path = dir.join("model.safetensors.index.json");
         if single.is_file() {
             return Self::from_files(vec![single]);
         }
-        if index_path.is_file() {
-            let text = std::fs::read_to_string(&index_path)
-                .with_context(|| format!("cannot read {}", index_path.display()))?;
-            let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                anyhow!(
-                    "{} is not valid JSON ({e}): re-download the checkpoint",
-                    index_path.display()
-                )
-            })?;
-            let map = json
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| {
-                    anyhow!(
-                        "{} has no \"weight_map\" object: re-download the checkpoint",
-                        index_path.display()
-                    )
-                })?;
-            let mut shards: Vec<String> = map
-                .values()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect();
-            shards.sort();
-            shards.dedup();
-            return Self::from_files(shards.iter().map(|s| dir.join(s)).collect());
+        if dir.join("model.safetensors.index.json").is_file() {
+            return Self::from_index(dir, &ShardIndex::read(dir)?);
         }
         bail!(
             "{} has no model.safetensors (nor model.safetensors.index.json): bertcls reads safetensors weights; convert a pytorch_model.bin with transformers' save_pretrained(safe_serialization=True)",
@@ -206,8 +242,31 @@ impl Checkpoint {
         )
     }
 
+    /// Each tensor from the shard the index maps it to: a tensor that two shards hold is
+    /// the mapped one's, and one that the index does not list is not read.
+    fn from_index(dir: &Path, index: &ShardIndex) -> Result<Self> {
+        let shards = index.shards();
+        let mut ckpt = Self::from_files(shards.iter().map(|s| dir.join(s)).collect())?;
+        let file_of: HashMap<&str, usize> =
+            shards.iter().enumerate().map(|(i, s)| (*s, i)).collect();
+        let mut mapped = HashMap::with_capacity(index.weight_map.len());
+        for (tensor, shard) in &index.weight_map {
+            let file = file_of[shard.as_str()];
+            if !ckpt.names[file].contains(tensor) {
+                bail!(
+                    "{} maps tensor {tensor} to {shard}, which does not hold it: re-download the checkpoint",
+                    index.path.display()
+                );
+            }
+            mapped.insert(tensor.clone(), file);
+        }
+        ckpt.index = mapped;
+        Ok(ckpt)
+    }
+
     pub fn from_files(paths: Vec<PathBuf>) -> Result<Self> {
         let mut files = Vec::with_capacity(paths.len());
+        let mut names = Vec::with_capacity(paths.len());
         let mut index = HashMap::new();
         for (i, path) in paths.into_iter().enumerate() {
             let file = File::open(&path)
@@ -222,12 +281,18 @@ impl Checkpoint {
             let st = SafeTensors::deserialize(&mmap).map_err(|e| {
                 anyhow!("{} is not a valid safetensors file ({e}): it is truncated or corrupt, download it again", path.display())
             })?;
-            for name in st.names() {
-                index.insert(name.to_string(), i);
+            let file_names: HashSet<String> = st.names().into_iter().map(str::to_owned).collect();
+            for name in &file_names {
+                index.insert(name.clone(), i);
             }
+            names.push(file_names);
             files.push((path, Arc::new(mmap)));
         }
-        Ok(Self { files, index })
+        Ok(Self {
+            files,
+            names,
+            index,
+        })
     }
 
     pub fn tensor_names(&self) -> impl Iterator<Item = &str> {
