@@ -328,6 +328,91 @@ fn a_runs_missing_model_is_named_with_its_run() {
     );
 }
 
+/// A bad max_length or model is blamed on where it came from: the flag, the run.json, or
+/// the head checkpoint's metadata, never a flag the user did not pass.
+#[test]
+fn bad_settings_are_named_with_the_flag_or_file_they_came_from() {
+    let run = TempDir::new("run-bad-settings");
+    write_run(run.path(), &["neg", "pos"], "");
+    let r = s(run.path());
+    let data = data_dir();
+    for (flag, want) in [
+        ("0", "--max-length 0 leaves no room for [CLS] and [SEP]"),
+        ("1", "--max-length 1 leaves no room for [CLS] and [SEP]"),
+        ("100000", "--max-length 100000: beyond the 512 positions"),
+    ] {
+        for args in [
+            vec!["predict", "--run", r, "--max-length", flag, "好"],
+            vec!["test", "--run", r, "--max-length", flag, "--data", s(&data)],
+        ] {
+            let err = error_of(&bertcls(&args, b""));
+            assert!(
+                err.starts_with(&format!("error: {want}")),
+                "{args:?}: {err}"
+            );
+        }
+    }
+
+    let run_json = run.path().join("run.json");
+    let mut info: Value =
+        serde_json::from_str(&std::fs::read_to_string(&run_json).unwrap()).unwrap();
+    info["max_length"] = 0.into();
+    std::fs::write(&run_json, info.to_string()).unwrap();
+    for args in [
+        vec!["predict", "--run", r, "好"],
+        vec!["test", "--run", r, "--data", s(&data)],
+        vec!["encode", "--run", r, "--json", "好"],
+    ] {
+        let err = error_of(&bertcls(&args, b""));
+        assert!(
+            err.starts_with(&format!(
+                "error: {} records max_length 0, which leaves no room",
+                run_json.display()
+            )),
+            "{args:?}: {err}"
+        );
+    }
+
+    let dir = TempDir::new("head-bad-settings");
+    let head = dir.path().join("head.safetensors");
+    let missing = dir.path().join("moved-away");
+    for (key, value, want) in [
+        (
+            "model",
+            s(&missing),
+            format!("the model {} names cannot be loaded", head.display()),
+        ),
+        (
+            "max_length",
+            "0",
+            format!(
+                "{} records max_length 0, which leaves no room",
+                head.display()
+            ),
+        ),
+        (
+            "max_length",
+            "350 tokens",
+            format!(
+                "{}: metadata max_length = \"350 tokens\" is not a token count",
+                head.display()
+            ),
+        ),
+    ] {
+        let mut meta = BTreeMap::from([
+            ("model".to_string(), s(&model_dir()).to_string()),
+            ("max_length".to_string(), "350".to_string()),
+        ]);
+        meta.insert(key.to_string(), value.to_string());
+        save_head(&head, &recipe_head(), None, &meta).unwrap();
+        let err = error_of(&bertcls(&["predict", "--head", s(&head), "好"], b""));
+        assert!(
+            err.starts_with(&format!("error: {want}")),
+            "{key}={value}: {err}"
+        );
+    }
+}
+
 #[test]
 fn test_and_predict_take_model_data_and_labels_from_a_run() {
     let run = TempDir::new("run");

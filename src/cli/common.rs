@@ -40,11 +40,46 @@ pub struct ModelArgs {
     /// Texts longer than max_length: truncated, or windows (set like `pooling`).
     #[arg(skip)]
     pub long: LongTexts,
+    /// The files `model` and `max_length` were read from where no flag gave them.
+    #[arg(skip)]
+    pub recorded: Recorded,
+}
+
+/// The run.json or head checkpoint that named the model, and the one that gave
+/// max_length: their errors name that file, not a `--model` or `--max-length` the user
+/// never passed. None where a flag (or the default) gave the value.
+#[derive(Clone, Debug, Default)]
+pub struct Recorded {
+    pub model: Option<PathBuf>,
+    pub max_length: Option<PathBuf>,
 }
 
 impl ModelArgs {
     pub fn offline(&self) -> bool {
         self.offline || hub::offline_from_env()
+    }
+
+    /// Refuses a max_length that leaves no room for [CLS] and [SEP] or runs past the
+    /// model's positions, naming the flag or the file it came from.
+    fn check_max_length(&self, config: &BertConfig, model_id: &str) -> Result<()> {
+        let (n, positions) = (self.max_length, config.max_position_embeddings);
+        match (&self.recorded.max_length, n < 2) {
+            (None, true) => bail!(
+                "--max-length {n} leaves no room for [CLS] and [SEP]: use at least 2"
+            ),
+            (None, false) if n > positions => bail!(
+                "--max-length {n}: beyond the {positions} positions {model_id} has (max_position_embeddings in config.json): pass --max-length {positions} or less"
+            ),
+            (Some(file), true) => bail!(
+                "{} records max_length {n}, which leaves no room for [CLS] and [SEP]: the file is damaged; restore the max_length the head was trained with",
+                file.display()
+            ),
+            (Some(file), false) if n > positions => bail!(
+                "{} records max_length {n}, beyond the {positions} positions {model_id} has (max_position_embeddings in config.json): restore the max_length the head was trained with, or pass --model with the folder of the weights it was trained on",
+                file.display()
+            ),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -116,20 +151,24 @@ pub struct ModelFiles {
 }
 
 pub fn model_files(args: &ModelArgs) -> Result<ModelFiles> {
-    let resolved = hub::resolve_model(&args.model, args.offline())?;
-    let dir = ModelDir::open(&resolved.dir)?;
-    let config = dir.config()?;
-    if args.max_length > config.max_position_embeddings {
-        bail!(
-            "--max-length {}: beyond the {} positions {} has (max_position_embeddings in config.json): pass --max-length {} or less",
-            args.max_length,
-            config.max_position_embeddings,
-            resolved.id,
-            config.max_position_embeddings
-        );
+    // A model a run or head names that no longer loads (moved or deleted since train):
+    // the error says which file named it and what to pass instead.
+    let named_by = |e: anyhow::Error| {
+        match &args.recorded.model {
+        Some(file) => anyhow!(
+            "the model {} names cannot be loaded ({e:#}): pass --model with the folder of the weights it was trained on",
+            file.display()
+        ),
+        None => e,
     }
-    let tokenizer = ManuallyDrop::new(BertTokenizer::from_dir(&dir.dir, args.max_length)?);
-    check_tokenizer_fits(&tokenizer, &config, &dir)?;
+    };
+    let resolved = hub::resolve_model(&args.model, args.offline()).map_err(named_by)?;
+    let dir = ModelDir::open(&resolved.dir).map_err(named_by)?;
+    let config = dir.config().map_err(named_by)?;
+    args.check_max_length(&config, &resolved.id)?;
+    let tokenizer = BertTokenizer::from_dir(&dir.dir, args.max_length).map_err(named_by)?;
+    let tokenizer = ManuallyDrop::new(tokenizer);
+    check_tokenizer_fits(&tokenizer, &config, &dir).map_err(named_by)?;
     Ok(ModelFiles {
         resolved,
         dir,

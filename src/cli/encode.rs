@@ -11,7 +11,7 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
 use super::bulk::{self, BulkArgs};
-use super::common::{encode_texts, load_model, DeviceArgs, ModelArgs, TextArgs};
+use super::common::{encode_texts, load_model, DeviceArgs, ModelArgs, Recorded, TextArgs};
 use crate::chunk::{LongTexts, DEFAULT_STRIDE};
 use crate::fsio::atomic_write;
 use crate::hub::DEFAULT_MODEL;
@@ -85,6 +85,7 @@ impl EncodeArgs {
                 self.long.as_deref().unwrap_or("truncate"),
                 self.stride.unwrap_or(DEFAULT_STRIDE),
             )?,
+            recorded: Recorded::default(),
         })
     }
 }

@@ -14,7 +14,7 @@ use clap::Args;
 use super::bulk::{self, BulkArgs};
 use super::common::{
     check_trained_weights, load_model_files, model_files, text_features, DeviceArgs, EncoderDevice,
-    LoadedModel, ModelArgs, TextArgs,
+    LoadedModel, ModelArgs, Recorded, TextArgs,
 };
 use super::lines::TextChunks;
 use super::progress::Throughput;
@@ -87,9 +87,6 @@ pub struct Classifier {
     /// (fitted by train on the validation split), 1 with --no-calibration or for a head
     /// without one (the recipe's .pth).
     pub temperature: f64,
-    /// The user named a model other than the run's: a folder of it that cannot be
-    /// loaded is the user's to fix, not the run's.
-    model_overridden: bool,
     /// The sha256 of the weights the head was trained on (empty where nothing records
     /// it), and the file that records it: the run.json, or the head checkpoint.
     trained_on: (String, PathBuf),
@@ -115,19 +112,27 @@ impl HeadArgs {
         // A checkpoint of ours names the model it was trained on: a bare --head needs no
         // --model beside it.
         let meta = &loaded.metadata;
+        let run_json = self.run.as_deref().map(RunInfo::path);
+        // Each value from the first of: its flag, the run, the checkpoint, the default;
+        // with the file it was read from, named when it does not load.
+        let (model, model_from) = match (&self.model, &run, meta.get(MODEL_KEY)) {
+            (Some(flag), _, _) => (flag.clone(), None),
+            (None, Some(info), _) => (run_model(info), run_json.clone()),
+            (None, None, Some(named)) => (named.clone(), Some(source.clone())),
+            (None, None, None) => (DEFAULT_MODEL.to_string(), None),
+        };
+        let (max_length, max_length_from) = match (self.max_length, &run) {
+            (Some(flag), _) => (flag, None),
+            (None, Some(info)) => (info.features.max_length, run_json.clone()),
+            (None, None) => match metadata_max_length(meta, &source)? {
+                Some(recorded) => (recorded, Some(source.clone())),
+                None => (DEFAULT_MAX_LENGTH, None),
+            },
+        };
         let model = ModelArgs {
-            model: self
-                .model
-                .clone()
-                .or_else(|| run.as_ref().map(run_model))
-                .or_else(|| meta.get(MODEL_KEY).cloned())
-                .unwrap_or_else(|| DEFAULT_MODEL.to_string()),
+            model,
             offline: self.offline,
-            max_length: self
-                .max_length
-                .or(run.as_ref().map(|r| r.features.max_length))
-                .or_else(|| meta.get(MAX_LENGTH_KEY).and_then(|v| v.parse().ok()))
-                .unwrap_or(DEFAULT_MAX_LENGTH),
+            max_length,
             pooling: match &run {
                 Some(info) => info.features.pooling,
                 None => metadata_pooling(meta, &source)?,
@@ -136,10 +141,13 @@ impl HeadArgs {
                 Some(info) => info.features.long,
                 None => metadata_long(meta, &source)?,
             },
+            recorded: Recorded {
+                model: model_from,
+                max_length: max_length_from,
+            },
         };
-        let model_overridden = run.is_some() && self.model.is_some();
-        let trained_on = match (&run, &self.run) {
-            (Some(info), Some(dir)) => (info.features.weights_sha256.clone(), RunInfo::path(dir)),
+        let trained_on = match (&run, &run_json) {
+            (Some(info), Some(json)) => (info.features.weights_sha256.clone(), json.clone()),
             _ => (
                 meta.get(WEIGHTS_SHA256_KEY).cloned().unwrap_or_default(),
                 source.clone(),
@@ -154,10 +162,9 @@ impl HeadArgs {
             head: loaded.head,
             source,
             labels,
-            run: run.zip(self.run.as_deref().map(RunInfo::path)),
+            run: run.zip(run_json),
             model,
             temperature,
-            model_overridden,
             trained_on,
         })
     }
@@ -171,15 +178,6 @@ pub(super) fn run_model(info: &RunInfo) -> String {
     } else {
         info.model.clone()
     }
-}
-
-/// A run's model that no longer loads (moved or deleted since `train`): the error says
-/// which run named it and what to pass instead.
-pub(super) fn run_model_error(e: anyhow::Error, run_json: &Path) -> anyhow::Error {
-    anyhow!(
-        "the model {} names cannot be loaded ({e:#}): pass --model with the folder of the weights it was trained on",
-        run_json.display()
-    )
 }
 
 fn run_checkpoint(dir: &Path, choice: Option<&str>) -> Result<PathBuf> {
@@ -214,6 +212,22 @@ fn metadata_labels(
         )
     })?;
     Ok(Some(names))
+}
+
+/// The max_length a checkpoint's head was trained with, where it records one.
+fn metadata_max_length(
+    metadata: &BTreeMap<String, String>,
+    source: &Path,
+) -> Result<Option<usize>> {
+    let Some(text) = metadata.get(MAX_LENGTH_KEY) else {
+        return Ok(None);
+    };
+    text.parse().map(Some).map_err(|_| {
+        anyhow!(
+            "{}: metadata {MAX_LENGTH_KEY} = {text:?} is not a token count: pass --max-length with the length the head was trained with",
+            source.display()
+        )
+    })
 }
 
 /// The pooling a checkpoint's head was trained on; [CLS] where it names none (the
@@ -270,10 +284,7 @@ impl Classifier {
     /// another width, or other weights than the head's, before its weights are read.
     pub fn load_model(&self, device: &DeviceArgs) -> Result<LoadedModel> {
         let device = self.encoder_device(device)?;
-        let files = model_files(&self.model).map_err(|e| match &self.run {
-            Some((_, run_json)) if !self.model_overridden => run_model_error(e, run_json),
-            _ => e,
-        })?;
+        let files = model_files(&self.model)?;
         let model_hidden = files.config.hidden_size;
         if self.head.hidden != model_hidden {
             bail!(

@@ -7,8 +7,8 @@ use anyhow::{bail, Result};
 
 use super::EncodeArgs;
 use crate::chunk::{LongTexts, DEFAULT_STRIDE};
-use crate::cli::common::{check_trained_weights, model_files, EncoderDevice, ModelArgs};
-use crate::cli::predict::{run_model, run_model_error};
+use crate::cli::common::{check_trained_weights, model_files, EncoderDevice, ModelArgs, Recorded};
+use crate::cli::predict::run_model;
 use crate::cli::run_dir::RunInfo;
 use crate::cli::run_settings::{agree, run_device};
 
@@ -41,12 +41,13 @@ pub fn resolve(dir: &Path, args: &EncodeArgs) -> Result<RunSpec> {
         max_length,
         pooling,
         long,
+        recorded: Recorded {
+            model: args.model.is_none().then(|| json.clone()),
+            max_length: args.max_length.is_none().then(|| json.clone()),
+        },
     };
 
-    let files = model_files(&model).map_err(|e| match args.model {
-        None => run_model_error(e, &json),
-        Some(_) => e,
-    })?;
+    let files = model_files(&model)?;
     check_trained_weights(&files, &spec.weights_sha256, &json)?;
     // The fingerprint covers the tokenizer files' content and max_length: a folder whose
     // tokenizer changed since training would cut texts into other tokens.
