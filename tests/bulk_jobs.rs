@@ -611,3 +611,96 @@ fn an_output_has_one_writer() {
     ok(bertcls(&args, &[]));
     assert_eq!(parquet_features(&out).len(), split_texts("train").len());
 }
+
+/// Files in `dir` a write left behind under a temporary name.
+fn temporaries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect()
+}
+
+/// A part whose rows are not the ones its manifest gives (cut, torn, emptied, a row
+/// repeated, another shard's file copied over it) is refused in one line naming it,
+/// in every format, and the merge leaves neither an output nor a temporary behind.
+#[test]
+fn merge_refuses_parts_that_do_not_hold_their_manifests_rows() {
+    let dir = TempDir::new("bulk-merge-rows");
+    let head = dir.join("head.safetensors");
+    write_head(&head);
+    let dsdict = data().join("tiny-dsdict");
+    let shards = |name: &str, command: &[&str]| -> Vec<PathBuf> {
+        (0..3)
+            .map(|k| {
+                let out = dir.join(&name.replace('K', &k.to_string()));
+                let shard = format!("{k}/3");
+                let mut args = command.to_vec();
+                args.extend(["--data", s(&dsdict), "--out", s(&out), "--shard", &shard]);
+                args.extend(["--chunk-rows", "4"]);
+                ok(bertcls(&args, &[]));
+                out
+            })
+            .collect()
+    };
+    let refused = |out: &Path, parts: &[PathBuf], bad: &Path| -> String {
+        let mut args = vec![s(out)];
+        args.extend(parts.iter().map(|p| s(p)));
+        let err = error_line(&merge(&args));
+        assert!(err.contains(&format!("{}: ", s(bad))), "{err}");
+        assert!(!out.exists(), "a refused merge left {}", out.display());
+        assert_eq!(temporaries(&dir.0), Vec::<String>::new());
+        err
+    };
+
+    let p = shards("pK.jsonl", &["predict", "--head", s(&head)]);
+    let good = std::fs::read_to_string(&p[1]).unwrap();
+    let lines: Vec<&str> = good.lines().collect();
+    assert_eq!(lines.len(), 11);
+    let out = dir.join("m.jsonl");
+    let five = lines[..5].join("\n") + "\n";
+    let torn = &good[..good.len() - 7];
+    let repeated = format!("{}\n{}\n", lines[0], lines[..10].join("\n"));
+    for (broken, why) in [
+        (five.as_str(), "ends after row 14"),
+        (torn, "is not a row with an index"),
+        ("", "holds no rows"),
+        (
+            repeated.as_str(),
+            "line 2 holds row 10 where row 11 belongs",
+        ),
+    ] {
+        std::fs::write(&p[1], broken).unwrap();
+        let err = refused(&out, &p, &p[1]);
+        assert!(err.contains(why), "{err}");
+        assert!(err.contains("should hold rows 10..21"), "{err}");
+        assert!(err.contains("rerun that shard"), "{err}");
+    }
+    std::fs::write(&p[1], &good).unwrap();
+    ok(merge(&[s(&out), s(&p[0]), s(&p[1]), s(&p[2])]));
+    assert_eq!(jsonl(&out).len(), 32);
+
+    // The output among the parts, or a part twice, is refused before anything is written.
+    let before = std::fs::read(&p[0]).unwrap();
+    let err = error_line(&merge(&[s(&p[0]), s(&p[0]), s(&p[1]), s(&p[2])]));
+    assert!(
+        err.contains("the merged output is also given as the part"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&p[0]).unwrap(), before);
+    let again = dir.join("again.jsonl");
+    let err = error_line(&merge(&[s(&again), s(&p[0]), s(&p[0]), s(&p[1]), s(&p[2])]));
+    assert!(err.contains("is given twice"), "{err}");
+    assert!(!again.exists());
+
+    // Another shard's file copied over a part: its index column gives it away.
+    let q = shards("qK.parquet", &["predict", "--head", s(&head)]);
+    std::fs::copy(&q[0], &q[1]).unwrap();
+    let err = refused(&dir.join("m.parquet"), &q, &q[1]);
+    assert!(err.contains("holds row 0 where row 10 belongs"), "{err}");
+
+    let f = shards("fK.safetensors", &["encode", "--model", s(&model_dir())]);
+    std::fs::copy(&f[0], &f[1]).unwrap();
+    let err = refused(&dir.join("m.safetensors"), &f, &f[1]);
+    assert!(err.contains("holds row 0 where row 10 belongs"), "{err}");
+}

@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
 use super::ranges::TextRange;
-use super::sink::{assemble, part_bytes, Body, ChunkOut, OutFormat};
+use super::sink::{assemble, part_bytes, Body, ChunkOut, OutFormat, PartRows};
 use super::{BulkArgs, Shard};
 use crate::cli::common::{
     load_model, text_features, DeviceArgs, EncoderDevice, FeatureSource, LoadedModel, ModelArgs,
@@ -367,10 +367,15 @@ fn run_job(
     for &first in &firsts {
         let chunk_stats = read_json(&stats(first))?;
         counts.add(Counts::from_json(&chunk_stats));
-        files.push(part(first));
+        let chunk_end = (first + chunk_rows).min(end) as u64;
+        files.push(PartRows {
+            path: part(first),
+            start: first as u64,
+            end: chunk_end,
+        });
         ranges.push(TextRange {
             start: first as u64,
-            end: (first + chunk_rows).min(end) as u64,
+            end: chunk_end,
             texts_sha256: chunk_stats["texts_sha256"]
                 .as_str()
                 .unwrap_or_default()
@@ -385,7 +390,11 @@ fn run_job(
         "counts": counts.to_json(),
         "ranges": ranges,
     });
-    assemble(format, &files, out, &done.to_string())?;
+    let mismatch = format!(
+        "it is not the chunk this job wrote: delete {} and run the command again",
+        parts.display()
+    );
+    assemble(format, &files, out, &done.to_string(), &mismatch)?;
     if std::env::var_os(ABORT_BEFORE_MANIFEST).is_some() {
         std::process::abort();
     }

@@ -1,7 +1,7 @@
 //! `bertcls merge OUT PART...`: the outputs of `--shard K/N` jobs joined into one, after
 //! checking that they come from the same job and cover every row exactly once.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use clap::Args;
@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::job::{manifest_path, read_json, Counts};
 use super::ranges::{check_tiling, first_uncovered, ranges_of, TextRange, Uncovered};
-use super::sink::{assemble, OutFormat};
+use super::sink::{assemble, OutFormat, PartRows};
 use crate::fsio::atomic_write;
 
 #[derive(Args, Debug)]
@@ -36,6 +36,7 @@ pub fn run(args: MergeArgs) -> Result<()> {
             args.out.display()
         );
     };
+    refuse_repeated_files(&args.out, &args.parts)?;
     let mut identity = None;
     let mut parts = Vec::new();
     for path in &args.parts {
@@ -130,8 +131,21 @@ pub fn run(args: MergeArgs) -> Result<()> {
     if let Some(ranges) = ranges {
         done["ranges"] = serde_json::to_value(ranges)?;
     }
-    let files: Vec<PathBuf> = parts.iter().map(|p| p.path.clone()).collect();
-    assemble(format, &files, &args.out, &done.to_string())?;
+    let files: Vec<PartRows> = parts
+        .iter()
+        .map(|p| PartRows {
+            path: p.path.clone(),
+            start: p.start,
+            end: p.end,
+        })
+        .collect();
+    assemble(
+        format,
+        &files,
+        &args.out,
+        &done.to_string(),
+        "it does not match its .bulk.json manifest: rerun that shard",
+    )?;
     atomic_write(
         &manifest_path(&args.out),
         serde_json::to_string_pretty(&done)?.as_bytes(),
@@ -144,5 +158,38 @@ pub fn run(args: MergeArgs) -> Result<()> {
         parts.len(),
         args.out.display()
     );
+    Ok(())
+}
+
+/// The output among the parts would be overwritten by the merge of itself (and its
+/// manifest replaced), and a part given twice is a slip the row-overlap message would
+/// only describe indirectly: both are refused before anything is read or written.
+fn refuse_repeated_files(out: &Path, parts: &[PathBuf]) -> Result<()> {
+    // Paths that cannot be resolved do not exist yet (the output) or are named as
+    // missing by the manifest check that follows.
+    let resolved: Vec<Option<PathBuf>> = parts.iter().map(|p| p.canonicalize().ok()).collect();
+    if let Ok(out_resolved) = out.canonicalize() {
+        if let Some(i) = resolved
+            .iter()
+            .position(|r| r.as_ref() == Some(&out_resolved))
+        {
+            bail!(
+                "{}: the merged output is also given as the part {}: write the merge to another file",
+                out.display(),
+                parts[i].display()
+            );
+        }
+    }
+    for (j, later) in resolved.iter().enumerate() {
+        if let Some(later) = later {
+            if let Some(i) = resolved[..j].iter().position(|r| r.as_ref() == Some(later)) {
+                bail!(
+                    "{} is given twice (as {} too): pass each shard output once",
+                    parts[j].display(),
+                    parts[i].display()
+                );
+            }
+        }
+    }
     Ok(())
 }

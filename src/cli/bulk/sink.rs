@@ -2,7 +2,7 @@
 //! parts streamed into one output file, never holding more than one part at a time.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -225,36 +225,156 @@ pub fn write_atomically(out: &Path, write: impl FnOnce(&mut File) -> Result<()>)
     result
 }
 
-/// Streams `parts` (in row order) into `out`, with the job manifest `manifest` in a
-/// parquet footer or a safetensors header.
-pub fn assemble(format: OutFormat, parts: &[PathBuf], out: &Path, manifest: &str) -> Result<()> {
-    write_atomically(out, |file| match format {
-        OutFormat::Jsonl => {
-            let mut w = BufWriter::new(file);
-            for part in parts {
-                let mut r =
-                    File::open(part).with_context(|| format!("cannot read {}", part.display()))?;
-                std::io::copy(&mut r, &mut w)
-                    .with_context(|| format!("cannot write {} (disk full?)", out.display()))?;
-            }
-            w.flush()?;
-            Ok(())
+/// One input of [`assemble`]: a part file and the rows `[start, end)` it must hold.
+pub struct PartRows {
+    pub path: PathBuf,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// The rows of one part as they are copied: a part whose rows are not exactly its
+/// range, in order, is refused before the output is renamed into place, so a
+/// truncated, torn or swapped part never turns into a merged file that looks whole.
+struct RowCursor<'a> {
+    part: &'a PartRows,
+    next: u64,
+    mismatch: &'a str,
+}
+
+impl<'a> RowCursor<'a> {
+    fn new(part: &'a PartRows, mismatch: &'a str) -> Self {
+        RowCursor {
+            part,
+            next: part.start,
+            mismatch,
         }
-        OutFormat::Parquet => assemble_parquet(parts, file, manifest),
-        OutFormat::Safetensors => assemble_safetensors(parts, file, manifest),
+    }
+
+    fn refuse(&self, what: String) -> anyhow::Error {
+        anyhow!(
+            "{}: {what}, but it should hold rows {}..{}: {}",
+            self.part.path.display(),
+            self.part.start,
+            self.part.end,
+            self.mismatch
+        )
+    }
+
+    /// `count` rows from row `first` on, found in `place` (a line, a tensor).
+    fn take(&mut self, first: u64, count: u64, place: impl FnOnce() -> String) -> Result<()> {
+        if first != self.next {
+            return Err(self.refuse(format!(
+                "{} holds row {first} where row {} belongs",
+                place(),
+                self.next
+            )));
+        }
+        if first + count > self.part.end {
+            return Err(self.refuse(format!("{} holds rows up to {}", place(), first + count)));
+        }
+        self.next += count;
+        Ok(())
+    }
+
+    fn finish(self) -> Result<()> {
+        if self.next != self.part.end {
+            let held = if self.next == self.part.start {
+                "it holds no rows".to_string()
+            } else {
+                format!("it ends after row {}", self.next - 1)
+            };
+            return Err(self.refuse(held));
+        }
+        Ok(())
+    }
+}
+
+/// What a JSONL row must carry for its place to be checked; the rest is copied as is.
+#[derive(serde::Deserialize)]
+struct IndexedRow {
+    index: u64,
+}
+
+/// Streams `parts` (in row order) into `out`, with the job manifest `manifest` in a
+/// parquet footer or a safetensors header, checking that each part holds exactly its
+/// rows; `mismatch` ends the one-line refusal of a part that does not (what to do).
+pub fn assemble(
+    format: OutFormat,
+    parts: &[PartRows],
+    out: &Path,
+    manifest: &str,
+    mismatch: &str,
+) -> Result<()> {
+    write_atomically(out, |file| match format {
+        OutFormat::Jsonl => assemble_jsonl(parts, file, out, mismatch),
+        OutFormat::Parquet => assemble_parquet(parts, file, manifest, mismatch),
+        OutFormat::Safetensors => assemble_safetensors(parts, file, manifest, mismatch),
     })
 }
 
-fn assemble_parquet(parts: &[PathBuf], file: &mut File, manifest: &str) -> Result<()> {
+fn assemble_jsonl(parts: &[PartRows], file: &mut File, out: &Path, mismatch: &str) -> Result<()> {
+    let mut w = BufWriter::new(file);
+    let mut line = Vec::new();
+    for part in parts {
+        let handle = File::open(&part.path)
+            .with_context(|| format!("cannot read {}", part.path.display()))?;
+        let mut r = BufReader::new(handle);
+        let mut rows = RowCursor::new(part, mismatch);
+        for number in 1.. {
+            line.clear();
+            let read = r
+                .read_until(b'\n', &mut line)
+                .with_context(|| format!("cannot read {}", part.path.display()))?;
+            if read == 0 {
+                break;
+            }
+            let parsed = match line.strip_suffix(b"\n") {
+                Some(json) => serde_json::from_slice::<IndexedRow>(json).map_err(|e| e.to_string()),
+                None => Err("it is cut short (no newline at its end)".to_string()),
+            };
+            match parsed {
+                Ok(row) => rows.take(row.index, 1, || format!("line {number}"))?,
+                Err(why) => {
+                    return Err(
+                        rows.refuse(format!("line {number} is not a row with an index ({why})"))
+                    )
+                }
+            }
+            w.write_all(&line)
+                .with_context(|| format!("cannot write {} (disk full?)", out.display()))?;
+        }
+        rows.finish()?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+fn assemble_parquet(
+    parts: &[PartRows],
+    file: &mut File,
+    manifest: &str,
+    mismatch: &str,
+) -> Result<()> {
     let mut writer: Option<ArrowWriter<&mut File>> = None;
     let mut file = Some(file);
     for part in parts {
-        let handle = File::open(part).with_context(|| format!("cannot read {}", part.display()))?;
+        let shown = part.path.display();
+        let handle = File::open(&part.path).with_context(|| format!("cannot read {shown}"))?;
         let reader = ParquetRecordBatchReaderBuilder::try_new(handle)
-            .with_context(|| format!("{}: not a readable parquet part", part.display()))?
+            .map_err(|e| anyhow!("{shown}: not a readable parquet part ({e}): {mismatch}"))?
             .build()?;
+        let mut rows = RowCursor::new(part, mismatch);
         for batch in reader {
-            let batch = batch.with_context(|| format!("{}: cannot decode", part.display()))?;
+            let batch = batch.with_context(|| format!("{shown}: cannot decode"))?;
+            let Some(index) = batch
+                .column_by_name("index")
+                .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
+            else {
+                return Err(rows.refuse("it has no u64 index column".to_string()));
+            };
+            for &i in index.values() {
+                rows.take(i, 1, || "its index column".to_string())?;
+            }
             if writer.is_none() {
                 let props = WriterProperties::builder()
                     .set_key_value_metadata(Some(vec![KeyValue::new(
@@ -266,10 +386,13 @@ fn assemble_parquet(parts: &[PathBuf], file: &mut File, manifest: &str) -> Resul
                 writer = Some(ArrowWriter::try_new(target, batch.schema(), Some(props))?);
             }
             let w = writer.as_mut().expect("created above");
-            w.write(&batch)?;
+            w.write(&batch).with_context(|| {
+                format!("{shown}: its columns differ from the first part's: {mismatch}")
+            })?;
             // One row group per part: bounded memory, and readers can seek by chunk.
             w.flush()?;
         }
+        rows.finish()?;
     }
     match writer {
         Some(w) => {
@@ -280,36 +403,69 @@ fn assemble_parquet(parts: &[PathBuf], file: &mut File, manifest: &str) -> Resul
     }
 }
 
+/// The first row of a part tensor named `<pooling>.<first row, 12 digits>`.
+fn tensor_first_row(name: &str) -> Option<u64> {
+    name.rsplit_once('.')?.1.parse().ok()
+}
+
 /// A safetensors file whose header lists every part's tensor, then their data in order.
-fn assemble_safetensors(parts: &[PathBuf], file: &mut File, manifest: &str) -> Result<()> {
+fn assemble_safetensors(
+    parts: &[PartRows],
+    file: &mut File,
+    manifest: &str,
+    mismatch: &str,
+) -> Result<()> {
     let mut header = serde_json::Map::new();
     header.insert(
         "__metadata__".into(),
         serde_json::json!({ PARQUET_META_KEY: manifest }),
     );
     let mut offset = 0usize;
+    let mut hidden = None;
     let mut sources = Vec::new();
     for part in parts {
-        let bytes =
-            std::fs::read(part).with_context(|| format!("cannot read {}", part.display()))?;
-        let st = SafeTensors::deserialize(&bytes)
-            .map_err(|e| anyhow!("{}: not a readable safetensors part ({e})", part.display()))?;
+        let bytes = std::fs::read(&part.path)
+            .with_context(|| format!("cannot read {}", part.path.display()))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+            anyhow!(
+                "{}: not a readable safetensors part ({e}): {mismatch}",
+                part.path.display()
+            )
+        })?;
         let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
         names.sort();
-        for name in names {
-            let view = st.tensor(&name)?;
+        let mut rows = RowCursor::new(part, mismatch);
+        for name in &names {
+            let view = st.tensor(name)?;
+            let shape = view.shape();
+            let (Some(first), Dtype::F32, &[count, width]) =
+                (tensor_first_row(name), view.dtype(), shape)
+            else {
+                return Err(rows.refuse(format!(
+                    "tensor {name} is not a {:?} [rows, hidden] block named by its first row",
+                    Dtype::F32
+                )));
+            };
+            if *hidden.get_or_insert(width) != width {
+                return Err(rows.refuse(format!(
+                    "tensor {name} is {width} wide where the parts before are {}",
+                    hidden.unwrap_or_default()
+                )));
+            }
+            rows.take(first, count as u64, || format!("tensor {name}"))?;
             let len = view.data().len();
             header.insert(
                 name.clone(),
                 serde_json::json!({
                     "dtype": "F32",
-                    "shape": view.shape(),
+                    "shape": shape,
                     "data_offsets": [offset, offset + len],
                 }),
             );
             offset += len;
-            sources.push((part.clone(), name));
         }
+        rows.finish()?;
+        sources.push((&part.path, names));
     }
     let mut json = serde_json::to_vec(&header)?;
     // The data starts 8-aligned, as the format recommends.
@@ -319,14 +475,16 @@ fn assemble_safetensors(parts: &[PathBuf], file: &mut File, manifest: &str) -> R
     let mut w = BufWriter::new(file);
     w.write_all(&(json.len() as u64).to_le_bytes())?;
     w.write_all(&json)?;
-    for (part, name) in sources {
+    for (path, names) in sources {
         let mut bytes = Vec::new();
-        File::open(&part)
+        File::open(path)
             .and_then(|mut f| f.read_to_end(&mut bytes))
-            .with_context(|| format!("cannot read {}", part.display()))?;
+            .with_context(|| format!("cannot read {}", path.display()))?;
         let st = SafeTensors::deserialize(&bytes)
-            .map_err(|e| anyhow!("{}: not a readable safetensors part ({e})", part.display()))?;
-        w.write_all(st.tensor(&name)?.data())?;
+            .map_err(|e| anyhow!("{}: not a readable safetensors part ({e})", path.display()))?;
+        for name in names {
+            w.write_all(st.tensor(&name)?.data())?;
+        }
     }
     w.flush()?;
     Ok(())
