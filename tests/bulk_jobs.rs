@@ -704,3 +704,85 @@ fn merge_refuses_parts_that_do_not_hold_their_manifests_rows() {
     let err = refused(&dir.join("m.safetensors"), &f, &f[1]);
     assert!(err.contains("holds row 0 where row 10 belongs"), "{err}");
 }
+
+/// The data is known to a job by its files' names and sizes; a resume hashes again the
+/// texts of the chunks it keeps, so rows edited in place (same size) since they were
+/// written are refused, while edits to rows not yet written are simply encoded.
+#[test]
+fn a_resume_refuses_chunks_whose_texts_changed() {
+    let dir = TempDir::new("bulk-resume-edited");
+    let head = dir.join("head.safetensors");
+    write_head(&head);
+    let folder = dir.join("data");
+    std::fs::create_dir_all(&folder).unwrap();
+    let train = folder.join("train.jsonl");
+    let original = std::fs::read_to_string(data().join("tiny-files/train.jsonl")).unwrap();
+    let swapped = |a: usize, b: usize| {
+        let mut lines: Vec<&str> = original.lines().collect();
+        lines.swap(a, b);
+        lines.join("\n") + "\n"
+    };
+    let run = |out: &Path, env: &[(&str, &str)]| {
+        let args = [
+            "predict",
+            "--head",
+            s(&head),
+            "--data",
+            s(&folder),
+            "--out",
+            s(out),
+            "--chunk-rows",
+            "4",
+        ];
+        bertcls(&args, env)
+    };
+    let out = dir.join("p.jsonl");
+    let kill_after_two = [("BERTCLS_TEST_ABORT_AFTER_CHUNKS", "2")];
+
+    std::fs::write(&train, &original).unwrap();
+    assert!(!run(&out, &kill_after_two).status.success());
+    std::fs::write(&train, swapped(0, 1)).unwrap();
+    let err = error_line(&run(&out, &[]));
+    assert!(err.contains(&format!("--out {}: ", s(&out))), "{err}");
+    assert!(err.contains("rows 0..4"), "{err}");
+    assert!(err.contains(&format!("{}.parts", s(&out))), "{err}");
+    assert!(!out.exists());
+
+    // Rows past the chunks written are read fresh: the resume equals a clean run.
+    std::fs::write(&train, swapped(20, 21)).unwrap();
+    ok(run(&out, &[]));
+    let clean = dir.join("clean.jsonl");
+    ok(run(&clean, &[]));
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&clean).unwrap());
+}
+
+/// A finished output that lost rows since (cut short, emptied) is not "already
+/// complete": the same command writes it again, whole.
+#[test]
+fn a_finished_output_that_lost_rows_is_written_again() {
+    let dir = TempDir::new("bulk-done-truncated");
+    let head = dir.join("head.safetensors");
+    write_head(&head);
+    let dsdict = data().join("tiny-dsdict");
+    let model = model_dir();
+    for (name, command) in [
+        ("p.jsonl", ["predict", "--head", s(&head)]),
+        ("p.parquet", ["predict", "--head", s(&head)]),
+        ("f.safetensors", ["encode", "--model", s(&model)]),
+    ] {
+        let out = dir.join(name);
+        let mut args = command.to_vec();
+        args.extend(["--data", s(&dsdict), "--out", s(&out), "--chunk-rows", "4"]);
+        ok(bertcls(&args, &[]));
+        let whole = std::fs::read(&out).unwrap();
+        for cut in [whole.len() / 2, 0] {
+            std::fs::write(&out, &whole[..cut]).unwrap();
+            let again = ok(bertcls(&args, &[]));
+            let stderr = String::from_utf8_lossy(&again.stderr);
+            assert!(stderr.contains("writing it again"), "{name}: {stderr}");
+            assert_eq!(std::fs::read(&out).unwrap(), whole, "{name}");
+        }
+        let again = ok(bertcls(&args, &[]));
+        assert!(String::from_utf8_lossy(&again.stderr).contains("already complete"));
+    }
+}

@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
 use super::ranges::TextRange;
-use super::sink::{assemble, part_bytes, Body, ChunkOut, OutFormat, PartRows};
+use super::sink::{assemble, count_rows, part_bytes, Body, ChunkOut, OutFormat, PartRows};
 use super::{BulkArgs, Shard};
 use crate::cli::common::{
     load_model, text_features, DeviceArgs, EncoderDevice, FeatureSource, LoadedModel, ModelArgs,
@@ -288,12 +288,25 @@ fn run_job(
             && done["start"] == job["start"]
             && done["end"] == job["end"]
         {
-            let _ = std::fs::remove_dir_all(&parts);
-            eprintln!(
-                "{} is already complete (rows {start}..{end}); nothing to do",
-                out.display()
-            );
-            return Ok(());
+            let want = (end - start) as u64;
+            match count_rows(format, out) {
+                Ok(rows) if rows == want => {
+                    let _ = std::fs::remove_dir_all(&parts);
+                    eprintln!(
+                        "{} is already complete (rows {start}..{end}); nothing to do",
+                        out.display()
+                    );
+                    return Ok(());
+                }
+                Ok(rows) => eprintln!(
+                    "{} holds {rows} rows where its manifest gives {want} (rows {start}..{end}): writing it again",
+                    out.display()
+                ),
+                Err(why) => eprintln!(
+                    "{} does not hold the rows its manifest gives ({why:#}): writing it again",
+                    out.display()
+                ),
+            }
         }
     }
     let job_file = parts.join("job.json");
@@ -323,12 +336,11 @@ fn run_job(
         &format!("{} {}", kind_verb(&work), split.split),
         Some((end - start) as u64),
     );
-    // Chunks already written by a killed run are a prefix: reading starts after it.
+    // Chunks already written by a killed run are a prefix.
     let resume_at = firsts
         .iter()
         .position(|&f| !part(f).is_file())
         .unwrap_or(firsts.len());
-    meter.skip((firsts.get(resume_at).copied().unwrap_or(end) - start) as u64);
     if resume_at > 0 && resume_at < firsts.len() {
         eprintln!(
             "resuming {}: {} of {} chunks already done",
@@ -341,14 +353,26 @@ fn run_job(
         .ok()
         .and_then(|v| v.parse().ok());
     let mut written = 0;
-    let from = firsts.get(resume_at).copied().unwrap_or(end);
-    for chunk in split.chunks(from, end, chunk_rows) {
+    // The data is known by its files' names and sizes only, so the texts of every chunk
+    // already written are read and hashed again (cheap next to encoding them): data
+    // edited in place since must not leave its old rows in the output.
+    for chunk in split.chunks(start, end, chunk_rows) {
         let chunk = chunk?;
+        let texts_sha256 = hash_texts(&chunk.texts);
         if part(chunk.first).is_file() {
+            let written_from = read_json(&stats(chunk.first))?;
+            if written_from["texts_sha256"] != texts_sha256.as_str() {
+                bail!(
+                    "--out {}: the texts of rows {}..{} of the data changed since {} was written: delete that folder to run the job on the data as it is now",
+                    out.display(),
+                    chunk.first,
+                    chunk.first + chunk.texts.len(),
+                    parts.display()
+                );
+            }
             meter.skip(chunk.texts.len() as u64);
             continue;
         }
-        let texts_sha256 = hash_texts(&chunk.texts);
         let (output, counts) = process(model, &work, chunk, with_text)?;
         let mut chunk_stats = counts.to_json();
         chunk_stats["texts_sha256"] = texts_sha256.into();

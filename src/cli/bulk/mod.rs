@@ -4,8 +4,8 @@
 //! Resume design: atomic parts assembled at the end. Each chunk of rows becomes one
 //! file in `<out>.parts/`, written to a temporary name and renamed (`fsio`), so a kill
 //! at any moment leaves complete parts and at most a stray temporary. `job.json` there
-//! names the job; the same command finds it, skips the chunks whose parts exist, and
-//! encodes the rest. When every part exists they are streamed into `<out>` (temporary,
+//! names the job; the same command finds it, skips the chunks whose parts exist (once
+//! their texts hash as they did when written), and encodes the rest. When every part exists they are streamed into `<out>` (temporary,
 //! then renamed), its manifest `<out>.bulk.json` is written, and the parts are removed.
 //! Parquet row groups appended in place were the other choice: a killed writer leaves no
 //! footer, so resuming would mean reading the torn file's pages back and rewriting it;

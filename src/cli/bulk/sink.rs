@@ -225,6 +225,70 @@ pub fn write_atomically(out: &Path, write: impl FnOnce(&mut File) -> Result<()>)
     result
 }
 
+/// The rows a finished output holds, from what is cheap to read: the parquet footer's
+/// count, the JSONL lines (the last must end in a newline), the safetensors header's
+/// shapes (its data must end where the file does). An error says what is wrong.
+pub fn count_rows(format: OutFormat, path: &Path) -> Result<u64> {
+    let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    match format {
+        OutFormat::Parquet => {
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+                .map_err(|e| anyhow!("not a readable parquet file: {e}"))?;
+            Ok(reader.metadata().file_metadata().num_rows() as u64)
+        }
+        OutFormat::Jsonl => {
+            let mut r = BufReader::new(file);
+            let (mut lines, mut last) = (0u64, b'\n');
+            loop {
+                let buf = r.fill_buf()?;
+                let Some(&end) = buf.last() else { break };
+                lines += buf.iter().filter(|&&b| b == b'\n').count() as u64;
+                last = end;
+                let read = buf.len();
+                r.consume(read);
+            }
+            if last != b'\n' {
+                bail!("its last line is cut short");
+            }
+            Ok(lines)
+        }
+        OutFormat::Safetensors => {
+            let size = file.metadata()?.len();
+            let mut r = BufReader::new(file);
+            let mut len = [0u8; 8];
+            r.read_exact(&mut len)
+                .map_err(|_| anyhow!("no safetensors header"))?;
+            let header_len = u64::from_le_bytes(len);
+            if header_len > size.saturating_sub(8) {
+                bail!("its safetensors header is cut short");
+            }
+            let mut header = vec![0u8; header_len as usize];
+            r.read_exact(&mut header)?;
+            let header: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(&header)
+                    .map_err(|e| anyhow!("its safetensors header is not JSON ({e})"))?;
+            let (mut rows, mut data_end) = (0u64, 0u64);
+            for (name, tensor) in header.iter().filter(|(n, _)| *n != "__metadata__") {
+                let dim = |v: &serde_json::Value, i: usize| v.get(i).and_then(|d| d.as_u64());
+                match (dim(&tensor["shape"], 0), dim(&tensor["data_offsets"], 1)) {
+                    (Some(n), Some(end)) => {
+                        rows += n;
+                        data_end = data_end.max(end);
+                    }
+                    _ => bail!("its tensor {name} has no shape or data offsets"),
+                }
+            }
+            if 8 + header_len + data_end != size {
+                bail!(
+                    "it is {size} bytes where its header gives {}",
+                    8 + header_len + data_end
+                );
+            }
+            Ok(rows)
+        }
+    }
+}
+
 /// One input of [`assemble`]: a part file and the rows `[start, end)` it must hold.
 pub struct PartRows {
     pub path: PathBuf,
