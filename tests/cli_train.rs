@@ -1289,3 +1289,45 @@ fn auto_device_prints_its_cpu_notice_once() {
         assert_eq!(notices, 1, "{name}: the CPU notice {notices} times:\n{err}");
     }
 }
+
+/// `--resume DIR` without DIR/run.json (a train stopped before writing it, a path that
+/// does not exist) is refused in one line naming it, before anything is loaded, with or
+/// without other flags: not a fall-back to the default hub dataset.
+#[test]
+fn resume_without_run_json_is_refused_whatever_the_flags() {
+    let sb = Sandbox::new("resume-no-json");
+    let stopped = sb.path("stopped");
+    std::fs::create_dir_all(&stopped).unwrap();
+    std::fs::write(Path::new(&stopped).join("run.lock"), "").unwrap();
+    for dir in [stopped, sb.path("absent")] {
+        for extra in [&[][..], &["--epochs", "3", "--lr", "1e-2"]] {
+            let mut args = vec!["--resume", dir.as_str()];
+            args.extend_from_slice(extra);
+            let out = sb.train(&args);
+            failed_with(&out, &format!("--resume {dir}: no run.json there"));
+            nothing_encoded(&out);
+        }
+    }
+}
+
+/// A run whose last.safetensors is gone while metrics.jsonl records finished epochs is
+/// not started over (that would train and overwrite those epochs): it is refused in one
+/// line naming the missing file and the way back, and nothing in the run changes.
+#[test]
+fn resume_without_last_checkpoint_after_finished_epochs_is_refused() {
+    let sb = Sandbox::new("resume-no-last");
+    let run = sb.path("run");
+    succeeded(&sb.train_tiny(2, &["--out", &run]));
+    let dir = Path::new(&run);
+    std::fs::remove_file(dir.join("last.safetensors")).unwrap();
+    let before = std::fs::read(dir.join("metrics.jsonl")).unwrap();
+    let out = sb.train_tiny(3, &["--resume", &run]);
+    failed_with(&out, &format!("{run}/last.safetensors is missing"));
+    failed_with(&out, "records 2 finished epoch(s)");
+    failed_with(&out, &format!("copy {run}/head-epoch-2.safetensors"));
+    std::fs::remove_file(dir.join("head-epoch-2.safetensors")).unwrap();
+    let out = sb.train_tiny(3, &["--resume", &run]);
+    failed_with(&out, &format!("remove {run}/metrics.jsonl"));
+    assert_eq!(std::fs::read(dir.join("metrics.jsonl")).unwrap(), before);
+    assert!(!dir.join("last.safetensors").exists());
+}

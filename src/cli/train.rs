@@ -211,7 +211,7 @@ struct Run {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let args = match args.resume.clone() {
-        Some(dir) => resume::with_run_settings(args, &dir),
+        Some(dir) => resume::with_run_settings(args, &dir)?,
         None => args,
     };
     check_args(&args)?;

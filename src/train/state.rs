@@ -8,7 +8,7 @@ use rand::SeedableRng;
 
 use super::checkpoints::{checkpoint_epoch, META_TRAIN_HASH};
 use super::metrics::{read_metrics, EpochMetrics};
-use super::run_dir::{last_checkpoint, Hyperparameters};
+use super::run_dir::{epoch_checkpoint, last_checkpoint, metrics_path, Hyperparameters};
 use crate::checkpoint::load_head;
 use crate::head::LinearHead;
 use crate::optim::AdamW;
@@ -59,6 +59,7 @@ impl TrainState {
     ) -> Result<Self> {
         let last_path = last_checkpoint(dir);
         if !last_path.is_file() {
+            refuse_lost_epochs(dir, &last_path)?;
             return Self::fresh(num_labels, hidden, hp);
         }
         let last = load_head(&last_path, Some(hidden))?;
@@ -83,4 +84,36 @@ impl TrainState {
             metrics,
         })
     }
+}
+
+/// Starting afresh is only right when no epoch was saved: a run folder whose
+/// last.safetensors is gone while metrics.jsonl records finished epochs would have them
+/// silently trained again and their metrics and checkpoints overwritten. The one
+/// exception is a kill while epoch 1 was being saved (metrics.jsonl is written before
+/// the checkpoints, and no head-epoch-1 yet): redoing that epoch gives the same bytes.
+fn refuse_lost_epochs(dir: &Path, last_path: &Path) -> Result<()> {
+    let Some(newest) = read_metrics(dir)?.iter().map(|m| m.epoch).max() else {
+        return Ok(());
+    };
+    let newest_checkpoint = epoch_checkpoint(dir, newest);
+    if newest == 1 && !newest_checkpoint.exists() {
+        return Ok(());
+    }
+    let remedy = if newest_checkpoint.is_file() {
+        format!(
+            "copy {} (the same checkpoint) to it to resume after epoch {newest}",
+            newest_checkpoint.display()
+        )
+    } else {
+        format!(
+            "restore it, or remove {} to train from the first epoch",
+            metrics_path(dir).display()
+        )
+    };
+    bail!(
+        "cannot resume {}: {} is missing but {} records {newest} finished epoch(s): {remedy}",
+        dir.display(),
+        last_path.display(),
+        metrics_path(dir).display()
+    )
 }

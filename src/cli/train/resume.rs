@@ -4,17 +4,28 @@
 
 use std::path::Path;
 
+use anyhow::{bail, Result};
+
 use super::TrainArgs;
 use crate::chunk::LongTexts;
 use crate::cli::predict::run_model;
 use crate::train::run_dir::RunInfo;
 
 /// `args` with every flag the command line did not give taken from the run in `dir`.
-/// A folder without a readable run.json is left to the resume's own errors.
-pub fn with_run_settings(mut args: TrainArgs, dir: &Path) -> TrainArgs {
-    let Ok(info) = RunInfo::load(dir) else {
-        return args;
-    };
+/// A folder without run.json is refused here, whatever flags are given: the defaults
+/// of the flags it would have filled in (the hub dataset, say) would fail later, on
+/// something else than the missing file.
+pub fn with_run_settings(mut args: TrainArgs, dir: &Path) -> Result<TrainArgs> {
+    let json = RunInfo::path(dir);
+    if !json.is_file() {
+        bail!(
+            "--resume {}: no run.json there ({} is missing: train stopped before writing it, or this is not a run folder): start the run again with --out {} and its flags",
+            dir.display(),
+            json.display(),
+            dir.display()
+        );
+    }
+    let info = RunInfo::load(dir)?;
     let given = std::mem::take(&mut args.given);
     let mut taken = Vec::new();
     let mut take = |id: &str, value: String| -> bool {
@@ -82,9 +93,9 @@ pub fn with_run_settings(mut args: TrainArgs, dir: &Path) -> TrainArgs {
     if !taken.is_empty() {
         eprintln!(
             "resuming with {}'s settings: {}",
-            RunInfo::path(dir).display(),
+            json.display(),
             taken.join(" ")
         );
     }
-    args
+    Ok(args)
 }
