@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use super::Format;
 
@@ -104,11 +104,34 @@ pub(super) fn for_file(file: &Path, format: Format) -> Result<Groups> {
     Ok(group(files))
 }
 
-/// The data files under `dir` in the first format found of parquet, JSONL,
-/// CSV, TSV (the hub serves parquet; other formats beside it are copies).
+/// The data files under `dir` in the first format found of parquet, JSONL, CSV, TSV.
+/// A split found in two formats is refused, naming a file of each: which copy is
+/// the data cannot be told from the folder, and they may differ.
 pub(super) fn scan_dir(dir: &Path) -> Result<Option<(Format, Groups)>> {
     let mut found: BTreeMap<Format, Vec<PathBuf>> = BTreeMap::new();
     walk(dir, 0, &mut found)?;
+    let mut first_file_of_split: BTreeMap<(usize, String), PathBuf> = BTreeMap::new();
+    for files in found.values() {
+        let mut splits_here: BTreeMap<(usize, String), &PathBuf> = BTreeMap::new();
+        for file in files {
+            splits_here
+                .entry(order_key(&split_of(file)))
+                .or_insert(file);
+        }
+        for (split, file) in splits_here {
+            if let Some(other) = first_file_of_split.get(&split) {
+                bail!(
+                    "{}: split \"{}\" is there twice, as {} and {}: keep one format of it in the folder, or pass --data {}",
+                    dir.display(),
+                    split.1,
+                    other.display(),
+                    file.display(),
+                    other.display()
+                );
+            }
+            first_file_of_split.insert(split, file.clone());
+        }
+    }
     Ok(found
         .into_iter()
         .next()
