@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -55,7 +55,8 @@ pub struct EncodeArgs {
     /// With --long chunk: tokens shared by consecutive windows [default: the run's, else 64].
     #[arg(long)]
     stride: Option<usize>,
-    /// Write a safetensors file: `cls` or `mean` [N, hidden] (and `input_ids`, `attention_mask` [N, L] with --ids).
+    /// Write the features to FILE: .safetensors (`cls` or `mean` [N, hidden], and
+    /// `input_ids`, `attention_mask` [N, L] with --ids) or .jsonl (the lines --json prints).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Include the token ids.
@@ -104,6 +105,7 @@ pub fn run(args: EncodeArgs) -> Result<()> {
         }
         return bulk::run_encode(&args.bulk, args.out.as_ref(), &model_args, &device);
     }
+    let out_format = args.out.as_deref().map(texts_out_format).transpose()?;
     let texts = args.input.given()?.unwrap_or_default();
     if texts.is_empty() {
         bail!("no texts to encode: pass them as arguments or with --file F (one per line)");
@@ -117,7 +119,26 @@ pub fn run(args: EncodeArgs) -> Result<()> {
     let cls = encode_texts(&mut model, &texts, "texts")?;
     let hidden = model.encoder.hidden_size();
 
-    if let Some(out) = &args.out {
+    let json_lines = |w: &mut dyn Write| -> std::io::Result<()> {
+        for (i, text) in texts.iter().enumerate() {
+            let mut obj = serde_json::json!({
+                "text": text,
+            });
+            obj[name] = serde_json::json!(&cls[i * hidden..(i + 1) * hidden]);
+            if args.ids {
+                obj["input_ids"] = serde_json::json!(tokens[i].ids);
+            }
+            writeln!(w, "{obj}")?;
+        }
+        Ok(())
+    };
+    if let (Some(out), Some(TextsOut::Jsonl)) = (&args.out, out_format) {
+        let mut bytes = Vec::new();
+        json_lines(&mut bytes)?;
+        atomic_write(out, &bytes)?;
+        eprintln!("wrote {} ({} lines)", out.display(), texts.len());
+    }
+    if let (Some(out), Some(TextsOut::Safetensors)) = (&args.out, out_format) {
         let n = texts.len();
         let cls_bytes: Vec<u8> = cls.iter().flat_map(|v| v.to_le_bytes()).collect();
         let mut tensors: HashMap<String, TensorView> = HashMap::new();
@@ -161,17 +182,39 @@ pub fn run(args: EncodeArgs) -> Result<()> {
     if args.out.is_none() || args.json {
         let stdout = std::io::stdout();
         let mut w = std::io::BufWriter::new(stdout.lock());
-        for (i, text) in texts.iter().enumerate() {
-            let mut obj = serde_json::json!({
-                "text": text,
-            });
-            obj[name] = serde_json::json!(&cls[i * hidden..(i + 1) * hidden]);
-            if args.ids {
-                obj["input_ids"] = serde_json::json!(tokens[i].ids);
-            }
-            writeln!(w, "{obj}")?;
-        }
+        json_lines(&mut w)?;
         w.flush()?;
     }
     Ok(())
+}
+
+/// What `encode --out FILE` writes for texts, as its extension names.
+#[derive(Clone, Copy)]
+enum TextsOut {
+    Safetensors,
+    Jsonl,
+}
+
+/// Checked before anything is loaded or encoded: a folder, or an extension encode does
+/// not write for texts, would otherwise fail (or be written in the wrong format) only
+/// after all the work.
+fn texts_out_format(out: &Path) -> Result<TextsOut> {
+    const ACCEPTED: &str = ".safetensors (one [texts, hidden] tensor) or .jsonl (one JSON line per text, as --json prints)";
+    if out.is_dir() {
+        bail!(
+            "--out {}: is a folder: name the file to write, {ACCEPTED}",
+            out.display()
+        );
+    }
+    let ext = out
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    match ext.as_deref() {
+        Some("safetensors") => Ok(TextsOut::Safetensors),
+        Some("jsonl") => Ok(TextsOut::Jsonl),
+        _ => bail!(
+            "--out {}: encode writes the features of texts as {ACCEPTED}; name the file with one of these extensions (.parquet is written by --data jobs)",
+            out.display()
+        ),
+    }
 }

@@ -183,6 +183,16 @@ fn beside(out: &Path, suffix: &str) -> PathBuf {
 /// writing one output would mix their parts. The file stays beside the output (see
 /// `fsio::try_lock` for why it is never removed).
 fn lock_out(out: &Path) -> Result<File> {
+    // As every other output of bertcls, a missing parent folder is created.
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            anyhow!(
+                "--out {}: cannot create {} ({e}): pass a writable folder",
+                out.display(),
+                parent.display()
+            )
+        })?;
+    }
     let path = beside(out, ".lock");
     match try_lock(&path) {
         Ok(Some(file)) => Ok(file),

@@ -118,6 +118,11 @@ impl BulkArgs {
             bail!("--chunk-rows 0: give a positive number of rows");
         }
         match out {
+            // Found now, not when the finished output is renamed onto it.
+            Some(out) if out.is_dir() => bail!(
+                "--out {}: is a folder: pass the path of the file to write",
+                out.display()
+            ),
             Some(out) => Ok(out.clone()),
             None => bail!("--data needs --out FILE (.parquet or .jsonl for predict, .parquet or .safetensors for encode)"),
         }

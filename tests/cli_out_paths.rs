@@ -1,0 +1,119 @@
+//! `--out` paths of `encode` and bulk `predict`/`encode`: the format the extension names
+//! or a one-line refusal listing the accepted ones, a folder refused before any work, and
+//! missing parent folders created, as `train`, `merge` and `encode` do.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn model_dir() -> String {
+    fixtures().join("tiny/model").display().to_string()
+}
+
+fn data_dir() -> String {
+    fixtures().join("data/tiny-dsdict").display().to_string()
+}
+
+#[test]
+fn encode_of_texts_writes_the_format_its_out_extension_names() {
+    let dir = TempDir::new("out-encode-ext");
+    let model = model_dir();
+    let texts = ["房间又小又暗", "快递太慢了，等了一个星期。"];
+    let args = |out: &Path, extra: &[&str]| -> Vec<String> {
+        let mut args = vec!["encode", "--model", &model, "--out", s(out)];
+        args.extend_from_slice(extra);
+        args.extend(texts);
+        args.into_iter().map(String::from).collect()
+    };
+    let encode = |out: &Path, extra: &[&str]| bertcls_cpu(&strs(&args(out, extra)));
+    // `refusal` asserts one stderr line: the refusal came before the model's "loaded" line.
+    let refused = |out: &Path| refusal(&strs(&args(out, &[])));
+
+    let jsonl = dir.join("f.jsonl");
+    ok(encode(&jsonl, &["--ids"]));
+    let printed = ok(bertcls_cpu(
+        &[
+            &["encode", "--model", &model, "--json", "--ids"][..],
+            &texts,
+        ]
+        .concat(),
+    ));
+    assert_eq!(std::fs::read(&jsonl).unwrap(), printed.stdout);
+    assert_eq!(std::fs::read_to_string(&jsonl).unwrap().lines().count(), 2);
+
+    let tensors = dir.join("f.safetensors");
+    ok(encode(&tensors, &[]));
+    assert_eq!(read_tensors(&tensors)["cls"].shape, [2, 32]);
+
+    for name in ["f.parquet", "f.txt", "f"] {
+        let out = dir.join(name);
+        let line = refused(&out);
+        assert!(line.contains(&format!("--out {}: ", s(&out))), "{line}");
+        assert!(
+            line.contains(".safetensors") && line.contains(".jsonl"),
+            "{line}"
+        );
+        assert!(!out.exists());
+    }
+
+    let folder = dir.join("features");
+    std::fs::create_dir_all(&folder).unwrap();
+    let line = refused(&folder);
+    assert!(line.contains("is a folder"), "{line}");
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn bulk_outs_refuse_a_folder_early_and_create_missing_parents() {
+    let dir = TempDir::new("out-bulk");
+    let run = train_run(&dir.0, "run", &[]);
+    let data = data_dir();
+    let model = model_dir();
+    let folder = dir.join("taken.parquet");
+    std::fs::create_dir_all(&folder).unwrap();
+    for command in [["predict", "--run", s(&run)], ["encode", "--model", &model]] {
+        let line = refusal(&[&command[..], &["--data", &data, "--out", s(&folder)]].concat());
+        assert!(
+            line.contains(&format!("--out {}: is a folder", s(&folder))),
+            "{line}"
+        );
+    }
+
+    let predictions = dir.join("no/such/parent/p.jsonl");
+    ok(bertcls_cpu(&[
+        "predict",
+        "--run",
+        s(&run),
+        "--data",
+        &data,
+        "--out",
+        s(&predictions),
+    ]));
+    assert_eq!(
+        std::fs::read_to_string(&predictions)
+            .unwrap()
+            .lines()
+            .count(),
+        32
+    );
+    let features = dir.join("other/parent/f.parquet");
+    ok(bertcls_cpu(&[
+        "encode",
+        "--model",
+        &model,
+        "--data",
+        &data,
+        "--out",
+        s(&features),
+    ]));
+    assert!(features.is_file());
+}
