@@ -1331,3 +1331,48 @@ fn resume_without_last_checkpoint_after_finished_epochs_is_refused() {
     assert_eq!(std::fs::read(dir.join("metrics.jsonl")).unwrap(), before);
     assert!(!dir.join("last.safetensors").exists());
 }
+
+/// Label names that cannot name a head's classes (two alike, an empty one, one with a
+/// tab or line break, which split predict's tab-separated lines) are refused in one line
+/// naming where they came from: --labels, or a run.json that says so.
+#[test]
+fn label_names_that_cannot_name_classes_are_refused() {
+    let sb = Sandbox::new("label-names");
+    let tsv = fixtures().join("data/tiny-files/train.tsv");
+    for (labels, needle) in [
+        ("a,a", "--labels: labels 0 and 1 are both named \"a\""),
+        ("a,", "--labels: label 1 has an empty name"),
+        ("a\tb,c", "--labels: label 0 (\"a\\tb\") holds a tab"),
+        ("a\nb,c", "--labels: label 0 (\"a\\nb\") holds a tab, line break"),
+    ] {
+        let out = sb.train(&[
+            "--data",
+            tsv.to_str().unwrap(),
+            "--labels",
+            labels,
+            "--out",
+            &sb.path("never"),
+        ]);
+        failed_with(&out, needle);
+        nothing_encoded(&out);
+    }
+    assert!(!Path::new(&sb.path("never")).exists());
+
+    let run = sb.path("run");
+    succeeded(&sb.train_tiny(1, &["--out", &run]));
+    let json_path = Path::new(&run).join("run.json");
+    let mut json = run_json(&run);
+    json["labels"] = serde_json::json!(["negative", "negative"]);
+    std::fs::write(&json_path, json.to_string()).unwrap();
+    let needle = format!(
+        "{}: its labels: labels 0 and 1 are both named \"negative\"",
+        json_path.display()
+    );
+    failed_with(&sb.train_tiny(2, &["--resume", &run]), &needle);
+    let predicted = Command::new(env!("CARGO_BIN_EXE_bertcls"))
+        .args(["predict", "--run", &run, "--device", "cpu", "房间很干净"])
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    failed_with(&predicted, &needle);
+}

@@ -23,6 +23,7 @@ use super::run_settings::run_device;
 use crate::calibration::scaled_softmax;
 use crate::checkpoint::load_head;
 use crate::chunk::LongTexts;
+use crate::data::check_label_names;
 use crate::head::{argmax, LinearHead};
 use crate::hub::DEFAULT_MODEL;
 use crate::model::Pooling;
@@ -101,12 +102,19 @@ impl HeadArgs {
             (None, None) => bail!("pass --run DIR (a bertcls train folder) or --head FILE"),
         };
         let loaded = load_head(&source, None)?;
-        let labels = match (&self.labels, &run) {
-            (Some(flag), _) => Some(flag.clone()),
-            (None, Some(info)) => Some(info.labels.clone()),
-            (None, None) => metadata_labels(&loaded.metadata, &source)?,
+        let (labels, origin) = match (&self.labels, &self.run, &run) {
+            (Some(flag), _, _) => (Some(flag.clone()), "--labels".to_string()),
+            (None, Some(dir), Some(info)) => (
+                Some(info.labels.clone()),
+                format!("{}: its labels", RunInfo::path(dir).display()),
+            ),
+            _ => (
+                metadata_labels(&loaded.metadata, &source)?,
+                format!("{}: metadata {LABELS_KEY}", source.display()),
+            ),
         };
         if let Some(names) = &labels {
+            check_label_names(names).map_err(|why| anyhow!("{origin}: {why}"))?;
             check_label_count(&loaded.head, &source, names.len(), "label names")?;
         }
         // A checkpoint of ours names the model it was trained on: a bare --head needs no

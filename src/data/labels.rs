@@ -1,7 +1,7 @@
 //! Label ids as the data writes them (integers, integral floats, digit
 //! strings), and the label names a dataset ends up with.
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 
 use super::raw::{row_error, RawSplit};
@@ -58,6 +58,12 @@ pub(super) fn resolve(
     flag: Option<&[String]>,
     splits: &[RawSplit],
 ) -> Result<Vec<String>> {
+    if let Some(flag) = flag {
+        check_label_names(flag).map_err(|why| anyhow!("--labels: {why}"))?;
+    }
+    if let Some(data) = &class_names {
+        check_label_names(data).map_err(|why| anyhow!("{source}: its ClassLabel names: {why}"))?;
+    }
     let names = match (class_names, flag) {
         (Some(data), Some(flag)) if data.len() != flag.len() => bail!(
             "{source}: its ClassLabel has {} names ({}) but --labels gives {} ({}); \
@@ -82,6 +88,30 @@ pub(super) fn resolve(
     }
     check_range(&names, splits)?;
     Ok(names)
+}
+
+/// Why label names cannot name a head's classes, if they cannot: one that is empty, two
+/// alike (predictions could not be told apart), or one holding a control character (a
+/// tab or line break splits predict's tab-separated lines).
+pub fn check_label_names(names: &[String]) -> Result<(), String> {
+    for (id, name) in names.iter().enumerate() {
+        if name.trim().is_empty() {
+            return Err(format!(
+                "label {id} has an empty name: give every label a name"
+            ));
+        }
+        if name.chars().any(char::is_control) {
+            return Err(format!(
+                "label {id} ({name:?}) holds a tab, line break or other control character, which would break predict's tab-separated lines: rename it"
+            ));
+        }
+        if let Some(first) = names[..id].iter().position(|n| n == name) {
+            return Err(format!(
+                "labels {first} and {id} are both named {name:?}: give each label its own name"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Ids 0..count with fewer rows than ids cannot all have rows; with more than twice as many

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Result};
 use sha2::{Digest, Sha256};
 
+pub use labels::check_label_names;
 use raw::{Loaded, RawSplit};
 
 const ACCEPTED: &str = "a datasets save_to_disk folder (dataset_dict.json or state.json), \

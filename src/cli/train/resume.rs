@@ -4,11 +4,12 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 
 use super::TrainArgs;
 use crate::chunk::LongTexts;
 use crate::cli::predict::run_model;
+use crate::data::check_label_names;
 use crate::train::run_dir::RunInfo;
 
 /// `args` with every flag the command line did not give taken from the run in `dir`.
@@ -26,6 +27,8 @@ pub fn with_run_settings(mut args: TrainArgs, dir: &Path) -> Result<TrainArgs> {
         );
     }
     let info = RunInfo::load(dir)?;
+    check_label_names(&info.labels)
+        .map_err(|why| anyhow!("{}: its labels: {why}", json.display()))?;
     let given = std::mem::take(&mut args.given);
     let mut taken = Vec::new();
     let mut take = |id: &str, value: String| -> bool {
