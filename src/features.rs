@@ -157,7 +157,16 @@ impl FeatureCache {
         let path = self.path(key);
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            // Below a file (NotADirectory) no entry can exist either: a miss, and the
+            // `put` that follows says why the cache cannot be written.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Ok(None)
+            }
             Err(e) => {
                 return Err(e).with_context(|| {
                     format!(

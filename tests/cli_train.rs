@@ -1343,7 +1343,10 @@ fn label_names_that_cannot_name_classes_are_refused() {
         ("a,a", "--labels: labels 0 and 1 are both named \"a\""),
         ("a,", "--labels: label 1 has an empty name"),
         ("a\tb,c", "--labels: label 0 (\"a\\tb\") holds a tab"),
-        ("a\nb,c", "--labels: label 0 (\"a\\nb\") holds a tab, line break"),
+        (
+            "a\nb,c",
+            "--labels: label 0 (\"a\\nb\") holds a tab, line break",
+        ),
     ] {
         let out = sb.train(&[
             "--data",
@@ -1375,4 +1378,42 @@ fn label_names_that_cannot_name_classes_are_refused() {
         .output()
         .unwrap();
     failed_with(&predicted, &needle);
+}
+
+/// A feature cache that cannot be written ($BERTCLS_CACHE below a file here, which
+/// fails for root too, as a read-only folder does for other users) costs one warning
+/// line naming it and the ways around it, not the run: training goes on and saves.
+#[test]
+fn an_unwritable_feature_cache_is_a_warning() {
+    let sb = Sandbox::new("cache-unwritable");
+    let blocker = sb.dir.join("a-file");
+    std::fs::write(&blocker, b"x").unwrap();
+    let cache = blocker.join("cache");
+    let run = sb.path("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_bertcls"))
+        .args([
+            "train",
+            "--model",
+            fixtures().join("tiny/model").to_str().unwrap(),
+        ])
+        .args(["--data", &dsdict(), "--batch-size", "8", "--epochs", "1"])
+        .args(["--device", "cpu", "--out", &run])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("BERTCLS_CACHE", &cache)
+        .output()
+        .unwrap();
+    succeeded(&out);
+    let err = stderr(&out);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning: ")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    let folder = cache.join("features").display().to_string();
+    assert!(
+        warnings[0].contains(&format!("cannot store features in the cache {folder} ")),
+        "{err}"
+    );
+    assert!(
+        warnings[0].contains("--cache-dir") && warnings[0].contains("BERTCLS_CACHE"),
+        "{err}"
+    );
+    assert!(Path::new(&run).join("best.safetensors").is_file());
 }

@@ -412,6 +412,8 @@ pub struct FeatureSource {
     cache: Option<FeatureCache>,
     weights_sha256: Option<String>,
     tokenizer: Option<String>,
+    /// A cache that could not be written to has been warned about (once a process).
+    cache_write_failed: bool,
 }
 
 pub struct Features {
@@ -427,6 +429,7 @@ impl FeatureSource {
             cache,
             weights_sha256: None,
             tokenizer: None,
+            cache_write_failed: false,
         }
     }
 
@@ -521,7 +524,17 @@ impl FeatureSource {
             Some(truncated) => chunk_features_reusing(model, texts, &truncated, split_name)?,
             None => encode_texts(model, texts, split_name)?,
         };
-        cache.put(&key, &x, texts.len(), hidden)?;
+        // The features are in hand: a cache that cannot take them (read-only, full) only
+        // costs the next run its encoding, so it must not throw this run's work away.
+        if let Err(e) = cache.put(&key, &x, texts.len(), hidden) {
+            if !self.cache_write_failed {
+                eprintln!(
+                    "warning: cannot store features in the cache {} ({e:#}); going on without it: point the cache at a writable folder with --cache-dir DIR or BERTCLS_CACHE, or pass --no-cache",
+                    cache.dir().display()
+                );
+                self.cache_write_failed = true;
+            }
+        }
         Ok(Features { x, cached: false })
     }
 }
