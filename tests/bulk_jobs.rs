@@ -209,17 +209,6 @@ fn every_data_form_in_bulk_predict_and_encode() {
     write_head(&head);
     let hub = dir.join("hub");
     hub_cache(&hub);
-    // tiny-files holds each split in four formats, which a folder may not: one of them.
-    let parquet_files = dir.join("parquet-files");
-    std::fs::create_dir_all(&parquet_files).unwrap();
-    for split in ["train", "validation", "test"] {
-        let name = format!("{split}.parquet");
-        std::fs::copy(
-            data().join("tiny-files").join(&name),
-            parquet_files.join(&name),
-        )
-        .unwrap();
-    }
     let texts = split_texts("train");
     let want = reference_predictions(&head, &texts);
     let want_x = reference_features(&texts);
@@ -227,7 +216,7 @@ fn every_data_form_in_bulk_predict_and_encode() {
         s(&data().join("tiny-dsdict")).to_string(),
         s(&data().join("tiny-dataset")).to_string(),
         s(&data().join("tiny-sharded")).to_string(),
-        s(&parquet_files).to_string(),
+        s(&data().join("tiny-files")).to_string(),
         s(&data().join("tiny-files/train.parquet")).to_string(),
         s(&data().join("tiny-files/train.jsonl")).to_string(),
         s(&data().join("tiny-files/train.csv")).to_string(),

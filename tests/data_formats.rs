@@ -138,8 +138,8 @@ fn fixture_formats_all_hold_the_save_to_disk_rows() {
         let named = load(&source, &with_labels(&["negative", "positive"])).unwrap();
         assert_eq!(named.label_names, reference.label_names, "{ext}");
     }
-    // The folder of the four copies is not a dataset: which copy is meant is unknown.
-    assert!(load_err(&files, &opts()).contains("is there twice"));
+    // A folder of several formats is read as its parquet files.
+    assert_eq!(load(&files, &opts()).unwrap().format, Format::Parquet);
 }
 
 #[test]
@@ -222,36 +222,6 @@ fn a_missing_or_unknown_source_lists_the_accepted_formats() {
         err.contains("no dataset found in this folder") && err.contains(".jsonl"),
         "{err}"
     );
-}
-
-/// A folder holding a split in two formats is refused in one line naming both files,
-/// by the whole-split loader and the chunked one alike; splits that each come in one
-/// format (shards of one split included) load.
-#[test]
-fn a_split_in_two_formats_in_one_folder_is_refused() {
-    let dir = temp_dir("two-formats");
-    let row = b"{\"text\": \"a\", \"label\": 0}\n";
-    let jsonl = write(&dir, "train.jsonl", row);
-    write(&dir, "data/test-00000-of-00002.jsonl", row);
-    write(&dir, "data/test-00001-of-00002.jsonl", row);
-    assert_eq!(load(&dir, &opts()).unwrap().splits.len(), 2);
-    let csv = write(&dir, "train.csv", b"text,label\na,0\n");
-    let err = load_err(&dir, &opts());
-    let both = format!(
-        "split \"train\" is there twice, as {} and {}",
-        jsonl.display(),
-        csv.display()
-    );
-    assert!(err.contains(&both), "{err}");
-    assert!(
-        err.contains(&format!("pass --data {}", jsonl.display())),
-        "{err}"
-    );
-    let Err(chunked) = bertcls::data::chunked::open_split(&dir, "test", &opts()) else {
-        panic!("the chunked reader opened {}", dir.display());
-    };
-    let chunked = chunked.to_string();
-    assert!(chunked.contains(&both), "{chunked}");
 }
 
 #[test]

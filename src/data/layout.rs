@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use super::Format;
 
@@ -104,38 +104,42 @@ pub(super) fn for_file(file: &Path, format: Format) -> Result<Groups> {
     Ok(group(files))
 }
 
-/// The data files under `dir` in the first format found of parquet, JSONL, CSV, TSV.
-/// A split found in two formats is refused, naming a file of each: which copy is
-/// the data cannot be told from the folder, and they may differ.
+/// The data files under `dir` in the first format found of parquet, JSONL, CSV, TSV
+/// (the hub serves parquet; other formats beside it are usually copies). Files of the
+/// other formats are not read, and a one-line note names them: they may not be copies.
 pub(super) fn scan_dir(dir: &Path) -> Result<Option<(Format, Groups)>> {
     let mut found: BTreeMap<Format, Vec<PathBuf>> = BTreeMap::new();
     walk(dir, 0, &mut found)?;
-    let mut first_file_of_split: BTreeMap<(usize, String), PathBuf> = BTreeMap::new();
-    for files in found.values() {
-        let mut splits_here: BTreeMap<(usize, String), &PathBuf> = BTreeMap::new();
-        for file in files {
-            splits_here
-                .entry(order_key(&split_of(file)))
-                .or_insert(file);
-        }
-        for (split, file) in splits_here {
-            if let Some(other) = first_file_of_split.get(&split) {
-                bail!(
-                    "{}: split \"{}\" is there twice, as {} and {}: keep one format of it in the folder, or pass --data {}",
-                    dir.display(),
-                    split.1,
-                    other.display(),
-                    file.display(),
-                    other.display()
-                );
-            }
-            first_file_of_split.insert(split, file.clone());
-        }
+    if let Some(note) = unread_formats_note(dir, &found) {
+        eprintln!("{note}");
     }
     Ok(found
         .into_iter()
         .next()
         .map(|(format, files)| (format, group(files))))
+}
+
+/// What `scan_dir` leaves unread when `found` holds more than one format: each other
+/// format with its splits, so that a split only those files hold is not lost unseen.
+fn unread_formats_note(dir: &Path, found: &BTreeMap<Format, Vec<PathBuf>>) -> Option<String> {
+    let mut formats = found.iter();
+    let (read, _) = formats.next()?;
+    let unread: Vec<String> = formats
+        .map(|(format, files)| {
+            let splits: Vec<String> = group(files.clone())
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect();
+            format!("{format} ({})", splits.join(", "))
+        })
+        .collect();
+    (!unread.is_empty()).then(|| {
+        format!(
+            "note: {}: reading its {read} files, not its {} ones: pass --data with one of those files to read that format",
+            dir.display(),
+            unread.join(", ")
+        )
+    })
 }
 
 fn walk(dir: &Path, depth: usize, found: &mut BTreeMap<Format, Vec<PathBuf>>) -> Result<()> {
@@ -176,6 +180,25 @@ fn group(files: Vec<PathBuf>) -> Groups {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_left_unread_are_named_with_their_splits() {
+        let dir = Path::new("d");
+        let mut found = BTreeMap::from([(Format::Parquet, vec![PathBuf::from("d/train.parquet")])]);
+        assert_eq!(unread_formats_note(dir, &found), None);
+        found.insert(
+            Format::Jsonl,
+            vec![
+                PathBuf::from("d/test.jsonl"),
+                PathBuf::from("d/train.jsonl"),
+            ],
+        );
+        found.insert(Format::Tsv, vec![PathBuf::from("d/train.tsv")]);
+        assert_eq!(
+            unread_formats_note(dir, &found).as_deref(),
+            Some("note: d: reading its parquet files, not its jsonl (train, test), tsv (train) ones: pass --data with one of those files to read that format")
+        );
+    }
 
     #[test]
     fn split_names_from_file_names() {
