@@ -4,7 +4,8 @@
 //! The encoder is frozen and deterministic, so its output is a function of the
 //! weights, the tokenizer, `max_length`, the backend and precision that ran it, and the
 //! texts. [`FeatureKey`] names all of these; an entry is `<digest>.safetensors` holding
-//! the tensor `cls` [rows, hidden] with the key's fields as metadata.
+//! the tensor `cls` [rows, hidden] with the key's fields and the sha256 of the tensor's
+//! bytes as metadata.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -23,6 +24,11 @@ use crate::le_floats;
 /// how the key is serialised), so that old entries miss instead of being misread.
 const FORMAT_VERSION: u32 = 1;
 const TENSOR: &str = "cls";
+/// The metadata key of the sha256 of the tensor's bytes. Floats overwritten in place (a
+/// disk fault, a stray write) keep the file readable and the shape right: only a
+/// checksum tells them from the features that were stored. Entries written before it
+/// have none, and are encoded again once.
+const CHECKSUM: &str = "cls_sha256";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FeatureKey {
@@ -151,8 +157,9 @@ impl FeatureCache {
 
     /// The stored features for `key`, row-major [rows, hidden], or `None` on a miss.
     /// An entry that cannot be read back as this key's features (truncated, wrong
-    /// dtype or rank, another key's metadata) is a miss: it is removed with a one-line
-    /// warning so that the caller's `put` replaces it.
+    /// dtype or rank, another key's metadata, no checksum or one its bytes do not
+    /// match) is a miss: it is removed with a one-line warning so that the caller's
+    /// `put` replaces it.
     pub fn get(&self, key: &FeatureKey) -> Result<Option<Vec<f32>>> {
         let path = self.path(key);
         let bytes = match std::fs::read(&path) {
@@ -208,7 +215,9 @@ impl FeatureCache {
         let bytes: Vec<u8> = features.iter().flat_map(|v| v.to_le_bytes()).collect();
         let view = safetensors::tensor::TensorView::new(Dtype::F32, vec![rows, hidden], &bytes)
             .context("cannot lay out the features as a tensor")?;
-        let file = crate::safetensors_out::serialize([(TENSOR, view)], Some(key.metadata()))
+        let mut metadata = key.metadata();
+        metadata.insert(CHECKSUM.to_string(), hex(&Sha256::digest(&bytes)));
+        let file = crate::safetensors_out::serialize([(TENSOR, view)], Some(metadata))
             .context("cannot serialise the features")?;
         atomic_write(&self.path(key), &file)
     }
@@ -216,9 +225,14 @@ impl FeatureCache {
 
 fn decode(bytes: &[u8], key: &FeatureKey) -> Result<Vec<f32>, String> {
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
-    if header.metadata().as_ref() != Some(&key.metadata()) {
+    let mut metadata = header.metadata().clone().unwrap_or_default();
+    let checksum = metadata.remove(CHECKSUM);
+    if metadata != key.metadata() {
         return Err("its metadata does not match its key".to_string());
     }
+    let Some(checksum) = checksum else {
+        return Err("it has no checksum: written by a bertcls that did not record one".to_string());
+    };
     let tensors = SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
     let cls = tensors.tensor(TENSOR).map_err(|e| e.to_string())?;
     if cls.dtype() != Dtype::F32 || cls.shape().len() != 2 {
@@ -235,6 +249,9 @@ fn decode(bytes: &[u8], key: &FeatureKey) -> Result<Vec<f32>, String> {
             "`{TENSOR}` holds {} bytes for shape [{rows}, {hidden}]",
             data.len()
         ));
+    }
+    if hex(&Sha256::digest(data)) != checksum {
+        return Err("its features do not match their checksum: the file was altered".to_string());
     }
     Ok(le_floats::f32s(data))
 }
@@ -507,6 +524,64 @@ mod tests {
         assert_eq!(cache.get(&key()).unwrap(), None);
         assert!(!path.exists());
         std::fs::write(&path, b"not a safetensors file").unwrap();
+        assert_eq!(cache.get(&key()).unwrap(), None);
+        assert!(!path.exists());
+        std::fs::remove_dir_all(cache.dir()).unwrap();
+    }
+
+    /// The data region of `path` (after the 8-byte length and the header).
+    fn data_start(path: &Path) -> usize {
+        let bytes = std::fs::read(path).unwrap();
+        8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize
+    }
+
+    #[test]
+    fn put_records_the_checksum_of_the_features_and_writes_the_same_bytes_twice() {
+        let cache = FeatureCache::new(temp_dir("checksum"));
+        let features = [1.0, -2.0, 0.25, 8.0];
+        cache.put(&key(), &features, 2, 2).unwrap();
+        let path = cache.path(&key());
+        let bytes = std::fs::read(&path).unwrap();
+        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+        let data: Vec<u8> = features.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(
+            header.metadata().as_ref().unwrap()[CHECKSUM],
+            hex(&Sha256::digest(&data))
+        );
+        cache.put(&key(), &features, 2, 2).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        std::fs::remove_dir_all(cache.dir()).unwrap();
+    }
+
+    /// The audit's case: finite floats written over the data keep the file readable
+    /// and its shape right; only the checksum tells.
+    #[test]
+    fn an_entry_whose_features_were_overwritten_is_a_miss_and_is_removed() {
+        let cache = FeatureCache::new(temp_dir("overwritten"));
+        cache.put(&key(), &[1.0; 8], 2, 4).unwrap();
+        let path = cache.path(&key());
+        let start = data_start(&path);
+        let mut bytes = std::fs::read(&path).unwrap();
+        for chunk in bytes[start..].chunks_exact_mut(4) {
+            chunk.copy_from_slice(&0x3f00_0000u32.to_le_bytes());
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(cache.get(&key()).unwrap(), None);
+        assert!(!path.exists());
+        std::fs::remove_dir_all(cache.dir()).unwrap();
+    }
+
+    /// Entries written before the checksum cannot be told from altered ones: each is
+    /// encoded again once.
+    #[test]
+    fn an_entry_without_a_checksum_is_a_miss_and_is_removed() {
+        let cache = FeatureCache::new(temp_dir("no-checksum"));
+        let data: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let view = safetensors::tensor::TensorView::new(Dtype::F32, vec![1, 2], &data).unwrap();
+        let old =
+            crate::safetensors_out::serialize([(TENSOR, view)], Some(key().metadata())).unwrap();
+        let path = cache.path(&key());
+        std::fs::write(&path, old).unwrap();
         assert_eq!(cache.get(&key()).unwrap(), None);
         assert!(!path.exists());
         std::fs::remove_dir_all(cache.dir()).unwrap();

@@ -241,6 +241,57 @@ fn second_run_reads_the_cache_and_max_length_misses() {
     );
 }
 
+/// The feature cache entry of `rows` features, and where its data starts.
+fn cache_entry_of(cache: &Path, rows: u64) -> (PathBuf, usize) {
+    for entry in std::fs::read_dir(cache).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        if header["cls"]["shape"][0] == rows {
+            return (path, 8 + n);
+        }
+    }
+    panic!("no cache entry of {rows} rows in {}", cache.display());
+}
+
+/// Finite floats written over a cache entry's features (the file still reads, its
+/// shape is right) are caught by its checksum: the entry is dropped with a warning
+/// and the split encoded again, so the run trains as on the original features.
+#[test]
+fn an_altered_cache_entry_is_encoded_again() {
+    let sb = Sandbox::new("cache-altered");
+    let (a, b) = (sb.path("a"), sb.path("b"));
+    succeeded(&sb.train_tiny(1, &["--out", &a]));
+    let (entry, start) = cache_entry_of(&sb.feature_cache(), 32);
+    let mut bytes = std::fs::read(&entry).unwrap();
+    for chunk in bytes[start..].chunks_exact_mut(4) {
+        chunk.copy_from_slice(&0x3f00_0000u32.to_le_bytes());
+    }
+    std::fs::write(&entry, &bytes).unwrap();
+
+    let second = sb.train_tiny(1, &["--out", &b]);
+    succeeded(&second);
+    let err = stderr(&second);
+    let warning = format!(
+        "warning: feature cache entry {} is unusable (its features do not match their checksum",
+        entry.display()
+    );
+    assert!(err.contains(&warning), "{err}");
+    assert!(!err.contains("train: 32 features from the cache"), "{err}");
+    assert!(err.contains("encoded train"), "{err}");
+    assert!(
+        err.contains("validation: 8 features from the cache"),
+        "{err}"
+    );
+    assert_eq!(metrics_without_time(&a), metrics_without_time(&b));
+    assert_ne!(
+        std::fs::read(&entry).unwrap(),
+        bytes,
+        "the entry was not rewritten"
+    );
+}
+
 #[test]
 fn no_cache_stores_nothing() {
     let sb = Sandbox::new("nocache");
