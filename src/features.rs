@@ -158,7 +158,7 @@ impl FeatureCache {
     /// The stored features for `key`, row-major [rows, hidden], or `None` on a miss.
     /// An entry that cannot be read back as this key's features (truncated, wrong
     /// dtype or rank, another key's metadata, no checksum or one its bytes do not
-    /// match) is a miss: it is removed with a one-line warning so that the caller's
+    /// match, a NaN or infinity) is a miss: it is removed with a one-line warning so that the caller's
     /// `put` replaces it.
     pub fn get(&self, key: &FeatureKey) -> Result<Option<Vec<f32>>> {
         let path = self.path(key);
@@ -253,7 +253,19 @@ fn decode(bytes: &[u8], key: &FeatureKey) -> Result<Vec<f32>, String> {
     if hex(&Sha256::digest(data)) != checksum {
         return Err("its features do not match their checksum: the file was altered".to_string());
     }
-    Ok(le_floats::f32s(data))
+    let features = le_floats::f32s(data);
+    if let Some((row, value)) = first_non_finite(&features, hidden) {
+        return Err(format!("row {row} holds a non-finite feature ({value})"));
+    }
+    Ok(features)
+}
+
+/// The row and value of the first NaN or infinity in row-major `features` [rows,
+/// hidden]. One in the features makes the first step's loss NaN, which reads as too
+/// large a learning rate: where features come in, they are checked for it instead.
+pub fn first_non_finite(features: &[f32], hidden: usize) -> Option<(usize, f32)> {
+    let at = features.iter().position(|v| !v.is_finite())?;
+    Some((at / hidden, features[at]))
 }
 
 /// The content hash of a split: texts and labels, each length-prefixed so that
@@ -585,6 +597,27 @@ mod tests {
         assert_eq!(cache.get(&key()).unwrap(), None);
         assert!(!path.exists());
         std::fs::remove_dir_all(cache.dir()).unwrap();
+    }
+
+    /// bertcls stores no such entry (its callers refuse non-finite features first),
+    /// but one would train a NaN head: encoding afresh is the way out of it.
+    #[test]
+    fn an_entry_holding_a_non_finite_feature_is_a_miss_and_is_removed() {
+        let cache = FeatureCache::new(temp_dir("non-finite"));
+        for bad in [f32::NAN, f32::INFINITY] {
+            cache.put(&key(), &[1.0, 2.0, 3.0, bad], 2, 2).unwrap();
+            assert_eq!(cache.get(&key()).unwrap(), None);
+            assert!(!cache.path(&key()).exists());
+        }
+        std::fs::remove_dir_all(cache.dir()).unwrap();
+    }
+
+    #[test]
+    fn the_first_non_finite_value_is_found_with_its_row() {
+        assert_eq!(first_non_finite(&[0.0, 1.0, 2.0, 3.0], 2), None);
+        assert_eq!(first_non_finite(&[], 0), None);
+        let found = first_non_finite(&[0.0, 1.0, 2.0, f32::NEG_INFINITY, f32::NAN], 2);
+        assert_eq!(found, Some((1, f32::NEG_INFINITY)));
     }
 
     #[test]

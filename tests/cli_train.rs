@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 
 use bertcls::checkpoint::load_head;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -1035,6 +1036,79 @@ fn non_finite_numbers_are_refused() {
         err.contains("fc.bias holds a non-finite value (NaN)"),
         "{err}"
     );
+}
+
+/// Non-finite features are caught where they come in, not at the first step's NaN
+/// loss (which blames --lr): a fresh encoding is refused naming the model folder, before
+/// the run folder is kept or the cache written; a cache entry holding one (with a
+/// checksum that matches: only a forged or foreign entry) is encoded again.
+#[test]
+fn non_finite_features_are_refused_where_they_come_in() {
+    let sb = Sandbox::new("non-finite-features");
+    // Position 0's embedding at 3e38 in every dimension: finite weights (the load
+    // check passes them), but the embeddings' LayerNorm sums them to infinity.
+    let model = sb.dir.join("huge-model");
+    std::fs::create_dir_all(&model).unwrap();
+    for entry in std::fs::read_dir(fixtures().join("tiny/model")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, model.join(path.file_name().unwrap())).unwrap();
+    }
+    let weights = model.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let tensor = &header["embeddings.position_embeddings.weight"];
+    let start = 8 + header_len + tensor["data_offsets"][0].as_u64().unwrap() as usize;
+    let width = tensor["shape"][1].as_u64().unwrap() as usize;
+    for at in (start..start + 4 * width).step_by(4) {
+        bytes[at..at + 4].copy_from_slice(&3e38f32.to_le_bytes());
+    }
+    std::fs::write(&weights, bytes).unwrap();
+    let out = sb.path("run");
+    let tiny = ["--data", &dsdict(), "--batch-size", "8", "--epochs", "1"];
+    for extra in [&[][..], &["--no-cache"][..]] {
+        let run = sb.train_model(&model, &[&tiny[..], &["--out", &out], extra].concat());
+        failed_with(
+            &run,
+            &format!(
+                "error: train: the encoder gave a non-finite feature (NaN) for row 0: the weights in {} are out of range or corrupt; check them, or fetch the model again",
+                model.canonicalize().unwrap().display()
+            ),
+        );
+        assert!(
+            !Path::new(&out).exists(),
+            "{extra:?}: the run folder was kept"
+        );
+        let stored = std::fs::read_dir(sb.feature_cache()).map_or(0, |d| d.count());
+        assert_eq!(stored, 0, "{extra:?}: non-finite features were cached");
+    }
+
+    // A NaN in the train entry, its checksum recomputed so that only the NaN is wrong.
+    let (a, b) = (sb.path("a"), sb.path("b"));
+    succeeded(&sb.train_tiny(1, &["--out", &a]));
+    let (entry, start) = cache_entry_of(&sb.feature_cache(), 32);
+    let mut bytes = std::fs::read(&entry).unwrap();
+    let old = hex(&Sha256::digest(&bytes[start..]));
+    bytes[start..start + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let new = hex(&Sha256::digest(&bytes[start..]));
+    let header = String::from_utf8(bytes[8..start].to_vec()).unwrap();
+    assert_eq!(header.matches(&old).count(), 1, "{header}");
+    bytes[8..start].copy_from_slice(header.replace(&old, &new).as_bytes());
+    std::fs::write(&entry, &bytes).unwrap();
+    let second = sb.train_tiny(1, &["--out", &b]);
+    succeeded(&second);
+    let err = stderr(&second);
+    let warning = format!(
+        "warning: feature cache entry {} is unusable (row 0 holds a non-finite feature (NaN)); removing it and encoding afresh",
+        entry.display()
+    );
+    assert!(err.contains(&warning), "{err}");
+    assert!(err.contains("encoded train"), "{err}");
+    assert_eq!(metrics_without_time(&a), metrics_without_time(&b));
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `--resume` compares every input of the features: a tokenizer that differs (same

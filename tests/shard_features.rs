@@ -354,6 +354,38 @@ fn features_that_are_not_this_runs_are_refused_before_encoding() {
     assert!(err.contains("--no-cache"), "{err}");
 }
 
+/// A NaN in a shard's features would end in a NaN loss at the first step, blamed on
+/// --lr; it is refused at import, naming the file and the row, before anything is
+/// stored, encoded or kept.
+#[test]
+fn a_non_finite_feature_in_a_file_is_refused() {
+    let dir = TempDir::new("shardfeat-nan");
+    let file = dir.join("train.safetensors");
+    encode_shard(&dsdict(), "train", 0, 1, &file, &[]);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    // `cls.000000000003` holds rows 3..6 (--chunk-rows 3); its second row's first float.
+    let tensor = &header["cls.000000000003"];
+    let width = tensor["shape"][1].as_u64().unwrap() as usize;
+    let at = 8 + n + tensor["data_offsets"][0].as_u64().unwrap() as usize + 4 * width;
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&file, bytes).unwrap();
+
+    let cache = dir.join("cache");
+    let out = train(&dir.join("run"), &cache, &["--features-from", s(&file)]);
+    assert_eq!(
+        error_line(&out),
+        format!("error: {}: row 4 holds a non-finite feature (NaN): the encode that wrote it went wrong; encode that shard again, or train without --features-from", s(&file))
+    );
+    assert!(!encoded_any(&out), "{}", stderr(&out));
+    assert!(
+        cache_entries(&cache).is_empty(),
+        "the NaN features were stored"
+    );
+    assert!(!dir.join("run").exists(), "a refused run left its folder");
+}
+
 #[test]
 fn a_search_over_both_poolings_imports_the_features_of_each() {
     let dir = TempDir::new("shardfeat-search");

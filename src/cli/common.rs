@@ -14,7 +14,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::{CudaBackend, Precision};
 use crate::backend::{Device, DeviceRequest};
 use crate::chunk::{mean_of_windows, LongTexts, WindowTokenizer};
-use crate::features::{sha256_file, EncodeSpec, FeatureCache, FeatureKey};
+use crate::features::{first_non_finite, sha256_file, EncodeSpec, FeatureCache, FeatureKey};
 use crate::hub::{self, ResolvedModel};
 use crate::model::weights::ShardIndex;
 use crate::model::{
@@ -490,10 +490,9 @@ impl FeatureSource {
         data_hash: &str,
     ) -> Result<Features> {
         let Some(cache) = self.cache.clone() else {
-            return Ok(Features {
-                x: encode_texts(model, texts, split_name)?,
-                cached: false,
-            });
+            let x = encode_texts(model, texts, split_name)?;
+            check_encoded(model, split_name, &x)?;
+            return Ok(Features { x, cached: false });
         };
         let spec = self.model_spec(model)?;
         let key = FeatureKey::new(&spec, data_hash);
@@ -524,6 +523,7 @@ impl FeatureSource {
             Some(truncated) => chunk_features_reusing(model, texts, &truncated, split_name)?,
             None => encode_texts(model, texts, split_name)?,
         };
+        check_encoded(model, split_name, &x)?;
         // The features are in hand: a cache that cannot take them (read-only, full) only
         // costs the next run its encoding, so it must not throw this run's work away.
         if let Err(e) = cache.put(&key, &x, texts.len(), hidden) {
@@ -537,6 +537,25 @@ impl FeatureSource {
         }
         Ok(Features { x, cached: false })
     }
+}
+
+/// Features the encoder just computed, before anything is stored or trained on: a NaN
+/// or infinity there comes from the model (weights out of range, or a half precision
+/// overflowing), and training on it would fail at its first step blaming the learning
+/// rate.
+fn check_encoded(model: &LoadedModel, split_name: &str, x: &[f32]) -> Result<()> {
+    let Some((row, value)) = first_non_finite(x, model.encoder.hidden_size()) else {
+        return Ok(());
+    };
+    let precision = model.precision_name();
+    let remedy = match precision.as_str() {
+        "fp32" => String::new(),
+        _ => format!(", or {precision} overflowed (try --precision fp32)"),
+    };
+    bail!(
+        "{split_name}: the encoder gave a non-finite feature ({value}) for row {row}: the weights in {} are out of range or corrupt{remedy}; check them, or fetch the model again",
+        model.files.dir.dir.display()
+    )
 }
 
 /// `--long chunk` features of `texts` given their truncated ones (the cache's

@@ -181,6 +181,12 @@ fn gather(split: &Split, files: &[EncodedFile], hidden: usize) -> Result<Vec<f32
         f.for_each_row(hidden, |index, feature| {
             // Within the file's rows, checked by for_each_row, so within the split.
             let i = index as usize;
+            if let Some(v) = feature.iter().find(|v| !v.is_finite()) {
+                bail!(
+                    "{}: row {i} holds a non-finite feature ({v}): the encode that wrote it went wrong; encode that shard again, or train without --features-from",
+                    f.path.display()
+                );
+            }
             if std::mem::replace(&mut seen[i], true) {
                 bail!(
                     "{}: row {i} appears twice; it is corrupt: encode that shard again",
