@@ -17,7 +17,9 @@ use bertcls::data::{load, LoadOptions};
 use bertcls::features::sha256_file;
 use bertcls::head::{argmax, softmax, LinearHead};
 use bertcls::model::{Encoder, Keep, ModelDir};
+use bertcls::optim::AdamW;
 use bertcls::tokenize::BertTokenizer;
+use safetensors::SafeTensors;
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {
@@ -486,6 +488,47 @@ fn a_checkpoint_of_ours_names_its_model_and_labels() {
         json["report"]["labels"],
         serde_json::json!(["差评", "好评"])
     );
+}
+
+/// A checkpoint whose `optim.*` metadata is there but whose AdamW moments are not (a
+/// head exported without them, say) only stops `train --resume`: test and predict run
+/// the head, which needs none, as they run the same head with its full state.
+#[test]
+fn test_and_predict_need_no_optimiser_state() {
+    let dir = TempDir::new("no-moments");
+    let head = recipe_head();
+    let full = dir.path().join("full.safetensors");
+    save_head(
+        &full,
+        &head,
+        Some(&AdamW::for_head(&head)),
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    let bytes = std::fs::read(&full).unwrap();
+    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+    assert!(header
+        .metadata()
+        .as_ref()
+        .unwrap()
+        .contains_key("optim.step"));
+    let tensors = SafeTensors::deserialize(&bytes).unwrap().tensors();
+    let kept = tensors.into_iter().filter(|(n, _)| n.starts_with("fc."));
+    let partial = dir.path().join("partial.safetensors");
+    let stripped = bertcls::safetensors_out::serialize(kept, header.metadata().clone()).unwrap();
+    std::fs::write(&partial, stripped).unwrap();
+
+    let cache = dir.path().join("cache");
+    let text = ["还行"];
+    for args in [predict_args(&partial, &text), test_args(&partial, &cache)] {
+        let full_args: Vec<String> = args
+            .iter()
+            .map(|a| a.replace(s(&partial), s(&full)))
+            .collect();
+        let want = stdout_of(&bertcls(&full_args, b""));
+        let got = stdout_of(&bertcls(&args, b""));
+        assert_eq!(got.replace(s(&partial), s(&full)), want, "{}", args[0]);
+    }
 }
 
 #[test]

@@ -105,9 +105,22 @@ pub fn save_head(
     crate::fsio::atomic_write(path, &bytes)
 }
 
-/// Reads a head checkpoint: our safetensors, or a torch.save zip of a state dict.
-/// With `expected_hidden`, a head made for another encoder width is refused.
+/// Reads a head checkpoint: our safetensors, or a torch.save zip of a state dict, with
+/// the AdamW state saved beside the head, which must be complete when any of it is
+/// there (`train --resume` continues from it). With `expected_hidden`, a head made for
+/// another encoder width is refused.
 pub fn load_head(path: &Path, expected_hidden: Option<usize>) -> Result<LoadedHead> {
+    read_head(path, expected_hidden, true)
+}
+
+/// Reads the head of a checkpoint as [`load_head`] does, leaving its optimiser state
+/// unread (`optim` is `None`): running a head needs none, so a checkpoint whose state
+/// is partial or damaged still serves `test`, `predict` and `encode`.
+pub fn load_inference_head(path: &Path, expected_hidden: Option<usize>) -> Result<LoadedHead> {
+    read_head(path, expected_hidden, false)
+}
+
+fn read_head(path: &Path, expected_hidden: Option<usize>, optimiser: bool) -> Result<LoadedHead> {
     let p = path.display();
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
@@ -123,7 +136,7 @@ pub fn load_head(path: &Path, expected_hidden: Option<usize>) -> Result<LoadedHe
             BTreeMap::new(),
         )
     } else if bytes.len() >= 9 && bytes[8] == b'{' {
-        read_safetensors(&bytes).map_err(|e| anyhow!("{p}: {e}"))?
+        read_safetensors(&bytes, optimiser).map_err(|e| anyhow!("{p}: {e}"))?
     } else if bytes.first() == Some(&0x80) || bytes.get(257..262) == Some(b"ustar") {
         bail!(
             "{p} is a legacy (pre-1.6, non-zip) torch.save file: load it in PyTorch and \
@@ -135,7 +148,7 @@ pub fn load_head(path: &Path, expected_hidden: Option<usize>) -> Result<LoadedHe
              another format): pass a head-*.safetensors or a torch.save(model.state_dict()) file"
         )
     };
-    assemble(tensors, metadata, expected_hidden).map_err(|e| anyhow!("{p}: {e}"))
+    assemble(tensors, metadata, expected_hidden, optimiser).map_err(|e| anyhow!("{p}: {e}"))
 }
 
 /// A tensor as read from either format, converted to f32.
@@ -146,11 +159,13 @@ struct RawTensor {
 
 type Tensors = BTreeMap<String, RawTensor>;
 
-/// Builds the head and the optimiser from named tensors, checking every shape.
+/// Builds the head, and with `optimiser` the optimiser, from named tensors, checking
+/// every shape.
 fn assemble(
     mut tensors: Tensors,
     mut metadata: BTreeMap<String, String>,
     expected_hidden: Option<usize>,
+    optimiser: bool,
 ) -> Result<LoadedHead, String> {
     let Some(prefix) = HEAD_PREFIXES
         .iter()
@@ -221,7 +236,7 @@ fn assemble(
         })
         .collect();
     let has_state = tensors.keys().any(|k| k.starts_with(OPTIM_PREFIX));
-    if optim_meta.is_empty() && !has_state {
+    if !optimiser || (optim_meta.is_empty() && !has_state) {
         return Ok(LoadedHead {
             head,
             optim: None,
@@ -277,7 +292,10 @@ fn assemble(
     })
 }
 
-fn read_safetensors(bytes: &[u8]) -> Result<(Tensors, BTreeMap<String, String>), String> {
+fn read_safetensors(
+    bytes: &[u8],
+    optimiser: bool,
+) -> Result<(Tensors, BTreeMap<String, String>), String> {
     let bad = |e: safetensors::SafeTensorError| {
         format!("corrupt or truncated safetensors file ({e}); re-save it")
     };
@@ -293,7 +311,7 @@ fn read_safetensors(bytes: &[u8]) -> Result<(Tensors, BTreeMap<String, String>),
     for (name, view) in st.iter() {
         // Only the head's tensors are converted: a whole-model file may hold others
         // in dtypes we have no use for.
-        let wanted = name.starts_with(OPTIM_PREFIX)
+        let wanted = (optimiser && name.starts_with(OPTIM_PREFIX))
             || HEAD_PREFIXES
                 .iter()
                 .any(|pre| name == format!("{pre}weight") || name == format!("{pre}bias"));
@@ -683,6 +701,45 @@ mod tests {
 
         save_head(&path, &head, None, &BTreeMap::new()).unwrap();
         assert!(load_head(&path, None).unwrap().optim.is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A checkpoint with the `optim.*` metadata but without the moments: resuming from
+    /// it is refused, running its head is not.
+    #[test]
+    fn only_a_resume_needs_the_optimiser_state() {
+        let dir = temp_dir("partial-optim");
+        let head = LinearHead {
+            weight: vec![0.5; 2 * 4],
+            bias: vec![0.1, 0.2],
+            num_labels: 2,
+            hidden: 4,
+        };
+        let meta = BTreeMap::from([("epoch".to_string(), "1".to_string())]);
+        let full = dir.join("full.safetensors");
+        save_head(&full, &head, Some(&AdamW::for_head(&head)), &meta).unwrap();
+        let bytes = std::fs::read(&full).unwrap();
+        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+        let tensors = SafeTensors::deserialize(&bytes).unwrap().tensors();
+        let kept = tensors.into_iter().filter(|(n, _)| n.starts_with("fc."));
+        let partial = dir.join("partial.safetensors");
+        let stripped = crate::safetensors_out::serialize(kept, header.metadata().clone()).unwrap();
+        std::fs::write(&partial, stripped).unwrap();
+
+        let msg = err(&partial, Some(4));
+        assert!(
+            msg.contains("optimiser state is incomplete (no optim.exp_avg.fc.weight)"),
+            "{msg}"
+        );
+        for path in [&partial, &full] {
+            let loaded = load_inference_head(path, Some(4)).unwrap();
+            assert_eq!(
+                (&loaded.head.weight, &loaded.head.bias),
+                (&head.weight, &head.bias)
+            );
+            assert!(loaded.optim.is_none());
+            assert_eq!(loaded.metadata, meta);
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

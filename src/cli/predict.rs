@@ -21,7 +21,7 @@ use super::progress::Throughput;
 use super::run_dir::{best_checkpoint, epoch_checkpoint, last_checkpoint, RunInfo};
 use super::run_settings::run_device;
 use crate::calibration::scaled_softmax;
-use crate::checkpoint::load_head;
+use crate::checkpoint::load_inference_head;
 use crate::chunk::LongTexts;
 use crate::data::check_label_names;
 use crate::head::{argmax, LinearHead};
@@ -101,7 +101,7 @@ impl HeadArgs {
             (None, Some(file)) => file.clone(),
             (None, None) => bail!("pass --run DIR (a bertcls train folder) or --head FILE"),
         };
-        let loaded = load_head(&source, None)?;
+        let loaded = load_inference_head(&source, None)?;
         let (labels, origin) = match (&self.labels, &self.run, &run) {
             (Some(flag), _, _) => (Some(flag.clone()), "--labels".to_string()),
             (None, Some(dir), Some(info)) => (

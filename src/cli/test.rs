@@ -102,7 +102,7 @@ pub fn run(args: TestArgs) -> Result<()> {
 /// The one label id the head's train split held, when bertcls train recorded its label
 /// counts (`train_label_counts` in the checkpoint) and only one was present.
 fn single_train_class(classifier: &Classifier) -> Result<Option<usize>> {
-    let metadata = crate::checkpoint::load_head(&classifier.source, None)?.metadata;
+    let metadata = crate::checkpoint::load_inference_head(&classifier.source, None)?.metadata;
     let counts: Vec<usize> = metadata
         .get(META_TRAIN_LABEL_COUNTS)
         .and_then(|c| serde_json::from_str(c).ok())
