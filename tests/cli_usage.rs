@@ -1,6 +1,7 @@
 //! A bad flag is one line with exit status 2, like every other error; help still prints
 //! whole.
 
+use std::path::Path;
 use std::process::Command;
 
 fn bertcls(args: &[&str]) -> (i32, String, String) {
@@ -32,6 +33,43 @@ fn bad_flags_are_one_line_naming_the_flag() {
         assert!(
             stderr.contains(names),
             "{args:?} does not name {names}: {stderr}"
+        );
+    }
+}
+
+/// `--checkpoint` picks a checkpoint of `--run`; beside `--head FILE` it meant nothing
+/// and was ignored without a word (these commands succeeded without it refused).
+#[test]
+fn checkpoint_with_head_is_refused() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let (head, model, data) = (
+        fixtures.join("recipe-head.safetensors"),
+        fixtures.join("tiny/model"),
+        fixtures.join("data/tiny-dsdict"),
+    );
+    let shared = [
+        "--head",
+        head.to_str().unwrap(),
+        "--checkpoint",
+        "last",
+        "--model",
+        model.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ];
+    let data = ["--data", data.to_str().unwrap(), "--no-cache"];
+    for (command, rest) in [("predict", &["好"][..]), ("test", &data[..])] {
+        let args = [&[command][..], &shared[..], rest].concat();
+        let (code, stdout, stderr) = bertcls(&args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stdout.is_empty(), "{args:?}: {stdout}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("error: the argument ")
+                && stderr.contains("cannot be used with")
+                && stderr.contains("'--checkpoint <CHECKPOINT>'")
+                && stderr.contains("'--head <HEAD>'"),
+            "{args:?}: {stderr}"
         );
     }
 }

@@ -53,7 +53,10 @@ pub struct HeadArgs {
     #[arg(long)]
     pub head: Option<PathBuf>,
     /// Checkpoint of --run: best, last, or an epoch number [default: best].
-    #[arg(long, requires = "run")]
+    // A conflict, not `requires = "run"`: clap lets a required argument be missing when
+    // something present conflicts with it, and --head conflicts with --run, so
+    // `--head F --checkpoint last` passed and the flag was silently ignored.
+    #[arg(long, conflicts_with = "head")]
     pub checkpoint: Option<String>,
     /// Model folder or hub id [default: the run's or the checkpoint's, else bert-base-chinese].
     #[arg(long)]
