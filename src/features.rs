@@ -27,7 +27,8 @@ const TENSOR: &str = "cls";
 /// The metadata key of the sha256 of the tensor's bytes. Floats overwritten in place (a
 /// disk fault, a stray write) keep the file readable and the shape right: only a
 /// checksum tells them from the features that were stored. Entries written before it
-/// have none, and are encoded again once.
+/// have none: they are read with the other checks and rewritten with one, so that a
+/// cache of hours of encoding survives the upgrade.
 const CHECKSUM: &str = "cls_sha256";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -157,9 +158,9 @@ impl FeatureCache {
 
     /// The stored features for `key`, row-major [rows, hidden], or `None` on a miss.
     /// An entry that cannot be read back as this key's features (truncated, wrong
-    /// dtype or rank, another key's metadata, no checksum or one its bytes do not
-    /// match, a NaN or infinity) is a miss: it is removed with a one-line warning so that the caller's
-    /// `put` replaces it.
+    /// dtype or rank, another key's metadata, a checksum its bytes do not match, a NaN
+    /// or infinity) is a miss: it is removed with a one-line warning so that the
+    /// caller's `put` replaces it. An entry from before checksums gets one here.
     pub fn get(&self, key: &FeatureKey) -> Result<Option<Vec<f32>>> {
         let path = self.path(key);
         let bytes = match std::fs::read(&path) {
@@ -184,7 +185,14 @@ impl FeatureCache {
             }
         };
         match decode(&bytes, key) {
-            Ok(features) => Ok(Some(features)),
+            Ok(entry) => {
+                if !entry.checksummed {
+                    // A cache that cannot be written stays readable: the entry is only
+                    // checked again on its next read.
+                    let _ = self.put(key, &entry.features, entry.rows, entry.hidden);
+                }
+                Ok(Some(entry.features))
+            }
             Err(why) => {
                 eprintln!(
                     "warning: feature cache entry {} is unusable ({why}); removing it and encoding afresh",
@@ -223,16 +231,22 @@ impl FeatureCache {
     }
 }
 
-fn decode(bytes: &[u8], key: &FeatureKey) -> Result<Vec<f32>, String> {
+/// A cache entry that passed every check.
+struct Entry {
+    features: Vec<f32>,
+    rows: usize,
+    hidden: usize,
+    /// Written with a checksum, and matching it; false for an entry from before them.
+    checksummed: bool,
+}
+
+fn decode(bytes: &[u8], key: &FeatureKey) -> Result<Entry, String> {
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
     let mut metadata = header.metadata().clone().unwrap_or_default();
     let checksum = metadata.remove(CHECKSUM);
     if metadata != key.metadata() {
         return Err("its metadata does not match its key".to_string());
     }
-    let Some(checksum) = checksum else {
-        return Err("it has no checksum: written by a bertcls that did not record one".to_string());
-    };
     let tensors = SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
     let cls = tensors.tensor(TENSOR).map_err(|e| e.to_string())?;
     if cls.dtype() != Dtype::F32 || cls.shape().len() != 2 {
@@ -250,14 +264,22 @@ fn decode(bytes: &[u8], key: &FeatureKey) -> Result<Vec<f32>, String> {
             data.len()
         ));
     }
-    if hex(&Sha256::digest(data)) != checksum {
+    if checksum
+        .as_ref()
+        .is_some_and(|sum| *sum != hex(&Sha256::digest(data)))
+    {
         return Err("its features do not match their checksum: the file was altered".to_string());
     }
     let features = le_floats::f32s(data);
     if let Some((row, value)) = first_non_finite(&features, hidden) {
         return Err(format!("row {row} holds a non-finite feature ({value})"));
     }
-    Ok(features)
+    Ok(Entry {
+        features,
+        rows,
+        hidden,
+        checksummed: checksum.is_some(),
+    })
 }
 
 /// The row and value of the first NaN or infinity in row-major `features` [rows,
@@ -583,10 +605,10 @@ mod tests {
         std::fs::remove_dir_all(cache.dir()).unwrap();
     }
 
-    /// Entries written before the checksum cannot be told from altered ones: each is
-    /// encoded again once.
+    /// An entry written before checksums is read, and rewritten with one, byte for byte
+    /// what `put` writes now.
     #[test]
-    fn an_entry_without_a_checksum_is_a_miss_and_is_removed() {
+    fn an_entry_without_a_checksum_is_read_and_given_one() {
         let cache = FeatureCache::new(temp_dir("no-checksum"));
         let data: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
         let view = safetensors::tensor::TensorView::new(Dtype::F32, vec![1, 2], &data).unwrap();
@@ -594,8 +616,10 @@ mod tests {
             crate::safetensors_out::serialize([(TENSOR, view)], Some(key().metadata())).unwrap();
         let path = cache.path(&key());
         std::fs::write(&path, old).unwrap();
-        assert_eq!(cache.get(&key()).unwrap(), None);
-        assert!(!path.exists());
+        assert_eq!(cache.get(&key()).unwrap(), Some(vec![1.0, 2.0]));
+        let upgraded = std::fs::read(&path).unwrap();
+        cache.put(&key(), &[1.0, 2.0], 1, 2).unwrap();
+        assert_eq!(upgraded, std::fs::read(&path).unwrap());
         std::fs::remove_dir_all(cache.dir()).unwrap();
     }
 
