@@ -134,6 +134,8 @@ fn load_data(args: &TestArgs, classifier: &Classifier) -> Result<Dataset> {
             .or_else(|| run.map(|r| r.label_column.clone()))
             .unwrap_or("label".into()),
         labels: args.head.labels.clone(),
+        splits: Some(vec![args.split.clone()]),
+        head_labels: Some(classifier.head.num_labels),
     };
     data::load(&resolved.path, &opts)
 }

@@ -34,7 +34,8 @@ use crate::train::{
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     /// Dataset: a save_to_disk folder, a .parquet, .jsonl, .csv or .tsv file (its sibling
-    /// split files are read too), a folder of them, or a hub dataset id.
+    /// split files are the other splits), a folder of them, or a hub dataset id. Only the
+    /// train and validation splits are read.
     #[arg(long, default_value = DEFAULT_DATASET, help_heading = "Data")]
     data: String,
     /// Column holding the text.
@@ -352,6 +353,13 @@ fn load_data(args: &TrainArgs) -> Result<(Dataset, String)> {
         text_column: args.text_column.clone(),
         label_column: args.label_column.clone(),
         labels: args.labels.clone(),
+        splits: Some(vec![
+            args.split.clone(),
+            args.validation_split
+                .clone()
+                .unwrap_or_else(|| "validation".to_string()),
+        ]),
+        head_labels: None,
     };
     Ok((data::load(&resolved.path, &opts)?, resolved.id))
 }

@@ -21,6 +21,7 @@ pub(super) fn is_save_to_disk(dir: &Path) -> bool {
 pub(super) fn load(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
     let mut loaded = Loaded {
         splits: Vec::new(),
+        unread: Vec::new(),
         class_names: None,
     };
     let dict = dir.join("dataset_dict.json");
@@ -36,11 +37,19 @@ pub(super) fn load(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
             let Some(name) = name.as_str() else {
                 bail!("{}: split name {name} is not a string", dict.display());
             };
-            load_split(&dir.join(name), name, opts, &mut loaded)?;
+            if opts.reads(name) {
+                load_split(&dir.join(name), name, opts, &mut loaded)?;
+            } else {
+                loaded.unread.push(name.to_string());
+            }
         }
     } else {
         let name = single_split_name(dir)?;
-        load_split(dir, &name, opts, &mut loaded)?;
+        if opts.reads(&name) {
+            load_split(dir, &name, opts, &mut loaded)?;
+        } else {
+            loaded.unread.push(name);
+        }
     }
     Ok(loaded)
 }

@@ -51,11 +51,13 @@ pub(super) fn from_json(value: &Value) -> Result<i64, String> {
 }
 
 /// The names in the order of their ids: the data's ClassLabel, else
-/// `--labels`, else the ids themselves; then every label is checked against them.
+/// `--labels`, else the ids themselves (0..`head_labels` when scoring a head); then every
+/// label is checked against them.
 pub(super) fn resolve(
     source: &str,
     class_names: Option<Vec<String>>,
     flag: Option<&[String]>,
+    head_labels: Option<usize>,
     splits: &[RawSplit],
 ) -> Result<Vec<String>> {
     if let Some(flag) = flag {
@@ -77,16 +79,26 @@ pub(super) fn resolve(
         (Some(data), _) => data,
         (None, Some(flag)) => flag.to_vec(),
         (None, None) => {
+            let ids = |count: usize| (0..count).map(|id| id.to_string()).collect::<Vec<_>>();
+            if let Some(count) = head_labels {
+                let names = ids(count);
+                check_range(&names, splits, "use the head trained for these labels")?;
+                return Ok(names);
+            }
             let max = splits.iter().flat_map(|s| s.labels.iter().copied()).max();
             let count = max.map_or(0, |m| m as usize + 1).max(2);
             check_dense(count, splits)?;
-            return Ok((0..count).map(|id| id.to_string()).collect());
+            return Ok(ids(count));
         }
     };
     if names.len() < 2 {
         bail!("{source}: a classifier needs at least 2 label names, got {names:?}; pass --labels a,b,...");
     }
-    check_range(&names, splits)?;
+    check_range(
+        &names,
+        splits,
+        "pass --labels with one name per class if the data has no ClassLabel",
+    )?;
     Ok(names)
 }
 
@@ -140,7 +152,7 @@ fn check_dense(count: usize, splits: &[RawSplit]) -> Result<()> {
     Ok(())
 }
 
-fn check_range(names: &[String], splits: &[RawSplit]) -> Result<()> {
+fn check_range(names: &[String], splits: &[RawSplit], otherwise: &str) -> Result<()> {
     for split in splits {
         if let Some(index) = split
             .labels
@@ -152,8 +164,7 @@ fn check_range(names: &[String], splits: &[RawSplit]) -> Result<()> {
                 file,
                 row,
                 format!(
-                    "label {} is outside 0..{} (label names: {}); fix the row, or pass --labels \
-                     with one name per class if the data has no ClassLabel",
+                    "label {} is outside 0..{} (label names: {}); fix the row, or {otherwise}",
                     split.labels[index],
                     names.len(),
                     names.join(", ")
@@ -204,37 +215,37 @@ mod tests {
         let data = Some(vec!["neg".to_string(), "pos".to_string()]);
         let flag = ["a".to_string(), "b".to_string()];
         assert_eq!(
-            resolve("d", data.clone(), Some(&flag), &splits).unwrap(),
+            resolve("d", data.clone(), Some(&flag), None, &splits).unwrap(),
             ["neg", "pos"]
         );
         assert_eq!(
-            resolve("d", None, Some(&flag), &splits).unwrap(),
+            resolve("d", None, Some(&flag), None, &splits).unwrap(),
             ["a", "b"]
         );
         assert_eq!(
-            resolve("d", None, None, &[split(&[0, 0])]).unwrap(),
+            resolve("d", None, None, None, &[split(&[0, 0])]).unwrap(),
             ["0", "1"]
         );
         assert_eq!(
-            resolve("d", None, None, &[split(&[3, 0, 0, 1])])
+            resolve("d", None, None, None, &[split(&[3, 0, 0, 1])])
                 .unwrap()
                 .len(),
             4
         );
         // A gap is allowed (train warns about it); an id past the row count is not a class id.
         assert_eq!(
-            resolve("d", None, None, &[split(&[0, 3, 1])])
+            resolve("d", None, None, None, &[split(&[0, 3, 1])])
                 .unwrap()
                 .len(),
             4
         );
         assert_eq!(
-            resolve("d", None, None, &[split(&[0, 7, 1, 1])])
+            resolve("d", None, None, None, &[split(&[0, 7, 1, 1])])
                 .unwrap()
                 .len(),
             8
         );
-        let err = resolve("d", None, None, &[split(&[0, 1]), split(&[1, 2024])])
+        let err = resolve("d", None, None, None, &[split(&[0, 1]), split(&[1, 2024])])
             .unwrap_err()
             .to_string();
         assert!(
@@ -244,7 +255,7 @@ mod tests {
             "{err}"
         );
         let three = ["a".to_string(), "b".to_string(), "c".to_string()];
-        let err = resolve("d", data, Some(&three), &splits)
+        let err = resolve("d", data, Some(&three), None, &splits)
             .unwrap_err()
             .to_string();
         assert!(
@@ -256,10 +267,27 @@ mod tests {
     #[test]
     fn a_label_past_the_names_names_its_row() {
         let flag = ["a".to_string(), "b".to_string()];
-        let err = resolve("d", None, Some(&flag), &[split(&[0, 1, 2])]).unwrap_err();
+        let err = resolve("d", None, Some(&flag), None, &[split(&[0, 1, 2])]).unwrap_err();
         let err = err.to_string();
         assert!(
             err.starts_with("train.jsonl row 3: label 2 is outside 0..2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_heads_class_count_sizes_data_without_names() {
+        // The split scored need not hold the head's largest class.
+        assert_eq!(
+            resolve("d", None, None, Some(4), &[split(&[0, 1])]).unwrap(),
+            ["0", "1", "2", "3"]
+        );
+        let err = resolve("d", None, None, Some(2), &[split(&[0, 2])])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("train.jsonl row 2: label 2 is outside 0..2")
+                && err.ends_with("use the head trained for these labels"),
             "{err}"
         );
     }

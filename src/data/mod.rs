@@ -37,6 +37,20 @@ pub struct LoadOptions {
     pub label_column: String,
     /// Names for the label ids, from `--labels a,b`; used when the data has no ClassLabel.
     pub labels: Option<Vec<String>>,
+    /// The splits the command uses; only these are read, so that a split it does not use
+    /// (another schema, a bad row) cannot fail it. `None` reads every split.
+    pub splits: Option<Vec<String>>,
+    /// The class count of the head the data is scored with: data that names no labels has
+    /// ids 0..this, where the splits read may not hold the largest id.
+    pub head_labels: Option<usize>,
+}
+
+impl LoadOptions {
+    fn reads(&self, split: &str) -> bool {
+        self.splits
+            .as_ref()
+            .is_none_or(|wanted| wanted.iter().any(|w| w == split))
+    }
 }
 
 impl Default for LoadOptions {
@@ -45,6 +59,8 @@ impl Default for LoadOptions {
             text_column: "text".to_string(),
             label_column: "label".to_string(),
             labels: None,
+            splits: None,
+            head_labels: None,
         }
     }
 }
@@ -88,6 +104,8 @@ impl fmt::Display for Format {
 pub struct Dataset {
     /// Train, validation, test first, then any others by name.
     pub splits: Vec<Split>,
+    /// The names of the splits left unread ([`LoadOptions::splits`]), for messages.
+    pub unread: Vec<String>,
     pub label_names: Vec<String>,
     pub source: PathBuf,
     pub format: Format,
@@ -105,7 +123,9 @@ pub struct Split {
 impl Dataset {
     /// The named split; an error when there is none, or when it has no rows.
     pub fn split(&self, name: &str) -> Result<&Split> {
-        let names: Vec<&str> = self.splits.iter().map(|s| s.name.as_str()).collect();
+        let mut names: Vec<&str> = self.splits.iter().map(|s| s.name.as_str()).collect();
+        names.extend(self.unread.iter().map(String::as_str));
+        names.sort_by_key(|n| layout::order_key(n));
         let Some(split) = self.splits.iter().find(|s| s.name == name) else {
             bail!(
                 "unknown split \"{name}\" in {}: it has {}; pick one with --split",
@@ -170,9 +190,14 @@ pub fn load(source: &Path, opts: &LoadOptions) -> Result<Dataset> {
 fn read_groups(format: Format, groups: layout::Groups, opts: &LoadOptions) -> Result<Loaded> {
     let mut loaded = Loaded {
         splits: Vec::new(),
+        unread: Vec::new(),
         class_names: None,
     };
     for (name, files) in groups {
+        if !opts.reads(&name) {
+            loaded.unread.push(name);
+            continue;
+        }
         let mut split = RawSplit::new(&name);
         for file in files {
             let names = match format {
@@ -195,6 +220,7 @@ fn finish(source: &Path, format: Format, loaded: Loaded, opts: &LoadOptions) -> 
         &shown,
         loaded.class_names,
         opts.labels.as_deref(),
+        opts.head_labels,
         &loaded.splits,
     )?;
     let mut splits: Vec<Split> = loaded
@@ -215,6 +241,7 @@ fn finish(source: &Path, format: Format, loaded: Loaded, opts: &LoadOptions) -> 
     splits.sort_by_key(|s| layout::order_key(&s.name));
     Ok(Dataset {
         splits,
+        unread: loaded.unread,
         label_names,
         source: source.to_path_buf(),
         format,
@@ -284,6 +311,28 @@ mod tests {
                 && err.contains("--split (train)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn splits_not_asked_for_are_left_unread() {
+        let dir = TestDir::new("mod");
+        let train = tsv(&dir, "train.tsv", &[(0, "a"), (1, "b")]);
+        dir.write("validation.tsv", b"stars\ttext\n5\tc\n");
+        tsv(&dir, "test.tsv", &[(1, "d")]);
+        let all = load(&train, &LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(all.contains("validation.tsv: no column \"label\""), "{all}");
+        let opts = LoadOptions {
+            splits: Some(vec!["test".into(), "dev".into()]),
+            ..LoadOptions::default()
+        };
+        let data = load(&train, &opts).unwrap();
+        let names: Vec<&str> = data.splits.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["test"]);
+        assert_eq!(data.unread, ["train", "validation"]);
+        let err = data.split("dev").unwrap_err().to_string();
+        assert!(err.contains("it has train, validation, test"), "{err}");
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub(super) struct RawSplit {
 /// feature when the data carries one.
 pub(super) struct Loaded {
     pub splits: Vec<RawSplit>,
+    /// The names of the splits the source has but was not asked for.
+    pub unread: Vec<String>,
     pub class_names: Option<Vec<String>>,
 }
 

@@ -119,7 +119,7 @@ fn open(bulk: &BulkArgs, offline: bool) -> Result<ChunkedSplit> {
     let opts = LoadOptions {
         text_column: bulk.text_column.clone(),
         label_column: bulk.label_column.clone(),
-        labels: None,
+        ..LoadOptions::default()
     };
     open_split(&resolved.path, &bulk.split, &opts)
 }

@@ -1,0 +1,100 @@
+//! A split the command does not use cannot fail it: `test` reads only the split it
+//! scores and `train` only its train and validation splits, so a sibling file of
+//! another schema is left unread.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The tiny JSONL splits in `dir`, with `unlabelled` written without its label column.
+fn splits_with_one_unlabelled(dir: &Path, unlabelled: &str) -> PathBuf {
+    let source = fixtures().join("data/tiny-files");
+    for split in ["train", "validation", "test"] {
+        let text = fs::read_to_string(source.join(format!("{split}.jsonl"))).unwrap();
+        let text = if split == unlabelled {
+            text.replace("\"label\"", "\"stars\"")
+        } else {
+            text
+        };
+        fs::write(dir.join(format!("{split}.jsonl")), text).unwrap();
+    }
+    dir.join("train.jsonl")
+}
+
+#[test]
+fn test_reads_only_the_split_it_scores() {
+    let dir = TempDir::new("unused-splits-test");
+    let run = train_run(&dir.0, "run", &[]);
+    let data_dir = dir.join("data");
+    fs::create_dir_all(&data_dir).unwrap();
+    let data = splits_with_one_unlabelled(&data_dir, "validation");
+    let test = |split: &str| {
+        bertcls_cpu(&[
+            "test",
+            "--run",
+            s(&run),
+            "--data",
+            s(&data),
+            "--split",
+            split,
+            "--no-cache",
+            "--json",
+        ])
+    };
+    let out = ok(test("test"));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["split"], "test");
+    let line = refusal(&[
+        "test",
+        "--run",
+        s(&run),
+        "--data",
+        s(&data),
+        "--split",
+        "nope",
+        "--no-cache",
+    ]);
+    assert!(
+        line.contains("unknown split \"nope\"") && line.contains("it has train, validation, test"),
+        "{line}"
+    );
+    // The split asked for is still read, and its fault still reported.
+    let out = test("validation");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("validation.jsonl: no column \"label\""),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn train_reads_only_its_train_and_validation_splits() {
+    let dir = TempDir::new("unused-splits-train");
+    let data = splits_with_one_unlabelled(&dir.0, "test");
+    let run = dir.join("run");
+    ok(bertcls_cpu(&[
+        "train",
+        "--model",
+        s(&fixtures().join("tiny/model")),
+        "--data",
+        s(&data),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--log-every",
+        "0",
+        "--out",
+        s(&run),
+        "--no-cache",
+    ]));
+    assert!(run.join("best.safetensors").is_file());
+}
