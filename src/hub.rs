@@ -150,6 +150,13 @@ pub fn resolve_model_in(spec: &str, offline: bool, roots: &CacheRoots) -> Result
             "--model {spec}: no such folder, and not a hub id (name, org/name or org/name@revision)"
         );
     };
+    if names_a_local_folder(spec) {
+        bail!(
+            "--model {spec}: no such folder; pass a folder that holds config.json, \
+             model.safetensors and tokenizer.json or vocab.txt (for the hub model of that id, \
+             write {spec}@main)"
+        );
+    }
     let kind = Kind::Model;
     match find_in_cache(roots, kind, &id) {
         Ok((dir, revision)) => Ok(ResolvedModel {
@@ -195,7 +202,7 @@ pub fn resolve_dataset_in(
     // `train.jsonl` and `data/train.parquet` are valid hub ids too; a user who typed
     // one meant a file, and "not in the HF cache" would send them the wrong way.
     let id = HubId::parse(spec).filter(|_| !has_data_extension(spec));
-    let Some(id) = id else {
+    let Some(id) = id.filter(|_| !names_a_local_folder(spec)) else {
         bail!("--data {spec}: no such file or folder");
     };
     let kind = Kind::Dataset;
@@ -224,6 +231,16 @@ fn canonical_name(path: &Path) -> String {
         .unwrap_or_else(|_| path.to_path_buf())
         .display()
         .to_string()
+}
+
+/// Whether an `owner/name` spec is a path: its owner is a folder here (`models/x`,
+/// `data/x`), so a cache miss for a hub repo `models/x` would send the user the wrong
+/// way. An `@revision` makes it a hub id whatever folders there are.
+fn names_a_local_folder(spec: &str) -> bool {
+    !spec.contains('@')
+        && spec
+            .split_once('/')
+            .is_some_and(|(owner, _)| Path::new(owner).is_dir())
 }
 
 fn has_data_extension(spec: &str) -> bool {

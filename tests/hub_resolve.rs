@@ -215,6 +215,30 @@ fn not_a_folder_nor_a_hub_id() {
 }
 
 #[test]
+fn a_missing_path_under_a_folder_here_is_no_such_folder() {
+    // The tests run in the package root, where `tests/` is a folder.
+    let err = resolve_model_in("tests/no-such-model", true, &roots(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("--model tests/no-such-model: no such folder;")
+            && err.ends_with("write tests/no-such-model@main)"),
+        "{err}"
+    );
+    let err = resolve_dataset_in("tests/no-such-data", true, &roots(&[]))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(err, "--data tests/no-such-data: no such file or folder");
+    // A revision, or an owner that is no folder here, keeps it a hub id.
+    for spec in ["tests/no-such-model@main", "no-such-owner/model"] {
+        let err = resolve_model_in(spec, true, &roots(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not in the HF cache"), "{spec}: {err}");
+    }
+}
+
+#[test]
 fn dataset_with_its_own_parquet_files() {
     let root = temp_root("ds-own");
     let snap = snapshot(
