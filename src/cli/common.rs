@@ -634,9 +634,27 @@ impl TextArgs {
 
 /// Reads one text per line; names the file and line of the first non-UTF-8 line.
 pub fn read_lines(path: &Path) -> Result<Vec<String>> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| anyhow!("cannot read {} ({e}): check the path", path.display()))?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut open_text_file(path)?, &mut bytes)
+        .map_err(|e| anyhow!("--file {}: cannot read ({e})", path.display()))?;
     parse_lines(&bytes, &path.display().to_string())
+}
+
+/// `--file`, open for reading. A folder is refused here: it opens, and only its first
+/// read fails, with the OS's "Is a directory" and no flag named.
+pub fn open_text_file(path: &Path) -> Result<std::fs::File> {
+    if path.is_dir() {
+        bail!(
+            "--file {}: a folder, not a file; pass a text file with one text per line",
+            path.display()
+        );
+    }
+    std::fs::File::open(path).map_err(|e| {
+        anyhow!(
+            "--file {}: cannot read ({e}): check the path",
+            path.display()
+        )
+    })
 }
 
 /// One text per non-empty line of `bytes`; `source` names them in errors.

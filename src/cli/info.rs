@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::Args;
 
-use super::common::{model_files, ModelArgs};
+use super::common::{model_files, ModelArgs, ModelFiles};
 use crate::model::Checkpoint;
 
 #[derive(Args, Debug)]
@@ -13,10 +13,13 @@ pub struct InfoArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Whether `--model` was on the command line (set by `Cli::try_parse_noting_flags`).
+    #[arg(skip)]
+    pub model_given: bool,
 }
 
 /// The build and the machine, shown before the model so that they show even when the
-/// model cannot be found (offline, no `--model`).
+/// default model cannot be found (offline, no `--model`).
 fn build_and_device(cuda: &crate::backend::cuda::CudaStatus) -> serde_json::Value {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     serde_json::json!({
@@ -64,9 +67,44 @@ fn cpu_features() -> Vec<&'static str> {
     }
 }
 
+/// What `info` shows of a model: its files, read before anything is printed.
+struct ModelInfo {
+    files: ModelFiles,
+    weight_files: Vec<String>,
+    tokenizer_files: Vec<String>,
+}
+
+fn model_info(args: &ModelArgs) -> Result<ModelInfo> {
+    let files = model_files(args)?;
+    let ckpt = Checkpoint::open(&files.dir.dir)?;
+    let mut weight_files: Vec<String> = ckpt
+        .tensor_names()
+        .filter_map(|n| ckpt.file_of(n).map(|p| p.display().to_string()))
+        .collect();
+    weight_files.sort();
+    weight_files.dedup();
+    let tokenizer_files = files
+        .tokenizer
+        .sources()
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    Ok(ModelInfo {
+        files,
+        weight_files,
+        tokenizer_files,
+    })
+}
+
 pub fn run(args: InfoArgs) -> Result<()> {
     let cuda = crate::backend::cuda::probe();
     let build = build_and_device(&cuda);
+    // A --model that does not load is the whole answer, as in every other command; the
+    // default one not loading (offline, not cached) still leaves the build to show.
+    let model = match model_info(&args.model) {
+        Err(e) if args.model_given => return Err(e),
+        model => model,
+    };
     if !args.json {
         let cpu = &build["cpu"];
         println!("bertcls     {}", env!("CARGO_PKG_VERSION"));
@@ -79,8 +117,12 @@ pub fn run(args: InfoArgs) -> Result<()> {
         );
         println!("{}", cuda.to_string().trim_end());
     }
-    let files = match model_files(&args.model) {
-        Ok(files) => files,
+    let ModelInfo {
+        files,
+        weight_files,
+        tokenizer_files,
+    } = match model {
+        Ok(model) => model,
         Err(e) => {
             if args.json {
                 let mut obj = build;
@@ -93,18 +135,6 @@ pub fn run(args: InfoArgs) -> Result<()> {
     let (dir, config, tokenizer) = (&files.dir, &files.config, &files.tokenizer);
     let id = &files.resolved.id;
     let origin = files.resolved.origin.to_string();
-    let ckpt = Checkpoint::open(&dir.dir)?;
-    let mut weight_files: Vec<String> = ckpt
-        .tensor_names()
-        .filter_map(|n| ckpt.file_of(n).map(|p| p.display().to_string()))
-        .collect();
-    weight_files.sort();
-    weight_files.dedup();
-    let tokenizer_files: Vec<String> = tokenizer
-        .sources()
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
     let params = config.num_parameters();
     if args.json {
         let mut obj = build;

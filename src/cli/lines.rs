@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, IsTerminal};
 
 use anyhow::{anyhow, Result};
 
-use super::common::TextArgs;
+use super::common::{open_text_file, TextArgs};
 
 /// At most this many texts in a chunk: enough to fill the encoder's batches many times
 /// over (length-sorted packing needs a choice of lengths), little beside the model.
@@ -33,8 +33,7 @@ impl TextChunks {
     /// is not a terminal. None when there is nothing but a terminal (the prompt's case).
     pub fn open(input: &TextArgs) -> Result<Option<TextChunks>> {
         let (source, name) = if let Some(path) = &input.file {
-            let file = std::fs::File::open(path)
-                .map_err(|e| anyhow!("cannot read {} ({e}): check the path", path.display()))?;
+            let file = open_text_file(path)?;
             let reader: Box<dyn BufRead> = Box::new(BufReader::with_capacity(1 << 16, file));
             (Source::Lines(reader), path.display().to_string())
         } else if !input.texts.is_empty() {

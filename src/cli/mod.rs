@@ -48,18 +48,24 @@ enum Command {
 
 impl Cli {
     /// Parses the command line as `try_parse` does, and records which flags of `train` it
-    /// gave: a resume takes the others from its run.json.
+    /// gave (a resume takes the others from its run.json), and whether `info` was given
+    /// `--model`.
     pub fn try_parse_noting_flags() -> Result<Self, clap::Error> {
         let matches = Self::command().try_get_matches()?;
         let mut cli = Self::from_arg_matches(&matches)?;
-        if let (Command::Train(args), Some(("train", sub))) =
-            (&mut cli.command, matches.subcommand())
-        {
-            args.given = sub
-                .ids()
-                .filter(|id| sub.value_source(id.as_str()) == Some(ValueSource::CommandLine))
-                .map(|id| id.to_string())
-                .collect();
+        let given = |sub: &clap::ArgMatches, id: &str| {
+            sub.value_source(id) == Some(ValueSource::CommandLine)
+        };
+        match (&mut cli.command, matches.subcommand()) {
+            (Command::Train(args), Some(("train", sub))) => {
+                args.given = sub
+                    .ids()
+                    .filter(|id| given(sub, id.as_str()))
+                    .map(|id| id.to_string())
+                    .collect();
+            }
+            (Command::Info(args), Some(("info", sub))) => args.model_given = given(sub, "model"),
+            _ => {}
         }
         Ok(cli)
     }

@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use super::delimited::{Dialect, Rows};
 use super::guard::guarded;
-use super::raw::{missing_column, row_error};
+use super::raw::{cut, missing_column, row_error};
 use super::{arrow_dir, columns, labels, layout, Format, LoadOptions, ACCEPTED};
 
 /// Rows the per-file readers hand over at a time (parquet and Arrow decode in batches
@@ -122,6 +122,19 @@ impl ChunkedSplit {
     /// The split's files in row order.
     pub fn files(&self) -> &[PathBuf] {
         &self.files
+    }
+
+    /// The file holding split row `row` (from 0) and its row there, counted from 1 as
+    /// the readers' errors count them.
+    pub fn locate(&self, row: usize) -> (&Path, usize) {
+        let mut start = 0;
+        for (file, &rows) in self.files.iter().zip(&self.file_rows) {
+            if row < start + rows {
+                return (file, row - start + 1);
+            }
+            start += rows;
+        }
+        panic!("row {row} is past the split's {start} rows");
     }
 
     /// Rows `[start, end)` in chunks of `chunk_rows` (the last one shorter): chunk `i`
@@ -512,7 +525,7 @@ fn read_jsonl(file: &Path, opts: &LoadOptions, skip: usize) -> Result<Batches> {
                         return Err(row_error(
                             &file,
                             row,
-                            format!("text is {other}, not a string"),
+                            format!("text is {}, not a string", cut(&other.to_string())),
                         ))
                     }
                 }

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use serde_json::{Map, Value};
 
 use super::labels;
-use super::raw::{missing_column, row_error, RawSplit};
+use super::raw::{cut, missing_column, row_error, RawSplit};
 use super::LoadOptions;
 
 /// Appends the file's rows; JSONL carries no label names.
@@ -50,7 +50,7 @@ pub(super) fn read(
                 return Err(row_error(
                     file,
                     row,
-                    format!("text is {other}, not a string"),
+                    format!("text is {}, not a string", cut(&other.to_string())),
                 ))
             }
         };

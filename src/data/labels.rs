@@ -4,7 +4,7 @@
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 
-use super::raw::{row_error, RawSplit};
+use super::raw::{cut, row_error, RawSplit};
 
 const IDS_HINT: &str = "labels must be class ids 0, 1, ... (map label names to ids first)";
 
@@ -33,7 +33,10 @@ pub(super) fn from_text(text: &str) -> Result<i64, String> {
     }
     match trimmed.parse::<f64>() {
         Ok(value) if value.is_finite() => from_f64(value),
-        _ => Err(format!("label \"{trimmed}\" is not an integer; {IDS_HINT}")),
+        _ => Err(format!(
+            "label \"{}\" is not an integer; {IDS_HINT}",
+            cut(trimmed)
+        )),
     }
 }
 
@@ -46,7 +49,10 @@ pub(super) fn from_json(value: &Value) -> Result<i64, String> {
             (None, None) => Err(format!("label {n} is not an integer; {IDS_HINT}")),
         },
         Value::String(s) => from_text(s),
-        other => Err(format!("label {other} is not an integer; {IDS_HINT}")),
+        other => Err(format!(
+            "label {} is not an integer; {IDS_HINT}",
+            cut(&other.to_string())
+        )),
     }
 }
 
@@ -200,6 +206,14 @@ mod tests {
             .unwrap_err()
             .contains("\"pos\" is not an integer"));
         assert!(from_text("-1").unwrap_err().contains("-1 is negative"));
+        let long = format!("{} end", "x".repeat(200));
+        let err = from_text(&long).unwrap_err();
+        assert!(
+            err.starts_with(&format!("label \"{}…\" is not", "x".repeat(80))),
+            "{err}"
+        );
+        let err = from_json(&serde_json::json!([long])).unwrap_err();
+        assert!(!err.contains("end"), "{err}");
         assert!(from_text("nan").unwrap_err().contains("not an integer"));
         assert_eq!(from_text(""), Err("label is empty".to_string()));
         assert_eq!(from_json(&serde_json::json!(3)), Ok(3));

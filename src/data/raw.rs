@@ -56,6 +56,16 @@ pub(super) fn row_error(file: &Path, row: usize, what: impl Display) -> Error {
     anyhow!("{} row {row}: {what}", file.display())
 }
 
+/// A value as an error quotes it: at most 80 characters, so that a text met where a
+/// label belongs (columns swapped) does not fill the screen.
+pub(super) fn cut(value: &str) -> String {
+    const MAX_CHARS: usize = 80;
+    match value.char_indices().nth(MAX_CHARS) {
+        Some((end, _)) => format!("{}…", &value[..end]),
+        None => value.to_string(),
+    }
+}
+
 pub(super) fn missing_column(file: &Path, column: &str, flag: &str, columns: &[String]) -> Error {
     anyhow!(
         "{}: no column \"{column}\" (it has {}); name the right one with {flag}",
@@ -75,6 +85,13 @@ pub(super) fn quoted_list(names: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_values_are_cut_to_80_characters() {
+        assert_eq!(cut("short"), "short");
+        let long = "好".repeat(100);
+        assert_eq!(cut(&long), format!("{}…", "好".repeat(80)));
+    }
 
     #[test]
     fn locate_maps_split_rows_back_to_shards() {

@@ -114,8 +114,19 @@ pub struct FeatureSpec {
     pub pooling: Pooling,
     /// Texts longer than max_length: truncated (the recipe's; runs written before the
     /// flag) or cut into overlapping windows.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "long_texts")]
     pub long: LongTexts,
+}
+
+/// serde's own words for a bad `long` (`"chunk"`: "invalid type: unit variant, expected
+/// struct variant") name neither the field nor the forms it takes.
+fn long_texts<'de, D: serde::Deserializer<'de>>(d: D) -> Result<LongTexts, D::Error> {
+    let value = Value::deserialize(d)?;
+    LongTexts::deserialize(&value).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "\"long\" is {value}, not \"truncate\" or {{\"chunk\": {{\"stride\": N}}}}"
+        ))
+    })
 }
 
 /// What a run trained on (the texts and labels of its splits, whatever columns or files

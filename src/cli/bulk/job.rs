@@ -383,7 +383,7 @@ fn run_job(
             meter.skip(chunk.texts.len() as u64);
             continue;
         }
-        let (output, counts) = process(model, &work, chunk, with_text)?;
+        let (output, counts) = process(model, &work, split, chunk, with_text)?;
         let mut chunk_stats = counts.to_json();
         chunk_stats["texts_sha256"] = texts_sha256.into();
         atomic_write(&stats(output.first), chunk_stats.to_string().as_bytes())?;
@@ -424,8 +424,9 @@ fn run_job(
         "counts": counts.to_json(),
         "ranges": ranges,
     });
+    // A chunk file missing is written again on the next run, whatever chunks follow it.
     let mismatch = format!(
-        "it is not the chunk this job wrote: delete {} and run the command again",
+        "delete that chunk file (or all of {}) and run the command again",
         parts.display()
     );
     assemble(format, &files, out, &done.to_string(), &mismatch)?;
@@ -468,6 +469,7 @@ fn remove_temporaries(parts: &Path) -> Result<()> {
 fn process(
     model: &mut LoadedModel,
     work: &Work,
+    split: &ChunkedSplit,
     chunk: RowChunk,
     with_text: bool,
 ) -> Result<(ChunkOut, Counts)> {
@@ -483,9 +485,10 @@ fn process(
             if let Some(labels) = &chunk.labels {
                 for (i, (p, &label)) in predictions.iter().zip(labels).enumerate() {
                     if label as usize >= names.len() {
+                        let (file, row) = split.locate(chunk.first + i);
                         return Err(anyhow!(
-                            "row {} of the split: label {label} but the head has {} labels ({}); pass --label-column of the labels it was trained on",
-                            chunk.first + i,
+                            "{} row {row}: label {label} but the head has {} labels ({}); pass --label-column of the labels it was trained on",
+                            file.display(),
                             names.len(),
                             names.join(", ")
                         ));

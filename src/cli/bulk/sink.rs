@@ -353,6 +353,10 @@ impl<'a> RowCursor<'a> {
     }
 }
 
+fn unreadable(part: &Path, e: std::io::Error, mismatch: &str) -> anyhow::Error {
+    anyhow!("cannot read {} ({e}): {mismatch}", part.display())
+}
+
 /// What a JSONL row must carry for its place to be checked; the rest is copied as is.
 #[derive(serde::Deserialize)]
 struct IndexedRow {
@@ -380,15 +384,14 @@ fn assemble_jsonl(parts: &[PartRows], file: &mut File, out: &Path, mismatch: &st
     let mut w = BufWriter::new(file);
     let mut line = Vec::new();
     for part in parts {
-        let handle = File::open(&part.path)
-            .with_context(|| format!("cannot read {}", part.path.display()))?;
+        let handle = File::open(&part.path).map_err(|e| unreadable(&part.path, e, mismatch))?;
         let mut r = BufReader::new(handle);
         let mut rows = RowCursor::new(part, mismatch);
         for number in 1.. {
             line.clear();
             let read = r
                 .read_until(b'\n', &mut line)
-                .with_context(|| format!("cannot read {}", part.path.display()))?;
+                .map_err(|e| unreadable(&part.path, e, mismatch))?;
             if read == 0 {
                 break;
             }
@@ -423,13 +426,13 @@ fn assemble_parquet(
     let mut file = Some(file);
     for part in parts {
         let shown = part.path.display();
-        let handle = File::open(&part.path).with_context(|| format!("cannot read {shown}"))?;
+        let handle = File::open(&part.path).map_err(|e| unreadable(&part.path, e, mismatch))?;
         let reader = ParquetRecordBatchReaderBuilder::try_new(handle)
             .map_err(|e| anyhow!("{shown}: not a readable parquet part ({e}): {mismatch}"))?
             .build()?;
         let mut rows = RowCursor::new(part, mismatch);
         for batch in reader {
-            let batch = batch.with_context(|| format!("{shown}: cannot decode"))?;
+            let batch = batch.map_err(|e| anyhow!("{shown}: cannot decode ({e}): {mismatch}"))?;
             let Some(index) = batch
                 .column_by_name("index")
                 .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
@@ -488,8 +491,7 @@ fn assemble_safetensors(
     let mut hidden = None;
     let mut sources = Vec::new();
     for part in parts {
-        let bytes = std::fs::read(&part.path)
-            .with_context(|| format!("cannot read {}", part.path.display()))?;
+        let bytes = std::fs::read(&part.path).map_err(|e| unreadable(&part.path, e, mismatch))?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| {
             anyhow!(
                 "{}: not a readable safetensors part ({e}): {mismatch}",
@@ -543,9 +545,13 @@ fn assemble_safetensors(
         let mut bytes = Vec::new();
         File::open(path)
             .and_then(|mut f| f.read_to_end(&mut bytes))
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let st = SafeTensors::deserialize(&bytes)
-            .map_err(|e| anyhow!("{}: not a readable safetensors part ({e})", path.display()))?;
+            .map_err(|e| unreadable(path, e, mismatch))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+            anyhow!(
+                "{}: not a readable safetensors part ({e}): {mismatch}",
+                path.display()
+            )
+        })?;
         for name in names {
             w.write_all(st.tensor(&name)?.data())?;
         }

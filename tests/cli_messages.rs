@@ -1,0 +1,204 @@
+//! Bad input found by an audit of the binary, each refused in one line that names the
+//! file or flag at fault and says what to do, before anything is printed.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn model() -> String {
+    fixtures().join("tiny/model").display().to_string()
+}
+
+fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bertcls"))
+        .args(args)
+        .args(["--device", "cpu"])
+        .env("HF_HUB_OFFLINE", "1")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The last stderr line of a command that failed, which must be its one error line.
+fn error_line(out: &Output) -> String {
+    assert!(!out.status.success(), "bertcls succeeded");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    errors[0].to_string()
+}
+
+#[test]
+fn a_folder_given_to_file_is_named_as_a_folder() {
+    let dir = TempDir::new("msg-file-folder");
+    let run = train_run(&dir.0, "run", &[]);
+    let folder = dir.join("texts");
+    fs::create_dir_all(&folder).unwrap();
+    let want = format!(
+        "error: --file {}: a folder, not a file; pass a text file with one text per line",
+        s(&folder)
+    );
+    let line = refusal(&["predict", "--run", s(&run), "--file", s(&folder)]);
+    assert_eq!(line, want);
+    let line = refusal(&["encode", "--model", &model(), "--file", s(&folder)]);
+    assert_eq!(line, want);
+}
+
+#[test]
+fn a_label_the_head_lacks_names_its_file_and_row() {
+    let dir = TempDir::new("msg-label-range");
+    let run = train_run(&dir.0, "run", &[]);
+    let data = dir.join("reviews.jsonl");
+    fs::write(
+        &data,
+        "{\"text\": \"好\", \"label\": 0}\n{\"text\": \"差\", \"label\": 1}\n{\"text\": \"中\", \"label\": 2}\n",
+    )
+    .unwrap();
+    let out = run_with_env(
+        &[
+            "predict",
+            "--run",
+            s(&run),
+            "--data",
+            s(&data),
+            "--out",
+            s(&dir.join("pred.jsonl")),
+        ],
+        &[],
+    );
+    let line = error_line(&out);
+    assert!(
+        line.starts_with(&format!(
+            "error: {} row 3: label 2 but the head has 2 labels",
+            s(&data)
+        )),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_long_value_in_the_label_column_is_cut() {
+    let dir = TempDir::new("msg-long-label");
+    let long = format!("{}END", "很长的评论".repeat(40));
+    let data = dir.join("train.jsonl");
+    let rows: String = (0..4)
+        .map(|_| format!("{{\"text\": \"x\", \"label\": \"{long}\"}}\n"))
+        .collect();
+    fs::write(&data, rows).unwrap();
+    let line = refusal(&[
+        "train",
+        "--model",
+        &model(),
+        "--data",
+        s(&data),
+        "--out",
+        s(&dir.join("run")),
+        "--no-cache",
+    ]);
+    let cut: String = long.chars().take(80).collect();
+    assert!(
+        line.contains(&format!("row 1: label \"{cut}…\" is not an integer")),
+        "{line}"
+    );
+    assert!(!line.contains("END"), "{line}");
+}
+
+#[test]
+fn a_bad_long_in_run_json_says_what_it_takes() {
+    let dir = TempDir::new("msg-run-long");
+    let run = train_run(&dir.0, "run", &[]);
+    let json = run.join("run.json");
+    let text = fs::read_to_string(&json).unwrap();
+    assert!(text.contains("\"long\": \"truncate\""), "{text}");
+    fs::write(
+        &json,
+        text.replace("\"long\": \"truncate\"", "\"long\": \"chunk\""),
+    )
+    .unwrap();
+    let line = refusal(&["test", "--run", s(&run)]);
+    assert!(
+        line.contains(s(&json))
+            && line.contains(r#""long" is "chunk", not "truncate" or {"chunk": {"stride": N}}"#),
+        "{line}"
+    );
+}
+
+#[test]
+fn info_with_a_model_that_does_not_load_prints_nothing_first() {
+    let dir = TempDir::new("msg-info");
+    fs::write(dir.join("config.json"), "{").unwrap();
+    for json in [false, true] {
+        let mut args = vec!["info", "--model", s(&dir.0)];
+        if json {
+            args.push("--json");
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_bertcls"))
+            .args(&args)
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            out.stdout.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("config.json"), "{stderr}");
+    }
+}
+
+#[test]
+fn an_unreadable_chunk_says_to_delete_it_and_deleting_it_works() {
+    let dir = TempDir::new("msg-parts");
+    let data = fixtures().join("data/tiny-files/train.jsonl");
+    let args = |out: &Path| {
+        vec![
+            "encode".to_string(),
+            "--model".into(),
+            model(),
+            "--data".into(),
+            s(&data).into(),
+            "--chunk-rows".into(),
+            "8".into(),
+            "--out".into(),
+            s(out).into(),
+        ]
+    };
+    let encode = |out: &Path, env: &[(&str, &str)]| {
+        let a = args(out);
+        run_with_env(&a.iter().map(String::as_str).collect::<Vec<_>>(), env)
+    };
+    let clean = dir.join("clean.safetensors");
+    ok(encode(&clean, &[]));
+    let out = dir.join("f.safetensors");
+    let killed = encode(&out, &[("BERTCLS_TEST_ABORT_AFTER_CHUNKS", "2")]);
+    assert!(!killed.status.success());
+    let parts = dir.join("f.safetensors.parts");
+    let chunk = parts.join("chunk-000000000000.safetensors");
+    let bytes = fs::read(&chunk).unwrap();
+    fs::write(&chunk, &bytes[..20]).unwrap();
+
+    let line = error_line(&encode(&out, &[]));
+    assert!(
+        line.contains(&format!("{}: not a readable safetensors part", s(&chunk)))
+            && line.ends_with(&format!(
+                "delete that chunk file (or all of {}) and run the command again",
+                s(&parts)
+            )),
+        "{line}"
+    );
+    fs::remove_file(&chunk).unwrap();
+    ok(encode(&out, &[]));
+    assert_eq!(fs::read(&out).unwrap(), fs::read(&clean).unwrap());
+}
