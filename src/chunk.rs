@@ -48,6 +48,17 @@ impl LongTexts {
         }
     }
 
+    /// Refuses a `--stride` given (`stride`) where texts are truncated: it would change
+    /// nothing, and a user who gave it expects windows.
+    pub fn check_stride(self, stride: Option<usize>) -> Result<()> {
+        match (self, stride) {
+            (Self::Truncate, Some(stride)) => bail!(
+                "--stride {stride} only applies to --long chunk, and long texts are truncated here: add --long chunk, or drop --stride"
+            ),
+            _ => Ok(()),
+        }
+    }
+
     /// Parses [`key`](Self::key)'s form.
     pub fn from_key(key: &str) -> Option<Self> {
         match key.split_once(':') {
@@ -152,6 +163,16 @@ mod tests {
         }
         assert_eq!(LongTexts::from_key("chunk:x"), None);
         assert_eq!(LongTexts::from_key("window"), None);
+    }
+
+    #[test]
+    fn a_stride_needs_windows() {
+        assert!(LongTexts::Chunk { stride: 8 }.check_stride(Some(8)).is_ok());
+        assert!(LongTexts::Truncate.check_stride(None).is_ok());
+        let err = LongTexts::Truncate.check_stride(Some(8)).unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with("--stride 8 only applies to --long chunk"));
     }
 
     #[test]

@@ -202,3 +202,87 @@ fn an_unreadable_chunk_says_to_delete_it_and_deleting_it_works() {
     ok(encode(&out, &[]));
     assert_eq!(fs::read(&out).unwrap(), fs::read(&clean).unwrap());
 }
+
+#[test]
+fn a_stride_where_texts_are_truncated_is_refused() {
+    let dir = TempDir::new("msg-stride");
+    let run = train_run(&dir.0, "run", &[]);
+    let want = "error: --stride 8 only applies to --long chunk, and long texts are truncated here: add --long chunk, or drop --stride";
+    let out = dir.join("new-run");
+    let data = fixtures().join("data/tiny-dsdict");
+    let line = refusal(&[
+        "train",
+        "--model",
+        &model(),
+        "--data",
+        s(&data),
+        "--out",
+        s(&out),
+        "--stride",
+        "8",
+    ]);
+    assert_eq!(line, want);
+    assert!(!out.exists());
+    // A resume names the settings it takes from run.json, then refuses.
+    let resumed = bertcls_cpu(&["train", "--resume", s(&run), "--stride", "8"]);
+    assert_eq!(error_line(&resumed), want);
+    assert_eq!(
+        refusal(&["encode", "--model", &model(), "--stride", "8", "x"]),
+        want
+    );
+    assert_eq!(
+        refusal(&["encode", "--run", s(&run), "--stride", "8", "x"]),
+        want
+    );
+    ok(bertcls_cpu(&[
+        "encode",
+        "--model",
+        &model(),
+        "--long",
+        "chunk",
+        "--stride",
+        "8",
+        "x",
+    ]));
+}
+
+#[test]
+fn a_batch_budget_below_one_text_is_refused() {
+    let dir = TempDir::new("msg-batch-tokens");
+    let run = train_run(&dir.0, "run", &[]);
+    for tokens in ["0", "1", "349"] {
+        let line = refusal(&[
+            "encode",
+            "--model",
+            &model(),
+            "--max-batch-tokens",
+            tokens,
+            "x",
+        ]);
+        assert_eq!(
+            line,
+            format!("error: --max-batch-tokens {tokens}: a batch holds at least one text of up to 350 tokens (max_length); pass at least 350")
+        );
+    }
+    let line = refusal(&["predict", "--run", s(&run), "--max-batch-tokens", "1", "x"]);
+    assert!(line.starts_with("error: --max-batch-tokens 1: "), "{line}");
+    ok(bertcls_cpu(&[
+        "encode",
+        "--model",
+        &model(),
+        "--max-batch-tokens",
+        "350",
+        "x",
+    ]));
+    // The default budget still grows to a --max-length past it.
+    ok(bertcls_cpu(&[
+        "encode",
+        "--model",
+        &model(),
+        "--max-length",
+        "512",
+        "--max-batch-tokens",
+        "512",
+        "x",
+    ]));
+}

@@ -22,6 +22,9 @@ use crate::model::{
 };
 use crate::tokenize::{BertTokenizer, DEFAULT_MAX_LENGTH};
 
+/// `--max-batch-tokens` when not given.
+const DEFAULT_MAX_BATCH_TOKENS: usize = 8192;
+
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
     /// Model folder (config.json, model.safetensors, tokenizer.json or vocab.txt) or hub id.
@@ -98,9 +101,11 @@ pub struct DeviceArgs {
     /// CPU threads (0: every core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
-    /// Tokens per encoder batch: sizes the activation workspace, allocated once.
-    #[arg(long, default_value_t = 8192)]
-    pub max_batch_tokens: usize,
+    /// Tokens per encoder batch, at least --max-length: sizes the activation workspace,
+    /// allocated once [default: 8192, or --max-length when larger].
+    // An Option: a default below a large --max-length grows to it; a value given does not.
+    #[arg(long)]
+    pub max_batch_tokens: Option<usize>,
 }
 
 impl DeviceArgs {
@@ -134,8 +139,8 @@ pub struct EncoderDevice {
     pub precision: Precision,
     /// CPU threads (0: every core).
     pub threads: usize,
-    /// Tokens per encoder batch.
-    pub max_batch_tokens: usize,
+    /// Tokens per encoder batch, when given.
+    pub max_batch_tokens: Option<usize>,
 }
 
 /// A resolved model folder: config and tokenizer, no weights loaded yet.
@@ -257,7 +262,15 @@ pub fn load_model_files(
     let started = Instant::now();
     let config = files.config.clone();
     let ckpt = Checkpoint::open(&files.dir.dir)?;
-    let budget = device.max_batch_tokens.max(model.max_length);
+    let budget = match device.max_batch_tokens {
+        Some(tokens) if tokens < model.max_length => bail!(
+            "--max-batch-tokens {tokens}: a batch holds at least one text of up to {} tokens (max_length); pass at least {}",
+            model.max_length,
+            model.max_length
+        ),
+        Some(tokens) => tokens,
+        None => DEFAULT_MAX_BATCH_TOKENS.max(model.max_length),
+    };
     let encoder: Box<dyn FeatureEncoder> = match device.device {
         Device::Cpu => Box::new(Encoder::load(
             CpuBackend::new(device.threads)?,

@@ -74,6 +74,11 @@ pub struct EncodeArgs {
 impl EncodeArgs {
     /// The features the flags ask for, defaults where they are silent: encode without --run.
     fn model_args(&self) -> Result<ModelArgs> {
+        let long = LongTexts::from_flags(
+            self.long.as_deref().unwrap_or("truncate"),
+            self.stride.unwrap_or(DEFAULT_STRIDE),
+        )?;
+        long.check_stride(self.stride)?;
         Ok(ModelArgs {
             model: self
                 .model
@@ -82,10 +87,7 @@ impl EncodeArgs {
             offline: self.offline,
             max_length: self.max_length.unwrap_or(DEFAULT_MAX_LENGTH),
             pooling: self.pooling.unwrap_or_default(),
-            long: LongTexts::from_flags(
-                self.long.as_deref().unwrap_or("truncate"),
-                self.stride.unwrap_or(DEFAULT_STRIDE),
-            )?,
+            long,
             recorded: Recorded::default(),
         })
     }

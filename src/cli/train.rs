@@ -330,6 +330,7 @@ fn check_args(args: &TrainArgs) -> Result<()> {
     if args.epochs == 0 {
         bail!("--epochs 0: train for at least one epoch (the recipe uses 100)");
     }
+    long_texts(args)?.check_stride(args.given.contains("stride").then_some(args.stride))?;
     if args.pooling.len() > 1 && !args.search {
         bail!(
             "--pooling {}: trying several poolings needs --search; pass one to train once",

@@ -63,8 +63,8 @@ pub fn resolve(dir: &Path, args: &EncodeArgs) -> Result<RunSpec> {
     Ok(RunSpec { model, device })
 }
 
-/// The run's long-text setting, refusing a `--long`/`--stride` that makes another one.
-/// A `--stride` beside truncation changes nothing, as in train, so it is no contradiction.
+/// The run's long-text setting, refusing a `--long`/`--stride` that makes another one,
+/// and a `--stride` beside truncation, as train does.
 fn agree_long(args: &EncodeArgs, run: LongTexts, json: &Path) -> Result<LongTexts> {
     if args.long.is_none() && args.stride.is_none() {
         return Ok(run);
@@ -77,6 +77,7 @@ fn agree_long(args: &EncodeArgs, run: LongTexts, json: &Path) -> Result<LongText
         args.long.as_deref().unwrap_or(run_long),
         args.stride.unwrap_or(run_stride),
     )?;
+    given.check_stride(args.stride)?;
     if given != run {
         bail!(
             "{}: the run's features were made with {} ({}); drop --long and --stride, with --run the run's is used",
