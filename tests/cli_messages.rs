@@ -286,3 +286,36 @@ fn a_batch_budget_below_one_text_is_refused() {
         "x",
     ]));
 }
+
+#[test]
+fn a_shard_without_rows_says_how_many_shards_fit() {
+    let dir = TempDir::new("msg-shards");
+    let data = fixtures().join("data/tiny-files/train.jsonl");
+    let (model, out) = (model(), dir.join("f.parquet"));
+    let encode = |data: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "encode",
+            "--model",
+            &model,
+            "--data",
+            s(data),
+            "--out",
+            s(&out),
+        ];
+        args.extend_from_slice(extra);
+        error_line(&run_with_env(&args, &[]))
+    };
+    assert_eq!(
+        encode(&data, &["--shard", "0/50"]),
+        "error: --shard 0/50 holds no rows: split \"train\" has 32 rows, so at most 32 shards can each hold one; pass --shard K/N with N at most 32"
+    );
+    let empty = dir.join("train.jsonl");
+    fs::write(&empty, "").unwrap();
+    assert_eq!(
+        encode(&empty, &[]),
+        format!(
+            "error: split \"train\" of {} has no rows: add rows, or pick another with --split",
+            s(&empty)
+        )
+    );
+}

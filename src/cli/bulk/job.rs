@@ -275,9 +275,16 @@ fn run_job(
     let total = split.rows();
     let shard = bulk.shard.unwrap_or(Shard { index: 0, count: 1 });
     let (start, end) = shard.range(total);
+    if total == 0 {
+        bail!(
+            "split \"{}\" of {} has no rows: add rows, or pick another with --split",
+            split.split,
+            split.source.display()
+        );
+    }
     if start == end {
         bail!(
-            "--shard {}/{} of split \"{}\" ({total} rows) holds no rows: use fewer shards",
+            "--shard {}/{} holds no rows: split \"{}\" has {total} rows, so at most {total} shards can each hold one; pass --shard K/N with N at most {total}",
             shard.index,
             shard.count,
             split.split
