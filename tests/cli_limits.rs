@@ -12,11 +12,7 @@ use common::*;
 fn copy_tiny(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("bertcls-limits-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    for e in std::fs::read_dir(fixtures().join("tiny/model")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
-    }
+    copy_files(&fixtures().join("tiny/model"), &dir);
     dir
 }
 

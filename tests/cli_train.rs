@@ -12,6 +12,15 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// A copy of the tiny model folder at `to`, for a test to break.
+fn copy_tiny_model(to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(fixtures().join("tiny/model")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+    }
+}
+
 fn dsdict() -> String {
     fixtures().join("data/tiny-dsdict").display().to_string()
 }
@@ -991,11 +1000,7 @@ fn non_finite_numbers_are_refused() {
 
     // A NaN in the weights is named at load.
     let model = sb.dir.join("nan-model");
-    std::fs::create_dir_all(&model).unwrap();
-    for entry in std::fs::read_dir(fixtures().join("tiny/model")).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, model.join(path.file_name().unwrap())).unwrap();
-    }
+    copy_tiny_model(&model);
     let weights = model.join("model.safetensors");
     let mut bytes = std::fs::read(&weights).unwrap();
     let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
@@ -1048,11 +1053,7 @@ fn non_finite_features_are_refused_where_they_come_in() {
     // Position 0's embedding at 3e38 in every dimension: finite weights (the load
     // check passes them), but the embeddings' LayerNorm sums them to infinity.
     let model = sb.dir.join("huge-model");
-    std::fs::create_dir_all(&model).unwrap();
-    for entry in std::fs::read_dir(fixtures().join("tiny/model")).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, model.join(path.file_name().unwrap())).unwrap();
-    }
+    copy_tiny_model(&model);
     let weights = model.join("model.safetensors");
     let mut bytes = std::fs::read(&weights).unwrap();
     let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
@@ -1117,11 +1118,7 @@ fn hex(bytes: &[u8]) -> String {
 fn resume_compares_the_feature_spec() {
     let sb = Sandbox::new("resume-spec");
     let model = sb.dir.join("model");
-    std::fs::create_dir_all(&model).unwrap();
-    for entry in std::fs::read_dir(fixtures().join("tiny/model")).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, model.join(path.file_name().unwrap())).unwrap();
-    }
+    copy_tiny_model(&model);
     let run = sb.path("run");
     let base = |extra: &[&str]| {
         let mut args = vec!["--data", &dsdict(), "--batch-size", "8", "--lr", "1e-2"]

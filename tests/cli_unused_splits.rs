@@ -79,22 +79,6 @@ fn test_reads_only_the_split_it_scores() {
 fn train_reads_only_its_train_and_validation_splits() {
     let dir = TempDir::new("unused-splits-train");
     let data = splits_with_one_unlabelled(&dir.0, "test");
-    let run = dir.join("run");
-    ok(bertcls_cpu(&[
-        "train",
-        "--model",
-        s(&fixtures().join("tiny/model")),
-        "--data",
-        s(&data),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--log-every",
-        "0",
-        "--out",
-        s(&run),
-        "--no-cache",
-    ]));
+    let run = train_run_on(&dir.0, "run", &fixtures().join("tiny/model"), &data, &[]);
     assert!(run.join("best.safetensors").is_file());
 }

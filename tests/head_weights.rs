@@ -14,35 +14,8 @@ fn s(p: &Path) -> &str {
 /// A copy of the tiny model folder in `dir`, which a test may change under its run.
 fn copy_tiny(dir: &TempDir) -> PathBuf {
     let model = dir.join("model");
-    std::fs::create_dir_all(&model).unwrap();
-    for e in std::fs::read_dir(fixtures().join("tiny/model")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
-    }
+    copy_files(&fixtures().join("tiny/model"), &model);
     model
-}
-
-/// A one-epoch run on the model folder `model`, in `dir/run`.
-fn train_on(dir: &TempDir, model: &Path) -> PathBuf {
-    let run = dir.join("run");
-    let data = fixtures().join("data/tiny-dsdict");
-    ok(bertcls_cpu(&[
-        "train",
-        "--model",
-        s(model),
-        "--data",
-        s(&data),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--log-every",
-        "0",
-        "--out",
-        s(&run),
-        "--no-cache",
-    ]));
-    run
 }
 
 /// Zeroes the values of the last layer's tensors in place: the file keeps its size,
@@ -73,7 +46,13 @@ fn zero_last_layer(weights: &Path) {
 fn other_weights_under_a_run_or_head_are_refused_naming_both_files() {
     let dir = TempDir::new("head-weights-changed");
     let model = copy_tiny(&dir);
-    let run = train_on(&dir, &model);
+    let run = train_run_on(
+        &dir.0,
+        "run",
+        &model,
+        &fixtures().join("data/tiny-dsdict"),
+        &[],
+    );
     let data = fixtures().join("data/tiny-dsdict");
     let weights = model.join("model.safetensors");
     let (run_json, best) = (run.join("run.json"), run.join("best.safetensors"));

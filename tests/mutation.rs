@@ -99,7 +99,7 @@ fn fuzz(
         reader.replace(' ', "-")
     ));
     let _ = std::fs::remove_dir_all(&work);
-    copy_dir(dir, &work);
+    copy_files(dir, &work);
     let valid = std::fs::read(dir.join(file)).unwrap();
     read(&work).unwrap_or_else(|e| panic!("{reader}: the valid fixture fails: {e:#}"));
     let seed = 8;
@@ -126,16 +126,6 @@ fn fuzz(
     }
     let _ = std::fs::remove_dir_all(&work);
     println!("{reader}: {cases} cases, {ok} read, {refused} refused in one line, 0 panics");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_file() {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 fn tiny() -> PathBuf {

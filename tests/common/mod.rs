@@ -137,6 +137,18 @@ pub fn ok(out: Output) -> Output {
     out
 }
 
+/// Copies the files of folder `from` (not its subfolders) into `to`, made if missing:
+/// a model folder a test may break without touching the fixture.
+pub fn copy_files(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
 /// The binary offline on the CPU.
 pub fn bertcls_cpu(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_bertcls"))
@@ -162,11 +174,18 @@ pub fn refusal(args: &[&str]) -> String {
 /// A run trained for one epoch on the tiny fixture model and data, in `dir/name`, with
 /// `spec` (feature flags), nothing cached.
 pub fn train_run(dir: &Path, name: &str, spec: &[&str]) -> PathBuf {
+    train_run_on(
+        dir,
+        name,
+        &fixtures().join("tiny/model"),
+        &fixtures().join("data/tiny-dsdict"),
+        spec,
+    )
+}
+
+/// `train_run` on another model folder or data.
+pub fn train_run_on(dir: &Path, name: &str, model: &Path, data: &Path, spec: &[&str]) -> PathBuf {
     let run = dir.join(name);
-    let (model, data) = (
-        fixtures().join("tiny/model"),
-        fixtures().join("data/tiny-dsdict"),
-    );
     let mut args = vec![
         "train",
         "--model",
