@@ -451,7 +451,7 @@ fn class_weights(
 /// The named validation split; by default "validation" when the data has one.
 fn validation_split<'a>(args: &TrainArgs, dataset: &'a Dataset) -> Result<Option<&'a Split>> {
     if let Some(name) = &args.validation_split {
-        return dataset.split(name).map(Some);
+        return dataset.split_named_by(name, "--validation-split").map(Some);
     }
     let found = dataset
         .splits

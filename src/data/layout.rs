@@ -104,27 +104,51 @@ pub(super) fn for_file(file: &Path, format: Format) -> Result<Groups> {
     Ok(group(files))
 }
 
-/// The data files under `dir` in the first format found of parquet, JSONL, CSV, TSV
-/// (the hub serves parquet; other formats beside it are usually copies). Files of the
-/// other formats are not read, and a one-line note names them: they may not be copies.
+/// The data files under `dir` in one format: the one whose files name the most of the
+/// usual splits (train, validation, test, ...), the first of parquet, JSONL, CSV, TSV on
+/// a tie (the hub serves parquet; other formats beside it are usually copies). So a
+/// stray `preds.parquet` beside `train.jsonl` and `test.jsonl` does not hide them. Files
+/// of the other formats are not read, and a one-line note names them: they may not be
+/// copies.
 pub(super) fn scan_dir(dir: &Path) -> Result<Option<(Format, Groups)>> {
     let mut found: BTreeMap<Format, Vec<PathBuf>> = BTreeMap::new();
     walk(dir, 0, &mut found)?;
-    if let Some(note) = unread_formats_note(dir, &found) {
+    let Some(read) = chosen_format(&found) else {
+        return Ok(None);
+    };
+    if let Some(note) = unread_formats_note(dir, read, &found) {
         eprintln!("{note}");
     }
-    Ok(found
-        .into_iter()
-        .next()
-        .map(|(format, files)| (format, group(files))))
+    let files = found.remove(&read).unwrap_or_default();
+    Ok(Some((read, group(files))))
 }
 
-/// What `scan_dir` leaves unread when `found` holds more than one format: each other
-/// format with its splits, so that a split only those files hold is not lost unseen.
-fn unread_formats_note(dir: &Path, found: &BTreeMap<Format, Vec<PathBuf>>) -> Option<String> {
-    let mut formats = found.iter();
-    let (read, _) = formats.next()?;
-    let unread: Vec<String> = formats
+/// The format `scan_dir` reads: most usual split names, then the format order.
+fn chosen_format(found: &BTreeMap<Format, Vec<PathBuf>>) -> Option<Format> {
+    let usual_splits = |files: &Vec<PathBuf>| {
+        group(files.clone())
+            .iter()
+            .filter(|(name, _)| is_split_name(name))
+            .count()
+    };
+    // max_by_key keeps the last of equal keys: compare in reverse format order.
+    found
+        .iter()
+        .rev()
+        .max_by_key(|(_, files)| usual_splits(files))
+        .map(|(format, _)| *format)
+}
+
+/// What `scan_dir` leaves unread when `found` holds formats other than `read`: each with
+/// its splits, so that a split only those files hold is not lost unseen.
+fn unread_formats_note(
+    dir: &Path,
+    read: Format,
+    found: &BTreeMap<Format, Vec<PathBuf>>,
+) -> Option<String> {
+    let unread: Vec<String> = found
+        .iter()
+        .filter(|(format, _)| **format != read)
         .map(|(format, files)| {
             let splits: Vec<String> = group(files.clone())
                 .into_iter()
@@ -185,7 +209,7 @@ mod tests {
     fn formats_left_unread_are_named_with_their_splits() {
         let dir = Path::new("d");
         let mut found = BTreeMap::from([(Format::Parquet, vec![PathBuf::from("d/train.parquet")])]);
-        assert_eq!(unread_formats_note(dir, &found), None);
+        assert_eq!(unread_formats_note(dir, Format::Parquet, &found), None);
         found.insert(
             Format::Jsonl,
             vec![
@@ -195,9 +219,42 @@ mod tests {
         );
         found.insert(Format::Tsv, vec![PathBuf::from("d/train.tsv")]);
         assert_eq!(
-            unread_formats_note(dir, &found).as_deref(),
-            Some("note: d: reading its parquet files, not its jsonl (train, test), tsv (train) ones: pass --data with one of those files to read that format")
+            unread_formats_note(dir, Format::Jsonl, &found).as_deref(),
+            Some("note: d: reading its jsonl files, not its parquet (train), tsv (train) ones: pass --data with one of those files to read that format")
         );
+    }
+
+    /// The format naming the most usual splits is read; copies of every split in
+    /// several formats (the hub's parquet beside its JSONL) read parquet, as before.
+    #[test]
+    fn the_format_with_the_most_splits_is_read() {
+        let files = |names: &[&str]| names.iter().map(PathBuf::from).collect::<Vec<_>>();
+        let copies = BTreeMap::from([
+            (Format::Jsonl, files(&["d/train.jsonl", "d/test.jsonl"])),
+            (
+                Format::Parquet,
+                files(&["d/train.parquet", "d/test.parquet"]),
+            ),
+            (Format::Tsv, files(&["d/train.tsv", "d/test.tsv"])),
+        ]);
+        assert_eq!(chosen_format(&copies), Some(Format::Parquet));
+        let stray = BTreeMap::from([
+            (Format::Parquet, files(&["d/preds.parquet"])),
+            (
+                Format::Jsonl,
+                files(&["d/train.jsonl", "d/validation.jsonl", "d/test.jsonl"]),
+            ),
+        ]);
+        assert_eq!(chosen_format(&stray), Some(Format::Jsonl));
+        let one_split_output = BTreeMap::from([
+            (Format::Parquet, files(&["d/train.parquet"])),
+            (
+                Format::Jsonl,
+                files(&["d/train.jsonl", "d/validation.jsonl"]),
+            ),
+        ]);
+        assert_eq!(chosen_format(&one_split_output), Some(Format::Jsonl));
+        assert_eq!(chosen_format(&BTreeMap::new()), None);
     }
 
     #[test]

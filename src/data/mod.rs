@@ -123,12 +123,17 @@ pub struct Split {
 impl Dataset {
     /// The named split; an error when there is none, or when it has no rows.
     pub fn split(&self, name: &str) -> Result<&Split> {
+        self.split_named_by(name, "--split")
+    }
+
+    /// `split`, for a name that came from `flag`, which the errors tell the user to change.
+    pub fn split_named_by(&self, name: &str, flag: &str) -> Result<&Split> {
         let mut names: Vec<&str> = self.splits.iter().map(|s| s.name.as_str()).collect();
         names.extend(self.unread.iter().map(String::as_str));
         names.sort_by_key(|n| layout::order_key(n));
         let Some(split) = self.splits.iter().find(|s| s.name == name) else {
             bail!(
-                "unknown split \"{name}\" in {}: it has {}; pick one with --split",
+                "unknown split \"{name}\" in {}: it has {}; pick one with {flag}",
                 self.source.display(),
                 names.join(", ")
             );
@@ -136,7 +141,7 @@ impl Dataset {
         if split.texts.is_empty() {
             let others: Vec<&str> = names.into_iter().filter(|n| *n != name).collect();
             bail!(
-                "split \"{name}\" in {} has no rows; add rows, or pick another with --split ({})",
+                "split \"{name}\" in {} has no rows; add rows, or pick another with {flag} ({})",
                 self.source.display(),
                 if others.is_empty() {
                     "there is none".to_string()
@@ -304,6 +309,11 @@ mod tests {
             err.starts_with("unknown split \"dev\" in ") && err.contains("it has train, test"),
             "{err}"
         );
+        let err = data
+            .split_named_by("dev", "--validation-split")
+            .unwrap_err()
+            .to_string();
+        assert!(err.ends_with("pick one with --validation-split"), "{err}");
         let err = data.split("test").unwrap_err().to_string();
         assert!(
             err.contains("split \"test\" in")

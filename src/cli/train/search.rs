@@ -50,7 +50,7 @@ pub(super) fn run(args: TrainArgs) -> Result<()> {
     let (dataset, data_id) = load_data(&args)?;
     let train = dataset.split(&args.split)?;
     let named_validation = match &args.validation_split {
-        Some(name) => Some(dataset.split(name)?),
+        Some(name) => Some(dataset.split_named_by(name, "--validation-split")?),
         None => dataset
             .splits
             .iter()
