@@ -330,6 +330,27 @@ fn a_runs_missing_model_is_named_with_its_run() {
     );
 }
 
+/// `test --run` without --data reads the data its run.json names; data moved since is
+/// named with that run.json, not as a --data flag the user never gave.
+#[test]
+fn a_runs_missing_data_is_named_with_its_run() {
+    let run = TempDir::new("run-moved-data");
+    write_run(run.path(), &["负向评价", "正向评价"], "");
+    let run_json = run.path().join("run.json");
+    let mut info: Value =
+        serde_json::from_str(&std::fs::read_to_string(&run_json).unwrap()).unwrap();
+    info["data"] = serde_json::json!(s(&run.path().join("moved-away")));
+    std::fs::write(&run_json, info.to_string()).unwrap();
+    let err = error_of(&bertcls(&["test", "--run", s(run.path())], b""));
+    assert!(
+        err.contains(&format!(
+            "the data {} names cannot be read",
+            run_json.display()
+        )) && err.contains("pass --data with where it is now"),
+        "{err}"
+    );
+}
+
 /// A bad max_length or model is blamed on where it came from: the flag, the run.json, or
 /// the head checkpoint's metadata, never a flag the user did not pass.
 #[test]

@@ -323,6 +323,11 @@ impl Classifier {
         self.run.as_ref().map(|(info, _)| info)
     }
 
+    /// The run.json of the run the head came from, for messages about what it names.
+    pub fn run_json(&self) -> Option<&Path> {
+        self.run.as_ref().map(|(_, json)| json.as_path())
+    }
+
     /// The label names, or the ids when nothing names them.
     pub fn names_or_ids(&self) -> Vec<String> {
         self.labels

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 
-use anyhow::Result;
+use anyhow::{anyhow, Result};
 use clap::Args;
 use serde::Serialize;
 
@@ -121,7 +121,16 @@ fn load_data(args: &TestArgs, classifier: &Classifier) -> Result<Dataset> {
         .clone()
         .or_else(|| run.map(|r| r.data.clone()))
         .unwrap_or_else(|| DEFAULT_DATASET.to_string());
-    let resolved = resolve_dataset(&spec, classifier.model.offline())?;
+    let resolved = resolve_dataset(&spec, classifier.model.offline()).map_err(|e| {
+        match (&args.data, classifier.run_json()) {
+            // The user gave no --data: an error about that flag would puzzle them.
+            (None, Some(json)) => anyhow!(
+                "the data {} names cannot be read ({e:#}): pass --data with where it is now",
+                json.display()
+            ),
+            _ => e,
+        }
+    })?;
     let opts = LoadOptions {
         text_column: args
             .text_column
