@@ -786,3 +786,56 @@ fn a_finished_output_that_lost_rows_is_written_again() {
         assert!(String::from_utf8_lossy(&again.stderr).contains("already complete"));
     }
 }
+
+/// A finished output is "already complete" only for the data it was made from: rows
+/// swapped in place (same size, so same identity) since are refused as a resume refuses
+/// them, and the output is left as it was; a run with another --chunk-rows still checks
+/// the ranges the output was written in.
+#[test]
+fn a_finished_output_whose_texts_changed_is_refused() {
+    let dir = TempDir::new("bulk-done-edited");
+    let head = dir.join("head.safetensors");
+    write_head(&head);
+    let folder = dir.join("data");
+    std::fs::create_dir_all(&folder).unwrap();
+    let train = folder.join("train.jsonl");
+    let original = std::fs::read_to_string(data().join("tiny-files/train.jsonl")).unwrap();
+    let swapped = |a: usize, b: usize| {
+        let mut lines: Vec<&str> = original.lines().collect();
+        lines.swap(a, b);
+        lines.join("\n") + "\n"
+    };
+    let out = dir.join("p.jsonl");
+    let run = |chunk_rows: &str| {
+        let args = [
+            "predict",
+            "--head",
+            s(&head),
+            "--data",
+            s(&folder),
+            "--out",
+            s(&out),
+            "--chunk-rows",
+            chunk_rows,
+        ];
+        bertcls(&args, &[])
+    };
+
+    std::fs::write(&train, &original).unwrap();
+    ok(run("4"));
+    let written = std::fs::read(&out).unwrap();
+    for chunk_rows in ["4", "3"] {
+        let again = ok(run(chunk_rows));
+        assert!(String::from_utf8_lossy(&again.stderr).contains("already complete"));
+    }
+    for (a, b, rows) in [(0, 1, "rows 0..4"), (20, 21, "rows 20..24")] {
+        std::fs::write(&train, swapped(a, b)).unwrap();
+        for chunk_rows in ["4", "3"] {
+            let err = error_line(&run(chunk_rows));
+            assert!(err.contains(&format!("--out {}: ", s(&out))), "{err}");
+            assert!(err.contains(rows), "{err}");
+            assert!(err.contains("delete it"), "{err}");
+            assert_eq!(std::fs::read(&out).unwrap(), written);
+        }
+    }
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
-use super::ranges::TextRange;
+use super::ranges::{check_tiling, ranges_of, TextRange};
 use super::sink::{assemble, count_rows, part_bytes, Body, ChunkOut, OutFormat, PartRows};
 use super::{BulkArgs, Shard};
 use crate::cli::common::{
@@ -308,6 +308,7 @@ fn run_job(
             let want = (end - start) as u64;
             match count_rows(format, out) {
                 Ok(rows) if rows == want => {
+                    check_texts_unchanged(split, &done, out, start, end, bulk.chunk_rows)?;
                     let _ = std::fs::remove_dir_all(&parts);
                     eprintln!(
                         "{} is already complete (rows {start}..{end}); nothing to do",
@@ -448,6 +449,56 @@ fn run_job(
         eprintln!("{line}");
     }
     eprintln!("wrote {} (rows {start}..{end} of {total})", out.display());
+    Ok(())
+}
+
+/// A finished output is only complete for the data as it is now: the data is known by
+/// its files' names and sizes, so the texts are read again (one pass, cheap next to
+/// encoding) and hashed over the ranges the manifest recorded. A change is refused, as
+/// a resume refuses chunks whose texts changed: the output may have cost hours, and
+/// whether the edit was meant is for the user to say, by deleting the output.
+fn check_texts_unchanged(
+    split: &ChunkedSplit,
+    done: &Value,
+    out: &Path,
+    start: usize,
+    end: usize,
+    chunk_rows: usize,
+) -> Result<()> {
+    let what = manifest_path(out).display().to_string();
+    // A manifest without ranges predates them, and its identity (no backend) matches no
+    // job of this bertcls: it does not reach here, and is refused below if it does.
+    let ranges = ranges_of(done, &what)?.unwrap_or_default();
+    if let Err(why) = check_tiling(&ranges, start as u64, end as u64) {
+        bail!(
+            "{what}: {why}: delete {} to run the job again",
+            out.display()
+        );
+    }
+    // The ranges are the chunks of the job that wrote the output, which may differ from
+    // this command's --chunk-rows: texts are gathered until a range is whole.
+    let mut texts: Vec<String> = Vec::new();
+    let mut pending = ranges.iter().peekable();
+    for chunk in split.chunks(start, end, chunk_rows) {
+        texts.extend(chunk?.texts);
+        while let Some(range) = pending.peek() {
+            let len = (range.end - range.start) as usize;
+            if texts.len() < len {
+                break;
+            }
+            let rest = texts.split_off(len);
+            if hash_texts(&texts) != range.texts_sha256 {
+                bail!(
+                    "--out {}: the texts of rows {}..{} of the data changed since it was written: delete it to run the job on the data as it is now",
+                    out.display(),
+                    range.start,
+                    range.end
+                );
+            }
+            texts = rest;
+            pending.next();
+        }
+    }
     Ok(())
 }
 
