@@ -839,3 +839,65 @@ fn a_finished_output_whose_texts_changed_is_refused() {
         }
     }
 }
+
+/// `--data` naming a split's file reads that split when --split is not given (its
+/// siblings are the other splits, as for train and test): `--data test.jsonl` labels
+/// test.jsonl, not the sibling train.jsonl. A given --split still wins.
+#[test]
+fn a_split_file_is_read_as_its_own_split_unless_split_is_given() {
+    let dir = TempDir::new("bulk-file-split");
+    let head = dir.join("head.safetensors");
+    write_head(&head);
+    let hub_named = dir.join("hub-named");
+    std::fs::create_dir_all(&hub_named).unwrap();
+    for split in ["train", "test"] {
+        std::fs::copy(
+            data().join(format!("tiny-files/{split}.parquet")),
+            hub_named.join(format!("{split}-00000-of-00001.parquet")),
+        )
+        .unwrap();
+    }
+    let lone = dir.join("lone");
+    std::fs::create_dir_all(&lone).unwrap();
+    std::fs::copy(
+        data().join("tiny-files/test.jsonl"),
+        lone.join("reviews_test.jsonl"),
+    )
+    .unwrap();
+    let model = model_dir();
+    let cases = [
+        (data().join("tiny-files/test.jsonl"), None, "test"),
+        (data().join("tiny-files/validation.csv"), None, "validation"),
+        (hub_named.join("test-00000-of-00001.parquet"), None, "test"),
+        (lone.join("reviews_test.jsonl"), None, "test"),
+        (data().join("tiny-files/test.jsonl"), Some("train"), "train"),
+    ];
+    for (n, (file, given, split)) in cases.iter().enumerate() {
+        let texts = split_texts(split);
+        let mut args = vec!["predict", "--head", s(&head), "--data", s(file)];
+        args.extend(given.iter().flat_map(|g| ["--split", g]));
+        let out = dir.join(&format!("p{n}.jsonl"));
+        args.extend(["--out", s(&out), "--with-text"]);
+        ok(bertcls(&args, &[]));
+        let rows = jsonl(&out);
+        let got: Vec<&str> = rows.iter().map(|r| r["text"].as_str().unwrap()).collect();
+        assert_eq!(got, texts, "{}", file.display());
+
+        let mut args = vec!["encode", "--model", s(&model), "--data", s(file)];
+        args.extend(given.iter().flat_map(|g| ["--split", g]));
+        let out = dir.join(&format!("f{n}.parquet"));
+        args.extend(["--out", s(&out)]);
+        ok(bertcls(&args, &[]));
+        let manifest: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(&format!("f{n}.parquet.bulk.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            manifest["identity"]["data"]["split"],
+            *split,
+            "{}",
+            file.display()
+        );
+        assert_eq!(manifest["end"], texts.len(), "{}", file.display());
+    }
+}

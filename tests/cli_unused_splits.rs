@@ -82,3 +82,65 @@ fn train_reads_only_its_train_and_validation_splits() {
     let run = train_run_on(&dir.0, "run", &fixtures().join("tiny/model"), &data, &[]);
     assert!(run.join("best.safetensors").is_file());
 }
+
+/// `train` and `test` given a split's file read their own split from its sibling (the
+/// sibling rule, and what `test --run` of a run trained on train.jsonl relies on), so
+/// they say in one note which file they read when it is not the one named.
+#[test]
+fn reading_a_sibling_of_the_file_named_is_noted() {
+    let dir = TempDir::new("unused-splits-note");
+    let data_dir = dir.join("data");
+    fs::create_dir_all(&data_dir).unwrap();
+    splits_with_one_unlabelled(&data_dir, "none");
+    let file = |split: &str| data_dir.join(format!("{split}.jsonl"));
+    let note = |named: &str, verb: &str, read: &str| {
+        format!(
+            "note: --data {} is split {named}: {verb} split {read} from its sibling {} (pass --split {named} to read the file itself)",
+            s(&file(named)),
+            s(&file(read))
+        )
+    };
+    let run = dir.join("run");
+    let trained = ok(bertcls_cpu(&[
+        "train",
+        "--model",
+        s(&fixtures().join("tiny/model")),
+        "--data",
+        s(&file("test")),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--log-every",
+        "0",
+        "--out",
+        s(&run),
+        "--no-cache",
+    ]));
+    let stderr = String::from_utf8_lossy(&trained.stderr);
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l == note("test", "training on", "train")),
+        "{stderr}"
+    );
+    let test = |data: &str| {
+        let out = ok(bertcls_cpu(&[
+            "test",
+            "--run",
+            s(&run),
+            "--data",
+            data,
+            "--no-cache",
+        ]));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = test(s(&file("train")));
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l == note("train", "scoring", "test")),
+        "{stderr}"
+    );
+    assert!(!test(s(&file("test"))).contains("note:"));
+}

@@ -146,6 +146,13 @@ fn load_data(args: &TestArgs, classifier: &Classifier) -> Result<Dataset> {
         splits: Some(vec![args.split.clone()]),
         head_labels: Some(classifier.head.num_labels),
     };
+    // Only for a --data named here: `test --run R` of a run trained on train.jsonl
+    // scoring its sibling test.jsonl is what the sibling rule is for.
+    if args.data.is_some() {
+        if let Some(note) = data::sibling_note(&resolved.path, &args.split, "scoring")? {
+            eprintln!("{note}");
+        }
+    }
     data::load(&resolved.path, &opts)
 }
 

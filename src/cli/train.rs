@@ -362,6 +362,9 @@ fn load_data(args: &TrainArgs) -> Result<(Dataset, String)> {
         ]),
         head_labels: None,
     };
+    if let Some(note) = data::sibling_note(&resolved.path, &args.split, "training on")? {
+        eprintln!("{note}");
+    }
     Ok((data::load(&resolved.path, &opts)?, resolved.id))
 }
 

@@ -158,6 +158,65 @@ impl Dataset {
     }
 }
 
+/// `--data` naming a file: the split that file is, among the splits it brings.
+#[derive(Clone, Debug)]
+pub struct FileSplits {
+    /// `test` for `test.jsonl` or the hub's `test-00000-of-00001.parquet`, `test` too
+    /// for a lone `reviews_test.jsonl`, `train` for a lone `reviews.jsonl`.
+    pub split: String,
+    groups: layout::Groups,
+}
+
+impl FileSplits {
+    /// The files split `name` is read from (the file's split-named siblings for the
+    /// other splits); none when the file brings no such split.
+    fn files(&self, name: &str) -> &[PathBuf] {
+        self.groups
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(&[], |(_, files)| files.as_slice())
+    }
+}
+
+/// A one-line note when a command reads split `split` of `--data source` from files
+/// other than the one named (`test --data train.jsonl` scores the sibling test.jsonl):
+/// the documented sibling rule, but the file read is not the one on the command line.
+/// `None` when the file is that split, or brings no such split (`load` says so).
+pub fn sibling_note(source: &Path, split: &str, verb: &str) -> Result<Option<String>> {
+    let Some(file) = file_splits(source)?.filter(|f| f.split != split) else {
+        return Ok(None);
+    };
+    let read: Vec<String> = file
+        .files(split)
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect();
+    Ok((!read.is_empty()).then(|| {
+        format!(
+            "note: --data {} is split {}: {verb} split {split} from its sibling {} (pass --split {} to read the file itself)",
+            source.display(),
+            file.split,
+            read.join(", "),
+            file.split
+        )
+    }))
+}
+
+/// The splits `source` brings when it is a data file (as `load` groups them); `None`
+/// for a folder, a missing path or an unknown format, which `load` reports.
+pub fn file_splits(source: &Path) -> Result<Option<FileSplits>> {
+    let Some(format) = Format::of_file(source).filter(|_| source.is_file()) else {
+        return Ok(None);
+    };
+    let groups = layout::for_file(source, format)?;
+    // Every file of a group is in the file's folder, so the name identifies it.
+    let split = groups
+        .iter()
+        .find(|(_, files)| files.iter().any(|f| f.file_name() == source.file_name()))
+        .map(|(name, _)| name.clone());
+    Ok(split.map(|split| FileSplits { split, groups }))
+}
+
 pub fn load(source: &Path, opts: &LoadOptions) -> Result<Dataset> {
     if !source.exists() {
         bail!(

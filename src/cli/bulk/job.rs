@@ -16,7 +16,7 @@ use crate::cli::common::{
 use crate::cli::predict::{predict_features, Classifier, HeadArgs};
 use crate::cli::progress::Throughput;
 use crate::data::chunked::{open_split, ChunkedSplit, RowChunk};
-use crate::data::LoadOptions;
+use crate::data::{file_splits, LoadOptions};
 use crate::features::{hash_texts, sha256_file};
 use crate::fsio::{atomic_write, try_lock};
 use crate::hub::resolve_dataset;
@@ -121,7 +121,13 @@ fn open(bulk: &BulkArgs, offline: bool) -> Result<ChunkedSplit> {
         label_column: bulk.label_column.clone(),
         ..LoadOptions::default()
     };
-    open_split(&resolved.path, &bulk.split, &opts)
+    let split = match &bulk.split {
+        Some(split) => split.clone(),
+        // A file named for a split brings its siblings as the other splits, but a bulk
+        // job over `--data test.jsonl` is meant to label that file, not train.jsonl.
+        None => file_splits(&resolved.path)?.map_or_else(|| "train".to_string(), |f| f.split),
+    };
+    open_split(&resolved.path, &split, &opts)
 }
 
 /// Everything that decides a job's rows and values, and so must agree between a job

@@ -44,14 +44,10 @@ pub struct BulkArgs {
     /// needs --out.
     #[arg(long, help_heading = "Bulk (--data)")]
     pub data: Option<String>,
-    /// Split of --data.
-    #[arg(
-        long,
-        default_value = "train",
-        requires = "data",
-        help_heading = "Bulk (--data)"
-    )]
-    pub split: String,
+    /// Split of --data [default: the file's own split when --data is a file
+    /// (test.jsonl is test), else train].
+    #[arg(long, requires = "data", help_heading = "Bulk (--data)")]
+    pub split: Option<String>,
     /// Column holding the text.
     #[arg(
         long,
