@@ -1169,7 +1169,7 @@ fn cheap_checks_come_before_encoding() {
     let sb = Sandbox::new("fail-fast");
     let file = sb.path("a-file");
     std::fs::write(&file, "x").unwrap();
-    let cases: [(Vec<String>, &str); 4] = [
+    let cases: [(Vec<String>, &str); 6] = [
         (vec!["--out".into(), format!("{file}/run")], "cannot create"),
         (
             vec![
@@ -1193,6 +1193,25 @@ fn cheap_checks_come_before_encoding() {
             vec!["--resume".into(), sb.path("none")],
             "no run.json there",
         ),
+        // Search-only flags without --search would change nothing.
+        (
+            vec![
+                "--out".into(),
+                sb.path("r4"),
+                "--patience".into(),
+                "2".into(),
+            ],
+            "--search",
+        ),
+        (
+            vec![
+                "--out".into(),
+                sb.path("r5"),
+                "--validation-fraction".into(),
+                "0.5".into(),
+            ],
+            "--search",
+        ),
     ];
     for (extra, needle) in cases {
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
@@ -1210,7 +1229,7 @@ fn cheap_checks_come_before_encoding() {
     ]);
     failed_with(&out, "fewer than --batch-size 33");
     nothing_encoded(&out);
-    for name in ["r1", "r2", "r3"] {
+    for name in ["r1", "r2", "r3", "r4", "r5"] {
         assert!(
             !Path::new(&sb.path(name)).exists(),
             "{name} was left behind"
@@ -1463,6 +1482,8 @@ fn label_names_that_cannot_name_classes_are_refused() {
     let tsv = fixtures().join("data/tiny-files/train.tsv");
     for (labels, needle) in [
         ("a,a", "--labels: labels 0 and 1 are both named \"a\""),
+        // Spaces around a name are not part of it: " a" would print like "a".
+        (" a,a ", "--labels: labels 0 and 1 are both named \"a\""),
         ("a,", "--labels: label 1 has an empty name"),
         ("a\tb,c", "--labels: label 0 (\"a\\tb\") holds a tab"),
         (
@@ -1482,6 +1503,22 @@ fn label_names_that_cannot_name_classes_are_refused() {
         nothing_encoded(&out);
     }
     assert!(!Path::new(&sb.path("never")).exists());
+
+    let spaced = sb.path("spaced");
+    succeeded(&sb.train(&[
+        "--data",
+        tsv.to_str().unwrap(),
+        "--labels",
+        "neg, pos",
+        "--epochs",
+        "1",
+        "--out",
+        &spaced,
+    ]));
+    assert_eq!(
+        run_json(&spaced)["labels"],
+        serde_json::json!(["neg", "pos"])
+    );
 
     let run = sb.path("run");
     succeeded(&sb.train_tiny(1, &["--out", &run]));

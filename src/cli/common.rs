@@ -684,3 +684,9 @@ pub fn parse_lines(bytes: &[u8], source: &str) -> Result<Vec<String>> {
     }
     Ok(texts)
 }
+
+/// One name of `--labels a,b`, without the spaces around it: `--labels "neg, pos"` names
+/// `pos`, not ` pos`, which would print like it and match nothing.
+pub fn label_name(value: &str) -> Result<String, String> {
+    Ok(value.trim().to_string())
+}

@@ -69,7 +69,7 @@ pub struct HeadArgs {
     pub max_length: Option<usize>,
     /// Label names in id order, comma-separated [default: the run's or the checkpoint's;
     /// else for test the data's, for predict the ids].
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = super::common::label_name)]
     pub labels: Option<Vec<String>>,
     /// Show the raw softmax: ignore the temperature train fitted on the validation split.
     #[arg(long)]

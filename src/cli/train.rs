@@ -14,8 +14,8 @@ use anyhow::{anyhow, bail, Result};
 use clap::{Args, ValueEnum};
 
 use super::common::{
-    load_model_files, model_files, CacheArgs, DeviceArgs, FeatureSource, LoadedModel, ModelArgs,
-    ModelFiles,
+    label_name, load_model_files, model_files, CacheArgs, DeviceArgs, FeatureSource, LoadedModel,
+    ModelArgs, ModelFiles,
 };
 use super::progress::{count, Progress};
 use super::run_dir::{best_checkpoint, DataSpec, FeatureSpec, Hyperparameters, RunFolder, RunInfo};
@@ -48,6 +48,7 @@ pub struct TrainArgs {
     #[arg(
         long,
         value_delimiter = ',',
+        value_parser = label_name,
         value_name = "A,B,...",
         help_heading = "Data"
     )]
@@ -154,11 +155,21 @@ pub struct TrainArgs {
     #[arg(long, conflicts_with = "resume", help_heading = "Search")]
     search: bool,
     /// With --search: epochs without a lower validation loss before a trial stops.
-    #[arg(long, default_value_t = 5, help_heading = "Search")]
+    #[arg(
+        long,
+        default_value_t = 5,
+        requires = "search",
+        help_heading = "Search"
+    )]
     patience: usize,
     /// With --search and data without a validation split: the fraction of train held out
     /// (drawn by --seed) to validate on.
-    #[arg(long, default_value_t = 0.1, help_heading = "Search")]
+    #[arg(
+        long,
+        default_value_t = 0.1,
+        requires = "search",
+        help_heading = "Search"
+    )]
     validation_fraction: f64,
     /// Where the head's training steps run.
     #[arg(long, value_enum, default_value_t = HeadDevice::Cpu, help_heading = "Training")]
