@@ -287,6 +287,18 @@ fn weights_with_layers_past_num_hidden_layers() {
         )) && e.contains("is of layer 1, but config.json has num_hidden_layers 1"),
         "{e}"
     );
+    // info reports config.json's layer count, so it refuses the same folder.
+    let out = Command::new(env!("CARGO_BIN_EXE_bertcls"))
+        .args(["info", "--offline", "--model"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && out.stdout.is_empty());
+    let info_err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        info_err.contains("is of layer 1, but config.json has num_hidden_layers 1"),
+        "{info_err}"
+    );
 }
 
 /// A RoBERTa config: its position ids start at pad_token_id + 1, so BERT's forward would

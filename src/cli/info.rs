@@ -77,6 +77,9 @@ struct ModelInfo {
 fn model_info(args: &ModelArgs) -> Result<ModelInfo> {
     let files = model_files(args)?;
     let ckpt = Checkpoint::open(&files.dir.dir)?;
+    // The layer count info reports is config.json's: the weights must agree, as the
+    // encoder's load requires.
+    ckpt.check_no_layers_past(files.config.num_hidden_layers)?;
     let mut weight_files: Vec<String> = ckpt
         .tensor_names()
         .filter_map(|n| ckpt.file_of(n).map(|p| p.display().to_string()))
