@@ -435,7 +435,14 @@ fn hash_file(path: &Path) -> Result<String> {
     Ok(hex(&hasher.finalize()))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// The sha256 of features as little-endian f32 bytes in row order: the same bytes
+/// whatever file holds them (a bulk encode's parquet, safetensors or the cache).
+pub fn hash_features(x: &[f32]) -> String {
+    let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+    hex(&Sha256::digest(&bytes))
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -901,3 +901,154 @@ fn a_split_file_is_read_as_its_own_split_unless_split_is_given() {
         assert_eq!(manifest["end"], texts.len(), "{}", file.display());
     }
 }
+
+/// Overwrites the first float data of tensor `name` of a safetensors file with 0.25s,
+/// in place: the same size, a readable file, finite features, other values.
+fn overwrite_tensor(path: &Path, name: &str) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let offsets = &header[name]["data_offsets"];
+    let (from, to) = (
+        8 + n + offsets[0].as_u64().unwrap() as usize,
+        8 + n + offsets[1].as_u64().unwrap() as usize,
+    );
+    for at in (from..to).step_by(4) {
+        bytes[at..at + 4].copy_from_slice(&0.25f32.to_le_bytes());
+    }
+    let size = std::fs::metadata(path).unwrap().len();
+    std::fs::write(path, &bytes).unwrap();
+    assert_eq!(std::fs::metadata(path).unwrap().len(), size);
+}
+
+/// Rewrites a parquet file with every feature of its `cls` column 0.25, its index kept.
+fn overwrite_parquet_features(path: &Path) {
+    use arrow_array::{Array, ArrayRef, FixedSizeListArray, Float32Array, RecordBatch};
+    use std::sync::Arc;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap())
+        .unwrap()
+        .build()
+        .unwrap();
+    let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
+    let mut rewritten = Vec::new();
+    for batch in &batches {
+        let cls = batch.column_by_name("cls").unwrap().as_fixed_size_list();
+        let arrow_schema::DataType::FixedSizeList(field, width) = cls.data_type().clone() else {
+            panic!("cls is not a fixed-size list");
+        };
+        let values = Float32Array::from(vec![0.25f32; cls.values().len()]);
+        let garbage: ArrayRef =
+            Arc::new(FixedSizeListArray::try_new(field, width, Arc::new(values), None).unwrap());
+        let columns: Vec<ArrayRef> = batch
+            .schema()
+            .fields()
+            .iter()
+            .zip(batch.columns())
+            .map(|(f, c)| {
+                if f.name() == "cls" {
+                    garbage.clone()
+                } else {
+                    c.clone()
+                }
+            })
+            .collect();
+        rewritten.push(RecordBatch::try_new(batch.schema(), columns).unwrap());
+    }
+    let mut bytes = Vec::new();
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(&mut bytes, rewritten[0].schema(), None).unwrap();
+    for batch in &rewritten {
+        writer.write(batch).unwrap();
+    }
+    writer.close().unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Encode records each chunk's features_sha256 (over the f32 values, so a parquet and
+/// a safetensors output of one job agree); finite garbage written over a part's
+/// features since is refused by merge in one line naming the part, leaving nothing
+/// behind, while the untouched parts merge to the same bytes as before.
+#[test]
+fn merge_refuses_parts_whose_features_changed() {
+    let dir = TempDir::new("bulk-merge-features");
+    let dsdict = data().join("tiny-dsdict");
+    let model = model_dir();
+    let shards = |ext: &str| -> Vec<PathBuf> {
+        (0..3)
+            .map(|k| {
+                let out = dir.join(&format!("f{k}.{ext}"));
+                let shard = format!("{k}/3");
+                let args = [
+                    "encode",
+                    "--model",
+                    s(&model),
+                    "--data",
+                    s(&dsdict),
+                    "--out",
+                    s(&out),
+                    "--shard",
+                    &shard,
+                    "--chunk-rows",
+                    "4",
+                ];
+                ok(bertcls(&args, &[]));
+                out
+            })
+            .collect()
+    };
+    let manifest = |p: &Path| -> Value {
+        let mut name = p.as_os_str().to_owned();
+        name.push(".bulk.json");
+        serde_json::from_str(&std::fs::read_to_string(PathBuf::from(name)).unwrap()).unwrap()
+    };
+    let sums = |p: &Path| -> Vec<String> {
+        manifest(p)["ranges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["features_sha256"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let f = shards("safetensors");
+    let q = shards("parquet");
+    for k in 0..3 {
+        assert_eq!(sums(&f[k]), sums(&q[k]), "shard {k}");
+    }
+
+    for (parts, ext) in [(&f, "safetensors"), (&q, "parquet")] {
+        let out = dir.join(&format!("m.{ext}"));
+        let mut args = vec![s(&out)];
+        args.extend(parts.iter().map(|p| s(p)));
+        ok(merge(&args));
+        let merged = std::fs::read(&out).unwrap();
+        let all: Vec<String> = parts.iter().flat_map(|p| sums(p)).collect();
+        assert_eq!(sums(&out), all);
+        std::fs::remove_file(&out).unwrap();
+
+        let good = std::fs::read(&parts[1]).unwrap();
+        if ext == "safetensors" {
+            // Shard 1 holds rows 10..21: tensors of rows 10..14, 14..18, 18..21.
+            overwrite_tensor(&parts[1], "cls.000000000014");
+        } else {
+            overwrite_parquet_features(&parts[1]);
+        }
+        let err = error_line(&merge(&args));
+        assert!(err.contains(&format!("{}: ", s(&parts[1]))), "{err}");
+        let rows = if ext == "safetensors" {
+            "14..18"
+        } else {
+            "10..14"
+        };
+        assert!(
+            err.contains(&format!("the features of rows {rows} do not hash")),
+            "{err}"
+        );
+        assert!(err.contains("rerun that shard"), "{err}");
+        assert!(!out.exists(), "a refused merge left {}", out.display());
+        assert_eq!(temporaries(&dir.0), Vec::<String>::new());
+
+        std::fs::write(&parts[1], &good).unwrap();
+        ok(merge(&args));
+        assert_eq!(std::fs::read(&out).unwrap(), merged);
+    }
+}

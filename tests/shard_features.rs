@@ -425,3 +425,78 @@ fn a_search_over_both_poolings_imports_the_features_of_each() {
         .collect();
     assert_eq!(poolings.into_iter().collect::<Vec<_>>(), ["cls", "mean"]);
 }
+
+/// Finite garbage written over an encode output's features (same size) would train a
+/// head on it and store it in the cache: each range's features_sha256 refuses it, in
+/// one line naming the file and the rows, before anything is stored. The untouched
+/// file imports as before; a manifest of a bertcls before feature hashes (none) is
+/// taken unchecked.
+#[test]
+fn features_changed_since_encode_are_refused() {
+    let dir = TempDir::new("shardfeat-sum");
+    let file = dir.join("train.safetensors");
+    encode_shard(&dsdict(), "train", 0, 1, &file, &[]);
+    let good = std::fs::read(&file).unwrap();
+    let mut bytes = good.clone();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    // `cls.000000000003` holds rows 3..6 (--chunk-rows 3).
+    let offsets = &header["cls.000000000003"]["data_offsets"];
+    let from = 8 + n + offsets[0].as_u64().unwrap() as usize;
+    let to = 8 + n + offsets[1].as_u64().unwrap() as usize;
+    for at in (from..to).step_by(4) {
+        bytes[at..at + 4].copy_from_slice(&0.25f32.to_le_bytes());
+    }
+    std::fs::write(&file, &bytes).unwrap();
+    assert_eq!(bytes.len(), good.len());
+
+    let cache = dir.join("cache");
+    let out = train(&dir.join("run"), &cache, &["--features-from", s(&file)]);
+    assert_eq!(
+        error_line(&out),
+        format!("error: {}: the features of rows 3..6 do not hash to the features_sha256 its manifest gives (they changed after encode wrote them): encode that shard again", s(&file))
+    );
+    assert!(!encoded_any(&out), "{}", stderr(&out));
+    assert!(cache_entries(&cache).is_empty(), "the garbage was stored");
+    assert!(!dir.join("run").exists(), "a refused run left its folder");
+
+    // A manifest without feature hashes (written before they were) cannot be checked.
+    let manifest_path = dir.join("train.safetensors.bulk.json");
+    let manifest = std::fs::read_to_string(&manifest_path).unwrap();
+    let mut old: Value = serde_json::from_str(&manifest).unwrap();
+    for r in old["ranges"].as_array_mut().unwrap() {
+        assert!(r["features_sha256"].is_string(), "{r}");
+        r.as_object_mut().unwrap().remove("features_sha256");
+    }
+    std::fs::write(&manifest_path, old.to_string()).unwrap();
+    let old_cache = dir.join("old-cache");
+    ok(train(
+        &dir.join("run-old"),
+        &old_cache,
+        &["--features-from", s(&file)],
+    ));
+    // Train's 32 rows imported (validation's 8 encoded), garbage and all.
+    let entries = cache_entries(&old_cache);
+    let train_x = &entries.iter().find(|e| e.1.len() == 32 * 32).unwrap().1;
+    assert_eq!(train_x[3 * 32..6 * 32], [0.25f32; 96]);
+
+    // Untouched, it imports and is what train would have encoded itself.
+    std::fs::write(&file, &good).unwrap();
+    std::fs::write(&manifest_path, manifest).unwrap();
+    let out = ok(train(
+        &dir.join("run-ok"),
+        &cache,
+        &["--features-from", s(&file)],
+    ));
+    assert!(!stderr(&out).contains("encoded train"), "{}", stderr(&out));
+    let imported = cache_entries(&cache);
+    let own_cache = dir.join("own-cache");
+    let own = train(&dir.join("run-own"), &own_cache, &[]);
+    ok(own);
+    let encoded = cache_entries(&own_cache);
+    assert_eq!(imported.len(), encoded.len());
+    for (i, e) in imported.iter().zip(&encoded) {
+        assert_eq!(i.0, e.0);
+        assert!(max_diff(&i.1, &e.1) <= FEATURE_TOL);
+    }
+}

@@ -8,7 +8,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
 use super::ranges::{check_tiling, ranges_of, TextRange};
-use super::sink::{assemble, count_rows, part_bytes, Body, ChunkOut, OutFormat, PartRows};
+use super::sink::{
+    assemble, count_rows, part_bytes, Body, ChunkOut, OutFormat, PartFeatures, PartRows,
+};
 use super::{BulkArgs, Shard};
 use crate::cli::common::{
     load_model, text_features, DeviceArgs, EncoderDevice, FeatureSource, LoadedModel, ModelArgs,
@@ -17,7 +19,7 @@ use crate::cli::predict::{predict_features, Classifier, HeadArgs};
 use crate::cli::progress::Throughput;
 use crate::data::chunked::{open_split, ChunkedSplit, RowChunk};
 use crate::data::{file_splits, LoadOptions};
-use crate::features::{hash_texts, sha256_file};
+use crate::features::{hash_features, hash_texts, sha256_file};
 use crate::fsio::{atomic_write, try_lock};
 use crate::hub::resolve_dataset;
 
@@ -400,6 +402,11 @@ fn run_job(
         let (output, counts) = process(model, &work, split, chunk, with_text)?;
         let mut chunk_stats = counts.to_json();
         chunk_stats["texts_sha256"] = texts_sha256.into();
+        // The features' own hash, from the values in memory before any file holds them,
+        // so that the parts, the output and its merges are checked against it.
+        if let Body::Features { x, .. } = &output.body {
+            chunk_stats["features_sha256"] = hash_features(x).into();
+        }
         atomic_write(&stats(output.first), chunk_stats.to_string().as_bytes())?;
         atomic_write(&part(output.first), &part_bytes(format, &output)?)?;
         meter.add(counts.rows, counts.tokens);
@@ -409,6 +416,10 @@ fn run_job(
         }
     }
 
+    let feature_column = match &work {
+        Work::Encode => Some(model.pooling.name()),
+        Work::Predict { .. } => None,
+    };
     let mut counts = Counts::default();
     let mut files = Vec::with_capacity(firsts.len());
     let mut ranges = Vec::with_capacity(firsts.len());
@@ -416,19 +427,27 @@ fn run_job(
         let chunk_stats = read_json(&stats(first))?;
         counts.add(Counts::from_json(&chunk_stats));
         let chunk_end = (first + chunk_rows).min(end) as u64;
-        files.push(PartRows {
-            path: part(first),
-            start: first as u64,
-            end: chunk_end,
-        });
-        ranges.push(TextRange {
+        let range = TextRange {
             start: first as u64,
             end: chunk_end,
             texts_sha256: chunk_stats["texts_sha256"]
                 .as_str()
                 .unwrap_or_default()
                 .to_string(),
+            // None for parts a bertcls before feature hashes wrote (a resume across
+            // the upgrade): those rows cannot be checked.
+            features_sha256: chunk_stats["features_sha256"].as_str().map(str::to_string),
+        };
+        files.push(PartRows {
+            path: part(first),
+            start: first as u64,
+            end: chunk_end,
+            features: feature_column.map(|column| PartFeatures {
+                column: column.to_string(),
+                ranges: vec![range.clone()],
+            }),
         });
+        ranges.push(range);
     }
     let done = json!({
         "identity": job["identity"],

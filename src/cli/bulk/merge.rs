@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::job::{manifest_path, read_json, Counts};
 use super::ranges::{check_tiling, first_uncovered, ranges_of, TextRange, Uncovered};
-use super::sink::{assemble, OutFormat, PartRows};
+use super::sink::{assemble, OutFormat, PartFeatures, PartRows};
 use crate::fsio::atomic_write;
 
 #[derive(Args, Debug)]
@@ -131,12 +131,23 @@ pub fn run(args: MergeArgs) -> Result<()> {
     if let Some(ranges) = ranges {
         done["ranges"] = serde_json::to_value(ranges)?;
     }
+    // Each part's features are checked against its ranges' hashes as they are copied
+    // (ranges without one, written before they were recorded, cannot be).
+    let column = (identity["kind"] == "encode")
+        .then(|| identity["model"]["pooling"].as_str())
+        .flatten();
     let files: Vec<PartRows> = parts
         .iter()
         .map(|p| PartRows {
             path: p.path.clone(),
             start: p.start,
             end: p.end,
+            features: column
+                .zip(p.ranges.as_ref())
+                .map(|(column, ranges)| PartFeatures {
+                    column: column.to_string(),
+                    ranges: ranges.clone(),
+                }),
         })
         .collect();
     assemble(

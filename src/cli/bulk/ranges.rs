@@ -5,14 +5,81 @@
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::features::hex;
 
 /// Rows `[start, end)` of the split, whose texts hash to `texts_sha256`
-/// ([`crate::features::hash_texts`]).
+/// ([`crate::features::hash_texts`]) and, in an encode output, whose features hash to
+/// `features_sha256` ([`crate::features::hash_features`]: little-endian f32 bytes in row
+/// order, whatever the file's format). Outputs of bertcls before feature hashes were
+/// recorded have none, and cannot be checked.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TextRange {
     pub start: u64,
     pub end: u64,
     pub texts_sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features_sha256: Option<String>,
+}
+
+/// The features of rows fed in row order (from the first range's start), hashed range
+/// by range against the ranges' `features_sha256` (ranges without one are not checked).
+/// Rows past the last range, or missing, are for the caller's row checks to refuse.
+pub struct FeatureCheck<'a> {
+    ranges: &'a [TextRange],
+    at: usize,
+    row: u64,
+    hasher: Sha256,
+}
+
+impl<'a> FeatureCheck<'a> {
+    pub fn new(ranges: &'a [TextRange]) -> Self {
+        FeatureCheck {
+            ranges,
+            at: 0,
+            row: ranges.first().map_or(0, |r| r.start),
+            hasher: Sha256::new(),
+        }
+    }
+
+    /// The next row's features, as little-endian f32 bytes; at the end of a range whose
+    /// hash differs, that range.
+    pub fn row(&mut self, le_bytes: &[u8]) -> Result<(), &'a TextRange> {
+        let Some(range) = self.ranges.get(self.at) else {
+            return Ok(());
+        };
+        if range.features_sha256.is_some() {
+            self.hasher.update(le_bytes);
+        }
+        self.row += 1;
+        if self.row >= range.end {
+            let sum = hex(&self.hasher.finalize_reset());
+            self.at += 1;
+            if range
+                .features_sha256
+                .as_ref()
+                .is_some_and(|want| *want != sum)
+            {
+                return Err(range);
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Self::row`] for a row given as floats.
+    pub fn floats(&mut self, x: &[f32]) -> Result<(), &'a TextRange> {
+        let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.row(&bytes)
+    }
+}
+
+/// The one-line reason a range's features fail their hash.
+pub fn features_changed(range: &TextRange) -> String {
+    format!(
+        "the features of rows {}..{} do not hash to the features_sha256 its manifest gives (they changed after they were written)",
+        range.start, range.end
+    )
 }
 
 /// The ranges of a manifest, `None` when it has none (outputs of bertcls before they
@@ -100,6 +167,7 @@ mod tests {
             start,
             end,
             texts_sha256: format!("{start}"),
+            features_sha256: None,
         }
     }
 
@@ -115,6 +183,33 @@ mod tests {
             .contains("end at row 7"));
         assert!(check_tiling(&[r(4, 4), r(4, 9)], 4, 9).is_err());
         assert!(check_tiling(&[], 4, 9).is_err());
+    }
+
+    #[test]
+    fn feature_check_hashes_each_range_in_row_order() {
+        use crate::features::hash_features;
+        let x: Vec<f32> = (0..10).map(|i| i as f32 * 0.5).collect();
+        // Rows 4..9 of width 2, in ranges 4..6 and 6..9; the second has no hash.
+        let mut ranges = vec![r(4, 6), r(6, 9)];
+        ranges[0].features_sha256 = Some(hash_features(&x[..4]));
+        let mut check = FeatureCheck::new(&ranges);
+        for row in x.chunks(2).take(5) {
+            assert_eq!(check.floats(row), Ok(()));
+        }
+        let mut bad = x.clone();
+        bad[3] = 0.25;
+        let mut check = FeatureCheck::new(&ranges);
+        assert_eq!(check.floats(&bad[..2]), Ok(()));
+        assert_eq!(check.floats(&bad[2..4]), Err(&ranges[0]));
+        // A range without a hash (an older manifest) takes anything.
+        for row in bad.chunks(2).skip(2).take(3) {
+            assert_eq!(check.floats(row), Ok(()));
+        }
+        // Old manifests read back without the field, and are written back without it.
+        let old = serde_json::json!({"ranges": [{"start": 0, "end": 3, "texts_sha256": "0"}]});
+        let read = ranges_of(&old, "m").unwrap().unwrap();
+        assert_eq!(read, vec![r(0, 3)]);
+        assert_eq!(serde_json::json!({"ranges": read}), old);
     }
 
     #[test]

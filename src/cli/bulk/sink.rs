@@ -19,6 +19,8 @@ use parquet::file::properties::WriterProperties;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
+use super::ranges::{features_changed, FeatureCheck, TextRange};
+
 /// The key of the job manifest in a parquet output's footer (also beside it, in
 /// `<out>.bulk.json`, for every format).
 pub const PARQUET_META_KEY: &str = "bertcls.bulk";
@@ -289,11 +291,20 @@ pub fn count_rows(format: OutFormat, path: &Path) -> Result<u64> {
     }
 }
 
-/// One input of [`assemble`]: a part file and the rows `[start, end)` it must hold.
+/// One input of [`assemble`]: a part file and the rows `[start, end)` it must hold,
+/// and, for features, the hashes they must have.
 pub struct PartRows {
     pub path: PathBuf,
     pub start: u64,
     pub end: u64,
+    pub features: Option<PartFeatures>,
+}
+
+/// The features a part must hold: its parquet column (the pooling's name) and the
+/// ranges tiling its rows, with their `features_sha256`.
+pub struct PartFeatures {
+    pub column: String,
+    pub ranges: Vec<TextRange>,
 }
 
 /// The rows of one part as they are copied: a part whose rows are not exactly its
@@ -431,6 +442,7 @@ fn assemble_parquet(
             .map_err(|e| anyhow!("{shown}: not a readable parquet part ({e}): {mismatch}"))?
             .build()?;
         let mut rows = RowCursor::new(part, mismatch);
+        let mut sums = part.features.as_ref().map(|f| FeatureCheck::new(&f.ranges));
         for batch in reader {
             let batch = batch.map_err(|e| anyhow!("{shown}: cannot decode ({e}): {mismatch}"))?;
             let Some(index) = batch
@@ -441,6 +453,9 @@ fn assemble_parquet(
             };
             for &i in index.values() {
                 rows.take(i, 1, || "its index column".to_string())?;
+            }
+            if let (Some(sums), Some(features)) = (&mut sums, &part.features) {
+                check_parquet_features(&batch, &features.column, sums, &rows)?;
             }
             if writer.is_none() {
                 let props = WriterProperties::builder()
@@ -468,6 +483,33 @@ fn assemble_parquet(
         }
         None => bail!("no rows to write"),
     }
+}
+
+/// The features of a batch whose rows `rows` has just taken, fed to `sums`.
+fn check_parquet_features(
+    batch: &RecordBatch,
+    column: &str,
+    sums: &mut FeatureCheck,
+    rows: &RowCursor,
+) -> Result<()> {
+    let list = batch
+        .column_by_name(column)
+        .and_then(|c| c.as_any().downcast_ref::<FixedSizeListArray>());
+    let values = list.and_then(|l| l.values().as_any().downcast_ref::<Float32Array>());
+    let (Some(list), Some(values)) = (list, values) else {
+        return Err(rows.refuse(format!("it has no f32 list column {column}")));
+    };
+    let width = list.value_length() as usize;
+    let values = values.values();
+    for i in 0..batch.num_rows() {
+        let at = list.value_offset(i) as usize;
+        let Some(x) = values.get(at..at + width) else {
+            return Err(rows.refuse(format!("row {i} of a row group lies outside its values")));
+        };
+        sums.floats(x)
+            .map_err(|range| rows.refuse(features_changed(range)))?;
+    }
+    Ok(())
 }
 
 /// The first row of a part tensor named `<pooling>.<first row, 12 digits>`.
@@ -501,6 +543,7 @@ fn assemble_safetensors(
         let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
         names.sort();
         let mut rows = RowCursor::new(part, mismatch);
+        let mut sums = part.features.as_ref().map(|f| FeatureCheck::new(&f.ranges));
         for name in &names {
             let view = st.tensor(name)?;
             let shape = view.shape();
@@ -519,6 +562,13 @@ fn assemble_safetensors(
                 )));
             }
             rows.take(first, count as u64, || format!("tensor {name}"))?;
+            if let Some(sums) = &mut sums {
+                let (data, row_bytes) = (view.data(), width * 4);
+                for r in 0..count {
+                    sums.row(&data[r * row_bytes..(r + 1) * row_bytes])
+                        .map_err(|range| rows.refuse(features_changed(range)))?;
+                }
+            }
             let len = view.data().len();
             header.insert(
                 name.clone(),

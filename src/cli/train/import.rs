@@ -17,7 +17,7 @@ use crate::model::Pooling;
 
 use crate::cli::bulk::{first_uncovered, read_encoded, EncodedFile, Uncovered};
 use crate::data::Split;
-use crate::features::{hash_texts, EncodeSpec, FeatureCache, FeatureKey};
+use crate::features::{hash_features, hash_texts, EncodeSpec, FeatureCache, FeatureKey};
 use crate::train::run_dir::differences;
 
 /// `args.features_from` imported for the poolings the run encodes with and its long-text
@@ -101,12 +101,16 @@ pub fn import_features(
             check_coverage(group_of(i).1, files)?;
         }
     }
+    // Every file read and its features checked before any is stored.
+    let mut gathered = Vec::new();
     for (i, files) in groups.iter().enumerate() {
-        if files.is_empty() {
-            continue;
+        if !files.is_empty() {
+            gathered.push((i, gather(group_of(i).1, files, hidden)?));
         }
+    }
+    for (i, x) in gathered {
+        let files = &groups[i];
         let (spec, split) = group_of(i);
-        let x = gather(split, files, hidden)?;
         let key = FeatureKey::new(spec, &split.content_hash);
         cache.put(&key, &x, split.texts.len(), hidden)?;
         eprintln!(
@@ -203,6 +207,22 @@ fn gather(split: &Split, files: &[EncodedFile], hidden: usize) -> Result<Vec<f32
                 f.start,
                 f.end
             );
+        }
+        // Rows in row order, as encode hashed them: ranges of a file written before
+        // feature hashes were recorded have none, and are taken unchecked.
+        for r in &f.ranges {
+            let Some(want) = &r.features_sha256 else {
+                continue;
+            };
+            let rows = &x[r.start as usize * hidden..r.end as usize * hidden];
+            if hash_features(rows) != *want {
+                bail!(
+                    "{}: the features of rows {}..{} do not hash to the features_sha256 its manifest gives (they changed after encode wrote them): encode that shard again",
+                    f.path.display(),
+                    r.start,
+                    r.end
+                );
+            }
         }
     }
     Ok(x)
