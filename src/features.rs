@@ -220,11 +220,11 @@ impl FeatureCache {
                 features.len()
             );
         }
-        let bytes: Vec<u8> = features.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes = le_floats::f32_bytes(features);
         let view = safetensors::tensor::TensorView::new(Dtype::F32, vec![rows, hidden], &bytes)
             .context("cannot lay out the features as a tensor")?;
         let mut metadata = key.metadata();
-        metadata.insert(CHECKSUM.to_string(), hex(&Sha256::digest(&bytes)));
+        metadata.insert(CHECKSUM.to_string(), sha256_hex(&bytes));
         let file = crate::safetensors_out::serialize([(TENSOR, view)], Some(metadata))
             .context("cannot serialise the features")?;
         atomic_write(&self.path(key), &file)
@@ -266,7 +266,7 @@ fn decode(bytes: &[u8], key: &FeatureKey) -> Result<Entry, String> {
     }
     if checksum
         .as_ref()
-        .is_some_and(|sum| *sum != hex(&Sha256::digest(data)))
+        .is_some_and(|sum| *sum != sha256_hex(data))
     {
         return Err("its features do not match their checksum: the file was altered".to_string());
     }
@@ -438,8 +438,12 @@ fn hash_file(path: &Path) -> Result<String> {
 /// The sha256 of features as little-endian f32 bytes in row order: the same bytes
 /// whatever file holds them (a bulk encode's parquet, safetensors or the cache).
 pub fn hash_features(x: &[f32]) -> String {
-    let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
-    hex(&Sha256::digest(&bytes))
+    sha256_hex(&le_floats::f32_bytes(x))
+}
+
+/// The sha256 of `bytes`, in hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

@@ -1,5 +1,6 @@
 //! Little-endian float bytes (safetensors, torch storages, our device copies) widened
-//! to f32. Exact: every f16 and bf16 value is an f32.
+//! to f32. Exact: every f16 and bf16 value is an f32. And back: f32 values as the
+//! little-endian bytes every file of ours stores and every feature hash is taken over.
 
 use half::{bf16, f16};
 use safetensors::Dtype;
@@ -9,6 +10,10 @@ pub fn f32s(bytes: &[u8]) -> Vec<f32> {
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect()
+}
+
+pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
 pub fn f16s(bytes: &[u8]) -> Vec<f32> {

@@ -18,7 +18,7 @@ use safetensors::{Dtype, SafeTensors};
 mod pickle;
 
 use crate::head::LinearHead;
-use crate::le_floats;
+use crate::le_floats::{self, f32_bytes};
 use crate::optim::AdamW;
 use pickle::{unpickle_state_dict, StorageRef, TensorRef};
 
@@ -340,10 +340,6 @@ fn read_safetensors(
         );
     }
     Ok((tensors, metadata))
-}
-
-fn f32_bytes(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
 // ---------------------------------------------------------------------------

@@ -368,14 +368,15 @@ pub fn weights_file(dir: &Path) -> PathBuf {
 pub fn check_trained_weights(files: &ModelFiles, trained_on: &str, record: &Path) -> Result<()> {
     // A folder without weights is refused by the loader, in a message that says what
     // to do about it.
-    if trained_on.is_empty() || !weights_file(&files.dir.dir).is_file() {
+    let file = weights_file(&files.dir.dir);
+    if trained_on.is_empty() || !file.is_file() {
         return Ok(());
     }
     let sha = weights_sha256(&files.dir.dir)?;
     if sha != trained_on {
         bail!(
             "{} has other weights than the ones {} was trained on (weights_sha256 {trained_on}, these {sha}): pass --model with the folder of the weights it was trained on, or train a head for these weights",
-            weights_file(&files.dir.dir).display(),
+            file.display(),
             record.display()
         );
     }

@@ -142,7 +142,7 @@ pub fn run(args: EncodeArgs) -> Result<()> {
     }
     if let (Some(out), Some(TextsOut::Safetensors)) = (&args.out, out_format) {
         let n = texts.len();
-        let cls_bytes: Vec<u8> = cls.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let cls_bytes = crate::le_floats::f32_bytes(&cls);
         let mut tensors: HashMap<String, TensorView> = HashMap::new();
         tensors.insert(
             name.into(),

@@ -30,7 +30,7 @@ use clap::Args;
 pub use features_in::{read_encoded, EncodedFile};
 pub use job::{run_encode, run_predict};
 pub use merge::{run as run_merge, MergeArgs};
-pub use ranges::{first_uncovered, Uncovered};
+pub use ranges::{first_uncovered, FeatureCheck, Uncovered};
 
 /// Rows per chunk unless --chunk-rows says otherwise: a few encoder batches' worth of
 /// length choice, a few MB of text and features.

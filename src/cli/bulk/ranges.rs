@@ -31,6 +31,8 @@ pub struct FeatureCheck<'a> {
     at: usize,
     row: u64,
     hasher: Sha256,
+    /// One row's bytes for [`Self::floats`], reused from row to row.
+    row_bytes: Vec<u8>,
 }
 
 impl<'a> FeatureCheck<'a> {
@@ -40,6 +42,7 @@ impl<'a> FeatureCheck<'a> {
             at: 0,
             row: ranges.first().map_or(0, |r| r.start),
             hasher: Sha256::new(),
+            row_bytes: Vec::new(),
         }
     }
 
@@ -69,8 +72,12 @@ impl<'a> FeatureCheck<'a> {
 
     /// [`Self::row`] for a row given as floats.
     pub fn floats(&mut self, x: &[f32]) -> Result<(), &'a TextRange> {
-        let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.row(&bytes)
+        let mut bytes = std::mem::take(&mut self.row_bytes);
+        bytes.clear();
+        bytes.extend(x.iter().flat_map(|v| v.to_le_bytes()));
+        let checked = self.row(&bytes);
+        self.row_bytes = bytes;
+        checked
     }
 }
 

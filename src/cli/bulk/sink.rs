@@ -99,7 +99,7 @@ pub fn part_bytes(format: OutFormat, chunk: &ChunkOut) -> Result<Vec<u8>> {
             let Body::Features { x, hidden, name } = &chunk.body else {
                 bail!("predictions are written as .parquet or .jsonl, not .safetensors");
             };
-            let data: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let data = crate::le_floats::f32_bytes(x);
             let view = TensorView::new(Dtype::F32, vec![chunk.rows(), *hidden], &data)?;
             Ok(crate::safetensors_out::serialize(
                 [(tensor_name(name, chunk.first), view)],

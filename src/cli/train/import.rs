@@ -15,9 +15,9 @@ use crate::chunk::LongTexts;
 use crate::cli::common::{EncoderDevice, FeatureSource, ModelFiles};
 use crate::model::Pooling;
 
-use crate::cli::bulk::{first_uncovered, read_encoded, EncodedFile, Uncovered};
+use crate::cli::bulk::{first_uncovered, read_encoded, EncodedFile, FeatureCheck, Uncovered};
 use crate::data::Split;
-use crate::features::{hash_features, hash_texts, EncodeSpec, FeatureCache, FeatureKey};
+use crate::features::{hash_texts, EncodeSpec, FeatureCache, FeatureKey};
 use crate::train::run_dir::differences;
 
 /// `args.features_from` imported for the poolings the run encodes with and its long-text
@@ -210,12 +210,9 @@ fn gather(split: &Split, files: &[EncodedFile], hidden: usize) -> Result<Vec<f32
         }
         // Rows in row order, as encode hashed them: ranges of a file written before
         // feature hashes were recorded have none, and are taken unchecked.
-        for r in &f.ranges {
-            let Some(want) = &r.features_sha256 else {
-                continue;
-            };
-            let rows = &x[r.start as usize * hidden..r.end as usize * hidden];
-            if hash_features(rows) != *want {
+        let mut sums = FeatureCheck::new(&f.ranges);
+        for row in x[f.start as usize * hidden..f.end as usize * hidden].chunks_exact(hidden) {
+            if let Err(r) = sums.floats(row) {
                 bail!(
                     "{}: the features of rows {}..{} do not hash to the features_sha256 its manifest gives (they changed after encode wrote them): encode that shard again",
                     f.path.display(),
