@@ -742,15 +742,22 @@ fn a_resume_refuses_chunks_whose_texts_changed() {
     std::fs::write(&train, &original).unwrap();
     assert!(!run(&out, &kill_after_two).status.success());
     std::fs::write(&train, swapped(0, 1)).unwrap();
-    let err = error_line(&run(&out, &[]));
+    let refused = run(&out, &[]);
+    let err = error_line(&refused);
     assert!(err.contains(&format!("--out {}: ", s(&out))), "{err}");
     assert!(err.contains("rows 0..4"), "{err}");
     assert!(err.contains(&format!("{}.parts", s(&out))), "{err}");
     assert!(!out.exists());
+    // A refused resume resumed nothing, and says nothing of resuming.
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!stderr.contains("resuming"), "{stderr}");
 
     // Rows past the chunks written are read fresh: the resume equals a clean run.
     std::fs::write(&train, swapped(20, 21)).unwrap();
-    ok(run(&out, &[]));
+    let resumed = ok(run(&out, &[]));
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    let line = format!("resuming {}: 2 of 8 chunks already done", s(&out));
+    assert_eq!(stderr.matches(&line).count(), 1, "{stderr}");
     let clean = dir.join("clean.jsonl");
     ok(run(&clean, &[]));
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&clean).unwrap());

@@ -367,14 +367,16 @@ fn run_job(
         .iter()
         .position(|&f| !part(f).is_file())
         .unwrap_or(firsts.len());
-    if resume_at > 0 && resume_at < firsts.len() {
-        eprintln!(
+    // Said once the chunks it counts have had their texts verified, just before the
+    // first chunk is encoded: a resume refused for changed texts has resumed nothing.
+    let mut resuming = (resume_at > 0 && resume_at < firsts.len()).then(|| {
+        format!(
             "resuming {}: {} of {} chunks already done",
             out.display(),
             resume_at,
             firsts.len()
-        );
-    }
+        )
+    });
     let abort_after: Option<usize> = std::env::var(ABORT_AFTER_CHUNKS)
         .ok()
         .and_then(|v| v.parse().ok());
@@ -398,6 +400,9 @@ fn run_job(
             }
             meter.skip(chunk.texts.len() as u64);
             continue;
+        }
+        if let Some(line) = resuming.take() {
+            eprintln!("{line}");
         }
         let (output, counts) = process(model, &work, split, chunk, with_text)?;
         let mut chunk_stats = counts.to_json();
