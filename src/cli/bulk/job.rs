@@ -381,6 +381,9 @@ fn run_job(
         .ok()
         .and_then(|v| v.parse().ok());
     let mut written = 0;
+    // Each chunk's stats in chunk order, as verified or as written: the assembly below
+    // takes them from here rather than reading every file again.
+    let mut all_stats = Vec::with_capacity(firsts.len());
     // The data is known by its files' names and sizes only, so the texts of every chunk
     // already written are read and hashed again (cheap next to encoding them): data
     // edited in place since must not leave its old rows in the output.
@@ -399,6 +402,7 @@ fn run_job(
                 );
             }
             meter.skip(chunk.texts.len() as u64);
+            all_stats.push(written_from);
             continue;
         }
         if let Some(line) = resuming.take() {
@@ -414,6 +418,7 @@ fn run_job(
         }
         atomic_write(&stats(output.first), chunk_stats.to_string().as_bytes())?;
         atomic_write(&part(output.first), &part_bytes(format, &output)?)?;
+        all_stats.push(chunk_stats);
         meter.add(counts.rows, counts.tokens);
         written += 1;
         if abort_after == Some(written) {
@@ -428,9 +433,8 @@ fn run_job(
     let mut counts = Counts::default();
     let mut files = Vec::with_capacity(firsts.len());
     let mut ranges = Vec::with_capacity(firsts.len());
-    for &first in &firsts {
-        let chunk_stats = read_json(&stats(first))?;
-        counts.add(Counts::from_json(&chunk_stats));
+    for (&first, chunk_stats) in firsts.iter().zip(&all_stats) {
+        counts.add(Counts::from_json(chunk_stats));
         let chunk_end = (first + chunk_rows).min(end) as u64;
         let range = TextRange {
             start: first as u64,
