@@ -133,14 +133,22 @@ fn reading_a_sibling_of_the_file_named_is_noted() {
             data,
             "--no-cache",
         ]));
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
-    let stderr = test(s(&file("train")));
+    // The heading names the file scored, whichever of the two was named.
+    let heading = format!("test split of {}, head ", s(&file("test")));
+    let (stdout, stderr) = test(s(&file("train")));
     assert!(
         stderr
             .lines()
             .any(|l| l == note("train", "scoring", "test")),
         "{stderr}"
     );
-    assert!(!test(s(&file("test"))).contains("note:"));
+    assert!(stdout.starts_with(&heading), "{stdout}");
+    let (stdout, stderr) = test(s(&file("test")));
+    assert!(!stderr.contains("note:"), "{stderr}");
+    assert!(stdout.starts_with(&heading), "{stdout}");
 }

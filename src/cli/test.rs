@@ -84,7 +84,8 @@ pub fn run(args: TestArgs) -> Result<()> {
         });
         writeln!(out, "{obj}")?;
     } else {
-        let source = data.source.display();
+        // `test --data d/train.jsonl` scores d/test.jsonl: the heading names the file read.
+        let source = data::split_source(&data.source, &split.name)?;
         writeln!(
             out,
             "{} split of {source}, head {}",

@@ -183,6 +183,26 @@ impl FileSplits {
 /// the documented sibling rule, but the file read is not the one on the command line.
 /// `None` when the file is that split, or brings no such split (`load` says so).
 pub fn sibling_note(source: &Path, split: &str, verb: &str) -> Result<Option<String>> {
+    Ok(sibling_files(source, split)?.map(|(named, read)| {
+        format!(
+            "note: --data {} is split {named}: {verb} split {split} from its sibling {read} (pass --split {named} to read the file itself)",
+            source.display(),
+        )
+    }))
+}
+
+/// What split `split` of `--data source` is read from, for headings: the sibling files
+/// when `source` is a file of another split, else `source` itself.
+pub fn split_source(source: &Path, split: &str) -> Result<String> {
+    Ok(
+        sibling_files(source, split)?
+            .map_or_else(|| source.display().to_string(), |(_, read)| read),
+    )
+}
+
+/// The split `source` is a file of and the sibling files (joined with ", ") split
+/// `split` is read from instead; `None` as for [`sibling_note`].
+fn sibling_files(source: &Path, split: &str) -> Result<Option<(String, String)>> {
     let Some(file) = file_splits(source)?.filter(|f| f.split != split) else {
         return Ok(None);
     };
@@ -191,15 +211,7 @@ pub fn sibling_note(source: &Path, split: &str, verb: &str) -> Result<Option<Str
         .iter()
         .map(|f| f.display().to_string())
         .collect();
-    Ok((!read.is_empty()).then(|| {
-        format!(
-            "note: --data {} is split {}: {verb} split {split} from its sibling {} (pass --split {} to read the file itself)",
-            source.display(),
-            file.split,
-            read.join(", "),
-            file.split
-        )
-    }))
+    Ok((!read.is_empty()).then(|| (file.split, read.join(", "))))
 }
 
 /// The splits `source` brings when it is a data file (as `load` groups them); `None`
