@@ -441,6 +441,45 @@ fn resume_takes_the_runs_settings() {
     );
 }
 
+/// A run.json whose max_length was damaged since is blamed, with its field, on that
+/// file, not on the --max-length flag the resume never gave; one that no longer parses
+/// is named and the way out said.
+#[test]
+fn resume_blames_a_damaged_run_json() {
+    let sb = Sandbox::new("resume-damaged");
+    let run = sb.path("run");
+    succeeded(&sb.train_tiny(1, &["--out", &run]));
+    let path = Path::new(&run).join("run.json");
+    let original = run_json(&run);
+    let resume_with = |max_length: Value| {
+        let mut info = original.clone();
+        info["max_length"] = max_length;
+        std::fs::write(&path, info.to_string()).unwrap();
+        sb.train(&["--resume", &run, "--epochs", "2"])
+    };
+    let file = path.display();
+    failed_with(
+        &resume_with(0.into()),
+        &format!("error: {file} records max_length 0, which leaves no room for [CLS] and [SEP]: the file is damaged; restore the max_length the head was trained with"),
+    );
+    failed_with(
+        &resume_with(99999.into()),
+        &format!("error: {file} records max_length 99999, beyond the 512 positions"),
+    );
+    let out = resume_with("64".into());
+    failed_with(
+        &out,
+        &format!("error: {file} is not a bertcls run.json (\"max_length\" is \"64\", not a whole number of tokens"),
+    );
+    let last = stderr(&out);
+    assert!(
+        last.trim_end().ends_with(
+            "it is damaged or from another tool; restore it from a copy, or train the run again"
+        ),
+        "{last}"
+    );
+}
+
 #[test]
 fn every_file_format_trains() {
     let sb = Sandbox::new("formats");

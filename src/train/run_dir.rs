@@ -108,6 +108,7 @@ pub struct FeatureSpec {
     pub weights_sha256: String,
     /// sha256 of the tokenizer files' content and max_length.
     pub tokenizer_fingerprint: String,
+    #[serde(deserialize_with = "max_length")]
     pub max_length: usize,
     /// How features were read off the encoder; runs written before the flag used [CLS].
     #[serde(default)]
@@ -125,6 +126,17 @@ fn long_texts<'de, D: serde::Deserializer<'de>>(d: D) -> Result<LongTexts, D::Er
     LongTexts::deserialize(&value).map_err(|_| {
         serde::de::Error::custom(format!(
             "\"long\" is {value}, not \"truncate\" or {{\"chunk\": {{\"stride\": N}}}}"
+        ))
+    })
+}
+
+/// serde's own words for a bad `max_length` ("invalid type: string, expected usize", at
+/// the end of the object as the struct is flattened) do not name the field.
+fn max_length<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let value = Value::deserialize(d)?;
+    usize::deserialize(&value).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "\"max_length\" is {value}, not a whole number of tokens"
         ))
     })
 }
@@ -180,7 +192,7 @@ impl RunInfo {
         })?;
         serde_json::from_str(&text).map_err(|e| {
             anyhow!(
-                "{} is not a bertcls run.json ({e}): it is corrupt or from another tool",
+                "{} is not a bertcls run.json ({e}): it is damaged or from another tool; restore it from a copy, or train the run again",
                 path.display()
             )
         })

@@ -44,6 +44,8 @@ pub fn with_run_settings(mut args: TrainArgs, dir: &Path) -> Result<TrainArgs> {
     }
     if take("max_length", info.features.max_length.to_string()) {
         args.model.max_length = info.features.max_length;
+        // A damaged value is then blamed on run.json, not on a --max-length never given.
+        args.model.recorded.max_length = Some(json.clone());
     }
     if take("pooling", info.features.pooling.to_string()) {
         args.pooling = vec![info.features.pooling];
