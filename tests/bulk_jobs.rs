@@ -11,6 +11,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, UInt64Type};
@@ -761,6 +762,79 @@ fn a_resume_refuses_chunks_whose_texts_changed() {
     let clean = dir.join("clean.jsonl");
     ok(run(&clean, &[]));
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&clean).unwrap());
+}
+
+/// A label the head lacks is found as the split's rows are counted, so the job is
+/// refused, naming the file and row, before it encodes anything, however far into the
+/// data the row is: no chunk is written, in whichever form the data comes.
+#[test]
+fn a_label_the_head_lacks_is_refused_before_any_chunk() {
+    let dir = TempDir::new("bulk-label-range");
+    let head = dir.join("head.safetensors");
+    write_head(&head);
+    let texts = split_texts("train");
+    let mut labels: Vec<i64> = split_labels().iter().map(|l| l.as_i64().unwrap()).collect();
+    // Split row 29: in the last chunk of 4 rows, the second file's 14th row.
+    labels[29] = 5;
+    let lines = |rows: std::ops::Range<usize>| -> String {
+        rows.map(|i| serde_json::json!({"text": texts[i], "label": labels[i]}).to_string() + "\n")
+            .collect()
+    };
+    let jsonl_file = dir.join("reviews.jsonl");
+    std::fs::write(&jsonl_file, lines(0..32)).unwrap();
+    let sharded = dir.join("sharded");
+    std::fs::create_dir_all(&sharded).unwrap();
+    std::fs::write(sharded.join("train-00000-of-00002.jsonl"), lines(0..16)).unwrap();
+    let second = sharded.join("train-00001-of-00002.jsonl");
+    std::fs::write(&second, lines(16..32)).unwrap();
+    let parquet_file = dir.join("reviews.parquet");
+    let batch = arrow_array::RecordBatch::try_from_iter([
+        (
+            "text",
+            Arc::new(arrow_array::StringArray::from(texts.clone())) as arrow_array::ArrayRef,
+        ),
+        (
+            "label",
+            Arc::new(arrow_array::Int64Array::from(labels.clone())) as arrow_array::ArrayRef,
+        ),
+    ])
+    .unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(
+        File::create(&parquet_file).unwrap(),
+        batch.schema(),
+        None,
+    )
+    .unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+
+    for (data, file, row) in [
+        (&jsonl_file, &jsonl_file, 30),
+        (&parquet_file, &parquet_file, 30),
+        (&sharded, &second, 14),
+    ] {
+        let out = dir.join("p.jsonl");
+        let args = [
+            "predict",
+            "--head",
+            s(&head),
+            "--data",
+            s(data),
+            "--out",
+            s(&out),
+            "--chunk-rows",
+            "4",
+        ];
+        let err = error_line(&bertcls(&args, &[]));
+        assert_eq!(
+            err,
+            format!(
+                "error: {} row {row}: label 5 but the head has 2 labels (negative, positive); pass --label-column of the labels it was trained on",
+                s(file)
+            )
+        );
+        assert!(!dir.join("p.jsonl.parts").exists(), "{}", s(data));
+    }
 }
 
 /// A finished output that lost rows since (cut short, emptied) is not "already

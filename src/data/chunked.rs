@@ -37,6 +37,10 @@ pub struct ChunkedSplit {
     files: Vec<PathBuf>,
     file_rows: Vec<usize>,
     pub has_labels: bool,
+    /// The first row (from 0 in the split) whose label is not one of the
+    /// `opts.head_labels` classes, and that label: found while counting, so that a job
+    /// is refused before it encodes anything.
+    pub label_past_head: Option<(usize, i64)>,
     opts: LoadOptions,
 }
 
@@ -87,9 +91,17 @@ pub fn open_split(source: &Path, split: &str, opts: &LoadOptions) -> Result<Chun
         );
     };
     let mut has_labels = None;
+    let mut label_past_head = None;
     let mut file_rows = Vec::with_capacity(files.len());
     for file in files {
-        let (rows, labelled) = count_rows(format, file, opts)?;
+        let FileCount {
+            rows,
+            labelled,
+            past_head,
+        } = count_rows(format, file, opts)?;
+        if let (None, Some((row, label))) = (label_past_head, past_head) {
+            label_past_head = Some((file_rows.iter().sum::<usize>() + row - 1, label));
+        }
         match has_labels {
             None => has_labels = Some(labelled),
             Some(h) if h != labelled => bail!(
@@ -110,6 +122,7 @@ pub fn open_split(source: &Path, split: &str, opts: &LoadOptions) -> Result<Chun
         files: files.clone(),
         file_rows,
         has_labels: has_labels.unwrap_or(false),
+        label_past_head,
         opts: opts.clone(),
     })
 }
@@ -290,27 +303,65 @@ fn read_file_unguarded(
     }
 }
 
-fn count_rows(format: Format, file: &Path, opts: &LoadOptions) -> Result<(usize, bool)> {
+/// A file's rows, whether it has a label column, and its first row (from 1) whose label
+/// is past `opts.head_labels`, with that label.
+struct FileCount {
+    rows: usize,
+    labelled: bool,
+    past_head: Option<(usize, i64)>,
+}
+
+fn count_rows(format: Format, file: &Path, opts: &LoadOptions) -> Result<FileCount> {
     match panicking_decoder(format) {
         Some(what) => guarded(file, what, || count_rows_unguarded(format, file, opts)),
         None => count_rows_unguarded(format, file, opts),
     }
 }
 
-fn count_rows_unguarded(format: Format, file: &Path, opts: &LoadOptions) -> Result<(usize, bool)> {
+fn count_rows_unguarded(format: Format, file: &Path, opts: &LoadOptions) -> Result<FileCount> {
     match format {
         Format::Parquet => {
             let handle =
                 File::open(file).with_context(|| format!("{}: cannot open", file.display()))?;
             let builder = ParquetRecordBatchReaderBuilder::try_new(handle)
                 .with_context(|| format!("{}: not a readable parquet file", file.display()))?;
-            let labelled = find_columns(builder.schema(), opts, file)?.1.is_some();
+            let label = find_columns(builder.schema(), opts, file)?.1;
+            // The row count is in the footer, but the labels are not: they are read
+            // alone (the label column only, a small part of the file's bytes).
+            let past_head = match label {
+                Some(index) if opts.head_labels.is_some() => {
+                    let mask = ProjectionMask::roots(builder.parquet_schema(), [index]);
+                    let reader = builder
+                        .with_projection(mask)
+                        .with_batch_size(READ_BATCH)
+                        .build()
+                        .with_context(|| format!("{}: cannot decode", file.display()))?;
+                    let mut row = 1;
+                    let mut found = None;
+                    for batch in reader {
+                        let batch =
+                            batch.with_context(|| format!("{}: cannot decode", file.display()))?;
+                        let labels = batch_labels(batch.column(0).as_ref(), opts, file, row)?;
+                        found = first_past_head(&labels, opts, row);
+                        if found.is_some() {
+                            break;
+                        }
+                        row += batch.num_rows();
+                    }
+                    found
+                }
+                _ => None,
+            };
             let reader = SerializedFileReader::new(
                 File::open(file).with_context(|| format!("{}: cannot open", file.display()))?,
             )
             .with_context(|| format!("{}: not a readable parquet file", file.display()))?;
             let rows = reader.metadata().file_metadata().num_rows();
-            Ok((usize::try_from(rows).unwrap_or(0), labelled))
+            Ok(FileCount {
+                rows: usize::try_from(rows).unwrap_or(0),
+                labelled: label.is_some(),
+                past_head,
+            })
         }
         _ => {
             let labelled = match format {
@@ -322,11 +373,21 @@ fn count_rows_unguarded(format: Format, file: &Path, opts: &LoadOptions) -> Resu
                 Format::Csv => delimited_rows(file, Dialect::Csv, opts)?.2.is_some(),
                 _ => delimited_rows(file, Dialect::Tsv, opts)?.2.is_some(),
             };
+            // The one pass that counts the rows decodes their labels too: checked here.
             let mut rows = 0;
+            let mut past_head = None;
             for batch in read_file(format, file, opts, 0)? {
-                rows += batch?.0.len();
+                let (texts, labels) = batch?;
+                if let (None, Some(labels)) = (past_head, labels) {
+                    past_head = first_past_head(&labels, opts, rows + 1);
+                }
+                rows += texts.len();
             }
-            Ok((rows, labelled))
+            Ok(FileCount {
+                rows,
+                labelled,
+                past_head,
+            })
         }
     }
 }
@@ -365,21 +426,40 @@ fn batch_rows(
             .map_err(|_| row_error(file, row, "text is not UTF-8; re-encode the data as UTF-8"))?;
         texts.push(text);
     }
-    let labels = match label_index {
-        None => None,
-        Some(index) => {
-            let ids = columns::label_ids(batch.column(index).as_ref(), &opts.label_column, file)?;
-            let mut out = Vec::with_capacity(ids.len());
-            for (i, id) in ids.into_iter().enumerate() {
-                let row = first_row + i;
-                let id =
-                    id.ok_or_else(|| row_error(file, row, "label is null; drop or fill the row"))?;
-                out.push(id.map_err(|e| row_error(file, row, e))?);
-            }
-            Some(out)
-        }
-    };
+    let labels = label_index
+        .map(|index| batch_labels(batch.column(index).as_ref(), opts, file, first_row))
+        .transpose()?;
     Ok((texts, labels))
+}
+
+/// A decoded Arrow label column's ids; `first_row` as for [`batch_rows`].
+fn batch_labels(
+    column: &dyn arrow_array::Array,
+    opts: &LoadOptions,
+    file: &Path,
+    first_row: usize,
+) -> Result<Vec<i64>> {
+    let ids = columns::label_ids(column, &opts.label_column, file)?;
+    let mut out = Vec::with_capacity(ids.len());
+    for (i, id) in ids.into_iter().enumerate() {
+        let row = first_row + i;
+        let id = id.ok_or_else(|| row_error(file, row, "label is null; drop or fill the row"))?;
+        out.push(id.map_err(|e| row_error(file, row, e))?);
+    }
+    Ok(out)
+}
+
+/// The first of `labels` (the first at row `first_row` of its file) past the head's
+/// classes, with its row.
+fn first_past_head(labels: &[i64], opts: &LoadOptions, first_row: usize) -> Option<(usize, i64)> {
+    first_label_past(labels, opts.head_labels?).map(|i| (first_row + i, labels[i]))
+}
+
+/// The index of the first of `labels` that is no id of `classes` classes.
+pub fn first_label_past(labels: &[i64], classes: usize) -> Option<usize> {
+    labels
+        .iter()
+        .position(|&l| usize::try_from(l).map_or(true, |l| l >= classes))
 }
 
 fn read_parquet(file: &Path, opts: &LoadOptions, skip: usize) -> Result<Batches> {

@@ -17,7 +17,7 @@ use crate::cli::common::{
 };
 use crate::cli::predict::{predict_features, Classifier, HeadArgs};
 use crate::cli::progress::Throughput;
-use crate::data::chunked::{open_split, ChunkedSplit, RowChunk};
+use crate::data::chunked::{first_label_past, open_split, ChunkedSplit, RowChunk};
 use crate::data::{file_splits, LoadOptions};
 use crate::features::{hash_features, hash_texts, sha256_file};
 use crate::fsio::{atomic_write, try_lock};
@@ -48,9 +48,13 @@ pub fn run_predict(
     let format = out_format(&out, &[OutFormat::Parquet, OutFormat::Jsonl], "predict")?;
     let _lock = lock_out(&out)?;
     let classifier = head.load()?;
-    let split = open(bulk, classifier.model.offline())?;
-    let mut model = classifier.load_model(device)?;
     let names = Arc::new(classifier.names_or_ids());
+    let split = open(bulk, classifier.model.offline(), Some(names.len()))?;
+    // Found while the split's rows were counted: refused before the model loads.
+    if let Some((row, label)) = split.label_past_head {
+        return Err(label_past_head(&split, row, label, &names));
+    }
+    let mut model = classifier.load_model(device)?;
     let head_sha = sha256_file(&classifier.source)?;
     let identity = identity(
         "predict",
@@ -86,7 +90,7 @@ pub fn run_encode(
         "encode",
     )?;
     let _lock = lock_out(&out)?;
-    let split = open(bulk, model_args.offline())?;
+    let split = open(bulk, model_args.offline(), None)?;
     let mut model = load_model(model_args, device)?;
     let identity = identity("encode", &split, bulk, &mut model, false, Value::Null)?;
     run_job(
@@ -115,12 +119,15 @@ fn out_format(out: &Path, allowed: &[OutFormat], command: &str) -> Result<OutFor
     }
 }
 
-fn open(bulk: &BulkArgs, offline: bool) -> Result<ChunkedSplit> {
+/// Opens the job's split; with `head_labels`, its labels are checked against that class
+/// count as the rows are counted ([`ChunkedSplit::label_past_head`]).
+fn open(bulk: &BulkArgs, offline: bool, head_labels: Option<usize>) -> Result<ChunkedSplit> {
     let spec = bulk.data.as_deref().expect("bulk jobs have --data");
     let resolved = resolve_dataset(spec, offline)?;
     let opts = LoadOptions {
         text_column: bulk.text_column.clone(),
         label_column: bulk.label_column.clone(),
+        head_labels,
         ..LoadOptions::default()
     };
     let split = match &bulk.split {
@@ -565,6 +572,13 @@ fn process(
     chunk: RowChunk,
     with_text: bool,
 ) -> Result<(ChunkOut, Counts)> {
+    // The rows are read again since the split was opened, and may have changed: their
+    // labels are checked again, still before the chunk is encoded.
+    if let (Work::Predict { names, .. }, Some(labels)) = (work, &chunk.labels) {
+        if let Some(i) = first_label_past(labels, names.len()) {
+            return Err(label_past_head(split, chunk.first + i, labels[i], names));
+        }
+    }
     let (x, tokens) = text_features(model, &chunk.texts, |_| {})?;
     let mut counts = Counts {
         rows: chunk.texts.len() as u64,
@@ -575,18 +589,9 @@ fn process(
         Work::Predict { classifier, names } => {
             let predictions = predict_features(&classifier.head, &x, classifier.temperature);
             if let Some(labels) = &chunk.labels {
-                for (i, (p, &label)) in predictions.iter().zip(labels).enumerate() {
-                    if label as usize >= names.len() {
-                        let (file, row) = split.locate(chunk.first + i);
-                        return Err(anyhow!(
-                            "{} row {row}: label {label} but the head has {} labels ({}); pass --label-column of the labels it was trained on",
-                            file.display(),
-                            names.len(),
-                            names.join(", ")
-                        ));
-                    }
+                for (p, &label) in predictions.iter().zip(labels) {
                     counts.labelled += 1;
-                    counts.correct += u64::from(p.label_id == label as usize);
+                    counts.correct += u64::from(p.label_id as i64 == label);
                 }
             }
             Body::Predictions {
@@ -607,4 +612,20 @@ fn process(
         body,
     };
     Ok((output, counts))
+}
+
+/// Split row `row` (from 0) holds label `label`, which is not one of the head's `names`.
+fn label_past_head(
+    split: &ChunkedSplit,
+    row: usize,
+    label: i64,
+    names: &[String],
+) -> anyhow::Error {
+    let (file, row) = split.locate(row);
+    anyhow!(
+        "{} row {row}: label {label} but the head has {} labels ({}); pass --label-column of the labels it was trained on",
+        file.display(),
+        names.len(),
+        names.join(", ")
+    )
 }
