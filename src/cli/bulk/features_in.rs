@@ -5,15 +5,15 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use arrow_array::{Array, FixedSizeListArray, Float32Array, UInt64Array};
+use arrow_array::{Array, UInt64Array};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 
+use super::feature_rows::{NotFeatures, ParquetRows, TensorRows};
 use super::job::{manifest_path, read_json};
 use super::ranges::{check_tiling, ranges_of, TextRange};
 use super::sink::OutFormat;
 use crate::features::EncodeSpec;
-use crate::le_floats;
 
 /// A finished bulk `encode` output, as its manifest describes it.
 pub struct EncodedFile {
@@ -146,24 +146,21 @@ impl EncodedFile {
             let index = batch
                 .column_by_name("index")
                 .and_then(|c| c.as_any().downcast_ref::<UInt64Array>());
-            let list = batch
-                .column_by_name(column)
-                .and_then(|c| c.as_any().downcast_ref::<FixedSizeListArray>());
-            let (Some(index), Some(list)) = (index, list) else {
-                bail!("{shown}: no uint64 `index` and fixed-size list `{column}` columns, as bulk encode writes");
+            let (index, features) = match (index, ParquetRows::of(&batch, column)) {
+                (Some(index), Ok(features))
+                    if features.width() == hidden
+                        && !features.has_nulls()
+                        && index.null_count() == 0 =>
+                {
+                    (index, features)
+                }
+                (Some(_), Ok(_) | Err(NotFeatures::NotF32)) => {
+                    bail!("{shown}: `{column}` is not {hidden} floats a row (the model's hidden size)")
+                }
+                _ => bail!("{shown}: no uint64 `index` and fixed-size list `{column}` columns, as bulk encode writes"),
             };
-            let values = list
-                .values()
-                .as_any()
-                .downcast_ref::<Float32Array>()
-                .filter(|v| v.null_count() == 0 && index.null_count() == 0);
-            let Some(values) = values.filter(|_| list.value_length() as usize == hidden) else {
-                bail!("{shown}: `{column}` is not {hidden} floats a row (the model's hidden size)");
-            };
-            let values = values.values();
             for i in 0..batch.num_rows() {
-                let at = list.value_offset(i) as usize;
-                let Some(x) = values.get(at..at + hidden) else {
+                let Some(x) = features.row(i) else {
                     bail!("{shown}: row {i} of a row group lies outside its values; it is corrupt");
                 };
                 row(index.value(i), x)?;
@@ -181,24 +178,23 @@ impl EncodedFile {
         let bytes = std::fs::read(&self.path).with_context(|| format!("cannot read {shown}"))?;
         let tensors = SafeTensors::deserialize(&bytes)
             .map_err(|e| anyhow!("{shown}: not a readable safetensors file ({e})"))?;
-        let prefix = format!("{}.", self.spec.pooling);
+        let pooling = self.spec.pooling.as_str();
         for (name, view) in tensors.tensors() {
             // One tensor per chunk, `<pooling>.<first row>` [rows, hidden].
-            let first = name
-                .strip_prefix(&prefix)
-                .and_then(|n| n.parse::<u64>().ok());
-            let shape = view.shape();
-            let (Some(first), Dtype::F32, [rows, width]) = (first, view.dtype(), shape) else {
+            let Some(tensor) = TensorRows::of(&name, &view).filter(|t| t.prefix == pooling) else {
                 bail!(
-                    "{shown}: tensor `{name}` is not `{prefix}<first row>` F32 [rows, hidden], as bulk encode writes"
+                    "{shown}: tensor `{name}` is not `{pooling}.<first row>` F32 [rows, hidden], as bulk encode writes"
                 );
             };
-            if *width != hidden {
-                bail!("{shown}: `{name}` has {width} floats a row, the model {hidden}");
+            if tensor.width != hidden {
+                bail!(
+                    "{shown}: `{name}` has {} floats a row, the model {hidden}",
+                    tensor.width
+                );
             }
-            let floats = le_floats::f32s(view.data());
-            for (i, x) in floats.chunks_exact(hidden).take(*rows).enumerate() {
-                row(first + i as u64, x)?;
+            let floats = tensor.floats();
+            for (i, x) in floats.chunks_exact(hidden).enumerate() {
+                row(tensor.first + i as u64, x)?;
             }
         }
         Ok(())

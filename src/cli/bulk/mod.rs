@@ -16,6 +16,7 @@
 //! encodes exactly the chunks (and so the batches) the uninterrupted one would have, and
 //! its output is byte-identical.
 
+mod feature_rows;
 mod features_in;
 mod job;
 mod merge;

@@ -19,6 +19,7 @@ use parquet::file::properties::WriterProperties;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
+use super::feature_rows::{ParquetRows, TensorRows};
 use super::ranges::{features_changed, FeatureCheck, TextRange};
 
 /// The key of the job manifest in a parquet output's footer (also beside it, in
@@ -492,29 +493,17 @@ fn check_parquet_features(
     sums: &mut FeatureCheck,
     rows: &RowCursor,
 ) -> Result<()> {
-    let list = batch
-        .column_by_name(column)
-        .and_then(|c| c.as_any().downcast_ref::<FixedSizeListArray>());
-    let values = list.and_then(|l| l.values().as_any().downcast_ref::<Float32Array>());
-    let (Some(list), Some(values)) = (list, values) else {
+    let Ok(features) = ParquetRows::of(batch, column) else {
         return Err(rows.refuse(format!("it has no f32 list column {column}")));
     };
-    let width = list.value_length() as usize;
-    let values = values.values();
     for i in 0..batch.num_rows() {
-        let at = list.value_offset(i) as usize;
-        let Some(x) = values.get(at..at + width) else {
+        let Some(x) = features.row(i) else {
             return Err(rows.refuse(format!("row {i} of a row group lies outside its values")));
         };
         sums.floats(x)
             .map_err(|range| rows.refuse(features_changed(range)))?;
     }
     Ok(())
-}
-
-/// The first row of a part tensor named `<pooling>.<first row, 12 digits>`.
-fn tensor_first_row(name: &str) -> Option<u64> {
-    name.rsplit_once('.')?.1.parse().ok()
 }
 
 /// A safetensors file whose header lists every part's tensor, then their data in order.
@@ -547,25 +536,25 @@ fn assemble_safetensors(
         for name in &names {
             let view = st.tensor(name)?;
             let shape = view.shape();
-            let (Some(first), Dtype::F32, &[count, width]) =
-                (tensor_first_row(name), view.dtype(), shape)
-            else {
+            let Some(tensor) = TensorRows::of(name, &view) else {
                 return Err(rows.refuse(format!(
                     "tensor {name} is not a {:?} [rows, hidden] block named by its first row",
                     Dtype::F32
                 )));
             };
+            let width = tensor.width;
             if *hidden.get_or_insert(width) != width {
                 return Err(rows.refuse(format!(
                     "tensor {name} is {width} wide where the parts before are {}",
                     hidden.unwrap_or_default()
                 )));
             }
-            rows.take(first, count as u64, || format!("tensor {name}"))?;
+            rows.take(tensor.first, tensor.rows as u64, || {
+                format!("tensor {name}")
+            })?;
             if let Some(sums) = &mut sums {
-                let (data, row_bytes) = (view.data(), width * 4);
-                for r in 0..count {
-                    sums.row(&data[r * row_bytes..(r + 1) * row_bytes])
+                for row in tensor.row_bytes() {
+                    sums.row(row)
                         .map_err(|range| rows.refuse(features_changed(range)))?;
                 }
             }
