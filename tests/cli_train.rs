@@ -480,6 +480,38 @@ fn resume_blames_a_damaged_run_json() {
     );
 }
 
+/// A run whose model folder moved since is resumed with no --model: the error names the
+/// run.json that names the model, not a --model flag the user never gave.
+#[test]
+fn resume_blames_a_moved_model_on_run_json() {
+    let sb = Sandbox::new("resume-moved-model");
+    let (model, moved) = (sb.dir.join("model"), sb.dir.join("moved"));
+    copy_tiny_model(&model);
+    let run = sb.path("run");
+    succeeded(&sb.train_model(
+        &model,
+        &["--data", &dsdict(), "--epochs", "1", "--out", &run],
+    ));
+    std::fs::rename(&model, &moved).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bertcls"))
+        .args([
+            "train", "--resume", &run, "--epochs", "2", "--device", "cpu",
+        ])
+        .args(["--cache-dir", sb.feature_cache().to_str().unwrap()])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("BERTCLS_CACHE", sb.dir.join("bertcls-cache"))
+        .output()
+        .unwrap();
+    failed_with(
+        &out,
+        &format!("error: the model {}/run.json names cannot be loaded (", run),
+    );
+    failed_with(
+        &out,
+        "): pass --model with the folder of the weights it was trained on",
+    );
+}
+
 #[test]
 fn every_file_format_trains() {
     let sb = Sandbox::new("formats");

@@ -41,6 +41,8 @@ pub fn with_run_settings(mut args: TrainArgs, dir: &Path) -> Result<TrainArgs> {
     let h = &info.hyperparameters;
     if take("model", run_model(&info)) {
         args.model.model = run_model(&info);
+        // A model moved since is then blamed on run.json, not on a --model never given.
+        args.model.recorded.model = Some(json.clone());
     }
     if take("max_length", info.features.max_length.to_string()) {
         args.model.max_length = info.features.max_length;
