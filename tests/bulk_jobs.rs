@@ -38,6 +38,11 @@ fn s(p: &Path) -> &str {
 
 /// A head for the tiny model (hidden 32) whose labels vary across the texts.
 fn write_head(path: &Path) {
+    write_head_with(path, &[]);
+}
+
+/// `write_head` with more metadata.
+fn write_head_with(path: &Path, extra: &[(&str, &str)]) {
     let head = LinearHead {
         weight: (0..64).map(|i| ((i * 7 % 13) as f32 - 6.0) / 3.0).collect(),
         bias: vec![0.1, -0.1],
@@ -52,6 +57,10 @@ fn write_head(path: &Path) {
         ("model".to_string(), s(&model_dir()).to_string()),
         ("max_length".to_string(), "350".to_string()),
     ]);
+    let meta = meta
+        .into_iter()
+        .chain(extra.iter().map(|&(k, v)| (k.to_string(), v.to_string())))
+        .collect();
     save_head(path, &head, None, &meta).unwrap();
 }
 
@@ -704,6 +713,41 @@ fn merge_refuses_parts_that_do_not_hold_their_manifests_rows() {
     std::fs::copy(&f[0], &f[1]).unwrap();
     let err = refused(&dir.join("m.safetensors"), &f, &f[1]);
     assert!(err.contains("holds row 0 where row 10 belongs"), "{err}");
+}
+
+/// The job's manifest records the head's temperature as a JSON number; a resume compares
+/// it with the one it reads back, so that number must read back as the very f64 written.
+/// 1.1509457233370795 is one that serde_json's default (fast, inexact) parser does not:
+/// the resume of the same command was refused as "another job".
+#[test]
+fn a_job_with_any_temperature_resumes() {
+    let dir = TempDir::new("bulk-resume-temperature");
+    let head = dir.join("head.safetensors");
+    write_head_with(&head, &[("temperature", "1.1509457233370795")]);
+    let out = dir.join("p.jsonl");
+    let dsdict = data().join("tiny-dsdict");
+    let args = [
+        "predict",
+        "--head",
+        s(&head),
+        "--data",
+        s(&dsdict),
+        "--out",
+        s(&out),
+        "--chunk-rows",
+        "4",
+    ];
+    let killed = bertcls(&args, &[("BERTCLS_TEST_ABORT_AFTER_CHUNKS", "1")]);
+    assert!(!killed.status.success());
+    let resumed = ok(bertcls(&args, &[]));
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(stderr.contains("wrote "), "{stderr}");
+    let clean = dir.join("clean.jsonl");
+    ok(bertcls(
+        &[&args[..6], &[s(&clean), "--chunk-rows", "4"]].concat(),
+        &[],
+    ));
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&clean).unwrap());
 }
 
 /// The data is known to a job by its files' names and sizes; a resume hashes again the
