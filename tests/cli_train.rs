@@ -73,16 +73,11 @@ impl Sandbox {
     /// The recipe at a scale the 32-row fixture can learn from in a few epochs.
     fn train_tiny(&self, epochs: usize, extra: &[&str]) -> Output {
         let (data, epochs) = (dsdict(), epochs.to_string());
-        let mut args = vec![
-            "--data",
-            &data,
-            "--batch-size",
-            "8",
-            "--lr",
-            "1e-2",
-            "--epochs",
-            &epochs,
-        ];
+        let mut args = vec!["--data", &data, "--batch-size", "8", "--epochs", &epochs];
+        // --search tries its own learning rates and refuses one given.
+        if !extra.contains(&"--search") {
+            args.extend_from_slice(&["--lr", "1e-2"]);
+        }
         args.extend_from_slice(extra);
         self.train(&args)
     }
@@ -1300,7 +1295,31 @@ fn cheap_checks_come_before_encoding() {
     ]);
     failed_with(&out, "fewer than --batch-size 33");
     nothing_encoded(&out);
-    for name in ["r1", "r2", "r3", "r4", "r5"] {
+    // --search tries its own grid of lr and weight decay: one given would be ignored.
+    for (name, flag, value, grid) in [
+        ("r6", "--lr", "1e-3", "1e-5 to 1e-1"),
+        ("r7", "--weight-decay", "0.1", "0, 0.01 and 0.1"),
+    ] {
+        let out = sb.train(&[
+            "--data",
+            &dsdict(),
+            "--batch-size",
+            "8",
+            "--epochs",
+            "1",
+            "--search",
+            flag,
+            value,
+            "--out",
+            &sb.path(name),
+        ]);
+        failed_with(
+            &out,
+            &format!("--search tries its own ({grid}) and keeps the best; drop {flag}"),
+        );
+        nothing_encoded(&out);
+    }
+    for name in ["r1", "r2", "r3", "r4", "r5", "r6", "r7"] {
         assert!(
             !Path::new(&sb.path(name)).exists(),
             "{name} was left behind"

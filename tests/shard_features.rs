@@ -106,10 +106,12 @@ fn train_model(model: &Path, run: &Path, cache: &Path, extra: &[&str]) -> Output
         "3",
         "--batch-size",
         "8",
-        "--lr",
-        "1e-2",
         "--json",
     ];
+    // --search tries its own learning rates and refuses one given.
+    if !extra.contains(&"--search") {
+        args.extend_from_slice(&["--lr", "1e-2"]);
+    }
     args.extend_from_slice(extra);
     bertcls(&args)
 }

@@ -151,7 +151,8 @@ pub struct TrainArgs {
     /// Search the head's hyper-parameters on the cached features instead of training
     /// once: AdamW lr over 1e-5..1e-1 (half-decades) and weight decay 0, 0.01, 0.1, each
     /// trial stopping early on the validation loss, trials in parallel over the cores;
-    /// the best by validation accuracy becomes best.safetensors. --epochs caps a trial.
+    /// the best by validation accuracy becomes best.safetensors. --epochs caps a trial;
+    /// --lr and --weight-decay are refused.
     #[arg(long, conflicts_with = "resume", help_heading = "Search")]
     search: bool,
     /// With --search: epochs without a lower validation loss before a trial stops.
@@ -342,6 +343,23 @@ fn check_args(args: &TrainArgs) -> Result<()> {
         bail!("--epochs 0: train for at least one epoch (the recipe uses 100)");
     }
     long_texts(args)?.check_stride(args.given.contains("stride").then_some(args.stride))?;
+    // The search's grid holds every lr and weight decay it tries: one given with it
+    // would change nothing while run.json records the trial's.
+    if args.search {
+        for (id, flag, value, grid) in [
+            ("lr", "--lr", args.lr, "1e-5 to 1e-1"),
+            (
+                "weight_decay",
+                "--weight-decay",
+                args.weight_decay,
+                "0, 0.01 and 0.1",
+            ),
+        ] {
+            if args.given.contains(id) {
+                bail!("{flag} {value}: --search tries its own ({grid}) and keeps the best; drop {flag}, or drop --search to train with it");
+            }
+        }
+    }
     if args.pooling.len() > 1 && !args.search {
         bail!(
             "--pooling {}: trying several poolings needs --search; pass one to train once",
