@@ -3,6 +3,15 @@ use std::process::ExitCode;
 use clap::error::ErrorKind;
 
 fn main() -> ExitCode {
+    // Rust starts with SIGPIPE ignored, so a write to a closed pipe (`predict | head -1`)
+    // failed as "error: Broken pipe", and println!/eprintln! panicked on it. Ended by the
+    // signal, as Unix filters are, the command stops quietly; whatever it was writing to a
+    // file is written atomically or resumable, as for any other kill.
+    #[cfg(unix)]
+    // SAFETY: nothing else runs yet, and SIG_DFL is a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match bertcls::cli::Cli::try_parse_noting_flags() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),

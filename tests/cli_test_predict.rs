@@ -918,3 +918,47 @@ fn mean_pooling_goes_from_train_to_predict_and_encode() {
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).fold(0.0, |m, (x, y)| m.max((x - y).abs()))
 }
+
+/// A reader that stops early (`bertcls predict ... | head -1`) closes the pipe: the
+/// command ends as Unix filters do, by SIGPIPE, with no error line and no panic. Before,
+/// predict printed "error: Broken pipe" and info, train and search panicked in println!.
+#[cfg(unix)]
+#[test]
+fn a_closed_output_pipe_ends_the_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let on_cpu = |extra: &[&str]| {
+        let mut args = predict_args(&recipe_pth(), extra);
+        args.extend(strings(&["--device", "cpu"]));
+        args
+    };
+    let info = strings(&["info", "--model", s(&model_dir())]);
+    for args in [on_cpu(&[]), on_cpu(&["--json"]), info] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bertcls"))
+            .args(&args)
+            .env("HF_HUB_OFFLINE", "1")
+            .stdin(Stdio::piped())
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The child may be gone before it reads all of its input.
+        let _ = child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all("书的质量太差了\n".repeat(50).as_bytes());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("error") && !stderr.contains("panicked"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
