@@ -962,3 +962,27 @@ fn a_closed_output_pipe_ends_the_command_quietly() {
         );
     }
 }
+
+/// Standard output on a full disk (`> /dev/full`): one error line naming it and exit 1,
+/// where info, and train and search with --json, panicked in println!.
+#[cfg(target_os = "linux")]
+#[test]
+fn output_that_cannot_be_written_is_one_error_line() {
+    for json in [false, true] {
+        let mut args = strings(&["info", "--model", s(&model_dir())]);
+        if json {
+            args.push("--json".to_string());
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_bertcls"))
+            .args(&args)
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            "error: cannot write to standard output (No space left on device (os error 28))\n"
+        );
+    }
+}

@@ -647,6 +647,16 @@ impl TextArgs {
 }
 
 /// Reads one text per line; names the file and line of the first non-UTF-8 line.
+/// Writes `text` to standard output, returning the error (`> file` on a full disk) where
+/// println! panics.
+pub fn print_stdout(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| anyhow!("cannot write to standard output ({e})"))
+}
+
 pub fn read_lines(path: &Path) -> Result<Vec<String>> {
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut open_text_file(path)?, &mut bytes)

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::Args;
 
-use super::common::{model_files, ModelArgs, ModelFiles};
+use super::common::{model_files, print_stdout, ModelArgs, ModelFiles};
 use crate::model::Checkpoint;
 
 #[derive(Args, Debug)]
@@ -110,15 +110,15 @@ pub fn run(args: InfoArgs) -> Result<()> {
     };
     if !args.json {
         let cpu = &build["cpu"];
-        println!("bertcls     {}", env!("CARGO_PKG_VERSION"));
-        println!(
-            "cpu         {}, {} cores, {} threads by default, features: {}",
+        print_stdout(&format!(
+            "bertcls     {}\ncpu         {}, {} cores, {} threads by default, features: {}\n{}\n",
+            env!("CARGO_PKG_VERSION"),
             std::env::consts::ARCH,
             cpu["cores"],
             cpu["threads_default"],
-            cpu_features().join(" ")
-        );
-        println!("{}", cuda.to_string().trim_end());
+            cpu_features().join(" "),
+            cuda.to_string().trim_end()
+        ))?;
     }
     let ModelInfo {
         files,
@@ -130,7 +130,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
             if args.json {
                 let mut obj = build;
                 obj["model_error"] = format!("{e:#}").into();
-                println!("{obj}");
+                print_stdout(&format!("{obj}\n"))?;
             }
             return Err(e);
         }
@@ -155,14 +155,15 @@ pub fn run(args: InfoArgs) -> Result<()> {
         if let (Some(all), serde_json::Value::Object(model)) = (obj.as_object_mut(), model) {
             all.extend(model);
         }
-        println!("{obj}");
-        return Ok(());
+        return print_stdout(&format!("{obj}\n"));
     }
-    println!("model       {id} ({origin})");
-    println!("folder      {}", dir.dir.display());
-    println!("config      {}", dir.config.display());
-    println!(
-        "            {} layers, hidden {}, {} heads, intermediate {}, vocab {}, max positions {}, type vocab {}",
+    let mut text = format!(
+        "model       {id} ({origin})\nfolder      {}\nconfig      {}\n",
+        dir.dir.display(),
+        dir.config.display()
+    );
+    text += &format!(
+        "            {} layers, hidden {}, {} heads, intermediate {}, vocab {}, max positions {}, type vocab {}\n",
         config.num_hidden_layers,
         config.hidden_size,
         config.num_attention_heads,
@@ -171,16 +172,15 @@ pub fn run(args: InfoArgs) -> Result<()> {
         config.max_position_embeddings,
         config.type_vocab_size
     );
-    println!(
-        "            hidden_act {}, layer_norm_eps {:e}",
+    text += &format!(
+        "            hidden_act {}, layer_norm_eps {:e}\nparameters  {params} (encoder, without pooler)\n",
         config.hidden_act, config.layer_norm_eps
     );
-    println!("parameters  {params} (encoder, without pooler)");
     for f in &weight_files {
-        println!("weights     {f}");
+        text += &format!("weights     {f}\n");
     }
     for f in &tokenizer_files {
-        println!("tokenizer   {f}");
+        text += &format!("tokenizer   {f}\n");
     }
-    Ok(())
+    print_stdout(&text)
 }

@@ -14,8 +14,8 @@ use anyhow::{anyhow, bail, Result};
 use clap::{Args, ValueEnum};
 
 use super::common::{
-    label_name, load_model_files, model_files, CacheArgs, DeviceArgs, FeatureSource, LoadedModel,
-    ModelArgs, ModelFiles,
+    label_name, load_model_files, model_files, print_stdout, CacheArgs, DeviceArgs, FeatureSource,
+    LoadedModel, ModelArgs, ModelFiles,
 };
 use super::progress::{count, Progress};
 use super::run_dir::{best_checkpoint, DataSpec, FeatureSpec, Hyperparameters, RunFolder, RunInfo};
@@ -305,8 +305,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         &features,
         train_seconds,
         args.json,
-    );
-    Ok(())
+    )
 }
 
 // The flags' own checks, at parse time: clap names the flag and the value. Negative
@@ -712,7 +711,7 @@ fn report(
     features: &RunFeatures,
     train_seconds: f64,
     json: bool,
-) {
+) -> Result<()> {
     let encode_seconds = features.seconds;
     let epochs = metrics.len() - first_done;
     let best = best_epoch(metrics);
@@ -760,8 +759,9 @@ fn report(
             "temperature": best.and_then(|m| m.temperature),
             "last": metrics.last(),
         });
-        println!("{summary}");
+        print_stdout(&format!("{summary}\n"))?;
     }
+    Ok(())
 }
 
 /// The validation loss over a run's closing epochs, when it was still falling.
