@@ -18,11 +18,26 @@ fn bertcls(args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn bad_flags_are_one_line_naming_the_flag() {
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 8] = [
         (&["train", "--lr", "NaN"], "--lr"),
         (&["train", "--lr", "-0.001"], "--lr"),
         (&["train", "--frobnicate"], "--frobnicate"),
         (&["merge"], "<OUT>"),
+        // A negative count is a bad value of its flag, not an unknown flag "-1" (whose
+        // tip, `-- -1`, would have made it a text to encode).
+        (&["train", "--seed", "-1"], "'-1' for '--seed <SEED>'"),
+        (
+            &["encode", "--stride", "-1", "a"],
+            "'-1' for '--stride <STRIDE>'",
+        ),
+        (
+            &["predict", "--run", "r", "--max-length", "-1", "a"],
+            "'-1' for '--max-length",
+        ),
+        (
+            &["encode", "--threads", "-2", "a"],
+            "'-2' for '--threads <THREADS>'",
+        ),
     ];
     for (args, names) in cases {
         let (code, stdout, stderr) = bertcls(args);

@@ -34,7 +34,7 @@ pub struct ModelArgs {
     #[arg(long)]
     pub offline: bool,
     /// Truncate texts to this many tokens, [CLS] and [SEP] included.
-    #[arg(long, default_value_t = DEFAULT_MAX_LENGTH)]
+    #[arg(long, default_value_t = DEFAULT_MAX_LENGTH, allow_negative_numbers = true)]
     pub max_length: usize,
     /// How a text's feature is read off the last hidden state: each command sets it
     /// (train and encode from --pooling, test and predict from the run).
@@ -99,12 +99,12 @@ pub struct DeviceArgs {
     #[arg(long, value_name = "PRECISION")]
     pub precision: Option<Precision>,
     /// CPU threads (0: every core).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub threads: usize,
     /// Tokens per encoder batch, at least --max-length: sizes the activation workspace,
     /// allocated once [default: 8192, or --max-length when larger].
     // An Option: a default below a large --max-length grows to it; a value given does not.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub max_batch_tokens: Option<usize>,
 }
 

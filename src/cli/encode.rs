@@ -37,7 +37,7 @@ pub struct EncodeArgs {
     offline: bool,
     /// Truncate texts to this many tokens, [CLS] and [SEP] included [default: the run's,
     /// else 350].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     max_length: Option<usize>,
     #[command(flatten)]
     device: DeviceArgs,
@@ -53,7 +53,7 @@ pub struct EncodeArgs {
     #[arg(long, value_name = "truncate|chunk")]
     long: Option<String>,
     /// With --long chunk: tokens shared by consecutive windows [default: the run's, else 64].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     stride: Option<usize>,
     /// Write the features to FILE: .safetensors (`cls` or `mean` [N, hidden], and
     /// `input_ids`, `attention_mask` [N, L] with --ids) or .jsonl (the lines --json prints).

@@ -18,6 +18,8 @@ use anyhow::Result;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+// The numeric flags take allow_negative_numbers: without it clap reads `--stride -1` as
+// an unknown flag -1 and suggests `-- -1`, which would make it a text to encode.
 #[derive(Parser)]
 #[command(
     name = "bertcls",

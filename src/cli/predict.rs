@@ -56,7 +56,7 @@ pub struct HeadArgs {
     // A conflict, not `requires = "run"`: clap lets a required argument be missing when
     // something present conflicts with it, and --head conflicts with --run, so
     // `--head F --checkpoint last` passed and the flag was silently ignored.
-    #[arg(long, conflicts_with = "head")]
+    #[arg(long, conflicts_with = "head", allow_negative_numbers = true)]
     pub checkpoint: Option<String>,
     /// Model folder or hub id [default: the run's or the checkpoint's, else bert-base-chinese].
     #[arg(long)]
@@ -65,7 +65,7 @@ pub struct HeadArgs {
     #[arg(long)]
     pub offline: bool,
     /// Truncate texts to this many tokens [default: the run's or the checkpoint's, else 350].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub max_length: Option<usize>,
     /// Label names in id order, comma-separated [default: the run's or the checkpoint's;
     /// else for test the data's, for predict the ids].

@@ -72,10 +72,20 @@ pub struct TrainArgs {
     )]
     features_from: Vec<PathBuf>,
     /// Epochs in all; with --resume, more than the run has done extends it.
-    #[arg(long, default_value_t = 100, help_heading = "Training")]
+    #[arg(
+        long,
+        default_value_t = 100,
+        allow_negative_numbers = true,
+        help_heading = "Training"
+    )]
     epochs: usize,
     /// Examples per step; each epoch's last incomplete batch is dropped, as in the recipe.
-    #[arg(long, default_value_t = 32, help_heading = "Training")]
+    #[arg(
+        long,
+        default_value_t = 32,
+        allow_negative_numbers = true,
+        help_heading = "Training"
+    )]
     batch_size: usize,
     /// AdamW learning rate (a finite number above 0).
     #[arg(
@@ -105,7 +115,12 @@ pub struct TrainArgs {
     )]
     class_weights: ClassWeighting,
     /// Seeds the head's initialisation and each epoch's shuffle.
-    #[arg(long, default_value_t = 0, help_heading = "Training")]
+    #[arg(
+        long,
+        default_value_t = 0,
+        allow_negative_numbers = true,
+        help_heading = "Training"
+    )]
     seed: u64,
     /// Run folder to create [default: runs/<UTC date-time>, e.g. runs/2026-01-31-142501].
     #[arg(
@@ -122,7 +137,12 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR", help_heading = "Output")]
     resume: Option<PathBuf>,
     /// A log line with loss and batch accuracy every N steps (0: none).
-    #[arg(long, default_value_t = 5, help_heading = "Output")]
+    #[arg(
+        long,
+        default_value_t = 5,
+        allow_negative_numbers = true,
+        help_heading = "Output"
+    )]
     log_every: usize,
     /// The feature: cls (the [CLS] token's last hidden state, the recipe's) or mean (the
     /// mean of the last hidden state over the text's tokens, sentence-transformers');
@@ -146,7 +166,12 @@ pub struct TrainArgs {
     )]
     long: String,
     /// With --long chunk: tokens shared by consecutive windows.
-    #[arg(long, default_value_t = DEFAULT_STRIDE, help_heading = "Training")]
+    #[arg(
+        long,
+        default_value_t = DEFAULT_STRIDE,
+        allow_negative_numbers = true,
+        help_heading = "Training"
+    )]
     stride: usize,
     /// Search the head's hyper-parameters on the cached features instead of training
     /// once: AdamW lr over 1e-5..1e-1 (half-decades) and weight decay 0, 0.01, 0.1, each
@@ -159,6 +184,7 @@ pub struct TrainArgs {
     #[arg(
         long,
         default_value_t = 5,
+        allow_negative_numbers = true,
         requires = "search",
         help_heading = "Search"
     )]
@@ -168,6 +194,7 @@ pub struct TrainArgs {
     #[arg(
         long,
         default_value_t = 0.1,
+        allow_negative_numbers = true,
         requires = "search",
         help_heading = "Search"
     )]

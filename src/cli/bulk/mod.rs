@@ -76,7 +76,7 @@ pub struct BulkArgs {
     pub shard: Option<Shard>,
     /// Rows read, encoded and written at a time; a killed job resumes after the last
     /// complete chunk.
-    #[arg(long, default_value_t = DEFAULT_CHUNK_ROWS, requires = "data", help_heading = "Bulk (--data)")]
+    #[arg(long, default_value_t = DEFAULT_CHUNK_ROWS, allow_negative_numbers = true, requires = "data", help_heading = "Bulk (--data)")]
     pub chunk_rows: usize,
 }
 
