@@ -79,6 +79,9 @@ pub struct WindowTokenizer {
 impl WindowTokenizer {
     pub fn new(base: &BertTokenizer, stride: usize) -> Result<Self> {
         let max_length = base.max_length();
+        if max_length <= 2 {
+            bail!("--long chunk: windows of --max-length {max_length} hold no tokens besides [CLS] and [SEP]; pass --max-length 3 or more");
+        }
         if stride + 2 >= max_length {
             bail!(
                 "--stride {stride}: windows of --max-length {max_length} hold {} tokens besides [CLS] and [SEP]; pass a stride below that",

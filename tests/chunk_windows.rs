@@ -52,6 +52,14 @@ fn windows_match_hf_tokenizers() {
         err.contains("--stride 6: windows of --max-length 8 hold 6 tokens"),
         "{err}"
     );
+    // At --max-length 2 no stride is below the 0 tokens a window holds: the flag to
+    // change is --max-length (it said "pass a stride below that").
+    let tok = BertTokenizer::from_dir(&tiny_model(), 2).unwrap();
+    let err = WindowTokenizer::new(&tok, 0).err().unwrap().to_string();
+    assert_eq!(
+        err,
+        "--long chunk: windows of --max-length 2 hold no tokens besides [CLS] and [SEP]; pass --max-length 3 or more"
+    );
 }
 
 /// `train --long chunk` then `predict`: each text's feature is the mean of its windows'
