@@ -986,3 +986,46 @@ fn output_that_cannot_be_written_is_one_error_line() {
         );
     }
 }
+
+/// `predict --json` with nothing but a terminal: the prompt printed 请输入文本: and
+/// 模型预测 lines, --json ignored; it is refused before the model loads.
+#[cfg(target_os = "linux")]
+#[test]
+fn json_is_refused_at_the_interactive_prompt() {
+    use std::os::fd::FromRawFd;
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes the two descriptors it opens; null for the optional rest.
+    let opened = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(opened, 0, "openpty failed");
+    // SAFETY: both descriptors are open and owned by nothing else.
+    let (mut master, slave) = unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            std::fs::File::from_raw_fd(slave),
+        )
+    };
+    // Typed ahead: a prompt that reads it labels one text and quits.
+    master.write_all(b"good\nq\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bertcls"))
+        .args(predict_args(&recipe_pth(), &["--json", "--device", "cpu"]))
+        .env("HF_HUB_OFFLINE", "1")
+        .stdin(slave)
+        .output()
+        .unwrap();
+    let err = error_of(&out);
+    assert!(
+        err.starts_with(
+            "error: --json labels texts given as arguments, with --file or on standard input"
+        ),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}

@@ -344,7 +344,8 @@ pub struct PredictArgs {
     device: DeviceArgs,
     #[command(flatten)]
     input: TextArgs,
-    /// One JSON object per text: text, label, label_id, probs (in label order).
+    /// One JSON object per text: text, label, label_id, probs (in label order); not with
+    /// the interactive prompt.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -402,6 +403,11 @@ pub fn run(args: PredictArgs) -> Result<()> {
         Some(chunks) => Some(chunks.next_chunk()?.ok_or_else(|| {
             anyhow!("no texts to label: pass them as arguments, with --file F or on standard input (one per line)")
         })?),
+        // The prompt's lines are for a person; JSON goes to a program, which gives
+        // the texts some other way.
+        None if args.json => bail!(
+            "--json labels texts given as arguments, with --file or on standard input; the prompt on a terminal prints 模型预测 lines: drop --json, or pass the texts"
+        ),
         None => None,
     };
     let classifier = args.head.load()?;
