@@ -963,26 +963,34 @@ fn a_closed_output_pipe_ends_the_command_quietly() {
     }
 }
 
-/// Standard output on a full disk (`> /dev/full`): one error line naming it and exit 1,
-/// where info, and train and search with --json, panicked in println!.
+/// Standard output on a full disk (`> /dev/full`): exit 1 and a last line naming it,
+/// where info, and train and search with --json, panicked in println!, and predict,
+/// encode and test said only "No space left on device", as if a cache were full.
 #[cfg(target_os = "linux")]
 #[test]
 fn output_that_cannot_be_written_is_one_error_line() {
-    for json in [false, true] {
-        let mut args = strings(&["info", "--model", s(&model_dir())]);
-        if json {
-            args.push("--json".to_string());
-        }
+    let dir = TempDir::new("dev-full");
+    let info = strings(&["info", "--model", s(&model_dir())]);
+    let info_json = [info.clone(), strings(&["--json"])].concat();
+    let on_cpu = |args: Vec<String>| [args, strings(&["--device", "cpu"])].concat();
+    let predict = on_cpu(predict_args(&recipe_pth(), &["good"]));
+    let encode = on_cpu(strings(&["encode", "--model", s(&model_dir()), "good"]));
+    let test = on_cpu(test_args(&recipe_pth(), dir.path()));
+    let test_json = [test.clone(), strings(&["--json"])].concat();
+    for args in [info, info_json, predict, encode, test, test_json] {
         let out = Command::new(env!("CARGO_BIN_EXE_bertcls"))
             .args(&args)
+            .env("HF_HUB_OFFLINE", "1")
             .stdout(std::fs::File::create("/dev/full").unwrap())
             .stderr(Stdio::piped())
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert_eq!(
-            String::from_utf8_lossy(&out.stderr),
-            "error: cannot write to standard output (No space left on device (os error 28))\n"
+            stderr.lines().last(),
+            Some("error: cannot write to standard output (No space left on device (os error 28))"),
+            "{args:?}: {stderr}"
         );
     }
 }

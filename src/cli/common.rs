@@ -649,12 +649,18 @@ impl TextArgs {
 /// Reads one text per line; names the file and line of the first non-UTF-8 line.
 /// Writes `text` to standard output, returning the error (`> file` on a full disk) where
 /// println! panics.
-pub fn print_stdout(text: &str) -> Result<()> {
+pub fn print_stdout(text: impl AsRef<[u8]>) -> Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
+    out.write_all(text.as_ref())
         .and_then(|()| out.flush())
-        .map_err(|e| anyhow!("cannot write to standard output ({e})"))
+        .map_err(stdout_error)
+}
+
+/// A failed write to standard output, named as such: the bare "No space left on device"
+/// reads as if the cache or an --out file were full.
+pub fn stdout_error(e: std::io::Error) -> anyhow::Error {
+    anyhow!("cannot write to standard output ({e})")
 }
 
 pub fn read_lines(path: &Path) -> Result<Vec<String>> {

@@ -11,7 +11,9 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
 use super::bulk::{self, BulkArgs};
-use super::common::{encode_texts, load_model, DeviceArgs, ModelArgs, Recorded, TextArgs};
+use super::common::{
+    encode_texts, load_model, stdout_error, DeviceArgs, ModelArgs, Recorded, TextArgs,
+};
 use crate::chunk::{LongTexts, DEFAULT_STRIDE};
 use crate::fsio::atomic_write;
 use crate::hub::DEFAULT_MODEL;
@@ -184,8 +186,9 @@ pub fn run(args: EncodeArgs) -> Result<()> {
     if args.out.is_none() || args.json {
         let stdout = std::io::stdout();
         let mut w = std::io::BufWriter::new(stdout.lock());
-        json_lines(&mut w)?;
-        w.flush()?;
+        json_lines(&mut w)
+            .and_then(|()| w.flush())
+            .map_err(stdout_error)?;
     }
     Ok(())
 }

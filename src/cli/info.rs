@@ -110,7 +110,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
     };
     if !args.json {
         let cpu = &build["cpu"];
-        print_stdout(&format!(
+        print_stdout(format!(
             "bertcls     {}\ncpu         {}, {} cores, {} threads by default, features: {}\n{}\n",
             env!("CARGO_PKG_VERSION"),
             std::env::consts::ARCH,
@@ -130,7 +130,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
             if args.json {
                 let mut obj = build;
                 obj["model_error"] = format!("{e:#}").into();
-                print_stdout(&format!("{obj}\n"))?;
+                print_stdout(format!("{obj}\n"))?;
             }
             return Err(e);
         }
@@ -155,7 +155,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
         if let (Some(all), serde_json::Value::Object(model)) = (obj.as_object_mut(), model) {
             all.extend(model);
         }
-        return print_stdout(&format!("{obj}\n"));
+        return print_stdout(format!("{obj}\n"));
     }
     let mut text = format!(
         "model       {id} ({origin})\nfolder      {}\nconfig      {}\n",
@@ -182,5 +182,5 @@ pub fn run(args: InfoArgs) -> Result<()> {
     for f in &tokenizer_files {
         text += &format!("tokenizer   {f}\n");
     }
-    print_stdout(&text)
+    print_stdout(text)
 }

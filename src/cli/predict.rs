@@ -13,8 +13,8 @@ use clap::Args;
 
 use super::bulk::{self, BulkArgs};
 use super::common::{
-    check_trained_weights, load_model_files, model_files, text_features, DeviceArgs, EncoderDevice,
-    LoadedModel, ModelArgs, Recorded, TextArgs,
+    check_trained_weights, load_model_files, model_files, stdout_error, text_features, DeviceArgs,
+    EncoderDevice, LoadedModel, ModelArgs, Recorded, TextArgs,
 };
 use super::lines::TextChunks;
 use super::progress::Throughput;
@@ -441,8 +441,9 @@ fn predict_stream(
         // Long texts are truncated or cut into windows as the head was trained.
         let (x, token_count) = text_features(model, &texts, |_| {})?;
         let predictions = predict_features(&classifier.head, &x, classifier.temperature);
-        write_predictions(&mut out, &texts, &predictions, names, json)?;
-        out.flush()?;
+        write_predictions(&mut out, &texts, &predictions, names, json)
+            .and_then(|()| out.flush())
+            .map_err(stdout_error)?;
         meter.add(texts.len() as u64, token_count as u64);
         chunk = chunks.next_chunk()?;
     }
@@ -462,7 +463,7 @@ fn write_predictions(
     predictions: &[Prediction],
     names: &[String],
     json: bool,
-) -> Result<()> {
+) -> std::io::Result<()> {
     for (text, p) in texts.iter().zip(predictions) {
         let label = &names[p.label_id];
         if json {

@@ -8,7 +8,7 @@ use anyhow::{anyhow, Result};
 use clap::Args;
 use serde::Serialize;
 
-use super::common::{CacheArgs, DeviceArgs, FeatureSource};
+use super::common::{print_stdout, CacheArgs, DeviceArgs, FeatureSource};
 use super::predict::{check_label_count, Classifier, HeadArgs};
 use crate::calibration::{
     expected_calibration_error, scaled_cross_entropy, scaled_softmax, ECE_BINS,
@@ -72,7 +72,8 @@ pub fn run(args: TestArgs) -> Result<()> {
         classifier.temperature,
     );
     let single_class = single_train_class(&classifier)?;
-    let mut out = std::io::stdout().lock();
+    // Written whole at the end, so that a failed write is one error naming stdout.
+    let mut out = Vec::new();
     if args.json {
         let obj = serde_json::json!({
             "data": data.source.display().to_string(),
@@ -97,7 +98,7 @@ pub fn run(args: TestArgs) -> Result<()> {
             writeln!(out, "warning: this head was trained on a single class (label {label}): it can only predict that class")?;
         }
     }
-    Ok(())
+    print_stdout(out)
 }
 
 /// The one label id the head's train split held, when bertcls train recorded its label

@@ -786,7 +786,7 @@ fn report(
             "temperature": best.and_then(|m| m.temperature),
             "last": metrics.last(),
         });
-        print_stdout(&format!("{summary}\n"))?;
+        print_stdout(format!("{summary}\n"))?;
     }
     Ok(())
 }

@@ -241,7 +241,7 @@ pub(super) fn run(args: TrainArgs) -> Result<()> {
             "validation_rows": val_rows,
             "trials": rows,
         });
-        print_stdout(&format!("{summary}\n"))?;
+        print_stdout(format!("{summary}\n"))?;
     }
     Ok(())
 }
