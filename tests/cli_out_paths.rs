@@ -46,6 +46,20 @@ fn encode_of_texts_writes_the_format_its_out_extension_names() {
     ));
     assert_eq!(std::fs::read(&jsonl).unwrap(), printed.stdout);
     assert_eq!(std::fs::read_to_string(&jsonl).unwrap().lines().count(), 2);
+    let one = dir.join("one.jsonl");
+    let out = ok(bertcls_cpu(&[
+        "encode",
+        "--model",
+        &model,
+        "--out",
+        s(&one),
+        texts[0],
+    ]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("wrote {} (1 line)\n", s(&one))),
+        "{stderr}"
+    );
 
     let tensors = dir.join("f.safetensors");
     ok(encode(&tensors, &[]));

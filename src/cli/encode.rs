@@ -14,6 +14,7 @@ use super::bulk::{self, BulkArgs};
 use super::common::{
     encode_texts, load_model, stdout_error, DeviceArgs, ModelArgs, Recorded, TextArgs,
 };
+use super::progress::count;
 use crate::chunk::{LongTexts, DEFAULT_STRIDE};
 use crate::fsio::atomic_write;
 use crate::hub::DEFAULT_MODEL;
@@ -140,7 +141,7 @@ pub fn run(args: EncodeArgs) -> Result<()> {
         let mut bytes = Vec::new();
         json_lines(&mut bytes)?;
         atomic_write(out, &bytes)?;
-        eprintln!("wrote {} ({} lines)", out.display(), texts.len());
+        eprintln!("wrote {} ({})", out.display(), count(texts.len(), "line"));
     }
     if let (Some(out), Some(TextsOut::Safetensors)) = (&args.out, out_format) {
         let n = texts.len();
