@@ -646,7 +646,6 @@ impl TextArgs {
     }
 }
 
-/// Reads one text per line; names the file and line of the first non-UTF-8 line.
 /// Writes `text` to standard output, returning the error (`> file` on a full disk) where
 /// println! panics.
 pub fn print_stdout(text: impl AsRef<[u8]>) -> Result<()> {
@@ -663,6 +662,7 @@ pub fn stdout_error(e: std::io::Error) -> anyhow::Error {
     anyhow!("cannot write to standard output ({e})")
 }
 
+/// Reads one text per line; names the file and line of the first non-UTF-8 line.
 pub fn read_lines(path: &Path) -> Result<Vec<String>> {
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut open_text_file(path)?, &mut bytes)
