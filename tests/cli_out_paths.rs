@@ -131,3 +131,36 @@ fn bulk_outs_refuse_a_folder_early_and_create_missing_parents() {
     ]));
     assert!(features.is_file());
 }
+
+/// `encode --file` reads lines as `predict --file` does: a leading UTF-8 byte-order mark
+/// is not part of the first text (it was, and came back in the JSON's "text"), and a
+/// mark alone on the first line is a blank line, skipped.
+#[test]
+fn encode_file_drops_a_byte_order_mark() {
+    let dir = TempDir::new("out-encode-bom");
+    let model = model_dir();
+    let texts = |content: &[u8]| -> Vec<String> {
+        let file = dir.join("texts.txt");
+        std::fs::write(&file, content).unwrap();
+        let out = ok(bertcls_cpu(&[
+            "encode",
+            "--model",
+            &model,
+            "--json",
+            "--file",
+            s(&file),
+        ]));
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(texts(b"\xEF\xBB\xBF\xE5\xA5\xBD\r\n\nb\n"), ["好", "b"]);
+    assert_eq!(texts(b"\xEF\xBB\xBF\r\nb"), ["b"]);
+}

@@ -690,6 +690,9 @@ pub fn open_text_file(path: &Path) -> Result<std::fs::File> {
 /// One text per non-empty line of `bytes`; `source` names them in errors.
 pub fn parse_lines(bytes: &[u8], source: &str) -> Result<Vec<String>> {
     let mut texts = Vec::new();
+    // A UTF-8 byte-order mark (Windows editors write one) is not part of the first text,
+    // as predict --file reads it.
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let text = std::str::from_utf8(line).map_err(|_| {
