@@ -626,6 +626,32 @@ fn predict_labels_arguments_a_file_and_standard_input_alike() {
     assert_eq!(predict(&[], texts.join("\n").as_bytes()), from_args);
 }
 
+/// A text argument holding a line break or a tab stays one line of three fields, its
+/// breaks and tabs written as \n, \r and \t; --json gives the text as it is.
+#[test]
+fn predict_lines_hold_one_text_each() {
+    let texts = ["书很好\n第二行", "还行\t一般\r"];
+    let out = predict(&texts, b"");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    for (line, want) in lines.iter().zip(["书很好\\n第二行", "还行\\t一般\\r"]) {
+        let fields: Vec<&str> = line.split('\t').collect();
+        assert_eq!(fields.len(), 3, "{line}");
+        assert_eq!(fields[2], want);
+    }
+    let json = predict(&[&["--json"][..], &texts].concat(), b"");
+    let got: Vec<String> = json
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(got, texts);
+}
+
 #[test]
 fn predict_json_gives_probabilities_in_label_order() {
     let texts = texts();

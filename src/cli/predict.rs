@@ -475,10 +475,23 @@ fn write_predictions(
             });
             writeln!(out, "{obj}")?;
         } else {
-            writeln!(out, "{label}\t{:.4}\t{text}", p.prob())?;
+            writeln!(out, "{label}\t{:.4}\t{}", p.prob(), one_field(text))?;
         }
     }
     Ok(())
+}
+
+/// `text` as the last field of a tab-separated line: a text given as an argument may hold
+/// a line break, which would start a line that `cut -f1` reads as a label, or a tab.
+/// --json gives the text as it is.
+fn one_field(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains(['\t', '\n', '\r']) {
+        return text.into();
+    }
+    text.replace('\t', "\\t")
+        .replace('\n', "\\n")
+        .replace('\r', "\\r")
+        .into()
 }
 
 /// The recipe's loop: prompt, read a line, print `模型预测 <label> (<probability>)`;
