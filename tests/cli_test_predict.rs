@@ -626,6 +626,20 @@ fn predict_labels_arguments_a_file_and_standard_input_alike() {
     assert_eq!(predict(&[], texts.join("\n").as_bytes()), from_args);
 }
 
+/// A blank line of --file or standard input is skipped; a blank argument (an unset
+/// "$TEXT") was labelled, for no text, and is now refused before the model loads.
+#[test]
+fn a_blank_argument_is_refused() {
+    for blank in ["", "  "] {
+        let out = bertcls(&predict_args(&recipe_pth(), &["还行", blank]), b"");
+        assert_eq!(
+            error_of(&out),
+            "error: argument 2 is blank: there is no text to label; drop it"
+        );
+        assert!(out.stdout.is_empty());
+    }
+}
+
 /// A text argument holding a line break or a tab stays one line of three fields, its
 /// breaks and tabs written as \n, \r and \t; --json gives the text as it is.
 #[test]

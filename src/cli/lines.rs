@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, IsTerminal};
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 
 use super::common::{open_text_file, TextArgs};
 
@@ -18,8 +18,8 @@ enum Source {
     Lines(Box<dyn BufRead>),
 }
 
-/// One text per non-empty line (or argument), in chunks of at most [`CHUNK_TEXTS`]
-/// texts and about [`CHUNK_BYTES`] bytes.
+/// One text per non-empty line or per argument (a blank one refused), in chunks of at
+/// most [`CHUNK_TEXTS`] texts and about [`CHUNK_BYTES`] bytes.
 pub struct TextChunks {
     source: Source,
     /// Names the input in errors: "standard input" or the file's path.
@@ -37,6 +37,14 @@ impl TextChunks {
             let reader: Box<dyn BufRead> = Box::new(BufReader::with_capacity(1 << 16, file));
             (Source::Lines(reader), path.display().to_string())
         } else if !input.texts.is_empty() {
+            // A blank line of a file or standard input separates texts and is skipped; a
+            // blank argument (an unset "$TEXT") would get a label for no text at all.
+            if let Some(i) = input.texts.iter().position(|t| t.trim().is_empty()) {
+                bail!(
+                    "argument {} is blank: there is no text to label; drop it",
+                    i + 1
+                );
+            }
             (
                 Source::Args(input.texts.clone().into_iter()),
                 "arguments".to_string(),
