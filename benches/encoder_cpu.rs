@@ -5,7 +5,9 @@
 //!
 //! `--cases` takes any fixed shape as BxL (texts x tokens) beside `real`.
 //!
-//! Compare with `tools/reference/bench_torch_cpu.py` run on the same machine (docs/BENCHMARKS.md).
+//! Compare with `tools/reference/bench_peers_cpu.py` (PyTorch and ONNX Runtime on the fixed
+//! shapes) and `tools/reference/bench_torch_cpu.py` (PyTorch on the real texts) run on the
+//! same machine (docs/BENCHMARKS.md).
 
 mod common;
 

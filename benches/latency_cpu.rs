@@ -5,8 +5,8 @@
 //!
 //!     cargo bench --bench latency_cpu [-- --threads 2 --model e5-small|bert-base]
 //!
-//! `tools/reference/bench_latency.py` times PyTorch and ONNX Runtime the same way
-//! (docs/BENCHMARKS.md).
+//! `tools/reference/bench_peers_cpu.py run --cases latency-60` times PyTorch and ONNX
+//! Runtime the same way (docs/BENCHMARKS.md).
 
 mod common;
 
