@@ -184,6 +184,11 @@ pub struct Report {
     pub ece_calibrated: f64,
     pub labels: Vec<String>,
     pub per_class: Vec<ClassScores>,
+    /// The labels the macro averages run over: those with support or predictions,
+    /// scikit-learn's default (`unique_labels(y_true, y_pred)`). A label with neither has
+    /// no precision, recall or F1 to average; counting it as 0 would sink macro-F1 for
+    /// every split that lacks a class.
+    pub macro_labels: Vec<String>,
     pub macro_precision: f64,
     pub macro_recall: f64,
     pub macro_f1: f64,
@@ -238,7 +243,17 @@ impl Report {
                 }
             })
             .collect();
-        let mean = |f: fn(&ClassScores) -> f64| per_class.iter().map(f).sum::<f64>() / l as f64;
+        let averaged: Vec<usize> = (0..l)
+            .filter(|&c| per_class[c].support > 0 || confusion.iter().any(|row| row[c] > 0))
+            .collect();
+        let mean = |f: fn(&ClassScores) -> f64| {
+            let sum: f64 = averaged.iter().map(|&c| f(&per_class[c])).sum();
+            if averaged.is_empty() {
+                0.0
+            } else {
+                sum / averaged.len() as f64
+            }
+        };
         Report {
             rows: truth.len(),
             correct,
@@ -251,6 +266,7 @@ impl Report {
             macro_precision: mean(|s| s.precision),
             macro_recall: mean(|s| s.recall),
             macro_f1: mean(|s| s.f1),
+            macro_labels: averaged.iter().map(|&c| labels[c].clone()).collect(),
             labels,
             per_class,
             confusion_matrix: confusion,
@@ -302,6 +318,14 @@ impl Report {
             self.macro_f1,
             self.rows
         );
+        if self.macro_labels.len() < self.labels.len() {
+            let _ = writeln!(
+                s,
+                "macro avg over the {} of {} labels in the split or predicted (as scikit-learn); the others have no scores\n",
+                self.macro_labels.len(),
+                self.labels.len()
+            );
+        }
         let _ = writeln!(s, "confusion matrix (rows: true label, columns: predicted)");
         let cell = self
             .labels
@@ -392,6 +416,40 @@ mod tests {
         assert_eq!(r.per_class[1].precision, 0.0);
         assert_eq!(r.per_class[1].f1, 0.0);
         assert!(r.table().contains("confusion matrix"));
+    }
+
+    /// Truth [0, 0, 1, 1, 2], predictions [0, 1, 1, 1, 0], 4 labels: label 2 has support
+    /// but no predictions, label 3 neither. scikit-learn 1.9 on the same arrays:
+    /// f1_score(y, p, average="macro") = 0.433333 (precision 0.388889 with
+    /// zero_division=0, recall 0.5): it averages over labels 0-2 only, where
+    /// labels=[0, 1, 2, 3] would give 0.325. Exact ratios of small counts: 1e-12.
+    #[test]
+    fn macro_averages_skip_a_label_with_no_support_and_no_predictions() {
+        let mut weight = vec![0.0f32; 16];
+        for c in 0..4 {
+            weight[c * 4 + c] = 1.0;
+        }
+        let head = LinearHead {
+            weight,
+            bias: vec![0.0; 4],
+            num_labels: 4,
+            hidden: 4,
+        };
+        let one_hot = |c: usize| (0..4).map(move |i| f32::from(u8::from(i == c)));
+        let x: Vec<f32> = [0, 1, 1, 1, 0].into_iter().flat_map(one_hot).collect();
+        let names = ["a", "b", "c", "d"].map(String::from).to_vec();
+        let r = Report::new(&head, &x, &[0, 0, 1, 1, 2], names, 1.0);
+        assert!(
+            (r.macro_f1 - 0.433_333_333_333).abs() < 1e-12,
+            "{}",
+            r.macro_f1
+        );
+        assert!((r.macro_precision - 0.388_888_888_889).abs() < 1e-12);
+        assert!((r.macro_recall - 0.5).abs() < 1e-12);
+        assert_eq!(r.macro_labels, ["a", "b", "c"]);
+        assert!(r
+            .table()
+            .contains("macro avg over the 3 of 4 labels in the split or predicted"));
     }
 
     #[test]
