@@ -13,6 +13,25 @@ use crate::head::argmax;
 pub const MIN_TEMPERATURE: f64 = 1e-2;
 pub const MAX_TEMPERATURE: f64 = 1e2;
 
+/// Why a fitted temperature `t` says nothing about the test data, when it sits on a bound
+/// of the search: the validation loss had no minimum inside it. A perfectly separated
+/// split (every row right; one row, right, is the commonest case) falls without end as
+/// T goes to 0, and one the head does no better than uniform on falls as T grows. Either
+/// way the calibrated probabilities (near 1, or near uniform) come from the bound, not
+/// the data, which train must say rather than report T as if it had been fitted.
+pub fn bound_warning(t: f64) -> Option<String> {
+    let why = if t == MIN_TEMPERATURE {
+        "the validation rows are perfectly separated (all right, the loss falling as T goes to 0), so calibrated probabilities are near 1 however the test rows fare"
+    } else if t == MAX_TEMPERATURE {
+        "the head does no better than uniform on the validation rows (the loss falling as T grows), so calibrated probabilities are near uniform"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "warning: no temperature minimises the validation loss: T stopped at its bound {t}, as {why}; validate on more rows, or pass --no-calibration to test and predict"
+    ))
+}
+
 /// Bins of [`expected_calibration_error`]: 15 equal-width ones, as Guo et al.
 pub const ECE_BINS: usize = 15;
 

@@ -1666,3 +1666,44 @@ fn an_unwritable_feature_cache_is_a_warning() {
     );
     assert!(Path::new(&run).join("best.safetensors").is_file());
 }
+
+/// A validation split of one row has no temperature that minimises its loss: with two
+/// labels the row is either right (the loss falls without end as T goes to 0) or wrong
+/// (it falls as T grows), so the fit stops at a bound, 0.01 or 100. train says so
+/// instead of reporting the bound as a fitted temperature.
+#[test]
+fn a_temperature_at_its_bound_is_named_as_such() {
+    let sb = Sandbox::new("temperature-bound");
+    let data = sb.dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let files = fixtures().join("data/tiny-files");
+    std::fs::copy(files.join("train.jsonl"), data.join("train.jsonl")).unwrap();
+    let validation = std::fs::read_to_string(files.join("validation.jsonl")).unwrap();
+    let first = validation.lines().next().unwrap();
+    std::fs::write(data.join("validation.jsonl"), format!("{first}\n")).unwrap();
+    let out = sb.train(&[
+        "--data",
+        data.join("train.jsonl").to_str().unwrap(),
+        "--batch-size",
+        "8",
+        "--epochs",
+        "2",
+        "--lr",
+        "1e-2",
+        "--log-every",
+        "0",
+        "--out",
+        &sb.path("run"),
+    ]);
+    succeeded(&out);
+    let err = stderr(&out);
+    let head = load_head(&sb.dir.join("run/best.safetensors"), None).unwrap();
+    let t: f64 = head.metadata["temperature"].parse().unwrap();
+    assert!(t == 0.01 || t == 100.0, "one row fitted T = {t}");
+    assert!(
+        err.contains(&format!(
+            "warning: no temperature minimises the validation loss: T stopped at its bound {t}, as "
+        )),
+        "{err}"
+    );
+}

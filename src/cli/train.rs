@@ -756,6 +756,9 @@ fn report(
             );
             if let Some(t) = m.temperature {
                 eprintln!("calibration: temperature {t:.4} fitted on the validation split (test and predict use it; --no-calibration shows the raw softmax)");
+                if let Some(warning) = crate::calibration::bound_warning(t) {
+                    eprintln!("{warning}");
+                }
             }
         }
         None => eprintln!("no validation split: best.safetensors is the last epoch"),

@@ -226,6 +226,9 @@ pub(super) fn run(args: TrainArgs) -> Result<()> {
         best_checkpoint(&run.dir).display()
     );
     eprintln!("calibration: temperature {temperature:.4} fitted on the validation rows (test and predict use it; --no-calibration shows the raw softmax)");
+    if let Some(warning) = crate::calibration::bound_warning(temperature) {
+        eprintln!("{warning}");
+    }
     eprintln!(
         "trials: {}; run: {}",
         search_path(&run.dir).display(),
