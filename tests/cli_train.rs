@@ -1707,3 +1707,68 @@ fn a_temperature_at_its_bound_is_named_as_such() {
         "{err}"
     );
 }
+
+/// `--search` without a validation split holds out rows by the seed alone, so the one
+/// row of a rare class can go to validation: the trials then train without that class,
+/// which train must say (and `--class-weights balanced` must not blame the train split,
+/// which has the row).
+#[test]
+fn a_hold_out_that_takes_a_whole_class_is_named() {
+    let sb = Sandbox::new("held-out-class");
+    let data = sb.dir.join("one-rare.jsonl");
+    let train = std::fs::read_to_string(fixtures().join("data/tiny-files/train.jsonl")).unwrap();
+    let rows = train.lines().count();
+    std::fs::write(
+        &data,
+        format!("{train}{{\"text\": \"很一般\", \"label\": 2}}\n"),
+    )
+    .unwrap();
+    // The first seed whose hold-out takes the last row, the rare one.
+    let seed = (0u64..)
+        .find(|&s| {
+            bertcls::train::search::hold_out(rows + 1, 0.1, s)
+                .1
+                .contains(&rows)
+        })
+        .unwrap()
+        .to_string();
+    let args = |extra: &'static str| {
+        let mut a = vec![
+            "--search",
+            "--data",
+            data.to_str().unwrap(),
+            "--labels",
+            "neg,pos,meh",
+            "--batch-size",
+            "8",
+            "--epochs",
+            "2",
+            "--log-every",
+            "0",
+            "--seed",
+            &seed,
+        ];
+        a.extend(extra.split_whitespace());
+        a
+    };
+    let out = sb.train(&[&args("")[..], &["--out", &sb.path("run")]].concat());
+    succeeded(&out);
+    assert!(
+        stderr(&out).contains("warning: holding out validation rows took every train row of label \"meh\" (1 row): the trials cannot learn it"),
+        "{}",
+        stderr(&out)
+    );
+    let out = sb.train(
+        &[
+            &args("--class-weights balanced")[..],
+            &["--out", &sb.path("w")],
+        ]
+        .concat(),
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("error: --class-weights balanced: label 2 has no training example, so it has no balanced weight in the train rows left after holding out validation rows"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -24,6 +24,26 @@ pub fn search_path(run: &Path) -> std::path::PathBuf {
     run.join("search.json")
 }
 
+/// The hold-out draws rows without regard to their label, so it can take every row of
+/// a rare class: the trials then never see it, which the warning on the whole train
+/// split cannot have said.
+fn warn_held_out_classes(all_counts: &[usize], kept: &[usize], names: &[String]) {
+    let mut left = vec![0usize; all_counts.len()];
+    for &label in kept {
+        left[label] += 1;
+    }
+    let lost: Vec<String> = (0..all_counts.len())
+        .filter(|&c| all_counts[c] > 0 && left[c] == 0)
+        .map(|c| format!("{:?} ({})", names[c], count(all_counts[c], "row")))
+        .collect();
+    if !lost.is_empty() {
+        eprintln!(
+            "warning: holding out validation rows took every train row of label {}: the trials cannot learn it; add examples, name a --validation-split, or try another --seed",
+            lost.join(", ")
+        );
+    }
+}
+
 /// A row of search.json: a trial with its pooling named.
 #[derive(Serialize)]
 struct TrialRow<'a> {
@@ -128,14 +148,23 @@ pub(super) fn run(args: TrainArgs) -> Result<()> {
         }
         None => named_validation.map(|v| v.name.clone()).unwrap_or_default(),
     };
+    let kept_from = if held.is_some() {
+        warn_held_out_classes(
+            &info.train_label_counts,
+            &data[0].0.labels,
+            &dataset.label_names,
+        );
+        format!("{} rows left after holding out validation rows", train.name)
+    } else {
+        format!("{} split", train.name)
+    };
     let weights = args
         .class_weights
         .weights(&data[0].0.labels, num_labels)
         .map_err(|e| {
             anyhow!(
-                "--class-weights {}: {e} in the {} split: drop the flag or add examples",
+                "--class-weights {}: {e} in the {kept_from}: drop the flag or add examples",
                 args.class_weights.name(),
-                train.name
             )
         })?;
 
