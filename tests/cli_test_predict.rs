@@ -479,6 +479,60 @@ fn test_and_predict_take_model_data_and_labels_from_a_run() {
     assert!(err.contains("last.safetensors does not exist"), "{err}");
 }
 
+/// A run's label names are fixed by its training: `--labels` in another order would
+/// print class 0's predictions under class 1's name with nothing to show it, so it is
+/// refused; repeating them, or naming a run that records only ids, is not.
+#[test]
+fn labels_that_contradict_the_runs_are_refused() {
+    let run = TempDir::new("run-labels");
+    write_run(run.path(), &["neg", "pos"], "");
+    for command in [&["test"][..], &["predict", "酒店很好"]] {
+        let mut args = command.to_vec();
+        args.extend(["--run", s(run.path()), "--labels", "pos,neg"]);
+        let err = error_of(&bertcls(&args, b""));
+        assert!(
+            err.contains(&format!(
+                "--labels pos,neg: {}: its labels are neg,pos, and other names would print a class's predictions under a name it was not trained for: drop --labels",
+                run.path().join("run.json").display()
+            )),
+            "{err}"
+        );
+    }
+    let line = stdout_of(&bertcls(
+        &[
+            "predict",
+            "--run",
+            s(run.path()),
+            "--labels",
+            "neg,pos",
+            "酒店很好",
+        ],
+        b"",
+    ));
+    assert!(
+        line.starts_with("neg\t") || line.starts_with("pos\t"),
+        "{line}"
+    );
+
+    let ids = TempDir::new("run-ids");
+    write_run(ids.path(), &["0", "1"], "");
+    let line = stdout_of(&bertcls(
+        &[
+            "predict",
+            "--run",
+            s(ids.path()),
+            "--labels",
+            "bad,good",
+            "酒店很好",
+        ],
+        b"",
+    ));
+    assert!(
+        line.starts_with("bad\t") || line.starts_with("good\t"),
+        "{line}"
+    );
+}
+
 #[test]
 fn a_checkpoint_of_ours_names_its_model_and_labels() {
     let dir = TempDir::new("meta");

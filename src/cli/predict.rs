@@ -67,8 +67,9 @@ pub struct HeadArgs {
     /// Truncate texts to this many tokens [default: the run's or the checkpoint's, else 350].
     #[arg(long, allow_negative_numbers = true)]
     pub max_length: Option<usize>,
-    /// Label names in id order, comma-separated [default: the run's or the checkpoint's;
-    /// else for test the data's, for predict the ids].
+    /// Label names in id order, comma-separated, for a head that records none or only ids
+    /// (a run's names cannot be changed) [default: the run's or the checkpoint's; else for
+    /// test the data's, for predict the ids].
     #[arg(long, value_delimiter = ',', value_parser = super::common::label_name)]
     pub labels: Option<Vec<String>>,
     /// Show the raw softmax: ignore the temperature train fitted on the validation split.
@@ -105,9 +106,8 @@ impl HeadArgs {
             (None, None) => bail!("pass --run DIR (a bertcls train folder) or --head FILE"),
         };
         let loaded = load_inference_head(&source, None)?;
-        let (labels, origin) = match (&self.labels, &self.run, &run) {
-            (Some(flag), _, _) => (Some(flag.clone()), "--labels".to_string()),
-            (None, Some(dir), Some(info)) => (
+        let (recorded, recorded_in) = match (&self.run, &run) {
+            (Some(dir), Some(info)) => (
                 Some(info.labels.clone()),
                 format!("{}: its labels", RunInfo::path(dir).display()),
             ),
@@ -115,6 +115,15 @@ impl HeadArgs {
                 metadata_labels(&loaded.metadata, &source)?,
                 format!("{}: metadata {LABELS_KEY}", source.display()),
             ),
+        };
+        let (labels, origin) = match (&self.labels, recorded) {
+            (Some(flag), Some(names)) if !are_bare_ids(&names) && *flag != names => bail!(
+                "--labels {}: {recorded_in} are {}, and other names would print a class's predictions under a name it was not trained for: drop --labels",
+                flag.join(","),
+                names.join(",")
+            ),
+            (Some(flag), _) => (Some(flag.clone()), "--labels".to_string()),
+            (None, names) => (names, recorded_in),
         };
         if let Some(names) = &labels {
             check_label_names(names).map_err(|why| anyhow!("{origin}: {why}"))?;
@@ -207,6 +216,15 @@ fn run_checkpoint(dir: &Path, choice: Option<&str>) -> Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+/// Names that are only the ids "0", "1", ... (data without names): --labels may name
+/// them, as it names a head that records none.
+fn are_bare_ids(names: &[String]) -> bool {
+    names
+        .iter()
+        .enumerate()
+        .all(|(id, name)| *name == id.to_string())
 }
 
 fn metadata_labels(
