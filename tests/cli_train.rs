@@ -1772,3 +1772,32 @@ fn a_hold_out_that_takes_a_whole_class_is_named() {
         stderr(&out)
     );
 }
+
+/// Rows that lost their text still train: each is [CLS] [SEP] alone under its label,
+/// which nothing downstream shows, so train names them.
+#[test]
+fn blank_texts_are_named() {
+    let sb = Sandbox::new("blank-texts");
+    let data = sb.dir.join("train.jsonl");
+    let train = std::fs::read_to_string(fixtures().join("data/tiny-files/train.jsonl")).unwrap();
+    let mut lines: Vec<String> = train.lines().map(String::from).collect();
+    lines[1] = r#"{"text": "", "label": 0}"#.into();
+    lines[4] = r#"{"text": " \t ", "label": 1}"#.into();
+    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    let out = sb.train(&[
+        "--data",
+        data.to_str().unwrap(),
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--out",
+        &sb.path("run"),
+    ]);
+    succeeded(&out);
+    assert!(
+        stderr(&out).contains("warning: the train split has 2 rows whose text is empty or only whitespace (rows 2, 5): each is encoded as [CLS] [SEP] alone and keeps its label; drop or fill them"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -267,6 +267,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let num_labels = dataset.label_names.len();
     let label_counts = train_label_counts(train, num_labels);
     warn_label_coverage(train, &dataset.label_names, &label_counts);
+    for split in [Some(train), validation].into_iter().flatten() {
+        warn_blank_texts(split);
+    }
     let class_weights = class_weights(args.class_weights, train, num_labels)?;
     let model_args = ModelArgs {
         pooling: args.pooling[0],
@@ -484,6 +487,34 @@ fn warn_label_coverage(train: &Split, names: &[String], counts: &[usize]) {
             counts.len()
         );
     }
+}
+
+/// A row whose text is empty or whitespace is still encoded ([CLS] and [SEP] alone) and
+/// trains or scores its label on that one feature shared by every such row: nearly
+/// always an export that lost the text, which nothing downstream would reveal.
+fn warn_blank_texts(split: &Split) {
+    let blank: Vec<usize> = (0..split.texts.len())
+        .filter(|&i| split.texts[i].trim().is_empty())
+        .collect();
+    if blank.is_empty() {
+        return;
+    }
+    const SHOWN: usize = 5;
+    let mut rows: Vec<String> = blank
+        .iter()
+        .take(SHOWN)
+        .map(|i| (i + 1).to_string())
+        .collect();
+    if blank.len() > SHOWN {
+        rows.push("...".to_string());
+    }
+    eprintln!(
+        "warning: the {} split has {} whose text is empty or only whitespace ({} {}): each is encoded as [CLS] [SEP] alone and keeps its label; drop or fill them",
+        split.name,
+        count(blank.len(), "row"),
+        if blank.len() == 1 { "row" } else { "rows" },
+        rows.join(", ")
+    );
 }
 
 /// The loss's per-class weights for `--class-weights`, from the train split's labels.
