@@ -1801,3 +1801,47 @@ fn blank_texts_are_named() {
         stderr(&out)
     );
 }
+
+/// An empty validation.jsonl beside train.jsonl is a validation split with no rows, not
+/// a missing one: train names the file, for plain runs and the search's hold-out alike.
+#[test]
+fn an_empty_validation_file_is_named() {
+    let sb = Sandbox::new("empty-validation");
+    let data = sb.dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::copy(
+        fixtures().join("data/tiny-files/train.jsonl"),
+        data.join("train.jsonl"),
+    )
+    .unwrap();
+    std::fs::write(data.join("validation.jsonl"), "").unwrap();
+    let train = data.join("train.jsonl");
+    let common = [
+        "--data",
+        train.to_str().unwrap(),
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+    ];
+    let named = format!(
+        "the validation split ({}) has no rows: ",
+        data.join("validation.jsonl").display()
+    );
+    let out = sb.train(&[&common[..], &["--out", &sb.path("run")]].concat());
+    succeeded(&out);
+    assert!(
+        stderr(&out).contains(&format!(
+            "{named}training without validation, best.safetensors is the last epoch"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    let out = sb.train(&[&common[..], &["--search", "--out", &sb.path("search")]].concat());
+    succeeded(&out);
+    assert!(
+        stderr(&out).contains(&format!("{named}holding out 3 of 32 train rows")),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -548,10 +548,21 @@ fn validation_split<'a>(args: &TrainArgs, dataset: &'a Dataset) -> Result<Option
         .find(|s| s.name == "validation" && !s.texts.is_empty());
     if found.is_none() {
         eprintln!(
-            "no validation split: training without validation, best.safetensors is the last epoch"
+            "{}: training without validation, best.safetensors is the last epoch",
+            no_validation(dataset)?
         );
     }
     Ok(found)
+}
+
+/// Why there is no validation to score: none in the data, or one with no rows (an empty
+/// validation.jsonl beside train.jsonl), which "no validation split" would deny.
+fn no_validation(dataset: &Dataset) -> Result<String> {
+    if dataset.splits.iter().any(|s| s.name == "validation") {
+        let source = crate::data::split_source(&dataset.source, "validation")?;
+        return Ok(format!("the validation split ({source}) has no rows"));
+    }
+    Ok("no validation split".to_string())
 }
 
 /// What run.json records, with the device and precision of `--device` filled in once

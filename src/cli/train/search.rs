@@ -142,7 +142,8 @@ pub(super) fn run(args: TrainArgs) -> Result<()> {
     let validation = match &held {
         Some(_) => {
             eprintln!(
-                "no validation split: holding out {val_rows} of {} train rows ({}, by --seed {})",
+                "{}: holding out {val_rows} of {} train rows ({}, by --seed {})",
+                no_validation(&dataset)?,
                 train.texts.len(),
                 args.validation_fraction,
                 args.seed
