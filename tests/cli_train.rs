@@ -1845,3 +1845,35 @@ fn an_empty_validation_file_is_named() {
         stderr(&out)
     );
 }
+
+/// The fixture's ClassLabel names its ids negative, positive; --labels with other names
+/// (or the same in another order) was dropped without a word and the run labelled by the
+/// data, so it is refused, before anything is encoded; the same names pass.
+#[test]
+fn labels_that_contradict_the_datas_class_label_are_refused() {
+    let sb = Sandbox::new("classlabel-flag");
+    let data = dsdict();
+    for flag in ["positive,negative", "bad,good"] {
+        let out = sb.train(&[
+            "--data",
+            &data,
+            "--labels",
+            flag,
+            "--out",
+            &sb.path("never"),
+        ]);
+        failed_with(
+            &out,
+            &format!("--labels {flag}: {data} names its labels negative,positive in its ClassLabel, which train uses; drop --labels, or give those names in that order"),
+        );
+        nothing_encoded(&out);
+    }
+    assert!(!Path::new(&sb.path("never")).exists());
+    let run = sb.path("run");
+    let out = sb.train_tiny(1, &["--labels", "negative,positive", "--out", &run]);
+    succeeded(&out);
+    assert_eq!(
+        run_json(&run)["labels"],
+        serde_json::json!(["negative", "positive"])
+    );
+}

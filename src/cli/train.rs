@@ -44,7 +44,8 @@ pub struct TrainArgs {
     /// Column holding the integer label.
     #[arg(long, default_value = "label", help_heading = "Data")]
     label_column: String,
-    /// Label names in id order, for data without a ClassLabel feature (e.g. --labels neg,pos).
+    /// Label names in id order, for data without a ClassLabel feature (e.g. --labels neg,pos);
+    /// data with one takes only its own names, in its order.
     #[arg(
         long,
         value_delimiter = ',',
@@ -423,7 +424,20 @@ fn load_data(args: &TrainArgs) -> Result<(Dataset, String)> {
     if let Some(note) = data::sibling_note(&resolved.path, &args.split, "training on")? {
         eprintln!("{note}");
     }
-    Ok((data::load(&resolved.path, &opts)?, resolved.id))
+    let dataset = data::load(&resolved.path, &opts)?;
+    // The data's ClassLabel names its ids and wins over the flag: other names given
+    // would otherwise be dropped without a word, the run labelled unlike the user asked.
+    if let Some(flag) = &args.labels {
+        if *flag != dataset.label_names {
+            bail!(
+                "--labels {}: {} names its labels {} in its ClassLabel, which train uses; drop --labels, or give those names in that order",
+                flag.join(","),
+                resolved.path.display(),
+                dataset.label_names.join(",")
+            );
+        }
+    }
+    Ok((dataset, resolved.id))
 }
 
 fn check_batch(train: &Split, batch_size: usize) -> Result<()> {
