@@ -1877,3 +1877,53 @@ fn labels_that_contradict_the_datas_class_label_are_refused() {
         serde_json::json!(["negative", "positive"])
     );
 }
+
+/// A text labelled two ways in train, and validation rows copied from train, fail
+/// nothing but mislead: train names both.
+#[test]
+fn conflicting_and_leaked_duplicates_are_named() {
+    let sb = Sandbox::new("duplicates");
+    let data = sb.dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let files = fixtures().join("data/tiny-files");
+    let train = std::fs::read_to_string(files.join("train.jsonl")).unwrap();
+    let first: Value = serde_json::from_str(train.lines().next().unwrap()).unwrap();
+    let flipped =
+        serde_json::json!({"text": first["text"], "label": 1 - first["label"].as_i64().unwrap()});
+    std::fs::write(data.join("train.jsonl"), format!("{train}{flipped}\n")).unwrap();
+    let validation = std::fs::read_to_string(files.join("validation.jsonl")).unwrap();
+    let copied: Vec<&str> = train.lines().skip(1).take(2).collect();
+    std::fs::write(
+        data.join("validation.jsonl"),
+        format!("{validation}{}\n", copied.join("\n")),
+    )
+    .unwrap();
+    let rows = validation.lines().count() + 2;
+    let names = ["negative", "positive"];
+    let (a, b) = (
+        first["label"].as_u64().unwrap() as usize,
+        1 - first["label"].as_u64().unwrap() as usize,
+    );
+    let out = sb.train(&[
+        "--data",
+        data.join("train.jsonl").to_str().unwrap(),
+        "--labels",
+        "negative,positive",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--out",
+        &sb.path("run"),
+    ]);
+    succeeded(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("warning: the train split labels 1 repeated text two ways (first: rows 1 and 33, labels {:?} and {:?}): the head cannot fit both", names[a], names[b])),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("warning: 2 of the {rows} validation split rows have a text that is also in the train split")),
+        "{err}"
+    );
+}

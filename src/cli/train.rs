@@ -6,7 +6,8 @@ mod import;
 mod resume;
 mod search;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -271,6 +272,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     for split in [Some(train), validation].into_iter().flatten() {
         warn_blank_texts(split);
     }
+    warn_duplicates(train, validation, &dataset.label_names);
     let class_weights = class_weights(args.class_weights, train, num_labels)?;
     let model_args = ModelArgs {
         pooling: args.pooling[0],
@@ -529,6 +531,53 @@ fn warn_blank_texts(split: &Split) {
         if blank.len() == 1 { "row" } else { "rows" },
         rows.join(", ")
     );
+}
+
+/// Duplicates that mislead without failing anything: a text the train split labels two
+/// ways (the head cannot fit both, and one label is usually a mistake), and validation
+/// rows whose text is also in train (the validation accuracy, and the best epoch and
+/// temperature chosen by it, then measure memory rather than new text).
+fn warn_duplicates(train: &Split, validation: Option<&Split>, names: &[String]) {
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    let mut conflicts = Vec::new();
+    for (i, text) in train.texts.iter().enumerate() {
+        match first.entry(text.as_str()) {
+            Entry::Vacant(e) => {
+                e.insert(i);
+            }
+            Entry::Occupied(e) => {
+                if train.labels[*e.get()] != train.labels[i] {
+                    conflicts.push((*e.get(), i));
+                }
+            }
+        }
+    }
+    if let Some(&(a, b)) = conflicts.first() {
+        eprintln!(
+            "warning: the {} split labels {} two ways (first: rows {} and {}, labels {:?} and {:?}): the head cannot fit both; fix the labels or drop one row",
+            train.name,
+            count(conflicts.len(), "repeated text"),
+            a + 1,
+            b + 1,
+            names[train.labels[a]],
+            names[train.labels[b]]
+        );
+    }
+    if let Some(v) = validation {
+        let shared = v
+            .texts
+            .iter()
+            .filter(|t| first.contains_key(t.as_str()))
+            .count();
+        if shared > 0 {
+            eprintln!(
+                "warning: {shared} of the {} {} split rows have a text that is also in the {} split: validation accuracy, and the best epoch and temperature chosen on it, overstate how the head does on new text; drop them from one split",
+                v.texts.len(),
+                v.name,
+                train.name
+            );
+        }
+    }
 }
 
 /// The loss's per-class weights for `--class-weights`, from the train split's labels.

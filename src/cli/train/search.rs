@@ -91,6 +91,7 @@ pub(super) fn run(args: TrainArgs) -> Result<()> {
     for split in [Some(train), named_validation].into_iter().flatten() {
         warn_blank_texts(split);
     }
+    warn_duplicates(train, named_validation, &dataset.label_names);
     let files = model_files(&model_args)?;
     let encoder_device = args.device.resolve()?;
     let mut folder = RunFolder::create(&out_dir(&args))?;
