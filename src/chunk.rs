@@ -105,15 +105,37 @@ impl WindowTokenizer {
     }
 
     /// The windows of `text`, in order: one for a text that fits, at most
-    /// [`MAX_WINDOWS`]. Only the first `MAX_WINDOWS * max_length` characters are
-    /// tokenized: every token covers at least one character, so they give every window
-    /// kept, and a huge text costs no more than that.
+    /// [`MAX_WINDOWS`], the first ones of the whole text's.
+    ///
+    /// A huge text is tokenized only as far as those windows need, but no fixed number
+    /// of characters is sure to hold them: a token covers one character or a whole word
+    /// (an [UNK] word has hundreds). So a prefix of `MAX_WINDOWS * max_length` characters
+    /// is tried first and doubled until its windows run past the last one kept. The cut
+    /// falls on whitespace where the prefix's second half has some, so no word is split
+    /// and the prefix's tokens are the whole text's (BERT's and Metaspace's
+    /// pre-tokenizers split there; Metaspace may add one trailing piece for the space,
+    /// in the last window); where it has none (unspaced CJK,
+    /// one character a token in BERT vocabularies), a split word changes the tokens at
+    /// the cut, which a margin of one window keeps out of those returned unless that one
+    /// word's tokens fill more than a window.
     pub fn windows(&self, text: &str) -> Result<Vec<TokenizedText>> {
-        let cap = MAX_WINDOWS * self.max_length;
-        let text = match text.char_indices().nth(cap) {
-            Some((end, _)) => &text[..end],
-            None => text,
-        };
+        let mut cap = MAX_WINDOWS * self.max_length;
+        loop {
+            let (prefix, whole) = match text.char_indices().nth(cap) {
+                Some((end, _)) => (&text[..cut_at_space(text, end)], false),
+                None => (text, true),
+            };
+            let mut out = self.encode(prefix)?;
+            if whole || out.len() > MAX_WINDOWS + 1 {
+                out.truncate(MAX_WINDOWS);
+                return Ok(out);
+            }
+            cap *= 2;
+        }
+    }
+
+    /// Every overflow window of `text`.
+    fn encode(&self, text: &str) -> Result<Vec<TokenizedText>> {
         let enc = self.inner.encode(text, true).map_err(|e| {
             anyhow!(
                 "cannot tokenize {:?}: {e}",
@@ -128,7 +150,6 @@ impl WindowTokenizer {
             ids: o.get_ids().to_vec(),
             type_ids: o.get_type_ids().to_vec(),
         }));
-        out.truncate(MAX_WINDOWS);
         Ok(out)
     }
 
@@ -153,6 +174,17 @@ pub fn mean_of_windows(features: &[f32], counts: &[usize], hidden: usize) -> Vec
         row += n;
     }
     out
+}
+
+/// The byte offset to cut `text` at, near `end` (a char boundary): just after the last
+/// whitespace in `text[end / 2..end]`, else `end` itself.
+fn cut_at_space(text: &str, end: usize) -> usize {
+    text[..end]
+        .char_indices()
+        .rev()
+        .take_while(|&(i, _)| i >= end / 2)
+        .find(|&(_, c)| c.is_whitespace())
+        .map_or(end, |(i, c)| i + c.len_utf8())
 }
 
 #[cfg(test)]

@@ -51,7 +51,17 @@ pub struct FeatureKey {
     /// "truncate" or "chunk:<stride>"; left out when "truncate", as pooling.
     #[serde(skip_serializing_if = "is_truncate")]
     pub long: String,
+    /// For chunked features, the revision of how a text's windows are cut: 2 since they
+    /// are its first `MAX_WINDOWS` whatever its characters per token (1 cut the text at
+    /// 64 * max_length characters first, losing windows of English and other multi-
+    /// character tokens). Entries of 1 would hit a key without it; truncated keys leave
+    /// it out and keep their digests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub windows: Option<u32>,
 }
+
+/// [`FeatureKey::windows`] of chunked features made now.
+const WINDOWS_REVISION: u32 = 2;
 
 /// What a text's feature depends on besides the text itself: a [`FeatureKey`] without
 /// its data. Bulk `encode` records it in its manifest, and `train --features-from`
@@ -80,6 +90,7 @@ impl FeatureKey {
             data_hash: data_hash.to_string(),
             pooling: spec.pooling.clone(),
             long: spec.long.clone(),
+            windows: (!is_truncate(&spec.long)).then_some(WINDOWS_REVISION),
         }
     }
 }
@@ -116,6 +127,9 @@ impl FeatureKey {
         }
         if !is_truncate(&self.long) {
             meta.insert("long".to_string(), self.long.clone());
+        }
+        if let Some(revision) = self.windows {
+            meta.insert("windows".to_string(), revision.to_string());
         }
         meta
     }
@@ -472,6 +486,7 @@ mod tests {
             data_hash: hash_split(&["好".to_string()], &[1]),
             pooling: "cls".to_string(),
             long: "truncate".to_string(),
+            windows: None,
         }
     }
 
@@ -544,6 +559,35 @@ mod tests {
             assert_ne!(v.digest(), base.digest(), "{v:?}");
         }
         assert_eq!(base.digest(), key().digest());
+    }
+
+    /// Chunked entries written when windows were cut at 64 * max_length characters
+    /// (their key had no `windows`) hold too few windows for long texts of multi-character
+    /// tokens: today's chunk key must not hit them, while truncated keys are unchanged.
+    #[test]
+    fn chunk_keys_from_before_the_window_fix_miss() {
+        let spec = |long: &str| EncodeSpec {
+            weights_sha256: key().weights_sha256,
+            tokenizer: key().tokenizer,
+            max_length: 350,
+            backend: "cpu".to_string(),
+            precision: "fp32".to_string(),
+            pooling: "cls".to_string(),
+            long: long.to_string(),
+        };
+        let data = key().data_hash;
+        let now = FeatureKey::new(&spec("chunk:64"), &data);
+        let before = FeatureKey {
+            windows: None,
+            ..now.clone()
+        };
+        assert_eq!(now.windows, Some(2));
+        assert_ne!(now.digest(), before.digest());
+        assert_eq!(now.metadata()["windows"], "2");
+        assert_eq!(
+            FeatureKey::new(&spec("truncate"), &data).digest(),
+            key().digest()
+        );
     }
 
     #[test]

@@ -62,6 +62,43 @@ fn windows_match_hf_tokenizers() {
     );
 }
 
+/// A token can cover a whole word: BERT WordPiece makes one [UNK] of a word over 100
+/// characters. Of 300 words of 120 letters, each followed by its number, HF tokenizers
+/// (Python 0.x, the crate's wrapper, same tokenizer.json, max_length 8, stride 2) makes
+/// 272 windows from 37,389 characters, the 64th [2, 622, 721, 1, 622, 722, 1, 3]. bertcls
+/// tokenized only the first 64 * 8 = 512 characters and kept 1 window: every window it
+/// keeps must be the whole text's, in order, exactly (ids are integers).
+#[test]
+fn the_first_windows_of_a_text_of_long_words_are_all_kept() {
+    let text: String = (0..300)
+        .map(|i| format!("{} {i}", "a".repeat(120)))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let tok = BertTokenizer::from_dir(&tiny_model(), 8).unwrap();
+    let ours: Vec<Vec<u32>> = WindowTokenizer::new(&tok, 2)
+        .unwrap()
+        .windows(&text)
+        .unwrap()
+        .into_iter()
+        .map(|w| w.ids)
+        .collect();
+    assert_eq!(ours.len(), bertcls::chunk::MAX_WINDOWS);
+    assert_eq!(ours[63], [2, 622, 721, 1, 622, 722, 1, 3]);
+    let mut hf = tokenizers::Tokenizer::from_file(tiny_model().join("tokenizer.json")).unwrap();
+    hf.with_truncation(Some(tokenizers::TruncationParams {
+        max_length: 8,
+        stride: 2,
+        ..Default::default()
+    }))
+    .unwrap();
+    let enc = hf.encode(text.as_str(), true).unwrap();
+    let all: Vec<Vec<u32>> = std::iter::once(enc.get_ids().to_vec())
+        .chain(enc.get_overflowing().iter().map(|o| o.get_ids().to_vec()))
+        .collect();
+    assert_eq!(all.len(), 272);
+    assert_eq!(ours, all[..64]);
+}
+
 /// `train --long chunk` then `predict`: each text's feature is the mean of its windows'
 /// [CLS] vectors, each window encoded alone here.
 #[test]

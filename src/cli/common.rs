@@ -525,6 +525,7 @@ impl FeatureSource {
             LongTexts::Chunk { .. } => {
                 let truncate_key = FeatureKey {
                     long: LongTexts::Truncate.key(),
+                    windows: None,
                     ..key.clone()
                 };
                 cache
