@@ -1890,7 +1890,12 @@ fn conflicting_and_leaked_duplicates_are_named() {
     let first: Value = serde_json::from_str(train.lines().next().unwrap()).unwrap();
     let flipped =
         serde_json::json!({"text": first["text"], "label": 1 - first["label"].as_i64().unwrap()});
-    std::fs::write(data.join("train.jsonl"), format!("{train}{flipped}\n")).unwrap();
+    // Twice: a text three times under two labels is still one text labelled two ways.
+    std::fs::write(
+        data.join("train.jsonl"),
+        format!("{train}{flipped}\n{flipped}\n"),
+    )
+    .unwrap();
     let validation = std::fs::read_to_string(files.join("validation.jsonl")).unwrap();
     let copied: Vec<&str> = train.lines().skip(1).take(2).collect();
     std::fs::write(

@@ -7,7 +7,7 @@ mod resume;
 mod search;
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -539,14 +539,16 @@ fn warn_blank_texts(split: &Split) {
 /// temperature chosen by it, then measure memory rather than new text).
 fn warn_duplicates(train: &Split, validation: Option<&Split>, names: &[String]) {
     let mut first: HashMap<&str, usize> = HashMap::new();
-    let mut conflicts = Vec::new();
+    // Counted as texts, not rows: a text three times with two labels is one conflict.
+    let mut conflicts: Vec<(usize, usize)> = Vec::new();
+    let mut conflicting: HashSet<usize> = HashSet::new();
     for (i, text) in train.texts.iter().enumerate() {
         match first.entry(text.as_str()) {
             Entry::Vacant(e) => {
                 e.insert(i);
             }
             Entry::Occupied(e) => {
-                if train.labels[*e.get()] != train.labels[i] {
+                if train.labels[*e.get()] != train.labels[i] && conflicting.insert(*e.get()) {
                     conflicts.push((*e.get(), i));
                 }
             }
