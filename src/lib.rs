@@ -2,7 +2,7 @@
 //!
 //! The encoder forward (`model::encoder`) is written once against the ops of
 //! `backend::Backend`; `backend::cpu` is the pure-Rust reference and `backend::cuda`
-//! the GPU implementation. The head (`head`, `optim`) trains on cached [CLS] features.
+//! the GPU implementation. The head (`head`, `optim`) trains on cached [CLS] or mean features.
 
 pub mod backend;
 pub mod batch;

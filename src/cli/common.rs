@@ -400,7 +400,7 @@ pub fn weights_sha256(dir: &Path) -> Result<String> {
 /// Where features are cached, or nothing with `--no-cache`.
 #[derive(Args, Clone, Debug)]
 pub struct CacheArgs {
-    /// Feature cache folder (default: $BERTCLS_CACHE/features or the user's cache folder).
+    /// Feature cache folder [default: features in $BERTCLS_CACHE, else bertcls/features in the user's cache folder, ~/.cache on Linux].
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
     /// Encode afresh and store nothing.

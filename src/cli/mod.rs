@@ -33,7 +33,7 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a Linear(hidden, num_labels) head on the frozen encoder's [CLS] features.
+    /// Train a Linear(hidden, num_labels) head on the frozen encoder's features ([CLS] or mean).
     Train(train::TrainArgs),
     /// Score a trained head on a split: accuracy, loss, per-class precision/recall/F1.
     Test(test::TestArgs),
