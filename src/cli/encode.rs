@@ -60,6 +60,7 @@ pub struct EncodeArgs {
     stride: Option<usize>,
     /// Write the features to FILE: .safetensors (`cls` or `mean` [N, hidden], and
     /// `input_ids`, `attention_mask` [N, L] with --ids) or .jsonl (the lines --json prints).
+    /// With --data: .parquet or .safetensors, and `<out>.bulk.json` beside it.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Include the token ids.
