@@ -88,7 +88,14 @@ pub(super) fn resolve(
             let ids = |count: usize| (0..count).map(|id| id.to_string()).collect::<Vec<_>>();
             if let Some(count) = head_labels {
                 let names = ids(count);
-                check_range(&names, splits, "use the head trained for these labels")?;
+                // The head's own names, if it has any, are applied after this: the ids
+                // stand in for them here, so the message names the class count instead.
+                check_range(
+                    &names,
+                    splits,
+                    &format!("the head has {count} classes"),
+                    "use the head trained for these labels",
+                )?;
                 return Ok(names);
             }
             let max = splits.iter().flat_map(|s| s.labels.iter().copied()).max();
@@ -103,6 +110,7 @@ pub(super) fn resolve(
     check_range(
         &names,
         splits,
+        &format!("label names: {}", names.join(", ")),
         "pass --labels with one name per class if the data has no ClassLabel",
     )?;
     Ok(names)
@@ -158,7 +166,7 @@ fn check_dense(count: usize, splits: &[RawSplit]) -> Result<()> {
     Ok(())
 }
 
-fn check_range(names: &[String], splits: &[RawSplit], otherwise: &str) -> Result<()> {
+fn check_range(names: &[String], splits: &[RawSplit], known: &str, otherwise: &str) -> Result<()> {
     for split in splits {
         if let Some(index) = split
             .labels
@@ -170,10 +178,9 @@ fn check_range(names: &[String], splits: &[RawSplit], otherwise: &str) -> Result
                 file,
                 row,
                 format!(
-                    "label {} is outside 0..{} (label names: {}); fix the row, or {otherwise}",
+                    "label {} is outside 0..{} ({known}); fix the row, or {otherwise}",
                     split.labels[index],
                     names.len(),
-                    names.join(", ")
                 ),
             ));
         }
@@ -300,7 +307,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with("train.jsonl row 2: label 2 is outside 0..2")
+            err.starts_with("train.jsonl row 2: label 2 is outside 0..2 (the head has 2 classes)")
                 && err.ends_with("use the head trained for these labels"),
             "{err}"
         );
