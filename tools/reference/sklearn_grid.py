@@ -3,7 +3,10 @@
 on the very features bertcls cached, C chosen on the validation split, scored on test.
 
     .venv-ref/bin/pip install scikit-learn
-    .venv-ref/bin/python tools/reference/sklearn_grid.py --cache-dir /work/cache-e5 [--pooling cls|mean] [--json]
+    .venv-ref/bin/python tools/reference/sklearn_grid.py --cache-dir C [--pooling cls|mean] [--json]
+
+C is the folder that holds the entries: what `bertcls --cache-dir` was given, or
+`features/` in $BERTCLS_CACHE (not $BERTCLS_CACHE itself).
 
 The features are read from bertcls's feature cache (what `train` and `test` wrote, so the
 search and this grid see the same floats): each entry is `<digest>.safetensors` with a
