@@ -7,6 +7,9 @@ use super::common::{model_files, print_stdout, ModelArgs, ModelFiles};
 use crate::model::Checkpoint;
 
 #[derive(Args, Debug)]
+#[command(mut_arg("max_length", |a| a.help(
+    "A max_length to check against the model's positions; --json reports it"
+)))]
 pub struct InfoArgs {
     #[command(flatten)]
     model: ModelArgs,
