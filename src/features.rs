@@ -61,7 +61,13 @@ pub struct FeatureKey {
 }
 
 /// [`FeatureKey::windows`] of chunked features made now.
-const WINDOWS_REVISION: u32 = 2;
+pub const WINDOWS_REVISION: u32 = 2;
+
+/// The window revision features of long-text mode `long` are made with now: none for
+/// truncated ones, whose cut never changed.
+pub fn windows_revision(long: &str) -> Option<u32> {
+    (!is_truncate(long)).then_some(WINDOWS_REVISION)
+}
 
 /// What a text's feature depends on besides the text itself: a [`FeatureKey`] without
 /// its data. Bulk `encode` records it in its manifest, and `train --features-from`
@@ -76,6 +82,10 @@ pub struct EncodeSpec {
     pub precision: String,
     pub pooling: String,
     pub long: String,
+    /// [`FeatureKey::windows`]: bulk outputs of chunked features made before the window
+    /// fix have none in their manifest, and are refused by what reads them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub windows: Option<u32>,
 }
 
 impl FeatureKey {
@@ -90,7 +100,7 @@ impl FeatureKey {
             data_hash: data_hash.to_string(),
             pooling: spec.pooling.clone(),
             long: spec.long.clone(),
-            windows: (!is_truncate(&spec.long)).then_some(WINDOWS_REVISION),
+            windows: spec.windows,
         }
     }
 }
@@ -574,6 +584,7 @@ mod tests {
             precision: "fp32".to_string(),
             pooling: "cls".to_string(),
             long: long.to_string(),
+            windows: windows_revision(long),
         };
         let data = key().data_hash;
         let now = FeatureKey::new(&spec("chunk:64"), &data);
@@ -730,6 +741,7 @@ mod tests {
             precision: k.precision.clone(),
             pooling: k.pooling.clone(),
             long: k.long.clone(),
+            windows: k.windows,
         };
         assert_eq!(FeatureKey::new(&spec, &k.data_hash), k);
         assert_eq!(FeatureKey::new(&spec, &k.data_hash).digest(), k.digest());

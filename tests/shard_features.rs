@@ -502,3 +502,68 @@ fn features_changed_since_encode_are_refused() {
         assert!(max_diff(&i.1, &e.1) <= FEATURE_TOL);
     }
 }
+
+/// Chunked features bulk-encoded before the window fix (their manifest records no
+/// window revision) hold too few windows for long texts: `train --features-from` and
+/// `merge` refuse them, naming the file and saying to encode it again, while outputs
+/// made now record the revision and import; truncated outputs never record one.
+#[test]
+fn chunked_features_of_another_window_revision_are_refused() {
+    let dir = TempDir::new("shardfeat-windows");
+    let cache = dir.join("cache");
+    let chunk = ["--long", "chunk", "--stride", "64"];
+    let out = dir.join("chunk.parquet");
+    encode_shard(&dsdict(), "train", 0, 1, &out, &chunk);
+    let manifest_of = |p: &Path| PathBuf::from(format!("{}.bulk.json", s(p)));
+    let read = |p: &Path| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(manifest_of(p)).unwrap()).unwrap()
+    };
+    assert_eq!(read(&out)["identity"]["model"]["windows"], 2);
+    let truncated = dir.join("truncated.parquet");
+    encode_shard(&dsdict(), "train", 0, 1, &truncated, &[]);
+    assert!(read(&truncated)["identity"]["model"]
+        .get("windows")
+        .is_none());
+
+    let rewritten = |windows: Option<u64>| {
+        let mut m = read(&out);
+        let model = m["identity"]["model"].as_object_mut().unwrap();
+        match windows {
+            Some(w) => model.insert("windows".into(), w.into()),
+            None => model.remove("windows"),
+        };
+        std::fs::write(manifest_of(&out), m.to_string()).unwrap();
+    };
+    for (windows, said) in [
+        (None, "no recorded window revision"),
+        (Some(1), "window revision 1"),
+    ] {
+        rewritten(windows);
+        let mut args = vec!["--features-from", s(&out)];
+        args.extend_from_slice(&chunk);
+        let refused = train(&dir.join("run"), &cache, &args);
+        let err = error_line(&refused);
+        assert_eq!(
+            err,
+            format!("error: {}: its chunked features were cut into windows by {said} (this bertcls cuts by revision 2; before it, texts lost windows): encode it again", s(&out))
+        );
+        assert!(!encoded_any(&refused), "{}", stderr(&refused));
+
+        let merged = dir.join("merged.parquet");
+        let out_merge = Command::new(env!("CARGO_BIN_EXE_bertcls"))
+            .args(["merge", s(&merged), s(&out)])
+            .output()
+            .unwrap();
+        assert!(error_line(&out_merge).contains("encode it again"));
+    }
+    rewritten(Some(2));
+    let mut args = vec!["--features-from", s(&out)];
+    args.extend_from_slice(&chunk);
+    let imported = train(&dir.join("run"), &cache, &args);
+    assert!(imported.status.success(), "{}", stderr(&imported));
+    assert!(
+        stderr(&imported).contains("train: 32 cls features imported"),
+        "{}",
+        stderr(&imported)
+    );
+}

@@ -14,7 +14,9 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::{CudaBackend, Precision};
 use crate::backend::{Device, DeviceRequest};
 use crate::chunk::{mean_of_windows, LongTexts, WindowTokenizer};
-use crate::features::{first_non_finite, sha256_file, EncodeSpec, FeatureCache, FeatureKey};
+use crate::features::{
+    first_non_finite, sha256_file, windows_revision, EncodeSpec, FeatureCache, FeatureKey,
+};
 use crate::hub::{self, ResolvedModel};
 use crate::model::weights::ShardIndex;
 use crate::model::{
@@ -481,6 +483,7 @@ impl FeatureSource {
             precision: precision_name(device, precision),
             pooling: pooling.name().to_string(),
             long: long.key(),
+            windows: windows_revision(&long.key()),
         })
     }
 

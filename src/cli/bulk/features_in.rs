@@ -13,7 +13,7 @@ use super::feature_rows::{NotFeatures, ParquetRows, TensorRows};
 use super::job::{manifest_path, read_json};
 use super::ranges::{check_tiling, ranges_of, TextRange};
 use super::sink::OutFormat;
-use crate::features::EncodeSpec;
+use crate::features::{windows_revision, EncodeSpec, WINDOWS_REVISION};
 
 /// A finished bulk `encode` output, as its manifest describes it.
 pub struct EncodedFile {
@@ -56,6 +56,7 @@ pub fn read_encoded(path: &Path) -> Result<EncodedFile> {
                 m["format"].as_str().unwrap_or("parquet or .safetensors")
             )
         })?;
+    check_windows(path, &identity["model"])?;
     let spec: EncodeSpec = serde_json::from_value(identity["model"].clone()).map_err(|e| {
         anyhow!(
             "{}: no complete encode spec ({e}; outputs of bertcls before backend and precision were recorded have none): encode the split again",
@@ -101,6 +102,24 @@ pub fn read_encoded(path: &Path) -> Result<EncodedFile> {
         ranges,
         format,
     })
+}
+
+/// Refuses chunked features whose windows were cut otherwise than now (outputs made
+/// before the window fix record no revision): their long texts have too few windows,
+/// which no setting of this run can match, so the only fix is to encode them again.
+pub(super) fn check_windows(path: &Path, model: &serde_json::Value) -> Result<()> {
+    let Some(long) = model["long"].as_str() else {
+        return Ok(());
+    };
+    let recorded = model["windows"].as_u64();
+    if windows_revision(long).map(u64::from) != recorded {
+        bail!(
+            "{}: its chunked features were cut into windows by {} (this bertcls cuts by revision {WINDOWS_REVISION}; before it, texts lost windows): encode it again",
+            path.display(),
+            recorded.map_or("no recorded window revision".to_string(), |r| format!("window revision {r}"))
+        );
+    }
+    Ok(())
 }
 
 impl EncodedFile {

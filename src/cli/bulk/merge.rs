@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
 
+use super::features_in::check_windows;
 use super::job::{manifest_path, read_json, Counts};
 use super::ranges::{check_tiling, first_uncovered, ranges_of, TextRange, Uncovered};
 use super::sink::{assemble, OutFormat, PartFeatures, PartRows};
@@ -57,6 +58,9 @@ pub fn run(args: MergeArgs) -> Result<()> {
                 args.out.display(),
                 format.ext()
             );
+        }
+        if m["identity"]["kind"] == "encode" {
+            check_windows(path, &m["identity"]["model"])?;
         }
         match &identity {
             None => identity = Some(m["identity"].clone()),
