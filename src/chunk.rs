@@ -69,6 +69,22 @@ impl LongTexts {
     }
 }
 
+/// Refuses windows of `max_length` tokens that `stride` shared tokens would leave nothing
+/// new to hold. It needs only the two numbers, so commands call it before loading the
+/// weights: a bad --stride is refused before minutes of loading, not after.
+pub fn check_window(max_length: usize, stride: usize) -> Result<()> {
+    if max_length <= 2 {
+        bail!("--long chunk: windows of --max-length {max_length} hold no tokens besides [CLS] and [SEP]; pass --max-length 3 or more");
+    }
+    if stride + 2 >= max_length {
+        bail!(
+            "--stride {stride}: windows of --max-length {max_length} hold {} tokens besides [CLS] and [SEP]; pass a stride below that",
+            max_length - 2
+        );
+    }
+    Ok(())
+}
+
 /// A model's tokenizer set to cut texts into overflow windows.
 pub struct WindowTokenizer {
     inner: Tokenizer,
@@ -79,15 +95,7 @@ pub struct WindowTokenizer {
 impl WindowTokenizer {
     pub fn new(base: &BertTokenizer, stride: usize) -> Result<Self> {
         let max_length = base.max_length();
-        if max_length <= 2 {
-            bail!("--long chunk: windows of --max-length {max_length} hold no tokens besides [CLS] and [SEP]; pass --max-length 3 or more");
-        }
-        if stride + 2 >= max_length {
-            bail!(
-                "--stride {stride}: windows of --max-length {max_length} hold {} tokens besides [CLS] and [SEP]; pass a stride below that",
-                max_length - 2
-            );
-        }
+        check_window(max_length, stride)?;
         let mut inner = base.tokenizer().clone();
         inner
             .with_truncation(Some(TruncationParams {

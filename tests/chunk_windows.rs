@@ -302,3 +302,47 @@ fn a_chunked_run_reuses_the_truncated_features_of_texts_that_fit() {
     }
     let _ = std::fs::remove_dir_all(Path::new(&dir));
 }
+
+/// A --stride the windows cannot hold is refused before the weights load (it was refused
+/// after the "loaded" line, once the tokenizer was set to cut windows), for texts and for
+/// a bulk --data job alike.
+#[test]
+fn a_bad_stride_is_refused_before_the_model_loads() {
+    let dir = std::env::temp_dir().join(format!("bertcls-stride-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let model = tiny_model();
+    let data = fixtures().join("data/tiny-dsdict");
+    let out = dir.join("x.parquet");
+    let flags = ["--max-length", "8", "--long", "chunk", "--stride", "6"];
+    let texts: &[&str] = &["a text"];
+    let bulk: &[&str] = &[
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    for input in [texts, bulk] {
+        let got = Command::new(env!("CARGO_BIN_EXE_bertcls"))
+            .args([
+                "encode",
+                "--device",
+                "cpu",
+                "--model",
+                model.to_str().unwrap(),
+            ])
+            .args(flags)
+            .args(input)
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap();
+        assert!(!got.status.success());
+        let err = String::from_utf8_lossy(&got.stderr);
+        assert!(!err.contains("loaded "), "{err}");
+        assert_eq!(
+            err.lines().last().unwrap(),
+            "error: --stride 6: windows of --max-length 8 hold 6 tokens besides [CLS] and [SEP]; pass a stride below that",
+            "{err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -13,7 +13,7 @@ use super::progress::{count, Progress};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::{CudaBackend, Precision};
 use crate::backend::{Device, DeviceRequest};
-use crate::chunk::{mean_of_windows, LongTexts, WindowTokenizer};
+use crate::chunk::{check_window, mean_of_windows, LongTexts, WindowTokenizer};
 use crate::features::{
     first_non_finite, sha256_file, windows_revision, EncodeSpec, FeatureCache, FeatureKey,
 };
@@ -173,6 +173,9 @@ pub fn model_files(args: &ModelArgs) -> Result<ModelFiles> {
     let dir = ModelDir::open(&resolved.dir).map_err(named_by)?;
     let config = dir.config().map_err(named_by)?;
     args.check_max_length(&config, &resolved.id)?;
+    if let LongTexts::Chunk { stride } = args.long {
+        check_window(args.max_length, stride)?;
+    }
     let tokenizer = BertTokenizer::from_dir(&dir.dir, args.max_length).map_err(named_by)?;
     let tokenizer = ManuallyDrop::new(tokenizer);
     check_tokenizer_fits(&tokenizer, &config, &dir).map_err(named_by)?;
