@@ -187,11 +187,11 @@ fn flags_that_contradict_the_run_are_refused() {
         ),
         (
             &["--run", mean, "--long", "chunk"],
-            "--long chunk --stride 64: the run's features were made with --long truncate",
+            "--long chunk: the run's features were made with --long truncate",
         ),
         (
             &["--run", chunk, "--stride", "4"],
-            "--long chunk --stride 4: the run's features were made with --long chunk --stride 3",
+            "--stride 4: the run's features were made with --long chunk --stride 3",
         ),
         (
             &["--run", chunk, "--long", "truncate"],

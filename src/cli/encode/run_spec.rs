@@ -79,11 +79,23 @@ fn agree_long(args: &EncodeArgs, run: LongTexts, json: &Path) -> Result<LongText
     )?;
     given.check_stride(args.stride)?;
     if given != run {
+        // Only the flags given: a --stride filled in from the default, or a --long from
+        // the run, would be named as if the user had passed it.
+        let passed = [
+            args.long
+                .as_deref()
+                .map(|long| ("--long", long.to_string())),
+            args.stride.map(|stride| ("--stride", stride.to_string())),
+        ];
+        let passed: Vec<_> = passed.into_iter().flatten().collect();
+        let shown: Vec<String> = passed.iter().map(|(f, v)| format!("{f} {v}")).collect();
+        let drop: Vec<&str> = passed.iter().map(|(f, _)| *f).collect();
         bail!(
-            "{}: the run's features were made with {} ({}); drop --long and --stride, with --run the run's is used",
-            long_flags(given),
+            "{}: the run's features were made with {} ({}); drop {}, with --run the run's is used",
+            shown.join(" "),
             long_flags(run),
-            json.display()
+            json.display(),
+            drop.join(" and ")
         );
     }
     Ok(run)
