@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{ok, TempDir};
+use common::{bertcls_env as bertcls, ok, TempDir};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
@@ -62,17 +62,6 @@ fn write_head_with(path: &Path, extra: &[(&str, &str)]) {
         .chain(extra.iter().map(|&(k, v)| (k.to_string(), v.to_string())))
         .collect();
     save_head(path, &head, None, &meta).unwrap();
-}
-
-fn bertcls(args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bertcls"))
-        .args(args)
-        .args(["--device", "cpu"])
-        .env("HF_HUB_OFFLINE", "1")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
 }
 
 fn merge(args: &[&str]) -> Output {

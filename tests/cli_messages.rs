@@ -5,7 +5,7 @@ mod common;
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use common::*;
 
@@ -15,17 +15,6 @@ fn s(p: &Path) -> &str {
 
 fn model() -> String {
     fixtures().join("tiny/model").display().to_string()
-}
-
-fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bertcls"))
-        .args(args)
-        .args(["--device", "cpu"])
-        .env("HF_HUB_OFFLINE", "1")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
 }
 
 /// The last stderr line of a command that failed, which must be its one error line.
@@ -63,7 +52,7 @@ fn a_label_the_head_lacks_names_its_file_and_row() {
         "{\"text\": \"好\", \"label\": 0}\n{\"text\": \"差\", \"label\": 1}\n{\"text\": \"中\", \"label\": 2}\n",
     )
     .unwrap();
-    let out = run_with_env(
+    let out = bertcls_env(
         &[
             "predict",
             "--run",
@@ -177,7 +166,7 @@ fn an_unreadable_chunk_says_to_delete_it_and_deleting_it_works() {
     };
     let encode = |out: &Path, env: &[(&str, &str)]| {
         let a = args(out);
-        run_with_env(&a.iter().map(String::as_str).collect::<Vec<_>>(), env)
+        bertcls_env(&a.iter().map(String::as_str).collect::<Vec<_>>(), env)
     };
     let clean = dir.join("clean.safetensors");
     ok(encode(&clean, &[]));
@@ -303,7 +292,7 @@ fn a_shard_without_rows_says_how_many_shards_fit() {
             s(&out),
         ];
         args.extend_from_slice(extra);
-        error_line(&run_with_env(&args, &[]))
+        error_line(&bertcls_env(&args, &[]))
     };
     assert_eq!(
         encode(&data, &["--shard", "0/50"]),

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use bertcls::tokenize::TokenizedText;
 use safetensors::{Dtype, SafeTensors};
@@ -151,10 +151,18 @@ pub fn copy_files(from: &Path, to: &Path) {
 
 /// The binary offline on the CPU.
 pub fn bertcls_cpu(args: &[&str]) -> Output {
+    bertcls_env(args, &[])
+}
+
+/// `bertcls_cpu` with more environment; standard input is empty, so that a command
+/// given no texts reads none rather than waiting on the test runner's.
+pub fn bertcls_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_bertcls"))
         .args(args)
         .args(["--device", "cpu"])
         .env("HF_HUB_OFFLINE", "1")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
         .output()
         .unwrap()
 }
