@@ -5,11 +5,12 @@
 mod import;
 mod resume;
 mod search;
+mod stamp;
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, ValueEnum};
@@ -405,7 +406,7 @@ fn check_args(args: &TrainArgs) -> Result<()> {
 fn out_dir(args: &TrainArgs) -> PathBuf {
     args.out
         .clone()
-        .unwrap_or_else(|| Path::new("runs").join(utc_stamp(SystemTime::now())))
+        .unwrap_or_else(|| Path::new("runs").join(stamp::utc_stamp(SystemTime::now())))
 }
 
 /// The dataset and what run.json records of it: the hub id, or the canonical path.
@@ -677,7 +678,7 @@ fn run_info(
         },
         device: String::new(),
         precision: String::new(),
-        created: iso_utc(SystemTime::now()),
+        created: stamp::iso_utc(SystemTime::now()),
         search: None,
     })
 }
@@ -944,46 +945,9 @@ fn pooling_list(poolings: &[Pooling]) -> String {
         .join(",")
 }
 
-/// `2026-01-31-142501`: the default run folder's name, in UTC (no time-zone database).
-fn utc_stamp(t: SystemTime) -> String {
-    let (y, mo, d, h, mi, s) = utc_fields(t);
-    format!("{y:04}-{mo:02}-{d:02}-{h:02}{mi:02}{s:02}")
-}
-
-fn iso_utc(t: SystemTime) -> String {
-    let (y, mo, d, h, mi, s) = utc_fields(t);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
-}
-
-fn utc_fields(t: SystemTime) -> (i64, u32, u32, u64, u64, u64) {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (y, mo, d) = civil_from_days((secs / 86_400) as i64);
-    let day = secs % 86_400;
-    (y, mo, d, day / 3600, day % 3600 / 60, day % 60)
-}
-
-/// (year, month, day) of a count of days since 1970-01-01: Howard Hinnant's
-/// `civil_from_days`, which counts in 400-year eras of 146,097 days.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn with_val_losses(losses: &[f64]) -> Vec<EpochMetrics> {
         losses
@@ -1020,15 +984,5 @@ mod tests {
         let mut no_val = with_val_losses(&[0.5, 0.3]);
         no_val.iter_mut().for_each(|m| m.val_loss = None);
         assert_eq!(still_learning(&no_val), None);
-    }
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(20_513), (2026, 3, 1));
-        let t = UNIX_EPOCH + Duration::from_secs(1_769_869_501);
-        assert_eq!(utc_stamp(t), "2026-01-31-142501");
-        assert_eq!(iso_utc(t), "2026-01-31T14:25:01Z");
     }
 }
