@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow_array::{
-    Array, ArrayRef, BinaryArray, BooleanArray, Int64Array, RecordBatch, StringArray,
+    Array, ArrayRef, BinaryArray, BooleanArray, Int64Array, LargeStringArray, RecordBatch,
+    StringArray,
 };
 use bertcls::data::{load, Dataset, Format, LoadOptions};
 
@@ -321,7 +322,7 @@ fn bad_labels_name_the_file_and_row() {
         (
             "a.jsonl",
             b"{\"text\": \"x\", \"label\": 0}\n{\"text\": \"y\", \"label\": \"pos\"}\n",
-            "a.jsonl row 2: label \"pos\" is not an integer",
+            "a.jsonl row 2: label \"pos\" is a name, but 1 of the 2 labels read are class ids",
         ),
         (
             "b.jsonl",
@@ -345,8 +346,8 @@ fn bad_labels_name_the_file_and_row() {
         ),
         (
             "f.tsv",
-            b"label\ttext\nneg\tx\n",
-            "f.tsv row 1: label \"neg\" is not an integer",
+            b"label\ttext\n0\tx\nnan\ty\n",
+            "f.tsv row 2: label NaN is not an integer",
         ),
     ];
     for (name, content, expected) in cases {
@@ -366,6 +367,53 @@ fn bad_labels_name_the_file_and_row() {
         "{err}"
     );
     assert_eq!(load(&file, &opts()).unwrap().label_names, ["0", "1", "2"]);
+}
+
+/// Arrow and parquet string label columns hold names as CSV and JSONL do: sorted when
+/// the data declares none, mapped through its ClassLabel when it does.
+#[test]
+fn string_label_columns_hold_names() {
+    let dir = temp_dir("names");
+    let texts = || text_column(&["a", "b", "c"]);
+    let names = || -> ArrayRef { Arc::new(StringArray::from(vec!["pos", "neg", "pos"])) };
+    let parquet = dir.join("train.parquet");
+    write_parquet(&parquet, texts(), names(), "text");
+    let data = load(&parquet, &opts()).unwrap();
+    assert_eq!(data.label_names, ["neg", "pos"]);
+    assert_eq!(data.split("train").unwrap().labels, [1, 0, 1]);
+    let large = dir.join("large/train.parquet");
+    let labels: ArrayRef = Arc::new(LargeStringArray::from(vec!["pos", "neg", "pos"]));
+    write_parquet(&large, texts(), labels, "text");
+    assert_eq!(
+        load(&large, &with_labels(&["pos", "neg"]))
+            .unwrap()
+            .split("train")
+            .unwrap()
+            .labels,
+        [0, 1, 0]
+    );
+
+    let dict = dir.join("dsdict");
+    let split = dict.join("train");
+    let labels: ArrayRef = Arc::new(StringArray::from(vec!["positive", "negative", "positive"]));
+    write_stream(
+        &split.join("data-00000-of-00001.arrow"),
+        &batch("text", texts(), labels),
+    );
+    write_save_to_disk_meta(&dict, &split, &["data-00000-of-00001.arrow"]);
+    let data = load(&dict, &opts()).unwrap();
+    assert_eq!(data.label_names, ["negative", "positive"]);
+    assert_eq!(data.split("train").unwrap().labels, [1, 0, 1]);
+    let labels: ArrayRef = Arc::new(StringArray::from(vec!["positive", "neutral", "negative"]));
+    write_stream(
+        &split.join("data-00000-of-00001.arrow"),
+        &batch("text", texts(), labels),
+    );
+    let err = load_err(&dict, &opts());
+    assert!(
+        err.contains("data-00000-of-00001.arrow row 2: label \"neutral\" is not one of the label names (negative, positive)"),
+        "{err}"
+    );
 }
 
 #[test]

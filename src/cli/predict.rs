@@ -23,7 +23,7 @@ use super::run_settings::run_device;
 use crate::calibration::scaled_softmax;
 use crate::checkpoint::load_inference_head;
 use crate::chunk::LongTexts;
-use crate::data::check_label_names;
+use crate::data::{are_bare_ids, check_label_names};
 use crate::head::{argmax, LinearHead};
 use crate::hub::DEFAULT_MODEL;
 use crate::model::Pooling;
@@ -216,15 +216,6 @@ fn run_checkpoint(dir: &Path, choice: Option<&str>) -> Result<PathBuf> {
         );
     }
     Ok(path)
-}
-
-/// Names that are only the ids "0", "1", ... (data without names): --labels may name
-/// them, as it names a head that records none.
-fn are_bare_ids(names: &[String]) -> bool {
-    names
-        .iter()
-        .enumerate()
-        .all(|(id, name)| *name == id.to_string())
 }
 
 fn metadata_labels(

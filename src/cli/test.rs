@@ -146,7 +146,7 @@ fn load_data(args: &TestArgs, classifier: &Classifier) -> Result<Dataset> {
             .unwrap_or("label".into()),
         labels: args.head.labels.clone(),
         splits: Some(vec![args.split.clone()]),
-        head_labels: Some(classifier.head.num_labels),
+        head_labels: Some(classifier.names_or_ids()),
     };
     // Only for a --data named here: `test --run R` of a run trained on train.jsonl
     // scoring its sibling test.jsonl is what the sibling rule is for.

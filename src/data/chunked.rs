@@ -4,7 +4,9 @@
 //!
 //! Rows are numbered from 0 across the split's files in the loader's order, so a row
 //! range `[start, end)` means the same rows to every process that opens the split.
-//! The label column is optional here: unlabelled data is what bulk jobs mostly see.
+//! The label column is optional here: unlabelled data is what bulk jobs mostly see. Its
+//! labels are read only when a head scores them ([`LoadOptions::head_labels`]), which
+//! gives names their ids.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -21,8 +23,9 @@ use serde_json::Value;
 
 use super::delimited::{Dialect, Rows};
 use super::guard::guarded;
+use super::labels::{self, Label};
 use super::raw::{cut, missing_column, row_error};
-use super::{arrow_dir, columns, labels, layout, Format, LoadOptions, ACCEPTED};
+use super::{arrow_dir, columns, layout, Format, LoadOptions, ACCEPTED};
 
 /// Rows the per-file readers hand over at a time (parquet and Arrow decode in batches
 /// of about this size; JSONL and CSV are cut into them).
@@ -49,9 +52,12 @@ pub struct ChunkedSplit {
 pub struct RowChunk {
     pub first: usize,
     pub texts: Vec<String>,
-    /// The label ids, when the split has a label column.
+    /// The label ids, when the split has a label column and a head scores it.
     pub labels: Option<Vec<i64>>,
 }
+
+/// A label as a head scores it: its class id, and whether the row wrote it as a name.
+type HeadLabel = (i64, bool);
 
 /// Opens split `split` of `source` (any form `load` accepts) and counts its rows: from
 /// the footer for parquet, by one streaming pass for the other formats.
@@ -92,16 +98,20 @@ pub fn open_split(source: &Path, split: &str, opts: &LoadOptions) -> Result<Chun
     };
     let mut has_labels = None;
     let mut label_past_head = None;
+    let mut forms = Forms::default();
     let mut file_rows = Vec::with_capacity(files.len());
     for file in files {
         let FileCount {
             rows,
             labelled,
             past_head,
+            forms: file_forms,
         } = count_rows(format, file, opts)?;
+        let before: usize = file_rows.iter().sum();
         if let (None, Some((row, label))) = (label_past_head, past_head) {
-            label_past_head = Some((file_rows.iter().sum::<usize>() + row - 1, label));
+            label_past_head = Some((before + row - 1, label));
         }
+        forms.add(file_forms, before);
         match has_labels {
             None => has_labels = Some(labelled),
             Some(h) if h != labelled => bail!(
@@ -115,7 +125,7 @@ pub fn open_split(source: &Path, split: &str, opts: &LoadOptions) -> Result<Chun
         }
         file_rows.push(rows);
     }
-    Ok(ChunkedSplit {
+    let split = ChunkedSplit {
         source: source.to_path_buf(),
         split: split.to_string(),
         format,
@@ -124,12 +134,77 @@ pub fn open_split(source: &Path, split: &str, opts: &LoadOptions) -> Result<Chun
         has_labels: has_labels.unwrap_or(false),
         label_past_head,
         opts: opts.clone(),
-    })
+    };
+    forms.check(&split)?;
+    Ok(split)
+}
+
+/// A split's labels counted by how the rows write them, with the first of each way
+/// (its split row from 0, and its id): labels written both ways are refused at the first
+/// of the rarer way, as the whole-split loader refuses them.
+#[derive(Default)]
+struct Forms {
+    rows: usize,
+    named: usize,
+    first_id: Option<(usize, i64)>,
+    first_name: Option<(usize, i64)>,
+}
+
+impl Forms {
+    /// Counts `labels`, the first of them at split row `first`.
+    fn count(&mut self, labels: &[HeadLabel], first: usize) {
+        for (i, &(id, named)) in labels.iter().enumerate() {
+            let first_of_its_way = if named {
+                &mut self.first_name
+            } else {
+                &mut self.first_id
+            };
+            first_of_its_way.get_or_insert((first + i, id));
+            self.named += usize::from(named);
+        }
+        self.rows += labels.len();
+    }
+
+    /// Adds a file's counts, its rows starting at split row `start`.
+    fn add(&mut self, file: Forms, start: usize) {
+        let moved = |first: Option<(usize, i64)>| first.map(|(row, id)| (start + row, id));
+        self.first_id = self.first_id.or(moved(file.first_id));
+        self.first_name = self.first_name.or(moved(file.first_name));
+        self.rows += file.rows;
+        self.named += file.named;
+    }
+
+    fn check(&self, split: &ChunkedSplit) -> Result<()> {
+        let Some(odd_named) = labels::odd_form(self.named, self.rows) else {
+            return Ok(());
+        };
+        let (first, others) = if odd_named {
+            (self.first_name, self.rows - self.named)
+        } else {
+            (self.first_id, self.named)
+        };
+        let (row, id) = first.expect("both ways were counted");
+        let shown = match (odd_named, &split.opts.head_labels) {
+            (true, Some(names)) => format!("\"{}\"", cut(&names[id as usize])),
+            _ => id.to_string(),
+        };
+        let (file, row) = split.locate(row);
+        Err(row_error(
+            file,
+            row,
+            labels::mixed_forms(odd_named, &shown, others, self.rows),
+        ))
+    }
 }
 
 impl ChunkedSplit {
     pub fn rows(&self) -> usize {
         self.file_rows.iter().sum()
+    }
+
+    /// Whether chunks carry labels: the split has a label column and a head scores it.
+    fn scores_labels(&self) -> bool {
+        self.has_labels && self.opts.head_labels.is_some()
     }
 
     /// The split's files in row order.
@@ -173,7 +248,7 @@ struct Pending {
     labels: Vec<i64>,
 }
 
-type Batches = Box<dyn Iterator<Item = Result<(Vec<String>, Option<Vec<i64>>)>>>;
+type Batches = Box<dyn Iterator<Item = Result<(Vec<String>, Option<Vec<HeadLabel>>)>>>;
 
 pub struct Chunks<'a> {
     split: &'a ChunkedSplit,
@@ -201,7 +276,7 @@ impl Iterator for Chunks<'_> {
             let texts: Vec<String> = self.pending.texts.drain(..want).collect();
             let labels: Option<Vec<i64>> = self
                 .split
-                .has_labels
+                .scores_labels()
                 .then(|| self.pending.labels.drain(..want).collect());
             let first = self.next_row;
             self.next_row += want;
@@ -227,7 +302,9 @@ impl Chunks<'_> {
                     let (texts, labels) = batch?;
                     self.pending.texts.extend(texts);
                     if let Some(labels) = labels {
-                        self.pending.labels.extend(labels);
+                        self.pending
+                            .labels
+                            .extend(labels.into_iter().map(|(id, _)| id));
                     }
                 }
                 None => {
@@ -303,12 +380,14 @@ fn read_file_unguarded(
     }
 }
 
-/// A file's rows, whether it has a label column, and its first row (from 1) whose label
-/// is past `opts.head_labels`, with that label.
+/// A file's rows, whether it has a label column, its first row (from 1) whose label is
+/// past `opts.head_labels`, with that label, and its labels counted by how they are
+/// written (rows from 0 in the file).
 struct FileCount {
     rows: usize,
     labelled: bool,
     past_head: Option<(usize, i64)>,
+    forms: Forms,
 }
 
 fn count_rows(format: Format, file: &Path, opts: &LoadOptions) -> Result<FileCount> {
@@ -328,6 +407,7 @@ fn count_rows_unguarded(format: Format, file: &Path, opts: &LoadOptions) -> Resu
             let label = find_columns(builder.schema(), opts, file)?.1;
             // The row count is in the footer, but the labels are not: they are read
             // alone (the label column only, a small part of the file's bytes).
+            let mut forms = Forms::default();
             let past_head = match label {
                 Some(index) if opts.head_labels.is_some() => {
                     let mask = ProjectionMask::roots(builder.parquet_schema(), [index]);
@@ -342,10 +422,8 @@ fn count_rows_unguarded(format: Format, file: &Path, opts: &LoadOptions) -> Resu
                         let batch =
                             batch.with_context(|| format!("{}: cannot decode", file.display()))?;
                         let labels = batch_labels(batch.column(0).as_ref(), opts, file, row)?;
-                        found = first_past_head(&labels, opts, row);
-                        if found.is_some() {
-                            break;
-                        }
+                        forms.count(&labels, row - 1);
+                        found = found.or_else(|| first_past_head(&labels, opts, row));
                         row += batch.num_rows();
                     }
                     found
@@ -361,6 +439,7 @@ fn count_rows_unguarded(format: Format, file: &Path, opts: &LoadOptions) -> Resu
                 rows: usize::try_from(rows).unwrap_or(0),
                 labelled: label.is_some(),
                 past_head,
+                forms,
             })
         }
         _ => {
@@ -376,10 +455,12 @@ fn count_rows_unguarded(format: Format, file: &Path, opts: &LoadOptions) -> Resu
             // The one pass that counts the rows decodes their labels too: checked here.
             let mut rows = 0;
             let mut past_head = None;
+            let mut forms = Forms::default();
             for batch in read_file(format, file, opts, 0)? {
                 let (texts, labels) = batch?;
-                if let (None, Some(labels)) = (past_head, labels) {
-                    past_head = first_past_head(&labels, opts, rows + 1);
+                if let Some(labels) = labels {
+                    forms.count(&labels, rows);
+                    past_head = past_head.or_else(|| first_past_head(&labels, opts, rows + 1));
                 }
                 rows += texts.len();
             }
@@ -387,6 +468,7 @@ fn count_rows_unguarded(format: Format, file: &Path, opts: &LoadOptions) -> Resu
                 rows,
                 labelled,
                 past_head,
+                forms,
             })
         }
     }
@@ -407,14 +489,14 @@ fn find_columns(
     Ok((text, label))
 }
 
-/// A decoded Arrow batch's texts and labels; `first_row` (1-based in the file) names
-/// the row of an error.
+/// A decoded Arrow batch's texts, and its labels when a head scores them; `first_row`
+/// (1-based in the file) names the row of an error.
 fn batch_rows(
     batch: &RecordBatch,
     opts: &LoadOptions,
     file: &Path,
     first_row: usize,
-) -> Result<(Vec<String>, Option<Vec<i64>>)> {
+) -> Result<(Vec<String>, Option<Vec<HeadLabel>>)> {
     let (text_index, label_index) = find_columns(&batch.schema(), opts, file)?;
     let raw = columns::texts(batch.column(text_index).as_ref(), &opts.text_column, file)?;
     let mut texts = Vec::with_capacity(raw.len());
@@ -427,32 +509,59 @@ fn batch_rows(
         texts.push(text);
     }
     let labels = label_index
+        .filter(|_| opts.head_labels.is_some())
         .map(|index| batch_labels(batch.column(index).as_ref(), opts, file, first_row))
         .transpose()?;
     Ok((texts, labels))
 }
 
-/// A decoded Arrow label column's ids; `first_row` as for [`batch_rows`].
+/// A decoded Arrow label column's labels; `first_row` as for [`batch_rows`].
 fn batch_labels(
     column: &dyn arrow_array::Array,
     opts: &LoadOptions,
     file: &Path,
     first_row: usize,
-) -> Result<Vec<i64>> {
-    let ids = columns::label_ids(column, &opts.label_column, file)?;
-    let mut out = Vec::with_capacity(ids.len());
-    for (i, id) in ids.into_iter().enumerate() {
+) -> Result<Vec<HeadLabel>> {
+    let labels = columns::labels(column, &opts.label_column, file)?;
+    let mut out = Vec::with_capacity(labels.len());
+    for (i, label) in labels.into_iter().enumerate() {
         let row = first_row + i;
-        let id = id.ok_or_else(|| row_error(file, row, "label is null; drop or fill the row"))?;
-        out.push(id.map_err(|e| row_error(file, row, e))?);
+        let label =
+            label.ok_or_else(|| row_error(file, row, "label is null; drop or fill the row"))?;
+        out.push(
+            label
+                .and_then(|l| head_label(l, opts))
+                .map_err(|e| row_error(file, row, e))?,
+        );
     }
     Ok(out)
 }
 
+/// `label` as the head of `opts` scores it: a name is the index of the head's name.
+fn head_label(label: Label, opts: &LoadOptions) -> Result<HeadLabel, String> {
+    let names = opts
+        .head_labels
+        .as_deref()
+        .expect("labels are read only for a head");
+    match label {
+        Label::Id(id) => Ok((id, false)),
+        Label::Name(name) => match names.iter().position(|n| *n == name) {
+            Some(id) => Ok((id as i64, true)),
+            None => Err(labels::not_the_heads(&name, names)),
+        },
+    }
+}
+
 /// The first of `labels` (the first at row `first_row` of its file) past the head's
-/// classes, with its row.
-fn first_past_head(labels: &[i64], opts: &LoadOptions, first_row: usize) -> Option<(usize, i64)> {
-    first_label_past(labels, opts.head_labels?).map(|i| (first_row + i, labels[i]))
+/// classes, with its row. Names are the head's own, never past them.
+fn first_past_head(
+    labels: &[HeadLabel],
+    opts: &LoadOptions,
+    first_row: usize,
+) -> Option<(usize, i64)> {
+    let classes = opts.head_labels.as_ref()?.len();
+    let ids: Vec<i64> = labels.iter().map(|&(id, _)| id).collect();
+    first_label_past(&ids, classes).map(|i| (first_row + i, ids[i]))
 }
 
 /// The index of the first of `labels` that is no id of `classes` classes.
@@ -572,7 +681,7 @@ fn json_object(file: &Path, row: usize, line: &str) -> Result<serde_json::Map<St
 }
 
 fn read_jsonl(file: &Path, opts: &LoadOptions, skip: usize) -> Result<Batches> {
-    let labelled = jsonl_has_label(file, opts)?;
+    let labelled = opts.head_labels.is_some() && jsonl_has_label(file, opts)?;
     let mut lines = jsonl_lines(file)?.skip(skip);
     let (file, opts) = (file.to_path_buf(), opts.clone());
     Ok(Box::new(std::iter::from_fn(move || {
@@ -611,7 +720,8 @@ fn read_jsonl(file: &Path, opts: &LoadOptions, skip: usize) -> Result<Batches> {
                 }
                 if labelled {
                     let value = field(&opts.label_column, "--label-column")?;
-                    labels.push(labels::from_json(value).map_err(|e| row_error(&file, row, e))?);
+                    let label = labels::from_json(value).and_then(|l| head_label(l, &opts));
+                    labels.push(label.map_err(|e| row_error(&file, row, e))?);
                 }
                 if texts.len() == READ_BATCH {
                     break;
@@ -646,7 +756,8 @@ fn read_delimited(
     skip: usize,
 ) -> Result<Batches> {
     let (mut rows, text_index, label_index) = delimited_rows(file, dialect, opts)?;
-    let file = file.to_path_buf();
+    let label_index = label_index.filter(|_| opts.head_labels.is_some());
+    let (file, opts) = (file.to_path_buf(), opts.clone());
     let mut record = ByteRecord::new();
     Ok(Box::new(std::iter::from_fn(move || {
         let mut texts = Vec::new();
@@ -668,6 +779,7 @@ fn read_delimited(
                     let label = std::str::from_utf8(&record[index])
                         .map_err(|_| "label is not UTF-8".to_string())
                         .and_then(labels::from_text)
+                        .and_then(|l| head_label(l, &opts))
                         .map_err(|e| row_error(&file, row, e))?;
                     labels.push(label);
                 }
@@ -759,7 +871,10 @@ mod tests {
     /// Every form, any start and chunk size, gives the whole-split loader's rows.
     #[test]
     fn chunks_match_the_whole_split_loader_for_every_form() {
-        let opts = LoadOptions::default();
+        let opts = LoadOptions {
+            head_labels: Some(vec!["0".into(), "1".into()]),
+            ..LoadOptions::default()
+        };
         let sources = [
             fixtures().join("tiny-dsdict"),
             fixtures().join("tiny-sharded"),
@@ -818,6 +933,46 @@ mod tests {
         assert!(chunks[0].labels.is_none());
         let err = open_split(&file, "test", &LoadOptions::default()).unwrap_err();
         assert!(err.to_string().contains("unknown split \"test\""), "{err}");
+    }
+
+    /// Labels are read for a head alone, which gives names their ids; without one (encode)
+    /// they are left unread, whatever they hold.
+    #[test]
+    fn a_heads_names_give_labels_their_ids() {
+        let dir = crate::data::testdir::TestDir::new("chunked");
+        let rows = |labels: &[&str]| -> Vec<u8> {
+            let lines: Vec<String> = (0..labels.len())
+                .map(|i| format!("{{\"text\": \"t{i}\", \"label\": \"{}\"}}\n", labels[i]))
+                .collect();
+            lines.concat().into_bytes()
+        };
+        let head = LoadOptions {
+            head_labels: Some(vec!["neg".into(), "pos".into()]),
+            ..LoadOptions::default()
+        };
+        let file = dir.write("train.jsonl", &rows(&["pos", "neg", "pos"]));
+        let split = open_split(&file, "train", &head).unwrap();
+        let chunk = split.chunks(0, 3, 10).next().unwrap().unwrap();
+        assert_eq!(chunk.labels.unwrap(), [1, 0, 1]);
+        let split = open_split(&file, "train", &LoadOptions::default()).unwrap();
+        assert!(split.has_labels);
+        let chunk = split.chunks(0, 3, 10).next().unwrap().unwrap();
+        assert!(chunk.labels.is_none());
+
+        let csv = dir.write("test.csv", b"text,label\na,neg\nb,meh\n");
+        let err = open_split(&csv, "test", &head).unwrap_err().to_string();
+        assert!(
+            err.ends_with("test.csv row 2: label \"meh\" is not one of the head's labels (neg, pos); check --label-column, or use the head trained for these labels"),
+            "{err}"
+        );
+        let mixed = dir.write("validation.jsonl", &rows(&["pos", "neg", "1", "pos"]));
+        let err = open_split(&mixed, "validation", &head)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with("validation.jsonl row 3: label 1 is a class id, but 3 of the 4 labels read are names: label every row by name, or every row by id"),
+            "{err}"
+        );
     }
 
     #[test]

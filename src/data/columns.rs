@@ -14,7 +14,7 @@ use arrow_array::{Array, RecordBatch};
 use arrow_schema::{DataType, Schema};
 use serde_json::Value;
 
-use super::labels;
+use super::labels::{self, Label};
 use super::raw::{missing_column, row_error, RawSplit};
 use super::LoadOptions;
 
@@ -43,8 +43,8 @@ pub(super) fn append(
 ) -> Result<()> {
     let (text_index, label_index) = find(&batch.schema(), opts, file)?;
     let texts = texts(batch.column(text_index).as_ref(), &opts.text_column, file)?;
-    let ids = label_ids(batch.column(label_index).as_ref(), &opts.label_column, file)?;
-    for (i, (text, id)) in texts.into_iter().zip(ids).enumerate() {
+    let labels = labels(batch.column(label_index).as_ref(), &opts.label_column, file)?;
+    for (i, (text, label)) in texts.into_iter().zip(labels).enumerate() {
         let row = first_row + i;
         let text = match text {
             Some(bytes) => String::from_utf8(bytes.to_vec()).map_err(|_| {
@@ -52,8 +52,9 @@ pub(super) fn append(
             })?,
             None => return Err(row_error(file, row, "text is null; drop or fill the row")),
         };
-        let id = id.ok_or_else(|| row_error(file, row, "label is null; drop or fill the row"))?;
-        out.push(text, id.map_err(|e| row_error(file, row, e))?);
+        let label =
+            label.ok_or_else(|| row_error(file, row, "label is null; drop or fill the row"))?;
+        out.push(text, label.map_err(|e| row_error(file, row, e))?);
     }
     Ok(())
 }
@@ -79,9 +80,10 @@ pub(super) fn texts<'a>(
     })
 }
 
-type Ids = Vec<Option<Result<i64, String>>>;
+type Labels = Vec<Option<Result<Label, String>>>;
 
-pub(super) fn label_ids(column: &dyn Array, name: &str, file: &Path) -> Result<Ids> {
+/// Each row's label: `None` where it is null.
+pub(super) fn labels(column: &dyn Array, name: &str, file: &Path) -> Result<Labels> {
     Ok(match column.data_type() {
         DataType::Int8 => ints::<Int8Type>(column),
         DataType::Int16 => ints::<Int16Type>(column),
@@ -108,15 +110,30 @@ pub(super) fn label_ids(column: &dyn Array, name: &str, file: &Path) -> Result<I
             .iter()
             .map(|v| v.map(labels::from_text))
             .collect(),
+        DataType::Utf8View => column
+            .as_string_view()
+            .iter()
+            .map(|v| v.map(labels::from_text))
+            .collect(),
+        // Pandas categoricals come as dictionaries: each row's label is its key's value.
+        DataType::Dictionary(_, _) => {
+            let dictionary = column.as_any_dictionary();
+            let values = labels(dictionary.values().as_ref(), name, file)?;
+            let keys = dictionary.normalized_keys();
+            keys.into_iter()
+                .enumerate()
+                .map(|(row, key)| values[key].clone().filter(|_| column.is_valid(row)))
+                .collect()
+        }
         other => bail!(
-            "{}: label column \"{name}\" holds {other}, not integer class ids; \
-             name an integer column with --label-column",
+            "{}: label column \"{name}\" holds {other}, not class ids or names; \
+             name an integer or string column with --label-column",
             file.display()
         ),
     })
 }
 
-fn ints<T: ArrowPrimitiveType>(column: &dyn Array) -> Ids
+fn ints<T: ArrowPrimitiveType>(column: &dyn Array) -> Labels
 where
     T::Native: TryInto<i64>,
 {
@@ -125,15 +142,17 @@ where
         .iter()
         .map(|v| {
             v.map(|v| match v.try_into() {
-                Ok(id) => labels::check_id(id),
+                Ok(id) => labels::check_id(id).map(Label::Id),
                 Err(_) => Err(format!("label {v:?} does not fit in an i64")),
             })
         })
         .collect()
 }
 
-fn floats(values: impl Iterator<Item = Option<f64>>) -> Ids {
-    values.map(|v| v.map(labels::from_f64)).collect()
+fn floats(values: impl Iterator<Item = Option<f64>>) -> Labels {
+    values
+        .map(|v| v.map(|v| labels::from_f64(v).map(Label::Id)))
+        .collect()
 }
 
 /// ClassLabel names of `column` in HF `features` JSON (dataset_info.json's
@@ -164,7 +183,10 @@ pub(super) fn class_names_in_metadata(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow_array::{BinaryArray, Float64Array, Int32Array, StringArray};
+    use arrow_array::{
+        BinaryArray, DictionaryArray, Float64Array, Int32Array, LargeStringArray, StringArray,
+        StringViewArray,
+    };
     use std::sync::Arc;
 
     fn batch(text: Arc<dyn Array>, label: Arc<dyn Array>) -> RecordBatch {
@@ -198,6 +220,36 @@ mod tests {
             Arc::new(Float64Array::from(vec![1.0])),
         );
         assert_eq!(load(&b).unwrap().labels, [1]);
+    }
+
+    #[test]
+    fn reads_labels_given_by_name_in_any_string_column() {
+        let texts = || Arc::new(StringArray::from(vec!["a", "b", "c"])) as Arc<dyn Array>;
+        let columns: [Arc<dyn Array>; 4] = [
+            Arc::new(StringArray::from(vec!["pos", "neg", "pos"])),
+            Arc::new(LargeStringArray::from(vec!["pos", "neg", "pos"])),
+            Arc::new(StringViewArray::from(vec!["pos", "neg", "pos"])),
+            // A pandas categorical, as pyarrow writes it.
+            Arc::new(DictionaryArray::<arrow_array::types::Int8Type>::from_iter(
+                ["pos", "neg", "pos"],
+            )),
+        ];
+        for labels in columns {
+            let kind = labels.data_type().clone();
+            let split = load(&batch(texts(), labels)).unwrap();
+            assert_eq!(split.names, ["pos", "neg"], "{kind}");
+            assert_eq!(split.labels, [0, 1, 0], "{kind}");
+        }
+        let nulls = DictionaryArray::<arrow_array::types::Int8Type>::from_iter([
+            Some("pos"),
+            None,
+            Some("neg"),
+        ]);
+        let err = load(&batch(texts(), Arc::new(nulls)))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.starts_with("f.arrow row 2: label is null"), "{err}");
     }
 
     #[test]

@@ -145,7 +145,7 @@ fn ends_inside_quotes(bytes: &[u8]) -> bool {
     state == State::Quoted
 }
 
-/// Appends the file's rows; CSV and TSV carry no label names.
+/// Appends the file's rows; CSV and TSV declare no label names.
 pub(super) fn read(
     file: &Path,
     dialect: Dialect,
@@ -224,6 +224,18 @@ mod tests {
     }
 
     #[test]
+    fn csv_reads_labels_given_by_name() {
+        let split = load(
+            "t.csv",
+            Dialect::Csv,
+            b"text,label\na,positive\nb, negative\nc,\"positive\"\n",
+        )
+        .unwrap();
+        assert_eq!(split.names, ["positive", "negative"]);
+        assert_eq!(split.labels, [0, 1, 0]);
+    }
+
+    #[test]
     fn quotes_closed_at_the_end_of_the_file() {
         // Closed: at the end, doubled inside, before CRLF, after an empty last field.
         for content in [
@@ -272,7 +284,7 @@ mod tests {
                 &[b"label\ttext\n".as_slice(), body].concat(),
             )
         };
-        assert!(tsv(b"0\tok\npos\tbad\n").contains("t.tsv row 2: label \"pos\" is not an integer"));
+        assert!(tsv(b"0\tok\ninf\tbad\n").contains("t.tsv row 2: label inf is not an integer"));
         assert!(tsv(b"1.5\tx\n").contains("row 1: label 1.5 is not an integer"));
         assert!(tsv(b"-2\tx\n").contains("row 1: label -2 is negative"));
         assert!(tsv(b"\tx\n").contains("row 1: label is empty"));

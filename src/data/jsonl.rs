@@ -10,7 +10,7 @@ use super::labels;
 use super::raw::{cut, missing_column, row_error, RawSplit};
 use super::LoadOptions;
 
-/// Appends the file's rows; JSONL carries no label names.
+/// Appends the file's rows; JSONL declares no label names.
 pub(super) fn read(
     file: &Path,
     opts: &LoadOptions,
@@ -88,10 +88,18 @@ mod tests {
     }
 
     #[test]
+    fn reads_labels_given_by_name() {
+        let split = load(b"{\"text\": \"a\", \"label\": \"pos\"}\n{\"text\": \"b\", \"label\": \" neg \"}\n{\"text\": \"c\", \"label\": \"pos\"}\n").unwrap();
+        assert_eq!(split.names, ["pos", "neg"]);
+        assert_eq!(split.labels, [0, 1, 0]);
+        assert_eq!((split.named, split.first_name), (3, Some(0)));
+    }
+
+    #[test]
     fn errors_name_the_row() {
         assert!(
-            error(b"{\"text\": \"a\", \"label\": 0}\n{\"text\": \"b\", \"label\": \"pos\"}\n")
-                .contains("row 2: label \"pos\" is not an integer")
+            error(b"{\"text\": \"a\", \"label\": 0}\n{\"text\": \"b\", \"label\": [1]}\n")
+                .contains("row 2: label [1] is neither a number nor a string")
         );
         assert!(error(b"{\"text\": \"a\", \"label\": 1.5}\n")
             .contains("row 1: label 1.5 is not an integer"));

@@ -1,12 +1,33 @@
-//! Label ids as the data writes them (integers, integral floats, digit
-//! strings), and the label names a dataset ends up with.
+//! Labels as the data writes them (class ids as integers, integral floats or digit
+//! strings; or class names), and the label names a dataset ends up with.
+
+use std::collections::HashMap;
 
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 
 use super::raw::{cut, row_error, RawSplit};
+use super::LoadOptions;
 
-const IDS_HINT: &str = "labels must be class ids 0, 1, ... (map label names to ids first)";
+const IDS_HINT: &str = "labels must be class ids 0, 1, ... or class names";
+
+/// Names derived from the data beyond this many are no classes: the common text
+/// classification sets have tens to a few hundred (banking77, CLINC150), and a column of
+/// titles, users or products swapped in for the labels has thousands. A set with more
+/// classes names them with `--labels`, which this does not bound.
+const MAX_DERIVED_NAMES: usize = 1000;
+
+/// From this many rows on, names derived from the data must average two rows or more each:
+/// a text column swapped in for the labels has about one value per row, and a class seen
+/// once cannot be learned. Fewer rows (a hand-made smoke test) are not judged.
+const SPREAD_MIN_ROWS: usize = 20;
+
+/// A row's label as written: a class id, or a class name still to be mapped to one.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Label {
+    Id(i64),
+    Name(String),
+}
 
 pub(super) fn check_id(id: i64) -> Result<i64, String> {
     if id < 0 {
@@ -23,56 +44,111 @@ pub(super) fn from_f64(value: f64) -> Result<i64, String> {
     Err(format!("label {value} is not an integer; {IDS_HINT}"))
 }
 
-pub(super) fn from_text(text: &str) -> Result<i64, String> {
+/// Text that reads as a number (digits, "1.0", also "nan" and "inf", which float columns
+/// write) is an id; any other text is a class name.
+pub(super) fn from_text(text: &str) -> Result<Label, String> {
     let trimmed = text.trim();
     if trimmed.is_empty() {
         return Err("label is empty".to_string());
     }
     if let Ok(id) = trimmed.parse::<i64>() {
-        return check_id(id);
+        return check_id(id).map(Label::Id);
     }
     match trimmed.parse::<f64>() {
-        Ok(value) if value.is_finite() => from_f64(value),
-        _ => Err(format!(
-            "label \"{}\" is not an integer; {IDS_HINT}",
-            cut(trimmed)
-        )),
+        Ok(value) => from_f64(value).map(Label::Id),
+        Err(_) => Ok(Label::Name(trimmed.to_string())),
     }
 }
 
-pub(super) fn from_json(value: &Value) -> Result<i64, String> {
+pub(super) fn from_json(value: &Value) -> Result<Label, String> {
     match value {
         Value::Null => Err("label is null".to_string()),
         Value::Number(n) => match (n.as_i64(), n.as_f64()) {
-            (Some(id), _) => check_id(id),
-            (None, Some(f)) => from_f64(f),
+            (Some(id), _) => check_id(id).map(Label::Id),
+            (None, Some(f)) => from_f64(f).map(Label::Id),
             (None, None) => Err(format!("label {n} is not an integer; {IDS_HINT}")),
         },
         Value::String(s) => from_text(s),
         other => Err(format!(
-            "label {} is not an integer; {IDS_HINT}",
+            "label {} is neither a number nor a string; {IDS_HINT}",
             cut(&other.to_string())
         )),
     }
 }
 
-/// The names in the order of their ids: the data's ClassLabel, else
-/// `--labels`, else the ids themselves (0..`head_labels` when scoring a head); then every
-/// label is checked against them.
+/// Names that are only the ids "0", "1", ... (data without names): --labels may name
+/// them, as it names a head that records none.
+pub fn are_bare_ids(names: &[String]) -> bool {
+    names
+        .iter()
+        .enumerate()
+        .all(|(id, name)| *name == id.to_string())
+}
+
+/// Why a label name found in the data is not one of the head's `names`.
+pub(super) fn not_the_heads(name: &str, names: &[String]) -> String {
+    let hint = if are_bare_ids(names) {
+        "the head records no label names: pass --labels with its class names in id order"
+    } else {
+        "check --label-column, or use the head trained for these labels"
+    };
+    format!(
+        "label \"{}\" is not one of the head's labels ({}); {hint}",
+        cut(name),
+        listed(names)
+    )
+}
+
+/// Whether the labels written as names are the odd ones out (else those written as ids),
+/// when `named` of `rows` labels are names and the rest ids; `None` when all are written
+/// one way.
+pub(super) fn odd_form(named: usize, rows: usize) -> Option<bool> {
+    // On a tie, the names are the odd ones.
+    (named > 0 && named < rows).then_some(named * 2 <= rows)
+}
+
+/// Why a row's label is refused when labels are written both as ids and as names: the
+/// row holds the rarer form, `shown` as written; `others` of `rows` labels take the other.
+pub(super) fn mixed_forms(named: bool, shown: &str, others: usize, rows: usize) -> String {
+    let (this, that) = if named {
+        ("a name", "class ids")
+    } else {
+        ("a class id", "names")
+    };
+    format!(
+        "label {shown} is {this}, but {others} of the {rows} labels read are {that}: label every row by name, or every row by id"
+    )
+}
+
+/// At most the first 20 of `names`, comma-separated, for messages.
+fn listed(names: &[String]) -> String {
+    const SHOWN: usize = 20;
+    let mut list = names[..names.len().min(SHOWN)].join(", ");
+    if names.len() > SHOWN {
+        list.push_str(&format!(", … ({} in all)", names.len()));
+    }
+    list
+}
+
+/// The names in the order of their ids, every label checked against them, and the rows
+/// labelled by name given their names' ids. Ids are named by the data's ClassLabel, else
+/// `--labels`, else the head's names when scoring one, else by themselves. Names take
+/// their ids from the head's names when scoring one, else from the ClassLabel, else from
+/// `--labels`, else from their own sorted order.
 pub(super) fn resolve(
     source: &str,
     class_names: Option<Vec<String>>,
-    flag: Option<&[String]>,
-    head_labels: Option<usize>,
-    splits: &[RawSplit],
+    opts: &LoadOptions,
+    splits: &mut [RawSplit],
 ) -> Result<Vec<String>> {
+    let flag = opts.labels.as_deref();
     if let Some(flag) = flag {
         check_label_names(flag).map_err(|why| anyhow!("--labels: {why}"))?;
     }
     if let Some(data) = &class_names {
         check_label_names(data).map_err(|why| anyhow!("{source}: its ClassLabel names: {why}"))?;
     }
-    let names = match (class_names, flag) {
+    let declared = match (class_names, flag) {
         (Some(data), Some(flag)) if data.len() != flag.len() => bail!(
             "{source}: its ClassLabel has {} names ({}) but --labels gives {} ({}); \
              drop --labels or give exactly {} names",
@@ -82,31 +158,58 @@ pub(super) fn resolve(
             flag.join(", "),
             data.len()
         ),
-        (Some(data), _) => data,
-        (None, Some(flag)) => flag.to_vec(),
+        (Some(data), _) => Some(data),
+        (None, flag) => flag.map(<[String]>::to_vec),
+    };
+    let head = opts.head_labels.as_deref();
+    if splits.iter().all(|s| s.names.is_empty()) {
+        return resolve_ids(source, declared, head, splits);
+    }
+    // A name means what the head was trained to call it, whatever the data declares.
+    if let Some(head) = head {
+        check_one_form(splits)?;
+        return map_names(head.to_vec(), splits, |name| not_the_heads(name, head));
+    }
+    let names = match declared {
+        Some(names) => names,
+        None => derived_names(source, &opts.label_column, splits)?,
+    };
+    check_one_form(splits)?;
+    check_count(source, &names)?;
+    let known = listed(&names);
+    map_names(names, splits, |name| {
+        format!(
+            "label \"{}\" is not one of the label names ({known}); fix the row, or pass --labels with one name per class if the data has no ClassLabel",
+            cut(name)
+        )
+    })
+}
+
+fn resolve_ids(
+    source: &str,
+    declared: Option<Vec<String>>,
+    head: Option<&[String]>,
+    splits: &[RawSplit],
+) -> Result<Vec<String>> {
+    let names = match (declared, head) {
+        (Some(names), _) => names,
+        (None, Some(head)) => {
+            check_range(
+                head,
+                splits,
+                &format!("the head has {} classes", head.len()),
+                "use the head trained for these labels",
+            )?;
+            return Ok(head.to_vec());
+        }
         (None, None) => {
-            let ids = |count: usize| (0..count).map(|id| id.to_string()).collect::<Vec<_>>();
-            if let Some(count) = head_labels {
-                let names = ids(count);
-                // The head's own names, if it has any, are applied after this: the ids
-                // stand in for them here, so the message names the class count instead.
-                check_range(
-                    &names,
-                    splits,
-                    &format!("the head has {count} classes"),
-                    "use the head trained for these labels",
-                )?;
-                return Ok(names);
-            }
             let max = splits.iter().flat_map(|s| s.labels.iter().copied()).max();
             let count = max.map_or(0, |m| m as usize + 1).max(2);
             check_dense(count, splits)?;
-            return Ok(ids(count));
+            return Ok((0..count).map(|id| id.to_string()).collect());
         }
     };
-    if names.len() < 2 {
-        bail!("{source}: a classifier needs at least 2 label names, got {names:?}; pass --labels a,b,...");
-    }
+    check_count(source, &names)?;
     check_range(
         &names,
         splits,
@@ -114,6 +217,100 @@ pub(super) fn resolve(
         "pass --labels with one name per class if the data has no ClassLabel",
     )?;
     Ok(names)
+}
+
+fn check_count(source: &str, names: &[String]) -> Result<()> {
+    if names.len() < 2 {
+        let shown: Vec<String> = names.iter().map(|n| cut(n)).collect();
+        bail!("{source}: a classifier needs at least 2 label names, got {shown:?}; pass --labels a,b,...");
+    }
+    Ok(())
+}
+
+/// The distinct names the rows give, sorted by their bytes (code points), as
+/// scikit-learn's LabelEncoder and datasets' `class_encode_column` number them; refused
+/// when they are too many to be classes, which is a text column read as the labels.
+fn derived_names(source: &str, column: &str, splits: &[RawSplit]) -> Result<Vec<String>> {
+    let mut names: Vec<String> = splits
+        .iter()
+        .flat_map(|s| s.names.iter().cloned())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let rows: usize = splits.iter().map(|s| s.labels.len()).sum();
+    if names.len() > MAX_DERIVED_NAMES || (rows >= SPREAD_MIN_ROWS && names.len() * 2 > rows) {
+        bail!(
+            "{source}: label column \"{column}\" holds {} distinct values in {rows} rows, too many to be classes: are --label-column and --text-column right? (a set with that many classes names them with --labels)",
+            names.len()
+        );
+    }
+    check_label_names(&names).map_err(|why| anyhow!("{source}: its label names: {why}"))?;
+    Ok(names)
+}
+
+/// Gives every row, all labelled by name, the id of that name in `names`; `unknown` says
+/// why a name not among them is refused.
+fn map_names(
+    names: Vec<String>,
+    splits: &mut [RawSplit],
+    unknown: impl Fn(&str) -> String,
+) -> Result<Vec<String>> {
+    let ids: HashMap<&str, i64> = (0..).zip(&names).map(|(id, n)| (n.as_str(), id)).collect();
+    for split in splits.iter_mut() {
+        let local: Vec<Option<i64>> = split
+            .names
+            .iter()
+            .map(|n| ids.get(n.as_str()).copied())
+            .collect();
+        if let Some(index) = split
+            .labels
+            .iter()
+            .position(|&l| local[l as usize].is_none())
+        {
+            let (file, row) = split.locate(index);
+            let name = &split.names[split.labels[index] as usize];
+            return Err(row_error(file, row, unknown(name)));
+        }
+        for label in &mut split.labels {
+            *label = local[*label as usize].expect("every name was found above");
+        }
+    }
+    Ok(names)
+}
+
+/// Refuses labels written some as ids and some as names (a digit string is an id), at the
+/// first label of the rarer form: that one is the slip, or which form was meant is unclear.
+fn check_one_form(splits: &[RawSplit]) -> Result<()> {
+    let rows: usize = splits.iter().map(|s| s.labels.len()).sum();
+    let named: usize = splits.iter().map(|s| s.named).sum();
+    let Some(odd_named) = odd_form(named, rows) else {
+        return Ok(());
+    };
+    for split in splits {
+        let Some(index) = (if odd_named {
+            split.first_name
+        } else {
+            split.first_id
+        }) else {
+            continue;
+        };
+        let label = split.labels[index];
+        let (shown, others) = if odd_named {
+            (
+                format!("\"{}\"", cut(&split.names[label as usize])),
+                rows - named,
+            )
+        } else {
+            (label.to_string(), named)
+        };
+        let (file, row) = split.locate(index);
+        return Err(row_error(
+            file,
+            row,
+            mixed_forms(odd_named, &shown, others, rows),
+        ));
+    }
+    Ok(())
 }
 
 /// Why label names cannot name a head's classes, if they cannot: one that is empty, two
@@ -194,79 +391,103 @@ mod tests {
     use std::path::Path;
 
     fn split(labels: &[i64]) -> RawSplit {
+        named_split("train.jsonl", labels.iter().map(|&l| Label::Id(l)))
+    }
+
+    fn names(labels: &[&str]) -> RawSplit {
+        named_split("train.jsonl", labels.iter().map(|&l| from_text(l).unwrap()))
+    }
+
+    fn named_split(file: &str, labels: impl Iterator<Item = Label>) -> RawSplit {
         let mut split = RawSplit::new("train");
-        split.start_file(Path::new("train.jsonl"));
-        for &l in labels {
+        split.start_file(Path::new(file));
+        for l in labels {
             split.push(String::new(), l);
         }
         split
     }
 
+    fn strings(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    fn opts(flag: Option<&[&str]>, head: Option<&[&str]>) -> LoadOptions {
+        LoadOptions {
+            labels: flag.map(strings),
+            head_labels: head.map(strings),
+            ..LoadOptions::default()
+        }
+    }
+
+    fn resolve_in(
+        class_names: Option<Vec<String>>,
+        opts: &LoadOptions,
+        splits: &mut [RawSplit],
+    ) -> Result<Vec<String>> {
+        resolve("d", class_names, opts, splits)
+    }
+
     #[test]
-    fn parses_ids_in_their_written_forms() {
-        assert_eq!(from_text(" 1 "), Ok(1));
-        assert_eq!(from_text("1.0"), Ok(1));
+    fn parses_ids_and_names_in_their_written_forms() {
+        assert_eq!(from_text(" 1 "), Ok(Label::Id(1)));
+        assert_eq!(from_text("1.0"), Ok(Label::Id(1)));
         assert!(from_text("1.5")
             .unwrap_err()
             .contains("1.5 is not an integer"));
-        assert!(from_text("pos")
-            .unwrap_err()
-            .contains("\"pos\" is not an integer"));
+        assert_eq!(from_text(" pos "), Ok(Label::Name("pos".to_string())));
+        assert_eq!(from_text("1a"), Ok(Label::Name("1a".to_string())));
         assert!(from_text("-1").unwrap_err().contains("-1 is negative"));
-        let long = format!("{} end", "x".repeat(200));
-        let err = from_text(&long).unwrap_err();
-        assert!(
-            err.starts_with(&format!("label \"{}…\" is not", "x".repeat(80))),
-            "{err}"
-        );
-        let err = from_json(&serde_json::json!([long])).unwrap_err();
-        assert!(!err.contains("end"), "{err}");
         assert!(from_text("nan").unwrap_err().contains("not an integer"));
         assert_eq!(from_text(""), Err("label is empty".to_string()));
-        assert_eq!(from_json(&serde_json::json!(3)), Ok(3));
-        assert_eq!(from_json(&serde_json::json!("2")), Ok(2));
+        assert_eq!(from_json(&serde_json::json!(3)), Ok(Label::Id(3)));
+        assert_eq!(from_json(&serde_json::json!("2")), Ok(Label::Id(2)));
+        assert_eq!(
+            from_json(&serde_json::json!("好评")),
+            Ok(Label::Name("好评".to_string()))
+        );
         assert!(from_json(&serde_json::json!(1.5)).is_err());
         assert!(from_json(&serde_json::json!(true)).is_err());
+        let long = format!("{} end", "x".repeat(200));
+        let err = from_json(&serde_json::json!([long])).unwrap_err();
+        assert!(!err.contains("end"), "{err}");
         assert_eq!(from_json(&Value::Null), Err("label is null".to_string()));
     }
 
     #[test]
     fn names_come_from_class_label_then_flag_then_ids() {
-        let splits = [split(&[0, 1, 0])];
-        let data = Some(vec!["neg".to_string(), "pos".to_string()]);
-        let flag = ["a".to_string(), "b".to_string()];
+        let data = Some(strings(&["neg", "pos"]));
+        let flag = opts(Some(&["a", "b"]), None);
+        let none = LoadOptions::default();
+        let splits = || [split(&[0, 1, 0])];
         assert_eq!(
-            resolve("d", data.clone(), Some(&flag), None, &splits).unwrap(),
+            resolve_in(data.clone(), &flag, &mut splits()).unwrap(),
             ["neg", "pos"]
         );
+        assert_eq!(resolve_in(None, &flag, &mut splits()).unwrap(), ["a", "b"]);
         assert_eq!(
-            resolve("d", None, Some(&flag), None, &splits).unwrap(),
-            ["a", "b"]
-        );
-        assert_eq!(
-            resolve("d", None, None, None, &[split(&[0, 0])]).unwrap(),
+            resolve_in(None, &none, &mut [split(&[0, 0])]).unwrap(),
             ["0", "1"]
         );
         assert_eq!(
-            resolve("d", None, None, None, &[split(&[3, 0, 0, 1])])
+            resolve_in(None, &none, &mut [split(&[3, 0, 0, 1])])
                 .unwrap()
                 .len(),
             4
         );
         // A gap is allowed (train warns about it); an id past the row count is not a class id.
         assert_eq!(
-            resolve("d", None, None, None, &[split(&[0, 3, 1])])
+            resolve_in(None, &none, &mut [split(&[0, 3, 1])])
                 .unwrap()
                 .len(),
             4
         );
         assert_eq!(
-            resolve("d", None, None, None, &[split(&[0, 7, 1, 1])])
+            resolve_in(None, &none, &mut [split(&[0, 7, 1, 1])])
                 .unwrap()
                 .len(),
             8
         );
-        let err = resolve("d", None, None, None, &[split(&[0, 1]), split(&[1, 2024])])
+        let err = resolve_in(None, &none, &mut [split(&[0, 1]), split(&[1, 2024])])
             .unwrap_err()
             .to_string();
         assert!(
@@ -275,8 +496,7 @@ mod tests {
             ),
             "{err}"
         );
-        let three = ["a".to_string(), "b".to_string(), "c".to_string()];
-        let err = resolve("d", data, Some(&three), None, &splits)
+        let err = resolve_in(data, &opts(Some(&["a", "b", "c"]), None), &mut splits())
             .unwrap_err()
             .to_string();
         assert!(
@@ -287,8 +507,8 @@ mod tests {
 
     #[test]
     fn a_label_past_the_names_names_its_row() {
-        let flag = ["a".to_string(), "b".to_string()];
-        let err = resolve("d", None, Some(&flag), None, &[split(&[0, 1, 2])]).unwrap_err();
+        let flag = opts(Some(&["a", "b"]), None);
+        let err = resolve_in(None, &flag, &mut [split(&[0, 1, 2])]).unwrap_err();
         let err = err.to_string();
         assert!(
             err.starts_with("train.jsonl row 3: label 2 is outside 0..2"),
@@ -299,17 +519,162 @@ mod tests {
     #[test]
     fn a_heads_class_count_sizes_data_without_names() {
         // The split scored need not hold the head's largest class.
+        let head = opts(None, Some(&["0", "1", "2", "3"]));
         assert_eq!(
-            resolve("d", None, None, Some(4), &[split(&[0, 1])]).unwrap(),
+            resolve_in(None, &head, &mut [split(&[0, 1])]).unwrap(),
             ["0", "1", "2", "3"]
         );
-        let err = resolve("d", None, None, Some(2), &[split(&[0, 2])])
+        let err = resolve_in(None, &opts(None, Some(&["0", "1"])), &mut [split(&[0, 2])])
             .unwrap_err()
             .to_string();
         assert!(
             err.starts_with("train.jsonl row 2: label 2 is outside 0..2 (the head has 2 classes)")
                 && err.ends_with("use the head trained for these labels"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn names_in_the_data_get_the_ids_of_their_sorted_order() {
+        let mut splits = [
+            names(&["pos", "neg", "neutral", "pos"]),
+            names(&["Neg", "pos"]),
+        ];
+        let got = resolve_in(None, &LoadOptions::default(), &mut splits).unwrap();
+        // Byte order, as LabelEncoder sorts: capitals before lower case.
+        assert_eq!(got, ["Neg", "neg", "neutral", "pos"]);
+        assert_eq!(splits[0].labels, [3, 1, 2, 3]);
+        assert_eq!(splits[1].labels, [0, 3]);
+        let err = resolve_in(None, &LoadOptions::default(), &mut [names(&["pos", "pos"])])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("a classifier needs at least 2 label names, got [\"pos\"]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn names_follow_the_order_labels_gives() {
+        let mut splits = [names(&["neg", "pos", "neutral"])];
+        let flag = opts(Some(&["pos", "neutral", "neg"]), None);
+        assert_eq!(
+            resolve_in(None, &flag, &mut splits).unwrap(),
+            ["pos", "neutral", "neg"]
+        );
+        assert_eq!(splits[0].labels, [2, 0, 1]);
+        let data = Some(strings(&["neg", "pos"]));
+        let mut splits = [names(&["pos", "neg"])];
+        assert_eq!(
+            resolve_in(data, &LoadOptions::default(), &mut splits).unwrap(),
+            ["neg", "pos"]
+        );
+        assert_eq!(splits[0].labels, [1, 0]);
+        let err = resolve_in(
+            None,
+            &opts(Some(&["neg", "pos"]), None),
+            &mut [names(&["neg", "meh"])],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with(
+                "train.jsonl row 2: label \"meh\" is not one of the label names (neg, pos)"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn ids_and_names_mixed_are_refused_at_the_rarer() {
+        let err = resolve_in(
+            None,
+            &LoadOptions::default(),
+            &mut [names(&["neg", "pos"]), names(&["pos", "1", "neg"])],
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "train.jsonl row 2: label 1 is a class id, but 4 of the 5 labels read are names: label every row by name, or every row by id"
+        );
+        let mut splits = [
+            split(&[0, 1, 1]),
+            named_split(
+                "validation.jsonl",
+                [Label::Id(0), Label::Name("pos".into())].into_iter(),
+            ),
+        ];
+        let err = resolve_in(None, &LoadOptions::default(), &mut splits)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "validation.jsonl row 2: label \"pos\" is a name, but 4 of the 5 labels read are class ids"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn names_scored_by_a_head_are_the_heads() {
+        let head = opts(Some(&["x", "y"]), Some(&["neg", "pos"]));
+        let mut splits = [names(&["pos", "neg"])];
+        assert_eq!(
+            resolve_in(None, &head, &mut splits).unwrap(),
+            ["neg", "pos"]
+        );
+        assert_eq!(splits[0].labels, [1, 0]);
+        let err = resolve_in(None, &head, &mut [names(&["pos", "neutral"])])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "train.jsonl row 2: label \"neutral\" is not one of the head's labels (neg, pos); check --label-column, or use the head trained for these labels"
+        );
+        let bare = opts(None, Some(&["0", "1"]));
+        let err = resolve_in(None, &bare, &mut [names(&["pos"])])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with(
+                "the head records no label names: pass --labels with its class names in id order"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_text_column_read_as_labels_is_refused() {
+        let texts: Vec<String> = (0..30).map(|i| format!("review {i}")).collect();
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let err = resolve_in(None, &LoadOptions::default(), &mut [names(&texts)])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "d: label column \"label\" holds 30 distinct values in 30 rows, too many to be classes: are --label-column and --text-column right? (a set with that many classes names them with --labels)"
+        );
+        // Half the rows is still classes; and small data is not judged.
+        let half: Vec<&str> = texts[..15].iter().chain(&texts[..15]).copied().collect();
+        assert!(resolve_in(None, &LoadOptions::default(), &mut [names(&half)]).is_ok());
+        assert!(resolve_in(None, &LoadOptions::default(), &mut [names(&texts[..19])]).is_ok());
+        let many: Vec<String> = (0..1001).map(|i| format!("c{i}")).collect();
+        let many: Vec<&str> = many.iter().flat_map(|n| [n.as_str(); 3]).collect();
+        let err = resolve_in(None, &LoadOptions::default(), &mut [names(&many)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("holds 1001 distinct values in 3003 rows"),
+            "{err}"
+        );
+        // Names given are not bounded: the data is checked against them instead.
+        let flag: Vec<&str> = many.iter().step_by(3).copied().collect();
+        assert_eq!(
+            resolve_in(None, &opts(Some(&flag), None), &mut [names(&many)])
+                .unwrap()
+                .len(),
+            1001
         );
     }
 }

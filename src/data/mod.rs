@@ -2,9 +2,11 @@
 //! parquet, JSONL, CSV and TSV, each split read whole into memory (or, for jobs over
 //! splits too large for that, a bounded chunk at a time: [`chunked`]).
 //!
-//! Label names come from the data's ClassLabel feature, else `--labels`, else
-//! the ids themselves. Every row is checked at load time (UTF-8 text, no nulls,
-//! integer labels in range) so later stages never meet a bad row.
+//! Labels are class ids or class names. Label names come from the data's ClassLabel
+//! feature, else `--labels`, else the ids themselves or the sorted names the rows give;
+//! data a head scores takes the head's names, which its names map through. Every row is
+//! checked at load time (UTF-8 text, no nulls, labels all ids or all names, in range or
+//! known) so later stages never meet a bad row.
 
 mod arrow_dir;
 pub mod chunked;
@@ -25,7 +27,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Result};
 use sha2::{Digest, Sha256};
 
-pub use labels::check_label_names;
+pub use labels::{are_bare_ids, check_label_names};
 use raw::{Loaded, RawSplit};
 
 const ACCEPTED: &str = "a datasets save_to_disk folder (dataset_dict.json or state.json), \
@@ -35,14 +37,15 @@ const ACCEPTED: &str = "a datasets save_to_disk folder (dataset_dict.json or sta
 pub struct LoadOptions {
     pub text_column: String,
     pub label_column: String,
-    /// Names for the label ids, from `--labels a,b`; used when the data has no ClassLabel.
+    /// Label names in id order, from `--labels a,b`; used when the data has no ClassLabel.
     pub labels: Option<Vec<String>>,
     /// The splits the command uses; only these are read, so that a split it does not use
     /// (another schema, a bad row) cannot fail it. `None` reads every split.
     pub splits: Option<Vec<String>>,
-    /// The class count of the head the data is scored with: data that names no labels has
-    /// ids 0..this, where the splits read may not hold the largest id.
-    pub head_labels: Option<usize>,
+    /// The label names (its ids where it records none) of the head the data is scored
+    /// with: names in the data map to their ids here, and data that names no labels has
+    /// ids 0..its class count, where the splits read may not hold the largest id.
+    pub head_labels: Option<Vec<String>>,
 }
 
 impl LoadOptions {
@@ -290,15 +293,14 @@ fn read_groups(format: Format, groups: layout::Groups, opts: &LoadOptions) -> Re
     Ok(loaded)
 }
 
-fn finish(source: &Path, format: Format, loaded: Loaded, opts: &LoadOptions) -> Result<Dataset> {
+fn finish(
+    source: &Path,
+    format: Format,
+    mut loaded: Loaded,
+    opts: &LoadOptions,
+) -> Result<Dataset> {
     let shown = source.display().to_string();
-    let label_names = labels::resolve(
-        &shown,
-        loaded.class_names,
-        opts.labels.as_deref(),
-        opts.head_labels,
-        &loaded.splits,
-    )?;
+    let label_names = labels::resolve(&shown, loaded.class_names, opts, &mut loaded.splits)?;
     let mut splits: Vec<Split> = loaded
         .splits
         .into_iter()

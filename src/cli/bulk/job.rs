@@ -49,7 +49,7 @@ pub fn run_predict(
     let _lock = lock_out(&out)?;
     let classifier = head.load()?;
     let names = Arc::new(classifier.names_or_ids());
-    let split = open(bulk, classifier.model.offline(), Some(names.len()))?;
+    let split = open(bulk, classifier.model.offline(), Some(names.to_vec()))?;
     // Found while the split's rows were counted: refused before the model loads.
     if let Some((row, label)) = split.label_past_head {
         return Err(label_past_head(&split, row, label, &names));
@@ -119,9 +119,10 @@ fn out_format(out: &Path, allowed: &[OutFormat], command: &str) -> Result<OutFor
     }
 }
 
-/// Opens the job's split; with `head_labels`, its labels are checked against that class
-/// count as the rows are counted ([`ChunkedSplit::label_past_head`]).
-fn open(bulk: &BulkArgs, offline: bool, head_labels: Option<usize>) -> Result<ChunkedSplit> {
+/// Opens the job's split; with `head_labels`, the head's names, its labels are read, names
+/// given their ids, and checked against the head's classes as the rows are counted
+/// ([`ChunkedSplit::label_past_head`]).
+fn open(bulk: &BulkArgs, offline: bool, head_labels: Option<Vec<String>>) -> Result<ChunkedSplit> {
     let spec = bulk.data.as_deref().expect("bulk jobs have --data");
     let resolved = resolve_dataset(spec, offline)?;
     let opts = LoadOptions {
