@@ -1930,3 +1930,186 @@ fn conflicting_and_leaked_duplicates_are_named() {
         "{err}"
     );
 }
+
+/// `bertcls` with `args` on the CPU, offline, caching under the sandbox.
+fn bertcls_in(sb: &Sandbox, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bertcls"))
+        .args(args)
+        .args(["--device", "cpu"])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("BERTCLS_CACHE", sb.dir.join("bertcls-cache"))
+        .output()
+        .unwrap()
+}
+
+/// The tiny data's splits as CSV files in `dir`, each label id written as its name.
+fn write_named_csv(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for split in ["train", "validation", "test"] {
+        let jsonl = fixtures().join(format!("data/tiny-files/{split}.jsonl"));
+        let mut csv = String::from("text,label\n");
+        for line in std::fs::read_to_string(jsonl).unwrap().lines() {
+            let row: Value = serde_json::from_str(line).unwrap();
+            let name = ["negative", "positive"][row["label"].as_u64().unwrap() as usize];
+            let text = row["text"].as_str().unwrap().replace('"', "\"\"");
+            csv.push_str(&format!("\"{text}\",{name}\n"));
+        }
+        std::fs::write(dir.join(format!("{split}.csv")), csv).unwrap();
+    }
+}
+
+/// The accuracy line a bulk predict prints.
+fn accuracy_line(out: &Output) -> String {
+    let err = stderr(out);
+    let line = err.lines().find(|l| l.starts_with("accuracy "));
+    line.unwrap_or_else(|| panic!("no accuracy line:\n{err}"))
+        .to_string()
+}
+
+/// Labels given by name, as CSV users write them: train numbers the names in their
+/// sorted order (the first row's "positive" is id 1) and records them; test and bulk
+/// predict score them as they score the same rows given by id; predict prints them; a
+/// name the run lacks is refused at its row, and a text column read as the labels by
+/// its many values.
+#[test]
+fn labels_given_by_name_go_through_train_test_and_predict() {
+    let sb = Sandbox::new("named-labels");
+    let named = sb.dir.join("named");
+    write_named_csv(&named);
+    let train = named.join("train.csv").display().to_string();
+    let run = sb.path("run");
+    let tiny = ["--batch-size", "8", "--epochs", "1"];
+    succeeded(&sb.train(&[&["--data", &train, "--out", &run][..], &tiny].concat()));
+    assert_eq!(
+        run_json(&run)["labels"],
+        serde_json::json!(["negative", "positive"])
+    );
+
+    let ids = fixtures().join("data/tiny-files/test.jsonl");
+    let named_test = named.join("test.csv");
+    let report = |data: &Path| -> Value {
+        let out = bertcls_in(
+            &sb,
+            &[
+                "test",
+                "--run",
+                &run,
+                "--data",
+                data.to_str().unwrap(),
+                "--json",
+            ],
+        );
+        succeeded(&out);
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["report"].clone()
+    };
+    let by_name = report(&named_test);
+    assert_eq!(
+        by_name["labels"],
+        serde_json::json!(["negative", "positive"])
+    );
+    assert_eq!(by_name, report(&ids));
+
+    let out = bertcls_in(&sb, &["predict", "--run", &run, "酒店很好"]);
+    succeeded(&out);
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        line.starts_with("negative\t") || line.starts_with("positive\t"),
+        "{line}"
+    );
+    let bulk = |data: &Path, out: &str| {
+        let out = sb.path(out);
+        bertcls_in(
+            &sb,
+            &[
+                "predict",
+                "--run",
+                &run,
+                "--data",
+                data.to_str().unwrap(),
+                "--out",
+                &out,
+            ],
+        )
+    };
+    let by_name = bulk(&named_test, "named.jsonl");
+    succeeded(&by_name);
+    assert!(accuracy_line(&by_name).ends_with("/8 labelled rows)"));
+    assert_eq!(
+        accuracy_line(&by_name),
+        accuracy_line(&bulk(&ids, "ids.jsonl"))
+    );
+
+    let bad = sb.dir.join("bad");
+    write_named_csv(&bad);
+    let test_csv = std::fs::read_to_string(bad.join("test.csv")).unwrap();
+    let lines: Vec<&str> = test_csv.lines().collect();
+    let third = lines[3]
+        .replace("negative", "neutral")
+        .replace("positive", "neutral");
+    let changed = [&lines[..3], &[third.as_str()], &lines[4..]]
+        .concat()
+        .join("\n");
+    std::fs::write(bad.join("test.csv"), changed).unwrap();
+    let unknown =
+        "test.csv row 3: label \"neutral\" is not one of the head's labels (negative, positive)";
+    let bad_test = bad.join("test.csv");
+    failed_with(
+        &bertcls_in(
+            &sb,
+            &["test", "--run", &run, "--data", bad_test.to_str().unwrap()],
+        ),
+        unknown,
+    );
+    failed_with(&bulk(&bad_test, "bad.jsonl"), unknown);
+    failed_with(
+        &bertcls_in(
+            &sb,
+            &[
+                "predict",
+                "--run",
+                &run,
+                "--labels",
+                "positive,negative",
+                "x",
+            ],
+        ),
+        "are negative,positive",
+    );
+
+    let swapped_run = sb.path("swapped");
+    let swapped = [
+        &[
+            "--data",
+            &train,
+            "--text-column",
+            "label",
+            "--label-column",
+            "text",
+        ][..],
+        &["--out", &swapped_run],
+        &tiny,
+    ]
+    .concat();
+    failed_with(
+        &sb.train(&swapped),
+        "label column \"text\" holds 40 distinct values in 40 rows, too many to be classes: are --label-column and --text-column right?",
+    );
+    let ordered = sb.path("ordered");
+    let flagged = [
+        &[
+            "--data",
+            &train,
+            "--labels",
+            "positive,negative",
+            "--out",
+            &ordered,
+        ][..],
+        &tiny,
+    ]
+    .concat();
+    succeeded(&sb.train(&flagged));
+    assert_eq!(
+        run_json(&ordered)["labels"],
+        serde_json::json!(["positive", "negative"])
+    );
+}

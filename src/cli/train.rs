@@ -43,10 +43,11 @@ pub struct TrainArgs {
     /// Column holding the text.
     #[arg(long, default_value = "text", help_heading = "Data")]
     text_column: String,
-    /// Column holding the integer label.
+    /// Column holding the label: a class id (0, 1, ...) or a class name.
     #[arg(long, default_value = "label", help_heading = "Data")]
     label_column: String,
-    /// Label names in id order, for data without a ClassLabel feature (e.g. --labels neg,pos);
+    /// Label names in id order, for data without a ClassLabel feature (e.g. --labels neg,pos):
+    /// names the ids, or numbers the names the data gives [default: the names sorted];
     /// data with one takes only its own names, in its order.
     #[arg(
         long,

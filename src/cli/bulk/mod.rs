@@ -57,7 +57,8 @@ pub struct BulkArgs {
         help_heading = "Bulk (--data)"
     )]
     pub text_column: String,
-    /// Column holding the integer label, used when present (predict reports accuracy).
+    /// Column holding the label (a class id, or a name of the head's), used when present
+    /// (predict reports accuracy).
     #[arg(
         long,
         default_value = "label",
