@@ -86,12 +86,7 @@ pub(super) fn run(args: TrainArgs) -> Result<()> {
         ..args.model.clone()
     };
     let num_labels = dataset.label_names.len();
-    let label_counts = train_label_counts(train, num_labels);
-    warn_label_coverage(train, &dataset.label_names, &label_counts);
-    for split in [Some(train), named_validation].into_iter().flatten() {
-        warn_blank_texts(split);
-    }
-    warn_duplicates(train, named_validation, &dataset.label_names);
+    let label_counts = warnings::check_training_data(&dataset, train, named_validation);
     let files = model_files(&model_args)?;
     let encoder_device = args.device.resolve()?;
     let mut folder = RunFolder::create(&out_dir(&args))?;
