@@ -987,6 +987,40 @@ fn resume_before_the_first_checkpoint_starts_over() {
     );
 }
 
+/// A run stopped while epoch 1 was being saved (killed, or the disk full), after
+/// metrics.jsonl and head-epoch-1 but before best and last, resumes by redoing epoch 1:
+/// it ends as an uninterrupted run, best.safetensors included, instead of being refused
+/// as if finished epochs had been lost.
+#[test]
+fn resume_after_a_stop_while_epoch_1_was_saved_starts_over() {
+    let sb = Sandbox::new("resume-epoch-1");
+    let (straight, stopped) = (sb.path("straight"), sb.path("stopped"));
+    succeeded(&sb.train_tiny(3, &["--out", &straight]));
+    succeeded(&sb.train_tiny(1, &["--out", &stopped]));
+    let dir = Path::new(&stopped);
+    for name in ["best.safetensors", "last.safetensors"] {
+        std::fs::remove_file(dir.join(name)).unwrap();
+    }
+    let resumed = sb.train_tiny(3, &["--resume", &stopped]);
+    succeeded(&resumed);
+    assert!(
+        stderr(&resumed).contains("no epoch was finished, starting from the first"),
+        "{}",
+        stderr(&resumed)
+    );
+    for name in ["best", "last"] {
+        let head = |run: &str| {
+            load_head(&Path::new(run).join(format!("{name}.safetensors")), None).unwrap()
+        };
+        let (a, b) = (head(&straight), head(&stopped));
+        assert_eq!((a.head, a.optim), (b.head, b.optim), "{name} differs");
+    }
+    assert_eq!(
+        metrics_without_time(&straight),
+        metrics_without_time(&stopped)
+    );
+}
+
 /// A temporary file a killed write left is removed when the run is resumed, and a run
 /// leaves none of its own.
 #[test]

@@ -89,16 +89,18 @@ impl TrainState {
 /// Starting afresh is only right when no epoch was saved: a run folder whose
 /// last.safetensors is gone while metrics.jsonl records finished epochs would have them
 /// silently trained again and their metrics and checkpoints overwritten. The one
-/// exception is a kill while epoch 1 was being saved (metrics.jsonl is written before
-/// the checkpoints, and no head-epoch-1 yet): redoing that epoch gives the same bytes.
+/// exception is a run that stopped while epoch 1 was being saved (killed, or the disk
+/// full): metrics.jsonl is written before head-epoch-1, best and last, so it records
+/// epoch 1 whichever of them were written, and redoing that epoch gives the same bytes
+/// and writes them all (best among them, which copying head-epoch-1 to last would not).
 fn refuse_lost_epochs(dir: &Path, last_path: &Path) -> Result<()> {
     let Some(newest) = read_metrics(dir)?.iter().map(|m| m.epoch).max() else {
         return Ok(());
     };
-    let newest_checkpoint = epoch_checkpoint(dir, newest);
-    if newest == 1 && !newest_checkpoint.exists() {
+    if newest == 1 {
         return Ok(());
     }
+    let newest_checkpoint = epoch_checkpoint(dir, newest);
     let remedy = if newest_checkpoint.is_file() {
         format!(
             "copy {} (the same checkpoint) to it to resume after epoch {newest}",
