@@ -1166,3 +1166,106 @@ fn merge_refuses_parts_whose_features_changed() {
         assert_eq!(std::fs::read(&out).unwrap(), merged);
     }
 }
+
+/// `bertcls` as `bertcls_env` does, with files limited to `limit` bytes (`ulimit -f`):
+/// with `ignore_sigxfsz` a write past it fails with EFBIG, as one on a full disk fails
+/// with ENOSPC; without, the kernel kills the process mid-write with SIGXFSZ.
+fn bertcls_file_limit(args: &[&str], limit: u64, ignore_sigxfsz: bool) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bertcls"));
+    cmd.args(args)
+        .args(["--device", "cpu"])
+        .env("HF_HUB_OFFLINE", "1")
+        .stdin(Stdio::null());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if ignore_sigxfsz {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            }
+            let lim = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.output().unwrap()
+}
+
+/// Encodes the tiny split in 8-row chunks, in both formats, under a 4000-byte file
+/// limit that every chunk part fits and the assembled output does not; checks the
+/// failed run's temporaries with `check` (given its output and the temporaries named
+/// after it), then runs the job again without the limit and checks that it writes the
+/// output an uninterrupted job writes and leaves no temporary.
+fn assembly_past_a_file_limit(
+    tag: &str,
+    ignore_sigxfsz: bool,
+    check: impl Fn(&Output, &Path, &[String]),
+) {
+    let dir = TempDir::new(tag);
+    let dsdict = data().join("tiny-dsdict");
+    let model = model_dir();
+    for ext in ["safetensors", "parquet"] {
+        let args = |out: &Path| {
+            vec![
+                "encode".to_string(),
+                "--model".into(),
+                s(&model).into(),
+                "--data".into(),
+                s(&dsdict).into(),
+                "--out".into(),
+                s(out).into(),
+                "--chunk-rows".into(),
+                "8".into(),
+            ]
+        };
+        let clean = dir.join(&format!("clean.{ext}"));
+        let a = args(&clean);
+        ok(bertcls(
+            &a.iter().map(String::as_str).collect::<Vec<_>>(),
+            &[],
+        ));
+        let want = std::fs::read(&clean).unwrap();
+        assert!(want.len() > 4000, "{ext}: the output fits the limit");
+        let out = dir.join(&format!("out.{ext}"));
+        let named_after_out = || -> Vec<String> {
+            temporaries(&dir.0)
+                .into_iter()
+                .filter(|n| n.starts_with(&format!(".out.{ext}.")))
+                .collect()
+        };
+        let a = args(&out);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let failed = bertcls_file_limit(&a, 4000, ignore_sigxfsz);
+        assert!(!failed.status.success(), "{ext}: the limit was not hit");
+        assert!(!out.exists());
+        check(&failed, &out, &named_after_out());
+        let resumed = ok(bertcls(&a, &[]));
+        let stderr = String::from_utf8_lossy(&resumed.stderr);
+        assert!(stderr.contains("wrote "), "{stderr}");
+        assert_eq!(std::fs::read(&out).unwrap(), want, "{ext}: output differs");
+        assert_eq!(
+            named_after_out(),
+            Vec::<String>::new(),
+            "{ext}: left behind"
+        );
+    }
+}
+
+/// A write that fails while the output is assembled (a full disk; here EFBIG past
+/// `ulimit -f`) is refused in one line naming the output, and leaves no temporary.
+#[test]
+fn a_failed_assembly_write_names_the_output() {
+    assembly_past_a_file_limit("bulk-assembly-fails", true, |failed, out, stray| {
+        let line = error_line(failed);
+        assert!(
+            line.contains(&format!("cannot write {}", out.display())),
+            "{line}"
+        );
+        assert!(stray.is_empty(), "{stray:?}");
+    });
+}

@@ -387,9 +387,14 @@ pub fn assemble(
 ) -> Result<()> {
     write_atomically(out, |file| match format {
         OutFormat::Jsonl => assemble_jsonl(parts, file, out, mismatch),
-        OutFormat::Parquet => assemble_parquet(parts, file, manifest, mismatch),
-        OutFormat::Safetensors => assemble_safetensors(parts, file, manifest, mismatch),
+        OutFormat::Parquet => assemble_parquet(parts, file, out, manifest, mismatch),
+        OutFormat::Safetensors => assemble_safetensors(parts, file, out, manifest, mismatch),
     })
+}
+
+/// The context of a failed write to the output being assembled: a full disk, mostly.
+fn write_failed(out: &Path) -> impl Fn() -> String + '_ {
+    move || format!("cannot write {} (disk full?)", out.display())
 }
 
 fn assemble_jsonl(parts: &[PartRows], file: &mut File, out: &Path, mismatch: &str) -> Result<()> {
@@ -419,18 +424,18 @@ fn assemble_jsonl(parts: &[PartRows], file: &mut File, out: &Path, mismatch: &st
                     )
                 }
             }
-            w.write_all(&line)
-                .with_context(|| format!("cannot write {} (disk full?)", out.display()))?;
+            w.write_all(&line).with_context(write_failed(out))?;
         }
         rows.finish()?;
     }
-    w.flush()?;
+    w.flush().with_context(write_failed(out))?;
     Ok(())
 }
 
 fn assemble_parquet(
     parts: &[PartRows],
     file: &mut File,
+    out: &Path,
     manifest: &str,
     mismatch: &str,
 ) -> Result<()> {
@@ -466,20 +471,23 @@ fn assemble_parquet(
                     )]))
                     .build();
                 let target = file.take().expect("one writer");
-                writer = Some(ArrowWriter::try_new(target, batch.schema(), Some(props))?);
+                writer = Some(
+                    ArrowWriter::try_new(target, batch.schema(), Some(props))
+                        .with_context(write_failed(out))?,
+                );
             }
             let w = writer.as_mut().expect("created above");
             w.write(&batch).with_context(|| {
                 format!("{shown}: its columns differ from the first part's: {mismatch}")
             })?;
             // One row group per part: bounded memory, and readers can seek by chunk.
-            w.flush()?;
+            w.flush().with_context(write_failed(out))?;
         }
         rows.finish()?;
     }
     match writer {
         Some(w) => {
-            w.close()?;
+            w.close().with_context(write_failed(out))?;
             Ok(())
         }
         None => bail!("no rows to write"),
@@ -510,6 +518,7 @@ fn check_parquet_features(
 fn assemble_safetensors(
     parts: &[PartRows],
     file: &mut File,
+    out: &Path,
     manifest: &str,
     mismatch: &str,
 ) -> Result<()> {
@@ -578,8 +587,9 @@ fn assemble_safetensors(
         json.push(b' ');
     }
     let mut w = BufWriter::new(file);
-    w.write_all(&(json.len() as u64).to_le_bytes())?;
-    w.write_all(&json)?;
+    w.write_all(&(json.len() as u64).to_le_bytes())
+        .and_then(|()| w.write_all(&json))
+        .with_context(write_failed(out))?;
     for (path, names) in sources {
         let mut bytes = Vec::new();
         File::open(path)
@@ -592,9 +602,10 @@ fn assemble_safetensors(
             )
         })?;
         for name in names {
-            w.write_all(st.tensor(&name)?.data())?;
+            w.write_all(st.tensor(&name)?.data())
+                .with_context(write_failed(out))?;
         }
     }
-    w.flush()?;
+    w.flush().with_context(write_failed(out))?;
     Ok(())
 }
