@@ -1269,3 +1269,14 @@ fn a_failed_assembly_write_names_the_output() {
         assert!(stray.is_empty(), "{stray:?}");
     });
 }
+
+/// A job killed while it assembles its output (SIGXFSZ past `ulimit -f`, as kill -9
+/// would) leaves the output's temporary beside it, as large as the output; the next run
+/// of the job removes it, saying so.
+#[test]
+fn a_killed_assembly_leaves_no_temporary_after_the_rerun() {
+    assembly_past_a_file_limit("bulk-assembly-killed", false, |killed, _, stray| {
+        assert_eq!(stray.len(), 1, "the kill left no temporary: {stray:?}");
+        assert!(killed.status.code().is_none(), "not killed by a signal");
+    });
+}

@@ -211,7 +211,10 @@ fn lock_out(out: &Path) -> Result<File> {
     }
     let path = beside(out, ".lock");
     match try_lock(&path) {
-        Ok(Some(file)) => Ok(file),
+        Ok(Some(file)) => {
+            remove_stale_output_temporaries(out);
+            Ok(file)
+        }
         Ok(None) => bail!(
             "--out {}: another bertcls process is writing it: wait for it to end, or pick another --out",
             out.display()
@@ -221,6 +224,44 @@ fn lock_out(out: &Path) -> Result<File> {
             out.display(),
             path.display()
         ),
+    }
+}
+
+/// Removes what a killed assembly or manifest write left beside `out` (`.NAME.tmp-PID`,
+/// `.NAME.bulk.json.bertcls-tmp-PID`): as large as the output, hidden, and never read.
+/// Only under `<out>.lock`, so no live job of this output is writing them. A file that
+/// cannot be removed is left: it is in the way of nothing.
+fn remove_stale_output_temporaries(out: &Path) {
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let Some(name) = out.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return;
+    };
+    let prefixes = [
+        format!(".{name}.tmp-"),
+        format!(".{name}.bulk.json.bertcls-tmp-"),
+    ];
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let stale = prefixes.iter().any(|prefix| {
+            file.strip_prefix(prefix.as_str())
+                .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+        });
+        if stale && entry.path().is_file() && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        eprintln!(
+            "removed {removed} stale temporary file(s) of {} (left by a killed write)",
+            out.display()
+        );
     }
 }
 
