@@ -4,6 +4,25 @@
 //! `backend::Backend`; `backend::cpu` is the pure-Rust reference and `backend::cuda`
 //! the GPU implementation. The head (`head`, `optim`) trains on cached [CLS] or mean features.
 
+/// `eprintln!` for every module below: std's panics when standard error cannot be
+/// written (`2>` a file on a full disk, a closed pipe), which ended every command with
+/// exit status 101 before it did anything. A diagnostic that cannot be shown is
+/// dropped, as Unix tools drop theirs; the command's own outputs and exit status stand.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::writeln!(::std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!` as `eprintln!` above: a failed write to standard error is dropped.
+macro_rules! eprint {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::write!(::std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod backend;
 pub mod batch;
 pub mod calibration;

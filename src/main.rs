@@ -1,3 +1,4 @@
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
@@ -20,7 +21,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the context chain joined, as "what failed: why: what to do".
-            eprintln!("error: {e:#}");
+            // Standard error that cannot be written (a full disk) must not turn the
+            // failure into a panic.
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -45,6 +48,6 @@ fn usage_error(e: clap::Error) -> ExitCode {
         .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
         .filter(|l| !l.is_empty())
         .collect();
-    eprintln!("{} (see --help)", message.join(" "));
+    let _ = writeln!(std::io::stderr(), "{} (see --help)", message.join(" "));
     ExitCode::from(2)
 }

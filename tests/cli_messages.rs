@@ -310,3 +310,33 @@ fn a_shard_without_rows_says_how_many_shards_fit() {
         )
     );
 }
+
+/// Standard error that cannot be written (`2>` a file on a full disk) does not turn a
+/// command into a panic (exit status 101, nothing done): its diagnostics are dropped, and
+/// it writes its output and exits as it would have, 0 on success and 1 on an error.
+#[test]
+fn an_unwritable_standard_error_is_no_panic() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_bertcls"))
+            .args(args)
+            .args(["--device", "cpu"])
+            .env("HF_HUB_OFFLINE", "1")
+            .stdin(std::process::Stdio::null())
+            .stderr(
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/full")
+                    .unwrap(),
+            )
+            .output()
+            .unwrap()
+    };
+    let model = model();
+    let done = run(&["encode", "--model", &model, "a text"]);
+    assert_eq!(done.status.code(), Some(0));
+    let line = String::from_utf8(done.stdout).unwrap();
+    assert!(line.starts_with('{') && line.ends_with("}\n"), "{line}");
+    let dir = TempDir::new("msg-stderr-full");
+    let failed = run(&["encode", "--model", s(&dir.join("absent"))]);
+    assert_eq!(failed.status.code(), Some(1));
+}
