@@ -1021,6 +1021,36 @@ fn resume_after_a_stop_while_epoch_1_was_saved_starts_over() {
     );
 }
 
+/// A train --search stopped after its run.json (which records the hyper-parameters it
+/// chose) but before search.json and the chosen head (killed, or the disk full) is not
+/// resumed as a plain run from a fresh head under the search's record: --resume refuses
+/// it in one line saying to remove the folder and search again, and changes nothing.
+#[test]
+fn resume_of_a_search_stopped_before_its_head_is_refused() {
+    let sb = Sandbox::new("resume-search");
+    let run = sb.path("run");
+    succeeded(&sb.train_tiny(20, &["--search", "--out", &run]));
+    let dir = Path::new(&run);
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if !["run.json", "run.lock"].contains(&path.file_name().unwrap().to_str().unwrap()) {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let out = sb.train(&["--resume", &run]);
+    failed_with(
+        &out,
+        &format!("--resume {run}: its train --search stopped before saving the head it chose ({run}/last.safetensors is missing), and a search does not resume: remove {run} and run the train --search again"),
+    );
+    nothing_encoded(&out);
+    let mut left: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["run.json", "run.lock"]);
+}
+
 /// A temporary file a killed write left is removed when the run is resumed, and a run
 /// leaves none of its own.
 #[test]
