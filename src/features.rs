@@ -251,6 +251,13 @@ impl FeatureCache {
         metadata.insert(CHECKSUM.to_string(), sha256_hex(&bytes));
         let file = crate::safetensors_out::serialize([(TENSOR, view)], Some(metadata))
             .context("cannot serialise the features")?;
+        let removed = crate::fsio::remove_abandoned_temp_files(&self.dir);
+        if removed > 0 {
+            eprintln!(
+                "removed {removed} temporary file(s) of killed writes from the feature cache {}",
+                self.dir.display()
+            );
+        }
         atomic_write(&self.path(key), &file)
     }
 }

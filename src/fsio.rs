@@ -40,6 +40,33 @@ pub fn remove_stale_temp_files(dir: &Path) -> Result<usize> {
     Ok(removed)
 }
 
+/// Removes the temporary files of `atomic_write`s that were killed from `dir`, a folder
+/// other processes may be writing (the feature cache): a live write holds the lock of
+/// its temporary, so only those whose lock can be taken go. Returns how many; a file
+/// that cannot be opened, locked or removed is left, since it is in no one's way.
+pub fn remove_abandoned_temp_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        if !is_temp_name(&entry.file_name().to_string_lossy()) {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(file) = std::fs::File::open(&path) else {
+            continue;
+        };
+        if fs4::FileExt::try_lock(&file).is_ok()
+            && file.metadata().is_ok_and(|m| m.is_file())
+            && std::fs::remove_file(&path).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Writes `bytes` to a temporary file beside `path` (`.NAME.bertcls-tmp-PID`), syncs
 /// it, then renames it over `path`: readers see the old file or the new one, never a
 /// torn one.
@@ -62,6 +89,9 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
                 tmp.display()
             )
         })?;
+        // Held until the rename is done: `remove_abandoned_temp_files` in a folder other
+        // processes write (the feature cache) takes only temporaries no one holds.
+        let _ = fs4::FileExt::try_lock(&f);
         f.write_all(bytes)
             .with_context(|| format!("cannot write {} (disk full?)", tmp.display()))?;
         f.sync_all()

@@ -1693,6 +1693,35 @@ fn label_names_that_cannot_name_classes_are_refused() {
     failed_with(&predicted, &needle);
 }
 
+/// A write into the feature cache that was killed (kill -9, SIGXFSZ) leaves its
+/// temporary, as large as the entry; the next write into the cache removes the ones no
+/// live process holds, saying so, and keeps another process's write in progress.
+#[test]
+fn abandoned_cache_temporaries_are_removed() {
+    let sb = Sandbox::new("cache-temporaries");
+    let cache = sb.feature_cache();
+    std::fs::create_dir_all(&cache).unwrap();
+    let (stale, live, other) = (
+        cache.join(".0123.safetensors.bertcls-tmp-1"),
+        cache.join(".4567.safetensors.bertcls-tmp-2"),
+        cache.join(".notes"),
+    );
+    for path in [&stale, &live, &other] {
+        std::fs::write(path, b"partial").unwrap();
+    }
+    let held = std::fs::File::open(&live).unwrap();
+    fs4::FileExt::try_lock(&held).unwrap();
+    let out = sb.train_tiny(1, &["--out", &sb.path("run")]);
+    succeeded(&out);
+    let needle = format!(
+        "removed 1 temporary file(s) of killed writes from the feature cache {}",
+        cache.display()
+    );
+    assert!(stderr(&out).contains(&needle), "{}", stderr(&out));
+    assert!(!stale.exists());
+    assert!(live.exists() && other.exists());
+}
+
 /// A feature cache that cannot be written ($BERTCLS_CACHE below a file here, which
 /// fails for root too, as a read-only folder does for other users) costs one warning
 /// line naming it and the ways around it, not the run: training goes on and saves.
