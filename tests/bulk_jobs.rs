@@ -1167,16 +1167,11 @@ fn merge_refuses_parts_whose_features_changed() {
     }
 }
 
-/// `bertcls` as `bertcls_env` does, with files limited to `limit` bytes (`ulimit -f`):
-/// with `ignore_sigxfsz` a write past it fails with EFBIG, as one on a full disk fails
-/// with ENOSPC; without, the kernel kills the process mid-write with SIGXFSZ.
-fn bertcls_file_limit(args: &[&str], limit: u64, ignore_sigxfsz: bool) -> Output {
+/// `cmd` with files limited to `limit` bytes (`ulimit -f`): with `ignore_sigxfsz` a
+/// write past it fails with EFBIG, as one on a full disk fails with ENOSPC; without,
+/// the kernel kills the process mid-write with SIGXFSZ.
+fn with_file_limit(mut cmd: Command, limit: u64, ignore_sigxfsz: bool) -> Command {
     use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bertcls"));
-    cmd.args(args)
-        .args(["--device", "cpu"])
-        .env("HF_HUB_OFFLINE", "1")
-        .stdin(Stdio::null());
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -1193,7 +1188,19 @@ fn bertcls_file_limit(args: &[&str], limit: u64, ignore_sigxfsz: bool) -> Output
             Ok(())
         });
     }
-    cmd.output().unwrap()
+    cmd
+}
+
+/// `bertcls` as `bertcls_env` does, under `with_file_limit`.
+fn bertcls_file_limit(args: &[&str], limit: u64, ignore_sigxfsz: bool) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bertcls"));
+    cmd.args(args)
+        .args(["--device", "cpu"])
+        .env("HF_HUB_OFFLINE", "1")
+        .stdin(Stdio::null());
+    with_file_limit(cmd, limit, ignore_sigxfsz)
+        .output()
+        .unwrap()
 }
 
 /// Encodes the tiny split in 8-row chunks, in both formats, under a 4000-byte file
@@ -1279,4 +1286,59 @@ fn a_killed_assembly_leaves_no_temporary_after_the_rerun() {
         assert_eq!(stray.len(), 1, "the kill left no temporary: {stray:?}");
         assert!(killed.status.code().is_none(), "not killed by a signal");
     });
+}
+
+/// A merge killed while it writes its output (SIGXFSZ past `ulimit -f`, as kill -9
+/// would) leaves the output's temporary beside it; the merge run again removes it (not
+/// the temporary of a merge still alive) and writes the output an unkilled merge writes.
+#[test]
+fn a_killed_merge_leaves_no_temporary_after_the_rerun() {
+    let dir = TempDir::new("bulk-merge-killed");
+    let dsdict = data().join("tiny-dsdict");
+    let model = model_dir();
+    let shards: Vec<PathBuf> = (0..2)
+        .map(|k| {
+            let part = dir.join(&format!("part-{k}.parquet"));
+            let shard = format!("{k}/2");
+            ok(bertcls(
+                &[
+                    "encode",
+                    "--model",
+                    s(&model),
+                    "--data",
+                    s(&dsdict),
+                    "--shard",
+                    &shard,
+                    "--out",
+                    s(&part),
+                ],
+                &[],
+            ));
+            part
+        })
+        .collect();
+    let clean = dir.join("clean.parquet");
+    ok(merge(&[s(&clean), s(&shards[0]), s(&shards[1])]));
+    let want = std::fs::read(&clean).unwrap();
+    assert!(want.len() > 4000, "the output fits the limit");
+    let out = dir.join("out.parquet");
+    let args = ["merge", s(&out), s(&shards[0]), s(&shards[1])];
+    let mut killed = Command::new(env!("CARGO_BIN_EXE_bertcls"));
+    killed.args(args);
+    let killed = with_file_limit(killed, 4000, false).output().unwrap();
+    assert!(killed.status.code().is_none(), "not killed by a signal");
+    let stray = || -> Vec<String> {
+        temporaries(&dir.0)
+            .into_iter()
+            .filter(|n| n.starts_with(".out.parquet."))
+            .collect()
+    };
+    assert_eq!(stray().len(), 1, "the kill left no temporary");
+    // Another merge of the same output, alive: its temporary is held, and kept.
+    let live = dir.join(".out.parquet.tmp-1");
+    let held = File::create(&live).unwrap();
+    fs4::FileExt::try_lock(&held).unwrap();
+    ok(merge(&args[1..]));
+    assert_eq!(std::fs::read(&out).unwrap(), want);
+    assert_eq!(stray(), [".out.parquet.tmp-1"]);
 }

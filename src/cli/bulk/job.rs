@@ -229,9 +229,10 @@ fn lock_out(out: &Path) -> Result<File> {
 
 /// Removes what a killed assembly or manifest write left beside `out` (`.NAME.tmp-PID`,
 /// `.NAME.bulk.json.bertcls-tmp-PID`): as large as the output, hidden, and never read.
-/// Only under `<out>.lock`, so no live job of this output is writing them. A file that
-/// cannot be removed is left: it is in the way of nothing.
-fn remove_stale_output_temporaries(out: &Path) {
+/// A live write holds the lock of its temporary (a merge of `out` takes no `<out>.lock`),
+/// so only those whose lock can be taken go. A file that cannot be opened, locked or
+/// removed is left: it is in the way of nothing.
+pub(super) fn remove_stale_output_temporaries(out: &Path) {
     let dir = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -253,7 +254,13 @@ fn remove_stale_output_temporaries(out: &Path) {
             file.strip_prefix(prefix.as_str())
                 .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
         });
-        if stale && entry.path().is_file() && std::fs::remove_file(entry.path()).is_ok() {
+        if !stale || !entry.path().is_file() {
+            continue;
+        }
+        let Ok(held) = File::open(entry.path()) else {
+            continue;
+        };
+        if fs4::FileExt::try_lock(&held).is_ok() && std::fs::remove_file(entry.path()).is_ok() {
             removed += 1;
         }
     }

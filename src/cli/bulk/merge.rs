@@ -8,7 +8,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::features_in::check_windows;
-use super::job::{manifest_path, read_json, Counts};
+use super::job::{manifest_path, read_json, remove_stale_output_temporaries, Counts};
 use super::ranges::{check_tiling, first_uncovered, ranges_of, TextRange, Uncovered};
 use super::sink::{assemble, OutFormat, PartFeatures, PartRows};
 use crate::fsio::atomic_write;
@@ -154,6 +154,7 @@ pub fn run(args: MergeArgs) -> Result<()> {
                 }),
         })
         .collect();
+    remove_stale_output_temporaries(&args.out);
     assemble(
         format,
         &files,

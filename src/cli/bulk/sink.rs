@@ -216,6 +216,9 @@ pub fn write_atomically(out: &Path, write: impl FnOnce(&mut File) -> Result<()>)
                 tmp.display()
             )
         })?;
+        // Held until the rename: a later job or merge of `out` removes only temporaries
+        // no live process holds (`job::remove_stale_output_temporaries`).
+        let _ = fs4::FileExt::try_lock(&file);
         write(&mut file)?;
         file.sync_all()
             .with_context(|| format!("cannot write {} (disk full?)", tmp.display()))?;
