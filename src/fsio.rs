@@ -116,10 +116,29 @@ pub fn try_lock(path: &Path) -> std::io::Result<Option<std::fs::File>> {
         .write(true)
         .open(path)?;
     match fs4::FileExt::try_lock(&file) {
-        Ok(()) => Ok(Some(file)),
+        Ok(()) => {
+            // Who holds it, for the refusal of the next process (`lock_holder`); only
+            // a help, so a failed write changes nothing.
+            let _ = file
+                .set_len(0)
+                .and_then(|()| (&file).write_all(format!("{}\n", std::process::id()).as_bytes()));
+            Ok(Some(file))
+        }
         Err(fs4::TryLockError::WouldBlock) => Ok(None),
         Err(fs4::TryLockError::Error(e)) => Err(e),
     }
+}
+
+/// ` (pid N)`: the process that holds the lock file at `path`, as it wrote itself
+/// there; empty when it wrote nothing (a bertcls from before this, or not yet).
+/// A process stopped (Ctrl-Z) or hung holds its lock for as long as it lives, so the
+/// refusal names it.
+pub fn lock_holder(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .map(|pid| format!(" (pid {pid})"))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -898,8 +898,8 @@ fn nothing_encoded(out: &Output) {
 }
 
 /// Two real processes into one folder: while one trains (holding run.lock), a second
-/// `train --out` and a `--resume` of it each get one line saying the folder is in use,
-/// and leave run.json as the first one wrote it.
+/// `train --out` and a `--resume` of it each get one line saying the folder is in use
+/// and by which process, and leave run.json as the first one wrote it.
 #[test]
 fn a_run_folder_has_one_writer() {
     let sb = Sandbox::new("one-writer");
@@ -943,14 +943,13 @@ fn a_run_folder_has_one_writer() {
     let _ = first.kill();
     let _ = first.wait();
     assert!(first_running, "the first run ended before the check");
-    failed_with(
-        &second,
-        "the run folder is in use by another bertcls process",
+    // Named by its pid: a stopped (Ctrl-Z) or hung process holds the lock as long.
+    let holder = format!(
+        "the run folder is in use by another bertcls process (pid {})",
+        first.id()
     );
-    failed_with(
-        &resumed,
-        "the run folder is in use by another bertcls process",
-    );
+    failed_with(&second, &holder);
+    failed_with(&resumed, &holder);
     assert!(stderr(&second).contains(&format!("--out {run}")));
     nothing_encoded(&second);
     assert_eq!(std::fs::read(&run_json).unwrap(), before);

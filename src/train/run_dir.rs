@@ -351,7 +351,8 @@ fn lock(dir: &Path, flag: &str) -> Result<File> {
     match crate::fsio::try_lock(&path) {
         Ok(Some(file)) => Ok(file),
         Ok(None) => bail!(
-            "{flag} {d}: the run folder is in use by another bertcls process: wait for it to end, or pick another folder"
+            "{flag} {d}: the run folder is in use by another bertcls process{}: wait for it to end, or pick another folder",
+            crate::fsio::lock_holder(&path)
         ),
         Err(e) => bail!(
             "{flag} {d}: cannot lock {} ({e}): pass a writable folder",

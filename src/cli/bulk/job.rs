@@ -216,8 +216,9 @@ fn lock_out(out: &Path) -> Result<File> {
             Ok(file)
         }
         Ok(None) => bail!(
-            "--out {}: another bertcls process is writing it: wait for it to end, or pick another --out",
-            out.display()
+            "--out {}: another bertcls process{} is writing it: wait for it to end, or pick another --out",
+            out.display(),
+            crate::fsio::lock_holder(&path)
         ),
         Err(e) => bail!(
             "--out {}: cannot lock {} ({e}): pass a writable folder",
