@@ -1022,8 +1022,9 @@ fn resume_after_a_stop_while_epoch_1_was_saved_starts_over() {
 
 /// A train --search stopped after its run.json (which records the hyper-parameters it
 /// chose) but before search.json and the chosen head (killed, or the disk full) is not
-/// resumed as a plain run from a fresh head under the search's record: --resume refuses
-/// it in one line saying to remove the folder and search again, and changes nothing.
+/// resumed as a plain run from a fresh head under the search's record: --resume, and
+/// the search run again into it, refuse it in one line saying to remove the folder and
+/// search again, and change nothing.
 #[test]
 fn resume_of_a_search_stopped_before_its_head_is_refused() {
     let sb = Sandbox::new("resume-search");
@@ -1042,6 +1043,14 @@ fn resume_of_a_search_stopped_before_its_head_is_refused() {
         &format!("--resume {run}: its train --search stopped before saving the head it chose ({run}/last.safetensors is missing), and a search does not resume: remove {run} and run the train --search again"),
     );
     nothing_encoded(&out);
+    // Run again as it was first run, the search is refused the same way: not sent to
+    // --resume, which refuses it.
+    let again = sb.train_tiny(20, &["--search", "--out", &run]);
+    failed_with(
+        &again,
+        &format!("--out {run}: its train --search stopped before saving the head it chose ({run}/last.safetensors is missing), and a search does not resume: remove {run} and run the train --search again"),
+    );
+    nothing_encoded(&again);
     let mut left: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -293,6 +293,12 @@ impl RunFolder {
         };
         if RunInfo::path(dir).exists() || last_checkpoint(dir).exists() {
             folder.created = false;
+            if let Some(why) = RunInfo::load(dir)
+                .ok()
+                .and_then(|info| unfinished_search(dir, &info))
+            {
+                bail!("--out {d}: {why}");
+            }
             bail!(
                 "--out {d} already holds a run: pick another folder, or continue it with --resume {d}"
             );
@@ -371,6 +377,21 @@ fn remove_stale(dir: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Why the run in `dir` can be neither resumed nor written again, when it is a
+/// `train --search` stopped (killed, a full disk) after its run.json, which records
+/// the hyper-parameters it chose, and before the chosen head: resumed, it would train
+/// as a plain run from a fresh head under the search's record.
+pub fn unfinished_search(dir: &Path, info: &RunInfo) -> Option<String> {
+    let last = last_checkpoint(dir);
+    (info.search.is_some() && !last.is_file()).then(|| {
+        format!(
+            "its train --search stopped before saving the head it chose ({} is missing), and a search does not resume: remove {} and run the train --search again",
+            last.display(),
+            dir.display()
+        )
+    })
 }
 
 pub fn epoch_checkpoint(run: &Path, epoch: usize) -> PathBuf {

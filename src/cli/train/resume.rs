@@ -10,7 +10,7 @@ use super::TrainArgs;
 use crate::chunk::LongTexts;
 use crate::cli::predict::run_model;
 use crate::data::check_label_names;
-use crate::train::run_dir::{last_checkpoint, RunInfo};
+use crate::train::run_dir::{unfinished_search, RunInfo};
 
 /// `args` with every flag the command line did not give taken from the run in `dir`.
 /// A folder without run.json is refused here, whatever flags are given: the defaults
@@ -27,17 +27,8 @@ pub fn with_run_settings(mut args: TrainArgs, dir: &Path) -> Result<TrainArgs> {
         );
     }
     let info = RunInfo::load(dir)?;
-    // A search writes run.json (with the hyper-parameters it chose) before search.json
-    // and the chosen head: stopped in between (killed, a full disk), the folder would
-    // otherwise resume as a plain run from a fresh head under the search's record.
-    let last = last_checkpoint(dir);
-    if info.search.is_some() && !last.is_file() {
-        bail!(
-            "--resume {}: its train --search stopped before saving the head it chose ({} is missing), and a search does not resume: remove {} and run the train --search again",
-            dir.display(),
-            last.display(),
-            dir.display()
-        );
+    if let Some(why) = unfinished_search(dir, &info) {
+        bail!("--resume {}: {why}", dir.display());
     }
     check_label_names(&info.labels)
         .map_err(|why| anyhow!("{}: its labels: {why}", json.display()))?;
