@@ -611,6 +611,48 @@ fn an_output_has_one_writer() {
     assert_eq!(parquet_features(&out).len(), split_texts("train").len());
 }
 
+/// Predictions of a head on chunked features, bulk-made before the window fix (their
+/// manifest records no window revision), came from too few windows of long texts:
+/// `merge` refuses them, naming the file and saying to predict again, as it refuses
+/// such encode outputs; outputs made now record the revision and merge.
+#[test]
+fn chunked_predictions_of_another_window_revision_are_refused() {
+    let dir = TempDir::new("bulk-windows");
+    let head = dir.join("head.safetensors");
+    write_head_with(&head, &[("long", "chunk:8")]);
+    let out = dir.join("p.jsonl");
+    let dsdict = data().join("tiny-dsdict");
+    ok(bertcls(
+        &[
+            "predict",
+            "--head",
+            s(&head),
+            "--data",
+            s(&dsdict),
+            "--out",
+            s(&out),
+        ],
+        &[],
+    ));
+    let manifest = PathBuf::from(format!("{}.bulk.json", s(&out)));
+    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    assert_eq!(m["identity"]["model"]["windows"], 2);
+    let merged = dir.join("merged.jsonl");
+    ok(merge(&[s(&merged), s(&out)]));
+    std::fs::remove_file(&merged).unwrap();
+
+    m["identity"]["model"]
+        .as_object_mut()
+        .unwrap()
+        .remove("windows");
+    std::fs::write(&manifest, m.to_string()).unwrap();
+    assert_eq!(
+        error_line(&merge(&[s(&merged), s(&out)])),
+        format!("error: {}: its predictions come from chunked features cut into windows by no recorded window revision (this bertcls cuts by revision 2; before it, texts lost windows): predict it again", s(&out))
+    );
+    assert!(!merged.exists());
+}
+
 /// Files in `dir` a write left behind under a temporary name.
 fn temporaries(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)

@@ -56,7 +56,7 @@ pub fn read_encoded(path: &Path) -> Result<EncodedFile> {
                 m["format"].as_str().unwrap_or("parquet or .safetensors")
             )
         })?;
-    check_windows(path, &identity["model"])?;
+    check_windows(path, "encode", &identity["model"])?;
     let spec: EncodeSpec = serde_json::from_value(identity["model"].clone()).map_err(|e| {
         anyhow!(
             "{}: no complete encode spec ({e}; outputs of bertcls before backend and precision were recorded have none): encode the split again",
@@ -104,17 +104,23 @@ pub fn read_encoded(path: &Path) -> Result<EncodedFile> {
     })
 }
 
-/// Refuses chunked features whose windows were cut otherwise than now (outputs made
-/// before the window fix record no revision): their long texts have too few windows,
-/// which no setting of this run can match, so the only fix is to encode them again.
-pub(super) fn check_windows(path: &Path, model: &serde_json::Value) -> Result<()> {
+/// Refuses the output of a bulk job (`kind` "encode" or "predict") on chunked features
+/// whose windows were cut otherwise than now (outputs made before the window fix record
+/// no revision): their long texts had too few windows, which no setting of this run can
+/// match, so the only fix is to run the job again.
+pub(super) fn check_windows(path: &Path, kind: &str, model: &serde_json::Value) -> Result<()> {
     let Some(long) = model["long"].as_str() else {
         return Ok(());
     };
     let recorded = model["windows"].as_u64();
     if windows_revision(long).map(u64::from) != recorded {
+        let what = if kind == "predict" {
+            "its predictions come from chunked features"
+        } else {
+            "its chunked features were"
+        };
         bail!(
-            "{}: its chunked features were cut into windows by {} (this bertcls cuts by revision {WINDOWS_REVISION}; before it, texts lost windows): encode it again",
+            "{}: {what} cut into windows by {} (this bertcls cuts by revision {WINDOWS_REVISION}; before it, texts lost windows): {kind} it again",
             path.display(),
             recorded.map_or("no recorded window revision".to_string(), |r| format!("window revision {r}"))
         );

@@ -59,9 +59,8 @@ pub fn run(args: MergeArgs) -> Result<()> {
                 format.ext()
             );
         }
-        if m["identity"]["kind"] == "encode" {
-            check_windows(path, &m["identity"]["model"])?;
-        }
+        let kind = m["identity"]["kind"].as_str().unwrap_or("encode");
+        check_windows(path, kind, &m["identity"]["model"])?;
         match &identity {
             None => identity = Some(m["identity"].clone()),
             Some(first) if *first != m["identity"] => bail!(
