@@ -32,11 +32,40 @@ pub fn bf16s(bytes: &[u8]) -> Vec<f32> {
 
 /// A safetensors tensor's data as f32; none for a dtype other than F32, F16 and BF16.
 pub fn safetensors_floats(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    let mut out = Vec::with_capacity(bytes.len() / safetensors_width(dtype)?);
+    extend_safetensors_floats(dtype, bytes, &mut out);
+    Some(out)
+}
+
+/// The bytes per value of a dtype `safetensors_floats` reads; none for any other.
+pub fn safetensors_width(dtype: Dtype) -> Option<usize> {
     match dtype {
-        Dtype::F32 => Some(f32s(bytes)),
-        Dtype::F16 => Some(f16s(bytes)),
-        Dtype::BF16 => Some(bf16s(bytes)),
+        Dtype::F32 => Some(4),
+        Dtype::F16 | Dtype::BF16 => Some(2),
         _ => None,
+    }
+}
+
+/// `safetensors_floats` into `out`, whose room the caller reserved (the model's load does,
+/// fallibly); nothing for a dtype `safetensors_width` refuses.
+pub fn extend_safetensors_floats(dtype: Dtype, bytes: &[u8], out: &mut Vec<f32>) {
+    match dtype {
+        Dtype::F32 => out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        ),
+        Dtype::F16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        ),
+        Dtype::BF16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+        ),
+        _ => {}
     }
 }
 

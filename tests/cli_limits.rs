@@ -167,3 +167,77 @@ fn info_without_a_model_offline_shows_build_and_device_then_one_error() {
         "{v}"
     );
 }
+
+/// A one-layer copy of the tiny model whose feed-forward is `intermediate` wide, every
+/// tensor F16 and zero: model.safetensors is sparse (its data a hole), so it takes no disk,
+/// yet loading it decodes each feed-forward weight to f32 buffers of twice its bytes.
+fn wide_sparse_model(name: &str, intermediate: usize) -> PathBuf {
+    let dir = copy_tiny(name);
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["intermediate_size"] = intermediate.into();
+    config["num_hidden_layers"] = 1.into();
+    std::fs::write(&path, config.to_string()).unwrap();
+
+    let st = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(st[..8].try_into().unwrap()) as usize;
+    let old: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&st[8..8 + n]).unwrap();
+    let mut header = serde_json::Map::new();
+    let mut offset = 0u64;
+    for (name, t) in old {
+        if name == "__metadata__" || name.starts_with("encoder.layer.1.") {
+            continue;
+        }
+        let mut shape: Vec<u64> = serde_json::from_value(t["shape"].clone()).unwrap();
+        if name.contains("intermediate.dense") {
+            shape[0] = intermediate as u64;
+        } else if name.ends_with(".output.dense.weight") && !name.contains("attention") {
+            shape[1] = intermediate as u64;
+        }
+        let bytes = 2 * shape.iter().product::<u64>();
+        header.insert(
+            name,
+            serde_json::json!({"dtype": "F16", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let mut json = serde_json::Value::Object(header).to_string().into_bytes();
+    json.resize(json.len().div_ceil(8) * 8, b' ');
+    let mut file = std::fs::File::create(dir.join("model.safetensors")).unwrap();
+    use std::io::Write;
+    file.write_all(&(json.len() as u64).to_le_bytes()).unwrap();
+    file.write_all(&json).unwrap();
+    file.set_len(8 + json.len() as u64 + offset).unwrap();
+    dir
+}
+
+/// Weights that do not fit under the process's memory limit end in one line naming the
+/// limit, not in an abort ("memory allocation of N bytes failed", exit 134).
+#[test]
+fn weights_beyond_the_memory_limit_are_refused_not_aborted() {
+    // Feed-forward weights of 256 MiB each in F16, so the file maps 512 MiB and decoding
+    // the first needs 512 MiB more: under a 1 GiB limit the map fits beside the program's
+    // own few dozen MiB and the decode cannot, whatever the machine.
+    let model = wide_sparse_model("ulimit", 4 << 20);
+    let bin = env!("CARGO_BIN_EXE_bertcls");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -v {}; exec \"$0\" encode --device cpu --offline --threads 1 --max-length 8 --max-batch-tokens 8 --model \"$1\" hello",
+            1 << 20
+        ))
+        .arg(bin)
+        .arg(&model)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&model);
+    let line = one_error_line(&out);
+    assert!(
+        line.contains("cannot allocate 512 MiB for the model's weights")
+            && line.contains("memory limit"),
+        "{line}"
+    );
+}

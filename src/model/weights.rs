@@ -137,6 +137,22 @@ impl MappedF32 {
     }
 }
 
+/// An empty vector with room for `len` floats of the model's weights, or an error saying
+/// the memory is not there: `Vec::with_capacity` (and `vec!`, `collect`, `to_vec`) abort
+/// the whole process instead, as they do under a low `ulimit -v`. Every large buffer a
+/// model's load allocates (decoded tensors, the stacked QKV, packed Linear weights) comes
+/// from here.
+pub fn weight_buffer(len: usize) -> Result<Vec<f32>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| {
+        let mib = (len as u128 * 4).div_ceil(1 << 20);
+        anyhow!(
+            "cannot allocate {mib} MiB for the model's weights: free memory or raise the process's memory limit (ulimit -v)"
+        )
+    })?;
+    Ok(v)
+}
+
 /// A tensor as the checkpoint gives it: in place when it is little-endian F32 and aligned,
 /// else decoded to f32.
 pub enum HostTensor {
@@ -152,10 +168,14 @@ impl HostTensor {
         }
     }
 
-    pub fn into_vec(self) -> Vec<f32> {
+    pub fn into_vec(self) -> Result<Vec<f32>> {
         match self {
-            HostTensor::Mapped(m) => m.as_slice().to_vec(),
-            HostTensor::Decoded(v) => v,
+            HostTensor::Mapped(m) => {
+                let mut v = weight_buffer(m.len)?;
+                v.extend_from_slice(m.as_slice());
+                Ok(v)
+            }
+            HostTensor::Decoded(v) => Ok(v),
         }
     }
 }
@@ -371,14 +391,16 @@ impl Checkpoint {
                 len: bytes.len() / 4,
             })
         } else {
-            match le_floats::safetensors_floats(view.dtype(), bytes) {
-                Some(v) => HostTensor::Decoded(v),
-                None => bail!(
+            let Some(width) = le_floats::safetensors_width(view.dtype()) else {
+                bail!(
                     "{}: tensor {name} has dtype {:?}; bertcls reads F32, F16 and BF16 weights",
                     path.display(),
                     view.dtype()
-                ),
-            }
+                )
+            };
+            let mut v = weight_buffer(bytes.len() / width)?;
+            le_floats::extend_safetensors_floats(view.dtype(), bytes, &mut v);
+            HostTensor::Decoded(v)
         };
         let values = out.as_slice();
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
@@ -460,7 +482,16 @@ impl HostWeights {
     /// Every encoder tensor as f32 on the host (what tests and benchmarks upload
     /// themselves; the commands read straight into the backend with `BertWeights::read`).
     pub fn load(ckpt: &Checkpoint, config: &BertConfig) -> Result<Self> {
-        Self::read(ckpt, config, |w, _, _| Ok(w.to_vec()), |t| Ok(t.into_vec()))
+        Self::read(
+            ckpt,
+            config,
+            |w, _, _| {
+                let mut v = weight_buffer(w.len())?;
+                v.extend_from_slice(w);
+                Ok(v)
+            },
+            HostTensor::into_vec,
+        )
     }
 }
 
@@ -497,7 +528,7 @@ where
 
     /// query, key and value of `prefix` stacked into one (3C, C) Linear.
     fn qkv(&mut self, prefix: &str, c: usize) -> Result<LinearWeights<U>> {
-        let (mut w, mut b) = (Vec::with_capacity(3 * c * c), Vec::with_capacity(3 * c));
+        let (mut w, mut b) = (weight_buffer(3 * c * c)?, weight_buffer(3 * c)?);
         for part in ["query", "key", "value"] {
             w.extend(
                 self.tensor(&format!("{prefix}.{part}.weight"), &[c, c])?
@@ -563,5 +594,28 @@ impl HostWeights {
             ln: ln(),
         };
         BertWeights { embeddings, layers }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weight_buffer_refuses_what_cannot_be_allocated() {
+        // More than the address space (capacity overflow), then as much as a layout
+        // allows (the allocator refuses): an error each, where `vec!` would abort.
+        for len in [usize::MAX / 8, isize::MAX as usize / 4] {
+            let e = weight_buffer(len).unwrap_err().to_string();
+            assert!(
+                e.starts_with("cannot allocate ")
+                    && e.ends_with(
+                        " MiB for the model's weights: free memory or raise the process's memory limit (ulimit -v)"
+                    ),
+                "{e}"
+            );
+        }
+        let v = weight_buffer(10).unwrap();
+        assert!(v.is_empty() && v.capacity() >= 10);
     }
 }

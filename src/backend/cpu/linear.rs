@@ -18,6 +18,8 @@
 
 use std::cell::RefCell;
 
+use anyhow::Result;
+
 use super::microkernel::{self as mk, Init};
 use super::packed::PackedWeight;
 use super::simd::{level, Level};
@@ -94,20 +96,21 @@ pub fn linear(
     add_bias: bool,
     out: &mut [f32],
     threads: usize,
-) {
+) -> Result<()> {
     let (n, k) = (lin.out_features, lin.in_features);
     let packed_now;
     let w = match lin.w.as_packed() {
         Some(w) => w,
         // A weight uploaded with plain `upload` (the op tests do): packed for this call.
         None => {
-            packed_now = PackedWeight::new(&lin.w, n, k);
+            packed_now = PackedWeight::new(&lin.w, n, k)?;
             &packed_now
         }
     };
     assert_eq!((w.n, w.k), (n, k), "packed weight shape");
     let bias = add_bias.then_some(&lin.b[..n]);
     gemm_packed(x, rows, w, bias, out, threads, kernel_for(w.nr));
+    Ok(())
 }
 
 /// out (rows, N) = x (rows, K) . W^T (+ bias) with `kernel`, which must match W's panel width.
@@ -335,7 +338,7 @@ mod tests {
                 .collect();
             let b: Vec<f32> = (0..n).map(|j| j as f32 * 0.25 - 3.0).collect();
             for kernel in kernels() {
-                let packed = PackedWeight::with_panel_width(&w, n, k, kernel.nr);
+                let packed = PackedWeight::with_panel_width(&w, n, k, kernel.nr).unwrap();
                 for bias in [None, Some(&b[..])] {
                     let mut out = vec![f32::NAN; rows * n];
                     gemm_packed(&x, rows, &packed, bias, &mut out, 2, kernel);

@@ -18,7 +18,9 @@ use rayon::{ThreadPool, ThreadPoolBuilder};
 
 use super::{Activation, Backend, QueryRows};
 use crate::batch::PackedBatch;
-use crate::model::weights::{EmbeddingWeights, HostTensor, LayerNormWeights, LinearWeights};
+use crate::model::weights::{
+    weight_buffer, EmbeddingWeights, HostTensor, LayerNormWeights, LinearWeights,
+};
 
 pub use simd::{erf, exp};
 pub use tensor::CpuTensor;
@@ -88,7 +90,9 @@ impl Backend for CpuBackend {
     }
 
     fn upload(&self, host: &[f32]) -> Result<CpuTensor> {
-        Ok(CpuTensor::plain(host.to_vec()))
+        let mut v = weight_buffer(host.len())?;
+        v.extend_from_slice(host);
+        Ok(CpuTensor::plain(v))
     }
 
     fn upload_host(&self, host: HostTensor) -> Result<CpuTensor> {
@@ -107,7 +111,7 @@ impl Backend for CpuBackend {
     ) -> Result<CpuTensor> {
         Ok(CpuTensor::packed(self.pool.install(|| {
             PackedWeight::new(w, out_features, in_features)
-        })))
+        })?))
     }
 
     fn download(&self, t: &CpuTensor, len: usize) -> Result<Vec<f32>> {
@@ -149,8 +153,7 @@ impl Backend for CpuBackend {
         out: &mut CpuTensor,
     ) -> Result<()> {
         self.pool
-            .install(|| linear::linear(x, rows, lin, add_bias, out, self.threads));
-        Ok(())
+            .install(|| linear::linear(x, rows, lin, add_bias, out, self.threads))
     }
 
     fn bias_activation(

@@ -7,9 +7,11 @@
 //! consecutive floats, one or two SIMD registers) per k, and a K-block of a panel is one
 //! contiguous run of memory.
 
+use anyhow::Result;
 use rayon::prelude::*;
 
 use super::simd::{level, Level};
+use crate::model::weights::weight_buffer;
 
 pub struct PackedWeight {
     /// Output features N.
@@ -24,11 +26,11 @@ pub struct PackedWeight {
 
 impl PackedWeight {
     /// Packs W (n, k), row-major as `nn.Linear` stores it, for the microkernel this CPU runs.
-    pub fn new(w: &[f32], n: usize, k: usize) -> Self {
+    pub fn new(w: &[f32], n: usize, k: usize) -> Result<Self> {
         Self::with_panel_width(w, n, k, panel_width(level()))
     }
 
-    pub fn with_panel_width(w: &[f32], n: usize, k: usize, nr: usize) -> Self {
+    pub fn with_panel_width(w: &[f32], n: usize, k: usize, nr: usize) -> Result<Self> {
         assert_eq!(
             w.len(),
             n * k,
@@ -36,7 +38,8 @@ impl PackedWeight {
             w.len()
         );
         let panels = n.div_ceil(nr);
-        let mut data = vec![0f32; panels * k * nr];
+        let mut data = weight_buffer(panels * k * nr)?;
+        data.resize(panels * k * nr, 0.0);
         // Panels in parallel on the caller's pool: packing is about a fifth of a model's
         // load time (docs/BENCHMARKS.md).
         data.par_chunks_exact_mut(k * nr)
@@ -49,7 +52,7 @@ impl PackedWeight {
                     }
                 }
             });
-        Self { n, k, nr, data }
+        Ok(Self { n, k, nr, data })
     }
 
     pub fn panels(&self) -> usize {
@@ -79,7 +82,7 @@ mod tests {
     fn panels_hold_w_transposed_and_zero_padded() {
         let (n, k, nr) = (5, 3, 4);
         let w: Vec<f32> = (0..n * k).map(|i| i as f32 + 1.0).collect();
-        let p = PackedWeight::with_panel_width(&w, n, k, nr);
+        let p = PackedWeight::with_panel_width(&w, n, k, nr).unwrap();
         assert_eq!(p.panels(), 2);
         for col in 0..8 {
             for kk in 0..k {
