@@ -241,3 +241,28 @@ fn weights_beyond_the_memory_limit_are_refused_not_aborted() {
         "{line}"
     );
 }
+
+/// A workspace refused under a memory limit names the limit beside the budget: a smaller
+/// --max-batch-tokens is not the only way out.
+#[test]
+fn a_workspace_beyond_the_memory_limit_names_the_limit() {
+    // (7 * 32 + 64) floats a token: 1.1 GiB for a million tokens, over a 1 GiB limit.
+    let model = fixtures().join("tiny/model");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -v {}; exec \"$0\" encode --device cpu --offline --threads 1 --max-batch-tokens 1000000 --model \"$1\" hello",
+            1 << 20
+        ))
+        .arg(env!("CARGO_BIN_EXE_bertcls"))
+        .arg(&model)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    let line = one_error_line(&out);
+    assert!(
+        line.contains("needs a workspace this machine cannot allocate")
+            && line.contains("use a smaller --max-batch-tokens, or free memory or raise the process's memory limit (ulimit -v)"),
+        "{line}"
+    );
+}

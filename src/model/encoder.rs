@@ -133,6 +133,40 @@ fn checked(config: &BertConfig, max_tokens: usize) -> Result<Activation> {
     Ok(act)
 }
 
+/// What to do when a workspace of `bytes` could not be allocated. A small one fails for
+/// want of memory (often a process limit, `limited`), which a smaller --max-batch-tokens
+/// hardly helps; a large one is first of all the budget's doing.
+fn workspace_advice(bytes: u64, limited: bool) -> String {
+    let memory = if limited {
+        "free memory or raise the process's memory limit (ulimit -v)"
+    } else {
+        "free memory"
+    };
+    if bytes < 256 << 20 {
+        memory.to_string()
+    } else {
+        format!("use a smaller --max-batch-tokens, or {memory}")
+    }
+}
+
+/// Whether the process's address space is limited (`ulimit -v`).
+fn address_space_limited() -> bool {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one rlimit through a valid pointer.
+        let got = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } == 0;
+        got && limit.rlim_cur != libc::RLIM_INFINITY
+    }
+    #[cfg(not(unix))]
+    {
+        false
+    }
+}
+
 /// `MemTotal` of `/proc/meminfo`; `None` where there is none (then only overflow and the
 /// allocation itself can refuse a workspace).
 fn total_memory_bytes() -> Option<u64> {
@@ -185,8 +219,12 @@ impl<B: Backend> Encoder<B> {
         max_tokens: usize,
     ) -> Result<Self> {
         let (c, f) = (config.hidden_size, config.intermediate_size);
+        let bytes = (max_tokens as u64) * (7 * c as u64 + f as u64) * 4;
         let too_big = |e: anyhow::Error| {
-            anyhow!("--max-batch-tokens {max_tokens} needs a workspace this machine cannot allocate ({e}): use a smaller --max-batch-tokens")
+            anyhow!(
+                "--max-batch-tokens {max_tokens} needs a workspace this machine cannot allocate ({e}): {}",
+                workspace_advice(bytes, address_space_limited())
+            )
         };
         let ws = Workspace {
             hidden: backend.alloc(max_tokens * c).map_err(too_big)?,
@@ -436,4 +474,25 @@ pub fn encode_all(
         progress(done);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_workspace_that_fails_points_at_memory_not_the_budget() {
+        let small = workspace_advice(4 << 20, true);
+        assert_eq!(
+            small,
+            "free memory or raise the process's memory limit (ulimit -v)"
+        );
+        assert_eq!(workspace_advice(4 << 20, false), "free memory");
+        let large = workspace_advice(2 << 30, true);
+        assert!(
+            large.starts_with("use a smaller --max-batch-tokens, or free memory")
+                && large.contains("ulimit -v"),
+            "{large}"
+        );
+    }
 }
