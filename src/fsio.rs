@@ -8,6 +8,19 @@ use anyhow::{Context, Result};
 /// What marks a temporary file of ours: `.NAME.bertcls-tmp-PID`.
 const TEMP_MARK: &str = ".bertcls-tmp-";
 
+/// "cannot {verb} PATH: what to do" for a file or folder that could not be created,
+/// the advice chosen by why: a full disk (or one out of inodes, which reads the same)
+/// needs space, anything else most likely a folder the user may write.
+pub fn cannot_create(verb: &str, path: &Path, e: std::io::Error) -> anyhow::Error {
+    let full = e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28);
+    let hint = if full {
+        "the disk is full (or out of inodes): free space"
+    } else {
+        "check the folder is writable"
+    };
+    anyhow::Error::new(e).context(format!("cannot {verb} {}: {hint}", path.display()))
+}
+
 /// The temporary file `atomic_write` writes `path` through in this process.
 fn temp_path(dir: &Path, name: &str) -> std::path::PathBuf {
     dir.join(format!(".{name}{TEMP_MARK}{}", std::process::id()))
@@ -83,12 +96,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         .unwrap_or_default();
     let tmp = temp_path(dir, &name);
     let result = (|| -> Result<()> {
-        let mut f = std::fs::File::create(&tmp).with_context(|| {
-            format!(
-                "cannot write {}: check the folder is writable",
-                tmp.display()
-            )
-        })?;
+        let mut f = std::fs::File::create(&tmp).map_err(|e| cannot_create("write", &tmp, e))?;
         // Held until the rename is done: `remove_abandoned_temp_files` in a folder other
         // processes write (the feature cache) takes only temporaries no one holds.
         let _ = fs4::FileExt::try_lock(&f);
@@ -144,6 +152,29 @@ pub fn lock_holder(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_is_not_blamed_on_the_folder() {
+        let path = Path::new("out/x.parquet");
+        for e in [
+            std::io::Error::from_raw_os_error(28),
+            std::io::Error::from(std::io::ErrorKind::StorageFull),
+        ] {
+            let msg = format!("{:#}", cannot_create("write", path, e));
+            assert!(
+                msg.starts_with(
+                    "cannot write out/x.parquet: the disk is full (or out of inodes): free space: "
+                ),
+                "{msg}"
+            );
+        }
+        let e = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let msg = format!("{:#}", cannot_create("create", path, e));
+        assert!(
+            msg.starts_with("cannot create out/x.parquet: check the folder is writable: "),
+            "{msg}"
+        );
+    }
 
     #[test]
     fn replaces_whole_file_and_leaves_no_temp() {

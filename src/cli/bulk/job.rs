@@ -402,12 +402,8 @@ fn run_job(
         }
         remove_temporaries(&parts)?;
     } else {
-        std::fs::create_dir_all(&parts).with_context(|| {
-            format!(
-                "cannot create {}: check the folder is writable",
-                parts.display()
-            )
-        })?;
+        std::fs::create_dir_all(&parts)
+            .map_err(|e| crate::fsio::cannot_create("create", &parts, e))?;
         atomic_write(&job_file, job.to_string().as_bytes())?;
     }
 

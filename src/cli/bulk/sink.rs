@@ -210,12 +210,8 @@ pub fn write_atomically(out: &Path, write: impl FnOnce(&mut File) -> Result<()>)
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
-        let mut file = File::create(&tmp).with_context(|| {
-            format!(
-                "cannot write {}: check the folder is writable",
-                tmp.display()
-            )
-        })?;
+        let mut file =
+            File::create(&tmp).map_err(|e| crate::fsio::cannot_create("write", &tmp, e))?;
         // Held until the rename: a later job or merge of `out` removes only temporaries
         // no live process holds (`job::remove_stale_output_temporaries`).
         let _ = fs4::FileExt::try_lock(&file);
