@@ -439,6 +439,7 @@ fn assemble_parquet(
     mismatch: &str,
 ) -> Result<()> {
     let mut writer: Option<ArrowWriter<&mut File>> = None;
+    let mut first_schema: Option<arrow_schema::SchemaRef> = None;
     let mut file = Some(file);
     for part in parts {
         let shown = part.path.display();
@@ -462,6 +463,14 @@ fn assemble_parquet(
             if let (Some(sums), Some(features)) = (&mut sums, &part.features) {
                 check_parquet_features(&batch, &features.column, sums, &rows)?;
             }
+            match &first_schema {
+                // Checked here, not left to the writer, whose errors are the output's.
+                Some(first) if batch.schema().fields() != first.fields() => {
+                    bail!("{shown}: its columns differ from the first part's: {mismatch}")
+                }
+                Some(_) => {}
+                None => first_schema = Some(batch.schema()),
+            }
             if writer.is_none() {
                 let props = WriterProperties::builder()
                     .set_key_value_metadata(Some(vec![KeyValue::new(
@@ -476,9 +485,7 @@ fn assemble_parquet(
                 );
             }
             let w = writer.as_mut().expect("created above");
-            w.write(&batch).with_context(|| {
-                format!("{shown}: its columns differ from the first part's: {mismatch}")
-            })?;
+            w.write(&batch).with_context(write_failed(out))?;
             // One row group per part: bounded memory, and readers can seek by chunk.
             w.flush().with_context(write_failed(out))?;
         }
@@ -607,4 +614,59 @@ fn assemble_safetensors(
     }
     w.flush().with_context(write_failed(out))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A parquet part of one feature row `first`, pooled as `name`, with the texts
+    /// column or without.
+    fn part(dir: &Path, first: usize, name: &str, texts: bool) -> PartRows {
+        let chunk = ChunkOut {
+            first,
+            texts: texts.then(|| vec!["a text".to_string()]),
+            body: Body::Features {
+                x: vec![0.5, -0.5],
+                hidden: 2,
+                name: name.to_string(),
+            },
+        };
+        let path = dir.join(format!("chunk-{first}-{name}-{texts}.parquet"));
+        std::fs::write(&path, part_bytes(OutFormat::Parquet, &chunk).unwrap()).unwrap();
+        PartRows {
+            path,
+            start: first as u64,
+            end: first as u64 + 1,
+            features: None,
+        }
+    }
+
+    #[test]
+    fn parquet_parts_of_other_columns_are_refused_as_such() {
+        let dir = std::env::temp_dir().join(format!("bertcls-sink-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("out.parquet");
+        let same = [part(&dir, 0, "cls", false), part(&dir, 1, "cls", false)];
+        assemble(OutFormat::Parquet, &same, &out, "{}", "redo it").unwrap();
+        assert_eq!(count_rows(OutFormat::Parquet, &out).unwrap(), 2);
+
+        // One column more; a column of the same type under another name (which the
+        // parquet writer, checking types only, would have taken).
+        for (name, texts) in [("cls", true), ("mean", false)] {
+            let other = [part(&dir, 0, "cls", false), part(&dir, 1, name, texts)];
+            let e = format!(
+                "{:#}",
+                assemble(OutFormat::Parquet, &other, &out, "{}", "redo it").unwrap_err()
+            );
+            assert_eq!(
+                e,
+                format!(
+                    "{}: its columns differ from the first part's: redo it",
+                    other[1].path.display()
+                )
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
