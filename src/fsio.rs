@@ -12,13 +12,46 @@ const TEMP_MARK: &str = ".bertcls-tmp-";
 /// the advice chosen by why: a full disk (or one out of inodes, which reads the same)
 /// needs space, anything else most likely a folder the user may write.
 pub fn cannot_create(verb: &str, path: &Path, e: std::io::Error) -> anyhow::Error {
-    let full = e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28);
-    let hint = if full {
+    let hint = create_hint(&e);
+    anyhow::Error::new(e).context(format!("cannot {verb} {}: {hint}", path.display()))
+}
+
+fn create_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) {
         "the disk is full (or out of inodes): free space"
     } else {
         "check the folder is writable"
-    };
-    anyhow::Error::new(e).context(format!("cannot {verb} {}: {hint}", path.display()))
+    }
+}
+
+/// Refuses, before any work, an output `path` (given as `flag`) that `atomic_write` could
+/// not write: its folder is made if missing, as the write would, and a temporary file is
+/// created in it and removed.
+pub fn check_writable(flag: &str, path: &Path) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = temp_path(dir, &name);
+    let made = std::fs::create_dir_all(dir).and_then(|()| std::fs::File::create(&tmp));
+    match made {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&tmp);
+            Ok(())
+        }
+        Err(e) => {
+            let hint = create_hint(&e);
+            Err(anyhow::Error::new(e).context(format!(
+                "{flag} {}: cannot write in {}: {hint}",
+                path.display(),
+                dir.display()
+            )))
+        }
+    }
 }
 
 /// The temporary file `atomic_write` writes `path` through in this process.

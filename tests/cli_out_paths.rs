@@ -164,3 +164,30 @@ fn encode_file_drops_a_byte_order_mark() {
     assert_eq!(texts(b"\xEF\xBB\xBF\xE5\xA5\xBD\r\n\nb\n"), ["好", "b"]);
     assert_eq!(texts(b"\xEF\xBB\xBF\r\nb"), ["b"]);
 }
+
+/// `encode --out` where nothing can be written (below a regular file, which stops root
+/// too) is refused before the model loads, naming --out, not after every text is encoded.
+#[test]
+fn encode_out_that_cannot_be_written_is_refused_before_the_model_loads() {
+    let dir = TempDir::new("out-encode-unwritable");
+    let file = dir.join("a-file");
+    std::fs::write(&file, "not a folder").unwrap();
+    for name in ["f.jsonl", "sub/f.safetensors"] {
+        let out = file.join(name);
+        // `refusal`: one stderr line, so neither "loaded" nor the encoding's progress.
+        let line = refusal(&[
+            "encode",
+            "--model",
+            &model_dir(),
+            "--out",
+            s(&out),
+            "a text",
+        ]);
+        assert!(
+            line.starts_with(&format!("error: --out {}: cannot write in ", out.display()))
+                && line.contains("check the folder is writable"),
+            "{line}"
+        );
+    }
+    assert!(std::fs::read_dir(&dir.0).unwrap().count() == 1);
+}

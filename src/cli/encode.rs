@@ -112,6 +112,10 @@ pub fn run(args: EncodeArgs) -> Result<()> {
         return bulk::run_encode(&args.bulk, args.out.as_ref(), &model_args, &device);
     }
     let out_format = args.out.as_deref().map(texts_out_format).transpose()?;
+    if let Some(out) = &args.out {
+        // Before the model's load and the encoding, not after them.
+        crate::fsio::check_writable("--out", out)?;
+    }
     let texts = args.input.given()?.unwrap_or_default();
     if texts.is_empty() {
         bail!("no texts to encode: pass them as arguments or with --file F (one per line)");
