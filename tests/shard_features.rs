@@ -567,3 +567,40 @@ fn chunked_features_of_another_window_revision_are_refused() {
         stderr(&imported)
     );
 }
+
+/// A feature cache that cannot be written (here a regular file, which stops root too)
+/// costs an import what it costs plain `train`: a warning, and the imported features
+/// used from memory, not a failed run.
+#[test]
+fn features_from_with_an_unwritable_cache_warns_and_trains_on_them() {
+    let dir = TempDir::new("shard-unwritable-cache");
+    let (train_out, val_out) = (dir.join("train.parquet"), dir.join("val.parquet"));
+    encode_shard(&dsdict(), "train", 0, 1, &train_out, &[]);
+    encode_shard(&dsdict(), "validation", 0, 1, &val_out, &[]);
+    let cache = dir.join("cache-is-a-file");
+    std::fs::write(&cache, "not a folder").unwrap();
+    let from = [
+        "--features-from",
+        s(&train_out),
+        "--features-from",
+        s(&val_out),
+    ];
+    let out = ok(train(&dir.join("run"), &cache, &from));
+    let err = stderr(&out);
+    assert_eq!(
+        err.matches("warning: cannot store features in the cache")
+            .count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "train: 32 cls features imported from 1 --features-from file for this run only"
+        ),
+        "{err}"
+    );
+    assert!(!encoded_any(&out), "the import run encoded: {err}");
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["features_cached"], true);
+    assert_eq!(std::fs::read_to_string(&cache).unwrap(), "not a folder");
+}

@@ -433,6 +433,9 @@ pub struct FeatureSource {
     tokenizer: Option<String>,
     /// A cache that could not be written to has been warned about (once a process).
     cache_write_failed: bool,
+    /// Features `train --features-from` imported that the cache could not take: served
+    /// from memory, as the cache would have served them.
+    imported: Vec<(FeatureKey, Vec<f32>)>,
 }
 
 pub struct Features {
@@ -449,6 +452,38 @@ impl FeatureSource {
             weights_sha256: None,
             tokenizer: None,
             cache_write_failed: false,
+            imported: Vec::new(),
+        }
+    }
+
+    /// Stores the (rows, hidden) features `x` imported for `key` in `cache` (this
+    /// source's), or, where the cache cannot take them (read-only, full), warns once and
+    /// keeps them for this run: a cache only spares later runs the work, as for features
+    /// this run encodes. Whether the cache took them.
+    pub fn put_imported(
+        &mut self,
+        cache: &FeatureCache,
+        key: FeatureKey,
+        x: Vec<f32>,
+        (rows, hidden): (usize, usize),
+    ) -> bool {
+        match cache.put(&key, &x, rows, hidden) {
+            Ok(()) => true,
+            Err(e) => {
+                self.warn_cache_write(cache, &e);
+                self.imported.push((key, x));
+                false
+            }
+        }
+    }
+
+    fn warn_cache_write(&mut self, cache: &FeatureCache, e: &anyhow::Error) {
+        if !self.cache_write_failed {
+            eprintln!(
+                "warning: cannot store features in the cache {} ({e:#}); going on without it: point the cache at a writable folder with --cache-dir DIR or BERTCLS_CACHE, or pass --no-cache",
+                cache.dir().display()
+            );
+            self.cache_write_failed = true;
         }
     }
 
@@ -517,6 +552,16 @@ impl FeatureSource {
         let spec = self.model_spec(model)?;
         let key = FeatureKey::new(&spec, data_hash);
         let hidden = model.encoder.hidden_size();
+        if let Some((_, x)) = self.imported.iter().find(|(k, _)| *k == key) {
+            eprintln!(
+                "{split_name}: {} features imported from --features-from",
+                texts.len()
+            );
+            return Ok(Features {
+                x: x.clone(),
+                cached: true,
+            });
+        }
         if let Some(x) = cache.get(&key)? {
             if x.len() == texts.len() * hidden {
                 eprintln!(
@@ -548,13 +593,7 @@ impl FeatureSource {
         // The features are in hand: a cache that cannot take them (read-only, full) only
         // costs the next run its encoding, so it must not throw this run's work away.
         if let Err(e) = cache.put(&key, &x, texts.len(), hidden) {
-            if !self.cache_write_failed {
-                eprintln!(
-                    "warning: cannot store features in the cache {} ({e:#}); going on without it: point the cache at a writable folder with --cache-dir DIR or BERTCLS_CACHE, or pass --no-cache",
-                    cache.dir().display()
-                );
-                self.cache_write_failed = true;
-            }
+            self.warn_cache_write(&cache, &e);
         }
         Ok(Features { x, cached: false })
     }

@@ -37,7 +37,7 @@ pub fn import_flagged(
         .iter()
         .map(|&pooling| source.encode_spec(files, device.device, device.precision, pooling, long))
         .collect::<Result<Vec<_>>>()?;
-    let cache = source.cache().ok_or_else(|| {
+    let cache = source.cache().cloned().ok_or_else(|| {
         anyhow!("--features-from stores features in the feature cache: drop --no-cache")
     })?;
     import_features(
@@ -45,20 +45,22 @@ pub fn import_flagged(
         &specs,
         splits,
         files.config.hidden_size,
-        cache,
+        (&cache, source),
     )
 }
 
 /// Checks the files against `specs` (one per pooling the run uses: a search over
 /// `--pooling cls,mean` takes the files of both) and `splits` (train, and validation
 /// when the run has one), and puts the features of each split and pooling they hold
-/// into `cache`. A split and pooling no file holds is left to be encoded as usual.
+/// into `cache` (`source`'s), or, where the cache cannot take them, keeps them in
+/// `source` for this run. A split and pooling no file holds is left to be encoded as
+/// usual.
 pub fn import_features(
     paths: &[PathBuf],
     specs: &[EncodeSpec],
     splits: &[&Split],
     hidden: usize,
-    cache: &FeatureCache,
+    (cache, source): (&FeatureCache, &mut FeatureSource),
 ) -> Result<()> {
     // Every manifest first: a refusal costs no feature reading.
     let mut groups: Vec<Vec<EncodedFile>> = Vec::new();
@@ -112,15 +114,20 @@ pub fn import_features(
         let files = &groups[i];
         let (spec, split) = group_of(i);
         let key = FeatureKey::new(spec, &split.content_hash);
-        cache.put(&key, &x, split.texts.len(), hidden)?;
+        let path = cache.path(&key);
+        let stored = source.put_imported(cache, key, x, (split.texts.len(), hidden));
         eprintln!(
-            "{}: {} {} features imported from {} --features-from file{} into the feature cache {}",
+            "{}: {} {} features imported from {} --features-from file{} {}",
             split.name,
             split.texts.len(),
             spec.pooling,
             files.len(),
             if files.len() == 1 { "" } else { "s" },
-            cache.path(&key).display()
+            if stored {
+                format!("into the feature cache {}", path.display())
+            } else {
+                "for this run only".to_string()
+            }
         );
     }
     Ok(())
