@@ -144,13 +144,17 @@ impl MappedF32 {
 /// from here.
 pub fn weight_buffer(len: usize) -> Result<Vec<f32>> {
     let mut v = Vec::new();
-    v.try_reserve_exact(len).map_err(|_| {
-        let mib = (len as u128 * 4).div_ceil(1 << 20);
-        anyhow!(
-            "cannot allocate {mib} MiB for the model's weights: free memory or raise the process's memory limit (ulimit -v)"
-        )
-    })?;
+    v.try_reserve_exact(len)
+        .map_err(|_| cannot_allocate_weights(len))?;
     Ok(v)
+}
+
+/// The error of a weight buffer of `len` floats that could not be allocated.
+pub fn cannot_allocate_weights(len: usize) -> anyhow::Error {
+    let mib = (len as u128 * 4).div_ceil(1 << 20);
+    anyhow!(
+        "cannot allocate {mib} MiB for the model's weights: free memory or raise the process's memory limit (ulimit -v)"
+    )
 }
 
 /// A tensor as the checkpoint gives it: in place when it is little-endian F32 and aligned,

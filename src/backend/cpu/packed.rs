@@ -11,7 +11,7 @@ use anyhow::Result;
 use rayon::prelude::*;
 
 use super::simd::{level, Level};
-use crate::model::weights::weight_buffer;
+use crate::model::weights::cannot_allocate_weights;
 
 pub struct PackedWeight {
     /// Output features N.
@@ -38,8 +38,10 @@ impl PackedWeight {
             w.len()
         );
         let panels = n.div_ceil(nr);
-        let mut data = weight_buffer(panels * k * nr)?;
-        data.resize(panels * k * nr, 0.0);
+        // Zeroed by the allocator, not by a pass here: the packing below is what first
+        // touches the pages, on every thread, and a panel's padding columns stay 0.
+        let len = panels * k * nr;
+        let mut data = super::zeroed_vec(len).ok_or_else(|| cannot_allocate_weights(len))?;
         // Panels in parallel on the caller's pool: packing is about a fifth of a model's
         // load time (docs/BENCHMARKS.md).
         data.par_chunks_exact_mut(k * nr)
