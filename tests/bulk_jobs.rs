@@ -1384,3 +1384,70 @@ fn a_killed_merge_leaves_no_temporary_after_the_rerun() {
     assert_eq!(std::fs::read(&out).unwrap(), want);
     assert_eq!(stray(), [".out.parquet.tmp-1"]);
 }
+
+/// The parquet crate panics on some corrupt footers, lazily too (issue 8's guard): a
+/// parquet output whose footer bytes are overwritten one at a time must, read back by
+/// `merge`, by a rerun of its job and by `train --features-from`, end in a one-line
+/// error or a rewrite, never a panic. Each sweep found panics before those reads were
+/// guarded.
+#[test]
+fn corrupt_parquet_footers_of_outputs_are_refused_not_panicked_on() {
+    let dir = TempDir::new("bulk-corrupt-footer");
+    let files = data().join("tiny-files");
+    let model = model_dir();
+    let encode = |out: &Path, shard: &str| {
+        let mut args = vec!["encode", "--model", s(&model), "--data", s(&files)];
+        args.extend(["--split", "train", "--out", s(out)]);
+        if !shard.is_empty() {
+            args.extend(["--shard", shard]);
+        }
+        bertcls(&args, &[])
+    };
+    let (p0, p1, whole) = (
+        dir.join("p0.parquet"),
+        dir.join("p1.parquet"),
+        dir.join("w.parquet"),
+    );
+    ok(encode(&p0, "0/2"));
+    ok(encode(&p1, "1/2"));
+    ok(encode(&whole, ""));
+    let (merged, run, cache) = (dir.join("m.parquet"), dir.join("run"), dir.join("cache"));
+    let readers: [(&Path, &dyn Fn() -> Output); 3] = [
+        (&p0, &|| merge(&[s(&merged), s(&p0), s(&p1)])),
+        (&whole, &|| encode(&whole, "")),
+        (&whole, &|| {
+            let _ = std::fs::remove_dir_all(&cache);
+            let _ = std::fs::remove_dir_all(&run);
+            let mut args = vec!["train", "--model", s(&model), "--data", s(&files)];
+            args.extend(["--features-from", s(&whole), "--out", s(&run)]);
+            args.extend(["--cache-dir", s(&cache), "--epochs", "1"]);
+            bertcls(&args, &[])
+        }),
+    ];
+    for (file, read) in readers {
+        let valid = std::fs::read(file).unwrap();
+        let n = valid.len();
+        let footer = u32::from_le_bytes(valid[n - 8..n - 4].try_into().unwrap()) as usize;
+        // The footer's first bytes (its schema) are where the decoders panicked; the
+        // whole footer takes minutes of processes.
+        let start = n - 8 - footer;
+        for at in start..(start + 256).min(n - 8) {
+            for byte in [valid[at] ^ 0x01, valid[at] ^ 0x80] {
+                let mut bytes = valid.clone();
+                bytes[at] = byte;
+                std::fs::write(file, &bytes).unwrap();
+                let out = read();
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                let case = format!("{}, byte {at} set to {byte:#04x}", file.display());
+                assert!(
+                    out.status.code() != Some(101) && !stderr.contains("panicked"),
+                    "{case}: {stderr}"
+                );
+                if !out.status.success() {
+                    assert!(error_line(&out).contains(s(file)), "{case}: {stderr}");
+                }
+            }
+        }
+        std::fs::write(file, &valid).unwrap();
+    }
+}

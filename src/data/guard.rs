@@ -25,6 +25,17 @@ thread_local! {
 }
 
 pub(super) fn guarded<T>(file: &Path, what: &str, read: impl FnOnce() -> Result<T>) -> Result<T> {
+    guarded_then(file, what, "re-export it", read)
+}
+
+/// [`guarded`] with the error's advice `remedy` (what to do about the file): bulk
+/// outputs read back are not re-exported but written again.
+pub(crate) fn guarded_then<T>(
+    file: &Path,
+    what: &str,
+    remedy: &str,
+    read: impl FnOnce() -> Result<T>,
+) -> Result<T> {
     static QUIET_HOOK: Once = Once::new();
     QUIET_HOOK.call_once(wrap_current_hook);
     let outer = GUARDED.replace(true);
@@ -33,10 +44,32 @@ pub(super) fn guarded<T>(file: &Path, what: &str, read: impl FnOnce() -> Result<
     match result {
         Ok(r) => r,
         Err(_) => bail!(
-            "{}: not a readable {what} (its decoder failed on corrupt bytes); re-export it",
+            "{}: not a readable {what} (its decoder failed on corrupt bytes); {remedy}",
             file.display()
         ),
     }
+}
+
+/// `batches` with every `next` run under [`guarded_then`]: the decoders run lazily, so
+/// a batch panics as readily as the opening. After a panic it ends, as a decoder that
+/// panicked is in no state to be asked again.
+pub(crate) fn guarded_batches<T>(
+    file: &Path,
+    what: &'static str,
+    remedy: &'static str,
+    mut batches: impl Iterator<Item = Result<T>>,
+) -> impl Iterator<Item = Result<T>> {
+    let file = file.to_path_buf();
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if failed {
+            return None;
+        }
+        guarded_then(&file, what, remedy, || Ok(batches.next())).unwrap_or_else(|e| {
+            failed = true;
+            Some(Err(e))
+        })
+    })
 }
 
 /// Replaces the panic hook with one that is silent inside a guarded read and defers to

@@ -12,7 +12,7 @@ mod arrow_dir;
 pub mod chunked;
 mod columns;
 mod delimited;
-mod guard;
+pub(crate) mod guard;
 mod jsonl;
 mod labels;
 mod layout;

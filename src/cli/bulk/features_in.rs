@@ -13,6 +13,7 @@ use super::feature_rows::{NotFeatures, ParquetRows, TensorRows};
 use super::job::{manifest_path, read_json};
 use super::ranges::{check_tiling, ranges_of, TextRange};
 use super::sink::OutFormat;
+use crate::data::guard::{guarded_batches, guarded_then};
 use crate::features::{windows_revision, EncodeSpec, WINDOWS_REVISION};
 
 /// A finished bulk `encode` output, as its manifest describes it.
@@ -161,13 +162,19 @@ impl EncodedFile {
         row: &mut impl FnMut(u64, &[f32]) -> Result<()>,
     ) -> Result<()> {
         let shown = self.path.display();
-        let file = File::open(&self.path).with_context(|| format!("cannot read {shown}"))?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-            .with_context(|| format!("{shown}: not a readable parquet file"))?
-            .build()?;
+        // The parquet crate panics on some corrupt bytes (see `data::guard`), lazily as
+        // well as when opening: both run under the guard.
+        let (what, remedy) = ("parquet file", "encode that shard again");
+        let reader = guarded_then(&self.path, what, remedy, || {
+            let file = File::open(&self.path).with_context(|| format!("cannot read {shown}"))?;
+            Ok(ParquetRecordBatchReaderBuilder::try_new(file)
+                .with_context(|| format!("{shown}: not a readable parquet file"))?
+                .build()?)
+        })?;
+        let batches = reader.map(|b| b.with_context(|| format!("{shown}: cannot decode")));
         let column = self.spec.pooling.as_str();
-        for batch in reader {
-            let batch = batch.with_context(|| format!("{shown}: cannot decode"))?;
+        for batch in guarded_batches(&self.path, what, remedy, batches) {
+            let batch = batch?;
             let index = batch
                 .column_by_name("index")
                 .and_then(|c| c.as_any().downcast_ref::<UInt64Array>());

@@ -21,6 +21,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use super::feature_rows::{ParquetRows, TensorRows};
 use super::ranges::{features_changed, FeatureCheck, TextRange};
+use crate::data::guard::{guarded_batches, guarded_then};
 
 /// The key of the job manifest in a parquet output's footer (also beside it, in
 /// `<out>.bulk.json`, for every format).
@@ -233,11 +234,12 @@ pub fn write_atomically(out: &Path, write: impl FnOnce(&mut File) -> Result<()>)
 pub fn count_rows(format: OutFormat, path: &Path) -> Result<u64> {
     let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     match format {
-        OutFormat::Parquet => {
+        // Under the guard: the parquet crate panics on some corrupt footers.
+        OutFormat::Parquet => guarded_then(path, "parquet file", "it is corrupt", || {
             let reader = ParquetRecordBatchReaderBuilder::try_new(file)
                 .map_err(|e| anyhow!("not a readable parquet file: {e}"))?;
             Ok(reader.metadata().file_metadata().num_rows() as u64)
-        }
+        }),
         OutFormat::Jsonl => {
             let mut r = BufReader::new(file);
             let (mut lines, mut last) = (0u64, b'\n');
@@ -443,14 +445,21 @@ fn assemble_parquet(
     let mut file = Some(file);
     for part in parts {
         let shown = part.path.display();
-        let handle = File::open(&part.path).map_err(|e| unreadable(&part.path, e, mismatch))?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(handle)
-            .map_err(|e| anyhow!("{shown}: not a readable parquet part ({e}): {mismatch}"))?
-            .build()?;
+        // The parquet crate panics on some corrupt bytes (see `data::guard`), lazily as
+        // well as when opening: both run under the guard.
+        let (what, remedy) = ("parquet part", "rerun that shard");
+        let reader = guarded_then(&part.path, what, remedy, || {
+            let handle = File::open(&part.path).map_err(|e| unreadable(&part.path, e, mismatch))?;
+            Ok(ParquetRecordBatchReaderBuilder::try_new(handle)
+                .map_err(|e| anyhow!("{shown}: not a readable parquet part ({e}): {mismatch}"))?
+                .build()?)
+        })?;
+        let batches =
+            reader.map(|b| b.map_err(|e| anyhow!("{shown}: cannot decode ({e}): {mismatch}")));
         let mut rows = RowCursor::new(part, mismatch);
         let mut sums = part.features.as_ref().map(|f| FeatureCheck::new(&f.ranges));
-        for batch in reader {
-            let batch = batch.map_err(|e| anyhow!("{shown}: cannot decode ({e}): {mismatch}"))?;
+        for batch in guarded_batches(&part.path, what, remedy, batches) {
+            let batch = batch?;
             let Some(index) = batch
                 .column_by_name("index")
                 .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
