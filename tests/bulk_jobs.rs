@@ -1451,3 +1451,51 @@ fn corrupt_parquet_footers_of_outputs_are_refused_not_panicked_on() {
         std::fs::write(file, &valid).unwrap();
     }
 }
+
+/// A safetensors file of zero-width tensors `(name, rows)`: any row count is valid
+/// safetensors, as the rows hold no bytes.
+fn write_zero_width_tensors(path: &Path, tensors: &[(&str, usize)]) {
+    let views: Vec<(&str, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|&(name, rows)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![rows, 0], &[])
+                    .unwrap();
+            (name, view)
+        })
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+/// Row counts read from a safetensors output are the file's numbers: summed unchecked,
+/// tensors of 2^64 - 1 and 33 rows came to the 32 a finished output's manifest gives,
+/// and a rerun took the file as complete; and a merge part's tensors of 10, 2^64 - 8 and
+/// 30 rows (named so that they sort in that order) passed for its 32 rows, merged.
+#[test]
+fn safetensors_row_counts_that_overflow_are_refused() {
+    let dir = TempDir::new("bulk-rows-overflow");
+    let files = data().join("tiny-files");
+    let model = model_dir();
+    let out = dir.join("o.safetensors");
+    let mut args = vec!["encode", "--model", s(&model), "--data", s(&files)];
+    args.extend(["--split", "train", "--out", s(&out)]);
+    ok(bertcls(&args, &[]));
+    write_zero_width_tensors(&out, &[("cls.0", usize::MAX), ("cls.1", 33)]);
+    let again = ok(bertcls(&args, &[]));
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("writing it again"), "{stderr}");
+
+    // The part's manifest without its ranges, as outputs before them have: with them,
+    // the merge would hash 2^64 rows of features before refusing.
+    let manifest = dir.join("o.safetensors.bulk.json");
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    m.as_object_mut().unwrap().remove("ranges");
+    std::fs::write(&manifest, m.to_string()).unwrap();
+    write_zero_width_tensors(
+        &out,
+        &[("cls.0", 10), ("cls.10", usize::MAX - 7), ("cls.2", 30)],
+    );
+    let merged = dir.join("m.safetensors");
+    let line = error_line(&merge(&[s(&merged), s(&out)]));
+    assert!(line.contains("holds") && line.contains(s(&out)), "{line}");
+}

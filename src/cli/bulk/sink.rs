@@ -276,16 +276,21 @@ pub fn count_rows(format: OutFormat, path: &Path) -> Result<u64> {
                 let dim = |v: &serde_json::Value, i: usize| v.get(i).and_then(|d| d.as_u64());
                 match (dim(&tensor["shape"], 0), dim(&tensor["data_offsets"], 1)) {
                     (Some(n), Some(end)) => {
-                        rows += n;
+                        // Checked: a header's numbers are the file's, and a sum that
+                        // wrapped could come out as the rows the manifest gives.
+                        rows = rows
+                            .checked_add(n)
+                            .ok_or_else(|| anyhow!("its tensors' rows overflow a count"))?;
                         data_end = data_end.max(end);
                     }
                     _ => bail!("its tensor {name} has no shape or data offsets"),
                 }
             }
-            if 8 + header_len + data_end != size {
+            let given = data_end.checked_add(8 + header_len);
+            if given != Some(size) {
                 bail!(
                     "it is {size} bytes where its header gives {}",
-                    8 + header_len + data_end
+                    given.map_or("more than a file can hold".to_string(), |g| g.to_string())
                 );
             }
             Ok(rows)
@@ -346,10 +351,15 @@ impl<'a> RowCursor<'a> {
                 self.next
             )));
         }
-        if first + count > self.part.end {
-            return Err(self.refuse(format!("{} holds rows up to {}", place(), first + count)));
-        }
-        self.next += count;
+        // Checked: `count` is a part's (a tensor's first dimension), and a sum that
+        // wrapped would pass for rows before the part's end.
+        let Some(after) = first.checked_add(count).filter(|&a| a <= self.part.end) else {
+            return Err(self.refuse(format!(
+                "{} holds {count} rows from row {first} on",
+                place()
+            )));
+        };
+        self.next = after;
         Ok(())
     }
 
