@@ -18,6 +18,7 @@ use arrow_ipc::reader::StreamReader;
 use csv::ByteRecord;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
+use parquet::file::metadata::ParquetMetaData;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use serde_json::Value;
 
@@ -434,9 +435,14 @@ fn count_rows_unguarded(format: Format, file: &Path, opts: &LoadOptions) -> Resu
                 File::open(file).with_context(|| format!("{}: cannot open", file.display()))?,
             )
             .with_context(|| format!("{}: not a readable parquet file", file.display()))?;
-            let rows = reader.metadata().file_metadata().num_rows();
+            let rows = parquet_row_count(reader.metadata()).map_err(|why| {
+                anyhow!(
+                    "{}: {why}: the file is corrupt; re-export it",
+                    file.display()
+                )
+            })?;
             Ok(FileCount {
-                rows: usize::try_from(rows).unwrap_or(0),
+                rows,
                 labelled: label.is_some(),
                 past_head,
                 forms,
@@ -562,6 +568,25 @@ fn first_past_head(
     let classes = opts.head_labels.as_ref()?.len();
     let ids: Vec<i64> = labels.iter().map(|&(id, _)| id).collect();
     first_label_past(&ids, classes).map(|i| (first_row + i, ids[i]))
+}
+
+/// The rows a parquet file holds, by its footer, which must agree with its row groups:
+/// chunks find their rows by these counts without reading the files before them, so a
+/// corrupt count (a negative one, or one off) would shift every later row's index, or
+/// drop a file's rows, with no error.
+pub fn parquet_row_count(meta: &ParquetMetaData) -> Result<usize, String> {
+    let footer = meta.file_metadata().num_rows();
+    let groups = meta
+        .row_groups()
+        .iter()
+        .try_fold(0i64, |sum, g| sum.checked_add(g.num_rows()));
+    match (usize::try_from(footer), groups) {
+        (Ok(rows), Some(held)) if held == footer => Ok(rows),
+        (_, held) => Err(format!(
+            "its footer gives {footer} rows but its row groups hold {}",
+            held.map_or("more than that can count".to_string(), |h| h.to_string())
+        )),
+    }
 }
 
 /// The index of the first of `labels` that is no id of `classes` classes.
@@ -990,5 +1015,41 @@ mod tests {
             err.to_string().contains("row 2: a quoted field opens here"),
             "{err}"
         );
+    }
+
+    /// A parquet footer whose row count is off (one flipped bit: 32 read as 33, or as
+    /// -33) was trusted: with 33, the second file's rows were taken one row late and the
+    /// reader indexed past the split's files (a panic); with -33, the first file counted
+    /// as empty and its rows were silently left out.
+    #[test]
+    fn a_parquet_footer_whose_row_count_is_off_is_refused() {
+        let valid = std::fs::read(fixtures().join("tiny-files/train.parquet")).unwrap();
+        let n = valid.len();
+        let footer = n - 8 - u32::from_le_bytes(valid[n - 8..n - 4].try_into().unwrap()) as usize;
+        // FileMetaData's num_rows: field 3, i64 (header 0x16), zigzag varint 64 (= 32).
+        let at = footer
+            + valid[footer..]
+                .windows(2)
+                .position(|w| w == [0x16, 0x40])
+                .expect("the fixture's footer gives 32 rows");
+        for (byte, rows) in [(0x42, 33), (0x41, -33)] {
+            let mut bytes = valid.clone();
+            bytes[at + 1] = byte;
+            let dir = crate::data::testdir::TestDir::new("chunked");
+            let file = dir.write("train-00000-of-00002.parquet", &bytes);
+            dir.write("train-00001-of-00002.parquet", &valid);
+            let meta = SerializedFileReader::new(File::open(&file).unwrap()).unwrap();
+            assert_eq!(meta.metadata().file_metadata().num_rows(), rows);
+            let Err(err) = open_split(dir.path(), "train", &LoadOptions::default()) else {
+                panic!("a footer giving {rows} rows was taken");
+            };
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "{}: its footer gives {rows} rows but its row groups hold 32: the file is corrupt; re-export it",
+                    file.display()
+                )
+            );
+        }
     }
 }
