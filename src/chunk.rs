@@ -76,7 +76,8 @@ pub fn check_window(max_length: usize, stride: usize) -> Result<()> {
     if max_length <= 2 {
         bail!("--long chunk: windows of --max-length {max_length} hold no tokens besides [CLS] and [SEP]; pass --max-length 3 or more");
     }
-    if stride + 2 >= max_length {
+    // Not `stride + 2 >= max_length`: a huge --stride wrapped that sum past the check.
+    if stride >= max_length - 2 {
         bail!(
             "--stride {stride}: windows of --max-length {max_length} hold {} tokens besides [CLS] and [SEP]; pass a stride below that",
             max_length - 2
@@ -216,6 +217,22 @@ mod tests {
         assert!(err
             .to_string()
             .starts_with("--stride 8 only applies to --long chunk"));
+    }
+
+    /// `--stride 18446744073709551615` wrapped `stride + 2` to 1 and passed, to be
+    /// refused only by the tokenizer, in its words, after the weights were loaded.
+    #[test]
+    fn a_stride_at_or_past_the_window_is_refused_however_large() {
+        assert!(check_window(350, 347).is_ok());
+        for stride in [348, usize::MAX - 1, usize::MAX] {
+            let err = check_window(350, stride).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!(
+                    "--stride {stride}: windows of --max-length 350 hold 348"
+                )),
+                "{err}"
+            );
+        }
     }
 
     #[test]
