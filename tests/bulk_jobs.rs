@@ -1499,3 +1499,30 @@ fn safetensors_row_counts_that_overflow_are_refused() {
     let line = error_line(&merge(&[s(&merged), s(&out)]));
     assert!(line.contains("holds") && line.contains(s(&out)), "{line}");
 }
+
+/// `--chunk-rows` as large as usize allows means one chunk: a shard that does not start
+/// at row 0 summed its first row and the chunk size past usize::MAX, and its finished
+/// job refused its own chunk ("should hold rows 16..15"), telling the user to delete it.
+#[test]
+fn the_largest_chunk_rows_make_one_chunk_of_any_shard() {
+    let dir = TempDir::new("bulk-chunk-rows-max");
+    let files = data().join("tiny-files");
+    let model = model_dir();
+    let chunk_rows = usize::MAX.to_string();
+    let (one, small) = (dir.join("one.parquet"), dir.join("small.parquet"));
+    for (out, rows) in [(&one, chunk_rows.as_str()), (&small, "5")] {
+        let mut args = vec!["encode", "--model", s(&model), "--data", s(&files)];
+        args.extend(["--split", "train", "--shard", "1/2", "--out", s(out)]);
+        args.extend(["--chunk-rows", rows]);
+        ok(bertcls(&args, &[]));
+    }
+    assert_eq!(parquet_features(&one), parquet_features(&small));
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("one.parquet.bulk.json")).unwrap()).unwrap();
+    let ranges = manifest["ranges"].as_array().unwrap();
+    assert_eq!(ranges.len(), 1, "{manifest}");
+    assert_eq!(
+        (ranges[0]["start"].as_u64(), ranges[0]["end"].as_u64()),
+        (Some(16), Some(32))
+    );
+}

@@ -488,7 +488,9 @@ fn run_job(
     let mut ranges = Vec::with_capacity(firsts.len());
     for (&first, chunk_stats) in firsts.iter().zip(&all_stats) {
         counts.add(Counts::from_json(chunk_stats));
-        let chunk_end = (first + chunk_rows).min(end) as u64;
+        // Saturating: a --chunk-rows near usize::MAX (one chunk, whatever the size) would
+        // wrap the sum to before `first`.
+        let chunk_end = first.saturating_add(chunk_rows).min(end) as u64;
         let range = TextRange {
             start: first as u64,
             end: chunk_end,
