@@ -2214,3 +2214,30 @@ fn labels_given_by_name_go_through_train_test_and_predict() {
         serde_json::json!(["positive", "negative"])
     );
 }
+
+/// `train --search` without a validation split holds rows of train out: a train split of
+/// one row panicked in `hold_out` (`clamp(1, 0)`: "min > max").
+#[test]
+fn search_on_one_train_row_without_validation_is_refused() {
+    let sb = Sandbox::new("search-one-row");
+    let data = sb.dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let rows = std::fs::read_to_string(fixtures().join("data/tiny-files/train.jsonl")).unwrap();
+    let first = rows.lines().next().unwrap();
+    std::fs::write(data.join("train.jsonl"), format!("{first}\n")).unwrap();
+    let data = data.to_str().unwrap().to_string();
+    let args = [
+        "--data",
+        &data,
+        "--labels",
+        "a,b",
+        "--batch-size",
+        "1",
+        "--search",
+    ];
+    let out = sb.train(&[&args[..], &["--out", &sb.path("run")]].concat());
+    failed_with(
+        &out,
+        "--search: train split has 1 row and no validation split, so no row can be held out",
+    );
+}

@@ -76,6 +76,14 @@ pub(super) fn run(args: TrainArgs) -> Result<()> {
             .iter()
             .find(|s| s.name == "validation" && !s.texts.is_empty()),
     };
+    // Holding out needs a row to hold out and one to keep: `hold_out` cannot split one.
+    if named_validation.is_none() && train.texts.len() < 2 {
+        bail!(
+            "--search: {} split has {} and no validation split, so no row can be held out for validation: add rows, or name one with --validation-split",
+            train.name,
+            count(train.texts.len(), "row")
+        );
+    }
     let held = named_validation
         .is_none()
         .then(|| hold_out(train.texts.len(), args.validation_fraction, args.seed));
