@@ -892,7 +892,7 @@ fn the_checkpoint_temperature_calibrates_predict_and_test() {
     let err = error_of(&bertcls(&predict_args(&bad, &["x"]), b""));
     assert!(
         err.contains(
-            "metadata temperature = \"-1\" is not a positive number: pass --no-calibration"
+            "metadata temperature = \"-1\" is not a temperature between 0.01 and 100, the range train fits it in: pass --no-calibration"
         ),
         "{err}"
     );

@@ -20,7 +20,7 @@ use super::lines::TextChunks;
 use super::progress::Throughput;
 use super::run_dir::{best_checkpoint, epoch_checkpoint, last_checkpoint, RunInfo};
 use super::run_settings::run_device;
-use crate::calibration::scaled_softmax;
+use crate::calibration::{scaled_softmax, MAX_TEMPERATURE, MIN_TEMPERATURE};
 use crate::checkpoint::load_inference_head;
 use crate::chunk::LongTexts;
 use crate::data::{are_bare_ids, check_label_names};
@@ -279,10 +279,13 @@ fn checkpoint_temperature(metadata: &BTreeMap<String, String>, source: &Path) ->
     let Some(text) = metadata.get(META_TEMPERATURE) else {
         return Ok(1.0);
     };
+    // Within the range train fits it in, not merely positive: logits divided by a
+    // temperature near 0 (1e-310) overflow to infinities, whose softmax is NaN, and every
+    // text would be printed with NaN probabilities and the first label.
     match text.parse::<f64>() {
-        Ok(t) if t.is_finite() && t > 0.0 => Ok(t),
+        Ok(t) if (MIN_TEMPERATURE..=MAX_TEMPERATURE).contains(&t) => Ok(t),
         _ => bail!(
-            "{}: metadata {META_TEMPERATURE} = {text:?} is not a positive number: pass --no-calibration",
+            "{}: metadata {META_TEMPERATURE} = {text:?} is not a temperature between {MIN_TEMPERATURE} and {MAX_TEMPERATURE}, the range train fits it in: pass --no-calibration",
             source.display()
         ),
     }
@@ -543,6 +546,30 @@ pub fn interactive(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A temperature of 1e-310 passed as positive, and every probability came out NaN
+    /// (the logits over it overflow), printed with the first label; the range's bounds,
+    /// which train writes when its fit stops at one, are kept.
+    #[test]
+    fn a_temperature_outside_the_fitted_range_is_refused() {
+        let source = Path::new("head.safetensors");
+        let meta = |t: &str| BTreeMap::from([(META_TEMPERATURE.to_string(), t.to_string())]);
+        for t in [MIN_TEMPERATURE, 1.5, MAX_TEMPERATURE] {
+            assert_eq!(
+                checkpoint_temperature(&meta(&t.to_string()), source).unwrap(),
+                t
+            );
+        }
+        for t in ["1e-310", "0.001", "1000", "0", "-1", "NaN", "inf", "x"] {
+            let err = checkpoint_temperature(&meta(t), source)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("head.safetensors: metadata temperature = \"{t}\" is not a temperature between 0.01 and 100")),
+                "{err}"
+            );
+        }
+    }
 
     fn session(input: &[u8]) -> (String, Vec<String>) {
         let mut out = Vec::new();
