@@ -238,6 +238,7 @@ impl ChunkedSplit {
             file: 0,
             file_start: 0,
             reader: None,
+            file_left: 0,
             pending: Pending::default(),
         }
     }
@@ -261,6 +262,8 @@ pub struct Chunks<'a> {
     file: usize,
     file_start: usize,
     reader: Option<Batches>,
+    /// Rows the open file has still to give, by its count when the split was opened.
+    file_left: usize,
     /// Rows read past the chunk handed out last, from `next_row` on.
     pending: Pending,
 }
@@ -301,6 +304,10 @@ impl Chunks<'_> {
             match reader.next() {
                 Some(batch) => {
                     let (texts, labels) = batch?;
+                    self.file_left = self
+                        .file_left
+                        .checked_sub(texts.len())
+                        .ok_or_else(|| self.file_changed())?;
                     self.pending.texts.extend(texts);
                     if let Some(labels) = labels {
                         self.pending
@@ -309,6 +316,9 @@ impl Chunks<'_> {
                     }
                 }
                 None => {
+                    if self.file_left > 0 {
+                        return Err(self.file_changed());
+                    }
                     self.file_start += self.split.file_rows[self.file];
                     self.file += 1;
                     self.reader = None;
@@ -330,7 +340,19 @@ impl Chunks<'_> {
         let split = self.split;
         let file = &split.files[self.file];
         self.reader = Some(read_file(split.format, file, &split.opts, skip)?);
+        self.file_left = split.file_rows[self.file] - skip;
         Ok(())
+    }
+
+    /// The open file gives other rows than it held when the split was opened: every
+    /// later row is found by those counts, so one more or fewer would shift their indices
+    /// (or run past the last file).
+    fn file_changed(&self) -> anyhow::Error {
+        anyhow!(
+            "{}: it no longer holds the {} rows it held when the job started (it changed while being read): run the job again once it is written",
+            self.split.files[self.file].display(),
+            self.split.file_rows[self.file]
+        )
     }
 }
 
@@ -1048,6 +1070,37 @@ mod tests {
                 format!(
                     "{}: its footer gives {rows} rows but its row groups hold 32: the file is corrupt; re-export it",
                     file.display()
+                )
+            );
+        }
+    }
+
+    /// A file that changes between the count and the read (appended to, or cut, while a
+    /// long job runs): one row more in the first file shifted every row of the second
+    /// by one, silently; one row fewer in the last ran the reader past the split's files
+    /// (index out of bounds). Both are refused, naming the file.
+    #[test]
+    fn a_file_that_changes_under_the_reader_is_refused() {
+        let row = |i: usize| format!("{{\"text\": \"t{i}\", \"label\": {}}}\n", i % 2);
+        let rows = |r: std::ops::Range<usize>| r.map(row).collect::<String>();
+        for (changed, content) in [(0, rows(0..6)), (1, rows(5..9))] {
+            let dir = crate::data::testdir::TestDir::new("chunked");
+            let files = [
+                dir.write("train-00000-of-00002.jsonl", rows(0..5).as_bytes()),
+                dir.write("train-00001-of-00002.jsonl", rows(5..10).as_bytes()),
+            ];
+            let split = open_split(dir.path(), "train", &LoadOptions::default()).unwrap();
+            std::fs::write(&files[changed], content).unwrap();
+            let err = split
+                .chunks(0, split.rows(), 3)
+                .collect::<Result<Vec<_>>>()
+                .err()
+                .unwrap_or_else(|| panic!("file {changed} changed unnoticed"));
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "{}: it no longer holds the 5 rows it held when the job started (it changed while being read): run the job again once it is written",
+                    files[changed].display()
                 )
             );
         }
