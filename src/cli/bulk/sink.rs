@@ -403,6 +403,12 @@ pub fn assemble(
     })
 }
 
+/// "index, cls": a parquet part's column names, for messages.
+fn column_names(schema: &arrow_schema::Schema) -> String {
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    names.join(", ")
+}
+
 /// The context of a failed write to the output being assembled: a full disk, mostly.
 fn write_failed(out: &Path) -> impl Fn() -> String + '_ {
     move || format!("cannot write {} (disk full?)", out.display())
@@ -451,7 +457,9 @@ fn assemble_parquet(
     mismatch: &str,
 ) -> Result<()> {
     let mut writer: Option<ArrowWriter<&mut File>> = None;
-    let mut first_schema: Option<arrow_schema::SchemaRef> = None;
+    // The first part's columns, and that part: a part whose columns differ from them may
+    // be either one's fault (a corrupt footer can rename a column), so both are named.
+    let mut first_schema: Option<(arrow_schema::SchemaRef, &Path)> = None;
     let mut file = Some(file);
     for part in parts {
         let shown = part.path.display();
@@ -484,11 +492,16 @@ fn assemble_parquet(
             }
             match &first_schema {
                 // Checked here, not left to the writer, whose errors are the output's.
-                Some(first) if batch.schema().fields() != first.fields() => {
-                    bail!("{shown}: its columns differ from the first part's: {mismatch}")
+                Some((first, first_path)) if batch.schema().fields() != first.fields() => {
+                    bail!(
+                        "{shown}: its columns ({}) differ from those of {} ({}): {mismatch}",
+                        column_names(&batch.schema()),
+                        first_path.display(),
+                        column_names(first)
+                    )
                 }
                 Some(_) => {}
-                None => first_schema = Some(batch.schema()),
+                None => first_schema = Some((batch.schema(), &part.path)),
             }
             if writer.is_none() {
                 let props = WriterProperties::builder()
@@ -672,7 +685,10 @@ mod tests {
 
         // One column more; a column of the same type under another name (which the
         // parquet writer, checking types only, would have taken).
-        for (name, texts) in [("cls", true), ("mean", false)] {
+        for (name, texts, columns) in [
+            ("cls", true, "index, cls, text"),
+            ("mean", false, "index, mean"),
+        ] {
             let other = [part(&dir, 0, "cls", false), part(&dir, 1, name, texts)];
             let e = format!(
                 "{:#}",
@@ -681,8 +697,9 @@ mod tests {
             assert_eq!(
                 e,
                 format!(
-                    "{}: its columns differ from the first part's: redo it",
-                    other[1].path.display()
+                    "{}: its columns ({columns}) differ from those of {} (index, cls): redo it",
+                    other[1].path.display(),
+                    other[0].path.display()
                 )
             );
         }
