@@ -242,6 +242,34 @@ fn weights_beyond_the_memory_limit_are_refused_not_aborted() {
     );
 }
 
+/// A weights file larger than the process's memory limit cannot even be mapped: one line
+/// naming the file and the limit, not the bare "Cannot allocate memory".
+#[test]
+fn a_weights_file_past_the_memory_limit_names_the_limit() {
+    // Feed-forward weights of 2 GiB each in F16: the 4 GiB file cannot be mapped under a
+    // 1 GiB limit.
+    let model = wide_sparse_model("ulimit-map", 32 << 20);
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -v {}; exec \"$0\" encode --device cpu --offline --threads 1 --max-length 8 --max-batch-tokens 8 --model \"$1\" hello",
+            1 << 20
+        ))
+        .arg(env!("CARGO_BIN_EXE_bertcls"))
+        .arg(&model)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    let weights = model.join("model.safetensors");
+    let _ = std::fs::remove_dir_all(&model);
+    let line = one_error_line(&out);
+    assert!(
+        line.starts_with(&format!("error: cannot memory-map {} (", weights.display()))
+            && line.ends_with("): raise the process's memory limit (ulimit -v)"),
+        "{line}"
+    );
+}
+
 /// A workspace refused under a memory limit names the limit beside the budget: a smaller
 /// --max-batch-tokens is not the only way out.
 #[test]

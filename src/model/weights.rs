@@ -300,8 +300,16 @@ impl Checkpoint {
             // underneath us is a user error we cannot guard against beyond the header checks,
             // as for every reader that maps weights (candle, llama.cpp); a download that
             // replaces the file (a new inode, as hf-hub's cache does) leaves this map intact.
-            let mmap = unsafe { Mmap::map(&file) }
-                .with_context(|| format!("cannot memory-map {}", path.display()))?;
+            let mmap = unsafe { Mmap::map(&file) }.map_err(|e| {
+                // A map takes address space, not memory: it fails for a file larger than
+                // what a process limit (`ulimit -v`) leaves.
+                let advice = if e.kind() == std::io::ErrorKind::OutOfMemory {
+                    "raise the process's memory limit (ulimit -v)"
+                } else {
+                    "check the file is a readable regular file"
+                };
+                anyhow!("cannot memory-map {} ({e}): {advice}", path.display())
+            })?;
             let st = SafeTensors::deserialize(&mmap).map_err(|e| {
                 anyhow!("{} is not a valid safetensors file ({e}): it is truncated or corrupt, download it again", path.display())
             })?;
