@@ -2241,3 +2241,39 @@ fn search_on_one_train_row_without_validation_is_refused() {
         "--search: train split has 1 row and no validation split, so no row can be held out",
     );
 }
+
+/// A name only the validation split gives (a misspelt label there) becomes a class with no
+/// train rows: the warning names that split and its row, not a gap in the ids.
+#[test]
+fn a_name_only_validation_gives_is_traced_to_its_row() {
+    let sb = Sandbox::new("validation-only-name");
+    let named = sb.dir.join("named");
+    write_named_csv(&named);
+    let validation = std::fs::read_to_string(named.join("validation.csv")).unwrap();
+    let mut lines: Vec<String> = validation.lines().map(str::to_string).collect();
+    lines[2] = lines[2]
+        .replace(",negative", ",neutral")
+        .replace(",positive", ",neutral");
+    std::fs::write(named.join("validation.csv"), lines.join("\n") + "\n").unwrap();
+    let train = named.join("train.csv").display().to_string();
+    let run = sb.path("run");
+    let out = sb.train(&[
+        "--data",
+        &train,
+        "--out",
+        &run,
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+    ]);
+    succeeded(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "warning: the train split has no rows of label \"neutral\" (of 3 labels): the head cannot learn to predict them; the validation split gives \"neutral\" at row 2"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("without gaps"), "{err}");
+}

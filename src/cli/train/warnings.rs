@@ -17,7 +17,7 @@ pub(super) fn check_training_data(
 ) -> Vec<usize> {
     let names = &dataset.label_names;
     let counts = train_label_counts(train, names.len());
-    warn_label_coverage(train, names, &counts);
+    warn_label_coverage(train, validation, names, &counts);
     for split in [Some(train), validation].into_iter().flatten() {
         warn_blank_texts(split);
     }
@@ -36,8 +36,15 @@ fn train_label_counts(train: &Split, num_labels: usize) -> Vec<usize> {
 
 /// A head trained on one class can only ever predict it, and one with outputs for
 /// labels absent from train cannot learn them: say so, and train anyway (the data may
-/// be a deliberate test).
-fn warn_label_coverage(train: &Split, names: &[String], counts: &[usize]) {
+/// be a deliberate test). A label only the validation split gives is named with its first
+/// validation row: names are numbered over train and validation, so a slip there (a
+/// misspelt name) would otherwise pass as a class of its own.
+fn warn_label_coverage(
+    train: &Split,
+    validation: Option<&Split>,
+    names: &[String],
+    counts: &[usize],
+) {
     let present: Vec<usize> = (0..counts.len()).filter(|&i| counts[i] > 0).collect();
     if let [only] = present[..] {
         eprintln!(
@@ -56,8 +63,24 @@ fn warn_label_coverage(train: &Split, names: &[String], counts: &[usize]) {
             0 => String::new(),
             n => format!(" and {n} more"),
         };
+        let given = validation.and_then(|v| {
+            let row = v.labels.iter().position(|&l| counts[l] == 0)?;
+            Some((v, row))
+        });
+        let hint = match given {
+            Some((v, row)) => format!(
+                "the {} split gives {:?} at row {} (a misspelt label there makes a class of its own): fix those rows, or add train examples",
+                v.name,
+                names[v.labels[row]],
+                row + 1
+            ),
+            None if crate::data::are_bare_ids(names) => {
+                "add examples, or number the labels 0, 1, ... without gaps".to_string()
+            }
+            None => "add examples, or leave the name out of --labels if the data has no ClassLabel".to_string(),
+        };
         eprintln!(
-            "warning: the {} split has no rows of label {}{more} (of {} labels): the head cannot learn to predict them; add examples, or number the labels 0, 1, ... without gaps",
+            "warning: the {} split has no rows of label {}{more} (of {} labels): the head cannot learn to predict them; {hint}",
             train.name,
             absent[..absent.len().min(SHOWN)].join(", "),
             counts.len()
