@@ -347,7 +347,7 @@ fn bad_labels_name_the_file_and_row() {
         (
             "f.tsv",
             b"label\ttext\n0\tx\nnan\ty\n",
-            "f.tsv row 2: label NaN is not an integer",
+            "f.tsv row 2: label nan is not an integer",
         ),
     ];
     for (name, content, expected) in cases {

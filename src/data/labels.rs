@@ -55,6 +55,11 @@ pub(super) fn from_text(text: &str) -> Result<Label, String> {
         return check_id(id).map(Label::Id);
     }
     match trimmed.parse::<f64>() {
+        // The message shows the label as written: "Infinity" and "1e400" both parse as inf.
+        Ok(value) if !value.is_finite() => Err(format!(
+            "label {} is not an integer; {IDS_HINT}",
+            cut(trimmed)
+        )),
         Ok(value) => from_f64(value).map(Label::Id),
         Err(_) => Ok(Label::Name(trimmed.to_string())),
     }
@@ -438,6 +443,13 @@ mod tests {
         assert_eq!(from_text("1a"), Ok(Label::Name("1a".to_string())));
         assert!(from_text("-1").unwrap_err().contains("-1 is negative"));
         assert!(from_text("nan").unwrap_err().contains("not an integer"));
+        assert!(from_text("Infinity")
+            .unwrap_err()
+            .starts_with("label Infinity is not an integer"));
+        assert!(from_text("1e400")
+            .unwrap_err()
+            .starts_with("label 1e400 is not an integer"));
+        assert!(from_text("-1.0").unwrap_err().contains("-1 is negative"));
         assert_eq!(from_text(""), Err("label is empty".to_string()));
         assert_eq!(from_json(&serde_json::json!(3)), Ok(Label::Id(3)));
         assert_eq!(from_json(&serde_json::json!("2")), Ok(Label::Id(2)));
