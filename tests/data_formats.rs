@@ -411,7 +411,7 @@ fn string_label_columns_hold_names() {
     );
     let err = load_err(&dict, &opts());
     assert!(
-        err.contains("data-00000-of-00001.arrow row 2: label \"neutral\" is not one of the label names (negative, positive)"),
+        err.contains("data-00000-of-00001.arrow row 2: label \"neutral\" is not one of the label names (negative, positive); fix the row: the data's ClassLabel names its classes"),
         "{err}"
     );
 }

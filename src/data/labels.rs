@@ -153,6 +153,7 @@ pub(super) fn resolve(
     if let Some(data) = &class_names {
         check_label_names(data).map_err(|why| anyhow!("{source}: its ClassLabel names: {why}"))?;
     }
+    let has_class_label = class_names.is_some();
     let declared = match (class_names, flag) {
         (Some(data), Some(flag)) if data.len() != flag.len() => bail!(
             "{source}: its ClassLabel has {} names ({}) but --labels gives {} ({}); \
@@ -182,9 +183,15 @@ pub(super) fn resolve(
     check_one_form(splits)?;
     check_count(source, &names)?;
     let known = listed(&names);
+    // Derived names hold every name, so a name is missing only from a ClassLabel or --labels.
+    let hint = if has_class_label {
+        "fix the row: the data's ClassLabel names its classes"
+    } else {
+        "fix the row, or add the name to --labels"
+    };
     map_names(names, splits, |name| {
         format!(
-            "label \"{}\" is not one of the label names ({known}); fix the row, or pass --labels with one name per class if the data has no ClassLabel",
+            "label \"{}\" is not one of the label names ({known}); {hint}",
             cut(name)
         )
     })
@@ -591,7 +598,7 @@ mod tests {
         .to_string();
         assert!(
             err.starts_with(
-                "train.jsonl row 2: label \"meh\" is not one of the label names (neg, pos)"
+                "train.jsonl row 2: label \"meh\" is not one of the label names (neg, pos); fix the row, or add the name to --labels"
             ),
             "{err}"
         );
