@@ -213,6 +213,24 @@ fn wide_sparse_model(name: &str, intermediate: usize) -> PathBuf {
     dir
 }
 
+/// `bertcls encode` of one text on the CPU with one thread, under a 1 GiB address-space
+/// limit (`ulimit -v`), with `flags`.
+fn encode_under_1_gib(model: &Path, flags: &[&str]) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -v {}; exec \"$0\" encode --device cpu --offline --threads 1 \"$@\" hello",
+            1 << 20
+        ))
+        .arg(env!("CARGO_BIN_EXE_bertcls"))
+        .args(flags)
+        .arg("--model")
+        .arg(model)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap()
+}
+
 /// Weights that do not fit under the process's memory limit end in one line naming the
 /// limit, not in an abort ("memory allocation of N bytes failed", exit 134).
 #[test]
@@ -221,18 +239,7 @@ fn weights_beyond_the_memory_limit_are_refused_not_aborted() {
     // the first needs 512 MiB more: under a 1 GiB limit the map fits beside the program's
     // own few dozen MiB and the decode cannot, whatever the machine.
     let model = wide_sparse_model("ulimit", 4 << 20);
-    let bin = env!("CARGO_BIN_EXE_bertcls");
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -v {}; exec \"$0\" encode --device cpu --offline --threads 1 --max-length 8 --max-batch-tokens 8 --model \"$1\" hello",
-            1 << 20
-        ))
-        .arg(bin)
-        .arg(&model)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap();
+    let out = encode_under_1_gib(&model, &["--max-length", "8", "--max-batch-tokens", "8"]);
     let _ = std::fs::remove_dir_all(&model);
     let line = one_error_line(&out);
     assert!(
@@ -249,17 +256,7 @@ fn a_weights_file_past_the_memory_limit_names_the_limit() {
     // Feed-forward weights of 2 GiB each in F16: the 4 GiB file cannot be mapped under a
     // 1 GiB limit.
     let model = wide_sparse_model("ulimit-map", 32 << 20);
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -v {}; exec \"$0\" encode --device cpu --offline --threads 1 --max-length 8 --max-batch-tokens 8 --model \"$1\" hello",
-            1 << 20
-        ))
-        .arg(env!("CARGO_BIN_EXE_bertcls"))
-        .arg(&model)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap();
+    let out = encode_under_1_gib(&model, &["--max-length", "8", "--max-batch-tokens", "8"]);
     let weights = model.join("model.safetensors");
     let _ = std::fs::remove_dir_all(&model);
     let line = one_error_line(&out);
@@ -276,17 +273,7 @@ fn a_weights_file_past_the_memory_limit_names_the_limit() {
 fn a_workspace_beyond_the_memory_limit_names_the_limit() {
     // (7 * 32 + 64) floats a token: 1.1 GiB for a million tokens, over a 1 GiB limit.
     let model = fixtures().join("tiny/model");
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -v {}; exec \"$0\" encode --device cpu --offline --threads 1 --max-batch-tokens 1000000 --model \"$1\" hello",
-            1 << 20
-        ))
-        .arg(env!("CARGO_BIN_EXE_bertcls"))
-        .arg(&model)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap();
+    let out = encode_under_1_gib(&model, &["--max-batch-tokens", "1000000"]);
     let line = one_error_line(&out);
     assert!(
         line.contains("needs a workspace this machine cannot allocate")
