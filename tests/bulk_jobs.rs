@@ -1526,3 +1526,71 @@ fn the_largest_chunk_rows_make_one_chunk_of_any_shard() {
         (Some(16), Some(32))
     );
 }
+
+/// A head whose names list the classes in another order than the data's ClassLabel (a
+/// run trained on names sorted one way, scored on a dataset that numbers them another)
+/// scores each row by its label's name: `test` and bulk `predict` both map the
+/// ClassLabel's ids to the head's, so reversing the head's names turns each right row
+/// wrong and each wrong one right.
+#[test]
+fn a_class_label_in_another_order_is_mapped_to_the_heads_names() {
+    let dir = TempDir::new("bulk-classlabel-order");
+    let dsdict = data().join("tiny-dsdict");
+    let correct = |head: &Path, name: &str| -> (usize, usize) {
+        let test = bertcls(
+            &[
+                "test",
+                "--head",
+                s(head),
+                "--data",
+                s(&dsdict),
+                "--split",
+                "train",
+                "--json",
+            ],
+            &[],
+        );
+        let report: Value = serde_json::from_slice(&test.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&test.stderr)));
+        let out = dir.join(&format!("{name}.jsonl"));
+        let bulk = bertcls(
+            &[
+                "predict",
+                "--head",
+                s(head),
+                "--data",
+                s(&dsdict),
+                "--split",
+                "train",
+                "--out",
+                s(&out),
+            ],
+            &[],
+        );
+        ok(bulk);
+        let counts: Value = serde_json::from_str(
+            &std::fs::read_to_string(format!("{}.bulk.json", s(&out))).unwrap(),
+        )
+        .unwrap();
+        let test_correct = report["report"]["correct"].as_u64().unwrap() as usize;
+        assert_eq!(
+            counts["counts"]["correct"].as_u64(),
+            Some(test_correct as u64),
+            "bulk predict and test disagree: {counts}"
+        );
+        (
+            test_correct,
+            report["report"]["rows"].as_u64().unwrap() as usize,
+        )
+    };
+    let head = dir.join("head.safetensors");
+    write_head(&head);
+    let reversed = dir.join("reversed.safetensors");
+    write_head_with(&reversed, &[("labels", r#"["positive","negative"]"#)]);
+    let (right, rows) = correct(&head, "head");
+    assert!(
+        right * 2 != rows,
+        "the fixture head must not score half right"
+    );
+    assert_eq!(correct(&reversed, "reversed"), (rows - right, rows));
+}

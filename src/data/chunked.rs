@@ -45,6 +45,9 @@ pub struct ChunkedSplit {
     /// `opts.head_labels` classes, and that label: found while counting, so that a job
     /// is refused before it encodes anything.
     pub label_past_head: Option<(usize, i64)>,
+    /// The head's id of each id the data's ClassLabel numbers, when it lists the head's
+    /// classes in another order ([`labels::head_ids_of`]).
+    head_ids: Option<Vec<i64>>,
     opts: LoadOptions,
 }
 
@@ -101,13 +104,16 @@ pub fn open_split(source: &Path, split: &str, opts: &LoadOptions) -> Result<Chun
     let mut label_past_head = None;
     let mut forms = Forms::default();
     let mut file_rows = Vec::with_capacity(files.len());
+    let mut class_names = None;
     for file in files {
         let FileCount {
             rows,
             labelled,
             past_head,
             forms: file_forms,
+            class_names: file_class_names,
         } = count_rows(format, file, opts)?;
+        class_names = class_names.or(file_class_names);
         let before: usize = file_rows.iter().sum();
         if let (None, Some((row, label))) = (label_past_head, past_head) {
             label_past_head = Some((before + row - 1, label));
@@ -126,6 +132,12 @@ pub fn open_split(source: &Path, split: &str, opts: &LoadOptions) -> Result<Chun
         }
         file_rows.push(rows);
     }
+    // As the whole-split loader: ids a ClassLabel numbers mean its names, which a head
+    // trained on another order of them numbers otherwise.
+    let head_ids = match (&class_names, &opts.head_labels) {
+        (Some(names), Some(head)) if has_labels == Some(true) => labels::head_ids_of(names, head),
+        _ => None,
+    };
     let split = ChunkedSplit {
         source: source.to_path_buf(),
         split: split.to_string(),
@@ -134,6 +146,7 @@ pub fn open_split(source: &Path, split: &str, opts: &LoadOptions) -> Result<Chun
         file_rows,
         has_labels: has_labels.unwrap_or(false),
         label_past_head,
+        head_ids,
         opts: opts.clone(),
     };
     forms.check(&split)?;
@@ -310,9 +323,13 @@ impl Chunks<'_> {
                         .ok_or_else(|| self.file_changed())?;
                     self.pending.texts.extend(texts);
                     if let Some(labels) = labels {
+                        let head_ids = self.split.head_ids.as_deref();
                         self.pending
                             .labels
-                            .extend(labels.into_iter().map(|(id, _)| id));
+                            .extend(labels.into_iter().map(|(id, named)| match head_ids {
+                                Some(ids) if !named => ids.get(id as usize).copied().unwrap_or(id),
+                                _ => id,
+                            }));
                     }
                 }
                 None => {
@@ -411,6 +428,8 @@ struct FileCount {
     labelled: bool,
     past_head: Option<(usize, i64)>,
     forms: Forms,
+    /// The label names of the file's ClassLabel, when it records one.
+    class_names: Option<Vec<String>>,
 }
 
 fn count_rows(format: Format, file: &Path, opts: &LoadOptions) -> Result<FileCount> {
@@ -428,6 +447,8 @@ fn count_rows_unguarded(format: Format, file: &Path, opts: &LoadOptions) -> Resu
             let builder = ParquetRecordBatchReaderBuilder::try_new(handle)
                 .with_context(|| format!("{}: not a readable parquet file", file.display()))?;
             let label = find_columns(builder.schema(), opts, file)?.1;
+            let class_names =
+                columns::class_names_in_metadata(builder.schema().metadata(), &opts.label_column);
             // The row count is in the footer, but the labels are not: they are read
             // alone (the label column only, a small part of the file's bytes).
             let mut forms = Forms::default();
@@ -468,17 +489,22 @@ fn count_rows_unguarded(format: Format, file: &Path, opts: &LoadOptions) -> Resu
                 labelled: label.is_some(),
                 past_head,
                 forms,
+                class_names,
             })
         }
         _ => {
-            let labelled = match format {
+            let (labelled, class_names) = match format {
                 Format::SaveToDisk => {
                     let reader = arrow_stream(file)?;
-                    find_columns(&reader.schema(), opts, file)?.1.is_some()
+                    let labelled = find_columns(&reader.schema(), opts, file)?.1.is_some();
+                    (
+                        labelled,
+                        save_to_disk_class_names(file, &reader.schema(), opts)?,
+                    )
                 }
-                Format::Jsonl => jsonl_has_label(file, opts)?,
-                Format::Csv => delimited_rows(file, Dialect::Csv, opts)?.2.is_some(),
-                _ => delimited_rows(file, Dialect::Tsv, opts)?.2.is_some(),
+                Format::Jsonl => (jsonl_has_label(file, opts)?, None),
+                Format::Csv => (delimited_rows(file, Dialect::Csv, opts)?.2.is_some(), None),
+                _ => (delimited_rows(file, Dialect::Tsv, opts)?.2.is_some(), None),
             };
             // The one pass that counts the rows decodes their labels too: checked here.
             let mut rows = 0;
@@ -497,9 +523,37 @@ fn count_rows_unguarded(format: Format, file: &Path, opts: &LoadOptions) -> Resu
                 labelled,
                 past_head,
                 forms,
+                class_names,
             })
         }
     }
+}
+
+/// The ClassLabel names of a save_to_disk stream file's label column, as the whole-split
+/// loader reads them: its folder's dataset_info.json first, else the stream's schema.
+fn save_to_disk_class_names(
+    file: &Path,
+    schema: &arrow_schema::Schema,
+    opts: &LoadOptions,
+) -> Result<Option<Vec<String>>> {
+    let info = file.with_file_name("dataset_info.json");
+    if info.is_file() {
+        let json: Value = serde_json::from_str(
+            &std::fs::read_to_string(&info)
+                .with_context(|| format!("{}: cannot read", info.display()))?,
+        )
+        .with_context(|| format!("{}: not JSON", info.display()))?;
+        if let Some(names) = json
+            .get("features")
+            .and_then(|f| columns::class_names(f, &opts.label_column))
+        {
+            return Ok(Some(names));
+        }
+    }
+    Ok(columns::class_names_in_metadata(
+        schema.metadata(),
+        &opts.label_column,
+    ))
 }
 
 /// The text column's index, and the label column's when there is one.

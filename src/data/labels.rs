@@ -201,10 +201,28 @@ fn resolve_ids(
     source: &str,
     declared: Option<Vec<String>>,
     head: Option<&[String]>,
-    splits: &[RawSplit],
+    splits: &mut [RawSplit],
 ) -> Result<Vec<String>> {
     let names = match (declared, head) {
-        (Some(names), _) => names,
+        (Some(names), Some(head)) => {
+            check_count(source, &names)?;
+            check_range(
+                &names,
+                splits,
+                &format!("label names: {}", names.join(", ")),
+                "pass --labels with one name per class if the data has no ClassLabel",
+            )?;
+            let Some(ids) = head_ids_of(&names, head) else {
+                return Ok(names);
+            };
+            for split in splits.iter_mut() {
+                for label in &mut split.labels {
+                    *label = ids[*label as usize];
+                }
+            }
+            return Ok(head.to_vec());
+        }
+        (Some(names), None) => names,
         (None, Some(head)) => {
             check_range(
                 head,
@@ -229,6 +247,21 @@ fn resolve_ids(
         "pass --labels with one name per class if the data has no ClassLabel",
     )?;
     Ok(names)
+}
+
+/// The head's id of each id the data's label `names` (its ClassLabel) number, when they
+/// are the head's names in another order (a run trained on names sorted one way, scored
+/// on a dataset whose ClassLabel lists them another): ids then mean names. `None` when
+/// the orders agree, the head records no names, or the names are others (a head named
+/// in another language scores ids as ids, as it always has).
+pub(super) fn head_ids_of(names: &[String], head: &[String]) -> Option<Vec<i64>> {
+    if names == head || names.len() != head.len() {
+        return None;
+    }
+    names
+        .iter()
+        .map(|n| head.iter().position(|h| h == n).map(|i| i as i64))
+        .collect()
 }
 
 fn check_count(source: &str, names: &[String]) -> Result<()> {
