@@ -204,25 +204,7 @@ fn resolve_ids(
     splits: &mut [RawSplit],
 ) -> Result<Vec<String>> {
     let names = match (declared, head) {
-        (Some(names), Some(head)) => {
-            check_count(source, &names)?;
-            check_range(
-                &names,
-                splits,
-                &format!("label names: {}", names.join(", ")),
-                "pass --labels with one name per class if the data has no ClassLabel",
-            )?;
-            let Some(ids) = head_ids_of(&names, head) else {
-                return Ok(names);
-            };
-            for split in splits.iter_mut() {
-                for label in &mut split.labels {
-                    *label = ids[*label as usize];
-                }
-            }
-            return Ok(head.to_vec());
-        }
-        (Some(names), None) => names,
+        (Some(names), _) => names,
         (None, Some(head)) => {
             check_range(
                 head,
@@ -246,6 +228,14 @@ fn resolve_ids(
         &format!("label names: {}", names.join(", ")),
         "pass --labels with one name per class if the data has no ClassLabel",
     )?;
+    if let Some((head, ids)) = head.and_then(|h| Some((h, head_ids_of(&names, h)?))) {
+        for split in splits.iter_mut() {
+            for label in &mut split.labels {
+                *label = ids[*label as usize];
+            }
+        }
+        return Ok(head.to_vec());
+    }
     Ok(names)
 }
 
