@@ -87,16 +87,22 @@ pub fn remove_stale_temp_files(dir: &Path) -> Result<usize> {
 }
 
 /// Removes the temporary files of `atomic_write`s that were killed from `dir`, a folder
-/// other processes may be writing (the feature cache): a live write holds the lock of
-/// its temporary, so only those whose lock can be taken go. Returns how many; a file
-/// that cannot be opened, locked or removed is left, since it is in no one's way.
+/// other processes may be writing (the feature cache). Returns how many.
 pub fn remove_abandoned_temp_files(dir: &Path) -> usize {
+    remove_unheld_files(dir, is_temp_name)
+}
+
+/// Removes the files of `dir` whose names `stale` picks and that no live process holds:
+/// a live write holds the lock of its temporary, so only those whose lock can be taken
+/// go. Returns how many; a file that cannot be opened, locked or removed is left, since
+/// it is in no one's way.
+pub fn remove_unheld_files(dir: &Path, stale: impl Fn(&str) -> bool) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
     let mut removed = 0;
     for entry in entries.flatten() {
-        if !is_temp_name(&entry.file_name().to_string_lossy()) {
+        if !stale(&entry.file_name().to_string_lossy()) {
             continue;
         }
         let path = entry.path();

@@ -230,9 +230,8 @@ fn lock_out(out: &Path) -> Result<File> {
 
 /// Removes what a killed assembly or manifest write left beside `out` (`.NAME.tmp-PID`,
 /// `.NAME.bulk.json.bertcls-tmp-PID`): as large as the output, hidden, and never read.
-/// A live write holds the lock of its temporary (a merge of `out` takes no `<out>.lock`),
-/// so only those whose lock can be taken go. A file that cannot be opened, locked or
-/// removed is left: it is in the way of nothing.
+/// A merge of `out` takes no `<out>.lock`, so only temporaries no live process holds go
+/// (`fsio::remove_unheld_files`).
 pub(super) fn remove_stale_output_temporaries(out: &Path) {
     let dir = out
         .parent()
@@ -245,26 +244,12 @@ pub(super) fn remove_stale_output_temporaries(out: &Path) {
         format!(".{name}.tmp-"),
         format!(".{name}.bulk.json.bertcls-tmp-"),
     ];
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut removed = 0;
-    for entry in entries.flatten() {
-        let file = entry.file_name().to_string_lossy().into_owned();
-        let stale = prefixes.iter().any(|prefix| {
+    let removed = crate::fsio::remove_unheld_files(dir, |file| {
+        prefixes.iter().any(|prefix| {
             file.strip_prefix(prefix.as_str())
                 .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
-        });
-        if !stale || !entry.path().is_file() {
-            continue;
-        }
-        let Ok(held) = File::open(entry.path()) else {
-            continue;
-        };
-        if fs4::FileExt::try_lock(&held).is_ok() && std::fs::remove_file(entry.path()).is_ok() {
-            removed += 1;
-        }
-    }
+        })
+    });
     if removed > 0 {
         eprintln!(
             "removed {removed} stale temporary file(s) of {} (left by a killed write)",
