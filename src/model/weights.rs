@@ -149,6 +149,13 @@ pub fn weight_buffer(len: usize) -> Result<Vec<f32>> {
     Ok(v)
 }
 
+/// `floats` copied into a [`weight_buffer`]: `to_vec` that fails instead of aborting.
+pub fn weight_copy(floats: &[f32]) -> Result<Vec<f32>> {
+    let mut v = weight_buffer(floats.len())?;
+    v.extend_from_slice(floats);
+    Ok(v)
+}
+
 /// The error of a weight buffer of `len` floats that could not be allocated.
 pub fn cannot_allocate_weights(len: usize) -> anyhow::Error {
     let mib = (len as u128 * 4).div_ceil(1 << 20);
@@ -174,11 +181,7 @@ impl HostTensor {
 
     pub fn into_vec(self) -> Result<Vec<f32>> {
         match self {
-            HostTensor::Mapped(m) => {
-                let mut v = weight_buffer(m.len)?;
-                v.extend_from_slice(m.as_slice());
-                Ok(v)
-            }
+            HostTensor::Mapped(m) => weight_copy(m.as_slice()),
             HostTensor::Decoded(v) => Ok(v),
         }
     }
@@ -494,16 +497,7 @@ impl HostWeights {
     /// Every encoder tensor as f32 on the host (what tests and benchmarks upload
     /// themselves; the commands read straight into the backend with `BertWeights::read`).
     pub fn load(ckpt: &Checkpoint, config: &BertConfig) -> Result<Self> {
-        Self::read(
-            ckpt,
-            config,
-            |w, _, _| {
-                let mut v = weight_buffer(w.len())?;
-                v.extend_from_slice(w);
-                Ok(v)
-            },
-            HostTensor::into_vec,
-        )
+        Self::read(ckpt, config, |w, _, _| weight_copy(w), HostTensor::into_vec)
     }
 }
 

@@ -19,7 +19,7 @@ use rayon::{ThreadPool, ThreadPoolBuilder};
 use super::{Activation, Backend, QueryRows};
 use crate::batch::PackedBatch;
 use crate::model::weights::{
-    weight_buffer, EmbeddingWeights, HostTensor, LayerNormWeights, LinearWeights,
+    weight_copy, EmbeddingWeights, HostTensor, LayerNormWeights, LinearWeights,
 };
 
 pub use simd::{erf, exp};
@@ -90,9 +90,7 @@ impl Backend for CpuBackend {
     }
 
     fn upload(&self, host: &[f32]) -> Result<CpuTensor> {
-        let mut v = weight_buffer(host.len())?;
-        v.extend_from_slice(host);
-        Ok(CpuTensor::plain(v))
+        Ok(CpuTensor::plain(weight_copy(host)?))
     }
 
     fn upload_host(&self, host: HostTensor) -> Result<CpuTensor> {
