@@ -81,7 +81,8 @@ cat > "$dest/run.sh" <<'EOF'
 # Made by scripts/gpu-check.sh. Every step runs under `timeout` and the whole run within
 # BERTCLS_GPU_BUDGET_S seconds (default 450: under the 8 minutes it may take, leaving a
 # 15-minute device lease time to fix and rerun); a step that would start past the budget
-# is skipped and counted as a failure. The full log is $OUT/run.log, one line per step
+# is skipped and counted as a failure. BERTCLS_GPU_STEPS="op-tests memcheck" runs only
+# the steps named. The full log is $OUT/run.log, one line per step
 # in $OUT/summary.txt; exit status 0 when every step passes, 2 when CUDA is not usable.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -131,11 +132,18 @@ else
 fi
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 
+# BERTCLS_GPU_STEPS, a space-separated list of step names, reruns only those steps (the
+# ones a first run failed, after a fix), leaving the lease's minutes for them.
+selected=${BERTCLS_GPU_STEPS:-}
 # step NAME LIMIT_SECONDS COMMAND...: runs COMMAND under timeout, within what is left of
 # the budget; records the exit status and the seconds taken.
 step() {
     local name=$1 limit=$2 left rc t0
     shift 2
+    if [ -n "$selected" ] && [[ " $selected " != *" $name "* ]]; then
+        echo "$name not selected" >> "$out/summary.txt"
+        return 0
+    fi
     left=$((budget - SECONDS))
     if [ "$left" -lt 10 ]; then
         echo "=== $name: not started, the run's budget of ${budget}s is spent"
