@@ -795,19 +795,22 @@ fn search_is_deterministic_and_records_the_best_trial() {
         &sb.train_tiny(1, &["--pooling", "cls,mean", "--out", &sb.path("x")]),
         "--pooling cls,mean: trying several poolings needs --search",
     );
-    failed_with(
-        &sb.train_tiny(
-            1,
-            &[
-                "--search",
-                "--validation-fraction",
-                "1.5",
-                "--out",
-                &sb.path("y"),
-            ],
-        ),
-        "--validation-fraction 1.5: pass a fraction of train between 0 and 1",
-    );
+    // -1e-1 too: clap's own negative-number test would take it for flags -1, -e...
+    for (given, shown) in [("1.5", "1.5"), ("-1e-1", "-0.1")] {
+        failed_with(
+            &sb.train_tiny(
+                1,
+                &[
+                    "--search",
+                    "--validation-fraction",
+                    given,
+                    "--out",
+                    &sb.path("y"),
+                ],
+            ),
+            &format!("--validation-fraction {shown}: pass a fraction of train between 0 and 1"),
+        );
+    }
 }
 
 /// Without a validation split, --search holds out --validation-fraction of train.

@@ -18,7 +18,7 @@ fn bertcls(args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn bad_flags_are_one_line_naming_the_flag() {
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 10] = [
         (&["train", "--lr", "NaN"], "--lr"),
         (&["train", "--lr", "-0.001"], "--lr"),
         (&["train", "--frobnicate"], "--frobnicate"),
@@ -26,6 +26,12 @@ fn bad_flags_are_one_line_naming_the_flag() {
         // A negative count is a bad value of its flag, not an unknown flag "-1" (whose
         // tip, `-- -1`, would have made it a text to encode).
         (&["train", "--seed", "-1"], "'-1' for '--seed <SEED>'"),
+        // Exponents too: clap's own negative-number test takes -1e-3 for flags -1, -e...
+        (&["train", "--lr", "-1e-3"], "'-1e-3' for '--lr <LR>'"),
+        (
+            &["train", "--weight-decay", "-1e-2"],
+            "'-1e-2' for '--weight-decay <WEIGHT_DECAY>'",
+        ),
         (
             &["encode", "--stride", "-1", "a"],
             "'-1' for '--stride <STRIDE>'",

@@ -95,7 +95,7 @@ pub struct TrainArgs {
     #[arg(
         long,
         default_value_t = DEFAULT_LR,
-        allow_negative_numbers = true,
+        allow_hyphen_values = true,
         value_parser = parse_lr,
         help_heading = "Training"
     )]
@@ -104,7 +104,7 @@ pub struct TrainArgs {
     #[arg(
         long,
         default_value_t = DEFAULT_WEIGHT_DECAY,
-        allow_negative_numbers = true,
+        allow_hyphen_values = true,
         value_parser = parse_weight_decay,
         help_heading = "Training"
     )]
@@ -198,7 +198,7 @@ pub struct TrainArgs {
     #[arg(
         long,
         default_value_t = 0.1,
-        allow_negative_numbers = true,
+        allow_hyphen_values = true,
         requires = "search",
         help_heading = "Search"
     )]
@@ -339,8 +339,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
 }
 
 // The flags' own checks, at parse time: clap names the flag and the value. Negative
-// numbers parse (allow_negative_numbers) so that they are refused here, not taken
-// for flags.
+// numbers parse so that they are refused here, not taken for flags: the float flags
+// take allow_hyphen_values, as clap's negative-number test misses exponents (-1e-3).
 fn parse_lr(text: &str) -> Result<f64, String> {
     parse_f64(
         text,
