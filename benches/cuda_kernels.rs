@@ -6,7 +6,7 @@
 //! - the attention op (gather, two batched GEMMs, softmax, scatter) per layer;
 //! - encoder tokens/s at 1x128, 32x128, 256x128 and on ChnSentiCorp's texts packed.
 //!
-//!     cargo bench --bench cuda_kernels [-- --precision fp32|tf32|bf16|fp16 --texts N --shared DIR --encoder-only]
+//!     cargo bench --bench cuda_kernels [-- --precision fp32|tf32|bf16|fp16 --texts N --shared DIR --encoder-only | --no-gemms]
 //!
 //! `--shared` is the folder holding models/bert-base-chinese and data/ChnSentiCorp-files
 //! (default: ../shared beside the checkout).
@@ -81,12 +81,16 @@ fn main() {
     let be = CudaBackend::new(0, precision, BUDGET).unwrap();
     eprintln!("backend: {}", be.describe());
 
-    // --encoder-only: the encoder's tokens/s alone, for the GPU run's half-precision
-    // steps (the kernels and GEMMs of every precision are in the full run).
-    if !std::env::args().any(|a| a == "--encoder-only") {
+    // --encoder-only: the encoder's tokens/s alone. --no-gemms: this precision's kernels,
+    // attention and encoder, for the GPU run's half-precision steps (the GEMMs of every
+    // precision are timed once, in the fp32 step).
+    let flag = |name: &str| std::env::args().any(|a| a == name);
+    if !flag("--encoder-only") {
         let copy_gbs = device_copy(&be);
         kernels(&be, &config, copy_gbs);
-        gemms(&config);
+        if !flag("--no-gemms") {
+            gemms(&config);
+        }
         attention(&be, &config);
     }
     encoder(be, &config, &model_dir, &shared);

@@ -11,9 +11,10 @@
 # There, `bash .gpu/run.sh` runs, in this order and each step under `timeout`, the whole
 # run under 8 minutes: `bertcls info` (stops at once if CUDA is not usable), the CUDA op
 # tests, the encoder against HF transformers at BERT-base size, compute-sanitizer
-# memcheck and racecheck over the CUDA op tests, bf16/fp16 against fp32, the benchmarks
-# (bertcls and PyTorch), and `bertcls train` on ChnSentiCorp with the encoder on the GPU.
-# The full log goes to $OUT/run.log (or .gpu/out), a step summary to $OUT/summary.txt.
+# memcheck and racecheck over the CUDA op tests, a GPU too small for the batch,
+# bf16/fp16 against fp32, the benchmarks (bertcls and PyTorch), `bertcls train` on
+# ChnSentiCorp with the encoder on the GPU, and the bulk `encode --data`, `test` and
+# `predict` there. The full log goes to $OUT/run.log (or .gpu/out), a step summary to $OUT/summary.txt.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -238,7 +239,7 @@ step precisions 90 "${check[@]}" --skip-hf --precisions bf16,fp16 --train-data "
 # 6. Benchmarks: bertcls (kernels, GEMMs of every precision, encoder) and PyTorch fp32
 #    (TF32 off) and fp16 with SDPA at 1x128, 32x128, 256x128.
 step bench-fp32 75 .gpu/bin/cuda_kernels --shared "$shared" --precision fp32 --texts 2000
-step bench-bf16 30 .gpu/bin/cuda_kernels --shared "$shared" --precision bf16 --texts 2000 --encoder-only
+step bench-bf16 45 .gpu/bin/cuda_kernels --shared "$shared" --precision bf16 --texts 2000 --no-gemms
 step bench-fp16 30 .gpu/bin/cuda_kernels --shared "$shared" --precision fp16 --texts 2000 --encoder-only
 step bench-torch 60 "${check[@]}" --bench-only
 # 7. bertcls train on ChnSentiCorp with the encoder on the GPU (the random BERT-base of
@@ -253,6 +254,24 @@ export -f train
 export shared
 step train-head-cpu 45 bash -c 'train cpu'
 step train-head-cuda 45 bash -c 'train cuda'
+# 8. The bulk path, timed: `encode --data` of the train split in fp32 and bf16 (its
+#    closing line is the per-GPU rate docs/SCALING.md sizes jobs with); then the recipe's
+#    `test` and `predict` (texts and bulk) on the GPU with the run of step 7.
+bulk_and_recipe() {
+    local b=.gpu/bin/bertcls d="$shared/data/ChnSentiCorp" run=/tmp/bertcls-train-cuda p
+    for p in fp32 bf16; do
+        rm -rf "/tmp/bertcls-bulk-$p.parquet"*
+        time "$b" encode --model /tmp/bertcls-gpu-check/model --device cuda --precision "$p" \
+            --data "$d" --split train --max-length 350 --out "/tmp/bertcls-bulk-$p.parquet" || return 1
+    done
+    "$b" test --run "$run" --data "$d" --device cuda || return 1
+    "$b" predict --run "$run" --device cuda "这家酒店很好，服务周到。" "房间又小又脏，再也不来了。" || return 1
+    rm -rf /tmp/bertcls-predict.jsonl*
+    time "$b" predict --run "$run" --device cuda --data "$d" --split test \
+        --out /tmp/bertcls-predict.jsonl || return 1
+}
+export -f bulk_and_recipe
+step bulk-and-recipe 60 bash -c bulk_and_recipe
 echo "=== all: $([ $status -eq 0 ] && echo PASS || echo FAIL) in ${SECONDS}s"
 cat "$out/summary.txt"
 finish "$status"
