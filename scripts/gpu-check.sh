@@ -247,7 +247,7 @@ step bench-torch 60 "${check[@]}" --bench-only
 #    once, 100 epochs of the head on the CPU, then on the GPU.
 train() {
     time .gpu/bin/bertcls train --model /tmp/bertcls-gpu-check/model \
-        --data "$shared/data/ChnSentiCorp" --device cuda --max-batch-tokens 32768 \
+        --data "$shared/data/ChnSentiCorp" --device cuda \
         --no-cache --log-every 1000 --out "/tmp/bertcls-train-$1" --head-device "$1"
 }
 export -f train
