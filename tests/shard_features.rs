@@ -214,6 +214,7 @@ fn train_on_features_encoded_by_four_shards_encodes_nothing() {
     assert!(!encoded_any(&out), "the import run encoded: {err}");
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["features_cached"], true);
+    assert_eq!(summary["features_imported"], false);
 
     // A later run without the files reads the same entries.
     let again = ok(train(&dir.join("run-again"), &cache, &[]));
@@ -600,7 +601,15 @@ fn features_from_with_an_unwritable_cache_warns_and_trains_on_them() {
         "{err}"
     );
     assert!(!encoded_any(&out), "the import run encoded: {err}");
+    // Held in memory, not cached: the summary says so rather than "from the cache".
+    assert!(
+        err.contains(
+            "(none encoded; --features-from held in memory, the cache could not take them)"
+        ),
+        "{err}"
+    );
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(summary["features_cached"], true);
+    assert_eq!(summary["features_cached"], false);
+    assert_eq!(summary["features_imported"], true);
     assert_eq!(std::fs::read_to_string(&cache).unwrap(), "not a folder");
 }

@@ -451,8 +451,16 @@ pub struct FeatureSource {
 pub struct Features {
     /// (rows, C)
     pub x: Vec<f32>,
-    /// Whether they came from the cache.
-    pub cached: bool,
+    pub origin: FeatureOrigin,
+}
+
+/// Where a split's features came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeatureOrigin {
+    Encoded,
+    Cache,
+    /// `train --features-from` files the cache could not take, held for this run only.
+    Imported,
 }
 
 impl FeatureSource {
@@ -557,7 +565,10 @@ impl FeatureSource {
         let Some(cache) = self.cache.clone() else {
             let x = encode_texts(model, texts, split_name)?;
             check_encoded(model, split_name, &x)?;
-            return Ok(Features { x, cached: false });
+            return Ok(Features {
+                x,
+                origin: FeatureOrigin::Encoded,
+            });
         };
         let spec = self.model_spec(model)?;
         let key = FeatureKey::new(&spec, data_hash);
@@ -569,7 +580,7 @@ impl FeatureSource {
             );
             return Ok(Features {
                 x: x.clone(),
-                cached: true,
+                origin: FeatureOrigin::Imported,
             });
         }
         if let Some(x) = cache.get(&key)? {
@@ -579,7 +590,10 @@ impl FeatureSource {
                     texts.len(),
                     cache.path(&key).display()
                 );
-                return Ok(Features { x, cached: true });
+                return Ok(Features {
+                    x,
+                    origin: FeatureOrigin::Cache,
+                });
             }
         }
         let truncated = match model.long {
@@ -605,7 +619,10 @@ impl FeatureSource {
         if let Err(e) = cache.put(&key, &x, texts.len(), hidden) {
             self.warn_cache_write(&cache, &e);
         }
-        Ok(Features { x, cached: false })
+        Ok(Features {
+            x,
+            origin: FeatureOrigin::Encoded,
+        })
     }
 }
 

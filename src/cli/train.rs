@@ -16,8 +16,8 @@ use anyhow::{anyhow, bail, Result};
 use clap::{Args, ValueEnum};
 
 use super::common::{
-    label_name, load_model_files, model_files, print_stdout, CacheArgs, DeviceArgs, FeatureSource,
-    LoadedModel, ModelArgs, ModelFiles,
+    label_name, load_model_files, model_files, print_stdout, CacheArgs, DeviceArgs, FeatureOrigin,
+    FeatureSource, LoadedModel, ModelArgs, ModelFiles,
 };
 use super::progress::{count, Progress};
 use super::run_dir::{best_checkpoint, DataSpec, FeatureSpec, Hyperparameters, RunFolder, RunInfo};
@@ -241,6 +241,8 @@ struct RunFeatures {
     seconds: f64,
     /// Whether every split came from the cache.
     cached: bool,
+    /// Whether a split came from --features-from files the cache could not take.
+    imported: bool,
 }
 
 /// What stays fixed over the epochs of a run.
@@ -578,16 +580,22 @@ fn all_features(
     validation: Option<&Split>,
 ) -> Result<RunFeatures> {
     let started = Instant::now();
-    let (train, train_cached) = split_features(model, source, train)?;
+    let (train, train_origin) = split_features(model, source, train)?;
     let val = validation
         .map(|v| split_features(model, source, v))
         .transpose()?;
-    let cached = train_cached && val.as_ref().is_none_or(|(_, c)| *c);
+    let origins: Vec<FeatureOrigin> = std::iter::once(train_origin)
+        .chain(val.as_ref().map(|(_, o)| *o))
+        .collect();
+    let cached = origins.iter().all(|&o| o == FeatureOrigin::Cache);
+    let imported = origins.contains(&FeatureOrigin::Imported);
     let seconds = started.elapsed().as_secs_f64();
-    let how = if cached {
-        "all from the cache"
-    } else {
+    let how = if origins.contains(&FeatureOrigin::Encoded) {
         "encoded"
+    } else if imported {
+        "none encoded; --features-from held in memory, the cache could not take them"
+    } else {
+        "all from the cache"
     };
     eprintln!("features ready in {seconds:.1}s ({how})");
     Ok(RunFeatures {
@@ -595,22 +603,23 @@ fn all_features(
         val: val.map(|(x, _)| x),
         seconds,
         cached,
+        imported,
     })
 }
 
-/// A split's features and whether they came from the cache.
+/// A split's features and where they came from.
 fn split_features(
     model: &mut LoadedModel,
     source: &mut FeatureSource,
     split: &Split,
-) -> Result<(Features, bool)> {
+) -> Result<(Features, FeatureOrigin)> {
     let f = source.features(model, &split.name, &split.texts, &split.content_hash)?;
     Ok((
         Features {
             x: f.x,
             labels: split.labels.clone(),
         },
-        f.cached,
+        f.origin,
     ))
 }
 
@@ -771,6 +780,7 @@ fn report(
             "encode_seconds": encode_seconds,
             "train_seconds": train_seconds,
             "features_cached": features.cached,
+            "features_imported": features.imported,
             "best_epoch": best.map(|m| m.epoch),
             "best_val_acc": best.and_then(|m| m.val_acc),
             "temperature": best.and_then(|m| m.temperature),
