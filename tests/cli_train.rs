@@ -958,6 +958,41 @@ fn a_run_folder_has_one_writer() {
     assert_eq!(std::fs::read(&run_json).unwrap(), before);
 }
 
+/// A train still encoding holds run.lock but has written no run.json yet (on the CPU the
+/// features of a large split take minutes): a `--resume` of its folder then is refused as
+/// in use, naming the process, not as "no run.json there ... start the run again with
+/// --out", which would send the user to a second writer. The lock is held here by the
+/// test process, as the encoding train holds it, and nothing in the folder is touched.
+#[test]
+fn resume_of_a_run_still_encoding_says_it_is_in_use() {
+    let sb = Sandbox::new("resume-encoding");
+    let run = sb.path("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let lock_file = Path::new(&run).join("run.lock");
+    let held = bertcls::fsio::try_lock(&lock_file).unwrap().unwrap();
+    let before = std::fs::read(&lock_file).unwrap();
+    let resumed = sb.train_tiny(2, &["--resume", &run]);
+    failed_with(
+        &resumed,
+        &format!(
+            "--resume {run}: the run folder is in use by another bertcls process (pid {})",
+            std::process::id()
+        ),
+    );
+    nothing_encoded(&resumed);
+    assert_eq!(std::fs::read(&lock_file).unwrap(), before);
+    let names: Vec<_> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["run.lock"]);
+    drop(held);
+    // No process holds it now: the folder is what it is, one that never got its run.json.
+    let resumed = sb.train_tiny(2, &["--resume", &run]);
+    failed_with(&resumed, "no run.json there");
+    assert_eq!(std::fs::read(&lock_file).unwrap(), before);
+}
+
 /// A run killed before its first epoch ended (run.json, no checkpoint) resumes from the
 /// start and ends on the uninterrupted run's head, optimiser and metrics.
 #[test]

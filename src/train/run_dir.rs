@@ -309,6 +309,7 @@ impl RunFolder {
 
     /// The run in `dir`, to resume: it must have its run.json.
     pub fn open(dir: &Path) -> Result<Self> {
+        refuse_if_in_use(dir, "--resume")?;
         if !RunInfo::path(dir).is_file() {
             bail!(
                 "--resume {}: no run.json there: pass a folder written by bertcls train",
@@ -356,14 +357,35 @@ fn lock(dir: &Path, flag: &str) -> Result<File> {
     let path = lock_path(dir);
     match crate::fsio::try_lock(&path) {
         Ok(Some(file)) => Ok(file),
-        Ok(None) => bail!(
-            "{flag} {d}: the run folder is in use by another bertcls process{}: wait for it to end, or pick another folder",
-            crate::fsio::lock_holder(&path)
-        ),
+        Ok(None) => Err(in_use(dir, flag)),
         Err(e) => bail!(
             "{flag} {d}: cannot lock {} ({e}): pass a writable folder",
             path.display()
         ),
+    }
+}
+
+fn in_use(dir: &Path, flag: &str) -> anyhow::Error {
+    anyhow!(
+        "{flag} {}: the run folder is in use by another bertcls process{}: wait for it to end, or pick another folder",
+        dir.display(),
+        crate::fsio::lock_holder(&lock_path(dir))
+    )
+}
+
+/// Refuses `flag DIR` when another bertcls process holds the run.lock `dir` already has.
+/// A train holds it from the start, and writes run.json only once its features are
+/// ready (minutes of encoding on the CPU): a `--resume` in that time must say the
+/// folder is in use, not that it holds no run. Only probes: a run.lock that is not
+/// there is not created (a wrong path stays as it was), and one that no process holds
+/// is left unwritten (released as the probe closes it).
+pub fn refuse_if_in_use(dir: &Path, flag: &str) -> Result<()> {
+    let Ok(file) = File::open(lock_path(dir)) else {
+        return Ok(());
+    };
+    match fs4::FileExt::try_lock(&file) {
+        Err(fs4::TryLockError::WouldBlock) => Err(in_use(dir, flag)),
+        _ => Ok(()),
     }
 }
 

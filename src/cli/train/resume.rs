@@ -10,13 +10,15 @@ use super::TrainArgs;
 use crate::chunk::LongTexts;
 use crate::cli::predict::run_model;
 use crate::data::check_label_names;
-use crate::train::run_dir::{unfinished_search, RunInfo};
+use crate::train::run_dir::{refuse_if_in_use, unfinished_search, RunInfo};
 
 /// `args` with every flag the command line did not give taken from the run in `dir`.
 /// A folder without run.json is refused here, whatever flags are given: the defaults
 /// of the flags it would have filled in (the hub dataset, say) would fail later, on
 /// something else than the missing file.
 pub fn with_run_settings(mut args: TrainArgs, dir: &Path) -> Result<TrainArgs> {
+    // A train still encoding holds the folder and has no run.json yet.
+    refuse_if_in_use(dir, "--resume")?;
     let json = RunInfo::path(dir);
     if !json.is_file() {
         bail!(
