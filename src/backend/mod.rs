@@ -130,6 +130,7 @@ pub trait Backend: Sync {
     /// Multi-head self-attention over the packed layout: text i owns rows
     /// `offsets[i]..offsets[i+1]` of `qkv` (T, 3C) laid out [Q | K | V], and attends over
     /// its own tokens only. out is (T, C) for `QueryRows::All`, (num_texts, C) for `ClsOnly`.
+    /// Every text has at least one token (the CUDA backend refuses an empty one).
     fn attention(
         &self,
         qkv: &Self::Tensor,

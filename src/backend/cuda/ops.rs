@@ -498,14 +498,20 @@ impl Backend for CudaBackend {
             if all_rows { t * c } else { n * c },
             "attention output",
         )?;
-        let lens: Vec<usize> = offsets.windows(2).map(|w| w[1] - w[0]).collect();
+        let lens = text_lengths(offsets, "attention")?;
         let offsets_u32: Vec<u32> = offsets.iter().map(|&o| o as u32).collect();
 
         let mut s = self.scratch.lock().unwrap_or_else(PoisonError::into_inner);
+        // Planned before the offsets upload: with every text non-empty (checked there),
+        // the n + 1 offsets fit the scratch's P + 1.
+        let (pad_rows, score_cap) = {
+            let a = self.attention_scratch(&mut s, heads, head_dim)?;
+            (a.pad_rows, a.scores.len())
+        };
+        let chunks = plan_chunks(&lens, heads, all_rows, pad_rows, score_cap)?;
         self.upload_u32(&mut s.offsets, &offsets_u32)?;
         let offsets_ptr = dptr(&s.offsets, &self.stream);
-        let a = self.attention_scratch(&mut s, heads, head_dim)?;
-        let chunks = plan_chunks(&lens, heads, all_rows, a.pad_rows, a.scores.len())?;
+        let a = s.attn.as_ref().expect("made above");
         // HF scales by head_dim ** -0.5, a Python float rounded to f32 once.
         let scale = (1.0 / (head_dim as f64).sqrt()) as f32;
         let k = &self.kernels;
@@ -600,9 +606,7 @@ impl Backend for CudaBackend {
         if n == 0 {
             return Ok(());
         }
-        if let Some(i) = offsets.windows(2).position(|w| w[1] <= w[0]) {
-            bail!("mean_pool: text {i} has no tokens");
-        }
+        text_lengths(offsets, "mean_pool")?;
         let t = offsets.last().copied().unwrap_or(0);
         self.check_tokens(t)?;
         need(out, n * width, "mean_pool output")?;
@@ -661,6 +665,25 @@ struct Chunk {
     max_len: usize,
 }
 
+/// Each text's length from the packed `offsets`, refusing what the ops cannot serve: an
+/// offset below the one before it, and a text without tokens (no [CLS] row to attend
+/// from or to pool; the CPU backend cannot take one either).
+fn text_lengths(offsets: &[usize], op: &str) -> Result<Vec<usize>> {
+    offsets
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| match w[1].checked_sub(w[0]) {
+            Some(0) => bail!("{op}: text {i} has no tokens"),
+            Some(len) => Ok(len),
+            None => bail!(
+                "{op}: offsets decrease at text {i} ({} then {})",
+                w[0],
+                w[1]
+            ),
+        })
+        .collect()
+}
+
 /// Greedily groups consecutive texts so that each group, padded to its longest text,
 /// fits the padded-row and score scratch. Texts come longest first from the batcher, so
 /// groups waste little padding.
@@ -682,6 +705,11 @@ fn plan_chunks(
         max_len: 0,
     };
     for (i, &len) in lens.iter().enumerate() {
+        if len == 0 {
+            // A chunk of empty texts has L = 0: cuBLAS refuses its leading dimension 0,
+            // and a [CLS]-only output row of an empty text would never be written.
+            bail!("attention: text {i} has no tokens");
+        }
         let l = cur.max_len.max(len);
         if fits(cur.texts + 1, l) {
             cur.texts += 1;
@@ -780,6 +808,29 @@ mod tests {
                 max_len: 8
             }]
         );
+    }
+
+    #[test]
+    fn an_empty_text_is_an_error_not_a_chunk() {
+        for all_rows in [true, false] {
+            let e = plan_chunks(&[3, 0, 2], 4, all_rows, 16, 4 * 64)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("text 1 has no tokens"), "{e}");
+        }
+    }
+
+    #[test]
+    fn lengths_refuse_empty_texts_and_decreasing_offsets() {
+        assert_eq!(text_lengths(&[0, 3, 4, 9], "attention").unwrap(), [3, 1, 5]);
+        let e = text_lengths(&[0, 3, 3, 5], "attention")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "attention: text 1 has no tokens");
+        let e = text_lengths(&[0, 5, 2], "mean_pool")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mean_pool: offsets decrease at text 1"), "{e}");
     }
 
     #[test]
