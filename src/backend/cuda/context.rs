@@ -348,20 +348,31 @@ impl Grid {
             .map_err(|_| anyhow!("rows of {width} floats are too wide for shared memory"))?;
         let threads = width.next_multiple_of(32).clamp(32, 256) as u32;
         Ok(Self {
-            blocks: rows as u32,
+            blocks: row_count(rows)?,
             threads,
             shared_bytes,
         })
     }
 
     /// One warp per row, 8 rows a block.
-    pub fn warp_per_row(rows: usize) -> Self {
-        Self {
+    pub fn warp_per_row(rows: usize) -> Result<Self> {
+        row_count(rows)?;
+        Ok(Self {
             blocks: rows.div_ceil(8) as u32,
             threads: 256,
             shared_bytes: 0,
-        }
+        })
     }
+}
+
+/// `rows` as the row kernels take it: an `int` (and one block per row at most, within
+/// gridDim.x's 2^31 - 1). Cast unchecked, 2^32 rows would make a grid of 0 blocks,
+/// which `launch` skips as empty: the op would silently do nothing.
+fn row_count(rows: usize) -> Result<u32> {
+    if rows > i32::MAX as usize {
+        bail!("an op over {rows} rows exceeds the CUDA kernels' 32-bit indexing: lower --max-batch-tokens");
+    }
+    Ok(rows as u32)
 }
 
 pub(crate) fn launch(stream: &CudaStream, kernel: &Kernel, grid: Grid, args: &[Arg]) -> Result<()> {
@@ -440,6 +451,25 @@ mod tests {
         assert!(
             e.contains("kernel ln") && e.contains("128 of static"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn row_grids_beyond_32_bits_are_refused_not_truncated() {
+        // Unchecked, 2^32 rows cast to a grid of 0 blocks, which launch() skips.
+        for rows in [1usize << 31, 1 << 32, (1 << 32) + 5] {
+            let e = Grid::per_row(rows, 768).err().expect("refused").to_string();
+            assert!(e.contains("32-bit"), "{rows}: {e}");
+        }
+        for rows in [1usize << 31, 1 << 35] {
+            let e = Grid::warp_per_row(rows).err().expect("refused").to_string();
+            assert!(e.contains("32-bit"), "{rows}: {e}");
+        }
+        let widest = i32::MAX as usize;
+        assert_eq!(Grid::per_row(widest, 768).unwrap().blocks, i32::MAX as u32);
+        assert_eq!(
+            Grid::warp_per_row(widest).unwrap().blocks,
+            widest.div_ceil(8) as u32
         );
     }
 

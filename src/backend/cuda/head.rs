@@ -190,7 +190,7 @@ impl CudaHead {
         launch(
             &self.stream,
             &self.kernels.softmax_cross_entropy_backward,
-            Grid::warp_per_row(b),
+            Grid::warp_per_row(b)?,
             &[
                 self.p(&self.loss),
                 self.p(&self.dlogits),

@@ -556,7 +556,7 @@ impl Backend for CudaBackend {
             // probs (n H, Lq, L) in the storage type; in f32 over the scores
             self.launch(
                 self.typed(&k.attention_softmax_scale_mask),
-                Grid::warp_per_row(nc * heads * lq),
+                Grid::warp_per_row(nc * heads * lq)?,
                 &[
                     Arg::Ptr(scores),
                     Arg::Ptr(probs),
