@@ -833,6 +833,50 @@ mod tests {
         assert!(e.contains("mean_pool: offsets decrease at text 1"), "{e}");
     }
 
+    /// On random batches (lengths in any order, both query modes, scratch from tight to
+    /// roomy), the chunks are consecutive, none is empty, together they hold every text
+    /// once, each one's padded rows and scores fit the scratch and its max_len is its
+    /// longest text; a plan is refused only when one text alone does not fit.
+    #[test]
+    fn chunks_cover_every_text_once_within_the_scratch() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |below: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % below as u64) as usize
+        };
+        for _ in 0..2000 {
+            let heads = 1 + next(16);
+            let all_rows = next(2) == 0;
+            let lens: Vec<usize> = (0..1 + next(40)).map(|_| 1 + next(600)).collect();
+            let pad_rows = 1 + next(4096);
+            let score_cap = heads * (1 + next(1 << 20));
+            let lq = |l: usize| if all_rows { l } else { 1 };
+            let fits = |texts: usize, l: usize| {
+                texts * l <= pad_rows && heads * texts * lq(l) * l <= score_cap
+            };
+            match plan_chunks(&lens, heads, all_rows, pad_rows, score_cap) {
+                Err(_) => assert!(
+                    lens.iter().any(|&l| !fits(1, l)),
+                    "refused though every text fits alone: {lens:?}"
+                ),
+                Ok(chunks) => {
+                    let mut first = 0;
+                    for ch in &chunks {
+                        assert_eq!(ch.first, first, "{chunks:?}");
+                        assert!(ch.texts > 0, "{chunks:?}");
+                        let texts = &lens[ch.first..ch.first + ch.texts];
+                        assert_eq!(ch.max_len, *texts.iter().max().unwrap());
+                        assert!(fits(ch.texts, ch.max_len), "{ch:?} of {lens:?}");
+                        first += ch.texts;
+                    }
+                    assert_eq!(first, lens.len(), "{chunks:?}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_text_too_long_for_the_scratch_is_an_error() {
         let e = plan_chunks(&[20], 1, true, 16, 1000)
