@@ -320,13 +320,54 @@ mod tests {
         }
     }
 
+    /// cuBLAS refuses (CUBLAS_STATUS_INVALID_VALUE) a leading dimension below the rows
+    /// of the column-major operand as stored, or below 1: lda >= max(1, trans_a ? k : m),
+    /// ldb >= max(1, trans_b ? n : k), ldc >= max(1, m). Every shape the ops issue has
+    /// m, n, k >= 1, down to attention's Lq = 1 ([CLS] only) and one-token texts.
+    #[test]
+    fn leading_dimensions_are_valid_for_cublas_down_to_single_rows() {
+        for (m, n, k) in every_shape([1, 2, 7]) {
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                let cm = Gemm::new(ta, tb, m, n, k).col_major();
+                let a_rows = if cm.trans_a { cm.k } else { cm.m };
+                let b_rows = if cm.trans_b { cm.n } else { cm.k };
+                assert!(cm.lda >= a_rows.max(1), "{m}x{n}x{k} {ta} {tb}: {cm:?}");
+                assert!(cm.ldb >= b_rows.max(1), "{m}x{n}x{k} {ta} {tb}: {cm:?}");
+                assert!(cm.ldc >= cm.m.max(1), "{m}x{n}x{k} {ta} {tb}: {cm:?}");
+                assert_eq!((cm.m, cm.n, cm.k), (n, m, k));
+            }
+        }
+    }
+
+    fn every_shape(v: [usize; 3]) -> Vec<(usize, usize, usize)> {
+        let mut out = Vec::new();
+        for a in v {
+            for b in v {
+                for c in v {
+                    out.push((a, b, c));
+                }
+            }
+        }
+        out
+    }
+
     /// Row-major GEMMs of every transpose combination, batched with strides as attention
     /// issues them, mapped to cuBLAS's arguments and run by a model of cuBLAS, equal the
     /// row-major products computed directly.
     #[test]
     fn row_major_gemm_maps_onto_column_major_cublas() {
-        let (m, n, k, batch) = (5, 7, 3, 3);
-        for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
+        // Attention's shapes included: Lq = 1 ([CLS] only), one-token texts (L = 1), one
+        // text of one head (batch 1).
+        let shapes = [
+            (5, 7, 3, 3),
+            (1, 7, 3, 4),
+            (1, 3, 7, 2),
+            (5, 1, 1, 1),
+            (1, 1, 1, 2),
+        ];
+        for ((m, n, k, batch), (trans_a, trans_b)) in shapes.into_iter().flat_map(|s| {
+            [(false, false), (false, true), (true, false), (true, true)].map(|t| (s, t))
+        }) {
             let (ac, bc) = (if trans_a { m } else { k }, if trans_b { k } else { n });
             let a: Vec<f64> = (0..batch * m * k)
                 .map(|v| (v as f64 * 0.37).sin())
@@ -370,7 +411,7 @@ mod tests {
             for (got, want) in got.iter().zip(&want) {
                 assert!(
                     (got - want).abs() < 1e-12,
-                    "trans_a={trans_a} trans_b={trans_b}: {got} vs {want}"
+                    "{m}x{n}x{k} batch {batch} trans_a={trans_a} trans_b={trans_b}: {got} vs {want}"
                 );
             }
         }
