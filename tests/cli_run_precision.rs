@@ -121,3 +121,51 @@ fn a_precision_flag_may_repeat_the_runs_never_contradict_it() {
     assert_eq!(outputs(&run, &["--precision", "fp16"], 0), fp32);
     assert_eq!(outputs(&run, &[], 0), fp32);
 }
+
+/// Without a run, `--precision` other than fp32 on the CPU says once that it applies on a
+/// GPU (train used to record fp32 without a word), and the run records what was computed.
+#[test]
+fn a_gpu_precision_on_the_cpu_is_noted_once() {
+    let note = |out: &std::process::Output| {
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| l.starts_with("note: --precision "))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let model = fixtures().join("tiny/model");
+    let model = model.to_str().unwrap();
+    for precision in ["bf16", "fp16", "tf32"] {
+        let out = ok(bertcls_cpu(&[
+            "encode",
+            "--model",
+            model,
+            "--precision",
+            precision,
+            "--json",
+            TEXT,
+        ]));
+        assert_eq!(
+            note(&out),
+            [format!(
+                "note: --precision {precision} applies on a GPU; the CPU computes in fp32"
+            )],
+        );
+    }
+    let out = ok(bertcls_cpu(&[
+        "encode",
+        "--model",
+        model,
+        "--precision",
+        "fp32",
+        "--json",
+        TEXT,
+    ]));
+    assert!(note(&out).is_empty());
+
+    let dir = TempDir::new("cpu-precision-note");
+    let run = train_run(&dir.0, "run", &["--precision", "bf16"]);
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    assert_eq!(info["precision"], "fp32");
+}

@@ -122,9 +122,17 @@ impl DeviceArgs {
         self.precision.unwrap_or_default()
     }
 
-    /// `--device` resolved, computing in `--precision` (fp32 when not given).
+    /// `--device` resolved, computing in `--precision` (fp32 when not given). A half or
+    /// TF32 precision on the CPU is noted once: the CPU computes, and a run records, fp32.
     pub fn resolve(&self) -> Result<EncoderDevice> {
-        self.resolve_in(self.precision())
+        let device = self.resolve_in(self.precision())?;
+        if device.device == Device::Cpu && self.precision() != Precision::Fp32 {
+            eprintln!(
+                "note: --precision {} applies on a GPU; the CPU computes in fp32",
+                self.precision()
+            );
+        }
+        Ok(device)
     }
 
     /// `--device` resolved, computing in `precision` (a run's). `auto` prints its CPU
