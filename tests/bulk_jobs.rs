@@ -328,6 +328,18 @@ fn split_labels() -> Vec<Value> {
         .collect()
 }
 
+/// The bulk job `command` (its leading arguments) over `data` into `out`, in chunks of
+/// `chunk_rows` rows.
+fn chunked_job(command: &[&str], data: &Path, out: &Path, chunk_rows: usize) -> Vec<String> {
+    let job = ["--data", s(data), "--out", s(out), "--chunk-rows"];
+    command
+        .iter()
+        .chain(&job)
+        .map(|a| a.to_string())
+        .chain([chunk_rows.to_string()])
+        .collect()
+}
+
 #[test]
 fn a_job_killed_at_any_point_resumes_to_the_same_output() {
     let dir = TempDir::new("bulk-resume");
@@ -336,19 +348,7 @@ fn a_job_killed_at_any_point_resumes_to_the_same_output() {
     let dsdict = data().join("tiny-dsdict");
     for ext in ["jsonl", "parquet"] {
         let clean = dir.join(&format!("clean.{ext}"));
-        let args = |out: &Path| {
-            vec![
-                "predict".to_string(),
-                "--head".into(),
-                s(&head).into(),
-                "--data".into(),
-                s(&dsdict).into(),
-                "--out".into(),
-                s(out).into(),
-                "--chunk-rows".into(),
-                "4".into(),
-            ]
-        };
+        let args = |out: &Path| chunked_job(&["predict", "--head", s(&head)], &dsdict, out, 4);
         let run = |out: &Path, env: &[(&str, &str)]| {
             let a = args(out);
             bertcls(&a.iter().map(String::as_str).collect::<Vec<_>>(), env)
@@ -1259,19 +1259,7 @@ fn assembly_past_a_file_limit(
     let dsdict = data().join("tiny-dsdict");
     let model = model_dir();
     for ext in ["safetensors", "parquet"] {
-        let args = |out: &Path| {
-            vec![
-                "encode".to_string(),
-                "--model".into(),
-                s(&model).into(),
-                "--data".into(),
-                s(&dsdict).into(),
-                "--out".into(),
-                s(out).into(),
-                "--chunk-rows".into(),
-                "8".into(),
-            ]
-        };
+        let args = |out: &Path| chunked_job(&["encode", "--model", s(&model)], &dsdict, out, 8);
         let clean = dir.join(&format!("clean.{ext}"));
         let a = args(&clean);
         ok(bertcls(
