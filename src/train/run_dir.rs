@@ -309,7 +309,6 @@ impl RunFolder {
 
     /// The run in `dir`, to resume: it must have its run.json.
     pub fn open(dir: &Path) -> Result<Self> {
-        refuse_if_in_use(dir, "--resume")?;
         if !RunInfo::path(dir).is_file() {
             bail!(
                 "--resume {}: no run.json there: pass a folder written by bertcls train",
