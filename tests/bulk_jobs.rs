@@ -133,6 +133,33 @@ fn floats(v: &Value) -> Vec<f64> {
         .collect()
 }
 
+/// The closing "time: encoding 0.01s (40%), ... of 0.03s" line: every stage once, and
+/// the stages' seconds within the wall time they are shares of (each is rounded to
+/// 0.01 s, so within 0.03 of it).
+fn assert_time_line(stderr: &str) {
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("time: "))
+        .unwrap_or_else(|| panic!("no time line: {stderr}"));
+    let (stages, wall) = line.rsplit_once(" of ").expect(line);
+    let wall: f64 = wall.trim_end_matches('s').parse().expect(line);
+    let mut names = Vec::new();
+    let mut sum = 0.0;
+    for stage in stages.split(", ") {
+        let (name, rest) = stage.split_once(' ').expect(line);
+        let (secs, _share) = rest.split_once("s (").expect(line);
+        names.push(name);
+        sum += secs.parse::<f64>().expect(line);
+    }
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["assembling", "encoding", "reading", "tokenizing", "writing"],
+        "{line}"
+    );
+    assert!(sum <= wall + 0.03, "{line}");
+}
+
 fn assert_close(got: &[f64], want: &[f64], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}");
     for (g, w) in got.iter().zip(want) {
@@ -256,6 +283,7 @@ fn every_data_form_in_bulk_predict_and_encode() {
             stderr.contains(&format!("({correct}/32 labelled rows)")),
             "{stderr}"
         );
+        assert_time_line(&stderr);
 
         let out = dir.join(&format!("f{n}.parquet"));
         ok(bertcls(

@@ -22,7 +22,7 @@ use crate::model::weights::ShardIndex;
 use crate::model::{
     encode_all, BertConfig, Checkpoint, Encoder, FeatureEncoder, ModelDir, Pooling,
 };
-use crate::tokenize::{BertTokenizer, DEFAULT_MAX_LENGTH};
+use crate::tokenize::{BertTokenizer, TokenizedText, DEFAULT_MAX_LENGTH};
 
 /// `--max-batch-tokens` when not given, on the CPU and on a GPU. A GPU needs larger
 /// batches to keep its GEMMs busy: on the H200, BERT-base ran 1.52 million tokens/s in
@@ -347,29 +347,59 @@ pub fn text_features(
     texts: &[String],
     progress: impl FnMut(usize),
 ) -> Result<(Vec<f32>, usize)> {
-    let pooling = model.pooling;
+    let tokens = tokenize_texts(model, texts)?;
+    encode_tokenized(model, &tokens, progress)
+}
+
+/// `texts` tokenized as `model.long` says: one sequence a text, or (`--long chunk`) its
+/// windows, flattened, with the number of windows of each text.
+pub struct TokenizedTexts {
+    sequences: Vec<TokenizedText>,
+    windows_per_text: Option<Vec<usize>>,
+}
+
+/// The tokenizing half of `text_features`, apart so that a bulk job can time it.
+pub fn tokenize_texts(model: &LoadedModel, texts: &[String]) -> Result<TokenizedTexts> {
     match model.long {
-        LongTexts::Truncate => {
-            let tokens = model.files.tokenizer.encode_many(texts)?;
-            let x = encode_all(model.encoder.as_mut(), &tokens, pooling, progress)?;
-            Ok((x, tokens.iter().map(|t| t.ids.len()).sum()))
-        }
+        LongTexts::Truncate => Ok(TokenizedTexts {
+            sequences: model.files.tokenizer.encode_many(texts)?,
+            windows_per_text: None,
+        }),
         LongTexts::Chunk { stride } => {
             let windows = WindowTokenizer::new(&model.files.tokenizer, stride)?;
             let per_text = texts
                 .par_iter()
                 .map(|t| windows.windows(t))
                 .collect::<Result<Vec<_>>>()?;
-            let counts: Vec<usize> = per_text.iter().map(Vec::len).collect();
-            let flat: Vec<_> = per_text.into_iter().flatten().collect();
-            let x = encode_all(model.encoder.as_mut(), &flat, pooling, progress)?;
-            let hidden = model.encoder.hidden_size();
-            Ok((
-                mean_of_windows(&x, &counts, hidden),
-                flat.iter().map(|t| t.ids.len()).sum(),
-            ))
+            let counts = per_text.iter().map(Vec::len).collect();
+            Ok(TokenizedTexts {
+                sequences: per_text.into_iter().flatten().collect(),
+                windows_per_text: Some(counts),
+            })
         }
     }
+}
+
+/// The encoding half of `text_features`: (N, C) features and the tokens encoded.
+pub fn encode_tokenized(
+    model: &mut LoadedModel,
+    tokens: &TokenizedTexts,
+    progress: impl FnMut(usize),
+) -> Result<(Vec<f32>, usize)> {
+    let x = encode_all(
+        model.encoder.as_mut(),
+        &tokens.sequences,
+        model.pooling,
+        progress,
+    )?;
+    let encoded = tokens.sequences.iter().map(|t| t.ids.len()).sum();
+    Ok(match &tokens.windows_per_text {
+        None => (x, encoded),
+        Some(counts) => (
+            mean_of_windows(&x, counts, model.encoder.hidden_size()),
+            encoded,
+        ),
+    })
 }
 
 /// The file that stands for a folder's weights in messages: `model.safetensors`, or the

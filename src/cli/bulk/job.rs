@@ -11,9 +11,11 @@ use super::ranges::{check_tiling, ranges_of, TextRange};
 use super::sink::{
     assemble, count_rows, part_bytes, Body, ChunkOut, OutFormat, PartFeatures, PartRows,
 };
+use super::stages::{Stage, StageTimes};
 use super::{BulkArgs, Shard};
 use crate::cli::common::{
-    load_model, text_features, DeviceArgs, EncoderDevice, FeatureSource, LoadedModel, ModelArgs,
+    encode_tokenized, load_model, tokenize_texts, DeviceArgs, EncoderDevice, FeatureSource,
+    LoadedModel, ModelArgs,
 };
 use crate::cli::predict::{predict_features, Classifier, HeadArgs};
 use crate::cli::progress::Throughput;
@@ -425,11 +427,13 @@ fn run_job(
     // The data is known by its files' names and sizes only, so the texts of every chunk
     // already written are read and hashed again (cheap next to encoding them): data
     // edited in place since must not leave its old rows in the output.
-    for chunk in split.chunks(start, end, chunk_rows) {
+    let mut times = StageTimes::new();
+    let mut chunks = split.chunks(start, end, chunk_rows);
+    while let Some(chunk) = times.time(Stage::Reading, || chunks.next()) {
         let chunk = chunk?;
-        let texts_sha256 = hash_texts(&chunk.texts);
+        let texts_sha256 = times.time(Stage::Reading, || hash_texts(&chunk.texts));
         if part(chunk.first).is_file() {
-            let written_from = read_json(&stats(chunk.first))?;
+            let written_from = times.time(Stage::Reading, || read_json(&stats(chunk.first)))?;
             if written_from["texts_sha256"] != texts_sha256.as_str() {
                 bail!(
                     "--out {}: the texts of rows {}..{} of the data changed since {} was written: delete that folder to run the job on the data as it is now",
@@ -446,16 +450,19 @@ fn run_job(
         if let Some(line) = resuming.take() {
             eprintln!("{line}");
         }
-        let (output, counts) = process(model, &work, split, chunk, with_text)?;
-        let mut chunk_stats = counts.to_json();
-        chunk_stats["texts_sha256"] = texts_sha256.into();
-        // The features' own hash, from the values in memory before any file holds them,
-        // so that the parts, the output and its merges are checked against it.
-        if let Body::Features { x, .. } = &output.body {
-            chunk_stats["features_sha256"] = hash_features(x).into();
-        }
-        atomic_write(&stats(output.first), chunk_stats.to_string().as_bytes())?;
-        atomic_write(&part(output.first), &part_bytes(format, &output)?)?;
+        let (output, counts) = process(model, &work, split, chunk, with_text, &mut times)?;
+        let chunk_stats = times.time(Stage::Writing, || -> Result<Value> {
+            let mut chunk_stats = counts.to_json();
+            chunk_stats["texts_sha256"] = texts_sha256.into();
+            // The features' own hash, from the values in memory before any file holds
+            // them, so that the parts, the output and its merges are checked against it.
+            if let Body::Features { x, .. } = &output.body {
+                chunk_stats["features_sha256"] = hash_features(x).into();
+            }
+            atomic_write(&stats(output.first), chunk_stats.to_string().as_bytes())?;
+            atomic_write(&part(output.first), &part_bytes(format, &output)?)?;
+            Ok(chunk_stats)
+        })?;
         all_stats.push(chunk_stats);
         meter.add(counts.rows, counts.tokens);
         written += 1;
@@ -511,14 +518,17 @@ fn run_job(
         "delete that chunk file (or all of {}) and run the command again",
         parts.display()
     );
-    assemble(format, &files, out, &done.to_string(), &mismatch)?;
-    if std::env::var_os(ABORT_BEFORE_MANIFEST).is_some() {
-        std::process::abort();
-    }
-    atomic_write(&manifest, serde_json::to_string_pretty(&done)?.as_bytes())?;
-    std::fs::remove_dir_all(&parts)
-        .with_context(|| format!("cannot remove {} (the output is complete)", parts.display()))?;
+    times.time(Stage::Assembling, || -> Result<()> {
+        assemble(format, &files, out, &done.to_string(), &mismatch)?;
+        if std::env::var_os(ABORT_BEFORE_MANIFEST).is_some() {
+            std::process::abort();
+        }
+        atomic_write(&manifest, serde_json::to_string_pretty(&done)?.as_bytes())?;
+        std::fs::remove_dir_all(&parts)
+            .with_context(|| format!("cannot remove {} (the output is complete)", parts.display()))
+    })?;
     meter.finish();
+    eprintln!("{}", times.line());
     if let Some(line) = counts.accuracy_line() {
         eprintln!("{line}");
     }
@@ -604,6 +614,7 @@ fn process(
     split: &ChunkedSplit,
     chunk: RowChunk,
     with_text: bool,
+    times: &mut StageTimes,
 ) -> Result<(ChunkOut, Counts)> {
     // The rows are read again since the split was opened, and may have changed: their
     // labels are checked again, still before the chunk is encoded.
@@ -612,7 +623,10 @@ fn process(
             return Err(label_past_head(split, chunk.first + i, labels[i], names));
         }
     }
-    let (x, tokens) = text_features(model, &chunk.texts, |_| {})?;
+    let tokenized = times.time(Stage::Tokenizing, || tokenize_texts(model, &chunk.texts))?;
+    let (x, tokens) = times.time(Stage::Encoding, || {
+        encode_tokenized(model, &tokenized, |_| {})
+    })?;
     let mut counts = Counts {
         rows: chunk.texts.len() as u64,
         tokens: tokens as u64,
@@ -620,7 +634,9 @@ fn process(
     };
     let body = match work {
         Work::Predict { classifier, names } => {
-            let predictions = predict_features(&classifier.head, &x, classifier.temperature);
+            let predictions = times.time(Stage::Encoding, || {
+                predict_features(&classifier.head, &x, classifier.temperature)
+            });
             if let Some(labels) = &chunk.labels {
                 for (p, &label) in predictions.iter().zip(labels) {
                     counts.labelled += 1;

@@ -22,6 +22,7 @@ mod job;
 mod merge;
 mod ranges;
 mod sink;
+mod stages;
 
 use std::path::PathBuf;
 
