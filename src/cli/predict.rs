@@ -23,7 +23,7 @@ use super::run_settings::run_device;
 use crate::calibration::{scaled_softmax, MAX_TEMPERATURE, MIN_TEMPERATURE};
 use crate::checkpoint::load_inference_head;
 use crate::chunk::LongTexts;
-use crate::data::{are_bare_ids, check_label_names};
+use crate::data::{are_bare_ids, check_label_names, NumericLabels};
 use crate::head::{argmax, LinearHead};
 use crate::hub::DEFAULT_MODEL;
 use crate::model::Pooling;
@@ -41,6 +41,8 @@ const WEIGHTS_SHA256_KEY: &str = "weights_sha256";
 const MAX_LENGTH_KEY: &str = "max_length";
 const POOLING_KEY: &str = "pooling";
 const LONG_KEY: &str = "long";
+/// Checkpoint metadata: "names" where train read the data's numbers as class names.
+pub const NUMERIC_LABELS_KEY: &str = "numeric_labels";
 
 /// Which trained head to use, and the model flags, which default to the run's.
 #[derive(Args, Clone, Debug)]
@@ -92,6 +94,9 @@ pub struct Classifier {
     /// (fitted by train on the validation split), 1 with --no-calibration or for a head
     /// without one (the recipe's .pth).
     pub temperature: f64,
+    /// How the head reads labels written as numbers (as train read them): scored data
+    /// must read them the same way.
+    pub numeric_labels: NumericLabels,
     /// The sha256 of the weights the head was trained on (empty where nothing records
     /// it), and the file that records it: the run.json, or the head checkpoint.
     trained_on: (String, PathBuf),
@@ -173,6 +178,10 @@ impl HeadArgs {
                 source.clone(),
             ),
         };
+        let numeric_labels = match &run {
+            Some(info) => info.numeric_labels,
+            None => metadata_numeric_labels(meta, &source)?,
+        };
         let temperature = if self.no_calibration {
             1.0
         } else {
@@ -185,6 +194,7 @@ impl HeadArgs {
             run: run.zip(run_json),
             model,
             temperature,
+            numeric_labels,
             trained_on,
         })
     }
@@ -271,6 +281,19 @@ fn metadata_long(metadata: &BTreeMap<String, String>, source: &Path) -> Result<L
                 source.display()
             )
         }),
+    }
+}
+
+/// How a checkpoint's head reads numeric labels; as ids where it does not say.
+fn metadata_numeric_labels(
+    metadata: &BTreeMap<String, String>,
+    source: &Path,
+) -> Result<NumericLabels> {
+    match metadata.get(NUMERIC_LABELS_KEY) {
+        None => Ok(NumericLabels::Ids),
+        Some(name) => name
+            .parse()
+            .map_err(|e| anyhow!("{}: metadata {NUMERIC_LABELS_KEY}: {e}", source.display())),
     }
 }
 

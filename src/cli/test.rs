@@ -147,6 +147,7 @@ fn load_data(args: &TestArgs, classifier: &Classifier) -> Result<Dataset> {
         labels: args.head.labels.clone(),
         splits: Some(vec![args.split.clone()]),
         head_labels: Some(classifier.names_or_ids()),
+        numeric_labels: classifier.numeric_labels,
     };
     // Only for a --data named here: `test --run R` of a run trained on train.jsonl
     // scoring its sibling test.jsonl is what the sibling rule is for.

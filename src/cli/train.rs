@@ -19,11 +19,12 @@ use super::common::{
     label_name, load_model_files, model_files, print_stdout, CacheArgs, DeviceArgs, FeatureOrigin,
     FeatureSource, LoadedModel, ModelArgs, ModelFiles,
 };
+use super::predict::NUMERIC_LABELS_KEY;
 use super::progress::{count, Progress};
 use super::run_dir::{best_checkpoint, DataSpec, FeatureSpec, Hyperparameters, RunFolder, RunInfo};
 use crate::backend::Device;
 use crate::chunk::{LongTexts, DEFAULT_STRIDE};
-use crate::data::{self, Dataset, LoadOptions, Split};
+use crate::data::{self, Dataset, LoadOptions, NumericLabels, Split};
 use crate::head::ClassWeighting;
 use crate::hub::{resolve_dataset, DEFAULT_DATASET};
 use crate::model::Pooling;
@@ -57,6 +58,17 @@ pub struct TrainArgs {
         help_heading = "Data"
     )]
     labels: Option<Vec<String>>,
+    /// How labels written as numbers are read: ids (class ids 0, 1, ...) or names (each
+    /// distinct number a class, numbered in numeric order: star ratings 1-5 become five
+    /// classes, -1/0/1 three, as scikit-learn numbers them). The head records it for
+    /// test and predict.
+    #[arg(
+        long,
+        default_value = "ids",
+        value_name = "ids|names",
+        help_heading = "Data"
+    )]
+    numeric_labels: NumericLabels,
     /// Split to train on.
     #[arg(long, default_value = "train", help_heading = "Data")]
     split: String,
@@ -421,6 +433,7 @@ fn load_data(args: &TrainArgs) -> Result<(Dataset, String)> {
                 .unwrap_or_else(|| "validation".to_string()),
         ]),
         head_labels: None,
+        numeric_labels: args.numeric_labels,
     };
     if let Some(note) = data::sibling_note(&resolved.path, &args.split, "training on")? {
         eprintln!("{note}");
@@ -537,6 +550,7 @@ fn run_info(
         },
         hidden_size: files.config.hidden_size,
         labels: labels.to_vec(),
+        numeric_labels: args.numeric_labels,
         data: data_id,
         text_column: args.text_column.clone(),
         label_column: args.label_column.clone(),
@@ -691,7 +705,7 @@ impl Observer for CliObserver {
 
 /// What every checkpoint of the run carries besides its epoch's figures.
 fn checkpoint_metadata(run: &Run) -> BTreeMap<String, String> {
-    BTreeMap::from([
+    let mut meta = BTreeMap::from([
         ("model".to_string(), run.model_id.clone()),
         (
             "weights_sha256".to_string(),
@@ -707,7 +721,16 @@ fn checkpoint_metadata(run: &Run) -> BTreeMap<String, String> {
             META_TRAIN_LABEL_COUNTS.to_string(),
             format!("{:?}", run.info.train_label_counts),
         ),
-    ])
+    ]);
+    // Only where numbers are names: a head without it reads them as ids, as every head
+    // written before the flag does.
+    if !run.info.numeric_labels.is_ids() {
+        meta.insert(
+            NUMERIC_LABELS_KEY.to_string(),
+            run.info.numeric_labels.to_string(),
+        );
+    }
+    meta
 }
 
 /// Runs the epochs after `start.epoch`, writing metrics and checkpoints after each.

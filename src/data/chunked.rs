@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use super::delimited::{Dialect, Rows};
 use super::guard::guarded;
-use super::labels::{self, Label};
+use super::labels::{self, Label, NumericLabels};
 use super::raw::{cut, missing_column, row_error};
 use super::{arrow_dir, columns, layout, Format, LoadOptions, ACCEPTED};
 
@@ -131,6 +131,15 @@ pub fn open_split(source: &Path, split: &str, opts: &LoadOptions) -> Result<Chun
             Some(_) => {}
         }
         file_rows.push(rows);
+    }
+    if class_names.is_some()
+        && has_labels == Some(true)
+        && opts.numeric_labels == NumericLabels::Names
+    {
+        bail!(
+            "{}",
+            labels::class_label_with_names(&source.display().to_string(), true)
+        );
     }
     // As the whole-split loader: ids a ClassLabel numbers mean its names, which a head
     // trained on another order of them numbers otherwise.
@@ -625,7 +634,7 @@ fn head_label(label: Label, opts: &LoadOptions) -> Result<HeadLabel, String> {
         .head_labels
         .as_deref()
         .expect("labels are read only for a head");
-    match label {
+    match labels::numbers_as(label, opts.numeric_labels)? {
         Label::Id(id) => Ok((id, false)),
         Label::Name(name) => match names.iter().position(|n| *n == name) {
             Some(id) => Ok((id as i64, true)),

@@ -54,7 +54,10 @@ pub(super) fn append(
         };
         let label =
             label.ok_or_else(|| row_error(file, row, "label is null; drop or fill the row"))?;
-        out.push(text, label.map_err(|e| row_error(file, row, e))?);
+        let label = label
+            .and_then(|l| labels::numbers_as(l, opts.numeric_labels))
+            .map_err(|e| row_error(file, row, e))?;
+        out.push(text, label);
     }
     Ok(())
 }
@@ -142,7 +145,7 @@ where
         .iter()
         .map(|v| {
             v.map(|v| match v.try_into() {
-                Ok(id) => labels::check_id(id).map(Label::Id),
+                Ok(id) => Ok(Label::Id(id)),
                 Err(_) => Err(format!("label {v:?} does not fit in an i64")),
             })
         })
@@ -183,9 +186,10 @@ pub(super) fn class_names_in_metadata(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::NumericLabels;
     use arrow_array::{
-        BinaryArray, DictionaryArray, Float64Array, Int32Array, LargeStringArray, StringArray,
-        StringViewArray,
+        BinaryArray, DictionaryArray, Float64Array, Int32Array, Int64Array, LargeStringArray,
+        StringArray, StringViewArray,
     };
     use std::sync::Arc;
 
@@ -194,16 +198,34 @@ mod tests {
     }
 
     fn load(batch: &RecordBatch) -> Result<RawSplit> {
+        load_with(batch, &LoadOptions::default())
+    }
+
+    fn load_with(batch: &RecordBatch, opts: &LoadOptions) -> Result<RawSplit> {
         let mut out = RawSplit::new("train");
         out.start_file(Path::new("f.arrow"));
-        append(
-            batch,
-            &LoadOptions::default(),
-            Path::new("f.arrow"),
-            1,
-            &mut out,
-        )?;
+        append(batch, opts, Path::new("f.arrow"), 1, &mut out)?;
         Ok(out)
+    }
+
+    #[test]
+    fn negative_integers_are_refused_as_ids_and_read_as_names() {
+        let b = batch(
+            Arc::new(StringArray::from(vec!["a", "b", "c"])),
+            Arc::new(Int64Array::from(vec![1, -1, 1])),
+        );
+        let err = load(&b).err().unwrap().to_string();
+        assert!(
+            err.starts_with("f.arrow row 2: label -1 is negative"),
+            "{err}"
+        );
+        let names = LoadOptions {
+            numeric_labels: NumericLabels::Names,
+            ..LoadOptions::default()
+        };
+        let split = load_with(&b, &names).unwrap();
+        assert_eq!(split.names, ["1", "-1"]);
+        assert_eq!(split.labels, [0, 1, 0]);
     }
 
     #[test]

@@ -164,6 +164,7 @@ pub(super) fn read(
         let label = std::str::from_utf8(&record[label_index])
             .map_err(|_| "label is not UTF-8".to_string())
             .and_then(labels::from_text)
+            .and_then(|l| labels::numbers_as(l, opts.numeric_labels))
             .map_err(|e| row_error(file, row, e))?;
         out.push(text, label);
     }

@@ -55,6 +55,7 @@ pub(super) fn read(
             }
         };
         let label = labels::from_json(field(&opts.label_column, "--label-column")?)
+            .and_then(|l| labels::numbers_as(l, opts.numeric_labels))
             .map_err(|e| row_error(file, row, e))?;
         out.push(text, label);
     }

@@ -2,8 +2,11 @@
 //! strings; or class names), and the label names a dataset ends up with.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
 
 use anyhow::{anyhow, bail, Result};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::raw::{cut, row_error, RawSplit};
@@ -22,24 +25,74 @@ const MAX_DERIVED_NAMES: usize = 1000;
 /// once cannot be learned. Fewer rows (a hand-made smoke test) are not judged.
 const SPREAD_MIN_ROWS: usize = 20;
 
-/// A row's label as written: a class id, or a class name still to be mapped to one.
+/// How labels written as numbers are read (`train --numeric-labels`; a head records it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NumericLabels {
+    /// Class ids 0, 1, ...: what `datasets` writes, with or without a ClassLabel.
+    #[default]
+    Ids,
+    /// Class names: each distinct number is a class, the classes numbered in numeric
+    /// order (star ratings 1 to 5 are five classes, -1/0/1 three), as scikit-learn's
+    /// LabelEncoder numbers numeric labels.
+    Names,
+}
+
+impl NumericLabels {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ids => "ids",
+            Self::Names => "names",
+        }
+    }
+
+    pub fn is_ids(&self) -> bool {
+        *self == Self::Ids
+    }
+}
+
+impl FromStr for NumericLabels {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ids" => Ok(Self::Ids),
+            "names" => Ok(Self::Names),
+            _ => Err(format!("`{s}` is neither ids nor names")),
+        }
+    }
+}
+
+impl fmt::Display for NumericLabels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A row's label as written: a number (a class id unless numbers are read as names, see
+/// [`numbers_as`]), or a class name still to be mapped to an id.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) enum Label {
     Id(i64),
     Name(String),
 }
 
-pub(super) fn check_id(id: i64) -> Result<i64, String> {
-    if id < 0 {
-        return Err(format!("label {id} is negative; {IDS_HINT}"));
+/// `label` as `numbers` says to read a number: a class id, refused when negative, or the
+/// name the number is written as (canonical: "01" and 1.0 are both "1").
+pub(super) fn numbers_as(label: Label, numbers: NumericLabels) -> Result<Label, String> {
+    match (label, numbers) {
+        (Label::Id(id), NumericLabels::Ids) if id < 0 => Err(format!(
+            "label {id} is negative; {IDS_HINT} (train --numeric-labels names reads numbers as class names: -1, 0, 1 become three classes)"
+        )),
+        (Label::Id(id), NumericLabels::Names) => Ok(Label::Name(id.to_string())),
+        (label, _) => Ok(label),
     }
-    Ok(id)
 }
 
 pub(super) fn from_f64(value: f64) -> Result<i64, String> {
     // Pandas writes integer columns that held a null as floats: 1.0 is still id 1.
     if value.is_finite() && value.fract() == 0.0 && value.abs() < 9.0e15 {
-        return check_id(value as i64);
+        return Ok(value as i64);
     }
     Err(format!("label {value} is not an integer; {IDS_HINT}"))
 }
@@ -52,7 +105,7 @@ pub(super) fn from_text(text: &str) -> Result<Label, String> {
         return Err("label is empty".to_string());
     }
     if let Ok(id) = trimmed.parse::<i64>() {
-        return check_id(id).map(Label::Id);
+        return Ok(Label::Id(id));
     }
     match trimmed.parse::<f64>() {
         // The message shows the label as written: "Infinity" and "1e400" both parse as inf.
@@ -69,7 +122,7 @@ pub(super) fn from_json(value: &Value) -> Result<Label, String> {
     match value {
         Value::Null => Err("label is null".to_string()),
         Value::Number(n) => match (n.as_i64(), n.as_f64()) {
-            (Some(id), _) => check_id(id).map(Label::Id),
+            (Some(id), _) => Ok(Label::Id(id)),
             (None, Some(f)) => from_f64(f).map(Label::Id),
             (None, None) => Err(format!("label {n} is not an integer; {IDS_HINT}")),
         },
@@ -78,6 +131,16 @@ pub(super) fn from_json(value: &Value) -> Result<Label, String> {
             "label {} is neither a number nor a string; {IDS_HINT}",
             cut(&other.to_string())
         )),
+    }
+}
+
+/// Why data with a ClassLabel (whose numbers are ids of its names) cannot be read with
+/// numbers as names: the flag's, or a head's trained with it.
+pub(super) fn class_label_with_names(source: &str, for_head: bool) -> String {
+    if for_head {
+        format!("{source} has a ClassLabel, so its labels are ids of its names, but the head reads numbers as class names (it was trained with --numeric-labels names): score data whose labels are the numbers themselves")
+    } else {
+        format!("{source} has a ClassLabel, so its labels are ids of its names: drop --numeric-labels names")
     }
 }
 
@@ -152,6 +215,12 @@ pub(super) fn resolve(
     }
     if let Some(data) = &class_names {
         check_label_names(data).map_err(|why| anyhow!("{source}: its ClassLabel names: {why}"))?;
+        if opts.numeric_labels == NumericLabels::Names {
+            bail!(
+                "{}",
+                class_label_with_names(source, opts.head_labels.is_some())
+            );
+        }
     }
     let has_class_label = class_names.is_some();
     let declared = match (class_names, flag) {
@@ -263,8 +332,10 @@ fn check_count(source: &str, names: &[String]) -> Result<()> {
 }
 
 /// The distinct names the rows give, sorted by their bytes (code points), as
-/// scikit-learn's LabelEncoder and datasets' `class_encode_column` number them; refused
-/// when they are too many to be classes, which is a text column read as the labels.
+/// scikit-learn's LabelEncoder and datasets' `class_encode_column` number them, or in
+/// numeric order when every name is an integer (numbers read as names: "2" before
+/// "10", "-1" before "0", as LabelEncoder sorts numbers); refused when they are too many
+/// to be classes, which is a text column read as the labels.
 fn derived_names(source: &str, column: &str, splits: &[RawSplit]) -> Result<Vec<String>> {
     let mut names: Vec<String> = splits
         .iter()
@@ -272,6 +343,11 @@ fn derived_names(source: &str, column: &str, splits: &[RawSplit]) -> Result<Vec<
         .collect();
     names.sort_unstable();
     names.dedup();
+    let numbers: Option<Vec<i64>> = names.iter().map(|n| n.parse().ok()).collect();
+    if let Some(mut numbers) = numbers {
+        numbers.sort_unstable();
+        names = numbers.iter().map(i64::to_string).collect();
+    }
     let rows: usize = splits.iter().map(|s| s.labels.len()).sum();
     if names.len() > MAX_DERIVED_NAMES || (rows >= SPREAD_MIN_ROWS && names.len() * 2 > rows) {
         bail!(
@@ -471,7 +547,8 @@ mod tests {
             .contains("1.5 is not an integer"));
         assert_eq!(from_text(" pos "), Ok(Label::Name("pos".to_string())));
         assert_eq!(from_text("1a"), Ok(Label::Name("1a".to_string())));
-        assert!(from_text("-1").unwrap_err().contains("-1 is negative"));
+        // A negative number parses; whether it is refused is `numbers_as`'s call.
+        assert_eq!(from_text("-1"), Ok(Label::Id(-1)));
         assert!(from_text("nan").unwrap_err().contains("not an integer"));
         assert!(from_text("Infinity")
             .unwrap_err()
@@ -479,7 +556,7 @@ mod tests {
         assert!(from_text("1e400")
             .unwrap_err()
             .starts_with("label 1e400 is not an integer"));
-        assert!(from_text("-1.0").unwrap_err().contains("-1 is negative"));
+        assert_eq!(from_text("-1.0"), Ok(Label::Id(-1)));
         assert_eq!(from_text(""), Err("label is empty".to_string()));
         assert_eq!(from_json(&serde_json::json!(3)), Ok(Label::Id(3)));
         assert_eq!(from_json(&serde_json::json!("2")), Ok(Label::Id(2)));
@@ -493,6 +570,57 @@ mod tests {
         let err = from_json(&serde_json::json!([long])).unwrap_err();
         assert!(!err.contains("end"), "{err}");
         assert_eq!(from_json(&Value::Null), Err("label is null".to_string()));
+    }
+
+    #[test]
+    fn numbers_are_ids_unless_read_as_names() {
+        use NumericLabels::{Ids, Names};
+        assert_eq!(numbers_as(Label::Id(3), Ids), Ok(Label::Id(3)));
+        let err = numbers_as(Label::Id(-1), Ids).unwrap_err();
+        assert!(
+            err.starts_with("label -1 is negative;") && err.contains("--numeric-labels names"),
+            "{err}"
+        );
+        assert_eq!(
+            numbers_as(Label::Id(-1), Names),
+            Ok(Label::Name("-1".into()))
+        );
+        // Written forms of one number are one name.
+        for written in ["07", "7.0", " 7 "] {
+            let label = from_text(written).and_then(|l| numbers_as(l, Names));
+            assert_eq!(label, Ok(Label::Name("7".into())), "{written}");
+        }
+        let name = Label::Name("pos".into());
+        assert_eq!(numbers_as(name.clone(), Names), Ok(name.clone()));
+        assert_eq!(numbers_as(name.clone(), Ids), Ok(name));
+    }
+
+    #[test]
+    fn numeric_names_are_numbered_in_numeric_order_others_by_code_point() {
+        let numbers = ["10", "2", "-1", "1", "2"].map(|n| Label::Name(n.into()));
+        let mut splits = [named_split("train.jsonl", numbers.into_iter())];
+        let names = resolve_in(None, &LoadOptions::default(), &mut splits).unwrap();
+        assert_eq!(names, strings(&["-1", "1", "2", "10"]));
+        assert_eq!(splits[0].labels, [3, 2, 0, 1, 2]);
+        // One name that is no number: every name sorts by code point, as before.
+        let mixed = ["10", "2", "x"].map(|n| Label::Name(n.into()));
+        let mut splits = [named_split("train.jsonl", mixed.into_iter())];
+        let names = resolve_in(None, &LoadOptions::default(), &mut splits).unwrap();
+        assert_eq!(names, strings(&["10", "2", "x"]));
+    }
+
+    #[test]
+    fn a_class_label_refuses_numbers_read_as_names() {
+        let names = LoadOptions {
+            numeric_labels: NumericLabels::Names,
+            ..LoadOptions::default()
+        };
+        let mut splits = [split(&[0, 1])];
+        let err = resolve_in(Some(strings(&["neg", "pos"])), &names, &mut splits).unwrap_err();
+        assert!(
+            err.to_string().ends_with("drop --numeric-labels names"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Result};
 use sha2::{Digest, Sha256};
 
-pub use labels::{are_bare_ids, check_label_names};
+pub use labels::{are_bare_ids, check_label_names, NumericLabels};
 use raw::{Loaded, RawSplit};
 
 const ACCEPTED: &str = "a datasets save_to_disk folder (dataset_dict.json or state.json), \
@@ -46,6 +46,8 @@ pub struct LoadOptions {
     /// with: names in the data map to their ids here, and data that names no labels has
     /// ids 0..its class count, where the splits read may not hold the largest id.
     pub head_labels: Option<Vec<String>>,
+    /// How labels written as numbers are read: class ids, or class names.
+    pub numeric_labels: NumericLabels,
 }
 
 impl LoadOptions {
@@ -64,6 +66,7 @@ impl Default for LoadOptions {
             labels: None,
             splits: None,
             head_labels: None,
+            numeric_labels: NumericLabels::Ids,
         }
     }
 }

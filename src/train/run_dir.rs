@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::chunk::LongTexts;
+use crate::data::NumericLabels;
 use crate::fsio::{atomic_write, remove_stale_temp_files};
 use crate::head::ClassWeighting;
 use crate::model::Pooling;
@@ -61,6 +62,10 @@ pub struct RunInfo {
     pub features: FeatureSpec,
     pub hidden_size: usize,
     pub labels: Vec<String>,
+    /// How the data's numbers were read: `names` where `--numeric-labels names` made
+    /// each a class; absent (ids) otherwise.
+    #[serde(default, skip_serializing_if = "NumericLabels::is_ids")]
+    pub numeric_labels: NumericLabels,
     pub data: String,
     pub text_column: String,
     pub label_column: String,

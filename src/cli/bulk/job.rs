@@ -20,7 +20,7 @@ use crate::cli::common::{
 use crate::cli::predict::{predict_features, Classifier, HeadArgs};
 use crate::cli::progress::Throughput;
 use crate::data::chunked::{first_label_past, open_split, ChunkedSplit, RowChunk};
-use crate::data::{file_splits, LoadOptions};
+use crate::data::{file_splits, LoadOptions, NumericLabels};
 use crate::features::{hash_features, hash_texts, sha256_file};
 use crate::fsio::{atomic_write, try_lock};
 use crate::hub::resolve_dataset;
@@ -51,7 +51,8 @@ pub fn run_predict(
     let _lock = lock_out(&out)?;
     let classifier = head.load()?;
     let names = Arc::new(classifier.names_or_ids());
-    let split = open(bulk, classifier.model.offline(), Some(names.to_vec()))?;
+    let head = (names.to_vec(), classifier.numeric_labels);
+    let split = open(bulk, classifier.model.offline(), Some(head))?;
     // Found while the split's rows were counted: refused before the model loads.
     if let Some((row, label)) = split.label_past_head {
         return Err(label_past_head(&split, row, label, &names));
@@ -121,16 +122,21 @@ fn out_format(out: &Path, allowed: &[OutFormat], command: &str) -> Result<OutFor
     }
 }
 
-/// Opens the job's split; with `head_labels`, the head's names, its labels are read, names
-/// given their ids, and checked against the head's classes as the rows are counted
-/// ([`ChunkedSplit::label_past_head`]).
-fn open(bulk: &BulkArgs, offline: bool, head_labels: Option<Vec<String>>) -> Result<ChunkedSplit> {
+/// Opens the job's split; with `head`, the head's names and how it reads numeric labels,
+/// its labels are read, names given their ids, and checked against the head's classes as
+/// the rows are counted ([`ChunkedSplit::label_past_head`]).
+fn open(
+    bulk: &BulkArgs,
+    offline: bool,
+    head: Option<(Vec<String>, NumericLabels)>,
+) -> Result<ChunkedSplit> {
     let spec = bulk.data.as_deref().expect("bulk jobs have --data");
     let resolved = resolve_dataset(spec, offline)?;
     let opts = LoadOptions {
         text_column: bulk.text_column.clone(),
         label_column: bulk.label_column.clone(),
-        head_labels,
+        numeric_labels: head.as_ref().map_or_else(NumericLabels::default, |h| h.1),
+        head_labels: head.map(|h| h.0),
         ..LoadOptions::default()
     };
     let split = match &bulk.split {

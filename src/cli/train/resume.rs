@@ -78,6 +78,9 @@ pub fn with_run_settings(mut args: TrainArgs, dir: &Path) -> Result<TrainArgs> {
     if take("label_column", info.label_column.clone()) {
         args.label_column = info.label_column.clone();
     }
+    if take("numeric_labels", info.numeric_labels.to_string()) {
+        args.numeric_labels = info.numeric_labels;
+    }
     if take("labels", info.labels.join(",")) {
         args.labels = Some(info.labels.clone());
     }

@@ -75,7 +75,7 @@ fn warn_label_coverage(
                 row + 1
             ),
             None if crate::data::are_bare_ids(names) => {
-                "add examples, or number the labels 0, 1, ... without gaps".to_string()
+                "add examples, number the labels 0, 1, ... without gaps, or pass --numeric-labels names to make each number that the data gives a class (star ratings 1-5: five classes)".to_string()
             }
             None => "add examples, or leave the name out of --labels if the data has no ClassLabel".to_string(),
         };
