@@ -5,7 +5,7 @@ mod common;
 
 use bertcls::backend::cpu::CpuBackend;
 use bertcls::batch::PackedBatch;
-use bertcls::model::{Checkpoint, Encoder, Keep, ModelDir};
+use bertcls::model::{Checkpoint, Encoder, FeatureEncoder, Keep, ModelDir, Pooling};
 use common::*;
 
 /// HF computes in fp32 too; the differences are summation order in GEMMs and our
@@ -77,6 +77,32 @@ fn tiny_mean_pooling_matches_transformers() {
     // The full last layer gives the same [CLS] rows as the [CLS]-only one.
     let d = max_abs_diff(&out.cls, &r["cls"].f32);
     assert!(d < TINY_TOL, "[CLS] beside mean pooling off by {d:e}");
+}
+
+/// `--pooling cls+mean`: each text's [CLS] then its mean, side by side (2C), each half
+/// HF's within TINY_TOL, and exactly the two vectors of the one forward it comes from.
+#[test]
+fn tiny_cls_mean_pooling_is_cls_then_mean_of_transformers() {
+    let dir = ModelDir::open(&fixtures().join("tiny/model")).unwrap();
+    let (config, weights) = dir.load().unwrap();
+    let c = config.hidden_size;
+    let r = read_tensors(&fixtures().join("tiny/reference.safetensors"));
+    let want = read_tensors(&fixtures().join("tiny/mean-pooled.safetensors"));
+    let texts = unpad(&r);
+    let batch = PackedBatch::new(&texts);
+    let mut enc = Encoder::new(CpuBackend::new(2).unwrap(), config, &weights, 1024).unwrap();
+    let both = enc.encode_batch(&batch, Pooling::ClsMean).unwrap();
+    assert_eq!(both.len(), texts.len() * 2 * c);
+    let out = enc.forward(&batch, Keep::Mean).unwrap();
+    for (i, row) in both.chunks_exact(2 * c).enumerate() {
+        let (cls, mean) = row.split_at(c);
+        assert_eq!(cls, &out.cls[i * c..(i + 1) * c], "text {i}: [CLS] half");
+        assert_eq!(mean, &out.mean[i * c..(i + 1) * c], "text {i}: mean half");
+        let d = max_abs_diff(cls, &r["cls"].f32[i * c..(i + 1) * c]);
+        assert!(d < TINY_TOL, "text {i}: [CLS] half off HF's by {d:e}");
+        let d = max_abs_diff(mean, &want["mean"].f32[i * c..(i + 1) * c]);
+        assert!(d < TINY_TOL, "text {i}: mean half off HF's by {d:e}");
+    }
 }
 
 #[test]

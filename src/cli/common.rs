@@ -238,6 +238,11 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
+    /// Floats in one text's feature: the hidden size, twice it for `cls+mean`.
+    pub fn feature_width(&self) -> usize {
+        self.pooling.width(self.encoder.hidden_size())
+    }
+
     pub fn tokenizer(&self) -> &BertTokenizer {
         &self.files.tokenizer
     }
@@ -395,10 +400,7 @@ pub fn encode_tokenized(
     let encoded = tokens.sequences.iter().map(|t| t.ids.len()).sum();
     Ok(match &tokens.windows_per_text {
         None => (x, encoded),
-        Some(counts) => (
-            mean_of_windows(&x, counts, model.encoder.hidden_size()),
-            encoded,
-        ),
+        Some(counts) => (mean_of_windows(&x, counts, model.feature_width()), encoded),
     })
 }
 
@@ -610,7 +612,7 @@ impl FeatureSource {
         };
         let spec = self.model_spec(model)?;
         let key = FeatureKey::new(&spec, data_hash);
-        let hidden = model.encoder.hidden_size();
+        let width = model.feature_width();
         if let Some((_, x)) = self.imported.iter().find(|(k, _)| *k == key) {
             eprintln!(
                 "{split_name}: {} features imported from --features-from",
@@ -622,7 +624,7 @@ impl FeatureSource {
             });
         }
         if let Some(x) = cache.get(&key)? {
-            if x.len() == texts.len() * hidden {
+            if x.len() == texts.len() * width {
                 eprintln!(
                     "{split_name}: {} features from the cache {}",
                     texts.len(),
@@ -643,7 +645,7 @@ impl FeatureSource {
                 };
                 cache
                     .get(&truncate_key)?
-                    .filter(|x| x.len() == texts.len() * hidden)
+                    .filter(|x| x.len() == texts.len() * width)
             }
             LongTexts::Truncate => None,
         };
@@ -654,7 +656,7 @@ impl FeatureSource {
         check_encoded(model, split_name, &x)?;
         // The features are in hand: a cache that cannot take them (read-only, full) only
         // costs the next run its encoding, so it must not throw this run's work away.
-        if let Err(e) = cache.put(&key, &x, texts.len(), hidden) {
+        if let Err(e) = cache.put(&key, &x, texts.len(), width) {
             self.warn_cache_write(&cache, &e);
         }
         Ok(Features {
@@ -669,7 +671,7 @@ impl FeatureSource {
 /// overflowing), and training on it would fail at its first step blaming the learning
 /// rate.
 fn check_encoded(model: &LoadedModel, split_name: &str, x: &[f32]) -> Result<()> {
-    let Some((row, value)) = first_non_finite(x, model.encoder.hidden_size()) else {
+    let Some((row, value)) = first_non_finite(x, model.feature_width()) else {
         return Ok(());
     };
     let precision = model.precision_name();
@@ -697,7 +699,7 @@ fn chunk_features_reusing(
     let LongTexts::Chunk { stride } = model.long else {
         bail!("chunk features asked of a model set to truncate");
     };
-    let hidden = model.encoder.hidden_size();
+    let width = model.feature_width();
     let windows = WindowTokenizer::new(&model.files.tokenizer, stride)?;
     let per_text = texts
         .par_iter()
@@ -728,10 +730,10 @@ fn chunk_features_reusing(
         count(long.len(), "text"),
         tokens as f64 / secs
     );
-    let means = mean_of_windows(&x, &counts, hidden);
+    let means = mean_of_windows(&x, &counts, width);
     let mut out = truncated.to_vec();
     for (row, &i) in long.iter().enumerate() {
-        out[i * hidden..(i + 1) * hidden].copy_from_slice(&means[row * hidden..(row + 1) * hidden]);
+        out[i * width..(i + 1) * width].copy_from_slice(&means[row * width..(row + 1) * width]);
     }
     Ok(out)
 }

@@ -127,7 +127,7 @@ pub fn run(args: EncodeArgs) -> Result<()> {
     let name = model_args.pooling.name();
     let tokens = model.tokenizer().encode_many(&texts)?;
     let cls = encode_texts(&mut model, &texts, "texts")?;
-    let hidden = model.encoder.hidden_size();
+    let hidden = model.feature_width();
 
     let json_lines = |w: &mut dyn Write| -> std::io::Result<()> {
         for (i, text) in texts.iter().enumerate() {

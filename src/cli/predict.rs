@@ -332,9 +332,14 @@ impl Classifier {
         let device = self.encoder_device(device)?;
         let files = model_files(&self.model)?;
         let model_hidden = files.config.hidden_size;
-        if self.head.hidden != model_hidden {
+        let width = self.model.pooling.width(model_hidden);
+        if self.head.hidden != width {
+            let twice = match self.model.pooling {
+                Pooling::ClsMean => ", twice its hidden size for cls+mean",
+                Pooling::Cls | Pooling::Mean => "",
+            };
             bail!(
-                "head is for hidden size {} but the model has {model_hidden} (head {}, model {}): pass the --model it was trained with",
+                "head takes features of {} floats but the model gives {width} (hidden size {model_hidden}{twice}; head {}, model {}): pass the --model it was trained with",
                 self.head.hidden,
                 self.source.display(),
                 self.model.model

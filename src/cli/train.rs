@@ -160,14 +160,15 @@ pub struct TrainArgs {
         help_heading = "Output"
     )]
     log_every: usize,
-    /// The feature: cls (the [CLS] token's last hidden state, the recipe's) or mean (the
-    /// mean of the last hidden state over the text's tokens, sentence-transformers');
-    /// with --search, cls,mean tries both.
+    /// The feature: cls (the [CLS] token's last hidden state, the recipe's), mean (the
+    /// mean of the last hidden state over the text's tokens, sentence-transformers') or
+    /// cls+mean (both side by side, twice as wide); with --search, a list
+    /// (cls,mean,cls+mean) tries each.
     #[arg(
         long,
         default_value = "cls",
         value_delimiter = ',',
-        value_name = "cls|mean",
+        value_name = "cls|mean|cls+mean",
         help_heading = "Training"
     )]
     pooling: Vec<Pooling>,
@@ -306,8 +307,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         data_id,
         (train, validation),
     )?;
-    let hidden = files.config.hidden_size;
-    let (start, mut info) = start_state(&args, folder.dir(), now, hidden, &train.content_hash)?;
+    let width = model_args.pooling.width(files.config.hidden_size);
+    let (start, mut info) = start_state(&args, folder.dir(), now, width, &train.content_hash)?;
     import::import_flagged(
         &args,
         &files,

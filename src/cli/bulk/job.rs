@@ -656,7 +656,7 @@ fn process(
             }
         }
         Work::Encode => Body::Features {
-            hidden: model.encoder.hidden_size(),
+            hidden: model.feature_width(),
             x,
             name: model.pooling.name().to_string(),
         },

@@ -40,11 +40,12 @@ pub fn import_flagged(
     let cache = source.cache().cloned().ok_or_else(|| {
         anyhow!("--features-from stores features in the feature cache: drop --no-cache")
     })?;
+    let hidden = files.config.hidden_size;
+    let widths: Vec<usize> = poolings.iter().map(|p| p.width(hidden)).collect();
     import_features(
         &args.features_from,
-        &specs,
+        (&specs, &widths),
         splits,
-        files.config.hidden_size,
         (&cache, source),
     )
 }
@@ -54,12 +55,11 @@ pub fn import_flagged(
 /// when the run has one), and puts the features of each split and pooling they hold
 /// into `cache` (`source`'s), or, where the cache cannot take them, keeps them in
 /// `source` for this run. A split and pooling no file holds is left to be encoded as
-/// usual.
+/// usual. `widths` are the floats in one feature of each spec's pooling.
 pub fn import_features(
     paths: &[PathBuf],
-    specs: &[EncodeSpec],
+    (specs, widths): (&[EncodeSpec], &[usize]),
     splits: &[&Split],
-    hidden: usize,
     (cache, source): (&FeatureCache, &mut FeatureSource),
 ) -> Result<()> {
     // Every manifest first: a refusal costs no feature reading.
@@ -107,7 +107,8 @@ pub fn import_features(
     let mut gathered = Vec::new();
     for (i, files) in groups.iter().enumerate() {
         if !files.is_empty() {
-            gathered.push((i, gather(group_of(i).1, files, hidden)?));
+            let width = widths[i / splits.len()];
+            gathered.push((i, gather(group_of(i).1, files, width)?));
         }
     }
     for (i, x) in gathered {
@@ -115,7 +116,8 @@ pub fn import_features(
         let (spec, split) = group_of(i);
         let key = FeatureKey::new(spec, &split.content_hash);
         let path = cache.path(&key);
-        let stored = source.put_imported(cache, key, x, (split.texts.len(), hidden));
+        let width = widths[i / splits.len()];
+        let stored = source.put_imported(cache, key, x, (split.texts.len(), width));
         eprintln!(
             "{}: {} {} features imported from {} --features-from file{} {}",
             split.name,
@@ -183,13 +185,13 @@ fn check_coverage(split: &Split, files: &[EncodedFile]) -> Result<()> {
     }
 }
 
-/// The split's features [rows, hidden] from its files, each row read exactly once.
-fn gather(split: &Split, files: &[EncodedFile], hidden: usize) -> Result<Vec<f32>> {
+/// The split's features [rows, width] from its files, each row read exactly once.
+fn gather(split: &Split, files: &[EncodedFile], width: usize) -> Result<Vec<f32>> {
     let rows = split.texts.len();
-    let mut x = vec![0f32; rows * hidden];
+    let mut x = vec![0f32; rows * width];
     let mut seen = vec![false; rows];
     for f in files {
-        f.for_each_row(hidden, |index, feature| {
+        f.for_each_row(width, |index, feature| {
             // Within the file's rows, checked by for_each_row, so within the split.
             let i = index as usize;
             if let Some(v) = feature.iter().find(|v| !v.is_finite()) {
@@ -204,7 +206,7 @@ fn gather(split: &Split, files: &[EncodedFile], hidden: usize) -> Result<Vec<f32
                     f.path.display()
                 );
             }
-            x[i * hidden..(i + 1) * hidden].copy_from_slice(feature);
+            x[i * width..(i + 1) * width].copy_from_slice(feature);
             Ok(())
         })?;
         if let Some(missing) = (f.start..f.end).find(|&i| !seen[i as usize]) {
@@ -218,7 +220,7 @@ fn gather(split: &Split, files: &[EncodedFile], hidden: usize) -> Result<Vec<f32
         // Rows in row order, as encode hashed them: ranges of a file written before
         // feature hashes were recorded have none, and are taken unchecked.
         let mut sums = FeatureCheck::new(&f.ranges);
-        for row in x[f.start as usize * hidden..f.end as usize * hidden].chunks_exact(hidden) {
+        for row in x[f.start as usize * width..f.end as usize * width].chunks_exact(width) {
             if let Err(r) = sums.floats(row) {
                 bail!(
                     "{}: the features of rows {}..{} do not hash to the features_sha256 its manifest gives (they changed after encode wrote them): encode that shard again",
