@@ -292,7 +292,7 @@ fn encoder(
     let real: usize = tokens.iter().map(|t| t.ids.len()).sum();
     let secs = time(
         || {
-            encode_all(&mut enc, &tokens, Pooling::Cls, |_| {}).unwrap();
+            encode_all(&mut enc, &tokens, Pooling::CLS, |_| {}).unwrap();
         },
         2.0,
         5,

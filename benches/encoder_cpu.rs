@@ -74,7 +74,7 @@ fn main() {
     let real: usize = tokens.iter().map(|t| t.ids.len()).sum();
     let secs = time(
         || {
-            encode_all(&mut enc, &tokens, Pooling::Cls, |_| {}).unwrap();
+            encode_all(&mut enc, &tokens, Pooling::CLS, |_| {}).unwrap();
         },
         1.0,
         2,

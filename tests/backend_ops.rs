@@ -938,6 +938,27 @@ fn cuda_encoder_matches_transformers_fixture() {
     let mean = enc.forward(&batch, Keep::Mean).unwrap().mean;
     let d = max_abs_diff(&mean, &want["mean"].f32);
     assert!(d < 1e-4, "mean pooling off by {d:e}");
+    // --pooling cls+mean-last2: the first layer's [CLS] and mean, pooled mid-forward, are
+    // those of HF's first hidden state (the last layer's are checked above).
+    let first = enc.forward(&batch, Keep::LastLayers(2)).unwrap().earlier;
+    assert_eq!(first.len(), 1);
+    let h = &r["hidden_states.1"].f32;
+    for (i, t) in texts.iter().enumerate() {
+        let n = t.ids.len();
+        let mut hf_mean = vec![0f32; c];
+        for row in h[i * l * c..(i * l + n) * c].chunks_exact(c) {
+            for (m, v) in hf_mean.iter_mut().zip(row) {
+                *m += v / n as f32;
+            }
+        }
+        let d = max_abs_diff(
+            &first[0][0][i * c..(i + 1) * c],
+            &h[i * l * c..(i * l + 1) * c],
+        );
+        assert!(d < 1e-4, "text {i}: layer 1 [CLS] off by {d:e}");
+        let d = max_abs_diff(&first[0][1][i * c..(i + 1) * c], &hf_mean);
+        assert!(d < 1e-4, "text {i}: layer 1 mean off by {d:e}");
+    }
     // Alone or packed with others, a text's [CLS] is the same up to GEMM summation order
     // (cuBLAS may pick another algorithm for another batch shape).
     for (i, t) in texts.iter().enumerate() {

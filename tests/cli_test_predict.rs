@@ -16,7 +16,7 @@ use bertcls::checkpoint::{load_head, save_head};
 use bertcls::data::{load, LoadOptions};
 use bertcls::features::sha256_file;
 use bertcls::head::{argmax, softmax, LinearHead};
-use bertcls::model::{Encoder, EncoderOutput, Keep, ModelDir};
+use bertcls::model::{Encoder, FeatureEncoder, Keep, ModelDir, Pooling};
 use bertcls::optim::AdamW;
 use bertcls::tokenize::BertTokenizer;
 use safetensors::SafeTensors;
@@ -759,12 +759,16 @@ fn a_head_for_another_hidden_size_is_refused_before_encoding() {
     save_head(&head, &narrow, None, &BTreeMap::new()).unwrap();
     let err = error_of(&bertcls(&test_args(&head, dir.path()), b""));
     assert!(
-        err.contains("head takes features of 16 floats but the model gives 32 (hidden size 32;"),
+        err.contains(
+            "head takes features of 16 floats but the model gives 32 (hidden size 32, pooling cls;"
+        ),
         "{err}"
     );
     let err = error_of(&bertcls(&predict_args(&head, &["x"]), b""));
     assert!(
-        err.contains("head takes features of 16 floats but the model gives 32 (hidden size 32;"),
+        err.contains(
+            "head takes features of 16 floats but the model gives 32 (hidden size 32, pooling cls;"
+        ),
         "{err}"
     );
 }
@@ -900,11 +904,11 @@ fn the_checkpoint_temperature_calibrates_predict_and_test() {
 
 /// Mean features of `texts`, each encoded alone, through the library.
 fn mean_features(texts: &[String]) -> Vec<f32> {
-    pooled_features(texts, |out| out.mean)
+    pooled_features(texts, Pooling::MEAN)
 }
 
-/// `pool` of the full forward (`Keep::Mean`) of each of `texts`, encoded alone.
-fn pooled_features(texts: &[String], pool: impl Fn(EncoderOutput) -> Vec<f32>) -> Vec<f32> {
+/// `pooling` features of each of `texts`, encoded alone, through the library.
+fn pooled_features(texts: &[String], pooling: Pooling) -> Vec<f32> {
     let (config, weights) = ModelDir::open(&model_dir()).unwrap().load().unwrap();
     let tokenizer = BertTokenizer::from_dir(&model_dir(), 350).unwrap();
     let mut enc = Encoder::new(CpuBackend::new(1).unwrap(), config, &weights, 512).unwrap();
@@ -912,91 +916,94 @@ fn pooled_features(texts: &[String], pool: impl Fn(EncoderOutput) -> Vec<f32>) -
         .iter()
         .flat_map(|t| {
             let tokens = tokenizer.encode(t).unwrap();
-            pool(
-                enc.forward(&PackedBatch::new([&tokens]), Keep::Mean)
-                    .unwrap(),
-            )
+            enc.encode_batch(&PackedBatch::new([&tokens]), pooling)
+                .unwrap()
         })
         .collect()
 }
 
 /// `train --pooling cls+mean` trains a head on [CLS] and mean side by side (64 floats for
-/// the 32-wide model), which `predict` and `encode` compute the same way.
+/// the 32-wide model), `mean-last2` on the means of both layers (64 too), which
+/// `predict` and `encode` compute the same way.
 #[test]
-fn cls_mean_pooling_puts_both_side_by_side_from_train_to_predict_and_encode() {
-    let dir = TempDir::new("cls-mean");
-    let run = dir.path().join("run");
-    let args = strings(&[
-        "train",
-        "--model",
-        s(&model_dir()),
-        "--data",
-        s(&data_dir()),
-        "--batch-size",
-        "8",
-        "--lr",
-        "1e-2",
-        "--epochs",
-        "2",
-        "--pooling",
-        "cls+mean",
-        "--out",
-        s(&run),
-        "--no-cache",
-    ]);
-    let out = bertcls(&args, b"");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let info: Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
-    assert_eq!(info["pooling"], "cls+mean");
-    let best = load_head(&run.join("best.safetensors"), None).unwrap();
-    assert_eq!(best.metadata["pooling"], "cls+mean");
-    assert_eq!(best.head.hidden, 64);
-
-    let texts = texts();
-    let want = pooled_features(&texts, |out| {
-        out.cls.iter().chain(&out.mean).copied().collect()
-    });
-    let mut args = strings(&["predict", "--run", s(&run), "--json", "--no-calibration"]);
-    args.extend(texts.iter().cloned());
-    let got: Vec<f32> = stdout_of(&bertcls(&args, b""))
-        .lines()
-        .flat_map(|l| {
-            serde_json::from_value::<Vec<f32>>(
-                serde_json::from_str::<Value>(l).unwrap()["probs"].clone(),
-            )
-            .unwrap()
-        })
-        .collect();
-    let probs = softmax(&best.head.logits(&want), 2);
-    assert_eq!(got.len(), probs.len(), "one row of 2 per text");
-    assert!(max_diff(&got, &probs) < 1e-5, "{got:?} vs {probs:?}");
-
-    let mut args = strings(&[
-        "encode",
-        "--model",
-        s(&model_dir()),
-        "--pooling",
-        "cls+mean",
-        "--json",
-    ]);
-    args.extend(texts.iter().cloned());
-    let rows: Vec<Value> = stdout_of(&bertcls(&args, b""))
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(rows.len(), texts.len());
-    for (i, row) in rows.iter().enumerate() {
-        let got: Vec<f32> = serde_json::from_value(row["cls+mean"].clone()).unwrap();
-        // Batched with the others vs alone: GEMM blocking may differ by a few ulps.
+fn poolings_side_by_side_go_from_train_to_predict_and_encode() {
+    let dir = TempDir::new("side-by-side");
+    for name in ["cls+mean", "mean-last2"] {
+        let pooling: Pooling = name.parse().unwrap();
+        let run = dir.path().join(name);
+        let args = strings(&[
+            "train",
+            "--model",
+            s(&model_dir()),
+            "--data",
+            s(&data_dir()),
+            "--batch-size",
+            "8",
+            "--lr",
+            "1e-2",
+            "--epochs",
+            "2",
+            "--pooling",
+            name,
+            "--out",
+            s(&run),
+            "--no-cache",
+        ]);
+        let out = bertcls(&args, b"");
         assert!(
-            max_diff(&got, &want[i * 64..(i + 1) * 64]) < 1e-5,
-            "text {i}"
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
         );
+        let info: Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+        assert_eq!(info["pooling"], name);
+        let best = load_head(&run.join("best.safetensors"), None).unwrap();
+        assert_eq!(best.metadata["pooling"], name);
+        assert_eq!(best.head.hidden, 64, "{name}");
+
+        let texts = texts();
+        let want = pooled_features(&texts, pooling);
+        let mut args = strings(&["predict", "--run", s(&run), "--json", "--no-calibration"]);
+        args.extend(texts.iter().cloned());
+        let got: Vec<f32> = stdout_of(&bertcls(&args, b""))
+            .lines()
+            .flat_map(|l| {
+                serde_json::from_value::<Vec<f32>>(
+                    serde_json::from_str::<Value>(l).unwrap()["probs"].clone(),
+                )
+                .unwrap()
+            })
+            .collect();
+        let probs = softmax(&best.head.logits(&want), 2);
+        assert_eq!(got.len(), probs.len(), "{name}: one row of 2 per text");
+        assert!(
+            max_diff(&got, &probs) < 1e-5,
+            "{name}: {got:?} vs {probs:?}"
+        );
+
+        let mut args = strings(&[
+            "encode",
+            "--model",
+            s(&model_dir()),
+            "--pooling",
+            name,
+            "--json",
+        ]);
+        args.extend(texts.iter().cloned());
+        let rows: Vec<Value> = stdout_of(&bertcls(&args, b""))
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(rows.len(), texts.len());
+        for (i, row) in rows.iter().enumerate() {
+            let got: Vec<f32> = serde_json::from_value(row[name].clone()).unwrap();
+            // Batched with the others vs alone: GEMM blocking may differ by a few ulps.
+            assert!(
+                max_diff(&got, &want[i * 64..(i + 1) * 64]) < 1e-5,
+                "{name}: text {i}"
+            );
+        }
     }
 }
 

@@ -79,6 +79,55 @@ fn tiny_mean_pooling_matches_transformers() {
     assert!(d < TINY_TOL, "[CLS] beside mean pooling off by {d:e}");
 }
 
+/// `--pooling cls+mean-last2` (and `mean-last2`): each layer's [CLS] and mean, the earlier
+/// layer first, against the same pooling done on HF's `hidden_states` (within TINY_TOL,
+/// the hidden states' own bound: a mean of values each within it stays within it).
+#[test]
+fn tiny_pooling_of_the_last_layers_matches_transformers_hidden_states() {
+    let dir = ModelDir::open(&fixtures().join("tiny/model")).unwrap();
+    let (config, weights) = dir.load().unwrap();
+    let (c, layers) = (config.hidden_size, config.num_hidden_layers);
+    assert_eq!(layers, 2, "the fixture pools both of its layers");
+    let r = read_tensors(&fixtures().join("tiny/reference.safetensors"));
+    let l = r["input_ids"].shape[1];
+    let texts = unpad(&r);
+    let batch = PackedBatch::new(&texts);
+    // HF's [CLS] and mean of layer `layer` (1-based: hidden_states.0 is the embeddings).
+    let hf = |layer: usize, i: usize| -> (Vec<f32>, Vec<f32>) {
+        let h = &r[&format!("hidden_states.{layer}")].f32;
+        let n = texts[i].ids.len();
+        let row = |t: usize| &h[(i * l + t) * c..(i * l + t + 1) * c];
+        let mut mean = vec![0f32; c];
+        for t in 0..n {
+            for (m, v) in mean.iter_mut().zip(row(t)) {
+                *m += v / n as f32;
+            }
+        }
+        (row(0).to_vec(), mean)
+    };
+    let mut enc = Encoder::new(CpuBackend::new(2).unwrap(), config, &weights, 1024).unwrap();
+    for (name, with_cls) in [("cls+mean-last2", true), ("mean-last2", false)] {
+        let pooling: Pooling = name.parse().unwrap();
+        let x = enc.encode_batch(&batch, pooling).unwrap();
+        let w = pooling.width(c);
+        assert_eq!(x.len(), texts.len() * w, "{name}");
+        for i in 0..texts.len() {
+            let want: Vec<f32> = (1..=layers)
+                .flat_map(|layer| {
+                    let (cls, mean) = hf(layer, i);
+                    if with_cls {
+                        [cls, mean].concat()
+                    } else {
+                        mean
+                    }
+                })
+                .collect();
+            let d = max_abs_diff(&x[i * w..(i + 1) * w], &want);
+            assert!(d < TINY_TOL, "{name}: text {i} off HF's by {d:e}");
+        }
+    }
+}
+
 /// `--pooling cls+mean`: each text's [CLS] then its mean, side by side (2C), each half
 /// HF's within TINY_TOL, and exactly the two vectors of the one forward it comes from.
 #[test]
@@ -91,7 +140,7 @@ fn tiny_cls_mean_pooling_is_cls_then_mean_of_transformers() {
     let texts = unpad(&r);
     let batch = PackedBatch::new(&texts);
     let mut enc = Encoder::new(CpuBackend::new(2).unwrap(), config, &weights, 1024).unwrap();
-    let both = enc.encode_batch(&batch, Pooling::ClsMean).unwrap();
+    let both = enc.encode_batch(&batch, Pooling::CLS_MEAN).unwrap();
     assert_eq!(both.len(), texts.len() * 2 * c);
     let out = enc.forward(&batch, Keep::Mean).unwrap();
     for (i, row) in both.chunks_exact(2 * c).enumerate() {

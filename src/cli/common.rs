@@ -285,6 +285,14 @@ pub fn load_model_files(
 ) -> Result<LoadedModel> {
     let started = Instant::now();
     let config = files.config.clone();
+    if model.pooling.layers > config.num_hidden_layers {
+        bail!(
+            "--pooling {}: {} has {} layers; pool at most that many",
+            model.pooling,
+            files.dir.dir.display(),
+            config.num_hidden_layers
+        );
+    }
     let ckpt = Checkpoint::open(&files.dir.dir)?;
     let budget = match device.max_batch_tokens {
         Some(tokens) if tokens < model.max_length => bail!(

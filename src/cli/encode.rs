@@ -46,10 +46,11 @@ pub struct EncodeArgs {
     device: DeviceArgs,
     #[command(flatten)]
     input: TextArgs,
-    /// The feature: cls (the [CLS] token's last hidden state) or mean (the mean over the
-    /// text's tokens) [default: the run's, else cls]. The output tensor and JSON key are
-    /// named after it.
-    #[arg(long, value_name = "cls|mean")]
+    /// The feature: cls (the [CLS] token's last hidden state), mean (the mean over the
+    /// text's tokens) or cls+mean (both side by side), of the last layer, or of each of
+    /// the last N layers side by side with -lastN (mean-last4) [default: the run's, else
+    /// cls]. The output tensor and JSON key are named after it.
+    #[arg(long, value_name = "cls|mean|cls+mean[-lastN]")]
     pooling: Option<Pooling>,
     /// Texts longer than --max-length: truncate, or chunk (overlapping windows, the
     /// feature the mean of theirs), as train's --long [default: the run's, else truncate].
@@ -125,6 +126,7 @@ pub fn run(args: EncodeArgs) -> Result<()> {
     }
     let mut model = load_model(&model_args, &device)?;
     let name = model_args.pooling.name();
+    let name = name.as_str();
     let tokens = model.tokenizer().encode_many(&texts)?;
     let cls = encode_texts(&mut model, &texts, "texts")?;
     let hidden = model.feature_width();

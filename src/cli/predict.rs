@@ -264,7 +264,7 @@ fn metadata_max_length(
 /// recipe's .pth, heads written before pooling was a choice).
 fn metadata_pooling(metadata: &BTreeMap<String, String>, source: &Path) -> Result<Pooling> {
     match metadata.get(POOLING_KEY) {
-        None => Ok(Pooling::Cls),
+        None => Ok(Pooling::CLS),
         Some(name) => name
             .parse()
             .map_err(|e| anyhow!("{}: metadata {POOLING_KEY}: {e}", source.display())),
@@ -334,13 +334,10 @@ impl Classifier {
         let model_hidden = files.config.hidden_size;
         let width = self.model.pooling.width(model_hidden);
         if self.head.hidden != width {
-            let twice = match self.model.pooling {
-                Pooling::ClsMean => ", twice its hidden size for cls+mean",
-                Pooling::Cls | Pooling::Mean => "",
-            };
             bail!(
-                "head takes features of {} floats but the model gives {width} (hidden size {model_hidden}{twice}; head {}, model {}): pass the --model it was trained with",
+                "head takes features of {} floats but the model gives {width} (hidden size {model_hidden}, pooling {}; head {}, model {}): pass the --model it was trained with",
                 self.head.hidden,
+                self.model.pooling,
                 self.source.display(),
                 self.model.model
             );

@@ -162,13 +162,14 @@ pub struct TrainArgs {
     log_every: usize,
     /// The feature: cls (the [CLS] token's last hidden state, the recipe's), mean (the
     /// mean of the last hidden state over the text's tokens, sentence-transformers') or
-    /// cls+mean (both side by side, twice as wide); with --search, a list
-    /// (cls,mean,cls+mean) tries each.
+    /// cls+mean (both side by side, twice as wide), of the last layer, or of each of the
+    /// last N layers side by side with -lastN (mean-last4: four means); with --search, a
+    /// list (cls,mean,mean-last4) tries each.
     #[arg(
         long,
         default_value = "cls",
         value_delimiter = ',',
-        value_name = "cls|mean|cls+mean",
+        value_name = "cls|mean|cls+mean[-lastN]",
         help_heading = "Training"
     )]
     pooling: Vec<Pooling>,

@@ -20,49 +20,94 @@ pub enum Keep {
     Cls,
     /// Also each text's mean-pooled last hidden state: the last layer runs for every row.
     Mean,
+    /// As `Mean`, and also the [CLS] rows and means of the N - 1 layers before the last.
+    LastLayers(usize),
     /// Also the embeddings output and every layer's hidden state, (T, C) each.
     AllHiddenStates,
 }
 
-/// How a text's feature is read off the last hidden state (`--pooling`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Pooling {
+/// Which token states of a layer make its part of a text's feature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PoolKind {
     /// The [CLS] token's row: the recipe's `last_hidden_state[:, 0]`.
-    #[default]
     Cls,
     /// The mean over the text's tokens, [CLS] and [SEP] included: sentence-transformers'
     /// mean pooling over the attention mask, which e5 and MiniLM were trained for.
     Mean,
     /// Both side by side, (2C): [CLS] then the mean, as sentence-transformers' Pooling
-    /// concatenates the modes it is given. A linear head on both beat either alone on
-    /// e5-small's ChnSentiCorp features (docs/BENCHMARKS.md).
-    #[serde(rename = "cls+mean")]
+    /// concatenates the modes it is given.
     ClsMean,
 }
 
+/// How a text's feature is read off the encoder (`--pooling`): `kind` of each of the
+/// last `layers` layers, side by side, the earliest first. Named `cls`, `mean` and
+/// `cls+mean` for the last layer alone, `mean-last4` for the last four. On e5-small's
+/// ChnSentiCorp features a linear head on more than the last layer did best
+/// (docs/BENCHMARKS.md): the last layer is the one pre-training shaped for its own task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Pooling {
+    pub kind: PoolKind,
+    /// At least 1, at most the model's layer count (checked when the model loads).
+    pub layers: usize,
+}
+
+impl Default for Pooling {
+    fn default() -> Self {
+        Self::CLS
+    }
+}
+
 impl Pooling {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Cls => "cls",
-            Self::Mean => "mean",
-            Self::ClsMean => "cls+mean",
+    pub const CLS: Self = Self::last_layer(PoolKind::Cls);
+    pub const MEAN: Self = Self::last_layer(PoolKind::Mean);
+    pub const CLS_MEAN: Self = Self::last_layer(PoolKind::ClsMean);
+
+    const fn last_layer(kind: PoolKind) -> Self {
+        Self { kind, layers: 1 }
+    }
+
+    pub fn name(self) -> String {
+        let kind = match self.kind {
+            PoolKind::Cls => "cls",
+            PoolKind::Mean => "mean",
+            PoolKind::ClsMean => "cls+mean",
+        };
+        match self.layers {
+            1 => kind.to_string(),
+            n => format!("{kind}-last{n}"),
         }
     }
 
     /// The forward pass that computes this feature.
     pub fn keep(self) -> Keep {
-        match self {
-            Self::Cls => Keep::Cls,
-            Self::Mean | Self::ClsMean => Keep::Mean,
+        match (self.kind, self.layers) {
+            (PoolKind::Cls, 1) => Keep::Cls,
+            (_, 1) => Keep::Mean,
+            (_, n) => Keep::LastLayers(n),
         }
     }
 
     /// Floats in one text's feature, for an encoder of `hidden` (C) wide.
     pub fn width(self, hidden: usize) -> usize {
-        match self {
-            Self::Cls | Self::Mean => hidden,
-            Self::ClsMean => 2 * hidden,
+        let per_layer = match self.kind {
+            PoolKind::Cls | PoolKind::Mean => hidden,
+            PoolKind::ClsMean => 2 * hidden,
+        };
+        self.layers * per_layer
+    }
+
+    /// One layer's part of each text's feature, (n, width / layers), from that layer's
+    /// [CLS] rows and means, (n, C) each.
+    fn of_layer(self, cls: &[f32], mean: &[f32], hidden: usize) -> Vec<f32> {
+        match self.kind {
+            PoolKind::Cls => cls.to_vec(),
+            PoolKind::Mean => mean.to_vec(),
+            PoolKind::ClsMean => cls
+                .chunks_exact(hidden)
+                .zip(mean.chunks_exact(hidden))
+                .flat_map(|(cls, mean)| cls.iter().chain(mean))
+                .copied()
+                .collect(),
         }
     }
 }
@@ -71,18 +116,47 @@ impl std::str::FromStr for Pooling {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "cls" => Ok(Self::Cls),
-            "mean" => Ok(Self::Mean),
-            "cls+mean" => Ok(Self::ClsMean),
-            _ => Err(format!("`{s}` is not a pooling: use cls, mean or cls+mean")),
-        }
+        let (kind, layers) = match s.split_once("-last") {
+            None => (s, 1),
+            Some((kind, n)) => match n.parse::<usize>() {
+                Ok(n) if n >= 2 => (kind, n),
+                _ => {
+                    return Err(format!(
+                        "`{s}`: -lastN takes N of 2 or more (the last layer alone is `{kind}`)"
+                    ))
+                }
+            },
+        };
+        let kind = match kind {
+            "cls" => PoolKind::Cls,
+            "mean" => PoolKind::Mean,
+            "cls+mean" => PoolKind::ClsMean,
+            _ => {
+                return Err(format!(
+                    "`{s}` is not a pooling: use cls, mean or cls+mean, of the last layer, or of the last N layers side by side as mean-lastN (mean-last4)"
+                ))
+            }
+        };
+        Ok(Self { kind, layers })
     }
 }
 
 impl std::fmt::Display for Pooling {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+        f.write_str(&self.name())
+    }
+}
+
+impl Serialize for Pooling {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Pooling {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -94,6 +168,9 @@ pub struct EncoderOutput {
     pub mean: Vec<f32>,
     /// num_layers + 1 tensors of (T, C), as HF's `output_hidden_states`; empty for `Keep::Cls`.
     pub hidden_states: Vec<Vec<f32>>,
+    /// With `Keep::LastLayers(N)`, the [CLS] rows and means, (n, C) each, of the N - 1
+    /// layers before the last, the earliest first; empty otherwise.
+    pub earlier: Vec<[Vec<f32>; 2]>,
 }
 
 /// Activations for up to `max_tokens` packed tokens, allocated once.
@@ -329,6 +406,15 @@ fn forward_pass<B: Backend>(
     }
 
     let last = weights.layers.len() - 1;
+    let first_kept = match keep {
+        Keep::LastLayers(count) if (1..=last + 1).contains(&count) => last + 1 - count,
+        Keep::LastLayers(count) => bail!(
+            "the feature pools the last {count} layers, but the model has {}",
+            last + 1
+        ),
+        _ => last,
+    };
+    let mut earlier = Vec::new();
     for (i, layer) in weights.layers.iter().enumerate() {
         if i == last && keep == Keep::Cls {
             cls_layer(be, layer, config, act, batch, ws)?;
@@ -336,26 +422,44 @@ fn forward_pass<B: Backend>(
                 cls: be.download(&ws.cls, n * c)?,
                 mean: Vec::new(),
                 hidden_states,
+                earlier,
             });
         }
         full_layer(be, layer, config, act, batch, ws)?;
         if keep == Keep::AllHiddenStates {
             hidden_states.push(be.download(&ws.hidden, t * c)?);
         }
+        if (first_kept..last).contains(&i) {
+            earlier.push(pool_cls_and_mean(be, batch, c, ws)?);
+        }
     }
-    be.gather_rows(&ws.hidden, c, batch.cls_rows(), &mut ws.cls)?;
-    let mean = if keep == Keep::Mean {
-        // ws.attn is free once the last layer is done.
-        be.mean_pool(&ws.hidden, c, &batch.offsets, &mut ws.attn)?; // (n, C)
-        be.download(&ws.attn, n * c)?
+    let [cls, mean] = if matches!(keep, Keep::Mean | Keep::LastLayers(_)) {
+        pool_cls_and_mean(be, batch, c, ws)?
     } else {
-        Vec::new()
+        be.gather_rows(&ws.hidden, c, batch.cls_rows(), &mut ws.cls)?;
+        [be.download(&ws.cls, n * c)?, Vec::new()]
     };
     Ok(EncoderOutput {
-        cls: be.download(&ws.cls, n * c)?,
+        cls,
         mean,
         hidden_states,
+        earlier,
     })
+}
+
+/// The [CLS] rows and the means, (n, C) each, of the layer output in ws.hidden. ws.attn
+/// holds the means: it is free between layers (the next layer's attention writes it
+/// afresh).
+fn pool_cls_and_mean<B: Backend>(
+    be: &B,
+    batch: &PackedBatch,
+    c: usize,
+    ws: &mut Workspace<B::Tensor>,
+) -> Result<[Vec<f32>; 2]> {
+    let n = batch.num_texts();
+    be.gather_rows(&ws.hidden, c, batch.cls_rows(), &mut ws.cls)?; // (n, C)
+    be.mean_pool(&ws.hidden, c, &batch.offsets, &mut ws.attn)?; // (n, C)
+    Ok([be.download(&ws.cls, n * c)?, be.download(&ws.attn, n * c)?])
 }
 
 /// One `BertLayer` over every token: ws.hidden (T, C) -> ws.hidden (T, C).
@@ -442,19 +546,27 @@ pub trait FeatureEncoder {
 impl<B: Backend> FeatureEncoder for Encoder<B> {
     fn encode_batch(&mut self, batch: &PackedBatch, pooling: Pooling) -> Result<Vec<f32>> {
         let out = self.forward(batch, pooling.keep())?;
-        Ok(match pooling {
-            Pooling::Cls => out.cls,
-            Pooling::Mean => out.mean,
-            Pooling::ClsMean => {
-                let c = self.config.hidden_size;
-                out.cls
-                    .chunks_exact(c)
-                    .zip(out.mean.chunks_exact(c))
-                    .flat_map(|(cls, mean)| cls.iter().chain(mean))
-                    .copied()
-                    .collect() // (n, 2C)
+        let c = self.config.hidden_size;
+        let last = pooling.of_layer(&out.cls, &out.mean, c);
+        if out.earlier.is_empty() {
+            return Ok(last);
+        }
+        // Each layer's part, (n, w), side by side per text: (n, layers * w).
+        let parts: Vec<Vec<f32>> = out
+            .earlier
+            .iter()
+            .map(|[cls, mean]| pooling.of_layer(cls, mean, c))
+            .chain(std::iter::once(last))
+            .collect();
+        let w = pooling.width(c) / pooling.layers;
+        let n = batch.num_texts();
+        let mut x = Vec::with_capacity(n * pooling.width(c));
+        for row in 0..n {
+            for part in &parts {
+                x.extend_from_slice(&part[row * w..(row + 1) * w]);
             }
-        })
+        }
+        Ok(x)
     }
     fn hidden_size(&self) -> usize {
         self.config.hidden_size
@@ -503,6 +615,46 @@ pub fn encode_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn poolings_are_named_parsed_and_sized_alike() {
+        for (name, kind, layers, width) in [
+            ("cls", PoolKind::Cls, 1, 8),
+            ("mean", PoolKind::Mean, 1, 8),
+            ("cls+mean", PoolKind::ClsMean, 1, 16),
+            ("mean-last4", PoolKind::Mean, 4, 32),
+            ("cls+mean-last12", PoolKind::ClsMean, 12, 192),
+        ] {
+            let p: Pooling = name.parse().unwrap();
+            assert_eq!((p.kind, p.layers), (kind, layers), "{name}");
+            assert_eq!(p.name(), name);
+            assert_eq!(p.width(8), width, "{name}");
+            let json = serde_json::to_string(&p).unwrap();
+            assert_eq!(json, format!("\"{name}\""));
+            assert_eq!(serde_json::from_str::<Pooling>(&json).unwrap(), p);
+        }
+        assert_eq!(Pooling::default(), Pooling::CLS);
+        assert_eq!(
+            "mean-last04".parse::<Pooling>().unwrap().name(),
+            "mean-last4"
+        );
+        for bad in [
+            "max",
+            "mean-last1",
+            "mean-last0",
+            "mean-last",
+            "last4",
+            "mean-lastx",
+        ] {
+            assert!(bad.parse::<Pooling>().is_err(), "{bad}");
+        }
+        assert_eq!(Pooling::CLS.keep(), Keep::Cls);
+        assert_eq!(Pooling::CLS_MEAN.keep(), Keep::Mean);
+        assert_eq!(
+            "cls-last3".parse::<Pooling>().unwrap().keep(),
+            Keep::LastLayers(3)
+        );
+    }
 
     #[test]
     fn a_small_workspace_that_fails_points_at_memory_not_the_budget() {

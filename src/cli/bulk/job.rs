@@ -504,7 +504,7 @@ fn run_job(
             path: part(first),
             start: first as u64,
             end: chunk_end,
-            features: feature_column.map(|column| PartFeatures {
+            features: feature_column.as_ref().map(|column| PartFeatures {
                 column: column.to_string(),
                 ranges: vec![range.clone()],
             }),
