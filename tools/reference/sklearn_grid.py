@@ -3,7 +3,7 @@
 on the very features bertcls cached, C chosen on the validation split, scored on test.
 
     .venv-ref/bin/pip install scikit-learn
-    .venv-ref/bin/python tools/reference/sklearn_grid.py --cache-dir C [--pooling cls|mean|cls+mean] [--json]
+    .venv-ref/bin/python tools/reference/sklearn_grid.py --cache-dir C [--pooling cls|mean|cls+mean|mean-last4|...] [--json]
 
 C is the folder that holds the entries: what `bertcls --cache-dir` was given, or
 `features/` in $BERTCLS_CACHE (not $BERTCLS_CACHE itself).
@@ -63,7 +63,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--cache-dir', required=True)
     ap.add_argument('--data', default=os.path.join(ROOT, '..', 'shared', 'data', 'ChnSentiCorp-files'))
-    ap.add_argument('--pooling', default='cls', choices=['cls', 'mean', 'cls+mean'])
+    ap.add_argument('--pooling', default='cls', help='the pooling bertcls cached: cls, mean, cls+mean, mean-last4, ...')
     ap.add_argument('--json', action='store_true')
     args = ap.parse_args()
 
