@@ -922,6 +922,30 @@ fn pooled_features(texts: &[String], pooling: Pooling) -> Vec<f32> {
         .collect()
 }
 
+/// `train` on the tiny data with `--pooling pooling` into `out` (2 epochs at lr 1e-2),
+/// then `extra`.
+fn pooling_train_args(pooling: &str, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = strings(&[
+        "train",
+        "--model",
+        s(&model_dir()),
+        "--data",
+        s(&data_dir()),
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-2",
+        "--epochs",
+        "2",
+        "--pooling",
+        pooling,
+        "--out",
+        s(out),
+    ]);
+    args.extend(strings(extra));
+    args
+}
+
 /// `train --pooling cls+mean` trains a head on [CLS] and mean side by side (64 floats for
 /// the 32-wide model), `mean-last2` on the means of both layers (64 too), which
 /// `predict` and `encode` compute the same way.
@@ -931,24 +955,7 @@ fn poolings_side_by_side_go_from_train_to_predict_and_encode() {
     for name in ["cls+mean", "mean-last2"] {
         let pooling: Pooling = name.parse().unwrap();
         let run = dir.path().join(name);
-        let args = strings(&[
-            "train",
-            "--model",
-            s(&model_dir()),
-            "--data",
-            s(&data_dir()),
-            "--batch-size",
-            "8",
-            "--lr",
-            "1e-2",
-            "--epochs",
-            "2",
-            "--pooling",
-            name,
-            "--out",
-            s(&run),
-            "--no-cache",
-        ]);
+        let args = pooling_train_args(name, &run, &["--no-cache"]);
         let out = bertcls(&args, b"");
         assert!(
             out.status.success(),
@@ -1015,27 +1022,11 @@ fn mean_pooling_goes_from_train_to_predict_and_encode() {
     let run = dir.path().join("run");
     let cache = dir.path().join("cache");
     let train = |pooling: &str, out: &Path| {
-        let args = strings(&[
-            "train",
-            "--model",
-            s(&model_dir()),
-            "--data",
-            s(&data_dir()),
-            "--batch-size",
-            "8",
-            "--lr",
-            "1e-2",
-            "--epochs",
-            "2",
-            "--pooling",
+        let args = pooling_train_args(
             pooling,
-            "--out",
-            s(out),
-            "--cache-dir",
-            s(&cache),
-            "--log-every",
-            "0",
-        ]);
+            out,
+            &["--cache-dir", s(&cache), "--log-every", "0"],
+        );
         let out = bertcls(&args, b"");
         assert!(
             out.status.success(),
