@@ -32,6 +32,23 @@ fn model() -> String {
     fixtures().join("tiny/model").display().to_string()
 }
 
+/// `train --numeric-labels names` of the tiny model on `data` into `out`, with `extra`.
+fn train_with_names(data: &Path, out: &Path, extra: &[&str]) {
+    let (model, data, out) = (model(), data.to_str().unwrap(), out.to_str().unwrap());
+    let args = [
+        "train",
+        "--model",
+        &model,
+        "--data",
+        data,
+        "--numeric-labels",
+        "names",
+        "--out",
+        out,
+    ];
+    ok(bertcls_cpu(&[&args[..], extra].concat()));
+}
+
 fn json_out(out: &std::process::Output) -> Value {
     serde_json::from_slice(&ok(out.clone()).stdout).unwrap()
 }
@@ -65,22 +82,11 @@ fn minus_one_zero_one_go_through_train_test_and_predict_as_three_classes() {
 
     let run = tmp.join("run");
     let run = run.to_str().unwrap();
-    let common = ["--model", &model, "--data", train, "--batch-size", "4"];
-    ok(bertcls_cpu(
-        &[
-            &[
-                "train",
-                "--numeric-labels",
-                "names",
-                "--epochs",
-                "2",
-                "--out",
-                run,
-            ][..],
-            &common,
-        ]
-        .concat(),
-    ));
+    train_with_names(
+        Path::new(train),
+        Path::new(run),
+        &["--epochs", "2", "--batch-size", "4"],
+    );
     let info: Value =
         serde_json::from_str(&std::fs::read_to_string(tmp.join("run/run.json")).unwrap()).unwrap();
     assert_eq!(info["labels"], serde_json::json!(["-1", "0", "1"]));
@@ -151,19 +157,7 @@ fn star_ratings_are_classes_in_numeric_order() {
     }
     let train = data.join("train.jsonl");
     let run = tmp.join("run");
-    ok(bertcls_cpu(&[
-        "train",
-        "--model",
-        &model(),
-        "--data",
-        train.to_str().unwrap(),
-        "--numeric-labels",
-        "names",
-        "--epochs",
-        "1",
-        "--out",
-        run.to_str().unwrap(),
-    ]));
+    train_with_names(&train, &run, &["--epochs", "1"]);
     let info: Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
     // Numeric order ("10" last, not after "1"); "07" is the number 7.
@@ -201,19 +195,7 @@ fn numbers_that_a_class_label_makes_ids_are_refused_as_names() {
         write_split(&data, split, &["0", "1"]);
     }
     let run = tmp.join("names-run");
-    ok(bertcls_cpu(&[
-        "train",
-        "--model",
-        &model(),
-        "--data",
-        data.join("train.jsonl").to_str().unwrap(),
-        "--numeric-labels",
-        "names",
-        "--epochs",
-        "1",
-        "--out",
-        run.to_str().unwrap(),
-    ]));
+    train_with_names(&data.join("train.jsonl"), &run, &["--epochs", "1"]);
     let run = run.to_str().unwrap();
     let dsdict = dsdict.to_str().unwrap();
     let want = "has a ClassLabel, so its labels are ids of its names, but the head reads numbers as class names";
