@@ -598,7 +598,7 @@ pub fn encode_all(
             bail!("a text of {longest} tokens exceeds the token budget of {}: raise --max-batch-tokens", enc.max_tokens());
         }
     }
-    let mut out = vec![0f32; texts.len() * c];
+    let mut out = feature_rows(texts.len(), c, pooling)?;
     let mut done = 0;
     for batch_idx in plan_batches(&lengths, enc.max_tokens(), MAX_TEXTS_PER_BATCH) {
         let batch = PackedBatch::new(batch_idx.iter().map(|&i| &texts[i]));
@@ -612,9 +612,40 @@ pub fn encode_all(
     Ok(out)
 }
 
+/// Zeroed room for `rows` features of `width` floats, refused in one line where the
+/// memory is not there (`vec!` would abort the process): wide poolings of many texts
+/// (`cls+mean-last12` of BERT-base is 18,432 floats a text) can ask for more than a
+/// machine has.
+fn feature_rows(rows: usize, width: usize, pooling: Pooling) -> Result<Vec<f32>> {
+    let refused = || {
+        anyhow!(
+            "the {pooling} features of {rows} texts ({width} floats each, {} MiB) do not fit in memory: encode them in chunks (encode --data writes a split chunk by chunk), or pick a narrower --pooling",
+            (rows as u128 * width as u128 * 4) >> 20
+        )
+    };
+    let len = rows.checked_mul(width).ok_or_else(refused)?;
+    let mut out = Vec::new();
+    out.try_reserve_exact(len).map_err(|_| refused())?;
+    out.resize(len, 0.0);
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn features_that_cannot_fit_are_refused_not_aborted_on() {
+        let wide: Pooling = "cls+mean-last12".parse().unwrap();
+        let err = feature_rows(1 << 40, 18_432, wide).unwrap_err().to_string();
+        assert!(
+            err.starts_with("the cls+mean-last12 features of 1099511627776 texts (18432 floats each, 77309411328 MiB) do not fit in memory"),
+            "{err}"
+        );
+        // Past usize: refused too, not wrapped.
+        assert!(feature_rows(usize::MAX, 2, wide).is_err());
+        assert_eq!(feature_rows(3, 2, wide).unwrap(), vec![0.0; 6]);
+    }
 
     #[test]
     fn poolings_are_named_parsed_and_sized_alike() {
