@@ -739,7 +739,12 @@ fn checkpoint_metadata(run: &Run) -> BTreeMap<String, String> {
 fn train_epochs(run: &Run, data: TrainData, start: TrainState) -> Result<Vec<EpochMetrics>> {
     let hp = &run.info.hyperparameters;
     let steps = data.train.labels.len() / hp.batch_size;
-    let progress = Progress::new(((hp.epochs - start.epoch) * steps) as u64, "training");
+    // Saturating: an --epochs near usize::MAX (a run meant to be stopped by hand) would
+    // wrap the bar's total.
+    let progress = Progress::new(
+        (hp.epochs - start.epoch).saturating_mul(steps) as u64,
+        "training",
+    );
     let meta = checkpoint_metadata(run);
     let checkpoints = RunCheckpoints::new(&run.dir, &run.info.labels, &run.train_hash, meta)?;
     let mut observer = CliObserver {
