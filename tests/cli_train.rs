@@ -2315,3 +2315,56 @@ fn a_name_only_validation_gives_is_traced_to_its_row() {
     );
     assert!(!err.contains("without gaps"), "{err}");
 }
+
+/// The feature bytes of every entry in a feature cache folder, by file name.
+fn cached_features(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let path = e.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            (name, tensors.tensor("cls").unwrap().data().to_vec())
+        })
+        .collect()
+}
+
+/// A search over several poolings encodes each split once more than [CLS] alone: the
+/// widest forward, each other pooling's features taken from it and cached, the very
+/// floats each one's own training run encodes and caches.
+#[test]
+fn a_search_over_poolings_shares_one_forward() {
+    let sb = Sandbox::new("shared-forward");
+    let out = sb.train_tiny(
+        2,
+        &[
+            "--search",
+            "--pooling",
+            "cls,mean,cls+mean-last2",
+            "--out",
+            &sb.path("s"),
+        ],
+    );
+    succeeded(&out);
+    let err = stderr(&out);
+    // [CLS] alone runs its own last-layer path; mean and cls+mean-last2 share one forward.
+    assert_eq!(err.matches("encoded train:").count(), 2, "{err}");
+    assert_eq!(err.matches("encoded validation:").count(), 2, "{err}");
+    assert_eq!(
+        err.matches("features from the shared forward").count(),
+        4,
+        "{err}"
+    );
+    let alone = Sandbox::new("own-forwards");
+    for pooling in ["cls", "mean", "cls+mean-last2"] {
+        let run = alone.path(pooling);
+        succeeded(&alone.train_tiny(1, &["--pooling", pooling, "--out", &run]));
+    }
+    let (shared, own) = (
+        cached_features(&sb.feature_cache()),
+        cached_features(&alone.feature_cache()),
+    );
+    assert_eq!(own.len(), 6, "three poolings of train and validation");
+    assert_eq!(shared, own);
+}

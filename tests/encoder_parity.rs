@@ -128,6 +128,34 @@ fn tiny_pooling_of_the_last_layers_matches_transformers_hidden_states() {
     }
 }
 
+/// A search over several poolings runs one forward of the widest and takes each one's
+/// features from it (`Pooling::take_from`): exactly the floats of each one's own forward.
+#[test]
+fn poolings_taken_from_the_widest_forward_are_their_own_forwards_floats() {
+    let dir = ModelDir::open(&fixtures().join("tiny/model")).unwrap();
+    let (config, weights) = dir.load().unwrap();
+    let c = config.hidden_size;
+    let texts = unpad(&read_tensors(
+        &fixtures().join("tiny/reference.safetensors"),
+    ));
+    let batch = PackedBatch::new(&texts);
+    let mut enc = Encoder::new(CpuBackend::new(2).unwrap(), config, &weights, 1024).unwrap();
+    let widest = enc
+        .encode_batch(&batch, "cls+mean-last2".parse().unwrap())
+        .unwrap();
+    for name in [
+        "mean",
+        "cls+mean",
+        "cls-last2",
+        "mean-last2",
+        "cls+mean-last2",
+    ] {
+        let pooling: Pooling = name.parse().unwrap();
+        let own = enc.encode_batch(&batch, pooling).unwrap();
+        assert_eq!(pooling.take_from(&widest, c, 2), own, "{name}");
+    }
+}
+
 /// `--pooling cls+mean`: each text's [CLS] then its mean, side by side (2C), each half
 /// HF's within TINY_TOL, and exactly the two vectors of the one forward it comes from.
 #[test]

@@ -20,7 +20,7 @@ use crate::features::{
 use crate::hub::{self, ResolvedModel};
 use crate::model::weights::ShardIndex;
 use crate::model::{
-    encode_all, BertConfig, Checkpoint, Encoder, FeatureEncoder, ModelDir, Pooling,
+    encode_all, BertConfig, Checkpoint, Encoder, FeatureEncoder, Keep, ModelDir, PoolKind, Pooling,
 };
 use crate::tokenize::{BertTokenizer, TokenizedText, DEFAULT_MAX_LENGTH};
 
@@ -494,6 +494,9 @@ pub struct FeatureSource {
     /// Features `train --features-from` imported that the cache could not take: served
     /// from memory, as the cache would have served them.
     imported: Vec<(FeatureKey, Vec<f32>)>,
+    /// Features `share_forward` took from one forward for several poolings, handed out
+    /// (and cached) by `features` as if each had been encoded alone.
+    shared: Vec<(FeatureKey, Vec<f32>)>,
 }
 
 pub struct Features {
@@ -519,6 +522,7 @@ impl FeatureSource {
             tokenizer: None,
             cache_write_failed: false,
             imported: Vec::new(),
+            shared: Vec::new(),
         }
     }
 
@@ -603,6 +607,58 @@ impl FeatureSource {
         )
     }
 
+    /// With two or more of `poolings` that run the whole forward (all but the last
+    /// layer's `cls`) missing from the cache, encodes `texts` once with the widest of them
+    /// ([CLS] and mean of as many layers as any needs) and keeps each one's features,
+    /// taken from it, for `features`: one forward instead of one per pooling, the same
+    /// floats. Only with a cache (its keys name the poolings) and truncated texts.
+    pub fn share_forward(
+        &mut self,
+        model: &mut LoadedModel,
+        poolings: &[Pooling],
+        split_name: &str,
+        texts: &[String],
+        data_hash: &str,
+    ) -> Result<()> {
+        let Some(cache) = self.cache.clone() else {
+            return Ok(());
+        };
+        if model.long != LongTexts::Truncate {
+            return Ok(());
+        }
+        let own = model.pooling;
+        let mut missing = Vec::new();
+        for &pooling in poolings.iter().filter(|p| p.keep() != Keep::Cls) {
+            model.pooling = pooling;
+            let key = FeatureKey::new(&self.model_spec(model)?, data_hash);
+            let held = self.imported.iter().any(|(k, _)| *k == key);
+            if !held && !cache.path(&key).is_file() {
+                missing.push((pooling, key));
+            }
+        }
+        let Some(layers) = missing.iter().map(|(p, _)| p.layers).max() else {
+            model.pooling = own;
+            return Ok(());
+        };
+        if missing.len() < 2 {
+            model.pooling = own;
+            return Ok(());
+        }
+        model.pooling = Pooling {
+            kind: PoolKind::ClsMean,
+            layers,
+        };
+        let widest = encode_texts(model, texts, split_name);
+        model.pooling = own;
+        let widest = widest?;
+        let hidden = model.encoder.hidden_size();
+        for (pooling, key) in missing {
+            self.shared
+                .push((key, pooling.take_from(&widest, hidden, layers)));
+        }
+        Ok(())
+    }
+
     pub fn features(
         &mut self,
         model: &mut LoadedModel,
@@ -629,6 +685,22 @@ impl FeatureSource {
             return Ok(Features {
                 x: x.clone(),
                 origin: FeatureOrigin::Imported,
+            });
+        }
+        if let Some(at) = self.shared.iter().position(|(k, _)| *k == key) {
+            let (_, x) = self.shared.swap_remove(at);
+            eprintln!(
+                "{split_name}: {} {} features from the shared forward",
+                texts.len(),
+                model.pooling
+            );
+            check_encoded(model, split_name, &x)?;
+            if let Err(e) = cache.put(&key, &x, texts.len(), width) {
+                self.warn_cache_write(&cache, &e);
+            }
+            return Ok(Features {
+                x,
+                origin: FeatureOrigin::Encoded,
             });
         }
         if let Some(x) = cache.get(&key)? {

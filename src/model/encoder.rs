@@ -96,6 +96,30 @@ impl Pooling {
         self.layers * per_layer
     }
 
+    /// This pooling's features, (n, width), taken from `widest`, the (n, 2C x layers)
+    /// features of `cls+mean-last{layers}` (`layers` at least this pooling's): the
+    /// floats its own forward gives, since every layer before the last runs whole either
+    /// way and the last runs whole for any pooling but `cls`, which this refuses.
+    pub fn take_from(self, widest: &[f32], hidden: usize, layers: usize) -> Vec<f32> {
+        assert!(
+            self.keep() != Keep::Cls && self.layers <= layers,
+            "{self} from {layers} layers"
+        );
+        let row = 2 * hidden * layers;
+        let mut x = Vec::with_capacity(widest.len() / row * self.width(hidden));
+        for text in widest.chunks_exact(row) {
+            for pools in text.chunks_exact(2 * hidden).skip(layers - self.layers) {
+                let (cls, mean) = pools.split_at(hidden);
+                match self.kind {
+                    PoolKind::Cls => x.extend_from_slice(cls),
+                    PoolKind::Mean => x.extend_from_slice(mean),
+                    PoolKind::ClsMean => x.extend_from_slice(pools),
+                }
+            }
+        }
+        x
+    }
+
     /// One layer's part of each text's feature, (n, width / layers), from that layer's
     /// [CLS] rows and means, (n, C) each.
     fn of_layer(self, cls: &[f32], mean: &[f32], hidden: usize) -> Vec<f32> {

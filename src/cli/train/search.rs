@@ -123,6 +123,10 @@ pub(super) fn run(args: TrainArgs) -> Result<()> {
     info.precision = model.precision_name();
 
     let encode_started = Instant::now();
+    for split in [train].into_iter().chain(named_validation) {
+        let (name, hash) = (&split.name, &split.content_hash);
+        source.share_forward(&mut model, &poolings, name, &split.texts, hash)?;
+    }
     let mut data = Vec::new();
     for &pooling in &poolings {
         model.pooling = pooling;
