@@ -223,9 +223,12 @@ fn second_run_reads_the_cache_and_max_length_misses() {
     let second = sb.train_tiny(1, &["--out", &b]);
     succeeded(&second);
     let err = stderr(&second);
-    assert!(err.contains("train: 32 features from the cache"), "{err}");
     assert!(
-        err.contains("validation: 8 features from the cache"),
+        err.contains("train: 32 cls features from the cache"),
+        "{err}"
+    );
+    assert!(
+        err.contains("validation: 8 cls features from the cache"),
         "{err}"
     );
     assert!(
@@ -283,10 +286,13 @@ fn an_altered_cache_entry_is_encoded_again() {
         entry.display()
     );
     assert!(err.contains(&warning), "{err}");
-    assert!(!err.contains("train: 32 features from the cache"), "{err}");
+    assert!(
+        !err.contains("train: 32 cls features from the cache"),
+        "{err}"
+    );
     assert!(err.contains("encoded train"), "{err}");
     assert!(
-        err.contains("validation: 8 features from the cache"),
+        err.contains("validation: 8 cls features from the cache"),
         "{err}"
     );
     assert_eq!(metrics_without_time(&a), metrics_without_time(&b));

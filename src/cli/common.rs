@@ -679,8 +679,9 @@ impl FeatureSource {
         let width = model.feature_width();
         if let Some((_, x)) = self.imported.iter().find(|(k, _)| *k == key) {
             eprintln!(
-                "{split_name}: {} features imported from --features-from",
-                texts.len()
+                "{split_name}: {} {} features imported from --features-from",
+                texts.len(),
+                model.pooling
             );
             return Ok(Features {
                 x: x.clone(),
@@ -706,8 +707,9 @@ impl FeatureSource {
         if let Some(x) = cache.get(&key)? {
             if x.len() == texts.len() * width {
                 eprintln!(
-                    "{split_name}: {} features from the cache {}",
+                    "{split_name}: {} {} features from the cache {}",
                     texts.len(),
+                    model.pooling,
                     cache.path(&key).display()
                 );
                 return Ok(Features {

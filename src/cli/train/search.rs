@@ -313,15 +313,23 @@ fn save_best(run: &Run, best: &Trial, m: EpochMetrics) -> Result<()> {
     })
 }
 
-/// The trials as a table, the chosen one marked with `*`.
+/// The trials as a table, the chosen one marked with `*`; the pooling column as wide as
+/// its longest name (`cls+mean-last4`).
 fn table(rows: &[TrialRow], best: &Trial) -> String {
-    let mut s = String::from("   pooling  lr       decay  epoch/run  val loss  val acc\n");
+    let width = rows
+        .iter()
+        .map(|r| r.pooling.name().len())
+        .fold("pooling".len(), usize::max);
+    let mut s = format!(
+        "   {:<width$}  lr       decay  epoch/run  val loss  val acc\n",
+        "pooling"
+    );
     for r in rows {
         let t = r.trial;
         let mark = if std::ptr::eq(t, best) { "*" } else { " " };
         let _ = writeln!(
             s,
-            "{mark}  {:<7}  {:<7.0e}  {:<5}  {:>5}/{:<3}  {:<8.4}  {:.4}",
+            "{mark}  {:<width$}  {:<7.0e}  {:<5}  {:>5}/{:<3}  {:<8.4}  {:.4}",
             r.pooling.name(),
             t.params.lr,
             t.params.weight_decay,
@@ -332,4 +340,54 @@ fn table(rows: &[TrialRow], best: &Trial) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::head::LinearHead;
+    use crate::train::search::TrialParams;
+
+    #[test]
+    fn the_table_widens_its_pooling_column_to_the_longest_name() {
+        let trial = |variant, val_acc| Trial {
+            params: TrialParams {
+                variant,
+                lr: 3e-4,
+                weight_decay: 0.1,
+            },
+            best_epoch: 12,
+            epochs_run: 17,
+            val_loss: 0.2927,
+            val_acc,
+            train_loss: 0.2,
+            train_acc: 0.9,
+            diverged: false,
+            head: LinearHead {
+                weight: vec![0.0; 8],
+                bias: vec![0.0; 2],
+                num_labels: 2,
+                hidden: 4,
+            },
+        };
+        let (a, b) = (trial(0, 0.88), trial(1, 0.895));
+        let rows = [
+            TrialRow {
+                pooling: Pooling::CLS,
+                trial: &a,
+            },
+            TrialRow {
+                pooling: "cls+mean-last4".parse().unwrap(),
+                trial: &b,
+            },
+        ];
+        assert_eq!(
+            table(&rows, &b),
+            "   pooling         lr       decay  epoch/run  val loss  val acc\n\
+             \u{20}  cls             3e-4     0.1       12/17   0.2927    0.8800\n\
+             *  cls+mean-last4  3e-4     0.1       12/17   0.2927    0.8950\n"
+        );
+        // Last-layer poolings alone keep the table as it always was.
+        assert!(table(&rows[..1], &a).starts_with("   pooling  lr       decay"));
+    }
 }
