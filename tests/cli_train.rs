@@ -2374,3 +2374,27 @@ fn a_search_over_poolings_shares_one_forward() {
     assert_eq!(own.len(), 6, "three poolings of train and validation");
     assert_eq!(shared, own);
 }
+
+/// A pooling of more layers than the model has is refused before anything is encoded or
+/// sized: a search's later poolings too (they used to fail at their own forward, after
+/// the earlier poolings' encoding, with nothing to do about it), and an N so large that
+/// the head sized by it aborted the process allocating it.
+#[test]
+fn poolings_of_more_layers_than_the_model_has_are_refused_first() {
+    let sb = Sandbox::new("pooling-layers");
+    for (i, extra) in [
+        &["--search", "--pooling", "cls,mean-last3"][..],
+        &["--pooling", "mean-last99999999999"][..],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let run = sb.path(&format!("r{i}"));
+        let mut args = extra.to_vec();
+        args.extend_from_slice(&["--out", &run]);
+        let out = sb.train_tiny(1, &args);
+        failed_with(&out, "has 2 layers; pool at most that many");
+        nothing_encoded(&out);
+        assert!(!Path::new(&run).exists(), "{run} was left behind");
+    }
+}

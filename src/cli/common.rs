@@ -277,6 +277,21 @@ pub fn load_model(model: &ModelArgs, device: &EncoderDevice) -> Result<LoadedMod
     load_model_files(model_files(model)?, model, device)
 }
 
+/// Refuses a `-lastN` pooling of more layers than the model of `files` has. Train calls
+/// it for each of its poolings before it sizes a head or encodes anything: a search's
+/// later poolings would otherwise fail at their forward, after the earlier ones' encoding,
+/// and a head sized by an absurd N aborts the process allocating it.
+pub fn check_pooling_layers(pooling: Pooling, files: &ModelFiles) -> Result<()> {
+    let layers = files.config.num_hidden_layers;
+    if pooling.layers > layers {
+        bail!(
+            "--pooling {pooling}: {} has {layers} layers; pool at most that many",
+            files.dir.dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// The encoder of `files` (resolved from `model`) on `device`.
 pub fn load_model_files(
     files: ModelFiles,
@@ -285,14 +300,7 @@ pub fn load_model_files(
 ) -> Result<LoadedModel> {
     let started = Instant::now();
     let config = files.config.clone();
-    if model.pooling.layers > config.num_hidden_layers {
-        bail!(
-            "--pooling {}: {} has {} layers; pool at most that many",
-            model.pooling,
-            files.dir.dir.display(),
-            config.num_hidden_layers
-        );
-    }
+    check_pooling_layers(model.pooling, &files)?;
     let ckpt = Checkpoint::open(&files.dir.dir)?;
     let budget = match device.max_batch_tokens {
         Some(tokens) if tokens < model.max_length => bail!(

@@ -16,8 +16,8 @@ use anyhow::{anyhow, bail, Result};
 use clap::{Args, ValueEnum};
 
 use super::common::{
-    label_name, load_model_files, model_files, print_stdout, CacheArgs, DeviceArgs, FeatureOrigin,
-    FeatureSource, LoadedModel, ModelArgs, ModelFiles,
+    check_pooling_layers, label_name, load_model_files, model_files, print_stdout, CacheArgs,
+    DeviceArgs, FeatureOrigin, FeatureSource, LoadedModel, ModelArgs, ModelFiles,
 };
 use super::predict::NUMERIC_LABELS_KEY;
 use super::progress::{count, Progress};
@@ -293,6 +293,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         ..args.model.clone()
     };
     let files = model_files(&model_args)?;
+    check_pooling_layers(model_args.pooling, &files)?;
     let encoder_device = args.device.resolve()?;
     let device = head_device(args.head_device, encoder_device.device)?;
     let mut folder = match &args.resume {

@@ -96,6 +96,9 @@ pub(super) fn run(args: TrainArgs) -> Result<()> {
     let num_labels = dataset.label_names.len();
     let label_counts = warnings::check_training_data(&dataset, train, named_validation);
     let files = model_files(&model_args)?;
+    for &pooling in &poolings {
+        check_pooling_layers(pooling, &files)?;
+    }
     let encoder_device = args.device.resolve()?;
     let mut folder = RunFolder::create(&out_dir(&args))?;
     let mut source = FeatureSource::new(args.cache.cache());
