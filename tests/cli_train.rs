@@ -2398,3 +2398,33 @@ fn poolings_of_more_layers_than_the_model_has_are_refused_first() {
         assert!(!Path::new(&run).exists(), "{run} was left behind");
     }
 }
+
+/// A pooling named twice in a search's list is searched once, wherever the repeat is.
+#[test]
+fn a_pooling_repeated_in_a_search_list_is_searched_once() {
+    let sb = Sandbox::new("pooling-repeats");
+    let run = sb.path("s");
+    let out = sb.train_tiny(
+        1,
+        &[
+            "--search",
+            "--pooling",
+            "mean,cls,mean-last02,mean,mean-last2",
+            "--out",
+            &run,
+        ],
+    );
+    succeeded(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "searching 81 trials (lr 9 values, weight decay 3 values, pooling mean,cls,mean-last2)"
+        ),
+        "{err}"
+    );
+    let trials: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(&run).join("search.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(trials.as_array().map(Vec::len), Some(81), "{trials}");
+}

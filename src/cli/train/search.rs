@@ -65,8 +65,14 @@ pub(super) fn run(args: TrainArgs) -> Result<()> {
     if args.patience == 0 {
         bail!("--patience 0: a trial needs at least one epoch to improve in (e.g. 5)");
     }
-    let mut poolings = args.pooling.clone();
-    poolings.dedup();
+    // Each pooling once, in the order given: a repeat anywhere in the list (mean,cls,mean)
+    // would run its trials twice and list them twice.
+    let mut poolings: Vec<Pooling> = Vec::new();
+    for &pooling in &args.pooling {
+        if !poolings.contains(&pooling) {
+            poolings.push(pooling);
+        }
+    }
     let (dataset, data_id) = load_data(&args)?;
     let train = dataset.split(&args.split)?;
     let named_validation = match &args.validation_split {
