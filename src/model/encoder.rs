@@ -140,24 +140,28 @@ impl std::str::FromStr for Pooling {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let (kind, layers) = match s.split_once("-last") {
-            None => (s, 1),
-            Some((kind, n)) => match n.parse::<usize>() {
-                Ok(n) if n >= 2 => (kind, n),
-                _ => {
-                    return Err(format!(
-                        "`{s}`: -lastN takes N of 2 or more (the last layer alone is `{kind}`)"
-                    ))
-                }
-            },
+        let (name, n) = match s.split_once("-last") {
+            None => (s, None),
+            Some((name, n)) => (name, Some(n)),
         };
-        let kind = match kind {
+        // The kind first: a bad N's message offers the kind alone, which must be a pooling
+        // (`MEAN-last0` is not to be told "the last layer alone is `MEAN`").
+        let kind = match name {
             "cls" => PoolKind::Cls,
             "mean" => PoolKind::Mean,
             "cls+mean" => PoolKind::ClsMean,
             _ => {
                 return Err(format!(
                     "`{s}` is not a pooling: use cls, mean or cls+mean, of the last layer, or of the last N layers side by side as mean-lastN (mean-last4)"
+                ))
+            }
+        };
+        let layers = match n.map(str::parse::<usize>) {
+            None => 1,
+            Some(Ok(n)) if n >= 2 => n,
+            Some(_) => {
+                return Err(format!(
+                    "`{s}`: -lastN takes a number N of 2 or more (the last layer alone is `{name}`)"
                 ))
             }
         };
@@ -702,6 +706,19 @@ mod tests {
             "mean-lastx",
         ] {
             assert!(bad.parse::<Pooling>().is_err(), "{bad}");
+        }
+        // A bad N offers the kind alone only when it is a pooling.
+        for (bad, says) in [
+            ("mean-last1", "the last layer alone is `mean`"),
+            ("cls+mean-last2x", "the last layer alone is `cls+mean`"),
+            ("MEAN-last0", "is not a pooling: use cls, mean or cls+mean"),
+            ("max-lastx", "is not a pooling: use cls, mean or cls+mean"),
+        ] {
+            let e = bad.parse::<Pooling>().unwrap_err();
+            assert!(
+                e.starts_with(&format!("`{bad}`")) && e.contains(says),
+                "{e}"
+            );
         }
         assert_eq!(Pooling::CLS.keep(), Keep::Cls);
         assert_eq!(Pooling::CLS_MEAN.keep(), Keep::Mean);
