@@ -100,6 +100,13 @@ fn help_and_version_print_whole() {
     let (code, stdout, _) = bertcls(&["train", "--help"]);
     assert_eq!(code, 0);
     assert!(stdout.contains("--lr") && stdout.lines().count() > 10);
+    // The tensor encode writes is named after the pooling, as wide as it makes it.
+    let (code, stdout, _) = bertcls(&["encode", "--help"]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("named after the pooling") && !stdout.contains("[N, hidden]"),
+        "{stdout}"
+    );
     let (code, stdout, _) = bertcls(&["--version"]);
     assert_eq!(code, 0);
     assert!(stdout.starts_with("bertcls "));

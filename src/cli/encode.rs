@@ -59,8 +59,10 @@ pub struct EncodeArgs {
     /// With --long chunk: tokens shared by consecutive windows [default: the run's, else 64].
     #[arg(long, allow_negative_numbers = true)]
     stride: Option<usize>,
-    /// Write the features to FILE: .safetensors (`cls` or `mean` [N, hidden], and
-    /// `input_ids`, `attention_mask` [N, L] with --ids) or .jsonl (the lines --json prints).
+    /// Write the features to FILE: .safetensors (one [N, width] tensor named after the
+    /// pooling, `cls` or `mean-last4`, its width the hidden size for each layer pooled,
+    /// twice that for cls+mean; and `input_ids`, `attention_mask` [N, L] with --ids) or
+    /// .jsonl (the lines --json prints).
     /// With --data: .parquet or .safetensors, and `<out>.bulk.json` beside it.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -71,7 +73,7 @@ pub struct EncodeArgs {
     #[arg(long)]
     json: bool,
     /// With --data, --out is .parquet (index and one fixed-size float list per row) or
-    /// .safetensors (one [rows, hidden] tensor per chunk, named `<pooling>.<first row>`).
+    /// .safetensors (one [rows, width] tensor per chunk, named `<pooling>.<first row>`).
     #[command(flatten)]
     bulk: BulkArgs,
 }
