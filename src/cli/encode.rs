@@ -1,4 +1,4 @@
-//! `bertcls encode`: [CLS] or mean-pooled vectors for texts, to safetensors or JSON lines;
+//! `bertcls encode`: pooled feature vectors for texts ([CLS], mean, ...), to safetensors or JSON lines;
 //! with `--run`, exactly the features a trained run's head was trained on.
 
 use std::collections::HashMap;

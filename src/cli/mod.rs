@@ -33,13 +33,13 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a Linear(hidden, num_labels) head on the frozen encoder's features ([CLS] or mean).
+    /// Train a Linear(hidden, num_labels) head on the frozen encoder's features (--pooling: [CLS], mean, both, of the last N layers).
     Train(train::TrainArgs),
     /// Score a trained head on a split: accuracy, loss, per-class precision/recall/F1.
     Test(test::TestArgs),
     /// Label new text: arguments, --file, standard input, or an interactive prompt.
     Predict(predict::PredictArgs),
-    /// Write each text's feature vector ([CLS] or mean; with --run, the run's) as safetensors or JSON lines.
+    /// Write each text's feature vector (as --pooling says; with --run, the run's) as safetensors or JSON lines.
     Encode(encode::EncodeArgs),
     /// Join the outputs of `predict --data ... --shard K/N` (or encode) jobs into one,
     /// checking they come from one job and cover every row exactly once.
