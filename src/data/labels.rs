@@ -153,9 +153,11 @@ pub fn are_bare_ids(names: &[String]) -> bool {
         .all(|(id, name)| *name == id.to_string())
 }
 
-/// Why a label name found in the data is not one of the head's `names`.
+/// Why a label name found in the data is not one of the head's `names`. A number is a
+/// name only for a head that reads numbers as names: its names "0", "1" are those
+/// numbers, recorded, so naming them with --labels would not help.
 pub(super) fn not_the_heads(name: &str, names: &[String]) -> String {
-    let hint = if are_bare_ids(names) {
+    let hint = if are_bare_ids(names) && name.parse::<i64>().is_err() {
         "the head records no label names: pass --labels with its class names in id order"
     } else {
         "check --label-column, or use the head trained for these labels"
@@ -809,6 +811,22 @@ mod tests {
         assert!(
             err.ends_with(
                 "the head records no label names: pass --labels with its class names in id order"
+            ),
+            "{err}"
+        );
+        // A head trained on 0/1 read as names records "0" and "1": a -1 is no name of
+        // it that --labels could give.
+        let numbers = ["1", "-1"].map(|n| Label::Name(n.into()));
+        let err = resolve_in(
+            None,
+            &bare,
+            &mut [named_split("t.jsonl", numbers.into_iter())],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.ends_with(
+                "label \"-1\" is not one of the head's labels (0, 1); check --label-column, or use the head trained for these labels"
             ),
             "{err}"
         );
