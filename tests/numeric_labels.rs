@@ -215,3 +215,47 @@ fn numbers_that_a_class_label_makes_ids_are_refused_as_names() {
     ]);
     assert!(refused.contains(want), "{refused}");
 }
+
+#[test]
+fn zero_one_read_as_names_take_label_names_as_ids_do() {
+    let tmp = TempDir::new("zero-one-names");
+    let data = tmp.join("data");
+    for split in ["train", "validation", "test"] {
+        write_split(&data, split, &["0", "1"]);
+    }
+    let run = tmp.join("run");
+    train_with_names(&data.join("train.jsonl"), &run, &["--epochs", "1"]);
+    let (run, test) = (run.to_str().unwrap(), data.join("test.jsonl"));
+    let test = test.to_str().unwrap();
+    // Names "0" and "1" are the ids: --labels names them, and the data's 0 and 1 are
+    // still those classes, as for a head trained on ids.
+    let plain = json_out(&bertcls_cpu(&[
+        "test", "--run", run, "--data", test, "--json",
+    ]));
+    let named = json_out(&bertcls_cpu(&[
+        "test", "--run", run, "--data", test, "--labels", "neg,pos", "--json",
+    ]));
+    assert_eq!(named["report"]["labels"], serde_json::json!(["neg", "pos"]));
+    assert_eq!(
+        named["report"]["confusion_matrix"],
+        plain["report"]["confusion_matrix"]
+    );
+    let out = tmp.join("pred.jsonl");
+    let bulk = ok(bertcls_cpu(&[
+        "predict",
+        "--run",
+        run,
+        "--labels",
+        "neg,pos",
+        "--data",
+        test,
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    let correct = &plain["report"]["correct"];
+    assert!(
+        accuracy_line(&bulk).ends_with(&format!("({correct}/8 labelled rows)")),
+        "{}",
+        accuracy_line(&bulk)
+    );
+}

@@ -121,6 +121,10 @@ impl HeadArgs {
                 format!("{}: metadata {LABELS_KEY}", source.display()),
             ),
         };
+        let renames_ids = match (&self.labels, &recorded) {
+            (Some(flag), Some(names)) => are_bare_ids(names) && flag != names,
+            _ => false,
+        };
         let (labels, origin) = match (&self.labels, recorded) {
             (Some(flag), Some(names)) if !are_bare_ids(&names) && *flag != names => bail!(
                 "--labels {}: {recorded_in} are {}, and other names would print a class's predictions under a name it was not trained for: drop --labels",
@@ -179,6 +183,9 @@ impl HeadArgs {
             ),
         };
         let numeric_labels = match &run {
+            // A head that read 0/1 as names records "0", "1", which --labels may name as
+            // any head's ids: the data's numbers are then those ids, not its new names.
+            _ if renames_ids => NumericLabels::Ids,
             Some(info) => info.numeric_labels,
             None => metadata_numeric_labels(meta, &source)?,
         };
