@@ -259,3 +259,29 @@ fn zero_one_read_as_names_take_label_names_as_ids_do() {
         accuracy_line(&bulk)
     );
 }
+
+#[test]
+fn a_resume_refuses_another_reading_of_the_numbers() {
+    let tmp = TempDir::new("resume-numeric-labels");
+    let data = tmp.join("data");
+    for split in ["train", "validation"] {
+        write_split(&data, split, &["0", "1"]);
+    }
+    let run = tmp.join("run");
+    train_with_names(&data.join("train.jsonl"), &run, &["--epochs", "1"]);
+    // 0/1 read as ids give the same classes: only the flag tells the readings apart.
+    let out = bertcls_cpu(&[
+        "train",
+        "--resume",
+        run.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--numeric-labels",
+        "ids",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("--numeric-labels (run: names, now: ids)"),
+        "{stderr}"
+    );
+}

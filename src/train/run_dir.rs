@@ -160,8 +160,8 @@ pub struct DataSpec {
 
 impl RunInfo {
     /// How `now` differs from this run in what a resume must keep: one
-    /// `WHAT (run: A, now: B)` per field of the feature spec, the data, the labels and
-    /// the hyper-parameters (the epoch count may grow).
+    /// `WHAT (run: A, now: B)` per field of the feature spec, the data, how numbers are
+    /// read, the labels and the hyper-parameters (the epoch count may grow).
     pub fn resume_differences(&self, now: &RunInfo) -> Vec<String> {
         let mut diffs = field_differences(&self.features, &now.features, &[]);
         let old_run = self.data_spec.train_sha256.is_empty();
@@ -171,6 +171,14 @@ impl RunInfo {
             &[]
         };
         diffs.extend(field_differences(&self.data_spec, &now.data_spec, skip));
+        // 0/1 data reads alike either way, so nothing else would differ; but the run and
+        // its checkpoints record one reading for test and predict.
+        if self.numeric_labels != now.numeric_labels {
+            diffs.push(format!(
+                "--numeric-labels (run: {}, now: {})",
+                self.numeric_labels, now.numeric_labels
+            ));
+        }
         if self.labels != now.labels {
             diffs.push(format!(
                 "labels (run: {}, now: {})",
