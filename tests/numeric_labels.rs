@@ -285,3 +285,39 @@ fn a_resume_refuses_another_reading_of_the_numbers() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_class_that_train_lacks_is_not_blamed_on_reading_numbers_as_ids() {
+    let tmp = TempDir::new("names-absent-class");
+    let data = tmp.join("data");
+    for split in ["train", "validation"] {
+        write_split(&data, split, &["0", "1"]);
+    }
+    let (model, train) = (model(), data.join("train.jsonl"));
+    let out = ok(bertcls_cpu(&[
+        "train",
+        "--model",
+        &model,
+        "--data",
+        train.to_str().unwrap(),
+        "--numeric-labels",
+        "names",
+        "--labels=0,1,2",
+        "--epochs",
+        "1",
+        "--out",
+        tmp.join("run").to_str().unwrap(),
+    ]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warning = stderr
+        .lines()
+        .find(|l| l.contains("has no rows of label \"2\""))
+        .unwrap_or_else(|| panic!("no warning: {stderr}"));
+    // The flag is given already: the class comes from --labels.
+    assert!(
+        warning.ends_with(
+            "add examples, or leave the name out of --labels if the data has no ClassLabel"
+        ),
+        "{warning}"
+    );
+}

@@ -285,7 +285,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     check_batch(train, args.batch_size)?;
     let validation = validation_split(&args, &dataset)?;
     let num_labels = dataset.label_names.len();
-    let label_counts = warnings::check_training_data(&dataset, train, validation);
+    let label_counts =
+        warnings::check_training_data(&dataset, train, validation, args.numeric_labels);
     let class_weights = class_weights(args.class_weights, train, num_labels)?;
     let model_args = ModelArgs {
         pooling: args.pooling[0],

@@ -100,7 +100,8 @@ pub(super) fn run(args: TrainArgs) -> Result<()> {
         ..args.model.clone()
     };
     let num_labels = dataset.label_names.len();
-    let label_counts = warnings::check_training_data(&dataset, train, named_validation);
+    let label_counts =
+        warnings::check_training_data(&dataset, train, named_validation, args.numeric_labels);
     let files = model_files(&model_args)?;
     for &pooling in &poolings {
         check_pooling_layers(pooling, &files)?;

@@ -6,18 +6,20 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 
 use crate::cli::progress::count;
-use crate::data::{Dataset, Split};
+use crate::data::{Dataset, NumericLabels, Split};
 
 /// Warns about what in `train` and `validation` would mislead, and returns the train
-/// split's rows per label id (run.json records them).
+/// split's rows per label id (run.json records them). `numbers`: how train read the
+/// labels written as numbers.
 pub(super) fn check_training_data(
     dataset: &Dataset,
     train: &Split,
     validation: Option<&Split>,
+    numbers: NumericLabels,
 ) -> Vec<usize> {
     let names = &dataset.label_names;
     let counts = train_label_counts(train, names.len());
-    warn_label_coverage(train, validation, names, &counts);
+    warn_label_coverage(train, validation, names, &counts, numbers);
     for split in [Some(train), validation].into_iter().flatten() {
         warn_blank_texts(split);
     }
@@ -44,6 +46,7 @@ fn warn_label_coverage(
     validation: Option<&Split>,
     names: &[String],
     counts: &[usize],
+    numbers: NumericLabels,
 ) {
     let present: Vec<usize> = (0..counts.len()).filter(|&i| counts[i] > 0).collect();
     if let [only] = present[..] {
@@ -74,7 +77,8 @@ fn warn_label_coverage(
                 names[v.labels[row]],
                 row + 1
             ),
-            None if crate::data::are_bare_ids(names) => {
+            // Read as names, numbers make no gap: the absent one came from --labels.
+            None if numbers.is_ids() && crate::data::are_bare_ids(names) => {
                 "add examples, number the labels 0, 1, ... without gaps, or pass --numeric-labels names to make each number that the data gives a class (star ratings 1-5: five classes)".to_string()
             }
             None => "add examples, or leave the name out of --labels if the data has no ClassLabel".to_string(),
