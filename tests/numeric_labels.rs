@@ -321,3 +321,26 @@ fn a_class_that_train_lacks_is_not_blamed_on_reading_numbers_as_ids() {
         "{warning}"
     );
 }
+
+#[test]
+fn labels_may_start_with_a_minus_sign() {
+    let tmp = TempDir::new("minus-labels");
+    let data = tmp.join("data");
+    for split in ["train", "validation"] {
+        write_split(&data, split, &["-1", "0", "1"]);
+    }
+    let run = tmp.join("run");
+    // As users write it, and as a resume prints it: no `=`.
+    train_with_names(
+        &data.join("train.jsonl"),
+        &run,
+        &["--epochs", "1", "--labels", "-1,1,0"],
+    );
+    let info: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    assert_eq!(info["labels"], serde_json::json!(["-1", "1", "0"]));
+    let run = run.to_str().unwrap();
+    ok(bertcls_cpu(&[
+        "predict", "--run", run, "--labels", "-1,1,0", "好",
+    ]));
+}

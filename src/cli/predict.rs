@@ -72,7 +72,13 @@ pub struct HeadArgs {
     /// Label names in id order, comma-separated, for a head that records none or only ids
     /// (a run's names cannot be changed) [default: the run's or the checkpoint's; else for
     /// test the data's, for predict the ids].
-    #[arg(long, value_delimiter = ',', value_parser = super::common::label_name)]
+    // Hyphen values: `--labels -1,0,1` (a head that reads numbers as names) is no flag.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        allow_hyphen_values = true,
+        value_parser = super::common::label_name
+    )]
     pub labels: Option<Vec<String>>,
     /// Show the raw softmax: ignore the temperature train fitted on the validation split.
     #[arg(long)]

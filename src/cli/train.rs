@@ -50,9 +50,12 @@ pub struct TrainArgs {
     /// Label names in id order, for data without a ClassLabel feature (e.g. --labels neg,pos):
     /// names the ids, or numbers the names the data gives [default: the names sorted];
     /// data with one takes only its own names, in its order.
+    // Hyphen values: `--labels -1,0,1` (numbers read as names) is no flag, and the line
+    // a resume prints with it must work pasted back.
     #[arg(
         long,
         value_delimiter = ',',
+        allow_hyphen_values = true,
         value_parser = label_name,
         value_name = "A,B,...",
         help_heading = "Data"
