@@ -90,11 +90,27 @@ pub(super) fn numbers_as(label: Label, numbers: NumericLabels) -> Result<Label, 
 }
 
 pub(super) fn from_f64(value: f64) -> Result<i64, String> {
+    integral(value, &value.to_string())
+}
+
+/// `value` (`written` so in the data) as an integer. Past 9e15 a float no longer holds
+/// every integer, and past i64 no label is one: a number that large is no label (an id
+/// column, say), and the message quotes it as written, not as the float rounds it.
+fn integral(value: f64, written: &str) -> Result<i64, String> {
     // Pandas writes integer columns that held a null as floats: 1.0 is still id 1.
-    if value.is_finite() && value.fract() == 0.0 && value.abs() < 9.0e15 {
-        return Ok(value as i64);
+    if value.is_finite() && value.fract() == 0.0 {
+        if value.abs() < 9.0e15 {
+            return Ok(value as i64);
+        }
+        return Err(format!(
+            "label {} is too large a number to be a label; check --label-column",
+            cut(written)
+        ));
     }
-    Err(format!("label {value} is not an integer; {IDS_HINT}"))
+    Err(format!(
+        "label {} is not an integer; {IDS_HINT}",
+        cut(written)
+    ))
 }
 
 /// Text that reads as a number (digits, "1.0", also "nan" and "inf", which float columns
@@ -113,7 +129,7 @@ pub(super) fn from_text(text: &str) -> Result<Label, String> {
             "label {} is not an integer; {IDS_HINT}",
             cut(trimmed)
         )),
-        Ok(value) => from_f64(value).map(Label::Id),
+        Ok(value) => integral(value, trimmed).map(Label::Id),
         Err(_) => Ok(Label::Name(trimmed.to_string())),
     }
 }
@@ -123,7 +139,7 @@ pub(super) fn from_json(value: &Value) -> Result<Label, String> {
         Value::Null => Err("label is null".to_string()),
         Value::Number(n) => match (n.as_i64(), n.as_f64()) {
             (Some(id), _) => Ok(Label::Id(id)),
-            (None, Some(f)) => from_f64(f).map(Label::Id),
+            (None, Some(f)) => integral(f, &n.to_string()).map(Label::Id),
             (None, None) => Err(format!("label {n} is not an integer; {IDS_HINT}")),
         },
         Value::String(s) => from_text(s),
@@ -560,6 +576,15 @@ mod tests {
             .starts_with("label 1e400 is not an integer"));
         assert_eq!(from_text("-1.0"), Ok(Label::Id(-1)));
         assert_eq!(from_text(""), Err("label is empty".to_string()));
+        // Integers too large to be read exactly, quoted as written.
+        let huge =
+            "label 9223372036854775808 is too large a number to be a label; check --label-column";
+        assert_eq!(from_text("9223372036854775808"), Err(huge.to_string()));
+        let number: Value = serde_json::from_str("9223372036854775808").unwrap();
+        assert_eq!(from_json(&number), Err(huge.to_string()));
+        assert!(from_f64(1e20)
+            .unwrap_err()
+            .starts_with("label 100000000000000000000 is too large"));
         assert_eq!(from_json(&serde_json::json!(3)), Ok(Label::Id(3)));
         assert_eq!(from_json(&serde_json::json!("2")), Ok(Label::Id(2)));
         assert_eq!(
