@@ -634,28 +634,32 @@ impl FeatureSource {
         if model.long != LongTexts::Truncate {
             return Ok(());
         }
-        let own = model.pooling;
         let mut missing = Vec::new();
         for &pooling in poolings.iter().filter(|p| p.keep() != Keep::Cls) {
-            model.pooling = pooling;
-            let key = FeatureKey::new(&self.model_spec(model)?, data_hash);
+            let spec = self.encode_spec(
+                &model.files,
+                model.device,
+                model.precision,
+                pooling,
+                model.long,
+            )?;
+            let key = FeatureKey::new(&spec, data_hash);
             let held = self.imported.iter().any(|(k, _)| *k == key);
             if !held && !cache.path(&key).is_file() {
                 missing.push((pooling, key));
             }
         }
-        let Some(layers) = missing.iter().map(|(p, _)| p.layers).max() else {
-            model.pooling = own;
-            return Ok(());
-        };
         if missing.len() < 2 {
-            model.pooling = own;
             return Ok(());
         }
-        model.pooling = Pooling {
-            kind: PoolKind::ClsMean,
-            layers,
-        };
+        let layers = missing.iter().map(|(p, _)| p.layers).max().unwrap_or(1);
+        let own = std::mem::replace(
+            &mut model.pooling,
+            Pooling {
+                kind: PoolKind::ClsMean,
+                layers,
+            },
+        );
         let widest = encode_texts(model, texts, split_name);
         model.pooling = own;
         let widest = widest?;
