@@ -946,6 +946,23 @@ fn pooling_train_args(pooling: &str, out: &Path, extra: &[&str]) -> Vec<String> 
     args
 }
 
+/// The `encode --pooling pooling --json` lines of `texts`, parsed.
+fn encode_json(pooling: &str, texts: &[String]) -> Vec<Value> {
+    let mut args = strings(&[
+        "encode",
+        "--model",
+        s(&model_dir()),
+        "--pooling",
+        pooling,
+        "--json",
+    ]);
+    args.extend(texts.iter().cloned());
+    stdout_of(&bertcls(&args, b""))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// `train --pooling cls+mean` trains a head on [CLS] and mean side by side (64 floats for
 /// the 32-wide model), `mean-last2` on the means of both layers (64 too), which
 /// `predict` and `encode` compute the same way.
@@ -989,19 +1006,7 @@ fn poolings_side_by_side_go_from_train_to_predict_and_encode() {
             "{name}: {got:?} vs {probs:?}"
         );
 
-        let mut args = strings(&[
-            "encode",
-            "--model",
-            s(&model_dir()),
-            "--pooling",
-            name,
-            "--json",
-        ]);
-        args.extend(texts.iter().cloned());
-        let rows: Vec<Value> = stdout_of(&bertcls(&args, b""))
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let rows = encode_json(name, &texts);
         assert_eq!(rows.len(), texts.len());
         for (i, row) in rows.iter().enumerate() {
             let got: Vec<f32> = serde_json::from_value(row[name].clone()).unwrap();
@@ -1067,19 +1072,7 @@ fn mean_pooling_goes_from_train_to_predict_and_encode() {
         assert!((g - w).abs() < 1e-5, "{got:?} vs {want:?}");
     }
 
-    let mut args = strings(&[
-        "encode",
-        "--model",
-        s(&model_dir()),
-        "--pooling",
-        "mean",
-        "--json",
-    ]);
-    args.extend(texts.iter().cloned());
-    let rows: Vec<Value> = stdout_of(&bertcls(&args, b""))
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows = encode_json("mean", &texts);
     let want = mean_features(&texts);
     assert_eq!(rows.len(), texts.len());
     for (i, row) in rows.iter().enumerate() {
