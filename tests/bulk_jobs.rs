@@ -1024,6 +1024,66 @@ fn a_finished_output_whose_texts_changed_is_refused() {
     }
 }
 
+/// A finished output of another job at the same --out (here another pooling) is
+/// replaced, with a line naming what differs; a job stopped before its end leaves the
+/// old output as it was, as the line promises.
+#[test]
+fn a_finished_output_of_another_job_is_named_and_replaced_only_at_the_end() {
+    let dir = TempDir::new("bulk-other-job");
+    let model = model_dir();
+    let dsdict = data().join("tiny-dsdict");
+    let out = dir.join("f.safetensors");
+    let encode = |pooling: &str, env: &[(&str, &str)]| {
+        let args = [
+            "encode",
+            "--model",
+            s(&model),
+            "--pooling",
+            pooling,
+            "--data",
+            s(&dsdict),
+            "--out",
+            s(&out),
+            "--chunk-rows",
+            "4",
+        ];
+        bertcls(&args, env)
+    };
+    let first = ok(encode("cls", &[]));
+    assert!(!String::from_utf8_lossy(&first.stderr).contains("another job"));
+    let cls = std::fs::read(&out).unwrap();
+    let note = r#"holds the output of another job (its model.pooling is "cls", this job's "mean")"#;
+
+    let killed = encode("mean", &[("BERTCLS_TEST_ABORT_AFTER_CHUNKS", "1")]);
+    assert!(!killed.status.success());
+    assert!(String::from_utf8_lossy(&killed.stderr).contains(note));
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        cls,
+        "the stopped job kept the old output"
+    );
+
+    let replaced = ok(encode("mean", &[]));
+    assert!(String::from_utf8_lossy(&replaced.stderr).contains(note));
+    let fresh = dir.join("fresh.safetensors");
+    let args = [
+        "encode",
+        "--model",
+        s(&model),
+        "--pooling",
+        "mean",
+        "--data",
+        s(&dsdict),
+        "--out",
+        s(&fresh),
+        "--chunk-rows",
+        "4",
+    ];
+    ok(bertcls(&args, &[]));
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&fresh).unwrap());
+    assert_ne!(std::fs::read(&out).unwrap(), cls);
+}
+
 /// `--data` naming a split's file reads that split when --split is not given (its
 /// siblings are the other splits, as for train and test): `--data test.jsonl` labels
 /// test.jsonl, not the sibling train.jsonl. A given --split still wins.

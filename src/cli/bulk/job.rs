@@ -359,10 +359,8 @@ fn run_job(
     let manifest = manifest_path(out);
     if out.is_file() && manifest.is_file() {
         let done = read_json(&manifest)?;
-        if done["identity"] == job["identity"]
-            && done["start"] == job["start"]
-            && done["end"] == job["end"]
-        {
+        let same_rows = done["start"] == job["start"] && done["end"] == job["end"];
+        if done["identity"] == job["identity"] && same_rows {
             let want = (end - start) as u64;
             match count_rows(format, out) {
                 Ok(rows) if rows == want => {
@@ -383,6 +381,21 @@ fn run_job(
                     out.display()
                 ),
             }
+        } else {
+            // Replaced only once this job's output is whole (renamed onto it), so a job
+            // killed on the way leaves it as it was; said now, while it can be kept.
+            let differs = if done["identity"] != job["identity"] {
+                first_difference("", &done["identity"], &job["identity"])
+            } else {
+                format!(
+                    "it holds rows {}..{}, this job {start}..{end}",
+                    done["start"], done["end"]
+                )
+            };
+            eprintln!(
+                "{} holds the output of another job ({differs}): this job replaces it when it finishes; stop now and pick another --out to keep it",
+                out.display()
+            );
         }
     }
     let job_file = parts.join("job.json");
@@ -540,6 +553,29 @@ fn run_job(
     }
     eprintln!("wrote {} (rows {start}..{end} of {total})", out.display());
     Ok(())
+}
+
+/// Where two job identities first differ, as `its model.pooling is "cls", this job's
+/// "mean"`: the first differing field of the objects, an array (the data's files) whole.
+fn first_difference(at: &str, was: &Value, now: &Value) -> String {
+    let child = |key: &str| {
+        if at.is_empty() {
+            key.to_string()
+        } else {
+            format!("{at}.{key}")
+        }
+    };
+    if let (Value::Object(a), Value::Object(b)) = (was, now) {
+        let keys = a.keys().chain(b.keys().filter(|k| !a.contains_key(*k)));
+        for key in keys {
+            let x = a.get(key).unwrap_or(&Value::Null);
+            let y = b.get(key).unwrap_or(&Value::Null);
+            if x != y {
+                return first_difference(&child(key), x, y);
+            }
+        }
+    }
+    format!("its {at} is {was}, this job's {now}")
 }
 
 /// A finished output is only complete for the data as it is now: the data is known by
