@@ -103,19 +103,31 @@ impl Gemm {
     }
 }
 
+fn cublas_op(transpose: bool) -> blas_sys::cublasOperation_t {
+    if transpose {
+        blas_sys::cublasOperation_t::CUBLAS_OP_T
+    } else {
+        blas_sys::cublasOperation_t::CUBLAS_OP_N
+    }
+}
+
+fn cublas_dim(v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| anyhow!("GEMM dimension {v} exceeds cuBLAS's 32-bit range"))
+}
+
+fn failed(call: &str, g: &Gemm, e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!(
+        "cuBLAS {call} ({}x{}x{}, batch {}) failed: {e}",
+        g.m,
+        g.n,
+        g.k,
+        g.batch
+    )
+}
+
 /// Runs `g` on device pointers a, b, c (row-major operands, `g`'s strides between batches).
 pub(super) fn gemm(blas: &CudaBlas, g: &Gemm, a: u64, b: u64, c: u64) -> Result<()> {
-    let op = |t: bool| {
-        if t {
-            blas_sys::cublasOperation_t::CUBLAS_OP_T
-        } else {
-            blas_sys::cublasOperation_t::CUBLAS_OP_N
-        }
-    };
     let cm = g.col_major();
-    let i = |v: usize| -> Result<i32> {
-        i32::try_from(v).map_err(|_| anyhow!("GEMM dimension {v} exceeds cuBLAS's 32-bit range"))
-    };
     let alpha = 1.0f32;
     // The row-major B is cuBLAS's A and the row-major A its B.
     let (first, second, c) = (b as *const f32, a as *const f32, c as *mut f32);
@@ -124,52 +136,44 @@ pub(super) fn gemm(blas: &CudaBlas, g: &Gemm, a: u64, b: u64, c: u64) -> Result<
         if g.batch == 1 {
             blas::sgemm(
                 *blas.handle(),
-                op(cm.trans_a),
-                op(cm.trans_b),
-                i(cm.m)?,
-                i(cm.n)?,
-                i(cm.k)?,
+                cublas_op(cm.trans_a),
+                cublas_op(cm.trans_b),
+                cublas_dim(cm.m)?,
+                cublas_dim(cm.n)?,
+                cublas_dim(cm.k)?,
                 &alpha,
                 first,
-                i(cm.lda)?,
+                cublas_dim(cm.lda)?,
                 second,
-                i(cm.ldb)?,
+                cublas_dim(cm.ldb)?,
                 &g.beta,
                 c,
-                i(cm.ldc)?,
+                cublas_dim(cm.ldc)?,
             )
         } else {
             blas::sgemm_strided_batched(
                 *blas.handle(),
-                op(cm.trans_a),
-                op(cm.trans_b),
-                i(cm.m)?,
-                i(cm.n)?,
-                i(cm.k)?,
+                cublas_op(cm.trans_a),
+                cublas_op(cm.trans_b),
+                cublas_dim(cm.m)?,
+                cublas_dim(cm.n)?,
+                cublas_dim(cm.k)?,
                 &alpha,
                 first,
-                i(cm.lda)?,
+                cublas_dim(cm.lda)?,
                 cm.stride_a as i64,
                 second,
-                i(cm.ldb)?,
+                cublas_dim(cm.ldb)?,
                 cm.stride_b as i64,
                 &g.beta,
                 c,
-                i(cm.ldc)?,
+                cublas_dim(cm.ldc)?,
                 g.stride_c as i64,
-                i(g.batch)?,
+                cublas_dim(g.batch)?,
             )
         }
     };
-    status.map_err(|e| {
-        anyhow!(
-            "cuBLAS sgemm ({}x{}x{}, batch {}) failed: {e}",
-            g.m,
-            g.n,
-            g.k,
-            g.batch
-        )
-    })
+    status.map_err(|e| failed("sgemm", g, e))
 }
 
 /// Runs `g` on half-precision operands a, b (`storage`) into c (`c_storage`: f32 or the
@@ -190,17 +194,7 @@ pub(super) fn gemm_ex(
         Storage::F16 => T::CUDA_R_16F,
         Storage::Bf16 => T::CUDA_R_16BF,
     };
-    let op = |t: bool| {
-        if t {
-            blas_sys::cublasOperation_t::CUBLAS_OP_T
-        } else {
-            blas_sys::cublasOperation_t::CUBLAS_OP_N
-        }
-    };
     let cm = g.col_major();
-    let i = |v: usize| -> Result<i32> {
-        i32::try_from(v).map_err(|_| anyhow!("GEMM dimension {v} exceeds cuBLAS's 32-bit range"))
-    };
     let alpha = 1.0f32;
     let (ab, ct) = (dtype(storage), dtype(c_storage));
     let compute = blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F;
@@ -216,62 +210,54 @@ pub(super) fn gemm_ex(
         if g.batch == 1 {
             blas::gemm_ex(
                 *blas.handle(),
-                op(cm.trans_a),
-                op(cm.trans_b),
-                i(cm.m)?,
-                i(cm.n)?,
-                i(cm.k)?,
+                cublas_op(cm.trans_a),
+                cublas_op(cm.trans_b),
+                cublas_dim(cm.m)?,
+                cublas_dim(cm.n)?,
+                cublas_dim(cm.k)?,
                 alpha_p,
                 first,
                 ab,
-                i(cm.lda)?,
+                cublas_dim(cm.lda)?,
                 second,
                 ab,
-                i(cm.ldb)?,
+                cublas_dim(cm.ldb)?,
                 beta_p,
                 c as *mut c_void,
                 ct,
-                i(cm.ldc)?,
+                cublas_dim(cm.ldc)?,
                 compute,
                 algo,
             )
         } else {
             blas::gemm_strided_batched_ex(
                 *blas.handle(),
-                op(cm.trans_a),
-                op(cm.trans_b),
-                i(cm.m)?,
-                i(cm.n)?,
-                i(cm.k)?,
+                cublas_op(cm.trans_a),
+                cublas_op(cm.trans_b),
+                cublas_dim(cm.m)?,
+                cublas_dim(cm.n)?,
+                cublas_dim(cm.k)?,
                 alpha_p,
                 first,
                 ab,
-                i(cm.lda)?,
+                cublas_dim(cm.lda)?,
                 cm.stride_a as i64,
                 second,
                 ab,
-                i(cm.ldb)?,
+                cublas_dim(cm.ldb)?,
                 cm.stride_b as i64,
                 beta_p,
                 c as *mut c_void,
                 ct,
-                i(cm.ldc)?,
+                cublas_dim(cm.ldc)?,
                 g.stride_c as i64,
-                i(g.batch)?,
+                cublas_dim(g.batch)?,
                 compute,
                 algo,
             )
         }
     };
-    status.map_err(|e| {
-        anyhow!(
-            "cuBLAS GemmEx {storage:?} ({}x{}x{}, batch {}) failed: {e}",
-            g.m,
-            g.n,
-            g.k,
-            g.batch
-        )
-    })
+    status.map_err(|e| failed(&format!("GemmEx {storage:?}"), g, e))
 }
 
 /// A cuBLAS handle on `stream` computing fp32 GEMMs the way `precision` says.
