@@ -619,7 +619,10 @@ impl FeatureSource {
     /// layer's `cls`) missing from the cache, encodes `texts` once with the widest of them
     /// ([CLS] and mean of as many layers as any needs) and keeps each one's features,
     /// taken from it, for `features`: one forward instead of one per pooling, the same
-    /// floats. Only with a cache (its keys name the poolings) and truncated texts.
+    /// floats. Only with a cache (its keys name the poolings) and truncated texts. The last
+    /// layer's `cls` keeps its own forward: its [CLS]-only last layer is not bit for bit
+    /// the whole layer's [CLS] rows (`QueryRows::ClsOnly`), and its cache entry must hold
+    /// the floats it encodes alone.
     pub fn share_forward(
         &mut self,
         model: &mut LoadedModel,
