@@ -297,6 +297,24 @@ fn features_that_are_not_this_runs_are_refused_before_encoding() {
     let mean = part("mean.safetensors", 0, 1, &["--pooling", "mean"]);
     let err = refused(&[&mean]);
     assert!(err.contains("--pooling (file: mean, train: cls)"), "{err}");
+    // A search names every pooling it would take, not only its first.
+    let err = error_line(&train_model(
+        &model_dir(),
+        &dir.join("run"),
+        &cache,
+        &[
+            "--search",
+            "--pooling",
+            "cls,cls+mean",
+            "--features-from",
+            s(&mean),
+        ],
+    ));
+    assert!(
+        err.contains("--pooling (file: mean, train: cls,cls+mean)"),
+        "{err}"
+    );
+    assert!(cache_entries(&cache).is_empty());
 
     let other_model = common::fixtures().join("tiny/model-f16-prefixed");
     let err = refused_with(&other_model, &q);

@@ -67,14 +67,22 @@ pub fn import_features(
     groups.resize_with(specs.len() * splits.len(), Vec::new);
     for path in paths {
         let file = read_encoded(path)?;
-        // A file of a pooling the run does not use is compared with the first spec, so
-        // that the refusal names the pooling among the differences.
-        let which = specs
-            .iter()
-            .position(|s| s.pooling == file.spec.pooling)
-            .unwrap_or(0);
-        let spec = &specs[which];
-        let diffs = differences(&file.spec, spec, &[], ("file", "train"));
+        // A file of a pooling the run does not use is compared with the first spec with
+        // every pooling of the run in its place, so that the refusal names them all.
+        let which = specs.iter().position(|s| s.pooling == file.spec.pooling);
+        let spec = match which {
+            Some(at) => specs[at].clone(),
+            None => EncodeSpec {
+                pooling: specs
+                    .iter()
+                    .map(|s| s.pooling.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                ..specs[0].clone()
+            },
+        };
+        let which = which.unwrap_or(0);
+        let diffs = differences(&file.spec, &spec, &[], ("file", "train"));
         if !diffs.is_empty() {
             bail!(
                 "{} was encoded with other settings than this run's: {}; encode with this run's flags, or train with the file's",
