@@ -59,7 +59,19 @@ impl Sandbox {
 
     /// `bertcls train` as [`Sandbox::train_model`], with `--device device`.
     fn train_on(&self, device: &str, model: &Path, args: &[&str]) -> Output {
+        self.train_on_env(device, model, args, &[])
+    }
+
+    /// `bertcls train` as [`Sandbox::train_on`], with `env` set.
+    fn train_on_env(
+        &self,
+        device: &str,
+        model: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Output {
         Command::new(env!("CARGO_BIN_EXE_bertcls"))
+            .envs(env.iter().copied())
             .arg("train")
             .args(["--model", model.to_str().unwrap(), "--device", device])
             .args(["--cache-dir", self.feature_cache().to_str().unwrap()])
@@ -2372,6 +2384,57 @@ fn a_search_over_poolings_shares_one_forward() {
         cached_features(&alone.feature_cache()),
     );
     assert_eq!(own.len(), 6, "three poolings of train and validation");
+    assert_eq!(shared, own);
+}
+
+/// A shared forward whose widest features do not fit in memory (a cap stands in for a
+/// machine's memory: 8,192 bytes hold the 32 train rows' mean-last2, not their
+/// cls+mean-last2) is given up for that split with a line saying so, not failed with
+/// the name of a pooling the user never asked for: each pooling is encoded on its own,
+/// to the same features.
+#[test]
+fn a_shared_forward_too_wide_for_memory_encodes_each_pooling_alone() {
+    let sb = Sandbox::new("shared-forward-memory");
+    let args = [
+        "--data",
+        &dsdict(),
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--search",
+        "--pooling",
+        "mean,mean-last2",
+        "--out",
+        &sb.path("s"),
+    ];
+    let model = fixtures().join("tiny/model");
+    let cap = [("BERTCLS_TEST_FEATURE_BYTES", "8192")];
+    let out = sb.train_on_env("cpu", &model, &args, &cap);
+    succeeded(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains("train: one forward for 2 poolings would hold their cls+mean-last2 features (0 MiB), more than memory allows: each pooling is encoded on its own"),
+        "{err}"
+    );
+    assert!(!err.contains("validation: one forward"), "{err}");
+    assert_eq!(err.matches("encoded train:").count(), 2, "{err}");
+    assert_eq!(err.matches("encoded validation:").count(), 1, "{err}");
+    assert_eq!(
+        err.matches("features from the shared forward").count(),
+        2,
+        "{err}"
+    );
+    let alone = Sandbox::new("shared-forward-memory-alone");
+    for pooling in ["mean", "mean-last2"] {
+        let run = alone.path(pooling);
+        succeeded(&alone.train_tiny(1, &["--pooling", pooling, "--out", &run]));
+    }
+    let (shared, own) = (
+        cached_features(&sb.feature_cache()),
+        cached_features(&alone.feature_cache()),
+    );
+    assert_eq!(own.len(), 4, "two poolings of train and validation");
     assert_eq!(shared, own);
 }
 

@@ -20,7 +20,8 @@ use crate::features::{
 use crate::hub::{self, ResolvedModel};
 use crate::model::weights::ShardIndex;
 use crate::model::{
-    encode_all, BertConfig, Checkpoint, Encoder, FeatureEncoder, Keep, ModelDir, PoolKind, Pooling,
+    encode_all, BertConfig, Checkpoint, Encoder, FeatureEncoder, FeaturesDoNotFit, Keep, ModelDir,
+    PoolKind, Pooling,
 };
 use crate::tokenize::{BertTokenizer, TokenizedText, DEFAULT_MAX_LENGTH};
 
@@ -622,7 +623,8 @@ impl FeatureSource {
     /// floats. Only with a cache (its keys name the poolings) and truncated texts. The last
     /// layer's `cls` keeps its own forward: its [CLS]-only last layer is not bit for bit
     /// the whole layer's [CLS] rows (`QueryRows::ClsOnly`), and its cache entry must hold
-    /// the floats it encodes alone.
+    /// the floats it encodes alone. Where the widest features do not fit in memory, each
+    /// pooling keeps its own forward too.
     pub fn share_forward(
         &mut self,
         model: &mut LoadedModel,
@@ -665,7 +667,20 @@ impl FeatureSource {
         );
         let widest = encode_texts(model, texts, split_name);
         model.pooling = own;
-        let widest = widest?;
+        let widest = match widest.map_err(|e| e.downcast::<FeaturesDoNotFit>()) {
+            Ok(x) => x,
+            // Refused before any batch ran: each pooling alone may still fit.
+            Err(Ok(refusal)) => {
+                eprintln!(
+                    "{split_name}: one forward for {} poolings would hold their {} features ({} MiB), more than memory allows: each pooling is encoded on its own",
+                    missing.len(),
+                    refusal.pooling,
+                    refusal.mib()
+                );
+                return Ok(());
+            }
+            Err(Err(e)) => return Err(e),
+        };
         let hidden = model.encoder.hidden_size();
         for (pooling, key) in missing {
             self.shared

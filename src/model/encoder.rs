@@ -640,18 +640,59 @@ pub fn encode_all(
     Ok(out)
 }
 
+/// Test-only: a cap in bytes on [`feature_rows`], so that tests reach the refusal a
+/// machine's memory gives without allocating that much.
+const FEATURE_BYTES_CAP: &str = "BERTCLS_TEST_FEATURE_BYTES";
+
+/// The refusal of [`feature_rows`], typed so that a caller with another way (a search's
+/// shared forward: one pooling at a time) can take it.
+#[derive(Debug)]
+pub struct FeaturesDoNotFit {
+    pub pooling: Pooling,
+    pub rows: usize,
+    pub width: usize,
+}
+
+impl std::fmt::Display for FeaturesDoNotFit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the {} features of {} texts ({} floats each, {} MiB) do not fit in memory: encode them in chunks (encode --data writes a split chunk by chunk), or pick a narrower --pooling",
+            self.pooling,
+            self.rows,
+            self.width,
+            self.mib()
+        )
+    }
+}
+
+impl FeaturesDoNotFit {
+    pub fn mib(&self) -> u128 {
+        (self.rows as u128 * self.width as u128 * 4) >> 20
+    }
+}
+
+impl std::error::Error for FeaturesDoNotFit {}
+
 /// Zeroed room for `rows` features of `width` floats, refused in one line where the
 /// memory is not there (`vec!` would abort the process): wide poolings of many texts
 /// (`cls+mean-last12` of BERT-base is 18,432 floats a text) can ask for more than a
 /// machine has.
 fn feature_rows(rows: usize, width: usize, pooling: Pooling) -> Result<Vec<f32>> {
     let refused = || {
-        anyhow!(
-            "the {pooling} features of {rows} texts ({width} floats each, {} MiB) do not fit in memory: encode them in chunks (encode --data writes a split chunk by chunk), or pick a narrower --pooling",
-            (rows as u128 * width as u128 * 4) >> 20
-        )
+        anyhow::Error::new(FeaturesDoNotFit {
+            pooling,
+            rows,
+            width,
+        })
     };
     let len = rows.checked_mul(width).ok_or_else(refused)?;
+    let cap = std::env::var(FEATURE_BYTES_CAP)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
+    if cap.is_some_and(|cap| len.saturating_mul(4) > cap) {
+        return Err(refused());
+    }
     let mut out = Vec::new();
     out.try_reserve_exact(len).map_err(|_| refused())?;
     out.resize(len, 0.0);

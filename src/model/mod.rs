@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 
 pub use config::BertConfig;
-pub use encoder::{encode_all, Encoder, EncoderOutput, FeatureEncoder, Keep, PoolKind, Pooling};
+pub use encoder::{
+    encode_all, Encoder, EncoderOutput, FeatureEncoder, FeaturesDoNotFit, Keep, PoolKind, Pooling,
+};
 pub use weights::{Checkpoint, HostWeights};
 
 /// The files of a model folder, checked to exist.
