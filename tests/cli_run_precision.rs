@@ -1,5 +1,5 @@
-//! `test --run`, `predict --run` and `encode --run` compute in the precision the run's
-//! features were computed in (run.json's "precision"): a `--precision` that contradicts
+//! `test --run`, `predict --run`, `encode --run` and `train --resume` compute in the
+//! precision the run's features were computed in (run.json's "precision"): a `--precision` that contradicts
 //! it is refused with one line naming run.json, one that repeats it is accepted, and a
 //! precision run.json does not name leaves `--precision` in charge. A GPU run is made
 //! here by writing its precision into the run.json of a CPU run: on the CPU every
@@ -168,4 +168,74 @@ fn a_gpu_precision_on_the_cpu_is_noted_once() {
     let info: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
     assert_eq!(info["precision"], "fp32");
+}
+
+/// `train --resume` continues on features of the run's precision, as `test --run` scores
+/// on them: it takes run.json's precision, and refuses a `--precision` that contradicts
+/// it before it touches the run (a resume on the GPU in another precision trained on
+/// other features while run.json went on naming the run's).
+#[test]
+fn a_resume_takes_the_runs_precision_and_refuses_another() {
+    let dir = TempDir::new("resume-precision");
+    let run = train_run(&dir.0, "run", &[]);
+    let run_str = run.to_str().unwrap();
+    let epochs_done = || {
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count()
+    };
+    let resume = |precision: &str| {
+        refusal(&[
+            "train",
+            "--resume",
+            run_str,
+            "--epochs",
+            "2",
+            "--no-cache",
+            "--precision",
+            precision,
+        ])
+    };
+    let err = resume("bf16");
+    assert!(
+        err.starts_with(&format!(
+            "error: cannot resume {run_str}: --precision (run: fp32, now: bf16) differ"
+        )),
+        "{err}"
+    );
+    assert_eq!(epochs_done(), 1);
+
+    // A run made in bf16 on a GPU: fp32 contradicts it too...
+    set_precision(&run, "bf16");
+    let err = resume("fp32");
+    assert!(
+        err.contains("--precision (run: bf16, now: fp32) differ"),
+        "{err}"
+    );
+    assert_eq!(epochs_done(), 1);
+    // ... and without the flag the resume takes bf16, which the CPU computes in fp32.
+    let out = ok(bertcls_cpu(&[
+        "train",
+        "--resume",
+        run_str,
+        "--epochs",
+        "2",
+        "--no-cache",
+    ]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("resuming with ") && l.ends_with(" --precision bf16")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("note: --precision bf16 applies on a GPU; the CPU computes in fp32"),
+        "{stderr}"
+    );
+    assert_eq!(epochs_done(), 2);
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    assert_eq!(info["precision"], "bf16");
 }

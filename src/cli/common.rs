@@ -99,7 +99,7 @@ pub struct DeviceArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceRequest,
-    /// GPU precision: fp32 (strict, the default; with --run: the run's), tf32
+    /// GPU precision: fp32 (strict, the default; with --run, or train --resume: the run's), tf32
     /// (tensor-core GEMMs), bf16 or fp16 (weights and activations in half, tensor cores,
     /// fp32 accumulation). The CPU backend computes in fp32 whatever this says.
     // An Option, not a default value: `--run` must tell a given flag (checked

@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Result};
 
 use super::TrainArgs;
+use crate::backend::cuda::Precision;
 use crate::chunk::LongTexts;
 use crate::cli::predict::run_model;
 use crate::data::check_label_names;
@@ -103,6 +104,22 @@ pub fn with_run_settings(mut args: TrainArgs, dir: &Path) -> Result<TrainArgs> {
     }
     if take("seed", h.seed.to_string()) {
         args.seed = h.seed;
+    }
+    // The features were computed in the run's precision: on a GPU, another one gives
+    // other features, and run.json would go on naming the run's. A precision it does not
+    // name (damaged) leaves --precision in charge, as `test --run` does.
+    if let Ok(run) = info.precision.parse::<Precision>() {
+        match args.device.precision {
+            Some(now) if now != run => bail!(
+                "cannot resume {}: --precision (run: {run}, now: {now}) differ; drop those flags (a resume takes the run's) or give the run's values",
+                dir.display()
+            ),
+            _ => {
+                if take("precision", run.to_string()) {
+                    args.device.precision = Some(run);
+                }
+            }
+        }
     }
     args.given = given;
     if !taken.is_empty() {
