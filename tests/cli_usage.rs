@@ -107,6 +107,17 @@ fn help_and_version_print_whole() {
         stdout.contains("named after the pooling") && !stdout.contains("[N, hidden]"),
         "{stdout}"
     );
+    // The bulk flags are shared; encode has no head and scores nothing, so its help must
+    // not promise a label read against one.
+    let label_column = stdout
+        .split("--label-column")
+        .nth(1)
+        .and_then(|rest| rest.split("\n      --").next())
+        .unwrap_or_default();
+    assert!(
+        label_column.contains("encode does not read it"),
+        "{label_column}"
+    );
     let (code, stdout, _) = bertcls(&["--version"]);
     assert_eq!(code, 0);
     assert!(stdout.starts_with("bertcls "));

@@ -58,8 +58,8 @@ pub struct BulkArgs {
         help_heading = "Bulk (--data)"
     )]
     pub text_column: String,
-    /// Column holding the label (a class id, or a name of the head's), used when present
-    /// (predict reports accuracy).
+    /// Column holding the label: predict reads it when present (a class id, or a name of
+    /// the head's) and reports accuracy; encode does not read it.
     #[arg(
         long,
         default_value = "label",
