@@ -100,6 +100,11 @@ fn help_and_version_print_whole() {
     let (code, stdout, _) = bertcls(&["train", "--help"]);
     assert_eq!(code, 0);
     assert!(stdout.contains("--lr") && stdout.lines().count() > 10);
+    // `train --split test` trains on test: the splits read are the flags', not fixed ones.
+    assert!(
+        stdout.contains("Only the splits --split and --validation-split name are read"),
+        "{stdout}"
+    );
     // The tensor encode writes is named after the pooling, as wide as it makes it.
     let (code, stdout, _) = bertcls(&["encode", "--help"]);
     assert_eq!(code, 0);

@@ -38,7 +38,7 @@ use crate::train::{
 pub struct TrainArgs {
     /// Dataset: a save_to_disk folder, a .parquet, .jsonl, .csv or .tsv file (its sibling
     /// split files are the other splits), a folder of them, or a hub dataset id. Only the
-    /// train and validation splits are read.
+    /// splits --split and --validation-split name are read.
     #[arg(long, default_value = DEFAULT_DATASET, help_heading = "Data")]
     data: String,
     /// Column holding the text.
