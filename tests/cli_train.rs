@@ -831,6 +831,30 @@ fn search_is_deterministic_and_records_the_best_trial() {
     }
 }
 
+/// With a validation split, --search validates on it and holds nothing out: a
+/// --validation-fraction given would change nothing, and is refused before anything is
+/// encoded, as the search-only flags are without --search.
+#[test]
+fn search_refuses_a_validation_fraction_beside_a_validation_split() {
+    let sb = Sandbox::new("search-fraction-unused");
+    let out = sb.train_tiny(
+        1,
+        &[
+            "--search",
+            "--validation-fraction",
+            "0.25",
+            "--out",
+            &sb.path("run"),
+        ],
+    );
+    failed_with(
+        &out,
+        "--validation-fraction 0.25: the validation split validates the search",
+    );
+    nothing_encoded(&out);
+    assert!(!Path::new(&sb.path("run")).exists());
+}
+
 /// Without a validation split, --search holds out --validation-fraction of train.
 #[test]
 fn search_without_validation_holds_out_a_fraction() {

@@ -82,6 +82,17 @@ pub(super) fn run(args: TrainArgs) -> Result<()> {
             .iter()
             .find(|s| s.name == "validation" && !s.texts.is_empty()),
     };
+    // Rows are held out only where no split validates: a fraction given beside one would
+    // change nothing, as --stride changes nothing where texts are truncated.
+    if let Some(validation) = named_validation {
+        if args.given.contains("validation_fraction") {
+            bail!(
+                "--validation-fraction {}: the {} split validates the search, so no train rows are held out; drop --validation-fraction (it is for data without a validation split)",
+                args.validation_fraction,
+                validation.name
+            );
+        }
+    }
     // Holding out needs a row to hold out and one to keep: `hold_out` cannot split one.
     if named_validation.is_none() && train.texts.len() < 2 {
         bail!(
