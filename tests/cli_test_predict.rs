@@ -477,6 +477,22 @@ fn test_and_predict_take_model_data_and_labels_from_a_run() {
         b"",
     ));
     assert!(err.contains("last.safetensors does not exist"), "{err}");
+    // An epoch the run lacks is named as that epoch, not as a run without any.
+    let err = error_of(&bertcls(
+        &[
+            "predict",
+            "--run",
+            s(run.path()),
+            "--checkpoint",
+            "7",
+            "酒店很好",
+        ],
+        b"",
+    ));
+    assert!(
+        err.contains("head-epoch-7.safetensors does not exist: the run has not finished epoch 7;"),
+        "{err}"
+    );
 }
 
 /// A run's label names are fixed by its training: `--labels` in another order would

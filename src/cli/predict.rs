@@ -224,17 +224,22 @@ pub(super) fn run_model(info: &RunInfo) -> String {
 }
 
 fn run_checkpoint(dir: &Path, choice: Option<&str>) -> Result<PathBuf> {
-    let path = match choice.unwrap_or("best") {
-        "best" => best_checkpoint(dir),
-        "last" => last_checkpoint(dir),
+    let (path, epoch) = match choice.unwrap_or("best") {
+        "best" => (best_checkpoint(dir), None),
+        "last" => (last_checkpoint(dir), None),
         n => match n.parse::<usize>() {
-            Ok(epoch) => epoch_checkpoint(dir, epoch),
+            Ok(epoch) => (epoch_checkpoint(dir, epoch), Some(epoch)),
             Err(_) => bail!("--checkpoint {n}: expected best, last or an epoch number"),
         },
     };
     if !path.is_file() {
+        // Epoch N missing from a run that finished others is not a run without epochs.
+        let why = match epoch {
+            Some(n) => format!("the run has not finished epoch {n}"),
+            None => "the run has not finished an epoch".to_string(),
+        };
         bail!(
-            "{} does not exist: the run has not finished an epoch, or pass --checkpoint best, last or an epoch it has",
+            "{} does not exist: {why}; pass --checkpoint best, last or an epoch it has",
             path.display()
         );
     }
