@@ -1471,7 +1471,24 @@ fn cheap_checks_come_before_encoding() {
         );
         nothing_encoded(&out);
     }
-    for name in ["r1", "r2", "r3", "r4", "r5", "r6", "r7"] {
+    // Nor does a search log steps.
+    let out = sb.train(&[
+        "--data",
+        &dsdict(),
+        "--epochs",
+        "1",
+        "--search",
+        "--log-every",
+        "1",
+        "--out",
+        &sb.path("r8"),
+    ]);
+    failed_with(
+        &out,
+        "--log-every 1: --search prints one line a trial, not training steps; drop --log-every",
+    );
+    nothing_encoded(&out);
+    for name in ["r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8"] {
         assert!(
             !Path::new(&sb.path(name)).exists(),
             "{name} was left behind"

@@ -155,7 +155,8 @@ pub struct TrainArgs {
     /// above the run's extends it.
     #[arg(long, value_name = "DIR", help_heading = "Output")]
     resume: Option<PathBuf>,
-    /// A log line with loss and batch accuracy every N steps (0: none).
+    /// A log line with loss and batch accuracy every N steps (0: none); not with --search,
+    /// which prints one line a trial.
     #[arg(
         long,
         default_value_t = 5,
@@ -408,6 +409,13 @@ fn check_args(args: &TrainArgs) -> Result<()> {
             if args.given.contains(id) {
                 bail!("{flag} {value}: --search tries its own ({grid}) and keeps the best; drop {flag}, or drop --search to train with it");
             }
+        }
+        // Trials log no steps: a step interval would be ignored without a word.
+        if args.given.contains("log_every") && args.log_every != 0 {
+            bail!(
+                "--log-every {}: --search prints one line a trial, not training steps; drop --log-every, or drop --search to train once with it",
+                args.log_every
+            );
         }
     }
     if args.pooling.len() > 1 && !args.search {
