@@ -6,6 +6,7 @@ mod common;
 use bertcls::backend::cpu::CpuBackend;
 use bertcls::batch::PackedBatch;
 use bertcls::model::{Checkpoint, Encoder, FeatureEncoder, Keep, ModelDir, Pooling};
+use bertcls::tokenize::TokenizedText;
 use common::*;
 
 /// HF computes in fp32 too; the differences are summation order in GEMMs and our
@@ -129,21 +130,29 @@ fn tiny_pooling_of_the_last_layers_matches_transformers_hidden_states() {
 }
 
 /// A search over several poolings runs one forward of the widest and takes each one's
-/// features from it (`Pooling::take_from`): exactly the floats of each one's own forward.
+/// features from it (`Pooling::take_from`): exactly the floats of each one's own forward,
+/// `cls` too on the CPU, whose [CLS]-only last layer gives the whole layer's [CLS] rows.
+/// The reference texts and texts of 17 to 300 tokens: past 16 tokens the gemm crate
+/// scores one query row with other kernels than a block of rows.
 #[test]
 fn poolings_taken_from_the_widest_forward_are_their_own_forwards_floats() {
     let dir = ModelDir::open(&fixtures().join("tiny/model")).unwrap();
     let (config, weights) = dir.load().unwrap();
     let c = config.hidden_size;
-    let texts = unpad(&read_tensors(
+    let mut texts = unpad(&read_tensors(
         &fixtures().join("tiny/reference.safetensors"),
     ));
+    texts.extend([17, 40, 129, 300].map(|n: u32| TokenizedText {
+        ids: (0..n).map(|i| (i * 37 + n) % 700 + 5).collect(),
+        type_ids: vec![0; n as usize],
+    }));
     let batch = PackedBatch::new(&texts);
     let mut enc = Encoder::new(CpuBackend::new(2).unwrap(), config, &weights, 1024).unwrap();
     let widest = enc
         .encode_batch(&batch, "cls+mean-last2".parse().unwrap())
         .unwrap();
     for name in [
+        "cls",
         "mean",
         "cls+mean",
         "cls-last2",

@@ -45,12 +45,12 @@ pub enum QueryRows {
     /// Every token attends: output (T, C).
     All,
     /// Only each text's first token ([CLS]) attends: output (num_texts, C). The last
-    /// layer needs nothing else when only [CLS] features are wanted. Not bit for bit the
-    /// [CLS] rows of `All`: on the CPU the one query row's scores take the gemm crate's
-    /// dot-product kernels (lanes summed at the end), all rows' its blocked kernel (each
-    /// score summed in k order), so those of a text of more than 16 tokens can differ by
-    /// ulps (the dense layers after them compute a row alike for any row count); on CUDA
-    /// the layer's GEMMs of n and of T rows are cuBLAS calls of other shapes.
+    /// layer needs nothing else when only [CLS] features are wanted. On the CPU these are
+    /// the [CLS] rows of `All` bit for bit (computed as `All`, then gathered: the gemm
+    /// crate's kernels for one query row sum in another order), so [CLS] pooling equals
+    /// the [CLS] half of any wider pooling; on CUDA [CLS] attends alone, and the layer's
+    /// GEMMs of n and of T rows are cuBLAS calls of other shapes, so they agree to
+    /// rounding only.
     ClsOnly,
 }
 

@@ -616,15 +616,14 @@ impl FeatureSource {
         )
     }
 
-    /// With two or more of `poolings` that run the whole forward (all but the last
-    /// layer's `cls`) missing from the cache, encodes `texts` once with the widest of them
-    /// ([CLS] and mean of as many layers as any needs) and keeps each one's features,
-    /// taken from it, for `features`: one forward instead of one per pooling, the same
-    /// floats. Only with a cache (its keys name the poolings) and truncated texts. The last
-    /// layer's `cls` keeps its own forward: its [CLS]-only last layer is not bit for bit
-    /// the whole layer's [CLS] rows (`QueryRows::ClsOnly`), and its cache entry must hold
-    /// the floats it encodes alone. Where the widest features do not fit in memory, each
-    /// pooling keeps its own forward too.
+    /// With two or more of `poolings` missing from the cache, encodes `texts` once with
+    /// the widest of them ([CLS] and mean of as many layers as any needs) and keeps each
+    /// one's features, taken from it, for `features`: one forward instead of one per
+    /// pooling, the same floats. Only with a cache (its keys name the poolings) and
+    /// truncated texts. On CUDA the last layer's `cls` keeps its own forward: its
+    /// [CLS]-only last layer agrees with the whole layer's [CLS] rows to rounding only
+    /// (`QueryRows::ClsOnly`), and its cache entry must hold the floats it encodes alone.
+    /// Where the widest features do not fit in memory, each pooling keeps its own forward.
     pub fn share_forward(
         &mut self,
         model: &mut LoadedModel,
@@ -640,7 +639,8 @@ impl FeatureSource {
             return Ok(());
         }
         let mut missing = Vec::new();
-        for &pooling in poolings.iter().filter(|p| p.keep() != Keep::Cls) {
+        let alike = model.device == Device::Cpu;
+        for &pooling in poolings.iter().filter(|p| alike || p.keep() != Keep::Cls) {
             let spec = self.encode_spec(
                 &model.files,
                 model.device,

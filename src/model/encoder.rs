@@ -97,14 +97,12 @@ impl Pooling {
     }
 
     /// This pooling's features, (n, width), taken from `widest`, the (n, 2C x layers)
-    /// features of `cls+mean-last{layers}` (`layers` at least this pooling's): the
-    /// floats its own forward gives, since every layer before the last runs whole either
-    /// way and the last runs whole for any pooling but `cls`, which this refuses.
+    /// features of `cls+mean-last{layers}` (`layers` at least this pooling's): every
+    /// layer before the last runs whole either way and the last runs whole for any
+    /// pooling but `cls`, whose [CLS]-only last layer gives the whole layer's [CLS] rows
+    /// on the CPU and agrees to rounding on CUDA (`QueryRows::ClsOnly`).
     pub fn take_from(self, widest: &[f32], hidden: usize, layers: usize) -> Vec<f32> {
-        assert!(
-            self.keep() != Keep::Cls && self.layers <= layers,
-            "{self} from {layers} layers"
-        );
+        assert!(self.layers <= layers, "{self} from {layers} layers");
         let row = 2 * hidden * layers;
         let mut x = Vec::with_capacity(widest.len() / row * self.width(hidden));
         for text in widest.chunks_exact(row) {

@@ -7,7 +7,6 @@ use rayon::prelude::*;
 
 use super::simd::{dispatch, exp, max, sum};
 use super::OutPtr;
-use crate::backend::QueryRows;
 
 dispatch! {
     /// Softmax of each row of `scores` (rows, n), in place. Max, exp and sum are separate
@@ -26,41 +25,26 @@ dispatch! {
     }
 }
 
-/// qkv (T, 3C) = [Q | K | V]; out (T, C) or, for `ClsOnly`, (num_texts, C).
-pub fn attention(
-    qkv: &[f32],
-    offsets: &[usize],
-    heads: usize,
-    head_dim: usize,
-    query_rows: QueryRows,
-    out: &mut [f32],
-) {
+/// qkv (T, 3C) = [Q | K | V]; out (T, C).
+pub fn attention(qkv: &[f32], offsets: &[usize], heads: usize, head_dim: usize, out: &mut [f32]) {
     let c = heads * head_dim;
     let texts = offsets.len() - 1;
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let out_rows = match query_rows {
-        QueryRows::All => offsets[texts],
-        QueryRows::ClsOnly => texts,
-    };
-    let out_ptr = OutPtr(out[..out_rows * c].as_mut_ptr());
+    let out_ptr = OutPtr(out[..offsets[texts] * c].as_mut_ptr());
     (0..texts * heads).into_par_iter().for_each(|task| {
         let (text, h) = (task / heads, task % heads);
         let (start, n) = (offsets[text], offsets[text + 1] - offsets[text]);
-        let (nq, out_row) = match query_rows {
-            QueryRows::All => (n, start),
-            QueryRows::ClsOnly => (1, text),
-        };
         let q = &qkv[start * 3 * c + h * head_dim..];
         let k = &qkv[start * 3 * c + c + h * head_dim..];
         let v = &qkv[start * 3 * c + 2 * c + h * head_dim..];
         let stride = 3 * c as isize;
-        let mut scores = vec![0f32; nq * n]; // (nq, n)
+        let mut scores = vec![0f32; n * n]; // (n, n)
 
         // SAFETY: every read stays inside this text's rows of qkv (start..start+n, row stride
-        // 3C, head_dim columns from the head's offset); `scores` is (nq, n) row-major.
+        // 3C, head_dim columns from the head's offset); `scores` is (n, n) row-major.
         unsafe {
             gemm(
-                nq,
+                n,
                 n,
                 head_dim,
                 scores.as_mut_ptr(),
@@ -82,12 +66,12 @@ pub fn attention(
             );
         }
         softmax_rows(&mut scores, n);
-        // SAFETY: this task alone writes rows out_row..out_row+nq, columns
-        // h*head_dim..(h+1)*head_dim of out (out_rows, C); reads of v stay in this text.
+        // SAFETY: this task alone writes rows start..start+n, columns
+        // h*head_dim..(h+1)*head_dim of out (T, C); reads of v stay in this text.
         unsafe {
-            let dst = out_ptr.get().add(out_row * c + h * head_dim);
+            let dst = out_ptr.get().add(start * c + h * head_dim);
             gemm(
-                nq,
+                n,
                 head_dim,
                 n,
                 dst,
