@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 
-use crate::backend::cuda::{CudaBackend, CudaHead, Precision};
+use crate::backend::cuda::{CudaBackend, CudaHead};
 use crate::head::{count_correct, HeadScratch, LinearHead};
 use crate::optim::AdamW;
 
@@ -49,7 +49,7 @@ impl HeadTrainer {
                 })))
             }
             HeadDevice::Cuda(ordinal) => {
-                let backend = CudaBackend::new(ordinal, Precision::Fp32, batch)?;
+                let backend = CudaBackend::for_head(ordinal, batch)?;
                 Ok(Self::Cuda(Box::new(CudaHead::new(
                     &backend,
                     &head,

@@ -410,11 +410,31 @@ pub(crate) fn launch(stream: &CudaStream, kernel: &Kernel, grid: Grid, args: &[A
     .map_err(|e| anyhow!("CUDA kernel {} failed to launch: {e}", kernel.name))
 }
 
+/// What the user can lower when the GPU runs out of memory: the encoder's batches are
+/// sized by --max-batch-tokens, the head trainer's by --batch-size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MemoryKnob {
+    BatchTokens(usize),
+    HeadBatch(usize),
+}
+
+impl std::fmt::Display for MemoryKnob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::BatchTokens(n) => write!(f, "lower --max-batch-tokens (now {n})"),
+            Self::HeadBatch(n) => write!(
+                f,
+                "lower --batch-size (now {n}), or train the head on the CPU (--head-device cpu)"
+            ),
+        }
+    }
+}
+
 /// Maps an allocation failure to the advice the user can act on.
-pub(crate) fn alloc_error(e: DriverError, floats: usize, max_batch_tokens: usize) -> anyhow::Error {
+pub(crate) fn alloc_error(e: DriverError, floats: usize, knob: MemoryKnob) -> anyhow::Error {
     if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
         anyhow!(
-            "out of GPU memory allocating {} MiB: lower --max-batch-tokens (now {max_batch_tokens})",
+            "out of GPU memory allocating {} MiB: {knob}",
             (floats * 4).div_ceil(1 << 20)
         )
     } else {
@@ -428,6 +448,23 @@ pub(crate) fn alloc_error(e: DriverError, floats: usize, max_batch_tokens: usize
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The head trainer's memory is sized by --batch-size, not --max-batch-tokens (which
+    /// it used to name, with the head's batch size as its value).
+    #[test]
+    fn out_of_memory_names_the_flag_that_sizes_the_allocation() {
+        let oom = || DriverError(sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY);
+        let err = alloc_error(oom(), 3 << 20, MemoryKnob::BatchTokens(8192)).to_string();
+        assert_eq!(
+            err,
+            "out of GPU memory allocating 12 MiB: lower --max-batch-tokens (now 8192)"
+        );
+        let err = alloc_error(oom(), 1, MemoryKnob::HeadBatch(32)).to_string();
+        assert_eq!(
+            err,
+            "out of GPU memory allocating 1 MiB: lower --batch-size (now 32), or train the head on the CPU (--head-device cpu)"
+        );
+    }
 
     const LAYERNORM: KernelLimits = KernelLimits {
         static_shared: 128,

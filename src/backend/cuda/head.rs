@@ -78,13 +78,13 @@ impl CudaHead {
             );
         }
         let stream = backend.stream().clone();
-        let budget = backend.max_batch_tokens();
+        let knob = backend.memory_knob();
         let up = |host: &[f32]| -> Result<CudaSlice<f32>> {
-            let mut t = alloc_f32(&stream, host.len(), budget)?;
+            let mut t = alloc_f32(&stream, host.len(), knob)?;
             stream.memcpy_htod(host, &mut t.slice_mut(..host.len()))?;
             Ok(t)
         };
-        let zeros = |len: usize| alloc_f32(&stream, len, budget);
+        let zeros = |len: usize| alloc_f32(&stream, len, knob);
         let kc = k * c;
         Ok(Self {
             blas: new_blas(&stream, Precision::Fp32)?,
@@ -100,7 +100,7 @@ impl CudaHead {
             dweight: zeros(kc)?,
             dbias: zeros(k)?,
             x: zeros(max_batch * c)?,
-            labels: alloc_u32(&stream, max_batch, budget)?,
+            labels: alloc_u32(&stream, max_batch, knob)?,
             scale: zeros(k)?,
             logits: zeros(max_batch * k)?,
             dlogits: zeros(max_batch * k)?,

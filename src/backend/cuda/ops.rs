@@ -9,7 +9,9 @@ use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 
 use super::blas::{gemm, gemm_ex, new_blas, Gemm};
-use super::context::{self, alloc_error, launch, Arg, Grid, Kernel, Kernels, Storage, Typed};
+use super::context::{
+    self, alloc_error, launch, Arg, Grid, Kernel, Kernels, MemoryKnob, Storage, Typed,
+};
 use super::Precision;
 use crate::backend::{Activation, Backend, QueryRows};
 use crate::batch::PackedBatch;
@@ -29,6 +31,8 @@ pub struct CudaBackend {
     precision: Precision,
     storage: Storage,
     max_batch_tokens: usize,
+    /// What an out-of-memory error tells the user to lower.
+    knob: MemoryKnob,
     name: String,
     ordinal: usize,
     /// A Mutex, not a RefCell, only so that the backend is `Sync` as `Backend` asks; one
@@ -125,6 +129,27 @@ impl CudaBackend {
     /// the index and attention scratch for batches of up to `max_batch_tokens` tokens.
     /// Fails with one line, never a panic, where no GPU, driver, cuBLAS or kernels exist.
     pub fn new(ordinal: usize, precision: Precision, max_batch_tokens: usize) -> Result<Self> {
+        let knob = MemoryKnob::BatchTokens(max_batch_tokens);
+        Self::open(ordinal, precision, max_batch_tokens, knob)
+    }
+
+    /// A backend for the head trainer (`CudaHead`), fp32, whose batches are `batch` rows
+    /// of features: out of memory, it names --batch-size.
+    pub fn for_head(ordinal: usize, batch: usize) -> Result<Self> {
+        Self::open(
+            ordinal,
+            Precision::Fp32,
+            batch,
+            MemoryKnob::HeadBatch(batch),
+        )
+    }
+
+    fn open(
+        ordinal: usize,
+        precision: Precision,
+        max_batch_tokens: usize,
+        knob: MemoryKnob,
+    ) -> Result<Self> {
         if max_batch_tokens == 0 {
             bail!("--max-batch-tokens must be at least 1");
         }
@@ -135,7 +160,7 @@ impl CudaBackend {
         let kernels = Arc::new(Kernels::load(&ctx)?);
         let blas = new_blas(&stream, precision)?;
         let p = max_batch_tokens;
-        let alloc = |len: usize| alloc_u32(&stream, len, p);
+        let alloc = |len: usize| alloc_u32(&stream, len, knob);
         let scratch = Scratch {
             ids: alloc(p)?,
             positions: alloc(p)?,
@@ -151,6 +176,7 @@ impl CudaBackend {
             precision,
             storage: precision.storage(),
             max_batch_tokens,
+            knob,
             name,
             ordinal,
             scratch: Mutex::new(scratch),
@@ -168,6 +194,10 @@ impl CudaBackend {
 
     pub fn max_batch_tokens(&self) -> usize {
         self.max_batch_tokens
+    }
+
+    pub(super) fn memory_knob(&self) -> MemoryKnob {
+        self.knob
     }
 
     pub fn stream(&self) -> &Arc<CudaStream> {
@@ -212,7 +242,7 @@ impl CudaBackend {
         let buf = self
             .stream
             .alloc_zeros::<u8>(bytes.max(1))
-            .map_err(|e| alloc_error(e, bytes.div_ceil(4), self.max_batch_tokens))?;
+            .map_err(|e| alloc_error(e, bytes.div_ceil(4), self.knob))?;
         Ok(CudaTensor {
             buf,
             len,
@@ -276,7 +306,7 @@ impl CudaBackend {
                 k: alloc(pad_rows * c)?,
                 v: alloc(pad_rows * c)?,
                 ctx: alloc(pad_rows * c)?,
-                scores: alloc_f32(&self.stream, score_cap, self.max_batch_tokens)?,
+                scores: alloc_f32(&self.stream, score_cap, self.knob)?,
                 probs: match self.storage {
                     Storage::F32 => None,
                     _ => Some(alloc(score_cap)?),
@@ -749,21 +779,21 @@ pub(super) fn need(t: &CudaTensor, len: usize, what: &str) -> Result<()> {
 pub(super) fn alloc_f32(
     stream: &Arc<CudaStream>,
     len: usize,
-    max_batch_tokens: usize,
+    knob: MemoryKnob,
 ) -> Result<CudaSlice<f32>> {
     stream
         .alloc_zeros::<f32>(len.max(1))
-        .map_err(|e| alloc_error(e, len, max_batch_tokens))
+        .map_err(|e| alloc_error(e, len, knob))
 }
 
 pub(super) fn alloc_u32(
     stream: &Arc<CudaStream>,
     len: usize,
-    max_batch_tokens: usize,
+    knob: MemoryKnob,
 ) -> Result<CudaSlice<u32>> {
     stream
         .alloc_zeros::<u32>(len.max(1))
-        .map_err(|e| alloc_error(e, len, max_batch_tokens))
+        .map_err(|e| alloc_error(e, len, knob))
 }
 
 #[cfg(test)]
