@@ -353,6 +353,39 @@ fn resume_continues_exactly() {
     assert_eq!(run_json(&split)["hyperparameters"]["epochs"], 4);
 }
 
+/// A run encoded on another backend (run.json says cuda:0) resumes on the CPU, saying
+/// that the resumed epochs are not bit for bit an uninterrupted run's; on its own
+/// backend nothing is said.
+#[test]
+fn resume_on_another_backend_says_it_is_not_exact() {
+    let sb = Sandbox::new("resume-backend");
+    let run = sb.path("run");
+    succeeded(&sb.train_tiny(1, &["--out", &run]));
+    let same = sb.train(&["--resume", &run, "--epochs", "2"]);
+    succeeded(&same);
+    assert!(
+        !stderr(&same).contains("note: the run encoded"),
+        "{}",
+        stderr(&same)
+    );
+    let path = Path::new(&run).join("run.json");
+    let mut info = run_json(&run);
+    info["device"] = "cuda:0".into();
+    std::fs::write(&path, info.to_string()).unwrap();
+    let other = sb.train(&["--resume", &run, "--epochs", "3"]);
+    succeeded(&other);
+    assert!(
+        stderr(&other).contains("note: the run encoded its features on cuda:0, this resume on cpu: the two agree to rounding (about 1e-5), so the epochs from here are close to an uninterrupted run's, not bit for bit"),
+        "{}",
+        stderr(&other)
+    );
+    assert_eq!(
+        run_json(&run)["device"],
+        "cuda:0",
+        "the run's record is kept"
+    );
+}
+
 /// A run killed after writing epoch 3's metrics but before its last.safetensors resumes
 /// after epoch 2, and its metrics.jsonl ends up as an uninterrupted run's.
 #[test]

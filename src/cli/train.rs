@@ -329,6 +329,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if args.resume.is_none() {
         info.device = model.device.to_string();
         info.precision = model.precision_name();
+    } else if info.device != model.device.to_string() {
+        // Not refused: a run started on a GPU may well be finished on a CPU machine.
+        eprintln!(
+            "note: the run encoded its features on {}, this resume on {}: the two agree to rounding (about 1e-5), so the epochs from here are close to an uninterrupted run's, not bit for bit",
+            info.device, model.device
+        );
     }
     let features = all_features(&mut model, &mut source, train, validation)?;
     folder.save_info(&info)?;
