@@ -1032,8 +1032,7 @@ fn a_finished_output_of_another_job_is_named_and_replaced_only_at_the_end() {
     let dir = TempDir::new("bulk-other-job");
     let model = model_dir();
     let dsdict = data().join("tiny-dsdict");
-    let out = dir.join("f.safetensors");
-    let encode = |pooling: &str, env: &[(&str, &str)]| {
+    let encode = |pooling: &str, out: &Path, env: &[(&str, &str)]| {
         let args = [
             "encode",
             "--model",
@@ -1043,18 +1042,19 @@ fn a_finished_output_of_another_job_is_named_and_replaced_only_at_the_end() {
             "--data",
             s(&dsdict),
             "--out",
-            s(&out),
+            s(out),
             "--chunk-rows",
             "4",
         ];
         bertcls(&args, env)
     };
-    let first = ok(encode("cls", &[]));
+    let out = dir.join("f.safetensors");
+    let first = ok(encode("cls", &out, &[]));
     assert!(!String::from_utf8_lossy(&first.stderr).contains("another job"));
     let cls = std::fs::read(&out).unwrap();
     let note = r#"holds the output of another job (its model.pooling is "cls", this job's "mean")"#;
 
-    let killed = encode("mean", &[("BERTCLS_TEST_ABORT_AFTER_CHUNKS", "1")]);
+    let killed = encode("mean", &out, &[("BERTCLS_TEST_ABORT_AFTER_CHUNKS", "1")]);
     assert!(!killed.status.success());
     assert!(String::from_utf8_lossy(&killed.stderr).contains(note));
     assert_eq!(
@@ -1063,23 +1063,10 @@ fn a_finished_output_of_another_job_is_named_and_replaced_only_at_the_end() {
         "the stopped job kept the old output"
     );
 
-    let replaced = ok(encode("mean", &[]));
+    let replaced = ok(encode("mean", &out, &[]));
     assert!(String::from_utf8_lossy(&replaced.stderr).contains(note));
     let fresh = dir.join("fresh.safetensors");
-    let args = [
-        "encode",
-        "--model",
-        s(&model),
-        "--pooling",
-        "mean",
-        "--data",
-        s(&dsdict),
-        "--out",
-        s(&fresh),
-        "--chunk-rows",
-        "4",
-    ];
-    ok(bertcls(&args, &[]));
+    ok(encode("mean", &fresh, &[]));
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&fresh).unwrap());
     assert_ne!(std::fs::read(&out).unwrap(), cls);
 }
