@@ -97,10 +97,11 @@ impl Pooling {
     }
 
     /// This pooling's features, (n, width), taken from `widest`, the (n, 2C x layers)
-    /// features of `cls+mean-last{layers}` (`layers` at least this pooling's): every
-    /// layer before the last runs whole either way and the last runs whole for any
-    /// pooling but `cls`, whose [CLS]-only last layer gives the whole layer's [CLS] rows
-    /// on the CPU and agrees to rounding on CUDA (`QueryRows::ClsOnly`).
+    /// features of `cls+mean-last{layers}` (`layers` at least this pooling's): the floats
+    /// its own forward gives, since every layer before the last runs whole either way and
+    /// the last runs whole for any pooling but `cls`, whose [CLS]-only last layer gives
+    /// the whole layer's [CLS] rows on the CPU; on CUDA `cls`'s agree to rounding only
+    /// (`QueryRows::ClsOnly`).
     pub fn take_from(self, widest: &[f32], hidden: usize, layers: usize) -> Vec<f32> {
         assert!(self.layers <= layers, "{self} from {layers} layers");
         let row = 2 * hidden * layers;

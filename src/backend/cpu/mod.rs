@@ -206,9 +206,9 @@ impl Backend for CpuBackend {
             // scores with other kernels than a block of rows (lanes summed at the end, not
             // each score in k order), so [CLS] attending alone would differ from the [CLS]
             // rows of `All` by ulps. This way [CLS] pooling is bit for bit the [CLS] half
-            // of any wider pooling, and a search shares one forward among them, for the
-            // last layer's attention of every row: about 1/12 of the attention's 4-5% of a
-            // forward.
+            // of any wider pooling, and a search shares one forward among them. The cost,
+            // the last layer's attention for every row, is about 1/12 of the attention's
+            // 4-5% of a forward: within the noise (docs/BENCHMARKS.md).
             QueryRows::ClsOnly => {
                 let c = heads * head_dim;
                 let texts = offsets.len() - 1;
