@@ -296,10 +296,22 @@ fn a_shard_without_rows_says_how_many_shards_fit() {
         args.extend_from_slice(extra);
         error_line(&bertcls_env(&args, &[]))
     };
-    assert_eq!(
-        encode(&data, &["--shard", "0/50"]),
-        "error: --shard 0/50 holds no rows: split \"train\" has 32 rows, so at most 32 shards can each hold one; pass --shard K/N with N at most 32"
-    );
+    let no_rows = "error: --shard 0/50 holds no rows: split \"train\" has 32 rows, so at most 32 shards can each hold one; pass --shard K/N with N at most 32";
+    assert_eq!(encode(&data, &["--shard", "0/50"]), no_rows);
+    // Refused before the model loads: a model that would fail to load is not reached.
+    let missing = dir.join("no-model");
+    let args = [
+        "encode",
+        "--model",
+        s(&missing),
+        "--data",
+        s(&data),
+        "--out",
+        s(&out),
+        "--shard",
+        "0/50",
+    ];
+    assert_eq!(error_line(&bertcls_env(&args, &[])), no_rows);
     let empty = dir.join("train.jsonl");
     fs::write(&empty, "").unwrap();
     assert_eq!(

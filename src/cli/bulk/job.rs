@@ -57,6 +57,7 @@ pub fn run_predict(
     if let Some((row, label)) = split.label_past_head {
         return Err(label_past_head(&split, row, label, &names));
     }
+    shard_rows(bulk, &split)?;
     let mut model = classifier.load_model(device)?;
     let head_sha = sha256_file(&classifier.source)?;
     let identity = identity(
@@ -94,6 +95,7 @@ pub fn run_encode(
     )?;
     let _lock = lock_out(&out)?;
     let split = open(bulk, model_args.offline(), None)?;
+    shard_rows(bulk, &split)?;
     let mut model = load_model(model_args, device)?;
     let identity = identity("encode", &split, bulk, &mut model, false, Value::Null)?;
     run_job(
@@ -319,17 +321,9 @@ impl Counts {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_job(
-    bulk: &BulkArgs,
-    out: &Path,
-    format: OutFormat,
-    with_text: bool,
-    split: &ChunkedSplit,
-    model: &mut LoadedModel,
-    identity: Value,
-    work: Work,
-) -> Result<()> {
+/// The rows `--shard` gives this job, refused where there are none: called before the
+/// model loads too, so that the refusal costs no load.
+fn shard_rows(bulk: &BulkArgs, split: &ChunkedSplit) -> Result<(usize, usize)> {
     let total = split.rows();
     let shard = bulk.shard.unwrap_or(Shard { index: 0, count: 1 });
     let (start, end) = shard.range(total);
@@ -348,6 +342,22 @@ fn run_job(
             split.split
         );
     }
+    Ok((start, end))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_job(
+    bulk: &BulkArgs,
+    out: &Path,
+    format: OutFormat,
+    with_text: bool,
+    split: &ChunkedSplit,
+    model: &mut LoadedModel,
+    identity: Value,
+    work: Work,
+) -> Result<()> {
+    let total = split.rows();
+    let (start, end) = shard_rows(bulk, split)?;
     let job = json!({
         "identity": identity,
         "start": start,
