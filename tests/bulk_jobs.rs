@@ -932,7 +932,7 @@ fn a_label_the_head_lacks_is_refused_before_any_chunk() {
         assert_eq!(
             err,
             format!(
-                "error: {} row {row}: label 5 but the head has 2 labels (negative, positive); pass --label-column of the labels it was trained on",
+                "error: {} row {row}: label 5 is outside 0..2 (the head has 2 classes: negative, positive); fix the row, or use the head trained for these labels",
                 s(file)
             )
         );

@@ -67,7 +67,7 @@ fn a_label_the_head_lacks_names_its_file_and_row() {
     let line = error_line(&out);
     assert!(
         line.starts_with(&format!(
-            "error: {} row 3: label 2 but the head has 2 labels",
+            "error: {} row 3: label 2 is outside 0..2 (the head has 2 classes: ",
             s(&data)
         )),
         "{line}"

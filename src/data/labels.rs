@@ -296,7 +296,7 @@ fn resolve_ids(
             check_range(
                 head,
                 splits,
-                &format!("the head has {} classes", head.len()),
+                &format!("the head has {} classes: {}", head.len(), head.join(", ")),
                 "use the head trained for these labels",
             )?;
             return Ok(head.to_vec());
@@ -725,7 +725,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with("train.jsonl row 2: label 2 is outside 0..2 (the head has 2 classes)")
+            err.starts_with("train.jsonl row 2: label 2 is outside 0..2 (the head has 2 classes: ")
                 && err.ends_with("use the head trained for these labels"),
             "{err}"
         );

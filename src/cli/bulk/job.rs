@@ -723,10 +723,11 @@ fn label_past_head(
     names: &[String],
 ) -> anyhow::Error {
     let (file, row) = split.locate(row);
+    // Worded as `test` words it (data::labels::check_range): one mistake, one message.
     anyhow!(
-        "{} row {row}: label {label} but the head has {} labels ({}); pass --label-column of the labels it was trained on",
+        "{} row {row}: label {label} is outside 0..{n} (the head has {n} classes: {}); fix the row, or use the head trained for these labels",
         file.display(),
-        names.len(),
-        names.join(", ")
+        names.join(", "),
+        n = names.len(),
     )
 }
