@@ -1657,3 +1657,165 @@ fn a_class_label_in_another_order_is_mapped_to_the_heads_names() {
     );
     assert_eq!(correct(&reversed, "reversed"), (rows - right, rows));
 }
+
+/// What a damage is refused for, and the damage done to a file.
+type Damage<'a> = (&'static str, Box<dyn Fn(&Path) + 'a>);
+
+/// Rewrites the JSON in `path` (a chunk record or a manifest) as `edit` changes it.
+fn edit_json(path: &Path, edit: impl FnOnce(&mut Value)) {
+    let mut v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(path, v.to_string()).unwrap();
+}
+
+/// A resume sums the counts the chunk records of a killed run give; damaged ones wrapped
+/// the sums (a row count and accuracy of nothing the data holds, in a manifest that looks
+/// whole). Each damage is refused naming the record and the part to delete, and deleting
+/// it gives the output of a run never killed.
+#[test]
+fn a_resume_refuses_damaged_chunk_records() {
+    let dir = TempDir::new("bulk-records");
+    let head = dir.join("head.safetensors");
+    write_head(&head);
+    let dsdict = data().join("tiny-dsdict");
+    let run = |out: &Path, env: &[(&str, &str)]| {
+        let a = chunked_job(&["predict", "--head", s(&head)], &dsdict, out, 8);
+        bertcls(&a.iter().map(String::as_str).collect::<Vec<_>>(), env)
+    };
+    let clean = dir.join("clean.jsonl");
+    ok(run(&clean, &[]));
+    let out = dir.join("p.jsonl");
+    let parts = PathBuf::from(format!("{}.parts", s(&out)));
+    let record = parts.join("chunk-000000000000.json");
+    let part = parts.join("chunk-000000000000.jsonl");
+    let max = Value::from(u64::MAX);
+    let damages: [Damage; 6] = [
+        (
+            "not a readable chunk record",
+            Box::new(|p| std::fs::write(p, "{\"rows\":").unwrap()),
+        ),
+        (
+            "not a bertcls chunk record",
+            Box::new(|p| std::fs::write(p, "[]").unwrap()),
+        ),
+        (
+            "are not those of its 8 rows",
+            Box::new(|p| edit_json(p, |v| v["rows"] = max.clone())),
+        ),
+        (
+            "are not those of its 8 rows",
+            Box::new(|p| edit_json(p, |v| v["correct"] = 9.into())),
+        ),
+        (
+            "are not those of its 8 rows",
+            Box::new(|p| edit_json(p, |v| v["tokens"] = max.clone())),
+        ),
+        (
+            "have no whole number \"labelled\"",
+            Box::new(|p| edit_json(p, |v| v["labelled"] = (-1).into())),
+        ),
+    ];
+    for (why, damage) in damages {
+        let _ = std::fs::remove_dir_all(&parts);
+        let killed = run(&out, &[("BERTCLS_TEST_ABORT_AFTER_CHUNKS", "2")]);
+        assert!(!killed.status.success());
+        damage(&record);
+        let err = error_line(&run(&out, &[]));
+        assert!(
+            err.starts_with(&format!("error: {}: ", s(&record))),
+            "{err}"
+        );
+        assert!(err.contains(why), "{why}: {err}");
+        assert!(
+            err.ends_with(&format!(
+                "delete {} (or all of {}) and run the command again",
+                s(&part),
+                s(&parts)
+            )),
+            "{err}"
+        );
+        assert!(!out.exists());
+    }
+    let job = parts.join("job.json");
+    let job_bytes = std::fs::read(&job).unwrap();
+    std::fs::write(&job, "{").unwrap();
+    let err = error_line(&run(&out, &[]));
+    assert!(err.starts_with(&format!("error: {}", s(&job))), "{err}");
+    let remove = format!("remove {}, or pick another --out", s(&parts));
+    assert!(err.ends_with(&remove), "{err}");
+    std::fs::write(&job, job_bytes).unwrap();
+    std::fs::remove_file(&part).unwrap();
+    ok(run(&out, &[]));
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&clean).unwrap());
+    let manifest = |p: &Path| -> Value {
+        serde_json::from_slice(&std::fs::read(format!("{}.bulk.json", s(p))).unwrap()).unwrap()
+    };
+    assert_eq!(manifest(&out)["counts"], manifest(&clean)["counts"]);
+    // A finished output's manifest, damaged, is refused the same way.
+    std::fs::write(format!("{}.bulk.json", s(&out)), "{").unwrap();
+    let err = error_line(&run(&out, &[]));
+    let again = format!("delete it and {} to run the job again", s(&out));
+    assert!(err.ends_with(&again), "{err}");
+}
+
+/// Merge sums its parts' manifest counts the same way: a damaged manifest is refused
+/// naming it, before anything is written, where it wrapped the merged counts.
+#[test]
+fn merge_refuses_manifests_with_damaged_counts() {
+    let dir = TempDir::new("bulk-merge-counts");
+    let head = dir.join("head.safetensors");
+    write_head(&head);
+    let dsdict = data().join("tiny-dsdict");
+    let p: Vec<PathBuf> = (0..2)
+        .map(|k| {
+            let out = dir.join(&format!("p{k}.jsonl"));
+            let shard = format!("{k}/2");
+            let mut args = vec!["predict", "--head", s(&head), "--data", s(&dsdict)];
+            args.extend(["--out", s(&out), "--shard", &shard]);
+            ok(bertcls(&args, &[]));
+            out
+        })
+        .collect();
+    let manifest = PathBuf::from(format!("{}.bulk.json", s(&p[0])));
+    let good = std::fs::read(&manifest).unwrap();
+    let out = dir.join("m.jsonl");
+    let max = Value::from(u64::MAX);
+    let damages: [Damage; 5] = [
+        (
+            "are not those of its 16 rows",
+            Box::new(|m| edit_json(m, |v| v["counts"]["rows"] = max.clone())),
+        ),
+        (
+            "are not those of its 16 rows",
+            Box::new(|m| edit_json(m, |v| v["counts"]["correct"] = 17.into())),
+        ),
+        (
+            "are not those of its 16 rows",
+            Box::new(|m| edit_json(m, |v| v["counts"]["tokens"] = max.clone())),
+        ),
+        (
+            "not a bertcls bulk manifest",
+            Box::new(|m| std::fs::write(m, "null").unwrap()),
+        ),
+        (
+            "is not valid JSON",
+            Box::new(|m| std::fs::write(m, "{").unwrap()),
+        ),
+    ];
+    for (why, damage) in damages {
+        std::fs::write(&manifest, &good).unwrap();
+        damage(&manifest);
+        let err = error_line(&merge(&[s(&out), s(&p[0]), s(&p[1])]));
+        assert!(
+            err.starts_with(&format!("error: {}", s(&manifest))),
+            "{err}"
+        );
+        assert!(err.contains(why), "{why}: {err}");
+        assert!(err.ends_with("it is corrupt: rerun that shard"), "{err}");
+        assert!(!out.exists());
+    }
+    std::fs::write(&manifest, &good).unwrap();
+    let merged = ok(merge(&[s(&out), s(&p[0]), s(&p[1])]));
+    let stderr = String::from_utf8_lossy(&merged.stderr);
+    assert!(stderr.contains("labelled rows)"), "{stderr}");
+}

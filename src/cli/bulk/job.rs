@@ -278,6 +278,9 @@ pub(super) fn read_json(path: &Path) -> Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
 }
 
+/// Why `Counts::add` failed, said of the file whose counts were added last.
+pub(super) const OVERFLOW: &str = "its token count takes the total past 2^64";
+
 #[derive(Default, Clone, Copy)]
 pub(super) struct Counts {
     pub rows: u64,
@@ -291,21 +294,46 @@ impl Counts {
         json!({"rows": self.rows, "tokens": self.tokens, "labelled": self.labelled, "correct": self.correct})
     }
 
-    pub fn from_json(v: &Value) -> Counts {
-        let get = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
-        Counts {
-            rows: get("rows"),
-            tokens: get("tokens"),
-            labelled: get("labelled"),
-            correct: get("correct"),
+    /// The counts a chunk's stats or a part's manifest records for its `rows` rows, or
+    /// why they cannot be a job's. Their sums become the output's manifest and accuracy
+    /// line: an edited or damaged file's numbers would wrap them, or give an accuracy
+    /// above 1, in a file that looks whole.
+    pub fn from_json(v: &Value, rows: u64) -> std::result::Result<Counts, String> {
+        let get = |k: &str| {
+            v.get(k)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| format!("its counts have no whole number \"{k}\""))
+        };
+        let counts = Counts {
+            rows: get("rows")?,
+            tokens: get("tokens")?,
+            labelled: get("labelled")?,
+            correct: get("correct")?,
+        };
+        // Tokens are bounded only loosely (no row is 2^32 tokens, even in windows), so
+        // that the file whose count is absurd is the one named, not the one after it.
+        if counts.rows != rows
+            || counts.correct > counts.labelled
+            || counts.labelled > rows
+            || counts.tokens > rows.saturating_mul(1 << 32)
+        {
+            return Err(format!(
+                "its counts (rows {}, tokens {}, labelled {}, correct {}) are not those of its {rows} rows",
+                counts.rows, counts.tokens, counts.labelled, counts.correct
+            ));
         }
+        Ok(counts)
     }
 
-    pub fn add(&mut self, o: Counts) {
-        self.rows += o.rows;
-        self.tokens += o.tokens;
-        self.labelled += o.labelled;
-        self.correct += o.correct;
+    /// `None` where a sum would overflow, which the loose bound on tokens leaves possible.
+    pub fn add(&mut self, o: Counts) -> Option<()> {
+        *self = Counts {
+            rows: self.rows.checked_add(o.rows)?,
+            tokens: self.tokens.checked_add(o.tokens)?,
+            labelled: self.labelled.checked_add(o.labelled)?,
+            correct: self.correct.checked_add(o.correct)?,
+        };
+        Some(())
     }
 
     /// The accuracy line `test` would give, when the rows had labels.
@@ -368,7 +396,12 @@ fn run_job(
     let parts = parts_dir(out);
     let manifest = manifest_path(out);
     if out.is_file() && manifest.is_file() {
-        let done = read_json(&manifest)?;
+        let done = read_json(&manifest).map_err(|e| {
+            anyhow!(
+                "{e:#}: delete it and {} to run the job again",
+                out.display()
+            )
+        })?;
         let same_rows = done["start"] == job["start"] && done["end"] == job["end"];
         if done["identity"] == job["identity"] && same_rows {
             let want = (end - start) as u64;
@@ -410,7 +443,9 @@ fn run_job(
     }
     let job_file = parts.join("job.json");
     if job_file.is_file() {
-        if read_json(&job_file)? != job {
+        let recorded = read_json(&job_file)
+            .map_err(|e| anyhow!("{e:#}: remove {}, or pick another --out", parts.display()))?;
+        if recorded != job {
             bail!(
                 "{} holds the parts of another job (other data, model, head, shard or --chunk-rows): remove it, or pick another --out",
                 parts.display()
@@ -453,6 +488,7 @@ fn run_job(
     // Each chunk's stats in chunk order, as verified or as written: the assembly below
     // takes them from here rather than reading every file again.
     let mut all_stats = Vec::with_capacity(firsts.len());
+    let mut counts = Counts::default();
     // The data is known by its files' names and sizes only, so the texts of every chunk
     // already written are read and hashed again (cheap next to encoding them): data
     // edited in place since must not leave its old rows in the output.
@@ -462,7 +498,28 @@ fn run_job(
         let chunk = chunk?;
         let texts_sha256 = times.time(Stage::Reading, || hash_texts(&chunk.texts));
         if part(chunk.first).is_file() {
-            let written_from = times.time(Stage::Reading, || read_json(&stats(chunk.first)))?;
+            // The part is what makes a chunk done: deleting it writes both files again.
+            let corrupt = |why: String| {
+                anyhow!(
+                    "{}: {why}: delete {} (or all of {}) and run the command again",
+                    stats(chunk.first).display(),
+                    part(chunk.first).display(),
+                    parts.display()
+                )
+            };
+            let written_from = times
+                .time(Stage::Reading, || read_json(&stats(chunk.first)))
+                .map_err(|e| {
+                    corrupt(format!(
+                        "not a readable chunk record ({:#})",
+                        e.root_cause()
+                    ))
+                })?;
+            if !written_from["texts_sha256"].is_string() {
+                return Err(corrupt(
+                    "not a bertcls chunk record (no texts_sha256)".into(),
+                ));
+            }
             if written_from["texts_sha256"] != texts_sha256.as_str() {
                 bail!(
                     "--out {}: the texts of rows {}..{} of the data changed since {} was written: delete that folder to run the job on the data as it is now",
@@ -472,6 +529,11 @@ fn run_job(
                     parts.display()
                 );
             }
+            let recorded =
+                Counts::from_json(&written_from, chunk.texts.len() as u64).map_err(corrupt)?;
+            counts
+                .add(recorded)
+                .ok_or_else(|| corrupt(OVERFLOW.into()))?;
             meter.skip(chunk.texts.len() as u64);
             all_stats.push(written_from);
             continue;
@@ -479,9 +541,16 @@ fn run_job(
         if let Some(line) = resuming.take() {
             eprintln!("{line}");
         }
-        let (output, counts) = process(model, &work, split, chunk, with_text, &mut times)?;
+        let (output, chunk_counts) = process(model, &work, split, chunk, with_text, &mut times)?;
+        counts.add(chunk_counts).ok_or_else(|| {
+            anyhow!(
+                "--out {}: the chunk records in {} count more tokens than 2^64: one is damaged; delete that folder and run the command again",
+                out.display(),
+                parts.display()
+            )
+        })?;
         let chunk_stats = times.time(Stage::Writing, || -> Result<Value> {
-            let mut chunk_stats = counts.to_json();
+            let mut chunk_stats = chunk_counts.to_json();
             chunk_stats["texts_sha256"] = texts_sha256.into();
             // The features' own hash, from the values in memory before any file holds
             // them, so that the parts, the output and its merges are checked against it.
@@ -493,7 +562,7 @@ fn run_job(
             Ok(chunk_stats)
         })?;
         all_stats.push(chunk_stats);
-        meter.add(counts.rows, counts.tokens);
+        meter.add(chunk_counts.rows, chunk_counts.tokens);
         written += 1;
         if abort_after == Some(written) {
             std::process::abort();
@@ -504,11 +573,9 @@ fn run_job(
         Work::Encode => Some(model.pooling.name()),
         Work::Predict { .. } => None,
     };
-    let mut counts = Counts::default();
     let mut files = Vec::with_capacity(firsts.len());
     let mut ranges = Vec::with_capacity(firsts.len());
     for (&first, chunk_stats) in firsts.iter().zip(&all_stats) {
-        counts.add(Counts::from_json(chunk_stats));
         // Saturating: a --chunk-rows near usize::MAX (one chunk, whatever the size) would
         // wrap the sum to before `first`.
         let chunk_end = first.saturating_add(chunk_rows).min(end) as u64;

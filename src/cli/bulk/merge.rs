@@ -3,12 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use serde_json::json;
 
 use super::features_in::check_windows;
-use super::job::{manifest_path, read_json, remove_stale_output_temporaries, Counts};
+use super::job::{manifest_path, read_json, remove_stale_output_temporaries, Counts, OVERFLOW};
 use super::ranges::{check_tiling, first_uncovered, ranges_of, TextRange, Uncovered};
 use super::sink::{assemble, OutFormat, PartFeatures, PartRows};
 use crate::fsio::atomic_write;
@@ -49,7 +49,18 @@ pub fn run(args: MergeArgs) -> Result<()> {
                 manifest.display()
             );
         }
-        let m = read_json(&manifest)?;
+        let m = read_json(&manifest)
+            .and_then(|m| {
+                if m.is_object() {
+                    Ok(m)
+                } else {
+                    bail!(
+                        "{} is not a bertcls bulk manifest (a JSON object)",
+                        manifest.display()
+                    )
+                }
+            })
+            .map_err(|e| anyhow!("{e:#}; it is corrupt: rerun that shard"))?;
         if m["format"] != format.ext() {
             bail!(
                 "{} is {} but {} is .{}: merge parts into their own format",
@@ -85,11 +96,17 @@ pub fn run(args: MergeArgs) -> Result<()> {
                 );
             }
         }
+        let counts = Counts::from_json(&m["counts"], end.saturating_sub(start)).map_err(|why| {
+            anyhow!(
+                "{}: {why}; it is corrupt: rerun that shard",
+                manifest.display()
+            )
+        })?;
         parts.push(Part {
             path: path.clone(),
             start,
             end,
-            counts: Counts::from_json(&m["counts"]),
+            counts,
             ranges,
         });
     }
@@ -114,7 +131,12 @@ pub fn run(args: MergeArgs) -> Result<()> {
     }
     let mut counts = Counts::default();
     for part in &parts {
-        counts.add(part.counts);
+        counts.add(part.counts).ok_or_else(|| {
+            anyhow!(
+                "{}: {OVERFLOW}; it is corrupt: rerun that shard",
+                manifest_path(&part.path).display()
+            )
+        })?;
     }
     // The parts' text ranges in row order: the merged file is checked by
     // `train --features-from` as its shards would be. Outputs written before ranges
