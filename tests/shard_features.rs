@@ -631,3 +631,35 @@ fn features_from_with_an_unwritable_cache_warns_and_trains_on_them() {
     assert_eq!(summary["features_imported"], true);
     assert_eq!(std::fs::read_to_string(&cache).unwrap(), "not a folder");
 }
+
+/// A manifest that is not a JSON object was read as one of no kind ("the output of bulk
+/// null"), and one that is not JSON named no remedy: both say the shard is corrupt.
+#[test]
+fn a_damaged_manifest_says_to_encode_the_shard_again() {
+    let dir = TempDir::new("shardfeat-manifest");
+    let file = dir.join("train.safetensors");
+    encode_shard(&dsdict(), "train", 0, 1, &file, &[]);
+    let manifest = dir.join("train.safetensors.bulk.json");
+    for (damage, why) in [
+        ("null", "is not a bertcls bulk manifest (a JSON object)"),
+        ("[1]", "is not a bertcls bulk manifest (a JSON object)"),
+        ("{", "is not valid JSON"),
+    ] {
+        std::fs::write(&manifest, damage).unwrap();
+        let out = train(
+            &dir.join("run"),
+            &dir.join("cache"),
+            &["--features-from", s(&file)],
+        );
+        let err = error_line(&out);
+        assert!(
+            err.starts_with(&format!("error: {} {why}", s(&manifest))),
+            "{err}"
+        );
+        assert!(
+            err.ends_with("it is corrupt: encode that shard again"),
+            "{err}"
+        );
+        assert!(!dir.join("run").exists(), "a refused run left its folder");
+    }
+}

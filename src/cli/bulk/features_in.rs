@@ -10,7 +10,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use safetensors::SafeTensors;
 
 use super::feature_rows::{NotFeatures, ParquetRows, TensorRows};
-use super::job::{manifest_path, read_json};
+use super::job::{manifest_path, read_manifest};
 use super::ranges::{check_tiling, ranges_of, TextRange};
 use super::sink::OutFormat;
 use crate::data::guard::{guarded_batches, guarded_then};
@@ -41,7 +41,7 @@ pub fn read_encoded(path: &Path) -> Result<EncodedFile> {
             manifest.display()
         );
     }
-    let m = read_json(&manifest)?;
+    let m = read_manifest(&manifest, "encode that shard again")?;
     let identity = &m["identity"];
     if identity["kind"] != "encode" {
         bail!(

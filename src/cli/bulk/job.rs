@@ -278,6 +278,22 @@ pub(super) fn read_json(path: &Path) -> Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
 }
 
+/// The bulk manifest at `path`, or a line naming it as corrupt and ending in `remedy`.
+pub(super) fn read_manifest(path: &Path, remedy: &str) -> Result<Value> {
+    read_json(path)
+        .and_then(|m| {
+            if m.is_object() {
+                Ok(m)
+            } else {
+                bail!(
+                    "{} is not a bertcls bulk manifest (a JSON object)",
+                    path.display()
+                )
+            }
+        })
+        .map_err(|e| anyhow!("{e:#}; it is corrupt: {remedy}"))
+}
+
 /// Why `Counts::add` failed, said of the file whose counts were added last.
 pub(super) const OVERFLOW: &str = "its token count takes the total past 2^64";
 

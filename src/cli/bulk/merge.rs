@@ -8,7 +8,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::features_in::check_windows;
-use super::job::{manifest_path, read_json, remove_stale_output_temporaries, Counts, OVERFLOW};
+use super::job::{manifest_path, read_manifest, remove_stale_output_temporaries, Counts, OVERFLOW};
 use super::ranges::{check_tiling, first_uncovered, ranges_of, TextRange, Uncovered};
 use super::sink::{assemble, OutFormat, PartFeatures, PartRows};
 use crate::fsio::atomic_write;
@@ -49,18 +49,7 @@ pub fn run(args: MergeArgs) -> Result<()> {
                 manifest.display()
             );
         }
-        let m = read_json(&manifest)
-            .and_then(|m| {
-                if m.is_object() {
-                    Ok(m)
-                } else {
-                    bail!(
-                        "{} is not a bertcls bulk manifest (a JSON object)",
-                        manifest.display()
-                    )
-                }
-            })
-            .map_err(|e| anyhow!("{e:#}; it is corrupt: rerun that shard"))?;
+        let m = read_manifest(&manifest, "rerun that shard")?;
         if m["format"] != format.ext() {
             bail!(
                 "{} is {} but {} is .{}: merge parts into their own format",
