@@ -237,6 +237,58 @@ fn a_stride_where_texts_are_truncated_is_refused() {
     ]));
 }
 
+/// A run or head trained on windows sharing 100 tokens, used with a --max-length whose
+/// windows cannot share that many, was refused as "--stride 100 ... pass a stride below
+/// that": predict and test have no --stride, and none was passed. The file that records
+/// the stride is named, and the --max-length that would do.
+#[test]
+fn a_max_length_too_short_for_a_recorded_stride_names_the_file() {
+    let dir = TempDir::new("msg-recorded-stride");
+    let run = train_run(&dir.0, "run", &["--long", "chunk", "--stride", "100"]);
+    let json = run.join("run.json");
+    let best = run.join("best.safetensors");
+    let want = |file: &Path| {
+        format!(
+            "error: --max-length 50: {} records windows sharing 100 tokens (--long chunk), leaving windows of 50 tokens no room for new ones besides [CLS] and [SEP]: pass --max-length 103 or more",
+            s(file)
+        )
+    };
+    let short = ["--max-length", "50", "x"];
+    let predict = [&["predict", "--run", s(&run)][..], &short].concat();
+    assert_eq!(refusal(&predict), want(&json));
+    let head = [&["predict", "--head", s(&best)][..], &short].concat();
+    assert_eq!(refusal(&head), want(&best));
+    let data = fixtures().join("data/tiny-dsdict");
+    let test = [
+        "test",
+        "--run",
+        s(&run),
+        "--max-length",
+        "50",
+        "--data",
+        s(&data),
+    ];
+    assert_eq!(error_line(&bertcls_cpu(&test)), want(&json));
+    ok(bertcls_cpu(&[
+        "predict",
+        "--run",
+        s(&run),
+        "--max-length",
+        "103",
+        "x",
+    ]));
+
+    // Both from run.json, the stride too long for the max_length: the file is damaged.
+    let text = fs::read_to_string(&json).unwrap();
+    fs::write(&json, text.replace("\"stride\": 100", "\"stride\": 400")).unwrap();
+    let damaged = format!(
+        "error: {} records windows of max_length 350 sharing 400 tokens (--long chunk), leaving no room for new tokens besides [CLS] and [SEP]: the file is damaged; restore the max_length and stride the head was trained with",
+        s(&json)
+    );
+    assert_eq!(refusal(&["predict", "--run", s(&run), "x"]), damaged);
+    assert_eq!(refusal(&["encode", "--run", s(&run), "x"]), damaged);
+}
+
 #[test]
 fn a_batch_budget_below_one_text_is_refused() {
     let dir = TempDir::new("msg-batch-tokens");

@@ -51,18 +51,20 @@ pub struct ModelArgs {
     /// Texts longer than max_length: truncated, or windows (set like `pooling`).
     #[arg(skip)]
     pub long: LongTexts,
-    /// The files `model` and `max_length` were read from where no flag gave them.
+    /// The files `model`, `max_length` and `long` were read from where no flag gave them.
     #[arg(skip)]
     pub recorded: Recorded,
 }
 
-/// The run.json or head checkpoint that named the model, and the one that gave
-/// max_length: their errors name that file, not a `--model` or `--max-length` the user
-/// never passed. None where a flag (or the default) gave the value.
+/// The run.json or head checkpoint that named the model, and the ones that gave
+/// max_length and long: their errors name that file, not a `--model`, `--max-length` or
+/// `--stride` the user never passed (predict and test have no --stride to pass). None
+/// where a flag (or the default) gave the value.
 #[derive(Clone, Debug, Default)]
 pub struct Recorded {
     pub model: Option<PathBuf>,
     pub max_length: Option<PathBuf>,
+    pub long: Option<PathBuf>,
 }
 
 impl ModelArgs {
@@ -90,6 +92,28 @@ impl ModelArgs {
                 file.display()
             ),
             _ => Ok(()),
+        }
+    }
+
+    /// `check_window` for a chunk stride some file recorded, naming that file.
+    fn check_recorded_window(&self, stride: usize) -> Result<()> {
+        let Err(e) = check_window(self.max_length, stride) else {
+            return Ok(());
+        };
+        let Some(file) = &self.recorded.long else {
+            return Err(e);
+        };
+        let n = self.max_length;
+        match &self.recorded.max_length {
+            Some(_) => bail!(
+                "{} records windows of max_length {n} sharing {stride} tokens (--long chunk), leaving no room for new tokens besides [CLS] and [SEP]: the file is damaged; restore the max_length and stride the head was trained with",
+                file.display()
+            ),
+            None => bail!(
+                "--max-length {n}: {} records windows sharing {stride} tokens (--long chunk), leaving windows of {n} tokens no room for new ones besides [CLS] and [SEP]: pass --max-length {} or more",
+                file.display(),
+                stride.saturating_add(3)
+            ),
         }
     }
 }
@@ -189,7 +213,7 @@ pub fn model_files(args: &ModelArgs) -> Result<ModelFiles> {
     let config = dir.config().map_err(named_by)?;
     args.check_max_length(&config, &resolved.id)?;
     if let LongTexts::Chunk { stride } = args.long {
-        check_window(args.max_length, stride)?;
+        args.check_recorded_window(stride)?;
     }
     let tokenizer = BertTokenizer::from_dir(&dir.dir, args.max_length).map_err(named_by)?;
     let tokenizer = ManuallyDrop::new(tokenizer);

@@ -179,6 +179,7 @@ impl HeadArgs {
             recorded: Recorded {
                 model: model_from,
                 max_length: max_length_from,
+                long: Some(run_json.clone().unwrap_or_else(|| source.clone())),
             },
         };
         let trained_on = match (&run, &run_json) {
