@@ -638,6 +638,12 @@ fn errors_are_one_line() {
         "--batch-size 0",
     );
     failed_with(&sb.train_tiny(0, &["--out", &out]), "--epochs 0");
+    // Refused before training, where the weights overflowed an epoch in with a hint at
+    // --lr alone.
+    failed_with(
+        &sb.train_tiny(1, &["--out", &out, "--weight-decay", "1e308"]),
+        "--weight-decay 1e308 with --lr 1e-2: each step scales the weights by 1 - lr x weight decay = -1.000e306, which wipes or flips them: keep lr x weight decay below 1",
+    );
     failed_with(
         &sb.train_tiny(1, &["--out", &out, "--head-device", "cuda"]),
         "--head-device cuda needs the encoder on a GPU",

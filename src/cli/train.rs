@@ -400,6 +400,18 @@ fn check_args(args: &TrainArgs) -> Result<()> {
         bail!("--epochs 0: train for at least one epoch (the recipe uses 100)");
     }
     long_texts(args)?.check_stride(args.given.contains("stride").then_some(args.stride))?;
+    // AdamW scales the weights by 1 - lr * weight_decay each step: at 0 or below, decay
+    // wipes or flips them, and past -1 they grow until they overflow, an epoch in, as
+    // weights "no longer finite" and a hint at --lr alone. That hint stays right for a
+    // huge --lr beside the default decay.
+    let decay = 1.0 - args.lr * args.weight_decay;
+    if !args.search && args.given.contains("weight_decay") && decay <= 0.0 {
+        bail!(
+            "--weight-decay {:e} with --lr {:e}: each step scales the weights by 1 - lr x weight decay = {decay:.3e}, which wipes or flips them: keep lr x weight decay below 1 (the recipe's is 1e-5 x 0.01)",
+            args.weight_decay,
+            args.lr
+        );
+    }
     // The search's grid holds every lr and weight decay it tries: one given with it
     // would change nothing while run.json records the trial's.
     if args.search {
