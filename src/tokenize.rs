@@ -45,6 +45,7 @@ impl BertTokenizer {
         let vocab = dir.join("vocab.txt");
         let (mut inner, sources) = if json.is_file() {
             let tok = tokenizer_json(&json)?;
+            check_unk_token(&tok, &json)?;
             (tok, vec![json])
         } else if vocab.is_file() {
             let config_path = dir.join("tokenizer_config.json");
@@ -66,7 +67,13 @@ impl BertTokenizer {
             }))
             .map_err(|e| anyhow!("cannot set truncation on the tokenizer: {e}"))?;
         inner.with_padding(None);
-        let bounded = bounded::Bounded::new(&inner, max_length)?;
+        // Its probes are the first texts the tokenizer sees: a failure there is the file's.
+        let bounded = bounded::Bounded::new(&inner, max_length).map_err(|e| {
+            anyhow!(
+                "{}: {e:#}: use the model's own tokenizer files",
+                sources[0].display()
+            )
+        })?;
         Ok(Self {
             inner,
             bounded,
@@ -103,7 +110,13 @@ impl BertTokenizer {
             .values()
             .max()
             .map(|&id| id as usize);
-        model.max(added).map(|id| id as u32)
+        // The post-processor's [CLS] and [SEP] carry ids of their own, in no vocabulary.
+        let special = self
+            .inner
+            .encode("", true)
+            .ok()
+            .and_then(|e| e.get_ids().iter().max().map(|&id| id as usize));
+        model.max(added).max(special).map(|id| id as u32)
     }
 
     /// sha256 over the tokenizer files and `max_length`: equal fingerprints give equal ids.
@@ -172,6 +185,28 @@ fn tokenizer_json(json: &Path) -> Result<Tokenizer> {
         obj.insert("decoder".into(), serde_json::Value::Null);
     }
     value.to_string().parse().map_err(|e| invalid(&e))
+}
+
+/// A WordPiece, WordLevel or BPE vocabulary without its unk_token fails on the first
+/// word it has no pieces for, which may be hours into a bulk job: refused when loaded
+/// instead. (A BPE with byte fallback spells such words in bytes; a Unigram's unk_id is
+/// not readable here, and one without fails as before, naming the text.)
+fn check_unk_token(tok: &Tokenizer, json: &Path) -> Result<()> {
+    let unk = match tok.get_model() {
+        ModelWrapper::WordPiece(wp) => Some((&wp.unk_token, wp.token_to_id(&wp.unk_token))),
+        ModelWrapper::WordLevel(wl) => Some((&wl.unk_token, wl.token_to_id(&wl.unk_token))),
+        ModelWrapper::BPE(bpe) if !bpe.byte_fallback => {
+            bpe.unk_token.as_ref().map(|t| (t, bpe.token_to_id(t)))
+        }
+        _ => None,
+    };
+    if let Some((token, None)) = unk {
+        bail!(
+            "{}: its unk_token {token:?} is not in its vocabulary, so a text with a word it has no pieces for could not be tokenized: re-download it or delete it to use vocab.txt",
+            json.display()
+        );
+    }
+    Ok(())
 }
 
 fn truncate_for_message(text: &str) -> String {

@@ -222,6 +222,54 @@ fn tokenizer_ids_past_vocab_size() {
     assert_eq!(info_fails(&dir), e);
 }
 
+/// A tokenizer.json whose vocabulary lacks its unk_token loaded, then failed on the first
+/// text with a word it had no pieces for (hours into a bulk job, naming no file); one
+/// whose post-processor gives [CLS] an id past vocab_size failed only once encoding, also
+/// naming no file; and one the load's probes cannot encode with named none. Each is now
+/// refused when the model loads, naming tokenizer.json.
+#[test]
+fn tokenizer_flaws_found_only_mid_run_are_refused_at_load() {
+    let edit = |name: &str, edit: &dyn Fn(&mut serde_json::Value)| -> (PathBuf, String) {
+        let dir = copy_tiny(name);
+        let path = dir.join("tokenizer.json");
+        let mut tokenizer: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        edit(&mut tokenizer);
+        std::fs::write(&path, tokenizer.to_string()).unwrap();
+        let e = encode_fails(&dir);
+        assert!(e.starts_with(&format!("error: {}", path.display())), "{e}");
+        assert_eq!(info_fails(&dir), e);
+        (dir, e)
+    };
+    let no_unk = "its unk_token \"[UNK]\" is not in its vocabulary";
+    let (_, e) = edit("no-unk", &|t| {
+        t["model"]["vocab"].as_object_mut().unwrap().remove("[UNK]");
+    });
+    assert!(e.contains(no_unk), "{e}");
+    let (_, e) = edit("bpe-no-unk", &|t| {
+        let vocab = t["model"]["vocab"].take();
+        t["model"] =
+            serde_json::json!({"type": "BPE", "vocab": vocab, "merges": [], "unk_token": "[ZZ]"});
+    });
+    assert!(
+        e.contains("its unk_token \"[ZZ]\" is not in its vocabulary"),
+        "{e}"
+    );
+    let (dir, e) = edit("cls-id", &|t| {
+        t["post_processor"]["special_tokens"]["[CLS]"]["ids"] = serde_json::json!([99999]);
+    });
+    let want = format!(
+        "has token ids up to 99999 but {} has vocab_size 732",
+        dir.join("config.json").display()
+    );
+    assert!(e.contains(&want), "{e}");
+    let (_, e) = edit("unigram-empty", &|t| {
+        t["model"] = serde_json::json!({"type": "Unigram", "vocab": [], "unk_id": null});
+    });
+    assert!(e.contains("the tokenizer cannot encode"), "{e}");
+    assert!(e.ends_with("use the model's own tokenizer files"), "{e}");
+}
+
 /// The audit's case: e5's 250,002-piece tokenizer beside MiniLM's config and weights
 /// (30,522). e5's own folder, whose tokenizer is smaller than its padded vocab_size
 /// (250,037), loads.
