@@ -42,6 +42,49 @@ fn a_folder_given_to_file_is_named_as_a_folder() {
     assert_eq!(line, want);
 }
 
+/// A run's file given for its folder (--run or --resume its run.json or a checkpoint)
+/// was refused as a folder without run.json, and --resume said to start the run again
+/// with --out naming the file; a run folder given to --head was refused with the OS's
+/// "Is a directory". Each names what it was given and the flag that takes it.
+#[test]
+fn a_run_file_given_for_its_folder_and_back_names_the_right_flag() {
+    let dir = TempDir::new("msg-run-file");
+    let run = train_run(&dir.0, "run", &[]);
+    let (json, best) = (run.join("run.json"), run.join("best.safetensors"));
+    let folder_for = |flag: &str, file: &Path| {
+        format!(
+            "error: {flag} {}: a file, not a run folder: pass {flag} {} (the run folder holding it)",
+            s(file),
+            s(&run)
+        )
+    };
+    assert_eq!(
+        refusal(&["predict", "--run", s(&best), "x"]),
+        folder_for("--run", &best)
+    );
+    assert_eq!(
+        refusal(&["encode", "--run", s(&json), "x"]),
+        folder_for("--run", &json)
+    );
+    let data = fixtures().join("data/tiny-dsdict");
+    assert_eq!(
+        refusal(&["test", "--run", s(&json), "--data", s(&data)]),
+        folder_for("--run", &json)
+    );
+    assert_eq!(
+        refusal(&["train", "--resume", s(&best), "--epochs", "3"]),
+        folder_for("--resume", &best)
+    );
+    assert_eq!(
+        refusal(&["predict", "--head", s(&run), "x"]),
+        format!(
+            "error: {} is a folder, not a head checkpoint: pass --run {} for a run folder, or --head with a head-*.safetensors file",
+            s(&run),
+            s(&run)
+        )
+    );
+}
+
 #[test]
 fn a_label_the_head_lacks_names_its_file_and_row() {
     let dir = TempDir::new("msg-label-range");

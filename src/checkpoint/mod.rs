@@ -122,6 +122,11 @@ pub fn load_inference_head(path: &Path, expected_hidden: Option<usize>) -> Resul
 
 fn read_head(path: &Path, expected_hidden: Option<usize>, optimiser: bool) -> Result<LoadedHead> {
     let p = path.display();
+    if path.is_dir() {
+        bail!(
+            "{p} is a folder, not a head checkpoint: pass --run {p} for a run folder, or --head with a head-*.safetensors file"
+        );
+    }
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(

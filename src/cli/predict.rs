@@ -110,6 +110,9 @@ pub struct Classifier {
 
 impl HeadArgs {
     pub fn load(&self) -> Result<Classifier> {
+        if let Some(dir) = &self.run {
+            RunInfo::refuse_file(dir, "--run")?;
+        }
         let run = self.run.as_deref().map(RunInfo::load).transpose()?;
         let source = match (&self.run, &self.head) {
             (Some(dir), _) => run_checkpoint(dir, self.checkpoint.as_deref())?,

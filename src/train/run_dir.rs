@@ -198,6 +198,36 @@ impl RunInfo {
         run.join("run.json")
     }
 
+    /// Refuses a file given to `flag` (--run, --resume) for its run folder: its
+    /// run.json or a checkpoint in it was refused as a folder without run.json, and
+    /// --resume then said to start the run again with --out naming that file.
+    pub fn refuse_file(run: &Path, flag: &str) -> Result<()> {
+        if !run.is_file() {
+            return Ok(());
+        }
+        let folder = run
+            .parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
+            .filter(|p| Self::path(p).is_file());
+        match folder {
+            Some(folder) => bail!(
+                "{flag} {}: a file, not a run folder: pass {flag} {} (the run folder holding it)",
+                run.display(),
+                folder.display()
+            ),
+            None => bail!(
+                "{flag} {}: a file, not a run folder: pass a folder written by bertcls train",
+                run.display()
+            ),
+        }
+    }
+
     pub fn load(run: &Path) -> Result<Self> {
         let path = Self::path(run);
         let text = std::fs::read_to_string(&path).map_err(|e| {

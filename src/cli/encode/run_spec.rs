@@ -22,6 +22,7 @@ pub struct RunSpec {
 /// The run's features spec, with the flags of `args` checked against it and the model
 /// folder's weights and tokenizer checked to be the run's, before any weights are loaded.
 pub fn resolve(dir: &Path, args: &EncodeArgs) -> Result<RunSpec> {
+    RunInfo::refuse_file(dir, "--run")?;
     let json = RunInfo::path(dir);
     if !json.is_file() {
         bail!(

@@ -19,6 +19,7 @@ use crate::train::run_dir::{refuse_if_in_use, unfinished_search, RunInfo};
 /// something else than the missing file.
 pub fn with_run_settings(mut args: TrainArgs, dir: &Path) -> Result<TrainArgs> {
     // A train still encoding holds the folder and has no run.json yet.
+    RunInfo::refuse_file(dir, "--resume")?;
     refuse_if_in_use(dir, "--resume")?;
     let json = RunInfo::path(dir);
     if !json.is_file() {
