@@ -561,6 +561,30 @@ fn a_shard_layout_folder_names_splits_from_file_names() {
     assert_eq!(data.split("train").unwrap().texts, ["a", "b", "c", "d"]);
 }
 
+/// An Arrow file state.json lists, replaced by a folder, opened (a folder does) and
+/// failed at its first read with the OS's bare "Is a directory", naming no file, in the
+/// whole-split reader and the bulk jobs' chunked one alike.
+#[test]
+fn an_arrow_file_that_is_a_folder_is_named() {
+    let dir = temp_dir("arrow-folder");
+    for name in ["state.json", "dataset_info.json"] {
+        std::fs::copy(fixtures().join("tiny-dataset").join(name), dir.join(name)).unwrap();
+    }
+    let arrow = dir.join("data-00000-of-00001.arrow");
+    std::fs::create_dir_all(&arrow).unwrap();
+    let want = format!(
+        "{}: a folder, not the Arrow file state.json lists: restore the file save_to_disk wrote",
+        arrow.display()
+    );
+    assert_eq!(load_err(&dir, &opts()), want);
+    let chunked = bertcls::data::chunked::open_split(&dir, "train", &opts()).and_then(|split| {
+        split
+            .chunks(0, split.rows(), 3)
+            .try_for_each(|c| c.map(drop))
+    });
+    assert_eq!(chunked.expect_err("an error").to_string(), want);
+}
+
 // Writers for Arrow and parquet test files.
 
 fn text_column(texts: &[&str]) -> ArrayRef {

@@ -156,19 +156,28 @@ pub(super) fn check_framing(file: &Path, len: u64) -> Result<()> {
             file.display()
         )
     };
+    // A folder opens, and only its first read fails, with the OS's "Is a directory" and
+    // no file named.
+    if file.is_dir() {
+        bail!(
+            "{}: a folder, not the Arrow file state.json lists: restore the file save_to_disk wrote",
+            file.display()
+        );
+    }
     let mut f = File::open(file).with_context(|| format!("{}: cannot open", file.display()))?;
+    let unreadable = |e: std::io::Error| anyhow::anyhow!("{}: cannot read ({e})", file.display());
     let mut at = 0u64;
     while at + 4 <= len {
         let mut word = [0u8; 4];
-        f.seek(SeekFrom::Start(at))?;
-        f.read_exact(&mut word)?;
+        f.seek(SeekFrom::Start(at)).map_err(unreadable)?;
+        f.read_exact(&mut word).map_err(unreadable)?;
         let mut meta_len = u32::from_le_bytes(word);
         let mut header = 4;
         if meta_len == u32::MAX {
             if at + 8 > len {
                 return Err(corrupt("a frame cut short"));
             }
-            f.read_exact(&mut word)?;
+            f.read_exact(&mut word).map_err(unreadable)?;
             meta_len = u32::from_le_bytes(word);
             header = 8;
         }
@@ -180,7 +189,7 @@ pub(super) fn check_framing(file: &Path, len: u64) -> Result<()> {
             return Err(corrupt("a message longer than the file"));
         }
         let mut meta = vec![0u8; meta_len as usize];
-        f.read_exact(&mut meta)?;
+        f.read_exact(&mut meta).map_err(unreadable)?;
         let message =
             arrow_ipc::root_as_message(&meta).map_err(|_| corrupt("an unreadable message"))?;
         let body =
