@@ -663,6 +663,53 @@ fn errors_are_one_line() {
     );
 }
 
+/// A resume takes run.json's hyperparameters for the flags not given, past the flags'
+/// own checks: a damaged lr (-1) was run and kept in run.json, and a damaged beta1 was
+/// refused as a flag "differing" that the user never passed. Both name run.json now.
+#[test]
+fn a_resume_refuses_damaged_hyperparameters_in_run_json() {
+    let sb = Sandbox::new("resume-damaged");
+    let out = sb.path("run");
+    succeeded(&sb.train_tiny(1, &["--out", &out]));
+    let json = Path::new(&out).join("run.json");
+    let good = std::fs::read_to_string(&json).unwrap();
+    for (key, value, want) in [
+        (
+            "lr",
+            "-1",
+            "its lr is -1, where train writes a finite number above 0",
+        ),
+        (
+            "beta1",
+            "1.0",
+            "its beta1 is 1, where train writes a number of at least 0 and below 1",
+        ),
+        (
+            "batch_size",
+            "0",
+            "its batch_size is 0, where train writes 1 or more",
+        ),
+        (
+            "class_weights",
+            "\"some\"",
+            "its class_weights is some, where train writes none or balanced",
+        ),
+    ] {
+        let mut run: serde_json::Value = serde_json::from_str(&good).unwrap();
+        run["hyperparameters"][key] = serde_json::from_str(value).unwrap();
+        std::fs::write(&json, run.to_string()).unwrap();
+        failed_with(
+            &sb.train(&["--resume", &out, "--epochs", "2"]),
+            &format!(
+                "{}: {want}: the file is damaged; restore it from a copy, or train the run again",
+                json.display()
+            ),
+        );
+    }
+    std::fs::write(&json, good).unwrap();
+    succeeded(&sb.train(&["--resume", &out, "--epochs", "2"]));
+}
+
 #[test]
 fn help_names_the_recipe_defaults() {
     let out = Command::new(env!("CARGO_BIN_EXE_bertcls"))

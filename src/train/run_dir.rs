@@ -45,6 +45,44 @@ pub struct Hyperparameters {
     pub class_weights: String,
 }
 
+impl Hyperparameters {
+    /// Why these cannot be what train wrote: a resume takes them for flags never given,
+    /// past the flags' own checks, and a damaged value was run, or refused as a flag the
+    /// user was told to drop.
+    pub fn check(&self) -> Result<(), String> {
+        let bad = |what: &str, value: &dyn std::fmt::Display, want: &str| {
+            Err(format!("its {what} is {value}, where train writes {want}"))
+        };
+        for (what, n) in [("epochs", self.epochs), ("batch_size", self.batch_size)] {
+            if n == 0 {
+                return bad(what, &n, "1 or more");
+            }
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad("lr", &self.lr, "a finite number above 0");
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(
+                "weight_decay",
+                &self.weight_decay,
+                "a finite number, 0 or more",
+            );
+        }
+        if !(self.eps.is_finite() && self.eps >= 0.0) {
+            return bad("eps", &self.eps, "a finite number, 0 or more");
+        }
+        for (what, beta) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&beta) {
+                return bad(what, &beta, "a number of at least 0 and below 1");
+            }
+        }
+        if self.class_weights.parse::<ClassWeighting>().is_err() {
+            return bad("class_weights", &self.class_weights, "none or balanced");
+        }
+        Ok(())
+    }
+}
+
 fn no_class_weights() -> String {
     ClassWeighting::None.name().to_string()
 }

@@ -46,6 +46,12 @@ pub fn with_run_settings(mut args: TrainArgs, dir: &Path) -> Result<TrainArgs> {
         missing
     };
     let h = &info.hyperparameters;
+    h.check().map_err(|why| {
+        anyhow!(
+            "{}: {why}: the file is damaged; restore it from a copy, or train the run again",
+            json.display()
+        )
+    })?;
     if take("model", run_model(&info)) {
         args.model.model = run_model(&info);
         // A model moved since is then blamed on run.json, not on a --model never given.
