@@ -16,6 +16,45 @@ pub fn cannot_create(verb: &str, path: &Path, e: std::io::Error) -> anyhow::Erro
     anyhow::Error::new(e).context(format!("cannot {verb} {}: {hint}", path.display()))
 }
 
+/// A file standing where one of `dir`'s folders belongs: creating `dir` then fails with
+/// the OS's "File exists" or "Not a directory", which read as a folder that exists or
+/// cannot be written, naming neither that file nor what to do.
+fn file_in_the_way(dir: &Path) -> Option<&Path> {
+    dir.ancestors().find(|a| a.is_file())
+}
+
+/// `create_dir_all(dir)`, with an error line naming the file in the way, if any.
+pub fn create_folder(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| match file_in_the_way(dir) {
+        Some(file) => anyhow::anyhow!(
+            "cannot create folder {}: {} is a file, not a folder: write elsewhere, or move that file",
+            dir.display(),
+            file.display()
+        ),
+        None => anyhow::Error::new(e).context(format!("cannot create folder {}", dir.display())),
+    })
+}
+
+/// `create_dir_all(dir)` for the output `path` that `flag` names.
+pub fn create_out_folder(flag: &str, path: &Path, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| match file_in_the_way(dir) {
+        Some(file) => in_the_way(flag, path, file),
+        None => anyhow::anyhow!(
+            "{flag} {}: cannot create {} ({e}): pass a writable folder",
+            path.display(),
+            dir.display()
+        ),
+    })
+}
+
+fn in_the_way(flag: &str, path: &Path, file: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{flag} {}: {} is a file, not a folder: pass another {flag}",
+        path.display(),
+        file.display()
+    )
+}
+
 fn create_hint(e: &std::io::Error) -> &'static str {
     if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) {
         "the disk is full (or out of inodes): free space"
@@ -44,6 +83,9 @@ pub fn check_writable(flag: &str, path: &Path) -> Result<()> {
             Ok(())
         }
         Err(e) => {
+            if let Some(file) = file_in_the_way(dir) {
+                return Err(in_the_way(flag, path, file));
+            }
             let hint = create_hint(&e);
             Err(anyhow::Error::new(e).context(format!(
                 "{flag} {}: cannot write in {}: {hint}",
@@ -127,8 +169,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create folder {}", dir.display()))?;
+    create_folder(dir)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -183,11 +183,84 @@ fn encode_out_that_cannot_be_written_is_refused_before_the_model_loads() {
             s(&out),
             "a text",
         ]);
-        assert!(
-            line.starts_with(&format!("error: --out {}: cannot write in ", out.display()))
-                && line.contains("check the folder is writable"),
-            "{line}"
-        );
+        assert_eq!(line, in_the_way("--out", &out, &file));
     }
     assert!(std::fs::read_dir(&dir.0).unwrap().count() == 1);
+}
+
+/// The refusal of an output under `file`, which stands where a folder belongs.
+fn in_the_way(flag: &str, out: &Path, file: &Path) -> String {
+    format!(
+        "error: {flag} {}: {} is a file, not a folder: pass another {flag}",
+        s(out),
+        s(file)
+    )
+}
+
+/// Every output under a file said "cannot write in" or "cannot create" it, with the OS's
+/// "File exists" or "Not a directory" and a hint to check the folder is writable: the
+/// file in the way is named instead.
+#[test]
+fn an_out_under_a_file_names_that_file() {
+    let dir = TempDir::new("out-under-file");
+    let run = train_run(&dir.0, "run", &[]);
+    let file = dir.join("a-file");
+    std::fs::write(&file, "not a folder").unwrap();
+    let data = data_dir();
+    let out = file.join("p.jsonl");
+    let line = refusal(&[
+        "predict",
+        "--run",
+        s(&run),
+        "--data",
+        &data,
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(line, in_the_way("--out", &out, &file));
+    let out = file.join("deeper/run");
+    let trained = bertcls_cpu(&[
+        "train",
+        "--model",
+        &model_dir(),
+        "--data",
+        &data,
+        "--out",
+        s(&out),
+    ]);
+    let stderr = String::from_utf8_lossy(&trained.stderr);
+    assert_eq!(
+        stderr.lines().last(),
+        Some(in_the_way("--out", &out, &file).as_str())
+    );
+
+    let parts: Vec<String> = (0..2)
+        .map(|k| {
+            let part = dir.join(&format!("p{k}.jsonl"));
+            let shard = format!("{k}/2");
+            let args = [
+                "predict",
+                "--run",
+                s(&run),
+                "--data",
+                &data,
+                "--out",
+                s(&part),
+            ];
+            ok(bertcls_cpu(&[&args[..], &["--shard", &shard]].concat()));
+            s(&part).to_string()
+        })
+        .collect();
+    let merged = file.join("m.jsonl");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bertcls"))
+        .args(["merge", s(&merged), &parts[0], &parts[1]])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let want = format!(
+        "error: cannot create folder {}: {} is a file, not a folder: write elsewhere, or move that file",
+        s(&file),
+        s(&file)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim_end(), want);
 }

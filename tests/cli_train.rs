@@ -1474,7 +1474,10 @@ fn cheap_checks_come_before_encoding() {
     let file = sb.path("a-file");
     std::fs::write(&file, "x").unwrap();
     let cases: [(Vec<String>, &str); 6] = [
-        (vec!["--out".into(), format!("{file}/run")], "cannot create"),
+        (
+            vec!["--out".into(), format!("{file}/run")],
+            "a-file is a file, not a folder",
+        ),
         (
             vec![
                 "--out".into(),

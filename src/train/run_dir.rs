@@ -352,12 +352,7 @@ impl RunFolder {
             bail!("--out {d}: is a file, not a folder: pass a folder for the run");
         }
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                anyhow!(
-                    "--out {d}: cannot create {} ({e}): pass a writable folder",
-                    parent.display()
-                )
-            })?;
+            crate::fsio::create_out_folder("--out", dir, parent)?;
         }
         let created = match std::fs::create_dir(dir) {
             Ok(()) => true,

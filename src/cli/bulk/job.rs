@@ -211,13 +211,7 @@ fn beside(out: &Path, suffix: &str) -> PathBuf {
 fn lock_out(out: &Path) -> Result<File> {
     // As every other output of bertcls, a missing parent folder is created.
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| {
-            anyhow!(
-                "--out {}: cannot create {} ({e}): pass a writable folder",
-                out.display(),
-                parent.display()
-            )
-        })?;
+        crate::fsio::create_out_folder("--out", out, parent)?;
     }
     let path = beside(out, ".lock");
     match try_lock(&path) {

@@ -203,8 +203,7 @@ pub fn write_atomically(out: &Path, write: impl FnOnce(&mut File) -> Result<()>)
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create folder {}", dir.display()))?;
+    crate::fsio::create_folder(dir)?;
     let name = out
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
