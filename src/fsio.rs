@@ -10,8 +10,16 @@ const TEMP_MARK: &str = ".bertcls-tmp-";
 
 /// "cannot {verb} PATH: what to do" for a file or folder that could not be created,
 /// the advice chosen by why: a full disk (or one out of inodes, which reads the same)
-/// needs space, anything else most likely a folder the user may write.
+/// needs space, a file where a folder of PATH belongs is named, anything else most
+/// likely a folder the user may write.
 pub fn cannot_create(verb: &str, path: &Path, e: std::io::Error) -> anyhow::Error {
+    if let Some(file) = file_in_the_way(path) {
+        return anyhow::anyhow!(
+            "cannot {verb} {}: {} is a file, not a folder: move it, or write elsewhere",
+            path.display(),
+            file.display()
+        );
+    }
     let hint = create_hint(&e);
     anyhow::Error::new(e).context(format!("cannot {verb} {}: {hint}", path.display()))
 }

@@ -218,6 +218,27 @@ fn an_out_under_a_file_names_that_file() {
         s(&out),
     ]);
     assert_eq!(line, in_the_way("--out", &out, &file));
+    // A file where the job's parts folder goes.
+    let out = dir.join("q.jsonl");
+    let parts = dir.join("q.jsonl.parts");
+    std::fs::write(&parts, "not a folder").unwrap();
+    let args = [
+        "predict",
+        "--run",
+        s(&run),
+        "--data",
+        &data,
+        "--out",
+        s(&out),
+    ];
+    let failed = bertcls_cpu(&args);
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    let want = format!(
+        "error: cannot create {}: {} is a file, not a folder: move it, or write elsewhere",
+        s(&parts),
+        s(&parts)
+    );
+    assert_eq!(stderr.lines().last(), Some(want.as_str()), "{stderr}");
     let out = file.join("deeper/run");
     let trained = bertcls_cpu(&[
         "train",
