@@ -1186,6 +1186,34 @@ fn resume_after_a_stop_while_epoch_1_was_saved_starts_over() {
     );
 }
 
+/// A last.safetensors that does not load said only to re-save it, which a resume cannot
+/// do; the head-epoch checkpoint that holds the same state is named, and copying it
+/// resumes the run.
+#[test]
+fn resume_with_a_damaged_last_checkpoint_names_the_copy_that_resumes() {
+    let sb = Sandbox::new("resume-damaged-last");
+    let run = sb.path("run");
+    succeeded(&sb.train_tiny(2, &["--out", &run]));
+    let dir = Path::new(&run);
+    let (last, epoch2) = (
+        dir.join("last.safetensors"),
+        dir.join("head-epoch-2.safetensors"),
+    );
+    let bytes = std::fs::read(&last).unwrap();
+    std::fs::write(&last, &bytes[..100]).unwrap();
+    let out = sb.train_tiny(3, &["--resume", &run]);
+    failed_with(
+        &out,
+        &format!(
+            ", or copy {} (the same checkpoint) to it to resume after epoch 2",
+            epoch2.display()
+        ),
+    );
+    assert!(stderr(&out).contains(&format!("error: cannot resume {run}: {}: ", last.display())));
+    std::fs::copy(&epoch2, &last).unwrap();
+    succeeded(&sb.train_tiny(3, &["--resume", &run]));
+}
+
 /// A train --search stopped after its run.json (which records the hyper-parameters it
 /// chose) but before search.json and the chosen head (killed, or the disk full) is not
 /// resumed as a plain run from a fresh head under the search's record: --resume, and

@@ -62,7 +62,17 @@ impl TrainState {
             refuse_lost_epochs(dir, &last_path)?;
             return Self::fresh(num_labels, hidden, hp);
         }
-        let last = load_head(&last_path, Some(hidden))?;
+        // A checkpoint that does not load says what re-saving it would mean here.
+        let last = load_head(&last_path, Some(hidden)).map_err(|e| {
+            match newest_epoch_checkpoint(dir) {
+                Some((epoch, copy)) => anyhow!(
+                    "cannot resume {}: {e:#}, or copy {} (the same checkpoint) to it to resume after epoch {epoch}",
+                    dir.display(),
+                    copy.display()
+                ),
+                None => anyhow!("cannot resume {}: {e:#}", dir.display()),
+            }
+        })?;
         if last.metadata.get(META_TRAIN_HASH).map(String::as_str) != Some(train_hash) {
             bail!(
                 "cannot resume {}: the train split differs from the one the run trained on",
@@ -100,11 +110,10 @@ fn refuse_lost_epochs(dir: &Path, last_path: &Path) -> Result<()> {
     if newest == 1 {
         return Ok(());
     }
-    let newest_checkpoint = epoch_checkpoint(dir, newest);
-    let remedy = if newest_checkpoint.is_file() {
+    let remedy = if let Some((_, copy)) = newest_epoch_checkpoint(dir) {
         format!(
             "copy {} (the same checkpoint) to it to resume after epoch {newest}",
-            newest_checkpoint.display()
+            copy.display()
         )
     } else {
         format!(
@@ -118,4 +127,12 @@ fn refuse_lost_epochs(dir: &Path, last_path: &Path) -> Result<()> {
         last_path.display(),
         metrics_path(dir).display()
     )
+}
+
+/// The newest epoch metrics.jsonl records, and its head-epoch checkpoint where it exists:
+/// the same state last.safetensors holds after that epoch.
+fn newest_epoch_checkpoint(dir: &Path) -> Option<(usize, std::path::PathBuf)> {
+    let newest = read_metrics(dir).ok()?.iter().map(|m| m.epoch).max()?;
+    let path = epoch_checkpoint(dir, newest);
+    path.is_file().then_some((newest, path))
 }
