@@ -1214,6 +1214,30 @@ fn resume_with_a_damaged_last_checkpoint_names_the_copy_that_resumes() {
     succeeded(&sb.train_tiny(3, &["--resume", &run]));
 }
 
+/// A damaged metrics.jsonl line was named by its count among the non-blank lines, not
+/// its line in the file, and with nothing to do about it.
+#[test]
+fn resume_with_a_damaged_metrics_line_names_that_line() {
+    let sb = Sandbox::new("resume-damaged-metrics");
+    let run = sb.path("run");
+    succeeded(&sb.train_tiny(2, &["--out", &run]));
+    let metrics = Path::new(&run).join("metrics.jsonl");
+    let good = std::fs::read_to_string(&metrics).unwrap();
+    let lines: Vec<&str> = good.lines().collect();
+    std::fs::write(
+        &metrics,
+        format!("\n\n{}\ngarbage\n{}\n", lines[0], lines[1]),
+    )
+    .unwrap();
+    failed_with(
+        &sb.train_tiny(3, &["--resume", &run]),
+        &format!(
+            "{} line 4: not a metrics line (expected value at line 1 column 1): the file is damaged; restore it from a copy, or delete that line (that epoch's metrics are then lost)",
+            metrics.display()
+        ),
+    );
+}
+
 /// A train --search stopped after its run.json (which records the hyper-parameters it
 /// chose) but before search.json and the chosen head (killed, or the disk full) is not
 /// resumed as a plain run from a fresh head under the search's record: --resume, and

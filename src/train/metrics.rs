@@ -61,13 +61,14 @@ pub fn read_metrics(dir: &Path) -> Result<Vec<EpochMetrics>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => bail!("cannot read {} ({e})", path.display()),
     };
+    // Numbered before blank lines are dropped, so that the line named is the file's.
     text.lines()
-        .filter(|l| !l.trim().is_empty())
         .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
             serde_json::from_str(l).map_err(|e| {
                 anyhow!(
-                    "{} line {}: not a metrics line ({e})",
+                    "{} line {}: not a metrics line ({e}): the file is damaged; restore it from a copy, or delete that line (that epoch's metrics are then lost)",
                     path.display(),
                     i + 1
                 )
