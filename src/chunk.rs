@@ -79,8 +79,9 @@ pub fn check_window(max_length: usize, stride: usize) -> Result<()> {
     // Not `stride + 2 >= max_length`: a huge --stride wrapped that sum past the check.
     if stride >= max_length - 2 {
         bail!(
-            "--stride {stride}: windows of --max-length {max_length} hold {} tokens besides [CLS] and [SEP]; pass a stride below that",
-            max_length - 2
+            "--stride {stride}: windows of --max-length {max_length} hold {} tokens besides [CLS] and [SEP]; pass a --stride below that, or a --max-length above {}",
+            max_length - 2,
+            stride.saturating_add(2)
         );
     }
     Ok(())

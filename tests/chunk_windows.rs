@@ -340,7 +340,7 @@ fn a_bad_stride_is_refused_before_the_model_loads() {
         assert!(!err.contains("loaded "), "{err}");
         assert_eq!(
             err.lines().last().unwrap(),
-            "error: --stride 6: windows of --max-length 8 hold 6 tokens besides [CLS] and [SEP]; pass a stride below that",
+            "error: --stride 6: windows of --max-length 8 hold 6 tokens besides [CLS] and [SEP]; pass a --stride below that, or a --max-length above 8",
             "{err}"
         );
     }
