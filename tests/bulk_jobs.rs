@@ -940,6 +940,37 @@ fn a_label_the_head_lacks_is_refused_before_any_chunk() {
     }
 }
 
+/// A folder where the manifest goes would stop the job only when the finished output's
+/// manifest is written: it is refused before the model loads or any chunk is encoded.
+#[test]
+fn a_folder_where_the_manifest_goes_is_refused_before_any_chunk() {
+    let dir = TempDir::new("bulk-manifest-folder");
+    let head = dir.join("head.safetensors");
+    write_head(&head);
+    let dsdict = data().join("tiny-dsdict");
+    let model = model_dir();
+    for (name, command) in [
+        ("p.jsonl", ["predict", "--head", s(&head)]),
+        ("f.parquet", ["encode", "--model", s(&model)]),
+    ] {
+        let out = dir.join(name);
+        let manifest = dir.join(&format!("{name}.bulk.json"));
+        std::fs::create_dir_all(&manifest).unwrap();
+        let mut args = command.to_vec();
+        args.extend(["--data", s(&dsdict), "--out", s(&out), "--chunk-rows", "4"]);
+        assert_eq!(
+            common::refusal(&args),
+            format!(
+                "error: --out {}: {} (where its .bulk.json manifest goes) is a folder: remove it, or pick another --out",
+                s(&out),
+                s(&manifest)
+            )
+        );
+        assert!(!out.exists(), "{name}");
+        assert!(!dir.join(&format!("{name}.parts")).exists(), "{name}");
+    }
+}
+
 /// A finished output that lost rows since (cut short, emptied) is not "already
 /// complete": the same command writes it again, whole.
 #[test]

@@ -122,6 +122,13 @@ impl BulkArgs {
                 "--out {}: is a folder: pass the path of the file to write",
                 out.display()
             ),
+            // The manifest is written last, after the whole output: a folder in its
+            // place would otherwise cost the job its every chunk.
+            Some(out) if job::manifest_path(out).is_dir() => bail!(
+                "--out {}: {} (where its .bulk.json manifest goes) is a folder: remove it, or pick another --out",
+                out.display(),
+                job::manifest_path(out).display()
+            ),
             Some(out) => Ok(out.clone()),
             None => bail!("--data needs --out FILE (.parquet or .jsonl for predict, .parquet or .safetensors for encode)"),
         }
