@@ -971,6 +971,47 @@ fn a_folder_where_the_manifest_goes_is_refused_before_any_chunk() {
     }
 }
 
+/// A split of a save_to_disk DatasetDict that the job does not ask for is not read: one
+/// missing its state.json fails only a job on that split.
+#[test]
+fn a_split_not_asked_for_needs_no_state_json() {
+    let dir = TempDir::new("bulk-unused-split");
+    let head = dir.join("head.safetensors");
+    write_head(&head);
+    let dsdict = dir.join("dsdict");
+    let source = data().join("tiny-dsdict");
+    common::copy_files(&source, &dsdict);
+    for split in ["train", "validation", "test"] {
+        common::copy_files(&source.join(split), &dsdict.join(split));
+    }
+    let state = dsdict.join("validation/state.json");
+    std::fs::remove_file(&state).unwrap();
+    let model = model_dir();
+    for (split, name, command) in [
+        ("train", "p.jsonl", ["predict", "--head", s(&head)]),
+        ("test", "f.parquet", ["encode", "--model", s(&model)]),
+    ] {
+        let out = dir.join(name);
+        let mut args = command.to_vec();
+        args.extend(["--data", s(&dsdict), "--split", split, "--out", s(&out)]);
+        ok(bertcls(&args, &[]));
+        assert!(out.is_file(), "{split}");
+    }
+    let out = dir.join("v.jsonl");
+    let args = [
+        "predict",
+        "--head",
+        s(&head),
+        "--data",
+        s(&dsdict),
+        "--split",
+        "validation",
+        "--out",
+        s(&out),
+    ];
+    assert!(error_line(&bertcls(&args, &[])).contains(s(&state)));
+}
+
 /// A finished output that lost rows since (cut short, emptied) is not "already
 /// complete": the same command writes it again, whole.
 #[test]

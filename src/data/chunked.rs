@@ -74,7 +74,7 @@ pub fn open_split(source: &Path, split: &str, opts: &LoadOptions) -> Result<Chun
     }
     let (format, groups) = if source.is_dir() {
         if arrow_dir::is_save_to_disk(source) {
-            (Format::SaveToDisk, save_to_disk_groups(source)?)
+            (Format::SaveToDisk, save_to_disk_groups(source, split)?)
         } else {
             layout::scan_dir(source)?.ok_or_else(|| {
                 anyhow!(
@@ -904,8 +904,10 @@ fn read_delimited(
     })))
 }
 
-/// A save_to_disk folder's splits and their Arrow files, as the loader reads them.
-fn save_to_disk_groups(dir: &Path) -> Result<layout::Groups> {
+/// A save_to_disk folder's splits, with the Arrow files of split `wanted` as the loader
+/// reads them. The other splits' state.json files are not read (their groups are empty):
+/// as for the whole-split loader, a split the job does not use cannot fail it.
+fn save_to_disk_groups(dir: &Path, wanted: &str) -> Result<layout::Groups> {
     let dict = dir.join("dataset_dict.json");
     let splits: Vec<(String, PathBuf)> = if dict.is_file() {
         let json = read_json(&dict)?;
@@ -932,6 +934,10 @@ fn save_to_disk_groups(dir: &Path) -> Result<layout::Groups> {
     };
     let mut groups = Vec::new();
     for (name, split_dir) in splits {
+        if name != wanted {
+            groups.push((name, Vec::new()));
+            continue;
+        }
         let state_file = split_dir.join("state.json");
         let state = read_json(&state_file)?;
         let files = state
