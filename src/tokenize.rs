@@ -220,22 +220,32 @@ fn from_vocab(vocab: &Path, config_path: &Path) -> Result<Tokenizer> {
     let config: serde_json::Value = if config_path.is_file() {
         let text = std::fs::read_to_string(config_path)
             .with_context(|| format!("cannot read {}", config_path.display()))?;
-        serde_json::from_str(&text)
-            .map_err(|e| anyhow!("{} is not valid JSON: {e}", config_path.display()))?
+        serde_json::from_str(&text).map_err(|e| {
+            anyhow!(
+                "{}: the model's tokenizer_config.json does not parse as JSON ({e}): restore it from the model's source (deleting it suits only an uncased model: without it the text is lower-cased, as BertTokenizer's defaults say)",
+                config_path.display()
+            )
+        })?
     } else {
         serde_json::Value::Null
     };
+    // A flag of another type is refused, not defaulted: `"do_lower_case": "false"`
+    // read as absent would lower-case a cased model's text without a word.
+    let flag = |key: &str| -> Result<Option<bool>> {
+        match config.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::Bool(b)) => Ok(Some(*b)),
+            Some(other) => bail!(
+                "{}: \"{key}\" is {other}, not true or false: restore the file from the model's source, or set it to true or false",
+                config_path.display()
+            ),
+        }
+    };
     // HF's BertTokenizer defaults: do_lower_case=True, tokenize_chinese_chars=True,
     // strip_accents=None (which then follows do_lower_case).
-    let lowercase = config
-        .get("do_lower_case")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(true);
-    let chinese = config
-        .get("tokenize_chinese_chars")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(true);
-    let strip_accents = config.get("strip_accents").and_then(|v| v.as_bool());
+    let lowercase = flag("do_lower_case")?.unwrap_or(true);
+    let chinese = flag("tokenize_chinese_chars")?.unwrap_or(true);
+    let strip_accents = flag("strip_accents")?;
     let special = |key: &str, default: &str| -> String {
         config
             .get(key)

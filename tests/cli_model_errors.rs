@@ -187,6 +187,63 @@ fn corrupt_tokenizer() {
     assert!(e.contains("tokenizer.json"), "{e}");
 }
 
+/// The tiny model with its tokenizer built from vocab.txt and tokenizer_config.json, as
+/// a folder without tokenizer.json has it; the config's path.
+fn copy_tiny_vocab_only(name: &str) -> (PathBuf, PathBuf) {
+    let dir = copy_tiny(name);
+    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    let config = dir.join("tokenizer_config.json");
+    (dir, config)
+}
+
+/// A tokenizer_config.json that does not parse is named with its remedy.
+#[test]
+fn corrupt_tokenizer_config() {
+    let (dir, config) = copy_tiny_vocab_only("bad-tokenizer-config");
+    std::fs::write(&config, "{\"do_lower_case\": tru").unwrap();
+    let e = encode_fails(&dir);
+    assert!(
+        e.starts_with(&format!(
+            "error: {}: the model's tokenizer_config.json does not parse as JSON (",
+            config.display()
+        )),
+        "{e}"
+    );
+    assert!(e.ends_with("restore it from the model's source (deleting it suits only an uncased model: without it the text is lower-cased, as BertTokenizer's defaults say)"), "{e}");
+}
+
+/// A flag of tokenizer_config.json that is not a boolean is refused rather than read as
+/// absent (HF's default lower-cases the text of a cased model).
+#[test]
+fn tokenizer_config_flags_that_are_not_booleans() {
+    let (dir, config) = copy_tiny_vocab_only("tokenizer-config-flags");
+    for (key, value) in [
+        ("do_lower_case", "\"yes\""),
+        ("tokenize_chinese_chars", "1"),
+        ("strip_accents", "\"false\""),
+    ] {
+        std::fs::write(&config, format!("{{\"{key}\": {value}}}")).unwrap();
+        assert_eq!(
+            encode_fails(&dir),
+            format!(
+                "error: {}: \"{key}\" is {value}, not true or false: restore the file from the model's source, or set it to true or false",
+                config.display()
+            )
+        );
+    }
+    std::fs::write(
+        &config,
+        "{\"do_lower_case\": false, \"strip_accents\": null}",
+    )
+    .unwrap();
+    ok(bertcls_cpu(&[
+        "encode",
+        "--model",
+        dir.to_str().unwrap(),
+        "hello",
+    ]));
+}
+
 /// `info --model DIR`, which must fail with the same one line as `encode`.
 fn info_fails(dir: &Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_bertcls"))

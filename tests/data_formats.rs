@@ -585,6 +585,39 @@ fn an_arrow_file_that_is_a_folder_is_named() {
     assert_eq!(chunked.expect_err("an error").to_string(), want);
 }
 
+/// A split's dataset_info.json that does not parse is named with its remedies, in the
+/// whole-split reader and the chunked one alike; deleting it, one of them, loses nothing
+/// (the Arrow files carry the same ClassLabel names).
+#[test]
+fn a_dataset_info_that_does_not_parse_says_what_to_do() {
+    let dir = temp_dir("bad-dataset-info");
+    for name in ["state.json", "data-00000-of-00001.arrow"] {
+        std::fs::copy(fixtures().join("tiny-dataset").join(name), dir.join(name)).unwrap();
+    }
+    let info = write(&dir, "dataset_info.json", b"{\"features\": ");
+    let whole = load_err(&dir, &opts());
+    let chunked = bertcls::data::chunked::open_split(&dir, "train", &opts())
+        .expect_err("an error")
+        .to_string();
+    for err in [whole, chunked] {
+        assert!(
+            err.starts_with(&format!(
+                "{}: the split's dataset_info.json does not parse as JSON (",
+                info.display()
+            )),
+            "{err}"
+        );
+        assert!(
+            err.ends_with("restore it from the dataset's source, or delete it (its Arrow files carry the same features)"),
+            "{err}"
+        );
+    }
+    std::fs::remove_file(&info).unwrap();
+    let want = load(&fixtures().join("tiny-dataset"), &opts()).unwrap();
+    assert_eq!(want.label_names, ["negative", "positive"]);
+    assert_eq!(load(&dir, &opts()).unwrap().label_names, want.label_names);
+}
+
 // Writers for Arrow and parquet test files.
 
 fn text_column(texts: &[&str]) -> ArrayRef {

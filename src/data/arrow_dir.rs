@@ -5,7 +5,7 @@ use std::fs::{self, File};
 use std::io::BufReader;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use arrow_ipc::reader::StreamReader;
 use serde_json::Value;
 
@@ -79,7 +79,7 @@ fn load_split(dir: &Path, name: &str, opts: &LoadOptions, loaded: &mut Loaded) -
     if loaded.class_names.is_none() {
         let info = dir.join("dataset_info.json");
         if info.is_file() {
-            let features = read_json(&info)?;
+            let features = read_dataset_info(&info)?;
             loaded.class_names = features
                 .get("features")
                 .and_then(|f| columns::class_names(f, &opts.label_column));
@@ -200,6 +200,19 @@ pub(super) fn check_framing(file: &Path, len: u64) -> Result<()> {
             .ok_or_else(|| corrupt("a body longer than the file"))?;
     }
     Ok(())
+}
+
+/// A split's `dataset_info.json`. It is optional: the Arrow files' schema metadata
+/// carries the same features (ClassLabel names), so deleting a damaged one is a remedy.
+pub(super) fn read_dataset_info(file: &Path) -> Result<Value> {
+    let text =
+        fs::read_to_string(file).with_context(|| format!("{}: cannot read", file.display()))?;
+    serde_json::from_str(&text).map_err(|e| {
+        anyhow!(
+            "{}: the split's dataset_info.json does not parse as JSON ({e}): restore it from the dataset's source, or delete it (its Arrow files carry the same features)",
+            file.display()
+        )
+    })
 }
 
 fn read_json(file: &Path) -> Result<Value> {

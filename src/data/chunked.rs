@@ -547,12 +547,7 @@ fn save_to_disk_class_names(
 ) -> Result<Option<Vec<String>>> {
     let info = file.with_file_name("dataset_info.json");
     if info.is_file() {
-        let json: Value = serde_json::from_str(
-            &std::fs::read_to_string(&info)
-                .with_context(|| format!("{}: cannot read", info.display()))?,
-        )
-        .with_context(|| format!("{}: not JSON", info.display()))?;
-        if let Some(names) = json
+        if let Some(names) = arrow_dir::read_dataset_info(&info)?
             .get("features")
             .and_then(|f| columns::class_names(f, &opts.label_column))
         {
