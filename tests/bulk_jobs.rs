@@ -971,6 +971,66 @@ fn a_folder_where_the_manifest_goes_is_refused_before_any_chunk() {
     }
 }
 
+/// A merge whose output, or its manifest, has a folder in its place is refused before
+/// anything is written: the manifest was renamed last, leaving the merged output in
+/// place without one.
+#[test]
+fn merge_refuses_a_folder_where_its_output_or_manifest_goes() {
+    let dir = TempDir::new("bulk-merge-folder");
+    let dsdict = data().join("tiny-dsdict");
+    let model = model_dir();
+    let shards: Vec<PathBuf> = ["0/2", "1/2"]
+        .iter()
+        .enumerate()
+        .map(|(k, shard)| {
+            let out = dir.join(&format!("s{k}.parquet"));
+            ok(bertcls(
+                &[
+                    "encode",
+                    "--model",
+                    s(&model),
+                    "--data",
+                    s(&dsdict),
+                    "--shard",
+                    shard,
+                    "--out",
+                    s(&out),
+                ],
+                &[],
+            ));
+            out
+        })
+        .collect();
+    let taken = dir.join("taken.parquet");
+    std::fs::create_dir_all(&taken).unwrap();
+    let out = dir.join("m.parquet");
+    let manifest = dir.join("m.parquet.bulk.json");
+    std::fs::create_dir_all(&manifest).unwrap();
+    for (out, want) in [
+        (
+            &taken,
+            format!(
+                "error: {}: is a folder: pass the path of the file to write",
+                s(&taken)
+            ),
+        ),
+        (
+            &out,
+            format!(
+                "error: {}: {} (where its .bulk.json manifest goes) is a folder: remove it, or write the merge to another file",
+                s(&out),
+                s(&manifest)
+            ),
+        ),
+    ] {
+        let refused = merge(&[s(out), s(&shards[0]), s(&shards[1])]);
+        assert_eq!(String::from_utf8_lossy(&refused.stderr).lines().count(), 1);
+        assert_eq!(error_line(&refused), want);
+    }
+    assert!(!out.exists());
+    assert_eq!(temporaries(&dir.0), Vec::<String>::new());
+}
+
 /// A split of a save_to_disk DatasetDict that the job does not ask for is not read: one
 /// missing its state.json fails only a job on that split.
 #[test]

@@ -37,6 +37,22 @@ pub fn run(args: MergeArgs) -> Result<()> {
             args.out.display()
         );
     };
+    // Found now, not when the merged output and then its manifest are renamed onto
+    // them: the manifest last, after the output is already in place without it.
+    let out_manifest = manifest_path(&args.out);
+    if args.out.is_dir() {
+        bail!(
+            "{}: is a folder: pass the path of the file to write",
+            args.out.display()
+        );
+    }
+    if out_manifest.is_dir() {
+        bail!(
+            "{}: {} (where its .bulk.json manifest goes) is a folder: remove it, or write the merge to another file",
+            args.out.display(),
+            out_manifest.display()
+        );
+    }
     refuse_repeated_files(&args.out, &args.parts)?;
     let mut identity = None;
     let mut parts = Vec::new();
@@ -173,7 +189,7 @@ pub fn run(args: MergeArgs) -> Result<()> {
         "it does not match its .bulk.json manifest: rerun that shard",
     )?;
     atomic_write(
-        &manifest_path(&args.out),
+        &out_manifest,
         serde_json::to_string_pretty(&done)?.as_bytes(),
     )?;
     if let Some(line) = counts.accuracy_line() {
