@@ -1069,7 +1069,17 @@ fn a_split_not_asked_for_needs_no_state_json() {
         "--out",
         s(&out),
     ];
-    assert!(error_line(&bertcls(&args, &[])).contains(s(&state)));
+    let err = error_line(&bertcls(&args, &[]));
+    assert!(
+        err.starts_with(&format!("error: {}: cannot read (", s(&state))),
+        "{err}"
+    );
+    assert!(
+        err.ends_with(
+            "restore it from the dataset's source, or save the dataset again with save_to_disk"
+        ),
+        "{err}"
+    );
 }
 
 /// A finished output that lost rows since (cut short, emptied) is not "already

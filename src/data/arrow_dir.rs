@@ -215,8 +215,13 @@ pub(super) fn read_dataset_info(file: &Path) -> Result<Value> {
     })
 }
 
-fn read_json(file: &Path) -> Result<Value> {
-    let text =
-        fs::read_to_string(file).with_context(|| format!("{}: cannot read", file.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", file.display()))
+/// A save_to_disk folder's JSON file (dataset_dict.json, a split's state.json), refused
+/// with the one remedy there is: these are datasets' own records of the Arrow files.
+pub(super) fn read_json(file: &Path) -> Result<Value> {
+    let remedy =
+        "restore it from the dataset's source, or save the dataset again with save_to_disk";
+    let text = fs::read_to_string(file)
+        .map_err(|e| anyhow!("{}: cannot read ({e}): {remedy}", file.display()))?;
+    serde_json::from_str(&text)
+        .map_err(|e| anyhow!("{}: not valid JSON ({e}): {remedy}", file.display()))
 }

@@ -905,7 +905,7 @@ fn read_delimited(
 fn save_to_disk_groups(dir: &Path, wanted: &str) -> Result<layout::Groups> {
     let dict = dir.join("dataset_dict.json");
     let splits: Vec<(String, PathBuf)> = if dict.is_file() {
-        let json = read_json(&dict)?;
+        let json = arrow_dir::read_json(&dict)?;
         let names = json
             .get("splits")
             .and_then(Value::as_array)
@@ -934,7 +934,7 @@ fn save_to_disk_groups(dir: &Path, wanted: &str) -> Result<layout::Groups> {
             continue;
         }
         let state_file = split_dir.join("state.json");
-        let state = read_json(&state_file)?;
+        let state = arrow_dir::read_json(&state_file)?;
         let files = state
             .get("_data_files")
             .and_then(Value::as_array)
@@ -962,12 +962,6 @@ fn save_to_disk_groups(dir: &Path, wanted: &str) -> Result<layout::Groups> {
         groups.push((name, files));
     }
     Ok(groups)
-}
-
-fn read_json(file: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("{}: cannot read", file.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", file.display()))
 }
 
 #[cfg(test)]
