@@ -57,7 +57,7 @@ pub fn run_predict(
     if let Some((row, label)) = split.label_past_head {
         return Err(label_past_head(&split, row, label, &names));
     }
-    shard_rows(bulk, &split)?;
+    let rows = shard_rows(bulk, &split)?;
     let mut model = classifier.load_model(device)?;
     let head_sha = sha256_file(&classifier.source)?;
     let identity = identity(
@@ -77,7 +77,14 @@ pub fn run_predict(
         names,
     };
     run_job(
-        bulk, &out, format, with_text, &split, &mut model, identity, work,
+        bulk,
+        &out,
+        format,
+        with_text,
+        (&split, rows),
+        &mut model,
+        identity,
+        work,
     )
 }
 
@@ -95,7 +102,7 @@ pub fn run_encode(
     )?;
     let _lock = lock_out(&out)?;
     let split = open(bulk, model_args.offline(), None)?;
-    shard_rows(bulk, &split)?;
+    let rows = shard_rows(bulk, &split)?;
     let mut model = load_model(model_args, device)?;
     let identity = identity("encode", &split, bulk, &mut model, false, Value::Null)?;
     run_job(
@@ -103,7 +110,7 @@ pub fn run_encode(
         &out,
         format,
         false,
-        &split,
+        (&split, rows),
         &mut model,
         identity,
         Work::Encode,
@@ -359,8 +366,8 @@ impl Counts {
     }
 }
 
-/// The rows `--shard` gives this job, refused where there are none: called before the
-/// model loads too, so that the refusal costs no load.
+/// The rows `--shard` gives this job, refused where there are none: found before the
+/// model loads, so that the refusal costs no load.
 fn shard_rows(bulk: &BulkArgs, split: &ChunkedSplit) -> Result<(usize, usize)> {
     let total = split.rows();
     let shard = bulk.shard.unwrap_or(Shard { index: 0, count: 1 });
@@ -389,13 +396,12 @@ fn run_job(
     out: &Path,
     format: OutFormat,
     with_text: bool,
-    split: &ChunkedSplit,
+    (split, (start, end)): (&ChunkedSplit, (usize, usize)),
     model: &mut LoadedModel,
     identity: Value,
     work: Work,
 ) -> Result<()> {
     let total = split.rows();
-    let (start, end) = shard_rows(bulk, split)?;
     let job = json!({
         "identity": identity,
         "start": start,
