@@ -124,23 +124,21 @@ fn reading_a_sibling_of_the_file_named_is_noted() {
             .any(|l| l == note("test", "training on", "train")),
         "{stderr}"
     );
-    let test = |data: &str| {
-        let out = ok(bertcls_cpu(&[
-            "test",
-            "--run",
-            s(&run),
-            "--data",
-            data,
-            "--no-cache",
-        ]));
+    let test = |data: &str, json: &[&str]| {
+        let args = [
+            &["test", "--run", s(&run), "--data", data, "--no-cache"],
+            json,
+        ]
+        .concat();
+        let out = ok(bertcls_cpu(&args));
         (
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    // The heading names the file scored, whichever of the two was named.
+    // The heading and the JSON's "data" name the file scored, whichever was named.
     let heading = format!("test split of {}, head ", s(&file("test")));
-    let (stdout, stderr) = test(s(&file("train")));
+    let (stdout, stderr) = test(s(&file("train")), &[]);
     assert!(
         stderr
             .lines()
@@ -148,7 +146,16 @@ fn reading_a_sibling_of_the_file_named_is_noted() {
         "{stderr}"
     );
     assert!(stdout.starts_with(&heading), "{stdout}");
-    let (stdout, stderr) = test(s(&file("test")));
+    let (stdout, stderr) = test(s(&file("test")), &[]);
     assert!(!stderr.contains("note:"), "{stderr}");
     assert!(stdout.starts_with(&heading), "{stdout}");
+    for named in ["train", "test"] {
+        let (stdout, _) = test(s(&file(named)), &["--json"]);
+        let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(
+            json["data"],
+            s(&file("test")),
+            "--data {named}.jsonl: {stdout}"
+        );
+    }
 }

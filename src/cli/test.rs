@@ -72,11 +72,14 @@ pub fn run(args: TestArgs) -> Result<()> {
         classifier.temperature,
     );
     let single_class = single_train_class(&classifier)?;
+    // `test --data d/train.jsonl` scores d/test.jsonl: the heading and the JSON name the
+    // file read.
+    let source = data::split_source(&data.source, &split.name)?;
     // Written whole at the end, so that a failed write is one error naming stdout.
     let mut out = Vec::new();
     if args.json {
         let obj = serde_json::json!({
-            "data": data.source.display().to_string(),
+            "data": source,
             "split": split.name,
             "model": model.id(),
             "head": classifier.source.display().to_string(),
@@ -85,8 +88,6 @@ pub fn run(args: TestArgs) -> Result<()> {
         });
         writeln!(out, "{obj}")?;
     } else {
-        // `test --data d/train.jsonl` scores d/test.jsonl: the heading names the file read.
-        let source = data::split_source(&data.source, &split.name)?;
         writeln!(
             out,
             "{} split of {source}, head {}",
