@@ -377,23 +377,35 @@ fn bad_settings_are_named_with_the_flag_or_file_they_came_from() {
     }
 
     let run_json = run.path().join("run.json");
-    let mut info: Value =
-        serde_json::from_str(&std::fs::read_to_string(&run_json).unwrap()).unwrap();
-    info["max_length"] = 0.into();
-    std::fs::write(&run_json, info.to_string()).unwrap();
-    for args in [
-        vec!["predict", "--run", r, "好"],
-        vec!["test", "--run", r, "--data", s(&data)],
-        vec!["encode", "--run", r, "--json", "好"],
+    let intact: Value = serde_json::from_str(&std::fs::read_to_string(&run_json).unwrap()).unwrap();
+    // The tiny model has 2 layers: a pooling of 9 is no width it gives, whatever the
+    // head's width says.
+    for (key, value, want) in [
+        (
+            "max_length",
+            Value::from(0),
+            "records max_length 0, which leaves no room",
+        ),
+        (
+            "pooling",
+            "cls+mean-last9".into(),
+            "records pooling cls+mean-last9, of 9 layers, but",
+        ),
     ] {
-        let err = error_of(&bertcls(&args, b""));
-        assert!(
-            err.starts_with(&format!(
-                "error: {} records max_length 0, which leaves no room",
-                run_json.display()
-            )),
-            "{args:?}: {err}"
-        );
+        let mut info = intact.clone();
+        info[key] = value;
+        std::fs::write(&run_json, info.to_string()).unwrap();
+        for args in [
+            vec!["predict", "--run", r, "好"],
+            vec!["test", "--run", r, "--data", s(&data)],
+            vec!["encode", "--run", r, "--json", "好"],
+        ] {
+            let err = error_of(&bertcls(&args, b""));
+            assert!(
+                err.starts_with(&format!("error: {} {want}", run_json.display())),
+                "{args:?}: {err}"
+            );
+        }
     }
 
     let dir = TempDir::new("head-bad-settings");
@@ -419,6 +431,15 @@ fn bad_settings_are_named_with_the_flag_or_file_they_came_from() {
             format!(
                 "{}: metadata max_length = \"350 tokens\" is not a token count",
                 head.display()
+            ),
+        ),
+        (
+            "pooling",
+            "mean-last9",
+            format!(
+                "{} records pooling mean-last9, of 9 layers, but {} has 2",
+                head.display(),
+                s(&model_dir())
             ),
         ),
     ] {

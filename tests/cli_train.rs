@@ -512,6 +512,13 @@ fn resume_blames_a_damaged_run_json() {
         &resume_with(99999.into()),
         &format!("error: {file} records max_length 99999, beyond the 512 positions"),
     );
+    let mut info = original.clone();
+    info["pooling"] = "cls+mean-last9".into();
+    std::fs::write(&path, info.to_string()).unwrap();
+    failed_with(
+        &sb.train(&["--resume", &run, "--epochs", "2"]),
+        &format!("error: {file} records pooling cls+mean-last9, of 9 layers, but"),
+    );
     let out = resume_with("64".into());
     failed_with(
         &out,

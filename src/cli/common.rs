@@ -51,19 +51,21 @@ pub struct ModelArgs {
     /// Texts longer than max_length: truncated, or windows (set like `pooling`).
     #[arg(skip)]
     pub long: LongTexts,
-    /// The files `model`, `max_length` and `long` were read from where no flag gave them.
+    /// The files `model`, `max_length`, `pooling` and `long` were read from where no flag
+    /// gave them.
     #[arg(skip)]
     pub recorded: Recorded,
 }
 
 /// The run.json or head checkpoint that named the model, and the ones that gave
-/// max_length and long: their errors name that file, not a `--model`, `--max-length` or
-/// `--stride` the user never passed (predict and test have no --stride to pass). None
-/// where a flag (or the default) gave the value.
+/// max_length, pooling and long: their errors name that file, not a `--model`,
+/// `--max-length`, `--pooling` or `--stride` the user never passed (predict and test have
+/// no --pooling or --stride to pass). None where a flag (or the default) gave the value.
 #[derive(Clone, Debug, Default)]
 pub struct Recorded {
     pub model: Option<PathBuf>,
     pub max_length: Option<PathBuf>,
+    pub pooling: Option<PathBuf>,
     pub long: Option<PathBuf>,
 }
 
@@ -302,19 +304,29 @@ pub fn load_model(model: &ModelArgs, device: &EncoderDevice) -> Result<LoadedMod
     load_model_files(model_files(model)?, model, device)
 }
 
-/// Refuses a `-lastN` pooling of more layers than the model of `files` has. Train calls
-/// it for each of its poolings before it sizes a head or encodes anything: a search's
-/// later poolings would otherwise fail at their forward, after the earlier ones' encoding,
-/// and a head sized by an absurd N aborts the process allocating it.
-pub fn check_pooling_layers(pooling: Pooling, files: &ModelFiles) -> Result<()> {
+/// Refuses a `-lastN` pooling of more layers than the model of `files` has, naming the
+/// flag or the file (`recorded`) it came from. Train calls it for each of its poolings
+/// before it sizes a head or encodes anything: a search's later poolings would otherwise
+/// fail at their forward, after the earlier ones' encoding, and a head sized by an absurd
+/// N aborts the process allocating it.
+pub fn check_pooling_layers(
+    pooling: Pooling,
+    files: &ModelFiles,
+    recorded: Option<&Path>,
+) -> Result<()> {
     let layers = files.config.num_hidden_layers;
-    if pooling.layers > layers {
-        bail!(
-            "--pooling {pooling}: {} has {layers} layers; pool at most that many",
-            files.dir.dir.display()
-        );
+    if pooling.layers <= layers {
+        return Ok(());
     }
-    Ok(())
+    let model = files.dir.dir.display();
+    match recorded {
+        None => bail!("--pooling {pooling}: {model} has {layers} layers; pool at most that many"),
+        Some(file) => bail!(
+            "{} records pooling {pooling}, of {} layers, but {model} has {layers}: the file is damaged, or the model is not the one it was trained on; restore the file, or pass --model with the folder of the weights it was trained on",
+            file.display(),
+            pooling.layers
+        ),
+    }
 }
 
 /// The encoder of `files` (resolved from `model`) on `device`.
@@ -325,7 +337,7 @@ pub fn load_model_files(
 ) -> Result<LoadedModel> {
     let started = Instant::now();
     let config = files.config.clone();
-    check_pooling_layers(model.pooling, &files)?;
+    check_pooling_layers(model.pooling, &files, model.recorded.pooling.as_deref())?;
     let ckpt = Checkpoint::open(&files.dir.dir)?;
     let budget = match device.max_batch_tokens {
         Some(tokens) if tokens < model.max_length => bail!(

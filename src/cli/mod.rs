@@ -34,7 +34,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a Linear(hidden, num_labels) head on the frozen encoder's features (--pooling: [CLS], mean, both, of the last N layers).
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Score a trained head on a split: accuracy, loss, per-class precision/recall/F1.
     Test(test::TestArgs),
     /// Label new text: arguments, --file, standard input, or an interactive prompt.
@@ -75,7 +75,7 @@ impl Cli {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Train(args) => train::run(args),
+        Command::Train(args) => train::run(*args),
         Command::Test(args) => test::run(args),
         Command::Predict(args) => predict::run(args),
         Command::Encode(args) => encode::run(args),

@@ -13,8 +13,8 @@ use clap::Args;
 
 use super::bulk::{self, BulkArgs};
 use super::common::{
-    check_trained_weights, load_model_files, model_files, stdout_error, text_features, DeviceArgs,
-    EncoderDevice, LoadedModel, ModelArgs, Recorded, TextArgs,
+    check_pooling_layers, check_trained_weights, load_model_files, model_files, stdout_error,
+    text_features, DeviceArgs, EncoderDevice, LoadedModel, ModelArgs, Recorded, TextArgs,
 };
 use super::lines::TextChunks;
 use super::progress::Throughput;
@@ -182,6 +182,7 @@ impl HeadArgs {
             recorded: Recorded {
                 model: model_from,
                 max_length: max_length_from,
+                pooling: Some(run_json.clone().unwrap_or_else(|| source.clone())),
                 long: Some(run_json.clone().unwrap_or_else(|| source.clone())),
             },
         };
@@ -353,6 +354,13 @@ impl Classifier {
     pub fn load_model(&self, device: &DeviceArgs) -> Result<LoadedModel> {
         let device = self.encoder_device(device)?;
         let files = model_files(&self.model)?;
+        // Before the width: a pooling of more layers than the model has is not a width
+        // the model gives.
+        check_pooling_layers(
+            self.model.pooling,
+            &files,
+            self.model.recorded.pooling.as_deref(),
+        )?;
         let model_hidden = files.config.hidden_size;
         let width = self.model.pooling.width(model_hidden);
         if self.head.hidden != width {

@@ -298,7 +298,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
         ..args.model.clone()
     };
     let files = model_files(&model_args)?;
-    check_pooling_layers(model_args.pooling, &files)?;
+    check_pooling_layers(
+        model_args.pooling,
+        &files,
+        model_args.recorded.pooling.as_deref(),
+    )?;
     let encoder_device = args.device.resolve()?;
     let device = head_device(args.head_device, encoder_device.device)?;
     let mut folder = match &args.resume {

@@ -45,6 +45,7 @@ pub fn resolve(dir: &Path, args: &EncodeArgs) -> Result<RunSpec> {
         recorded: Recorded {
             model: args.model.is_none().then(|| json.clone()),
             max_length: args.max_length.is_none().then(|| json.clone()),
+            pooling: args.pooling.is_none().then(|| json.clone()),
             long: (args.long.is_none() && args.stride.is_none()).then(|| json.clone()),
         },
     };

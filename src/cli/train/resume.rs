@@ -64,6 +64,7 @@ pub fn with_run_settings(mut args: TrainArgs, dir: &Path) -> Result<TrainArgs> {
     }
     if take("pooling", info.features.pooling.to_string()) {
         args.pooling = vec![info.features.pooling];
+        args.model.recorded.pooling = Some(json.clone());
     }
     let (long, stride) = match info.features.long {
         LongTexts::Truncate => ("truncate", None),

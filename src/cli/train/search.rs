@@ -115,7 +115,7 @@ pub(super) fn run(args: TrainArgs) -> Result<()> {
         warnings::check_training_data(&dataset, train, named_validation, args.numeric_labels);
     let files = model_files(&model_args)?;
     for &pooling in &poolings {
-        check_pooling_layers(pooling, &files)?;
+        check_pooling_layers(pooling, &files, None)?;
     }
     let encoder_device = args.device.resolve()?;
     let mut folder = RunFolder::create(&out_dir(&args))?;
