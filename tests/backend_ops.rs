@@ -375,12 +375,9 @@ fn run<B: Backend>(be: &B, case: &Case) -> Vec<f32> {
         }
         Op::Attention(a) => {
             let n = a.offsets.len() - 1;
-            let rows = if a.query_rows == QueryRows::All {
-                a.offsets[n]
-            } else {
-                n
-            };
-            let len = rows * a.heads * a.head_dim;
+            let c = a.heads * a.head_dim;
+            // (T, C) for either; ClsOnly's result is its first n rows, the rest scratch.
+            let len = a.offsets[n] * c;
             let qkv = be.upload(&a.qkv).unwrap();
             let mut out = nan_buffer(be, len);
             be.attention(
@@ -392,7 +389,11 @@ fn run<B: Backend>(be: &B, case: &Case) -> Vec<f32> {
                 &mut out,
             )
             .unwrap();
-            download_checked(be, &out, len, name)
+            let mut rows = download_checked(be, &out, len, name);
+            if a.query_rows == QueryRows::ClsOnly {
+                rows.truncate(n * c);
+            }
+            rows
         }
         Op::GatherRows(g) => {
             let src = be.upload(&g.src).unwrap();

@@ -134,7 +134,10 @@ pub trait Backend: Sync {
 
     /// Multi-head self-attention over the packed layout: text i owns rows
     /// `offsets[i]..offsets[i+1]` of `qkv` (T, 3C) laid out [Q | K | V], and attends over
-    /// its own tokens only. out is (T, C) for `QueryRows::All`, (num_texts, C) for `ClsOnly`.
+    /// its own tokens only. out is (T, C) either way; `ClsOnly` leaves the (num_texts, C)
+    /// [CLS] rows in its first rows and may use the rest as scratch (the CPU computes
+    /// every row there, where a buffer of its own per batch would be an allocation that
+    /// can abort on a full machine).
     /// Every text has at least one token (the CUDA backend refuses an empty one).
     fn attention(
         &self,

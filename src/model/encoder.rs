@@ -550,7 +550,7 @@ fn cls_layer<B: Backend>(
         config.head_dim(),
         QueryRows::ClsOnly,
         &mut ws.attn,
-    )?; // (n, C)
+    )?; // (n, C) in the first rows of (T, C)
     be.gather_rows(&ws.hidden, c, batch.cls_rows(), &mut ws.cls)?; // (n, C) residual
     be.linear(&ws.attn, n, &w.attn_out, false, &mut ws.proj)?; // (n, C)
     be.bias_residual_layernorm(&mut ws.proj, n, &w.attn_out.b, &ws.cls, &w.attn_ln, eps)?;

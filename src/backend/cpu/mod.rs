@@ -211,12 +211,12 @@ impl Backend for CpuBackend {
             // 4-5% of a forward: within the noise (docs/BENCHMARKS.md).
             QueryRows::ClsOnly => {
                 let c = heads * head_dim;
-                let texts = offsets.len() - 1;
-                let mut all = vec![0f32; offsets[texts] * c]; // (T, C)
                 self.pool
-                    .install(|| attention::attention(qkv, offsets, heads, head_dim, &mut all));
-                for (row, &start) in out.chunks_exact_mut(c).zip(&offsets[..texts]) {
-                    row.copy_from_slice(&all[start * c..(start + 1) * c]);
+                    .install(|| attention::attention(qkv, offsets, heads, head_dim, out)); // (T, C)
+                                                                                           // Text i's [CLS] row moves from row offsets[i] >= i to row i: in order,
+                                                                                           // no row is overwritten before it is moved.
+                for (i, &start) in offsets[..offsets.len() - 1].iter().enumerate() {
+                    out.copy_within(start * c..(start + 1) * c, i * c);
                 }
             }
         }
