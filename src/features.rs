@@ -444,6 +444,9 @@ fn sha256_file_memo(path: &Path, memo_dir: &Path) -> Result<String> {
         }
     }
     memo.sha256 = hash_file(&real)?;
+    // A memo write killed between its temporary file and the rename leaves the
+    // temporary: cleared here, where memos are written, as the feature cache's are.
+    crate::fsio::remove_abandoned_temp_files(memo_dir);
     // The memo only saves time: a read-only cache folder must not stop the run.
     let _ = serde_json::to_vec(&memo).map(|json| atomic_write(&memo_path, &json));
     Ok(memo.sha256)
@@ -803,11 +806,17 @@ mod tests {
         std::fs::write(&memo_file, text).unwrap();
         assert_eq!(sha256_file_memo(&file, &memo_dir).unwrap(), "planted");
 
+        // The temporary of a memo write that was killed before its rename goes with the
+        // next memo written; the memo beside it stays.
+        let killed = memo_dir.join(".0123.json.bertcls-tmp-999999");
+        std::fs::write(&killed, b"{").unwrap();
         std::fs::write(&file, b"abcd").unwrap();
         assert_eq!(
             sha256_file_memo(&file, &memo_dir).unwrap(),
             "88d4266fd4e6338d13b845fcf289579d209c897823b9217da3e161936f031589"
         );
+        assert!(!killed.exists());
+        assert_eq!(std::fs::read_dir(&memo_dir).unwrap().count(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
