@@ -3,6 +3,7 @@
 mod bulk;
 mod common;
 mod encode;
+mod feature_source;
 mod info;
 mod lines;
 mod predict;

@@ -8,7 +8,8 @@ use anyhow::{anyhow, Result};
 use clap::Args;
 use serde::Serialize;
 
-use super::common::{print_stdout, CacheArgs, DeviceArgs, FeatureSource};
+use super::common::{print_stdout, DeviceArgs};
+use super::feature_source::{CacheArgs, FeatureSource};
 use super::predict::{check_label_count, Classifier, HeadArgs};
 use crate::calibration::{
     expected_calibration_error, scaled_cross_entropy, scaled_softmax, ECE_BINS,

@@ -16,9 +16,10 @@ use anyhow::{anyhow, bail, Result};
 use clap::{Args, ValueEnum};
 
 use super::common::{
-    check_pooling_layers, label_name, load_model_files, model_files, print_stdout, CacheArgs,
-    DeviceArgs, FeatureOrigin, FeatureSource, LoadedModel, ModelArgs, ModelFiles,
+    check_pooling_layers, label_name, load_model_files, model_files, print_stdout, DeviceArgs,
+    LoadedModel, ModelArgs, ModelFiles,
 };
+use super::feature_source::{CacheArgs, FeatureOrigin, FeatureSource};
 use super::predict::NUMERIC_LABELS_KEY;
 use super::progress::{count, Progress};
 use super::run_dir::{best_checkpoint, DataSpec, FeatureSpec, Hyperparameters, RunFolder, RunInfo};

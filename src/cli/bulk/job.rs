@@ -14,9 +14,9 @@ use super::sink::{
 use super::stages::{Stage, StageTimes};
 use super::{BulkArgs, Shard};
 use crate::cli::common::{
-    encode_tokenized, load_model, tokenize_texts, DeviceArgs, EncoderDevice, FeatureSource,
-    LoadedModel, ModelArgs,
+    encode_tokenized, load_model, tokenize_texts, DeviceArgs, EncoderDevice, LoadedModel, ModelArgs,
 };
+use crate::cli::feature_source::FeatureSource;
 use crate::cli::predict::{predict_features, Classifier, HeadArgs};
 use crate::cli::progress::Throughput;
 use crate::data::chunked::{first_label_past, open_split, ChunkedSplit, RowChunk};

@@ -12,7 +12,8 @@ use anyhow::{anyhow, bail, Result};
 
 use super::TrainArgs;
 use crate::chunk::LongTexts;
-use crate::cli::common::{EncoderDevice, FeatureSource, ModelFiles};
+use crate::cli::common::{EncoderDevice, ModelFiles};
+use crate::cli::feature_source::FeatureSource;
 use crate::model::Pooling;
 
 use crate::cli::bulk::{first_uncovered, read_encoded, EncodedFile, FeatureCheck, Uncovered};
