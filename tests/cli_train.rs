@@ -2567,6 +2567,32 @@ fn a_search_over_poolings_shares_one_forward() {
     assert_cached_as_own_forwards(&sb, &["cls", "mean", "cls+mean-last2"]);
 }
 
+/// Without a cache a search over poolings shares one forward too, and picks the head a
+/// cached search picks: the same floats.
+#[test]
+fn a_search_without_a_cache_shares_one_forward() {
+    let sb = Sandbox::new("shared-forward-no-cache");
+    let search = |out: &str, cache: &[&'static str]| {
+        let args = [&["--search", "--pooling", "cls,mean", "--out", out], cache].concat();
+        let out = sb.train_tiny(2, &args);
+        succeeded(&out);
+        stderr(&out)
+    };
+    let (uncached, cached) = (sb.path("uncached"), sb.path("cached"));
+    let err = search(&uncached, &["--no-cache"]);
+    assert_eq!(err.matches("encoded train:").count(), 1, "{err}");
+    assert_eq!(err.matches("encoded validation:").count(), 1, "{err}");
+    assert_eq!(
+        err.matches("features from the shared forward").count(),
+        4,
+        "{err}"
+    );
+    assert!(!sb.feature_cache().exists());
+    search(&cached, &[]);
+    let best = |run: &str| std::fs::read(Path::new(run).join("best.safetensors")).unwrap();
+    assert_eq!(best(&uncached), best(&cached));
+}
+
 /// `sb`'s feature cache holds, byte for byte, the entries that runs of each of
 /// `poolings` alone write (train and validation of each).
 fn assert_cached_as_own_forwards(sb: &Sandbox, poolings: &[&str]) {

@@ -166,10 +166,10 @@ impl FeatureSource {
         )
     }
 
-    /// With two or more of `poolings` missing from the cache, encodes `texts` once with
-    /// the widest of them ([CLS] and mean of as many layers as any needs) and keeps each
-    /// one's features, taken from it, for `features`: one forward instead of one per
-    /// pooling, the same floats. Only with a cache (its keys name the poolings) and
+    /// With two or more of `poolings` missing from the cache (all of them with
+    /// `--no-cache`), encodes `texts` once with the widest of them ([CLS] and mean of as
+    /// many layers as any needs) and keeps each one's features, taken from it, for
+    /// `features`: one forward instead of one per pooling, the same floats. Only for
     /// truncated texts. On CUDA the last layer's `cls` keeps its own forward: its
     /// [CLS]-only last layer agrees with the whole layer's [CLS] rows to rounding only
     /// (`QueryRows::ClsOnly`), and its cache entry must hold the floats it encodes alone.
@@ -182,12 +182,10 @@ impl FeatureSource {
         texts: &[String],
         data_hash: &str,
     ) -> Result<()> {
-        let Some(cache) = self.cache.clone() else {
-            return Ok(());
-        };
         if model.long != LongTexts::Truncate {
             return Ok(());
         }
+        let cache = self.cache.clone();
         let mut missing = Vec::new();
         let alike = model.device == Device::Cpu;
         for &pooling in poolings.iter().filter(|p| alike || p.keep() != Keep::Cls) {
@@ -200,7 +198,8 @@ impl FeatureSource {
             )?;
             let key = FeatureKey::new(&spec, data_hash);
             let held = self.imported.iter().any(|(k, _)| *k == key);
-            if !held && !cache.path(&key).is_file() {
+            let cached = cache.as_ref().is_some_and(|c| c.path(&key).is_file());
+            if !held && !cached {
                 missing.push((pooling, key));
             }
         }
@@ -239,6 +238,37 @@ impl FeatureSource {
         Ok(())
     }
 
+    /// The features `share_forward` took for `model`'s pooling of these texts, stored in
+    /// the cache as if encoded alone; `None` where it took none.
+    fn take_shared(
+        &mut self,
+        model: &LoadedModel,
+        split_name: &str,
+        texts: &[String],
+        data_hash: &str,
+    ) -> Result<Option<Vec<f32>>> {
+        if self.shared.is_empty() {
+            return Ok(None);
+        }
+        let key = FeatureKey::new(&self.model_spec(model)?, data_hash);
+        let Some(at) = self.shared.iter().position(|(k, _)| *k == key) else {
+            return Ok(None);
+        };
+        let (_, x) = self.shared.swap_remove(at);
+        eprintln!(
+            "{split_name}: {} {} features from the shared forward",
+            texts.len(),
+            model.pooling
+        );
+        check_encoded(model, split_name, &x)?;
+        if let Some(cache) = self.cache.clone() {
+            if let Err(e) = cache.put(&key, &x, texts.len(), model.feature_width()) {
+                self.warn_cache_write(&cache, &e);
+            }
+        }
+        Ok(Some(x))
+    }
+
     pub fn features(
         &mut self,
         model: &mut LoadedModel,
@@ -246,6 +276,12 @@ impl FeatureSource {
         texts: &[String],
         data_hash: &str,
     ) -> Result<Features> {
+        if let Some(x) = self.take_shared(model, split_name, texts, data_hash)? {
+            return Ok(Features {
+                x,
+                origin: FeatureOrigin::Encoded,
+            });
+        }
         let Some(cache) = self.cache.clone() else {
             let x = encode_texts(model, texts, split_name)?;
             check_encoded(model, split_name, &x)?;
@@ -266,22 +302,6 @@ impl FeatureSource {
             return Ok(Features {
                 x: x.clone(),
                 origin: FeatureOrigin::Imported,
-            });
-        }
-        if let Some(at) = self.shared.iter().position(|(k, _)| *k == key) {
-            let (_, x) = self.shared.swap_remove(at);
-            eprintln!(
-                "{split_name}: {} {} features from the shared forward",
-                texts.len(),
-                model.pooling
-            );
-            check_encoded(model, split_name, &x)?;
-            if let Err(e) = cache.put(&key, &x, texts.len(), width) {
-                self.warn_cache_write(&cache, &e);
-            }
-            return Ok(Features {
-                x,
-                origin: FeatureOrigin::Encoded,
             });
         }
         if let Some(x) = cache.get(&key)? {
