@@ -103,6 +103,16 @@ impl FeatureKey {
             windows: spec.windows,
         }
     }
+
+    /// For chunked features, the key of the same split's truncated features, from which
+    /// every text that fits one window takes its feature; `None` for truncated ones.
+    pub fn truncated(&self) -> Option<FeatureKey> {
+        (!is_truncate(&self.long)).then(|| FeatureKey {
+            long: "truncate".to_string(),
+            windows: None,
+            ..self.clone()
+        })
+    }
 }
 
 fn is_truncate(long: &str) -> bool {

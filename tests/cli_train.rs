@@ -2593,14 +2593,86 @@ fn a_search_without_a_cache_shares_one_forward() {
     assert_eq!(best(&uncached), best(&cached));
 }
 
+/// With `--long chunk` a search over poolings shares one forward of every window, and
+/// caches what each pooling's own run caches; a pooling whose truncated features are
+/// cached is left to its own path, which encodes only the long texts' windows.
+#[test]
+fn a_chunked_search_over_poolings_shares_one_forward() {
+    let sb = Sandbox::new("shared-forward-chunk");
+    // Windows of 12 tokens: most of the fixture's texts (about 24 tokens) have several.
+    let chunk = ["--long", "chunk", "--stride", "4", "--max-length", "12"];
+    let search = |out: &str, long: &[&str]| {
+        let args = [&["--search", "--pooling", "cls,mean", "--out", out], long].concat();
+        let out = sb.train_tiny(2, &args);
+        succeeded(&out);
+        stderr(&out)
+    };
+    let err = search(&sb.path("chunked"), &chunk);
+    assert_eq!(err.matches("encoded train:").count(), 1, "{err}");
+    assert_eq!(
+        err.matches("features from the shared forward").count(),
+        4,
+        "{err}"
+    );
+    assert_cached_as_own_forwards_with(&sb, &["cls", "mean"], &chunk);
+
+    let again = Sandbox::new("shared-forward-chunk-reuse");
+    let truncate = ["--max-length", "12"];
+    succeeded(
+        &again.train_tiny(
+            2,
+            &[
+                &[
+                    "--search",
+                    "--pooling",
+                    "cls,mean",
+                    "--out",
+                    &again.path("t"),
+                ],
+                &truncate[..],
+            ]
+            .concat(),
+        ),
+    );
+    let out = again.train_tiny(
+        2,
+        &[
+            &[
+                "--search",
+                "--pooling",
+                "cls,mean",
+                "--out",
+                &again.path("c"),
+            ],
+            &chunk[..],
+        ]
+        .concat(),
+    );
+    succeeded(&out);
+    let err = stderr(&out);
+    assert!(!err.contains("shared forward"), "{err}");
+    assert_eq!(
+        err.matches("features from the truncate cache entry")
+            .count(),
+        4,
+        "{err}"
+    );
+}
+
 /// `sb`'s feature cache holds, byte for byte, the entries that runs of each of
 /// `poolings` alone write (train and validation of each).
 fn assert_cached_as_own_forwards(sb: &Sandbox, poolings: &[&str]) {
+    assert_cached_as_own_forwards_with(sb, poolings, &[]);
+}
+
+/// [`assert_cached_as_own_forwards`], each run alone also given `extra`.
+fn assert_cached_as_own_forwards_with(sb: &Sandbox, poolings: &[&str], extra: &[&str]) {
     let name = sb.dir.file_name().unwrap().to_string_lossy();
     let alone = Sandbox::new(&format!("{name}-alone"));
     for pooling in poolings {
         let run = alone.path(pooling);
-        succeeded(&alone.train_tiny(1, &["--pooling", pooling, "--out", &run]));
+        let args = [&["--pooling", pooling, "--out", &run], extra].concat();
+        succeeded(&alone.train_tiny(1, &args));
     }
     let (shared, own) = (
         cached_features(&sb.feature_cache()),

@@ -169,8 +169,10 @@ impl FeatureSource {
     /// With two or more of `poolings` missing from the cache (all of them with
     /// `--no-cache`), encodes `texts` once with the widest of them ([CLS] and mean of as
     /// many layers as any needs) and keeps each one's features, taken from it, for
-    /// `features`: one forward instead of one per pooling, the same floats. Only for
-    /// truncated texts. On CUDA the last layer's `cls` keeps its own forward: its
+    /// `features`: one forward instead of one per pooling, the same floats (with `--long
+    /// chunk`, one forward of every window: a window's mean is taken column by column).
+    /// A chunked pooling whose truncated features are cached is left out: its own path
+    /// encodes only the long texts' windows. On CUDA the last layer's `cls` keeps its own forward: its
     /// [CLS]-only last layer agrees with the whole layer's [CLS] rows to rounding only
     /// (`QueryRows::ClsOnly`), and its cache entry must hold the floats it encodes alone.
     /// Where the widest features do not fit in memory, each pooling keeps its own forward.
@@ -182,9 +184,6 @@ impl FeatureSource {
         texts: &[String],
         data_hash: &str,
     ) -> Result<()> {
-        if model.long != LongTexts::Truncate {
-            return Ok(());
-        }
         let cache = self.cache.clone();
         let mut missing = Vec::new();
         let alike = model.device == Device::Cpu;
@@ -198,8 +197,9 @@ impl FeatureSource {
             )?;
             let key = FeatureKey::new(&spec, data_hash);
             let held = self.imported.iter().any(|(k, _)| *k == key);
-            let cached = cache.as_ref().is_some_and(|c| c.path(&key).is_file());
-            if !held && !cached {
+            let cached = |key: &FeatureKey| cache.as_ref().is_some_and(|c| c.path(key).is_file());
+            let reused = key.truncated().is_some_and(|t| cached(&t));
+            if !held && !cached(&key) && !reused {
                 missing.push((pooling, key));
             }
         }
@@ -318,18 +318,11 @@ impl FeatureSource {
                 });
             }
         }
-        let truncated = match model.long {
-            LongTexts::Chunk { .. } => {
-                let truncate_key = FeatureKey {
-                    long: LongTexts::Truncate.key(),
-                    windows: None,
-                    ..key.clone()
-                };
-                cache
-                    .get(&truncate_key)?
-                    .filter(|x| x.len() == texts.len() * width)
-            }
-            LongTexts::Truncate => None,
+        let truncated = match key.truncated() {
+            Some(truncate_key) => cache
+                .get(&truncate_key)?
+                .filter(|x| x.len() == texts.len() * width),
+            None => None,
         };
         let x = match truncated {
             Some(truncated) => chunk_features_reusing(model, texts, &truncated, split_name)?,
