@@ -498,12 +498,8 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("bertcls-features-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    fn temp_dir(name: &str) -> crate::testdir::TestDir {
+        crate::testdir::TestDir::new(&format!("features-{name}"))
     }
 
     fn key() -> FeatureKey {
@@ -540,12 +536,12 @@ mod tests {
 
     #[test]
     fn put_then_get_round_trips() {
-        let cache = FeatureCache::new(temp_dir("roundtrip"));
+        let dir = temp_dir("roundtrip");
+        let cache = FeatureCache::new(dir.to_path_buf());
         let features: Vec<f32> = (0..6).map(|i| i as f32 * 0.5 - 1.0).collect();
         assert_eq!(cache.get(&key()).unwrap(), None);
         cache.put(&key(), &features, 2, 3).unwrap();
         assert_eq!(cache.get(&key()).unwrap(), Some(features));
-        std::fs::remove_dir_all(cache.dir()).unwrap();
     }
 
     #[test]
@@ -623,7 +619,8 @@ mod tests {
 
     #[test]
     fn a_changed_max_length_misses() {
-        let cache = FeatureCache::new(temp_dir("maxlen"));
+        let dir = temp_dir("maxlen");
+        let cache = FeatureCache::new(dir.to_path_buf());
         cache.put(&key(), &[1.0, 2.0], 1, 2).unwrap();
         let shorter = FeatureKey {
             max_length: 128,
@@ -631,12 +628,12 @@ mod tests {
         };
         assert_eq!(cache.get(&shorter).unwrap(), None);
         assert!(cache.get(&key()).unwrap().is_some());
-        std::fs::remove_dir_all(cache.dir()).unwrap();
     }
 
     #[test]
     fn a_corrupt_entry_is_a_miss_and_is_removed() {
-        let cache = FeatureCache::new(temp_dir("corrupt"));
+        let dir = temp_dir("corrupt");
+        let cache = FeatureCache::new(dir.to_path_buf());
         cache.put(&key(), &[1.0; 8], 2, 4).unwrap();
         let path = cache.path(&key());
         let bytes = std::fs::read(&path).unwrap();
@@ -646,7 +643,6 @@ mod tests {
         std::fs::write(&path, b"not a safetensors file").unwrap();
         assert_eq!(cache.get(&key()).unwrap(), None);
         assert!(!path.exists());
-        std::fs::remove_dir_all(cache.dir()).unwrap();
     }
 
     /// The data region of `path` (after the 8-byte length and the header).
@@ -657,7 +653,8 @@ mod tests {
 
     #[test]
     fn put_records_the_checksum_of_the_features_and_writes_the_same_bytes_twice() {
-        let cache = FeatureCache::new(temp_dir("checksum"));
+        let dir = temp_dir("checksum");
+        let cache = FeatureCache::new(dir.to_path_buf());
         let features = [1.0, -2.0, 0.25, 8.0];
         cache.put(&key(), &features, 2, 2).unwrap();
         let path = cache.path(&key());
@@ -670,14 +667,14 @@ mod tests {
         );
         cache.put(&key(), &features, 2, 2).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
-        std::fs::remove_dir_all(cache.dir()).unwrap();
     }
 
     /// The audit's case: finite floats written over the data keep the file readable
     /// and its shape right; only the checksum tells.
     #[test]
     fn an_entry_whose_features_were_overwritten_is_a_miss_and_is_removed() {
-        let cache = FeatureCache::new(temp_dir("overwritten"));
+        let dir = temp_dir("overwritten");
+        let cache = FeatureCache::new(dir.to_path_buf());
         cache.put(&key(), &[1.0; 8], 2, 4).unwrap();
         let path = cache.path(&key());
         let start = data_start(&path);
@@ -688,14 +685,14 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(cache.get(&key()).unwrap(), None);
         assert!(!path.exists());
-        std::fs::remove_dir_all(cache.dir()).unwrap();
     }
 
     /// An entry written before checksums is read, and rewritten with one, byte for byte
     /// what `put` writes now.
     #[test]
     fn an_entry_without_a_checksum_is_read_and_given_one() {
-        let cache = FeatureCache::new(temp_dir("no-checksum"));
+        let dir = temp_dir("no-checksum");
+        let cache = FeatureCache::new(dir.to_path_buf());
         let data: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
         let view = safetensors::tensor::TensorView::new(Dtype::F32, vec![1, 2], &data).unwrap();
         let old =
@@ -706,20 +703,19 @@ mod tests {
         let upgraded = std::fs::read(&path).unwrap();
         cache.put(&key(), &[1.0, 2.0], 1, 2).unwrap();
         assert_eq!(upgraded, std::fs::read(&path).unwrap());
-        std::fs::remove_dir_all(cache.dir()).unwrap();
     }
 
     /// bertcls stores no such entry (its callers refuse non-finite features first),
     /// but one would train a NaN head: encoding afresh is the way out of it.
     #[test]
     fn an_entry_holding_a_non_finite_feature_is_a_miss_and_is_removed() {
-        let cache = FeatureCache::new(temp_dir("non-finite"));
+        let dir = temp_dir("non-finite");
+        let cache = FeatureCache::new(dir.to_path_buf());
         for bad in [f32::NAN, f32::INFINITY] {
             cache.put(&key(), &[1.0, 2.0, 3.0, bad], 2, 2).unwrap();
             assert_eq!(cache.get(&key()).unwrap(), None);
             assert!(!cache.path(&key()).exists());
         }
-        std::fs::remove_dir_all(cache.dir()).unwrap();
     }
 
     #[test]
@@ -732,7 +728,8 @@ mod tests {
 
     #[test]
     fn an_entry_under_another_keys_name_is_a_miss() {
-        let cache = FeatureCache::new(temp_dir("renamed"));
+        let dir = temp_dir("renamed");
+        let cache = FeatureCache::new(dir.to_path_buf());
         let other = FeatureKey {
             backend: "cuda".to_string(),
             ..key()
@@ -740,14 +737,13 @@ mod tests {
         cache.put(&other, &[1.0, 2.0], 1, 2).unwrap();
         std::fs::rename(cache.path(&other), cache.path(&key())).unwrap();
         assert_eq!(cache.get(&key()).unwrap(), None);
-        std::fs::remove_dir_all(cache.dir()).unwrap();
     }
 
     #[test]
     fn put_refuses_a_shape_that_does_not_fit() {
-        let cache = FeatureCache::new(temp_dir("shape"));
+        let dir = temp_dir("shape");
+        let cache = FeatureCache::new(dir.to_path_buf());
         assert!(cache.put(&key(), &[1.0; 5], 2, 3).is_err());
-        std::fs::remove_dir_all(cache.dir()).unwrap();
     }
 
     #[test]
@@ -827,7 +823,6 @@ mod tests {
         );
         assert!(!killed.exists());
         assert_eq!(std::fs::read_dir(&memo_dir).unwrap().count(), 1);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// The file's size and mtime stay, its content changes: what `rsync -a` (a new file
@@ -865,6 +860,5 @@ mod tests {
         drop(rewritten);
         assert_eq!(std::fs::metadata(&file).unwrap().modified().unwrap(), mtime);
         assert_eq!(sha256_file_memo(&file, &memo_dir).unwrap(), abc);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -266,7 +266,7 @@ mod tests {
 
     #[test]
     fn replaces_whole_file_and_leaves_no_temp() {
-        let dir = std::env::temp_dir().join(format!("bertcls-fsio-{}", std::process::id()));
+        let dir = crate::testdir::TestDir::new("fsio");
         let path = dir.join("a.bin");
         atomic_write(&path, b"first").unwrap();
         atomic_write(&path, b"second").unwrap();
@@ -277,13 +277,11 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().contains(TEMP_MARK))
             .collect();
         assert!(leftovers.is_empty());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn removes_only_our_temp_files() {
-        let dir = std::env::temp_dir().join(format!("bertcls-fsio-stale-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testdir::TestDir::new("fsio-stale");
         for name in [
             ".last.safetensors.bertcls-tmp-99",
             "last.safetensors",
@@ -299,6 +297,5 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, [".hidden", "a.tmp-1", "last.safetensors"]);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

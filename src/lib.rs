@@ -40,3 +40,6 @@ pub mod optim;
 pub mod safetensors_out;
 pub mod tokenize;
 pub mod train;
+
+#[cfg(test)]
+mod testdir;

@@ -564,10 +564,8 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use std::io::Write;
 
-    fn temp_dir(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("bertcls-ckpt-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    fn temp_dir(name: &str) -> crate::testdir::TestDir {
+        crate::testdir::TestDir::new(&format!("ckpt-{name}"))
     }
 
     fn err(path: &Path, hidden: Option<usize>) -> String {
@@ -702,7 +700,6 @@ mod tests {
 
         save_head(&path, &head, None, &BTreeMap::new()).unwrap();
         assert!(load_head(&path, None).unwrap().optim.is_none());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A checkpoint with the `optim.*` metadata but without the moments: resuming from
@@ -741,7 +738,6 @@ mod tests {
             assert!(loaded.optim.is_none());
             assert_eq!(loaded.metadata, meta);
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -822,7 +818,6 @@ mod tests {
         let bytes = std::fs::read(&pth).unwrap();
         std::fs::write(&pth, &bytes[..bytes.len() / 2]).unwrap();
         assert!(err(&pth, None).contains("corrupt or truncated torch.save zip"));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -885,6 +880,5 @@ mod tests {
             (loaded.head.weight, loaded.head.bias),
             (vec![0.5, -2.0], vec![1.0])
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1025,7 +1025,7 @@ mod tests {
 
     #[test]
     fn a_split_without_labels_reads_texts_alone() {
-        let dir = crate::data::testdir::TestDir::new("chunked");
+        let dir = crate::testdir::TestDir::new("chunked");
         let file = dir.write(
             "reviews.jsonl",
             "{\"text\": \"a\"}\n\n{\"text\": \"b\"}\n".as_bytes(),
@@ -1044,7 +1044,7 @@ mod tests {
     /// they are left unread, whatever they hold.
     #[test]
     fn a_heads_names_give_labels_their_ids() {
-        let dir = crate::data::testdir::TestDir::new("chunked");
+        let dir = crate::testdir::TestDir::new("chunked");
         let rows = |labels: &[&str]| -> Vec<u8> {
             let lines: Vec<String> = (0..labels.len())
                 .map(|i| format!("{{\"text\": \"t{i}\", \"label\": \"{}\"}}\n", labels[i]))
@@ -1082,7 +1082,7 @@ mod tests {
 
     #[test]
     fn a_quote_left_open_is_an_error_here_too() {
-        let dir = crate::data::testdir::TestDir::new("chunked");
+        let dir = crate::testdir::TestDir::new("chunked");
         let file = dir.write("train.csv", b"text\nok\n\"stray\nmore\n");
         let err = match open_split(&file, "train", &LoadOptions::default()) {
             Ok(split) => split
@@ -1115,7 +1115,7 @@ mod tests {
         for (byte, rows) in [(0x42, 33), (0x41, -33)] {
             let mut bytes = valid.clone();
             bytes[at + 1] = byte;
-            let dir = crate::data::testdir::TestDir::new("chunked");
+            let dir = crate::testdir::TestDir::new("chunked");
             let file = dir.write("train-00000-of-00002.parquet", &bytes);
             dir.write("train-00001-of-00002.parquet", &valid);
             let meta = SerializedFileReader::new(File::open(&file).unwrap()).unwrap();
@@ -1142,7 +1142,7 @@ mod tests {
         let row = |i: usize| format!("{{\"text\": \"t{i}\", \"label\": {}}}\n", i % 2);
         let rows = |r: std::ops::Range<usize>| r.map(row).collect::<String>();
         for (changed, content) in [(0, rows(0..6)), (1, rows(5..9))] {
-            let dir = crate::data::testdir::TestDir::new("chunked");
+            let dir = crate::testdir::TestDir::new("chunked");
             let files = [
                 dir.write("train-00000-of-00002.jsonl", rows(0..5).as_bytes()),
                 dir.write("train-00001-of-00002.jsonl", rows(5..10).as_bytes()),

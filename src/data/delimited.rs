@@ -193,7 +193,7 @@ fn record_error(file: &Path, row: usize, dialect: Dialect, error: csv::Error) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::testdir::TestDir;
+    use crate::testdir::TestDir;
 
     fn load(name: &str, dialect: Dialect, content: &[u8]) -> Result<RawSplit> {
         let dir = TestDir::new("delimited");

@@ -65,7 +65,7 @@ pub(super) fn read(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::testdir::TestDir;
+    use crate::testdir::TestDir;
 
     fn load(content: &[u8]) -> Result<RawSplit> {
         let dir = TestDir::new("jsonl");

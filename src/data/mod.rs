@@ -18,8 +18,6 @@ mod labels;
 mod layout;
 mod parquet;
 mod raw;
-#[cfg(test)]
-mod testdir;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -346,8 +344,8 @@ fn content_hash(texts: &[String], labels: &[usize]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::testdir::TestDir;
     use super::*;
+    use crate::testdir::TestDir;
 
     fn tsv(dir: &TestDir, name: &str, rows: &[(usize, &str)]) -> PathBuf {
         let mut body = String::from("label\ttext\n");

@@ -173,13 +173,9 @@ mod tests {
             "intermediate_size": 16, "vocab_size": 10, "max_position_embeddings": 16,
         });
         edit(&mut v);
-        let dir = std::env::temp_dir().join(format!("bertcls-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{}.json", rand::random::<u64>()));
-        std::fs::write(&path, v.to_string()).unwrap();
-        let out = BertConfig::from_file(&path);
-        std::fs::remove_file(&path).unwrap();
-        out
+        let dir = crate::testdir::TestDir::new("config");
+        let path = dir.write("config.json", v.to_string().as_bytes());
+        BertConfig::from_file(&path)
     }
 
     #[test]

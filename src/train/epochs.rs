@@ -324,8 +324,7 @@ mod tests {
                 self.0.save(end).map(|()| Flow::Continue)
             }
         }
-        let dir = std::env::temp_dir().join(format!("bertcls-diverge-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testdir::TestDir::new("diverge");
         let labels = ["a".to_string(), "b".to_string()];
         let mut save =
             Save(RunCheckpoints::new(&dir, &labels, "hash", Default::default()).unwrap());
@@ -347,7 +346,6 @@ mod tests {
         let kept = crate::checkpoint::load_head(&last_checkpoint(&dir), None).unwrap();
         assert_eq!(kept.head, good.head);
         assert_eq!(kept.metadata["epoch"], "1");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// An lr that overflows the head in one step stops the run with one error, and the

@@ -675,8 +675,7 @@ mod tests {
 
     #[test]
     fn parquet_parts_of_other_columns_are_refused_as_such() {
-        let dir = std::env::temp_dir().join(format!("bertcls-sink-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testdir::TestDir::new("sink");
         let out = dir.join("out.parquet");
         let same = [part(&dir, 0, "cls", false), part(&dir, 1, "cls", false)];
         assemble(OutFormat::Parquet, &same, &out, "{}", "redo it").unwrap();
@@ -702,6 +701,5 @@ mod tests {
                 )
             );
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

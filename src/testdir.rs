@@ -1,5 +1,7 @@
-//! Throwaway folders for the parsers' tests (the crate has no tempfile dependency).
+//! Throwaway folders for the unit tests, removed when dropped (the crate has no
+//! tempfile dependency), so that test runs leave nothing in the system's temporary folder.
 
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -23,6 +25,20 @@ impl TestDir {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, content).unwrap();
         path
+    }
+}
+
+impl Deref for TestDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TestDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
     }
 }
 
