@@ -5,8 +5,7 @@
 
 mod common;
 
-use common::{bertcls_env as bertcls, ok, TempDir};
-use std::collections::BTreeMap;
+use common::{bertcls_env as bertcls, dir_with_tiny_head, ok, write_tiny_head, TempDir};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,8 +14,6 @@ use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, UInt64Type};
-use bertcls::checkpoint::save_head;
-use bertcls::head::LinearHead;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
 
@@ -34,34 +31,6 @@ fn model_dir() -> PathBuf {
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// A head for the tiny model (hidden 32) whose labels vary across the texts.
-fn write_head(path: &Path) {
-    write_head_with(path, &[]);
-}
-
-/// `write_head` with more metadata.
-fn write_head_with(path: &Path, extra: &[(&str, &str)]) {
-    let head = LinearHead {
-        weight: (0..64).map(|i| ((i * 7 % 13) as f32 - 6.0) / 3.0).collect(),
-        bias: vec![0.1, -0.1],
-        num_labels: 2,
-        hidden: 32,
-    };
-    let meta = BTreeMap::from([
-        (
-            "labels".to_string(),
-            r#"["negative","positive"]"#.to_string(),
-        ),
-        ("model".to_string(), s(&model_dir()).to_string()),
-        ("max_length".to_string(), "350".to_string()),
-    ]);
-    let meta = meta
-        .into_iter()
-        .chain(extra.iter().map(|&(k, v)| (k.to_string(), v.to_string())))
-        .collect();
-    save_head(path, &head, None, &meta).unwrap();
 }
 
 fn merge(args: &[&str]) -> Output {
@@ -230,9 +199,7 @@ fn hub_cache(root: &Path) {
 
 #[test]
 fn every_data_form_in_bulk_predict_and_encode() {
-    let dir = TempDir::new("bulk-forms");
-    let head = dir.join("head.safetensors");
-    write_head(&head);
+    let (dir, head) = dir_with_tiny_head("bulk-forms");
     let hub = dir.join("hub");
     hub_cache(&hub);
     let texts = split_texts("train");
@@ -370,9 +337,7 @@ fn chunked_job(command: &[&str], data: &Path, out: &Path, chunk_rows: usize) -> 
 
 #[test]
 fn a_job_killed_at_any_point_resumes_to_the_same_output() {
-    let dir = TempDir::new("bulk-resume");
-    let head = dir.join("head.safetensors");
-    write_head(&head);
+    let (dir, head) = dir_with_tiny_head("bulk-resume");
     let dsdict = data().join("tiny-dsdict");
     for ext in ["jsonl", "parquet"] {
         let clean = dir.join(&format!("clean.{ext}"));
@@ -424,9 +389,7 @@ fn a_job_killed_at_any_point_resumes_to_the_same_output() {
 
 #[test]
 fn four_shards_merged_equal_one_process() {
-    let dir = TempDir::new("bulk-shards");
-    let head = dir.join("head.safetensors");
-    write_head(&head);
+    let (dir, head) = dir_with_tiny_head("bulk-shards");
     let dsdict = data().join("tiny-dsdict");
     let single = dir.join("single.jsonl");
     ok(bertcls(
@@ -530,9 +493,7 @@ fn four_shards_merged_equal_one_process() {
 
 #[test]
 fn parts_that_do_not_make_one_job_are_refused() {
-    let dir = TempDir::new("bulk-refuse");
-    let head = dir.join("head.safetensors");
-    write_head(&head);
+    let (dir, head) = dir_with_tiny_head("bulk-refuse");
     let dsdict = data().join("tiny-dsdict");
     let part = |name: &str, shard: &str, extra: &[&str]| {
         let out = dir.join(name);
@@ -647,7 +608,7 @@ fn an_output_has_one_writer() {
 fn chunked_predictions_of_another_window_revision_are_refused() {
     let dir = TempDir::new("bulk-windows");
     let head = dir.join("head.safetensors");
-    write_head_with(&head, &[("long", "chunk:8")]);
+    write_tiny_head(&head, &[("long", "chunk:8")]);
     let out = dir.join("p.jsonl");
     let dsdict = data().join("tiny-dsdict");
     ok(bertcls(
@@ -695,9 +656,7 @@ fn temporaries(dir: &Path) -> Vec<String> {
 /// in every format, and the merge leaves neither an output nor a temporary behind.
 #[test]
 fn merge_refuses_parts_that_do_not_hold_their_manifests_rows() {
-    let dir = TempDir::new("bulk-merge-rows");
-    let head = dir.join("head.safetensors");
-    write_head(&head);
+    let (dir, head) = dir_with_tiny_head("bulk-merge-rows");
     let dsdict = data().join("tiny-dsdict");
     let shards = |name: &str, command: &[&str]| -> Vec<PathBuf> {
         (0..3)
@@ -782,7 +741,7 @@ fn merge_refuses_parts_that_do_not_hold_their_manifests_rows() {
 fn a_job_with_any_temperature_resumes() {
     let dir = TempDir::new("bulk-resume-temperature");
     let head = dir.join("head.safetensors");
-    write_head_with(&head, &[("temperature", "1.1509457233370795")]);
+    write_tiny_head(&head, &[("temperature", "1.1509457233370795")]);
     let out = dir.join("p.jsonl");
     let dsdict = data().join("tiny-dsdict");
     let args = [
@@ -814,9 +773,7 @@ fn a_job_with_any_temperature_resumes() {
 /// written are refused, while edits to rows not yet written are simply encoded.
 #[test]
 fn a_resume_refuses_chunks_whose_texts_changed() {
-    let dir = TempDir::new("bulk-resume-edited");
-    let head = dir.join("head.safetensors");
-    write_head(&head);
+    let (dir, head) = dir_with_tiny_head("bulk-resume-edited");
     let folder = dir.join("data");
     std::fs::create_dir_all(&folder).unwrap();
     let train = folder.join("train.jsonl");
@@ -872,9 +829,7 @@ fn a_resume_refuses_chunks_whose_texts_changed() {
 /// data the row is: no chunk is written, in whichever form the data comes.
 #[test]
 fn a_label_the_head_lacks_is_refused_before_any_chunk() {
-    let dir = TempDir::new("bulk-label-range");
-    let head = dir.join("head.safetensors");
-    write_head(&head);
+    let (dir, head) = dir_with_tiny_head("bulk-label-range");
     let texts = split_texts("train");
     let mut labels: Vec<i64> = split_labels().iter().map(|l| l.as_i64().unwrap()).collect();
     // Split row 29: in the last chunk of 4 rows, the second file's 14th row.
@@ -944,9 +899,7 @@ fn a_label_the_head_lacks_is_refused_before_any_chunk() {
 /// manifest is written: it is refused before the model loads or any chunk is encoded.
 #[test]
 fn a_folder_where_the_manifest_goes_is_refused_before_any_chunk() {
-    let dir = TempDir::new("bulk-manifest-folder");
-    let head = dir.join("head.safetensors");
-    write_head(&head);
+    let (dir, head) = dir_with_tiny_head("bulk-manifest-folder");
     let dsdict = data().join("tiny-dsdict");
     let model = model_dir();
     for (name, command) in [
@@ -1035,9 +988,7 @@ fn merge_refuses_a_folder_where_its_output_or_manifest_goes() {
 /// missing its state.json fails only a job on that split.
 #[test]
 fn a_split_not_asked_for_needs_no_state_json() {
-    let dir = TempDir::new("bulk-unused-split");
-    let head = dir.join("head.safetensors");
-    write_head(&head);
+    let (dir, head) = dir_with_tiny_head("bulk-unused-split");
     let dsdict = dir.join("dsdict");
     let source = data().join("tiny-dsdict");
     common::copy_files(&source, &dsdict);
@@ -1086,9 +1037,7 @@ fn a_split_not_asked_for_needs_no_state_json() {
 /// complete": the same command writes it again, whole.
 #[test]
 fn a_finished_output_that_lost_rows_is_written_again() {
-    let dir = TempDir::new("bulk-done-truncated");
-    let head = dir.join("head.safetensors");
-    write_head(&head);
+    let (dir, head) = dir_with_tiny_head("bulk-done-truncated");
     let dsdict = data().join("tiny-dsdict");
     let model = model_dir();
     for (name, command) in [
@@ -1119,9 +1068,7 @@ fn a_finished_output_that_lost_rows_is_written_again() {
 /// the ranges the output was written in.
 #[test]
 fn a_finished_output_whose_texts_changed_is_refused() {
-    let dir = TempDir::new("bulk-done-edited");
-    let head = dir.join("head.safetensors");
-    write_head(&head);
+    let (dir, head) = dir_with_tiny_head("bulk-done-edited");
     let folder = dir.join("data");
     std::fs::create_dir_all(&folder).unwrap();
     let train = folder.join("train.jsonl");
@@ -1218,9 +1165,7 @@ fn a_finished_output_of_another_job_is_named_and_replaced_only_at_the_end() {
 /// test.jsonl, not the sibling train.jsonl. A given --split still wins.
 #[test]
 fn a_split_file_is_read_as_its_own_split_unless_split_is_given() {
-    let dir = TempDir::new("bulk-file-split");
-    let head = dir.join("head.safetensors");
-    write_head(&head);
+    let (dir, head) = dir_with_tiny_head("bulk-file-split");
     let hub_named = dir.join("hub-named");
     std::fs::create_dir_all(&hub_named).unwrap();
     for split in ["train", "test"] {
@@ -1789,9 +1734,9 @@ fn a_class_label_in_another_order_is_mapped_to_the_heads_names() {
         )
     };
     let head = dir.join("head.safetensors");
-    write_head(&head);
+    write_tiny_head(&head, &[]);
     let reversed = dir.join("reversed.safetensors");
-    write_head_with(&reversed, &[("labels", r#"["positive","negative"]"#)]);
+    write_tiny_head(&reversed, &[("labels", r#"["positive","negative"]"#)]);
     let (right, rows) = correct(&head, "head");
     assert!(
         right * 2 != rows,
@@ -1816,9 +1761,7 @@ fn edit_json(path: &Path, edit: impl FnOnce(&mut Value)) {
 /// it gives the output of a run never killed.
 #[test]
 fn a_resume_refuses_damaged_chunk_records() {
-    let dir = TempDir::new("bulk-records");
-    let head = dir.join("head.safetensors");
-    write_head(&head);
+    let (dir, head) = dir_with_tiny_head("bulk-records");
     let dsdict = data().join("tiny-dsdict");
     let run = |out: &Path, env: &[(&str, &str)]| {
         let a = chunked_job(&["predict", "--head", s(&head)], &dsdict, out, 8);
@@ -1904,9 +1847,7 @@ fn a_resume_refuses_damaged_chunk_records() {
 /// naming it, before anything is written, where it wrapped the merged counts.
 #[test]
 fn merge_refuses_manifests_with_damaged_counts() {
-    let dir = TempDir::new("bulk-merge-counts");
-    let head = dir.join("head.safetensors");
-    write_head(&head);
+    let (dir, head) = dir_with_tiny_head("bulk-merge-counts");
     let dsdict = data().join("tiny-dsdict");
     let p: Vec<PathBuf> = (0..2)
         .map(|k| {

@@ -4,19 +4,13 @@
 
 mod common;
 
-use common::TempDir;
-use std::collections::{BTreeMap, HashMap};
+use common::dir_with_tiny_head;
+use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use bertcls::checkpoint::save_head;
-use bertcls::head::LinearHead;
 use serde_json::Value;
-
-fn model_dir() -> PathBuf {
-    common::fixtures().join("tiny/model")
-}
 
 /// The 32 texts of the tiny train split.
 fn fixture_texts() -> Vec<String> {
@@ -27,28 +21,6 @@ fn fixture_texts() -> Vec<String> {
         .skip(1)
         .map(|l| l.split_once('\t').unwrap().1.to_string())
         .collect()
-}
-
-/// A head for the tiny model (hidden 32) whose logits differ by text.
-fn write_head(path: &Path) {
-    let head = LinearHead {
-        weight: (0..64).map(|i| ((i * 7 % 13) as f32 - 6.0) / 3.0).collect(),
-        bias: vec![0.1, -0.1],
-        num_labels: 2,
-        hidden: 32,
-    };
-    let meta = BTreeMap::from([
-        (
-            "labels".to_string(),
-            r#"["negative","positive"]"#.to_string(),
-        ),
-        (
-            "model".to_string(),
-            model_dir().to_str().unwrap().to_string(),
-        ),
-        ("max_length".to_string(), "350".to_string()),
-    ]);
-    save_head(path, &head, None, &meta).unwrap();
 }
 
 fn predict(head: &Path, args: &[&str], stdin: &[u8]) -> Output {
@@ -120,9 +92,7 @@ fn assert_same(got: &Value, want: &Value) {
 
 #[test]
 fn file_and_stdin_longer_than_a_chunk_are_labelled_in_order() {
-    let dir = TempDir::new("stream-order");
-    let head = dir.0.join("head.safetensors");
-    write_head(&head);
+    let (dir, head) = dir_with_tiny_head("stream-order");
     let texts = fixture_texts();
     let want = reference(&head, &texts);
     // 2,600 texts: two full chunks and a partial one, with blank lines between.
@@ -167,9 +137,7 @@ fn file_and_stdin_longer_than_a_chunk_are_labelled_in_order() {
 
 #[test]
 fn a_bad_line_past_the_first_chunk_is_named_after_the_chunks_before_it() {
-    let dir = TempDir::new("stream-bad");
-    let head = dir.0.join("head.safetensors");
-    write_head(&head);
+    let (_dir, head) = dir_with_tiny_head("stream-bad");
     let mut input = "好评\n".repeat(2000).into_bytes();
     input.extend_from_slice(b"\xff\xfe\n");
     let out = predict(&head, &[], &input);
@@ -186,9 +154,7 @@ fn a_bad_line_past_the_first_chunk_is_named_after_the_chunks_before_it() {
 
 #[test]
 fn no_texts_fails_before_loading_the_model() {
-    let dir = TempDir::new("stream-empty");
-    let head = dir.0.join("head.safetensors");
-    write_head(&head);
+    let (_dir, head) = dir_with_tiny_head("stream-empty");
     let out = predict(&head, &[], b"\n  \n");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -1,10 +1,12 @@
 //! Helpers shared by the integration tests: fixture paths and safetensors reading.
 #![allow(dead_code)] // each test binary uses its own subset
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use bertcls::checkpoint::save_head;
+use bertcls::head::LinearHead;
 use bertcls::tokenize::TokenizedText;
 use safetensors::{Dtype, SafeTensors};
 
@@ -213,4 +215,38 @@ pub fn train_run_on(dir: &Path, name: &str, model: &Path, data: &Path, spec: &[&
     args.extend_from_slice(spec);
     ok(bertcls_cpu(&args));
     run
+}
+
+/// Writes to `path` a tiny-model head whose labels vary across texts, plus `extra` metadata.
+pub fn write_tiny_head(path: &Path, extra: &[(&str, &str)]) {
+    let head = LinearHead {
+        weight: (0..64).map(|i| ((i * 7 % 13) as f32 - 6.0) / 3.0).collect(),
+        bias: vec![0.1, -0.1],
+        num_labels: 2,
+        hidden: 32,
+    };
+    let meta = BTreeMap::from([
+        (
+            "labels".to_string(),
+            r#"["negative","positive"]"#.to_string(),
+        ),
+        (
+            "model".to_string(),
+            fixtures().join("tiny/model").to_str().unwrap().to_string(),
+        ),
+        ("max_length".to_string(), "350".to_string()),
+    ]);
+    let meta = meta
+        .into_iter()
+        .chain(extra.iter().map(|&(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    save_head(path, &head, None, &meta).unwrap();
+}
+
+/// A fresh `TempDir` tagged `tag` holding a `write_tiny_head` head at `head.safetensors`.
+pub fn dir_with_tiny_head(tag: &str) -> (TempDir, PathBuf) {
+    let dir = TempDir::new(tag);
+    let head = dir.join("head.safetensors");
+    write_tiny_head(&head, &[]);
+    (dir, head)
 }
