@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{bertcls_env as bertcls, dir_with_tiny_head, ok, write_tiny_head, TempDir};
+use common::{bertcls_env as bertcls, dir_with_tiny_head, merge, ok, write_tiny_head, TempDir};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -31,14 +31,6 @@ fn model_dir() -> PathBuf {
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-fn merge(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bertcls"))
-        .arg("merge")
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 fn error_line(out: &Output) -> String {

@@ -273,10 +273,7 @@ fn an_out_under_a_file_names_that_file() {
         })
         .collect();
     let merged = file.join("m.jsonl");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bertcls"))
-        .args(["merge", s(&merged), &parts[0], &parts[1]])
-        .output()
-        .unwrap();
+    let out = merge(&[s(&merged), &parts[0], &parts[1]]);
     assert!(!out.status.success());
     let want = format!(
         "error: cannot create folder {}: {} is a file, not a folder: write elsewhere, or move that file",

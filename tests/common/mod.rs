@@ -217,6 +217,15 @@ pub fn train_run_on(dir: &Path, name: &str, model: &Path, data: &Path, spec: &[&
     run
 }
 
+/// `bertcls merge` with `args`, as a user runs it (it loads no model).
+pub fn merge(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bertcls"))
+        .arg("merge")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 /// Writes to `path` a tiny-model head whose labels vary across texts, plus `extra` metadata.
 pub fn write_tiny_head(path: &Path, extra: &[(&str, &str)]) {
     let head = LinearHead {
