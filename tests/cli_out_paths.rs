@@ -20,6 +20,11 @@ fn data_dir() -> String {
     fixtures().join("data/tiny-dsdict").display().to_string()
 }
 
+/// Bulk `predict` of the run `run` over `data` into `out`.
+fn bulk_predict<'a>(run: &'a Path, data: &'a str, out: &'a Path) -> [&'a str; 7] {
+    ["predict", "--run", s(run), "--data", data, "--out", s(out)]
+}
+
 #[test]
 fn encode_of_texts_writes_the_format_its_out_extension_names() {
     let dir = TempDir::new("out-encode-ext");
@@ -103,15 +108,7 @@ fn bulk_outs_refuse_a_folder_early_and_create_missing_parents() {
     }
 
     let predictions = dir.join("no/such/parent/p.jsonl");
-    ok(bertcls_cpu(&[
-        "predict",
-        "--run",
-        s(&run),
-        "--data",
-        &data,
-        "--out",
-        s(&predictions),
-    ]));
+    ok(bertcls_cpu(&bulk_predict(&run, &data, &predictions)));
     assert_eq!(
         std::fs::read_to_string(&predictions)
             .unwrap()
@@ -208,30 +205,13 @@ fn an_out_under_a_file_names_that_file() {
     std::fs::write(&file, "not a folder").unwrap();
     let data = data_dir();
     let out = file.join("p.jsonl");
-    let line = refusal(&[
-        "predict",
-        "--run",
-        s(&run),
-        "--data",
-        &data,
-        "--out",
-        s(&out),
-    ]);
+    let line = refusal(&bulk_predict(&run, &data, &out));
     assert_eq!(line, in_the_way("--out", &out, &file));
     // A file where the job's parts folder goes.
     let out = dir.join("q.jsonl");
     let parts = dir.join("q.jsonl.parts");
     std::fs::write(&parts, "not a folder").unwrap();
-    let args = [
-        "predict",
-        "--run",
-        s(&run),
-        "--data",
-        &data,
-        "--out",
-        s(&out),
-    ];
-    let failed = bertcls_cpu(&args);
+    let failed = bertcls_cpu(&bulk_predict(&run, &data, &out));
     let stderr = String::from_utf8_lossy(&failed.stderr);
     let want = format!(
         "error: cannot create {}: {} is a file, not a folder: move it, or write elsewhere",
@@ -259,15 +239,7 @@ fn an_out_under_a_file_names_that_file() {
         .map(|k| {
             let part = dir.join(&format!("p{k}.jsonl"));
             let shard = format!("{k}/2");
-            let args = [
-                "predict",
-                "--run",
-                s(&run),
-                "--data",
-                &data,
-                "--out",
-                s(&part),
-            ];
+            let args = bulk_predict(&run, &data, &part);
             ok(bertcls_cpu(&[&args[..], &["--shard", &shard]].concat()));
             s(&part).to_string()
         })
