@@ -51,6 +51,11 @@ fn split_texts(split: &str) -> Vec<String> {
         .collect()
 }
 
+/// The `.bulk.json` manifest of the bulk output `out`, parsed.
+fn manifest_of(out: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(format!("{}.bulk.json", s(out))).unwrap()).unwrap()
+}
+
 fn jsonl(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap()
@@ -441,9 +446,7 @@ fn four_shards_merged_equal_one_process() {
     ok(merge(&args));
     let texts = split_texts("train");
     assert_predictions(&jsonl(&merged), &jsonl(&single), &texts);
-    let manifest: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("merged.jsonl.bulk.json")).unwrap())
-            .unwrap();
+    let manifest = manifest_of(&merged);
     assert_eq!(
         (manifest["start"].as_u64(), manifest["end"].as_u64()),
         (Some(0), Some(32))
@@ -1198,10 +1201,7 @@ fn a_split_file_is_read_as_its_own_split_unless_split_is_given() {
         let out = dir.join(&format!("f{n}.parquet"));
         args.extend(["--out", s(&out)]);
         ok(bertcls(&args, &[]));
-        let manifest: Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.join(&format!("f{n}.parquet.bulk.json"))).unwrap(),
-        )
-        .unwrap();
+        let manifest = manifest_of(&out);
         assert_eq!(
             manifest["identity"]["data"]["split"],
             *split,
@@ -1306,13 +1306,8 @@ fn merge_refuses_parts_whose_features_changed() {
             })
             .collect()
     };
-    let manifest = |p: &Path| -> Value {
-        let mut name = p.as_os_str().to_owned();
-        name.push(".bulk.json");
-        serde_json::from_str(&std::fs::read_to_string(PathBuf::from(name)).unwrap()).unwrap()
-    };
     let sums = |p: &Path| -> Vec<String> {
-        manifest(p)["ranges"]
+        manifest_of(p)["ranges"]
             .as_array()
             .unwrap()
             .iter()
@@ -1659,8 +1654,7 @@ fn the_largest_chunk_rows_make_one_chunk_of_any_shard() {
         ok(bertcls(&args, &[]));
     }
     assert_eq!(parquet_features(&one), parquet_features(&small));
-    let manifest: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("one.parquet.bulk.json")).unwrap()).unwrap();
+    let manifest = manifest_of(&one);
     let ranges = manifest["ranges"].as_array().unwrap();
     assert_eq!(ranges.len(), 1, "{manifest}");
     assert_eq!(
@@ -1710,10 +1704,7 @@ fn a_class_label_in_another_order_is_mapped_to_the_heads_names() {
             &[],
         );
         ok(bulk);
-        let counts: Value = serde_json::from_str(
-            &std::fs::read_to_string(format!("{}.bulk.json", s(&out))).unwrap(),
-        )
-        .unwrap();
+        let counts = manifest_of(&out);
         let test_correct = report["report"]["correct"].as_u64().unwrap() as usize;
         assert_eq!(
             counts["counts"]["correct"].as_u64(),
@@ -1824,10 +1815,7 @@ fn a_resume_refuses_damaged_chunk_records() {
     std::fs::remove_file(&part).unwrap();
     ok(run(&out, &[]));
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&clean).unwrap());
-    let manifest = |p: &Path| -> Value {
-        serde_json::from_slice(&std::fs::read(format!("{}.bulk.json", s(p))).unwrap()).unwrap()
-    };
-    assert_eq!(manifest(&out)["counts"], manifest(&clean)["counts"]);
+    assert_eq!(manifest_of(&out)["counts"], manifest_of(&clean)["counts"]);
     // A finished output's manifest, damaged, is refused the same way.
     std::fs::write(format!("{}.bulk.json", s(&out)), "{").unwrap();
     let err = error_line(&run(&out, &[]));
