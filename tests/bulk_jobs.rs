@@ -332,6 +332,28 @@ fn chunked_job(command: &[&str], data: &Path, out: &Path, chunk_rows: usize) -> 
         .collect()
 }
 
+/// The `count` shard parts of bulk job `command` on the tiny dsdict, `dir/name` with K the shard.
+fn shard_parts(
+    dir: &Path,
+    name: &str,
+    command: &[&str],
+    count: usize,
+    extra: &[&str],
+) -> Vec<PathBuf> {
+    let dsdict = data().join("tiny-dsdict");
+    (0..count)
+        .map(|k| {
+            let out = dir.join(name.replace('K', &k.to_string()));
+            let shard = format!("{k}/{count}");
+            let mut args = command.to_vec();
+            args.extend(["--data", s(&dsdict), "--out", s(&out), "--shard", &shard]);
+            args.extend_from_slice(extra);
+            ok(bertcls(&args, &[]));
+            out
+        })
+        .collect()
+}
+
 #[test]
 fn a_job_killed_at_any_point_resumes_to_the_same_output() {
     let (dir, head) = dir_with_tiny_head("bulk-resume");
@@ -453,26 +475,9 @@ fn four_shards_merged_equal_one_process() {
     );
 
     // Encode shards merge into one parquet with the single run's features.
-    let mut enc_parts = Vec::new();
-    for k in 0..4 {
-        let out = dir.join(&format!("f-{k}.parquet"));
-        let shard = format!("{k}/4");
-        ok(bertcls(
-            &[
-                "encode",
-                "--model",
-                s(&model_dir()),
-                "--data",
-                s(&dsdict),
-                "--out",
-                s(&out),
-                "--shard",
-                &shard,
-            ],
-            &[],
-        ));
-        enc_parts.push(out);
-    }
+    let model = model_dir();
+    let encode = ["encode", "--model", s(&model)];
+    let enc_parts = shard_parts(&dir.0, "f-K.parquet", &encode, 4, &[]);
     let merged = dir.join("features.parquet");
     let mut args: Vec<&str> = vec![s(&merged)];
     args.extend(enc_parts.iter().map(|p| s(p)));
@@ -652,19 +657,8 @@ fn temporaries(dir: &Path) -> Vec<String> {
 #[test]
 fn merge_refuses_parts_that_do_not_hold_their_manifests_rows() {
     let (dir, head) = dir_with_tiny_head("bulk-merge-rows");
-    let dsdict = data().join("tiny-dsdict");
-    let shards = |name: &str, command: &[&str]| -> Vec<PathBuf> {
-        (0..3)
-            .map(|k| {
-                let out = dir.join(&name.replace('K', &k.to_string()));
-                let shard = format!("{k}/3");
-                let mut args = command.to_vec();
-                args.extend(["--data", s(&dsdict), "--out", s(&out), "--shard", &shard]);
-                args.extend(["--chunk-rows", "4"]);
-                ok(bertcls(&args, &[]));
-                out
-            })
-            .collect()
+    let shards = |name: &str, command: &[&str]| {
+        shard_parts(&dir.0, name, command, 3, &["--chunk-rows", "4"])
     };
     let refused = |out: &Path, parts: &[PathBuf], bad: &Path| -> String {
         let mut args = vec![s(out)];
@@ -925,30 +919,9 @@ fn a_folder_where_the_manifest_goes_is_refused_before_any_chunk() {
 #[test]
 fn merge_refuses_a_folder_where_its_output_or_manifest_goes() {
     let dir = TempDir::new("bulk-merge-folder");
-    let dsdict = data().join("tiny-dsdict");
     let model = model_dir();
-    let shards: Vec<PathBuf> = ["0/2", "1/2"]
-        .iter()
-        .enumerate()
-        .map(|(k, shard)| {
-            let out = dir.join(&format!("s{k}.parquet"));
-            ok(bertcls(
-                &[
-                    "encode",
-                    "--model",
-                    s(&model),
-                    "--data",
-                    s(&dsdict),
-                    "--shard",
-                    shard,
-                    "--out",
-                    s(&out),
-                ],
-                &[],
-            ));
-            out
-        })
-        .collect();
+    let encode = ["encode", "--model", s(&model)];
+    let shards = shard_parts(&dir.0, "sK.parquet", &encode, 2, &[]);
     let taken = dir.join("taken.parquet");
     std::fs::create_dir_all(&taken).unwrap();
     let out = dir.join("m.parquet");
@@ -1281,30 +1254,16 @@ fn overwrite_parquet_features(path: &Path) {
 #[test]
 fn merge_refuses_parts_whose_features_changed() {
     let dir = TempDir::new("bulk-merge-features");
-    let dsdict = data().join("tiny-dsdict");
     let model = model_dir();
-    let shards = |ext: &str| -> Vec<PathBuf> {
-        (0..3)
-            .map(|k| {
-                let out = dir.join(&format!("f{k}.{ext}"));
-                let shard = format!("{k}/3");
-                let args = [
-                    "encode",
-                    "--model",
-                    s(&model),
-                    "--data",
-                    s(&dsdict),
-                    "--out",
-                    s(&out),
-                    "--shard",
-                    &shard,
-                    "--chunk-rows",
-                    "4",
-                ];
-                ok(bertcls(&args, &[]));
-                out
-            })
-            .collect()
+    let shards = |ext: &str| {
+        let encode = ["encode", "--model", s(&model)];
+        shard_parts(
+            &dir.0,
+            &format!("fK.{ext}"),
+            &encode,
+            3,
+            &["--chunk-rows", "4"],
+        )
     };
     let sums = |p: &Path| -> Vec<String> {
         manifest_of(p)["ranges"]
@@ -1473,29 +1432,9 @@ fn a_killed_assembly_leaves_no_temporary_after_the_rerun() {
 #[test]
 fn a_killed_merge_leaves_no_temporary_after_the_rerun() {
     let dir = TempDir::new("bulk-merge-killed");
-    let dsdict = data().join("tiny-dsdict");
     let model = model_dir();
-    let shards: Vec<PathBuf> = (0..2)
-        .map(|k| {
-            let part = dir.join(&format!("part-{k}.parquet"));
-            let shard = format!("{k}/2");
-            ok(bertcls(
-                &[
-                    "encode",
-                    "--model",
-                    s(&model),
-                    "--data",
-                    s(&dsdict),
-                    "--shard",
-                    &shard,
-                    "--out",
-                    s(&part),
-                ],
-                &[],
-            ));
-            part
-        })
-        .collect();
+    let encode = ["encode", "--model", s(&model)];
+    let shards = shard_parts(&dir.0, "part-K.parquet", &encode, 2, &[]);
     let clean = dir.join("clean.parquet");
     ok(merge(&[s(&clean), s(&shards[0]), s(&shards[1])]));
     let want = std::fs::read(&clean).unwrap();
@@ -1828,17 +1767,7 @@ fn a_resume_refuses_damaged_chunk_records() {
 #[test]
 fn merge_refuses_manifests_with_damaged_counts() {
     let (dir, head) = dir_with_tiny_head("bulk-merge-counts");
-    let dsdict = data().join("tiny-dsdict");
-    let p: Vec<PathBuf> = (0..2)
-        .map(|k| {
-            let out = dir.join(&format!("p{k}.jsonl"));
-            let shard = format!("{k}/2");
-            let mut args = vec!["predict", "--head", s(&head), "--data", s(&dsdict)];
-            args.extend(["--out", s(&out), "--shard", &shard]);
-            ok(bertcls(&args, &[]));
-            out
-        })
-        .collect();
+    let p = shard_parts(&dir.0, "pK.jsonl", &["predict", "--head", s(&head)], 2, &[]);
     let manifest = PathBuf::from(format!("{}.bulk.json", s(&p[0])));
     let good = std::fs::read(&manifest).unwrap();
     let out = dir.join("m.jsonl");
