@@ -757,28 +757,52 @@ fn a_job_with_any_temperature_resumes() {
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&clean).unwrap());
 }
 
+/// A data folder `dir/data` whose train.jsonl the tests write as the tiny train split.
+struct TrainFolder {
+    folder: PathBuf,
+    file: PathBuf,
+    original: String,
+}
+
+impl TrainFolder {
+    /// The folder, made in `dir`, with no train.jsonl yet.
+    fn new(dir: &TempDir) -> Self {
+        let folder = dir.join("data");
+        std::fs::create_dir_all(&folder).unwrap();
+        TrainFolder {
+            file: folder.join("train.jsonl"),
+            folder,
+            original: std::fs::read_to_string(data().join("tiny-files/train.jsonl")).unwrap(),
+        }
+    }
+
+    /// Writes train.jsonl as the tiny train split is.
+    fn write_original(&self) {
+        std::fs::write(&self.file, &self.original).unwrap();
+    }
+
+    /// Writes train.jsonl with rows `a` and `b` swapped: the same size, other texts.
+    fn write_swapped(&self, a: usize, b: usize) {
+        let mut lines: Vec<&str> = self.original.lines().collect();
+        lines.swap(a, b);
+        std::fs::write(&self.file, lines.join("\n") + "\n").unwrap();
+    }
+}
+
 /// The data is known to a job by its files' names and sizes; a resume hashes again the
 /// texts of the chunks it keeps, so rows edited in place (same size) since they were
 /// written are refused, while edits to rows not yet written are simply encoded.
 #[test]
 fn a_resume_refuses_chunks_whose_texts_changed() {
     let (dir, head) = dir_with_tiny_head("bulk-resume-edited");
-    let folder = dir.join("data");
-    std::fs::create_dir_all(&folder).unwrap();
-    let train = folder.join("train.jsonl");
-    let original = std::fs::read_to_string(data().join("tiny-files/train.jsonl")).unwrap();
-    let swapped = |a: usize, b: usize| {
-        let mut lines: Vec<&str> = original.lines().collect();
-        lines.swap(a, b);
-        lines.join("\n") + "\n"
-    };
+    let train = TrainFolder::new(&dir);
     let run = |out: &Path, env: &[(&str, &str)]| {
         let args = [
             "predict",
             "--head",
             s(&head),
             "--data",
-            s(&folder),
+            s(&train.folder),
             "--out",
             s(out),
             "--chunk-rows",
@@ -789,9 +813,9 @@ fn a_resume_refuses_chunks_whose_texts_changed() {
     let out = dir.join("p.jsonl");
     let kill_after_two = [("BERTCLS_TEST_ABORT_AFTER_CHUNKS", "2")];
 
-    std::fs::write(&train, &original).unwrap();
+    train.write_original();
     assert!(!run(&out, &kill_after_two).status.success());
-    std::fs::write(&train, swapped(0, 1)).unwrap();
+    train.write_swapped(0, 1);
     let refused = run(&out, &[]);
     let err = error_line(&refused);
     assert!(err.contains(&format!("--out {}: ", s(&out))), "{err}");
@@ -803,7 +827,7 @@ fn a_resume_refuses_chunks_whose_texts_changed() {
     assert!(!stderr.contains("resuming"), "{stderr}");
 
     // Rows past the chunks written are read fresh: the resume equals a clean run.
-    std::fs::write(&train, swapped(20, 21)).unwrap();
+    train.write_swapped(20, 21);
     let resumed = ok(run(&out, &[]));
     let stderr = String::from_utf8_lossy(&resumed.stderr);
     let line = format!("resuming {}: 2 of 8 chunks already done", s(&out));
@@ -1037,15 +1061,7 @@ fn a_finished_output_that_lost_rows_is_written_again() {
 #[test]
 fn a_finished_output_whose_texts_changed_is_refused() {
     let (dir, head) = dir_with_tiny_head("bulk-done-edited");
-    let folder = dir.join("data");
-    std::fs::create_dir_all(&folder).unwrap();
-    let train = folder.join("train.jsonl");
-    let original = std::fs::read_to_string(data().join("tiny-files/train.jsonl")).unwrap();
-    let swapped = |a: usize, b: usize| {
-        let mut lines: Vec<&str> = original.lines().collect();
-        lines.swap(a, b);
-        lines.join("\n") + "\n"
-    };
+    let train = TrainFolder::new(&dir);
     let out = dir.join("p.jsonl");
     let run = |chunk_rows: &str| {
         let args = [
@@ -1053,7 +1069,7 @@ fn a_finished_output_whose_texts_changed_is_refused() {
             "--head",
             s(&head),
             "--data",
-            s(&folder),
+            s(&train.folder),
             "--out",
             s(&out),
             "--chunk-rows",
@@ -1062,7 +1078,7 @@ fn a_finished_output_whose_texts_changed_is_refused() {
         bertcls(&args, &[])
     };
 
-    std::fs::write(&train, &original).unwrap();
+    train.write_original();
     ok(run("4"));
     let written = std::fs::read(&out).unwrap();
     for chunk_rows in ["4", "3"] {
@@ -1070,7 +1086,7 @@ fn a_finished_output_whose_texts_changed_is_refused() {
         assert!(String::from_utf8_lossy(&again.stderr).contains("already complete"));
     }
     for (a, b, rows) in [(0, 1, "rows 0..4"), (20, 21, "rows 20..24")] {
-        std::fs::write(&train, swapped(a, b)).unwrap();
+        train.write_swapped(a, b);
         for chunk_rows in ["4", "3"] {
             let err = error_line(&run(chunk_rows));
             assert!(err.contains(&format!("--out {}: ", s(&out))), "{err}");
