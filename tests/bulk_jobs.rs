@@ -332,6 +332,18 @@ fn chunked_job(command: &[&str], data: &Path, out: &Path, chunk_rows: usize) -> 
         .collect()
 }
 
+/// Runs `chunked_job(command, data, out, chunk_rows)` with more environment `env`.
+fn run_chunked_job(
+    command: &[&str],
+    data: &Path,
+    out: &Path,
+    chunk_rows: usize,
+    env: &[(&str, &str)],
+) -> Output {
+    let args = chunked_job(command, data, out, chunk_rows);
+    bertcls(&args.iter().map(String::as_str).collect::<Vec<_>>(), env)
+}
+
 /// The `count` shard parts of bulk job `command` on the tiny dsdict, `dir/name` with K the shard.
 fn shard_parts(
     dir: &Path,
@@ -360,10 +372,8 @@ fn a_job_killed_at_any_point_resumes_to_the_same_output() {
     let dsdict = data().join("tiny-dsdict");
     for ext in ["jsonl", "parquet"] {
         let clean = dir.join(&format!("clean.{ext}"));
-        let args = |out: &Path| chunked_job(&["predict", "--head", s(&head)], &dsdict, out, 4);
         let run = |out: &Path, env: &[(&str, &str)]| {
-            let a = args(out);
-            bertcls(&a.iter().map(String::as_str).collect::<Vec<_>>(), env)
+            run_chunked_job(&["predict", "--head", s(&head)], &dsdict, out, 4, env)
         };
         ok(run(&clean, &[]));
         let want = std::fs::read(&clean).unwrap();
@@ -533,35 +543,16 @@ fn parts_that_do_not_make_one_job_are_refused() {
 
     // A parts folder left by another job is not mixed into this one.
     let busy = dir.join("busy.jsonl");
-    let killed = bertcls(
-        &[
-            "predict",
-            "--head",
-            s(&head),
-            "--data",
-            s(&dsdict),
-            "--out",
-            s(&busy),
-            "--chunk-rows",
-            "4",
-        ],
+    let predict = ["predict", "--head", s(&head)];
+    let killed = run_chunked_job(
+        &predict,
+        &dsdict,
+        &busy,
+        4,
         &[("BERTCLS_TEST_ABORT_AFTER_CHUNKS", "1")],
     );
     assert!(!killed.status.success());
-    let err = error_line(&bertcls(
-        &[
-            "predict",
-            "--head",
-            s(&head),
-            "--data",
-            s(&dsdict),
-            "--out",
-            s(&busy),
-            "--chunk-rows",
-            "5",
-        ],
-        &[],
-    ));
+    let err = error_line(&run_chunked_job(&predict, &dsdict, &busy, 5, &[]));
     assert!(err.contains("holds the parts of another job"), "{err}");
     let _ = std::io::stderr().flush();
 }
@@ -733,27 +724,16 @@ fn a_job_with_any_temperature_resumes() {
     write_tiny_head(&head, &[("temperature", "1.1509457233370795")]);
     let out = dir.join("p.jsonl");
     let dsdict = data().join("tiny-dsdict");
-    let args = [
-        "predict",
-        "--head",
-        s(&head),
-        "--data",
-        s(&dsdict),
-        "--out",
-        s(&out),
-        "--chunk-rows",
-        "4",
-    ];
-    let killed = bertcls(&args, &[("BERTCLS_TEST_ABORT_AFTER_CHUNKS", "1")]);
+    let run = |out: &Path, env: &[(&str, &str)]| {
+        run_chunked_job(&["predict", "--head", s(&head)], &dsdict, out, 4, env)
+    };
+    let killed = run(&out, &[("BERTCLS_TEST_ABORT_AFTER_CHUNKS", "1")]);
     assert!(!killed.status.success());
-    let resumed = ok(bertcls(&args, &[]));
+    let resumed = ok(run(&out, &[]));
     let stderr = String::from_utf8_lossy(&resumed.stderr);
     assert!(stderr.contains("wrote "), "{stderr}");
     let clean = dir.join("clean.jsonl");
-    ok(bertcls(
-        &[&args[..6], &[s(&clean), "--chunk-rows", "4"]].concat(),
-        &[],
-    ));
+    ok(run(&clean, &[]));
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&clean).unwrap());
 }
 
@@ -797,18 +777,7 @@ fn a_resume_refuses_chunks_whose_texts_changed() {
     let (dir, head) = dir_with_tiny_head("bulk-resume-edited");
     let train = TrainFolder::new(&dir);
     let run = |out: &Path, env: &[(&str, &str)]| {
-        let args = [
-            "predict",
-            "--head",
-            s(&head),
-            "--data",
-            s(&train.folder),
-            "--out",
-            s(out),
-            "--chunk-rows",
-            "4",
-        ];
-        bertcls(&args, env)
+        run_chunked_job(&["predict", "--head", s(&head)], &train.folder, out, 4, env)
     };
     let out = dir.join("p.jsonl");
     let kill_after_two = [("BERTCLS_TEST_ABORT_AFTER_CHUNKS", "2")];
@@ -885,18 +854,13 @@ fn a_label_the_head_lacks_is_refused_before_any_chunk() {
         (&sharded, &second, 14),
     ] {
         let out = dir.join("p.jsonl");
-        let args = [
-            "predict",
-            "--head",
-            s(&head),
-            "--data",
-            s(data),
-            "--out",
-            s(&out),
-            "--chunk-rows",
-            "4",
-        ];
-        let err = error_line(&bertcls(&args, &[]));
+        let err = error_line(&run_chunked_job(
+            &["predict", "--head", s(&head)],
+            data,
+            &out,
+            4,
+            &[],
+        ));
         assert_eq!(
             err,
             format!(
@@ -1038,18 +1002,17 @@ fn a_finished_output_that_lost_rows_is_written_again() {
         ("f.safetensors", ["encode", "--model", s(&model)]),
     ] {
         let out = dir.join(name);
-        let mut args = command.to_vec();
-        args.extend(["--data", s(&dsdict), "--out", s(&out), "--chunk-rows", "4"]);
-        ok(bertcls(&args, &[]));
+        let run = || run_chunked_job(&command, &dsdict, &out, 4, &[]);
+        ok(run());
         let whole = std::fs::read(&out).unwrap();
         for cut in [whole.len() / 2, 0] {
             std::fs::write(&out, &whole[..cut]).unwrap();
-            let again = ok(bertcls(&args, &[]));
+            let again = ok(run());
             let stderr = String::from_utf8_lossy(&again.stderr);
             assert!(stderr.contains("writing it again"), "{name}: {stderr}");
             assert_eq!(std::fs::read(&out).unwrap(), whole, "{name}");
         }
-        let again = ok(bertcls(&args, &[]));
+        let again = ok(run());
         assert!(String::from_utf8_lossy(&again.stderr).contains("already complete"));
     }
 }
@@ -1063,31 +1026,26 @@ fn a_finished_output_whose_texts_changed_is_refused() {
     let (dir, head) = dir_with_tiny_head("bulk-done-edited");
     let train = TrainFolder::new(&dir);
     let out = dir.join("p.jsonl");
-    let run = |chunk_rows: &str| {
-        let args = [
-            "predict",
-            "--head",
-            s(&head),
-            "--data",
-            s(&train.folder),
-            "--out",
-            s(&out),
-            "--chunk-rows",
+    let run = |chunk_rows: usize| {
+        run_chunked_job(
+            &["predict", "--head", s(&head)],
+            &train.folder,
+            &out,
             chunk_rows,
-        ];
-        bertcls(&args, &[])
+            &[],
+        )
     };
 
     train.write_original();
-    ok(run("4"));
+    ok(run(4));
     let written = std::fs::read(&out).unwrap();
-    for chunk_rows in ["4", "3"] {
+    for chunk_rows in [4, 3] {
         let again = ok(run(chunk_rows));
         assert!(String::from_utf8_lossy(&again.stderr).contains("already complete"));
     }
     for (a, b, rows) in [(0, 1, "rows 0..4"), (20, 21, "rows 20..24")] {
         train.write_swapped(a, b);
-        for chunk_rows in ["4", "3"] {
+        for chunk_rows in [4, 3] {
             let err = error_line(&run(chunk_rows));
             assert!(err.contains(&format!("--out {}: ", s(&out))), "{err}");
             assert!(err.contains(rows), "{err}");
@@ -1106,20 +1064,8 @@ fn a_finished_output_of_another_job_is_named_and_replaced_only_at_the_end() {
     let model = model_dir();
     let dsdict = data().join("tiny-dsdict");
     let encode = |pooling: &str, out: &Path, env: &[(&str, &str)]| {
-        let args = [
-            "encode",
-            "--model",
-            s(&model),
-            "--pooling",
-            pooling,
-            "--data",
-            s(&dsdict),
-            "--out",
-            s(out),
-            "--chunk-rows",
-            "4",
-        ];
-        bertcls(&args, env)
+        let command = ["encode", "--model", s(&model), "--pooling", pooling];
+        run_chunked_job(&command, &dsdict, out, 4, env)
     };
     let out = dir.join("f.safetensors");
     let first = ok(encode("cls", &out, &[]));
@@ -1383,13 +1329,9 @@ fn assembly_past_a_file_limit(
     let dsdict = data().join("tiny-dsdict");
     let model = model_dir();
     for ext in ["safetensors", "parquet"] {
-        let args = |out: &Path| chunked_job(&["encode", "--model", s(&model)], &dsdict, out, 8);
+        let encode = ["encode", "--model", s(&model)];
         let clean = dir.join(&format!("clean.{ext}"));
-        let a = args(&clean);
-        ok(bertcls(
-            &a.iter().map(String::as_str).collect::<Vec<_>>(),
-            &[],
-        ));
+        ok(run_chunked_job(&encode, &dsdict, &clean, 8, &[]));
         let want = std::fs::read(&clean).unwrap();
         assert!(want.len() > 4000, "{ext}: the output fits the limit");
         let out = dir.join(&format!("out.{ext}"));
@@ -1399,7 +1341,7 @@ fn assembly_past_a_file_limit(
                 .filter(|n| n.starts_with(&format!(".out.{ext}.")))
                 .collect()
         };
-        let a = args(&out);
+        let a = chunked_job(&encode, &dsdict, &out, 8);
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         let failed = bertcls_file_limit(&a, 4000, ignore_sigxfsz);
         assert!(!failed.status.success(), "{ext}: the limit was not hit");
@@ -1702,8 +1644,7 @@ fn a_resume_refuses_damaged_chunk_records() {
     let (dir, head) = dir_with_tiny_head("bulk-records");
     let dsdict = data().join("tiny-dsdict");
     let run = |out: &Path, env: &[(&str, &str)]| {
-        let a = chunked_job(&["predict", "--head", s(&head)], &dsdict, out, 8);
-        bertcls(&a.iter().map(String::as_str).collect::<Vec<_>>(), env)
+        run_chunked_job(&["predict", "--head", s(&head)], &dsdict, out, 8, env)
     };
     let clean = dir.join("clean.jsonl");
     ok(run(&clean, &[]));
