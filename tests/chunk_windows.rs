@@ -115,7 +115,7 @@ fn a_chunked_run_predicts_from_the_mean_of_its_windows() {
             .env("HF_HUB_OFFLINE", "1");
         c
     };
-    let out = common("train")
+    ok(common("train")
         .args(["--model", tiny_model().to_str().unwrap()])
         .args([
             "--data",
@@ -135,12 +135,7 @@ fn a_chunked_run_predicts_from_the_mean_of_its_windows() {
         .args(["--cache-dir", dir.join("cache").to_str().unwrap()])
         .args(["--out", run.to_str().unwrap()])
         .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .unwrap());
     let info: Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
     assert_eq!(info["long"], serde_json::json!({"chunk": {"stride": 3}}));
@@ -151,23 +146,12 @@ fn a_chunked_run_predicts_from_the_mean_of_its_windows() {
         "酒店位置很好，离地铁站很近，房间干净整洁，服务也很周到。",
         "好",
     ];
-    let out = common("predict")
+    let out = ok(common("predict")
         .args(["--run", run.to_str().unwrap(), "--json", "--no-calibration"])
         .args(texts)
         .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got: Vec<Vec<f32>> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            serde_json::from_value(serde_json::from_str::<Value>(l).unwrap()["probs"].clone())
-                .unwrap()
-        })
-        .collect();
+        .unwrap());
+    let got = json_floats(&String::from_utf8_lossy(&out.stdout), "probs");
 
     let (config, weights) = ModelDir::open(&tiny_model()).unwrap().load().unwrap();
     let hidden = config.hidden_size;
@@ -191,7 +175,7 @@ fn a_chunked_run_predicts_from_the_mean_of_its_windows() {
         features.extend(mean.iter().map(|&v| v as f32));
     }
     // encode --long chunk gives the same features.
-    let out = common("encode")
+    let out = ok(common("encode")
         .args([
             "--model",
             tiny_model().to_str().unwrap(),
@@ -201,21 +185,8 @@ fn a_chunked_run_predicts_from_the_mean_of_its_windows() {
         .args(["--long", "chunk", "--stride", "3", "--json"])
         .args(texts)
         .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let encoded: Vec<f32> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .flat_map(|l| {
-            serde_json::from_value::<Vec<f32>>(
-                serde_json::from_str::<Value>(l).unwrap()["cls"].clone(),
-            )
-            .unwrap()
-        })
-        .collect();
+        .unwrap());
+    let encoded = json_floats(&String::from_utf8_lossy(&out.stdout), "cls").concat();
     assert!(max_abs_diff(&encoded, &features) < 1e-5);
 
     let want = softmax(&best.head.logits(&features), 2);

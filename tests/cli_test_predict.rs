@@ -2,6 +2,8 @@
 //! model and dataset, offline, on the CPU, checked against the same numbers computed
 //! here through the library.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::Write;
@@ -875,13 +877,7 @@ fn the_checkpoint_temperature_calibrates_predict_and_test() {
         let mut args = predict_args(&calibrated, &["--json"]);
         args.extend(strings(extra));
         args.extend(texts.iter().cloned());
-        stdout_of(&bertcls(&args, b""))
-            .lines()
-            .map(|l| {
-                serde_json::from_value(serde_json::from_str::<Value>(l).unwrap()["probs"].clone())
-                    .unwrap()
-            })
-            .collect()
+        common::json_floats(&stdout_of(&bertcls(&args, b"")), "probs")
     };
     let check = |got: Vec<Vec<f32>>, temperature: f64| {
         let want = scaled_softmax(&logits, 2, temperature);
@@ -1027,15 +1023,7 @@ fn poolings_side_by_side_go_from_train_to_predict_and_encode() {
         let want = pooled_features(&texts, pooling);
         let mut args = strings(&["predict", "--run", s(&run), "--json", "--no-calibration"]);
         args.extend(texts.iter().cloned());
-        let got: Vec<f32> = stdout_of(&bertcls(&args, b""))
-            .lines()
-            .flat_map(|l| {
-                serde_json::from_value::<Vec<f32>>(
-                    serde_json::from_str::<Value>(l).unwrap()["probs"].clone(),
-                )
-                .unwrap()
-            })
-            .collect();
+        let got = common::json_floats(&stdout_of(&bertcls(&args, b"")), "probs").concat();
         let probs = softmax(&best.head.logits(&want), 2);
         assert_eq!(got.len(), probs.len(), "{name}: one row of 2 per text");
         assert!(
@@ -1096,13 +1084,7 @@ fn mean_pooling_goes_from_train_to_predict_and_encode() {
     let texts = texts();
     let mut args = strings(&["predict", "--run", s(&run), "--json", "--no-calibration"]);
     args.extend(texts.iter().cloned());
-    let got: Vec<Vec<f32>> = stdout_of(&bertcls(&args, b""))
-        .lines()
-        .map(|l| {
-            serde_json::from_value(serde_json::from_str::<Value>(l).unwrap()["probs"].clone())
-                .unwrap()
-        })
-        .collect();
+    let got = common::json_floats(&stdout_of(&bertcls(&args, b"")), "probs");
     let want = softmax(&best.head.logits(&mean_features(&texts)), 2);
     assert_eq!(got.concat().len(), want.len(), "one row of 2 per text");
     for (g, w) in got.iter().flatten().zip(&want) {

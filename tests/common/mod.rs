@@ -226,6 +226,19 @@ pub fn merge(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// The float list `field` (`probs`, `cls`, ...) of each JSON line of `stdout`.
+pub fn json_floats(stdout: &str, field: &str) -> Vec<Vec<f32>> {
+    stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_value(
+                serde_json::from_str::<serde_json::Value>(l).unwrap()[field].clone(),
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
 /// Writes to `path` a tiny-model head whose labels vary across texts, plus `extra` metadata.
 pub fn write_tiny_head(path: &Path, extra: &[(&str, &str)]) {
     let head = LinearHead {
