@@ -100,23 +100,8 @@ fn reading_a_sibling_of_the_file_named_is_noted() {
             s(&file(read))
         )
     };
-    let run = dir.join("run");
-    let trained = ok(bertcls_cpu(&[
-        "train",
-        "--model",
-        s(&fixtures().join("tiny/model")),
-        "--data",
-        s(&file("test")),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--log-every",
-        "0",
-        "--out",
-        s(&run),
-        "--no-cache",
-    ]));
+    let model = fixtures().join("tiny/model");
+    let (run, trained) = train_run_on_output(&dir.0, "run", &model, &file("test"), &[]);
     let stderr = String::from_utf8_lossy(&trained.stderr);
     assert!(
         stderr

@@ -195,6 +195,17 @@ pub fn train_run(dir: &Path, name: &str, spec: &[&str]) -> PathBuf {
 
 /// `train_run` on another model folder or data.
 pub fn train_run_on(dir: &Path, name: &str, model: &Path, data: &Path, spec: &[&str]) -> PathBuf {
+    train_run_on_output(dir, name, model, data, spec).0
+}
+
+/// `train_run_on`, with the training command's output beside the run folder.
+pub fn train_run_on_output(
+    dir: &Path,
+    name: &str,
+    model: &Path,
+    data: &Path,
+    spec: &[&str],
+) -> (PathBuf, Output) {
     let run = dir.join(name);
     let mut args = vec![
         "train",
@@ -213,8 +224,8 @@ pub fn train_run_on(dir: &Path, name: &str, model: &Path, data: &Path, spec: &[&
         "--no-cache",
     ];
     args.extend_from_slice(spec);
-    ok(bertcls_cpu(&args));
-    run
+    let out = ok(bertcls_cpu(&args));
+    (run, out)
 }
 
 /// `bertcls merge` with `args`, as a user runs it (it loads no model).
