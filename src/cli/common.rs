@@ -281,7 +281,7 @@ impl LoadedModel {
     }
 }
 
-/// "cpu" or "cuda": the backend part of an [`EncodeSpec`].
+/// "cpu" or "cuda": the backend part of an [`EncodeSpec`](crate::features::EncodeSpec).
 pub fn backend_name(device: Device) -> &'static str {
     match device {
         Device::Cpu => "cpu",
