@@ -215,7 +215,7 @@ fn every_data_form_in_bulk_predict_and_encode() {
     ];
     let env = [("HF_HUB_CACHE", s(&hub))];
     for (n, form) in forms.iter().enumerate() {
-        let out = dir.join(&format!("p{n}.jsonl"));
+        let out = dir.join(format!("p{n}.jsonl"));
         let run = ok(bertcls(
             &[
                 "predict",
@@ -249,7 +249,7 @@ fn every_data_form_in_bulk_predict_and_encode() {
         );
         assert_time_line(&stderr);
 
-        let out = dir.join(&format!("f{n}.parquet"));
+        let out = dir.join(format!("f{n}.parquet"));
         ok(bertcls(
             &[
                 "encode",
@@ -371,14 +371,14 @@ fn a_job_killed_at_any_point_resumes_to_the_same_output() {
     let (dir, head) = dir_with_tiny_head("bulk-resume");
     let dsdict = data().join("tiny-dsdict");
     for ext in ["jsonl", "parquet"] {
-        let clean = dir.join(&format!("clean.{ext}"));
+        let clean = dir.join(format!("clean.{ext}"));
         let run = |out: &Path, env: &[(&str, &str)]| {
             run_chunked_job(&["predict", "--head", s(&head)], &dsdict, out, 4, env)
         };
         ok(run(&clean, &[]));
         let want = std::fs::read(&clean).unwrap();
 
-        let out = dir.join(&format!("killed.{ext}"));
+        let out = dir.join(format!("killed.{ext}"));
         let parts = PathBuf::from(format!("{}.parts", out.display()));
         // Killed after 1 chunk, then after 3 more, then after assembly but before the
         // manifest; a stray temporary as a kill mid-write leaves one.
@@ -437,7 +437,7 @@ fn four_shards_merged_equal_one_process() {
     // Four processes at once, as a job array would run them.
     let children: Vec<_> = (0..4)
         .map(|k| {
-            let out = dir.join(&format!("part-{k}.jsonl"));
+            let out = dir.join(format!("part-{k}.jsonl"));
             let shard = format!("{k}/4");
             let child = Command::new(env!("CARGO_BIN_EXE_bertcls"))
                 .args([
@@ -884,7 +884,7 @@ fn a_folder_where_the_manifest_goes_is_refused_before_any_chunk() {
         ("f.parquet", ["encode", "--model", s(&model)]),
     ] {
         let out = dir.join(name);
-        let manifest = dir.join(&format!("{name}.bulk.json"));
+        let manifest = dir.join(format!("{name}.bulk.json"));
         std::fs::create_dir_all(&manifest).unwrap();
         let mut args = command.to_vec();
         args.extend(["--data", s(&dsdict), "--out", s(&out), "--chunk-rows", "4"]);
@@ -897,7 +897,7 @@ fn a_folder_where_the_manifest_goes_is_refused_before_any_chunk() {
             )
         );
         assert!(!out.exists(), "{name}");
-        assert!(!dir.join(&format!("{name}.parts")).exists(), "{name}");
+        assert!(!dir.join(format!("{name}.parts")).exists(), "{name}");
     }
 }
 
@@ -1124,7 +1124,7 @@ fn a_split_file_is_read_as_its_own_split_unless_split_is_given() {
         let texts = split_texts(split);
         let mut args = vec!["predict", "--head", s(&head), "--data", s(file)];
         args.extend(given.iter().flat_map(|g| ["--split", g]));
-        let out = dir.join(&format!("p{n}.jsonl"));
+        let out = dir.join(format!("p{n}.jsonl"));
         args.extend(["--out", s(&out), "--with-text"]);
         ok(bertcls(&args, &[]));
         let rows = jsonl(&out);
@@ -1133,7 +1133,7 @@ fn a_split_file_is_read_as_its_own_split_unless_split_is_given() {
 
         let mut args = vec!["encode", "--model", s(&model), "--data", s(file)];
         args.extend(given.iter().flat_map(|g| ["--split", g]));
-        let out = dir.join(&format!("f{n}.parquet"));
+        let out = dir.join(format!("f{n}.parquet"));
         args.extend(["--out", s(&out)]);
         ok(bertcls(&args, &[]));
         let manifest = manifest_of(&out);
@@ -1242,7 +1242,7 @@ fn merge_refuses_parts_whose_features_changed() {
     }
 
     for (parts, ext) in [(&f, "safetensors"), (&q, "parquet")] {
-        let out = dir.join(&format!("m.{ext}"));
+        let out = dir.join(format!("m.{ext}"));
         let mut args = vec![s(&out)];
         args.extend(parts.iter().map(|p| s(p)));
         ok(merge(&args));
@@ -1330,11 +1330,11 @@ fn assembly_past_a_file_limit(
     let model = model_dir();
     for ext in ["safetensors", "parquet"] {
         let encode = ["encode", "--model", s(&model)];
-        let clean = dir.join(&format!("clean.{ext}"));
+        let clean = dir.join(format!("clean.{ext}"));
         ok(run_chunked_job(&encode, &dsdict, &clean, 8, &[]));
         let want = std::fs::read(&clean).unwrap();
         assert!(want.len() > 4000, "{ext}: the output fits the limit");
-        let out = dir.join(&format!("out.{ext}"));
+        let out = dir.join(format!("out.{ext}"));
         let named_after_out = || -> Vec<String> {
             temporaries(&dir.0)
                 .into_iter()
@@ -1585,7 +1585,7 @@ fn a_class_label_in_another_order_is_mapped_to_the_heads_names() {
         );
         let report: Value = serde_json::from_slice(&test.stdout)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&test.stderr)));
-        let out = dir.join(&format!("{name}.jsonl"));
+        let out = dir.join(format!("{name}.jsonl"));
         let bulk = bertcls(
             &[
                 "predict",

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
 use bertcls::backend::cpu::CpuBackend;
@@ -103,8 +102,7 @@ fn the_first_windows_of_a_text_of_long_words_are_all_kept() {
 /// [CLS] vectors, each window encoded alone here.
 #[test]
 fn a_chunked_run_predicts_from_the_mean_of_its_windows() {
-    let dir = std::env::temp_dir().join(format!("bertcls-chunk-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = TempDir::new("chunk");
     let run = dir.join("run");
     let bin = env!("CARGO_BIN_EXE_bertcls");
     let (max_length, stride) = (12usize, 3usize);
@@ -195,7 +193,6 @@ fn a_chunked_run_predicts_from_the_mean_of_its_windows() {
     for (g, w) in got.iter().flatten().zip(&want) {
         assert!((g - w).abs() < 1e-5, "{got:?} vs {want:?}");
     }
-    let _ = std::fs::remove_dir_all(Path::new(&dir));
 }
 
 /// A chunked run whose cache holds the truncated features encodes only the texts with
@@ -204,8 +201,7 @@ fn a_chunked_run_predicts_from_the_mean_of_its_windows() {
 /// above: rows packed with other rows).
 #[test]
 fn a_chunked_run_reuses_the_truncated_features_of_texts_that_fit() {
-    let dir = std::env::temp_dir().join(format!("bertcls-chunk-reuse-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = TempDir::new("chunk-reuse");
     let train = |long: &str, cache: &str, out: &str| {
         let out = Command::new(env!("CARGO_BIN_EXE_bertcls"))
             .arg("train")
@@ -271,7 +267,6 @@ fn a_chunked_run_reuses_the_truncated_features_of_texts_that_fit() {
         assert_eq!(fresh_shape, reused_shape);
         assert!(max_abs_diff(&fresh_x, &reused_x) < 1e-5, "{name:?}");
     }
-    let _ = std::fs::remove_dir_all(Path::new(&dir));
 }
 
 /// A --stride the windows cannot hold is refused before the weights load (it was refused
@@ -279,8 +274,7 @@ fn a_chunked_run_reuses_the_truncated_features_of_texts_that_fit() {
 /// a bulk --data job alike.
 #[test]
 fn a_bad_stride_is_refused_before_the_model_loads() {
-    let dir = std::env::temp_dir().join(format!("bertcls-stride-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = TempDir::new("stride");
     let model = tiny_model();
     let data = fixtures().join("data/tiny-dsdict");
     let out = dir.join("x.parquet");

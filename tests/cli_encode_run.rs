@@ -143,9 +143,7 @@ fn check_run_matches_flags(dir: &Path, name: &str, spec: &[&str], key: &str) {
 
 #[test]
 fn encode_run_gives_the_features_of_the_runs_spec_exactly() {
-    let dir = std::env::temp_dir().join(format!("bertcls-encode-run-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("encode-run");
     // Neither spec is the default (cls, 350, truncate): taking a default instead of the
     // run's would show. Max length 12 cuts the longer texts above into several windows.
     check_run_matches_flags(
@@ -165,9 +163,7 @@ fn encode_run_gives_the_features_of_the_runs_spec_exactly() {
 
 #[test]
 fn flags_that_contradict_the_run_are_refused() {
-    let dir = std::env::temp_dir().join(format!("bertcls-encode-refuse-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("encode-refuse");
     let mean = train_run(&dir, "mean", &["--pooling", "mean", "--max-length", "16"]);
     let chunk = train_run(
         &dir,

@@ -4,27 +4,26 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use common::*;
 
-fn copy_tiny(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bertcls-limits-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+fn copy_tiny(name: &str) -> TempDir {
+    let dir = TempDir::new(&format!("limits-{name}"));
     copy_files(&fixtures().join("tiny/model"), &dir);
     dir
 }
 
 fn bertcls(args: &[&str], model: Option<&Path>) -> Output {
-    let home = std::env::temp_dir().join(format!("bertcls-limits-hf-{}", std::process::id()));
+    let home = TempDir::new("limits-hf");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_bertcls"));
     cmd.args(args);
     if let Some(m) = model {
         cmd.arg("--model").arg(m);
     }
     cmd.env("HF_HUB_OFFLINE", "1")
-        .env("HF_HOME", home)
+        .env("HF_HOME", home.path())
         .output()
         .unwrap()
 }
@@ -171,7 +170,7 @@ fn info_without_a_model_offline_shows_build_and_device_then_one_error() {
 /// A one-layer copy of the tiny model whose feed-forward is `intermediate` wide, every
 /// tensor F16 and zero: model.safetensors is sparse (its data a hole), so it takes no disk,
 /// yet loading it decodes each feed-forward weight to f32 buffers of twice its bytes.
-fn wide_sparse_model(name: &str, intermediate: usize) -> PathBuf {
+fn wide_sparse_model(name: &str, intermediate: usize) -> TempDir {
     let dir = copy_tiny(name);
     let path = dir.join("config.json");
     let mut config: serde_json::Value =

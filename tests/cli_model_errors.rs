@@ -12,9 +12,8 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 /// A fresh copy of the tiny model folder to break.
-fn copy_tiny(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bertcls-bad-model-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+fn copy_tiny(name: &str) -> TempDir {
+    let dir = TempDir::new(&format!("bad-model-{name}"));
     copy_files(&fixtures().join("tiny/model"), &dir);
     dir
 }
@@ -189,7 +188,7 @@ fn corrupt_tokenizer() {
 
 /// The tiny model with its tokenizer built from vocab.txt and tokenizer_config.json, as
 /// a folder without tokenizer.json has it; the config's path.
-fn copy_tiny_vocab_only(name: &str) -> (PathBuf, PathBuf) {
+fn copy_tiny_vocab_only(name: &str) -> (TempDir, PathBuf) {
     let dir = copy_tiny(name);
     std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
     let config = dir.join("tokenizer_config.json");
@@ -286,7 +285,7 @@ fn tokenizer_ids_past_vocab_size() {
 /// refused when the model loads, naming tokenizer.json.
 #[test]
 fn tokenizer_flaws_found_only_mid_run_are_refused_at_load() {
-    let edit = |name: &str, edit: &dyn Fn(&mut serde_json::Value)| -> (PathBuf, String) {
+    let edit = |name: &str, edit: &dyn Fn(&mut serde_json::Value)| -> (TempDir, String) {
         let dir = copy_tiny(name);
         let path = dir.join("tokenizer.json");
         let mut tokenizer: serde_json::Value =
@@ -343,9 +342,7 @@ fn another_models_tokenizer_is_refused_and_a_smaller_one_allowed() {
     ) {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("bertcls-bad-model-{}-mixed", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("bad-model-mixed");
     std::fs::copy(minilm.join("config.json"), dir.join("config.json")).unwrap();
     std::os::unix::fs::symlink(
         minilm.join("model.safetensors"),
@@ -395,7 +392,7 @@ fn weights_with_layers_past_num_hidden_layers() {
     // info reports config.json's layer count, so it refuses the same folder.
     let out = Command::new(env!("CARGO_BIN_EXE_bertcls"))
         .args(["info", "--offline", "--model"])
-        .arg(&dir)
+        .arg(dir.path())
         .output()
         .unwrap();
     assert!(!out.status.success() && out.stdout.is_empty());

@@ -237,7 +237,7 @@ fn an_out_under_a_file_names_that_file() {
 
     let parts: Vec<String> = (0..2)
         .map(|k| {
-            let part = dir.join(&format!("p{k}.jsonl"));
+            let part = dir.join(format!("p{k}.jsonl"));
             let shard = format!("{k}/2");
             let args = bulk_predict(&run, &data, &part);
             ok(bertcls_cpu(&[&args[..], &["--shard", &shard]].concat()));

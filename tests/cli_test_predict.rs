@@ -9,7 +9,6 @@ use std::ffi::OsStr;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bertcls::backend::cpu::CpuBackend;
 use bertcls::batch::PackedBatch;
@@ -21,6 +20,7 @@ use bertcls::head::{argmax, softmax, LinearHead};
 use bertcls::model::{Encoder, FeatureEncoder, Keep, ModelDir, Pooling};
 use bertcls::optim::AdamW;
 use bertcls::tokenize::BertTokenizer;
+use common::TempDir;
 use safetensors::SafeTensors;
 use serde_json::Value;
 
@@ -38,31 +38,6 @@ fn data_dir() -> PathBuf {
 
 fn recipe_pth() -> PathBuf {
     fixtures().join("recipe-head.pth")
-}
-
-/// A folder of its own per test, removed when the test ends.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("bertcls-cli-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Runs the binary offline on the CPU with `stdin` piped in (empty when none).

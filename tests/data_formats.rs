@@ -1,8 +1,9 @@
 //! Every dataset format loads the same rows, and every bad input fails with
 //! one line naming the file (and row) and what to do about it.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,6 +12,7 @@ use arrow_array::{
     StringArray,
 };
 use bertcls::data::{load, Dataset, Format, LoadOptions};
+use common::TempDir;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -34,14 +36,10 @@ fn with_labels(names: &[&str]) -> LoadOptions {
     }
 }
 
-/// A fresh folder per call: the tests run in parallel in one process.
-fn temp_dir(tag: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("bertcls-data-{tag}-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh folder per call (the tests run in parallel in one process), removed when
+/// dropped.
+fn temp_dir(tag: &str) -> TempDir {
+    TempDir::new(&format!("data-{tag}"))
 }
 
 fn write(dir: &Path, name: &str, content: &[u8]) -> PathBuf {

@@ -161,11 +161,10 @@ fn resuming_from_a_checkpoint_stays_on_pytorchs_trajectory() {
         head.forward_backward(x, &f.labels, &mut s);
         opt.update_head(&mut head, &s.grads);
     }
-    let dir = std::env::temp_dir().join(format!("bertcls-head-parity-{}", std::process::id()));
+    let dir = TempDir::new("head-parity");
     let path = dir.join("head-epoch-2.safetensors");
     save_head(&path, &head, Some(&opt), &BTreeMap::new()).unwrap();
     let loaded = load_head(&path, Some(head.hidden)).unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
 
     let (mut head, mut opt) = (loaded.head, loaded.optim.expect("optimiser state saved"));
     let steps: usize = f.meta["steps"].parse().unwrap();

@@ -1,7 +1,10 @@
 //! Issue 8, item 12: a lone data file is split `train`, as HF
 //! `load_dataset("json", data_files=file)` makes it, unless its name names a split.
 
+mod common;
+
 use bertcls::data::{load, LoadOptions};
+use common::TempDir;
 
 fn write(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
     let path = dir.join(name);
@@ -15,9 +18,7 @@ fn write(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
 
 #[test]
 fn a_lone_file_is_train_unless_named_for_a_split() {
-    let dir = std::env::temp_dir().join(format!("bertcls-lone-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("lone");
     for (name, split) in [
         ("reviews.jsonl", "train"),
         ("reviews_test.jsonl", "test"),

@@ -117,14 +117,15 @@ fn tokenizers(max_length: usize) -> Vec<(String, BertTokenizer)> {
             fixtures().join("tiny/model-f16-prefixed"),
         ),
     ];
+    // Held until the tokenizers are built, then removed.
+    let mut copies = Vec::new();
     match shared() {
         Some(shared) => {
             let chinese = shared.join("models/bert-base-chinese");
             dirs.push(("bert-base-chinese tokenizer.json".into(), chinese.clone()));
-            dirs.push((
-                "bert-base-chinese vocab.txt".into(),
-                vocab_only_copy(&chinese),
-            ));
+            let copy = vocab_only_copy(&chinese);
+            dirs.push(("bert-base-chinese vocab.txt".into(), copy.to_path_buf()));
+            copies.push(copy);
         }
         None => eprintln!("SKIPPED: bert-base-chinese: ../shared is absent"),
     }
@@ -158,9 +159,8 @@ fn tokenizers(max_length: usize) -> Vec<(String, BertTokenizer)> {
 }
 
 /// A folder with only `vocab.txt` + `tokenizer_config.json`, so `from_dir` builds WordPiece.
-fn vocab_only_copy(dir: &Path) -> PathBuf {
-    let out = std::env::temp_dir().join(format!("bertcls-long-texts-{}", std::process::id()));
-    std::fs::create_dir_all(&out).unwrap();
+fn vocab_only_copy(dir: &Path) -> TempDir {
+    let out = TempDir::new("long-texts");
     for f in ["vocab.txt", "tokenizer_config.json"] {
         std::fs::copy(dir.join(f), out.join(f)).unwrap();
     }

@@ -10,7 +10,7 @@ mod common;
 mod peak_alloc;
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
 use peak_alloc::peak_during;
@@ -62,12 +62,6 @@ fn bomb(path: &Path, declared: Option<u32>) {
     std::fs::write(path, bytes).unwrap();
 }
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bertcls-pth-bounds-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
 #[test]
 fn zip_bombs_are_refused_without_inflating_them() {
     // The unmodified fixture loads (the harness is sound).
@@ -89,7 +83,8 @@ fn zip_bombs_are_refused_without_inflating_them() {
             "more than the 256 it can hold",
         ),
     ] {
-        let path = temp(&format!("bomb-{}.pth", declared.unwrap_or(0)));
+        let dir = TempDir::new("pth-bounds");
+        let path = dir.join(format!("bomb-{}.pth", declared.unwrap_or(0)));
         bomb(&path, declared);
         let file_len = std::fs::metadata(&path).unwrap().len() as usize;
         assert!(file_len < 2 << 20, "the bomb is small: {file_len} bytes");

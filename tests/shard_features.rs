@@ -150,7 +150,7 @@ fn train_on_features_encoded_by_four_shards_encodes_nothing() {
     // validation in two safetensors shards, merged.
     let children: Vec<_> = (0..4)
         .map(|k| {
-            let out = dir.join(&format!("train-{k}.parquet"));
+            let out = dir.join(format!("train-{k}.parquet"));
             let shard = format!("{k}/4");
             let child = Command::new(env!("CARGO_BIN_EXE_bertcls"))
                 .args(["encode", "--model", s(&model_dir()), "--data", s(&dsdict())])
@@ -172,7 +172,7 @@ fn train_on_features_encoded_by_four_shards_encodes_nothing() {
         .collect();
     let val_parts: Vec<PathBuf> = (0..2)
         .map(|k| {
-            let out = dir.join(&format!("val-{k}.safetensors"));
+            let out = dir.join(format!("val-{k}.safetensors"));
             encode_shard(&dsdict(), "validation", k, 2, &out, &[]);
             out
         })
@@ -414,7 +414,7 @@ fn a_search_over_both_poolings_imports_the_features_of_each() {
     let mut files = Vec::new();
     for pooling in ["cls", "mean"] {
         for split in ["train", "validation"] {
-            let out = dir.join(&format!("{split}-{pooling}.parquet"));
+            let out = dir.join(format!("{split}-{pooling}.parquet"));
             encode_shard(&dsdict(), split, 0, 1, &out, &["--pooling", pooling]);
             files.push(out);
         }

@@ -114,11 +114,9 @@ fn chnsenticorp_12000_texts_vocab_txt_matches_hf_bert_tokenizer() {
         return;
     };
     // The same model folder without tokenizer.json: the WordPiece rebuilt from vocab.txt.
-    let dir = std::env::temp_dir().join(format!("bertcls-vocab-only-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("vocab-only");
     for f in ["vocab.txt", "tokenizer_config.json", "config.json"] {
         std::fs::copy(shared.join("models/bert-base-chinese").join(f), dir.join(f)).unwrap();
     }
     check_chnsenticorp(&dir, "vocab.txt");
-    std::fs::remove_dir_all(&dir).unwrap();
 }

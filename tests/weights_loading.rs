@@ -3,7 +3,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::Command;
 
 use bertcls::backend::cpu::CpuBackend;
@@ -15,10 +14,8 @@ use half::bf16;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
-fn temp_copy(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bertcls-weights-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+fn temp_copy(name: &str) -> TempDir {
+    let dir = TempDir::new(&format!("weights-{name}"));
     for f in [
         "config.json",
         "tokenizer.json",
@@ -264,8 +261,8 @@ fn encode_command_writes_safetensors_and_json() {
         .take(3)
         .map(|c| c["text"].as_str().unwrap())
         .collect();
-    let out_file =
-        std::env::temp_dir().join(format!("bertcls-encode-{}.safetensors", std::process::id()));
+    let out_dir = TempDir::new("encode");
+    let out_file = out_dir.join("features.safetensors");
     let run = |extra: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_bertcls"))
             .args(["encode", "--device", "cpu", "--model"])

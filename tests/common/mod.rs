@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bertcls::checkpoint::save_head;
 use bertcls::head::LinearHead;
@@ -106,20 +107,37 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// A fresh folder under the system's temporary folder, `bertcls-<tag>-<pid>`, removed
-/// when dropped. Tags are unique within a test binary; the pid keeps binaries apart.
+/// A fresh folder under the system's temporary folder, `bertcls-<tag>-<pid>-<n>`,
+/// removed when dropped, so that test runs leave nothing there. The pid keeps test
+/// binaries apart and n the calls within one, which run in parallel.
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("bertcls-{tag}-{}", std::process::id()));
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("bertcls-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
     }
 
-    pub fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
     }
 }
 
