@@ -2277,6 +2277,33 @@ fn conflicting_and_leaked_duplicates_are_named() {
     );
 }
 
+/// A checkpoint copied into a run folder from another run is refused by the commands
+/// that read the run, naming the setting that differs: a head of mean features where
+/// run.json says [CLS] has the same width, and was fed [CLS] features without a word. The
+/// same file given with --head is read with its own settings.
+#[test]
+fn a_checkpoint_from_another_run_is_refused() {
+    let sb = Sandbox::new("foreign-checkpoint");
+    let (mean, cls) = (sb.path("mean"), sb.path("cls"));
+    succeeded(&sb.train_tiny(1, &["--pooling", "mean", "--out", &mean]));
+    succeeded(&sb.train_tiny(1, &["--out", &cls]));
+    let foreign = Path::new(&cls).join("best.safetensors");
+    std::fs::copy(Path::new(&mean).join("best.safetensors"), &foreign).unwrap();
+    let want = format!(
+        "error: {} records pooling mean, but {} records cls: the two are not of one run",
+        foreign.display(),
+        Path::new(&cls).join("run.json").display()
+    );
+    for args in [
+        vec!["predict", "--run", &cls, "酒店很好"],
+        vec!["test", "--run", &cls],
+    ] {
+        failed_with(&bertcls_in(&sb, &args), &want);
+    }
+    let head = foreign.to_str().unwrap();
+    succeeded(&bertcls_in(&sb, &["predict", "--head", head, "酒店很好"]));
+}
+
 /// `bertcls` with `args` on the CPU, offline, caching under the sandbox.
 fn bertcls_in(sb: &Sandbox, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_bertcls"))

@@ -205,6 +205,10 @@ impl HeadArgs {
         } else {
             checkpoint_temperature(meta, &source)?
         };
+        // After run.json's own values are checked, so that a damaged one is named as such.
+        if let (Some(info), Some(json)) = (&run, &run_json) {
+            check_checkpoint_of_run(meta, &source, info, json)?;
+        }
         Ok(Classifier {
             head: loaded.head,
             source,
@@ -281,6 +285,63 @@ fn metadata_max_length(
             source.display()
         )
     })
+}
+
+/// Refuses a checkpoint in a run folder whose recorded settings are not run.json's: one
+/// copied in from another run (a head of mean features where run.json says [CLS], of the
+/// same width) would be fed the run's features and answer wrongly without a word.
+fn check_checkpoint_of_run(
+    metadata: &BTreeMap<String, String>,
+    source: &Path,
+    info: &RunInfo,
+    json: &Path,
+) -> Result<()> {
+    let spec = &info.features;
+    // Settings a checkpoint does not record (the recipe's .pth records none) are not
+    // compared; the numeric-label mode is recorded by its absence too (ids).
+    let recorded = |key: &str, value: String| metadata.contains_key(key).then_some(value);
+    let differs = [
+        (
+            POOLING_KEY,
+            recorded(POOLING_KEY, metadata_pooling(metadata, source)?.to_string()),
+            spec.pooling.to_string(),
+        ),
+        (
+            LONG_KEY,
+            recorded(LONG_KEY, metadata_long(metadata, source)?.key()),
+            spec.long.key(),
+        ),
+        (
+            MAX_LENGTH_KEY,
+            metadata_max_length(metadata, source)?.map(|n| n.to_string()),
+            spec.max_length.to_string(),
+        ),
+        (
+            WEIGHTS_SHA256_KEY,
+            metadata.get(WEIGHTS_SHA256_KEY).cloned(),
+            spec.weights_sha256.clone(),
+        ),
+        (
+            LABELS_KEY,
+            metadata_labels(metadata, source)?.map(|names| names.join(",")),
+            info.labels.join(","),
+        ),
+        (
+            NUMERIC_LABELS_KEY,
+            Some(metadata_numeric_labels(metadata, source)?.to_string()),
+            info.numeric_labels.to_string(),
+        ),
+    ]
+    .into_iter()
+    .find(|(_, theirs, ours)| theirs.as_ref().is_some_and(|t| t != ours));
+    match differs {
+        Some((key, Some(theirs), ours)) => bail!(
+            "{} records {key} {theirs}, but {} records {ours}: the two are not of one run (a checkpoint copied in from another run, or a file edited since); put the run's own checkpoint back or restore run.json, or pass the checkpoint with --head, which uses its own settings",
+            source.display(),
+            json.display()
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// The pooling a checkpoint's head was trained on; [CLS] where it names none (the
