@@ -2278,7 +2278,7 @@ fn conflicting_and_leaked_duplicates_are_named() {
 }
 
 /// A checkpoint copied into a run folder from another run is refused by the commands
-/// that read the run, naming the setting that differs: a head of mean features where
+/// that read the run and by a resume, naming the setting that differs: a head of mean features where
 /// run.json says [CLS] has the same width, and was fed [CLS] features without a word. The
 /// same file given with --head is read with its own settings.
 #[test]
@@ -2302,6 +2302,18 @@ fn a_checkpoint_from_another_run_is_refused() {
     }
     let head = foreign.to_str().unwrap();
     succeeded(&bertcls_in(&sb, &["predict", "--head", head, "酒店很好"]));
+
+    // A resume would train the copied head on the run's features.
+    let last = Path::new(&cls).join("last.safetensors");
+    std::fs::copy(Path::new(&mean).join("last.safetensors"), &last).unwrap();
+    failed_with(
+        &sb.train(&["--resume", &cls, "--epochs", "2"]),
+        &format!(
+            "error: cannot resume {cls}: {} records pooling mean, but {} records cls: the two are not of one run",
+            last.display(),
+            Path::new(&cls).join("run.json").display()
+        ),
+    );
 }
 
 /// `bertcls` with `args` on the CPU, offline, caching under the sandbox.

@@ -207,7 +207,9 @@ impl HeadArgs {
         };
         // After run.json's own values are checked, so that a damaged one is named as such.
         if let (Some(info), Some(json)) = (&run, &run_json) {
-            check_checkpoint_of_run(meta, &source, info, json)?;
+            check_checkpoint_of_run(meta, &source, info, json).map_err(|differs| {
+                anyhow!("{differs}; put the run's own checkpoint back or restore run.json, or pass the checkpoint with --head, which uses its own settings")
+            })?;
         }
         Ok(Classifier {
             head: loaded.head,
@@ -290,7 +292,7 @@ fn metadata_max_length(
 /// Refuses a checkpoint in a run folder whose recorded settings are not run.json's: one
 /// copied in from another run (a head of mean features where run.json says [CLS], of the
 /// same width) would be fed the run's features and answer wrongly without a word.
-fn check_checkpoint_of_run(
+pub(super) fn check_checkpoint_of_run(
     metadata: &BTreeMap<String, String>,
     source: &Path,
     info: &RunInfo,
@@ -336,7 +338,7 @@ fn check_checkpoint_of_run(
     .find(|(_, theirs, ours)| theirs.as_ref().is_some_and(|t| t != ours));
     match differs {
         Some((key, Some(theirs), ours)) => bail!(
-            "{} records {key} {theirs}, but {} records {ours}: the two are not of one run (a checkpoint copied in from another run, or a file edited since); put the run's own checkpoint back or restore run.json, or pass the checkpoint with --head, which uses its own settings",
+            "{} records {key} {theirs}, but {} records {ours}: the two are not of one run (a checkpoint copied in from another run, or a file edited since)",
             source.display(),
             json.display()
         ),

@@ -20,10 +20,13 @@ use super::common::{
     LoadedModel, ModelArgs, ModelFiles,
 };
 use super::feature_source::{CacheArgs, FeatureOrigin, FeatureSource};
-use super::predict::NUMERIC_LABELS_KEY;
+use super::predict::{check_checkpoint_of_run, NUMERIC_LABELS_KEY};
 use super::progress::{count, Progress};
-use super::run_dir::{best_checkpoint, DataSpec, FeatureSpec, Hyperparameters, RunFolder, RunInfo};
+use super::run_dir::{
+    best_checkpoint, last_checkpoint, DataSpec, FeatureSpec, Hyperparameters, RunFolder, RunInfo,
+};
 use crate::backend::Device;
+use crate::checkpoint::load_inference_head;
 use crate::chunk::{LongTexts, DEFAULT_STRIDE};
 use crate::data::{self, Dataset, LoadOptions, NumericLabels, Split};
 use crate::head::ClassWeighting;
@@ -699,6 +702,7 @@ fn start_state(
             diffs.join(", ")
         );
     }
+    check_last_of_run(dir, &saved)?;
     let start = TrainState::resume(dir, labels, hidden, &saved.hyperparameters, train_hash)?;
     if start.epoch >= args.epochs {
         bail!(
@@ -718,6 +722,19 @@ fn start_state(
         n => eprintln!("resuming {} after epoch {n}", dir.display()),
     }
     Ok((start, info))
+}
+
+/// Refuses to resume from a last.safetensors whose recorded settings are not run.json's
+/// (one copied in from another run would go on training on features it was not made for).
+/// One that does not load is left to the resume, which says what to do about it.
+fn check_last_of_run(dir: &Path, saved: &RunInfo) -> Result<()> {
+    let last = last_checkpoint(dir);
+    let Ok(loaded) = load_inference_head(&last, None) else {
+        return Ok(());
+    };
+    check_checkpoint_of_run(&loaded.metadata, &last, saved, &RunInfo::path(dir)).map_err(|differs| {
+        anyhow!("cannot resume {}: {differs}; put the run's own last.safetensors back (its newest head-epoch-N.safetensors is a copy of it) or restore run.json", dir.display())
+    })
 }
 
 /// Shows progress and log lines, and writes each epoch's metrics and checkpoints.
