@@ -202,4 +202,111 @@ mod tests {
         .validate()
         .is_err());
     }
+
+    /// torch.optim.AdamW's own argument checks (`0.0 <= lr`, `0.0 <= eps`,
+    /// `0.0 <= betas[i] < 1.0`, `0.0 <= weight_decay`): zero is allowed everywhere, a
+    /// negative or non-finite value nowhere, and a beta of 1 is refused.
+    #[test]
+    fn validate_accepts_zeros_and_refuses_what_torch_refuses() {
+        let zeros = AdamW {
+            lr: 0.0,
+            beta1: 0.0,
+            beta2: 0.0,
+            eps: 0.0,
+            weight_decay: 0.0,
+            ..AdamW::new(2)
+        };
+        assert_eq!(zeros.validate(), Ok(()));
+        let base = AdamW::new(2);
+        for bad in [f64::INFINITY, f64::NAN, -1e-3] {
+            for (what, opt) in [
+                (
+                    "learning rate",
+                    AdamW {
+                        lr: bad,
+                        ..base.clone()
+                    },
+                ),
+                (
+                    "epsilon",
+                    AdamW {
+                        eps: bad,
+                        ..base.clone()
+                    },
+                ),
+                (
+                    "weight decay",
+                    AdamW {
+                        weight_decay: bad,
+                        ..base.clone()
+                    },
+                ),
+                (
+                    "beta",
+                    AdamW {
+                        beta1: bad,
+                        ..base.clone()
+                    },
+                ),
+                (
+                    "beta",
+                    AdamW {
+                        beta2: bad,
+                        ..base.clone()
+                    },
+                ),
+            ] {
+                let err = opt.validate().unwrap_err();
+                assert!(err.contains(what), "{what} {bad}: {err}");
+            }
+        }
+        let err = AdamW {
+            v: vec![0.0; 3],
+            ..base
+        }
+        .validate()
+        .unwrap_err();
+        assert!(
+            err.contains("exp_avg has 2 values but exp_avg_sq 3"),
+            "{err}"
+        );
+    }
+
+    /// exp_avg.lerp_(grad, 1 - beta1) rounds as ATen's scalar lerp (Lerp.h): weight
+    /// below 0.5 gives m + w (g - m), otherwise g - (g - m) (1 - w). The two agree in
+    /// exact arithmetic, so only f32 rounding tells them apart: m = 0.2, g = 0.9 is a
+    /// case where they differ by an ulp at each weight tried. The expected values are
+    /// the chosen formula evaluated in numpy float32 (the other one gives 0.26999998,
+    /// 0.55 and 0.69); the comparison is exact because both sides make the same
+    /// correctly rounded f32 operations.
+    #[test]
+    fn first_moment_rounds_as_torch_lerp_on_both_sides_of_one_half() {
+        for (beta1, expected) in [(0.9, 0.27f32), (0.5, 0.54999995), (0.3, 0.68999994)] {
+            let mut opt = AdamW {
+                beta1,
+                m: vec![0.2],
+                ..AdamW::new(1)
+            };
+            opt.update(&mut [&mut [0.0f32]], &[&[0.9]]);
+            assert_eq!(opt.m[0], expected, "beta1 {beta1}");
+        }
+    }
+
+    /// eps is added to the bias-corrected sqrt(v), as torch's
+    /// `(exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)`: with a gradient equal to
+    /// eps, step 1 has m / (1 - beta1) = 1e-8 and sqrt(v / (1 - beta2)) = 1e-8, so the
+    /// denominator is 2e-8 and p moves by lr / 2 = 0.05 (eps dropped: 0.1; eps added
+    /// before the correction: 0.003). The f32 roundings of the step are a few ulps of
+    /// 0.05, far inside 1e-7.
+    #[test]
+    fn eps_is_added_after_the_bias_correction() {
+        let mut opt = AdamW {
+            lr: 0.1,
+            weight_decay: 0.0,
+            ..AdamW::new(1)
+        };
+        let mut p = [0.0f32];
+        opt.update(&mut [&mut p], &[&[1e-8]]);
+        assert!((p[0] as f64 + 0.05).abs() < 1e-7, "{}", p[0]);
+    }
 }
