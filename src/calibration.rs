@@ -280,4 +280,82 @@ mod tests {
             assert!(q.iter().cloned().fold(0.0, f32::max) < p.iter().cloned().fold(0.0, f32::max));
         }
     }
+
+    /// Bins whose accuracy falls short of their confidence and bins where it exceeds it
+    /// must not cancel: (14/15, 1] holds confidences 0.95 (right), 0.95 (wrong) and 1.0
+    /// (right, on the top edge), |2 - 2.9| = 0.9; (9/15, 10/15] holds 0.61 and 0.65,
+    /// both right, |2 - 1.26| = 0.74; ECE = 1.64 / 5 = 0.328, where one bin for all
+    /// rows would give 0.032 and a bin per row 0.348. The reference, 0.3279999971389771,
+    /// is the same binning written in numpy over these f32 inputs (their rounding is
+    /// what separates it from 0.328); both sum in f64, so 1e-12 is rounding headroom.
+    #[test]
+    fn ece_gaps_of_opposite_sign_do_not_cancel_across_bins() {
+        let probs = [0.95f32, 0.05, 0.05, 0.95, 0.39, 0.61, 0.65, 0.35, 0.0, 1.0];
+        let labels = [0, 0, 1, 0, 1];
+        let ece = expected_calibration_error(&probs, &labels, 2);
+        assert!((ece - 0.3279999971389771).abs() < 1e-12, "ECE {ece}");
+    }
+
+    /// Against scipy.special.logsumexp in f64: mean(logsumexp(z / T) - z_y / T) over
+    /// rows (0.5, -1, 2) labelled 2 and (1.5, 0.25, -0.75) labelled 1, whose logits are
+    /// exact in f32. Both sides compute in f64 from the same inputs: 1e-12 is rounding
+    /// headroom.
+    #[test]
+    fn scaled_cross_entropy_matches_scipy() {
+        let logits = [0.5f32, -1.0, 2.0, 1.5, 0.25, -0.75];
+        let labels = [2, 1];
+        for (t, expected) in [(0.5, 1.3200247228400366), (3.0, 0.9269062892424689)] {
+            let ce = scaled_cross_entropy(&logits, &labels, 3, t);
+            assert!((ce - expected).abs() < 1e-12, "T {t}: {ce} vs {expected}");
+        }
+        assert_eq!(scaled_cross_entropy(&[], &[], 3, 2.0), 0.0);
+    }
+
+    /// A head no better than uniform: rows (3, 0) half labelled 0, half 1. The slope of
+    /// the loss in s = 1/T is 3 sigmoid(3 s) - 1.5 > 0 for every s > 0, so the loss
+    /// falls as T grows and the fit stops at the upper bound, which is named as such.
+    #[test]
+    fn a_useless_head_stops_at_the_upper_bound() {
+        let logits = [3.0f32, 0.0, 3.0, 0.0];
+        let t = fit_temperature(&logits, &[0, 1], 2);
+        assert_eq!(t, MAX_TEMPERATURE);
+        let warning = bound_warning(t).unwrap();
+        assert!(warning.contains("no better than uniform"), "{warning}");
+        let warning = bound_warning(MIN_TEMPERATURE).unwrap();
+        assert!(warning.contains("perfectly separated"), "{warning}");
+        assert_eq!(bound_warning(1.5), None);
+    }
+
+    /// Margins of 60 saturate the softmax at the starting s = 1/T = 1: its variance, the
+    /// Newton step's divisor, is ~1e-23 there, so the fit has to bisect its bracket down
+    /// to where Newton can take over. 8 of 10 rows (60, 0) right gives the closed form
+    /// of `equal_margins_give_the_closed_form_temperature`, T = 60 / logit(0.8) =
+    /// 60 / ln 4, within the same 1e-6 relative.
+    #[test]
+    fn a_saturated_start_bisects_to_the_closed_form_temperature() {
+        let logits: Vec<f32> = (0..10).flat_map(|_| [60.0f32, 0.0]).collect();
+        let labels: Vec<usize> = (0..10).map(|i| usize::from(i >= 8)).collect();
+        let exact = 60.0 / 4f64.ln();
+        let fitted = fit_temperature(&logits, &labels, 2);
+        assert!(
+            (fitted - exact).abs() < 1e-6 * exact,
+            "fitted {fitted}, exact {exact}"
+        );
+    }
+
+    /// At T = 0.01 logits of 10 become 1000, past exp's f64 range (~709): shifting each
+    /// row by its largest scaled logit is what keeps the loss and the fit's slope finite.
+    /// The loss of rows (10, -10) labelled 0 and 1 and (-10, 10) labelled 1 is
+    /// (0 + 2000 + 0) / 3 (scipy.special.logsumexp gives 666.6666666666666; the zeros are
+    /// log(1 + e^-2000)), to f64 rounding of a value near 700, hence 1e-9. The first and
+    /// last rows alone are separated, so the fit stops at the lower bound, where s z
+    /// reaches 1000.
+    #[test]
+    fn large_scaled_logits_stay_finite() {
+        let logits = [10.0f32, -10.0, 10.0, -10.0, -10.0, 10.0];
+        let ce = scaled_cross_entropy(&logits, &[0, 1, 1], 2, MIN_TEMPERATURE);
+        assert!((ce - 666.6666666666666).abs() < 1e-9, "{ce}");
+        let separated = [10.0f32, -10.0, -10.0, 10.0];
+        assert_eq!(fit_temperature(&separated, &[0, 1], 2), MIN_TEMPERATURE);
+    }
 }
