@@ -106,4 +106,67 @@ mod tests {
         assert_eq!(best_epoch(&metrics).map(|m| m.epoch), Some(2));
         assert_eq!(best_so_far(&metrics), Some(0.75));
     }
+
+    /// The line printed after each epoch, with and without a validation split: four
+    /// decimals for losses and accuracies, two for seconds.
+    #[test]
+    fn the_epoch_line_names_every_number() {
+        let m = EpochMetrics {
+            epoch: 3,
+            train_loss: 0.123456,
+            train_acc: 0.5,
+            val_loss: Some(0.25),
+            val_acc: Some(0.875),
+            temperature: Some(1.5),
+            seconds: 2.5,
+        };
+        assert_eq!(
+            m.line(),
+            "epoch 3: train loss 0.1235 acc 0.5000, val loss 0.2500 acc 0.8750 (2.50s)"
+        );
+        let no_val = EpochMetrics {
+            val_loss: None,
+            val_acc: None,
+            ..m
+        };
+        assert_eq!(
+            no_val.line(),
+            "epoch 3: train loss 0.1235 acc 0.5000 (2.50s)"
+        );
+    }
+
+    /// metrics.jsonl round-trips every field exactly (serde_json's float_roundtrip),
+    /// a run folder without it has no epochs, blank lines are skipped, a damaged line is
+    /// named by its line number in the file, and one that cannot be read is an error.
+    #[test]
+    fn metrics_jsonl_round_trips_and_names_a_damaged_line() {
+        let dir = std::env::temp_dir().join(format!("bertcls-metrics-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(read_metrics(&dir).unwrap(), Vec::new());
+        let m = |epoch| EpochMetrics {
+            epoch,
+            train_loss: 0.1 + epoch as f64 / 3.0,
+            train_acc: 0.5,
+            val_loss: Some(1.0 / 7.0),
+            val_acc: Some(0.75),
+            temperature: Some(1.2345678901234567),
+            seconds: 0.1,
+        };
+        let metrics = vec![m(1), m(2)];
+        write_metrics(&dir, &metrics).unwrap();
+        assert_eq!(read_metrics(&dir).unwrap(), metrics);
+
+        let path = metrics_path(&dir);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("\n{text}not json\n")).unwrap();
+        let err = read_metrics(&dir).unwrap_err().to_string();
+        assert!(err.contains("line 4: not a metrics line"), "{err}");
+
+        // Only a missing file means no epochs: one that cannot be read is an error.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        let err = read_metrics(&dir).unwrap_err().to_string();
+        assert!(err.contains("cannot read"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
