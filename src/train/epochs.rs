@@ -257,13 +257,17 @@ mod tests {
         }
     }
 
-    /// 12 rows of 5 features whose label is the sign of the first.
-    fn features() -> Features {
-        let x: Vec<f32> = (0..60)
+    /// `n` rows of 5 features whose label is the sign of the first.
+    fn rows(n: usize) -> Features {
+        let x: Vec<f32> = (0..n * 5)
             .map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0)
             .collect();
         let labels = x.chunks(5).map(|r| usize::from(r[0] > 0.0)).collect();
         Features { x, labels }
+    }
+
+    fn features() -> Features {
+        rows(12)
     }
 
     fn data(f: &Features) -> TrainData<'_> {
@@ -379,5 +383,68 @@ mod tests {
         let mut sorted = epoch_order(50, 0, 1);
         sorted.sort();
         assert_eq!(sorted, (0..50).collect::<Vec<_>>());
+    }
+
+    /// With lr = 0 AdamW leaves the head as it is, so each epoch's numbers are the
+    /// initial head's on the rows that epoch drew: 14 rows in batches of 4 make 3 steps
+    /// over the first 12 rows of `epoch_order`, the last 2 dropped. The train loss is the
+    /// mean of the 3 batch means, which with equal batches is `evaluate`'s mean over
+    /// those 12 rows, and the accuracy counts them out of 12. The step losses are f32
+    /// and evaluate rounds its mean to f32 once: 1e-6 is a few ulps of a loss near 0.7.
+    /// Every epoch then ties the first's validation accuracy, so only the first
+    /// improves and is best; a stop asked for after the last epoch is not early; and
+    /// progress counts the 9 steps of the run.
+    #[test]
+    fn a_frozen_head_gives_epoch_means_over_the_steps_taken() {
+        struct Record {
+            improved: Vec<bool>,
+            steps: Vec<(u64, u64)>,
+        }
+        impl Observer for Record {
+            fn step(&mut self, done: u64, total: u64) {
+                self.steps.push((done, total));
+            }
+            fn epoch_end(&mut self, end: &EpochEnd) -> Result<Flow> {
+                self.improved.push(end.improved);
+                Ok(if end.latest().epoch == 3 {
+                    Flow::Stop
+                } else {
+                    Flow::Continue
+                })
+            }
+        }
+        let f = rows(14);
+        let mut h = hp(3);
+        h.lr = 0.0;
+        let start = TrainState::fresh(2, 5, &h).unwrap();
+        let head = start.head.clone();
+        let mut record = Record {
+            improved: Vec::new(),
+            steps: Vec::new(),
+        };
+        let out = train(&h, data(&f), start, 0, &mut record).unwrap();
+        assert_eq!(out.state.head, head);
+        assert_eq!(out.state.metrics.len(), 3);
+        for m in &out.state.metrics {
+            let drawn = &epoch_order(14, h.seed, m.epoch)[..12];
+            let x: Vec<f32> = drawn
+                .iter()
+                .flat_map(|&r| f.x[r * 5..(r + 1) * 5].iter().copied())
+                .collect();
+            let y: Vec<usize> = drawn.iter().map(|&r| f.labels[r]).collect();
+            let (loss, correct) = head.evaluate(&x, &y);
+            assert!(
+                (m.train_loss - loss as f64).abs() < 1e-6,
+                "epoch {}: train loss {} vs {loss}",
+                m.epoch,
+                m.train_loss
+            );
+            assert_eq!(m.train_acc, correct as f64 / 12.0, "epoch {}", m.epoch);
+        }
+        assert_eq!(record.improved, [true, false, false]);
+        assert_eq!(out.best.map(|(epoch, _)| epoch), Some(1));
+        assert!(!out.stopped);
+        let progress: Vec<(u64, u64)> = (1..=9).map(|done| (done, 9)).collect();
+        assert_eq!(record.steps, progress);
     }
 }

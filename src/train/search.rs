@@ -317,6 +317,8 @@ pub fn best_trial(trials: &[Trial]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::optim::AdamW;
+    use crate::train::EpochMetrics;
     use rand::Rng;
 
     /// Two Gaussian blobs in 8 dimensions, 2 units apart along the first axis.
@@ -488,5 +490,88 @@ mod tests {
         };
         let s = select(&f, &[2, 0]);
         assert_eq!((s.x, s.labels), (vec![4.0, 5.0, 0.0, 1.0], vec![0, 0]));
+    }
+
+    /// Early stopping keeps the head of the first lowest validation loss (a later equal
+    /// loss is not lower) and stops exactly `patience` epochs after it: losses 1.0, 0.8,
+    /// 0.9, 0.8, 0.85 with patience 3 keep epoch 2 and stop at epoch 5.
+    #[test]
+    fn early_stopping_keeps_the_first_lowest_loss_and_waits_patience_epochs() {
+        let opt = AdamW::new(2);
+        let head = |epoch: usize| LinearHead {
+            weight: vec![epoch as f32],
+            bias: vec![0.0],
+            num_labels: 1,
+            hidden: 1,
+        };
+        let mut stopping = EarlyStopping {
+            patience: 3,
+            best: None,
+            best_epoch: 0,
+        };
+        let mut metrics = Vec::new();
+        let mut flows = Vec::new();
+        for (epoch, loss) in (1..).zip([1.0, 0.8, 0.9, 0.8, 0.85]) {
+            metrics.push(EpochMetrics {
+                epoch,
+                train_loss: 0.0,
+                train_acc: 0.0,
+                val_loss: Some(loss),
+                val_acc: Some(0.5),
+                temperature: None,
+                seconds: 0.0,
+            });
+            let end = EpochEnd {
+                head: &head(epoch),
+                opt: &opt,
+                metrics: &metrics,
+                improved: false,
+            };
+            flows.push(stopping.epoch_end(&end).unwrap());
+        }
+        use Flow::{Continue, Stop};
+        assert_eq!(flows, [Continue, Continue, Continue, Continue, Stop]);
+        assert_eq!(stopping.best_epoch, 2);
+        assert_eq!(stopping.best, Some((0.8, head(2))));
+    }
+
+    /// numpy's population statistics (`x.mean(0)`, `x.std(0)`, ddof 0) of the columns
+    /// (0.1, 0.3, -0.2), (5, 4, 6.5), (3, 3, 3) and (1000.1, 1000.4, 999.8), in f64
+    /// from the same f32 inputs: 1e-12 is rounding headroom, which the last column's
+    /// offset puts beyond a one-pass variance (sum v^2 - n mean^2 loses 1.5e-10 of its
+    /// std to cancellation). numpy's std of the constant column is 0, where ours is 1 by
+    /// design. The fold test alone cannot see a wrong std: any positive scale folds back
+    /// consistently.
+    #[test]
+    fn standardizer_statistics_match_numpy() {
+        let f = Features {
+            x: vec![
+                0.1, 5.0, 3.0, 1000.1, 0.3, 4.0, 3.0, 1000.4, -0.2, 6.5, 3.0, 999.8,
+            ],
+            labels: vec![0, 1, 0],
+        };
+        let s = Standardizer::fit(&f);
+        let (mean, std) = (
+            [
+                0.06666667014360428,
+                5.166666666666667,
+                3.0,
+                1000.0999959309896,
+            ],
+            [
+                0.20548047264769892,
+                1.0274023338281628,
+                1.0,
+                0.2449639251996669,
+            ],
+        );
+        for c in 0..4 {
+            assert!(
+                (s.mean[c] - mean[c]).abs() < 1e-12,
+                "mean {c}: {:?}",
+                s.mean
+            );
+            assert!((s.std[c] - std[c]).abs() < 1e-12, "std {c}: {:?}", s.std);
+        }
     }
 }
