@@ -392,17 +392,23 @@ mod tests {
     /// those 12 rows, and the accuracy counts them out of 12. The step losses are f32
     /// and evaluate rounds its mean to f32 once: 1e-6 is a few ulps of a loss near 0.7.
     /// Every epoch then ties the first's validation accuracy, so only the first
-    /// improves and is best; a stop asked for after the last epoch is not early; and
-    /// progress counts the 9 steps of the run.
+    /// improves and is best; each records the temperature fitted to the head's
+    /// validation logits; a stop asked for after the last epoch is not early; progress
+    /// counts the 9 steps of the run; and with `log_every` 2 each epoch logs its
+    /// step 2 only.
     #[test]
     fn a_frozen_head_gives_epoch_means_over_the_steps_taken() {
         struct Record {
             improved: Vec<bool>,
             steps: Vec<(u64, u64)>,
+            logs: Vec<String>,
         }
         impl Observer for Record {
             fn step(&mut self, done: u64, total: u64) {
                 self.steps.push((done, total));
+            }
+            fn log(&mut self, line: &str) {
+                self.logs.push(line.to_string());
             }
             fn epoch_end(&mut self, end: &EpochEnd) -> Result<Flow> {
                 self.improved.push(end.improved);
@@ -421,8 +427,9 @@ mod tests {
         let mut record = Record {
             improved: Vec::new(),
             steps: Vec::new(),
+            logs: Vec::new(),
         };
-        let out = train(&h, data(&f), start, 0, &mut record).unwrap();
+        let out = train(&h, data(&f), start, 2, &mut record).unwrap();
         assert_eq!(out.state.head, head);
         assert_eq!(out.state.metrics.len(), 3);
         for m in &out.state.metrics {
@@ -440,11 +447,74 @@ mod tests {
                 m.train_loss
             );
             assert_eq!(m.train_acc, correct as f64 / 12.0, "epoch {}", m.epoch);
+            let t = fit_temperature(&head.logits(&f.x), &f.labels, 2);
+            assert_eq!(m.temperature, Some(t), "epoch {}", m.epoch);
         }
+        let step_lines: Vec<&str> = record
+            .logs
+            .iter()
+            .filter(|l| l.contains(" step "))
+            .map(|l| &l[..l.find(" loss").unwrap()])
+            .collect();
+        assert_eq!(
+            step_lines,
+            ["epoch 1 step 2", "epoch 2 step 2", "epoch 3 step 2"]
+        );
         assert_eq!(record.improved, [true, false, false]);
         assert_eq!(out.best.map(|(epoch, _)| epoch), Some(1));
         assert!(!out.stopped);
         let progress: Vec<(u64, u64)> = (1..=9).map(|done| (done, 9)).collect();
         assert_eq!(record.steps, progress);
+    }
+
+    /// The best head is the first epoch of highest validation accuracy, as `best_epoch`
+    /// picks it from metrics.jsonl, and `improved` marks exactly the epochs that beat
+    /// every earlier one. The accuracy must rise after epoch 1 for this to mean
+    /// anything: ties alone cannot tell `>` from `<`.
+    #[test]
+    fn best_is_the_first_highest_validation_accuracy() {
+        struct Improved(Vec<bool>);
+        impl Observer for Improved {
+            fn epoch_end(&mut self, end: &EpochEnd) -> Result<Flow> {
+                self.0.push(end.improved);
+                Ok(Flow::Continue)
+            }
+        }
+        let f = features();
+        let h = hp(6);
+        let mut improved = Improved(Vec::new());
+        let start = TrainState::fresh(2, 5, &h).unwrap();
+        let out = train(&h, data(&f), start, 0, &mut improved).unwrap();
+        let accs: Vec<f64> = out
+            .state
+            .metrics
+            .iter()
+            .map(|m| m.val_acc.unwrap())
+            .collect();
+        let expected: Vec<bool> = (0..accs.len())
+            .map(|i| accs[..i].iter().all(|&a| accs[i] > a))
+            .collect();
+        assert!(expected[1..].contains(&true), "accuracies {accs:?}");
+        assert_eq!(improved.0, expected, "accuracies {accs:?}");
+        let best = super::super::best_epoch(&out.state.metrics).unwrap().epoch;
+        assert_eq!(out.best.map(|(epoch, _)| epoch), Some(best));
+    }
+
+    /// Without a validation split nothing scores the head after an epoch, so an update
+    /// that overflows it (lr 1e38 makes the step size lr / (1 - beta1) = 1e39, beyond
+    /// f32) after a step whose loss was finite must still stop the run.
+    #[test]
+    fn a_head_that_overflows_without_validation_stops_the_run() {
+        let f = features();
+        let mut h = hp(1);
+        h.batch_size = 12;
+        h.lr = 1e38;
+        let start = TrainState::fresh(2, 5, &h).unwrap();
+        let data = TrainData {
+            val: None,
+            ..data(&f)
+        };
+        let err = train(&h, data, start, 0, &mut NoObserver).err().unwrap();
+        assert!(err.to_string().contains("no longer finite"), "{err}");
     }
 }

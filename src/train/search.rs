@@ -574,4 +574,46 @@ mod tests {
             assert!((s.std[c] - std[c]).abs() < 1e-12, "std {c}: {:?}", s.std);
         }
     }
+
+    /// A trial trains with its own learning rate and weight decay, not the base run's
+    /// (0 for both here): two trials that differ only in one of them end with different
+    /// heads.
+    #[test]
+    fn a_trial_uses_its_own_lr_and_weight_decay() {
+        let (train, val) = (blobs(48, 1), blobs(16, 2));
+        let trial = |lr, weight_decay| {
+            let params = TrialParams {
+                variant: 0,
+                lr,
+                weight_decay,
+            };
+            run_trial(&train, &val, params, 2, None, &config()).unwrap()
+        };
+        let base = trial(1e-2, 0.0);
+        assert_ne!(base.head, trial(1e-2, 0.1).head);
+        assert_ne!(base.head, trial(3e-2, 0.0).head);
+    }
+
+    /// A trial that diverges in its first epoch keeps no epoch: it reports the initial
+    /// head, scored afresh, with its accuracies counted over each split's rows.
+    #[test]
+    fn a_trial_diverging_in_epoch_one_scores_its_initial_head() {
+        let (train, val) = (blobs(48, 1), blobs(16, 2));
+        let params = TrialParams {
+            variant: 0,
+            lr: 1e38,
+            weight_decay: 0.0,
+        };
+        let t = run_trial(&train, &val, params, 2, None, &config()).unwrap();
+        assert!(t.diverged);
+        assert_eq!((t.best_epoch, t.epochs_run), (0, 0));
+        let initial = TrainState::fresh(2, 8, &config().base).unwrap().head;
+        assert_eq!(t.head, initial);
+        let (val_loss, val_correct) = initial.evaluate(&val.x, &val.labels);
+        let (train_loss, train_correct) = initial.evaluate(&train.x, &train.labels);
+        assert_eq!(t.val_loss, val_loss as f64);
+        assert_eq!(t.val_acc, val_correct as f64 / 16.0);
+        assert_eq!(t.train_loss, train_loss as f64);
+        assert_eq!(t.train_acc, train_correct as f64 / 48.0);
+    }
 }
