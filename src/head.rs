@@ -550,4 +550,16 @@ mod tests {
         let second = head.forward_backward(&x, &labels, &mut s);
         assert_eq!((first, &grads), (second, &s.grads));
     }
+
+    /// `--class-weights` and run.json spell a weighting by its name: each name parses
+    /// back to its weighting, and anything else is refused naming the choices.
+    #[test]
+    fn class_weighting_names_round_trip() {
+        for w in [ClassWeighting::None, ClassWeighting::Balanced] {
+            assert_eq!(w.name().parse::<ClassWeighting>(), Ok(w));
+        }
+        assert_eq!(ClassWeighting::Balanced.name(), "balanced");
+        let err = "inverse".parse::<ClassWeighting>().unwrap_err();
+        assert!(err.contains("use none or balanced"), "{err}");
+    }
 }
