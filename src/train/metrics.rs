@@ -140,8 +140,7 @@ mod tests {
     /// named by its line number in the file, and one that cannot be read is an error.
     #[test]
     fn metrics_jsonl_round_trips_and_names_a_damaged_line() {
-        let dir = std::env::temp_dir().join(format!("bertcls-metrics-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testdir::TestDir::new("metrics");
         assert_eq!(read_metrics(&dir).unwrap(), Vec::new());
         let m = |epoch| EpochMetrics {
             epoch,
@@ -167,6 +166,5 @@ mod tests {
         std::fs::create_dir(&path).unwrap();
         let err = read_metrics(&dir).unwrap_err().to_string();
         assert!(err.contains("cannot read"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
