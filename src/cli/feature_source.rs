@@ -172,9 +172,10 @@ impl FeatureSource {
     /// `features`: one forward instead of one per pooling, the same floats (with `--long
     /// chunk`, one forward of every window: a window's mean is taken column by column).
     /// A chunked pooling whose truncated features are cached is left out: its own path
-    /// encodes only the long texts' windows. On CUDA the last layer's `cls` keeps its own forward: its
-    /// [CLS]-only last layer agrees with the whole layer's [CLS] rows to rounding only
-    /// (`QueryRows::ClsOnly`), and its cache entry must hold the floats it encodes alone.
+    /// encodes only the long texts' windows. On CUDA the last layer's `cls` keeps its own
+    /// forward: its [CLS]-only last layer agrees with the whole layer's [CLS] rows to
+    /// rounding only (`QueryRows::ClsOnly`), and its cache entry must hold the floats it
+    /// encodes alone.
     /// Where the widest features do not fit in memory, each pooling keeps its own forward.
     pub fn share_forward(
         &mut self,

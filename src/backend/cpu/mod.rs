@@ -211,10 +211,10 @@ impl Backend for CpuBackend {
             // 4-5% of a forward: within the noise (docs/BENCHMARKS.md).
             QueryRows::ClsOnly => {
                 let c = heads * head_dim;
+                // Every row, (T, C), in `out`; then text i's [CLS] row moves from row
+                // offsets[i] >= i to row i: in order, no row is overwritten before it moves.
                 self.pool
-                    .install(|| attention::attention(qkv, offsets, heads, head_dim, out)); // (T, C)
-                                                                                           // Text i's [CLS] row moves from row offsets[i] >= i to row i: in order,
-                                                                                           // no row is overwritten before it is moved.
+                    .install(|| attention::attention(qkv, offsets, heads, head_dim, out));
                 for (i, &start) in offsets[..offsets.len() - 1].iter().enumerate() {
                     out.copy_within(start * c..(start + 1) * c, i * c);
                 }

@@ -160,8 +160,9 @@ fn open(
 /// Everything that decides a job's rows and values, and so must agree between a job
 /// and its resume, and between the shards a merge joins. The data is named by its
 /// split, row count and files' names and sizes (cheap, and what differs between two
-/// exports); the model by the feature cache's [`EncodeSpec`](crate::features::EncodeSpec) (weights sha256, tokenizer
-/// fingerprint, max_length, backend, precision, pooling, long-text mode), so that
+/// exports); the model by the feature cache's
+/// [`EncodeSpec`](crate::features::EncodeSpec) (weights sha256, tokenizer fingerprint,
+/// max_length, backend, precision, pooling, long-text mode), so that
 /// `train --features-from` compares an encode output with the features it would make.
 /// Backend and precision are part of it because they change the values: a CPU job is
 /// not resumed or merged with GPU or bf16 parts, whose features differ beyond 1e-5.
